@@ -1,0 +1,191 @@
+package activation
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Environment variables of the socket-passing protocol. The LISTEN_* variables are
+// systemd's (sd_listen_fds(3)); MarkerEnv is handover's own.
+const (
+	ListenPIDEnv     = "LISTEN_PID"
+	ListenFDsEnv     = "LISTEN_FDS"
+	ListenFDNamesEnv = "LISTEN_FDNAMES"
+
+	// MarkerEnv is set by a handover parent for the child it starts. A parent cannot
+	// set LISTEN_PID to a PID it does not know before fork, so it names itself and the
+	// PID the child's parent will have instead; the child adopts LISTEN_FDS only when
+	// its real parent matches. Format: "pid=P,ppid=Q,chan=FD,gen=N[,own=I+J]".
+	MarkerEnv = "HANDOVER_PARENT"
+)
+
+// ListenFDsStart is the first passed file descriptor (SD_LISTEN_FDS_START).
+const ListenFDsStart = 3
+
+// maxListenFDs bounds LISTEN_FDS. systemd itself refuses more than this many fds in a
+// socket unit plus fd store; a larger number is a corrupt environment, not a request.
+const maxListenFDs = 4096
+
+// ParseListenFDs validates systemd's LISTEN_FDS and LISTEN_FDNAMES values and returns
+// the number of passed descriptors and their names (nil names when LISTEN_FDNAMES is
+// unset). It is what sd_listen_fds_with_names(3) checks, with errors that say what is
+// wrong: LISTEN_FDS must be a decimal count from 0 to 4096, and LISTEN_FDNAMES, when
+// set, must hold exactly that many colon-separated names.
+func ParseListenFDs(fds string, names string, namesSet bool) (int, []string, error) {
+	if fds == "" {
+		return 0, nil, fmt.Errorf("%s is empty; expected the number of passed file descriptors", ListenFDsEnv)
+	}
+	n, err := strconv.Atoi(fds)
+	if err != nil || strings.TrimSpace(fds) != fds || strings.HasPrefix(fds, "+") {
+		return 0, nil, fmt.Errorf("%s=%q is not a decimal number of file descriptors", ListenFDsEnv, clip(fds))
+	}
+	if n < 0 {
+		return 0, nil, fmt.Errorf("%s=%d is negative; expected the number of passed file descriptors", ListenFDsEnv, n)
+	}
+	if n > maxListenFDs {
+		return 0, nil, fmt.Errorf("%s=%d is larger than %d; the environment is corrupt", ListenFDsEnv, n, maxListenFDs)
+	}
+	if !namesSet {
+		return n, nil, nil
+	}
+	var list []string
+	if n > 0 || names != "" {
+		list = strings.Split(names, ":")
+	}
+	if len(list) != n {
+		return 0, nil, fmt.Errorf("%s has %d names (%q) for %s=%d; the counts must match", ListenFDNamesEnv, len(list), clip(names), ListenFDsEnv, n)
+	}
+	for i, name := range list {
+		if !validName(name) {
+			return 0, nil, fmt.Errorf("%s: name %d (%q) has a control character or is longer than 255 bytes", ListenFDNamesEnv, i, clip(name))
+		}
+	}
+	return n, list, nil
+}
+
+// ParsePID parses a process ID such as LISTEN_PID or WATCHDOG_PID.
+func ParsePID(name, value string) (int, error) {
+	pid, err := strconv.Atoi(value)
+	if err != nil || strings.TrimSpace(value) != value || strings.HasPrefix(value, "+") {
+		return 0, fmt.Errorf("%s=%q is not a process ID", name, clip(value))
+	}
+	if pid <= 0 {
+		return 0, fmt.Errorf("%s=%d is not a valid process ID (must be positive)", name, pid)
+	}
+	return pid, nil
+}
+
+// Marker is what a handover parent tells the child it starts, in MarkerEnv.
+type Marker struct {
+	// PID is the parent's process ID (the process handing over).
+	PID int
+	// PPID is the parent process ID the child must see (getppid). It equals PID when
+	// the child is a plain child, and the parent's own parent when the child was
+	// started as a sibling so that the service manager is its parent.
+	PPID int
+	// Channel is the descriptor of the child's end of the handover channel.
+	Channel int
+	// Generation is the child's generation: 1 for a process nobody handed over to.
+	Generation int
+	// Owned lists the indexes (0-based, into LISTEN_FDS) of descriptors that this
+	// line of processes bound itself, as opposed to receiving them from systemd. Only
+	// the owner may unlink a unix socket's file.
+	Owned []int
+}
+
+// String formats m the way ParseMarker reads it.
+func (m Marker) String() string {
+	s := fmt.Sprintf("pid=%d,ppid=%d,chan=%d,gen=%d", m.PID, m.PPID, m.Channel, m.Generation)
+	if len(m.Owned) > 0 {
+		parts := make([]string, len(m.Owned))
+		for i, o := range m.Owned {
+			parts[i] = strconv.Itoa(o)
+		}
+		s += ",own=" + strings.Join(parts, "+")
+	}
+	return s
+}
+
+// ParseMarker parses the value of MarkerEnv. Every field but own is required; an
+// unknown or repeated field is an error.
+func ParseMarker(s string) (Marker, error) {
+	var m Marker
+	seen := map[string]bool{}
+	if s == "" {
+		return m, fmt.Errorf("%s is empty", MarkerEnv)
+	}
+	for _, field := range strings.Split(s, ",") {
+		key, val, ok := strings.Cut(field, "=")
+		if !ok {
+			return m, fmt.Errorf("%s=%q: field %q is not key=value", MarkerEnv, clip(s), clip(field))
+		}
+		if seen[key] {
+			return m, fmt.Errorf("%s=%q: field %q is repeated", MarkerEnv, clip(s), clip(key))
+		}
+		seen[key] = true
+		if key == "own" {
+			for _, part := range strings.Split(val, "+") {
+				i, err := strconv.Atoi(part)
+				if err != nil || i < 0 || i >= maxListenFDs {
+					return m, fmt.Errorf("%s=%q: own entry %q is not a descriptor index", MarkerEnv, clip(s), clip(part))
+				}
+				m.Owned = append(m.Owned, i)
+			}
+			continue
+		}
+		n, err := strconv.Atoi(val)
+		if err != nil || n < 0 || strings.HasPrefix(val, "+") {
+			return m, fmt.Errorf("%s=%q: %s=%q is not a non-negative number", MarkerEnv, clip(s), clip(key), clip(val))
+		}
+		switch key {
+		case "pid":
+			m.PID = n
+		case "ppid":
+			m.PPID = n
+		case "chan":
+			m.Channel = n
+		case "gen":
+			m.Generation = n
+		default:
+			return m, fmt.Errorf("%s=%q: unknown field %q", MarkerEnv, clip(s), clip(key))
+		}
+	}
+	for _, key := range []string{"pid", "ppid", "chan", "gen"} {
+		if !seen[key] {
+			return m, fmt.Errorf("%s=%q: field %s is missing", MarkerEnv, clip(s), key)
+		}
+	}
+	switch {
+	case m.PID == 0 || m.PPID == 0:
+		return m, fmt.Errorf("%s=%q: pid and ppid must be positive", MarkerEnv, clip(s))
+	case m.Channel < ListenFDsStart:
+		return m, fmt.Errorf("%s=%q: chan=%d is a standard descriptor; expected %d or above", MarkerEnv, clip(s), m.Channel, ListenFDsStart)
+	case m.Generation < 2:
+		return m, fmt.Errorf("%s=%q: gen=%d; a child's generation is at least 2", MarkerEnv, clip(s), m.Generation)
+	}
+	return m, nil
+}
+
+// validName reports whether name can be a systemd file descriptor name: at most 255
+// bytes of printable ASCII without a colon (systemd's fdname_is_valid).
+func validName(name string) bool {
+	if len(name) > 255 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c < ' ' || c > '~' || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// clip shortens a value quoted in an error message.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}

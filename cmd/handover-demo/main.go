@@ -1,0 +1,226 @@
+// Command handover-demo is a small HTTP server that upgrades itself without dropping
+// a connection: send it SIGUSR2 (or run it under systemd and `systemctl reload` it)
+// and a new process takes over its socket while this one finishes its requests.
+//
+// Flags and endpoints are a contract used by the README, the deploy files and the
+// tests:
+//
+//	-listen ADDR            address to bind when no socket is passed (default 127.0.0.1:8080;
+//	                        "unix:/path" for a unix socket)
+//	-pidfile PATH           write the current generation's PID here
+//	-drain-timeout D        force-close connections still open D after draining starts
+//	-upgrade-timeout D      give up on a new generation not ready within D
+//	-message TEXT           included in every answer, to show which build answers
+//
+//	GET /            200, header X-Pid, body "pid=P gen=G message=M"
+//	GET /slow?ms=N   the same after N milliseconds
+//	GET /stream?n=N  N lines, one a second (interval=MS to change the pace)
+//	GET /ws          hijacked, websocket-like line echo; says "bye" when draining
+//
+// Under socket activation it serves on the passed socket named "http", or on the only
+// stream socket passed when none is named; if what was passed cannot serve, it exits
+// with status 1 and a message naming the descriptor.
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/seed-a7250cfa/handover/graceful"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:8080", "address to bind when no socket is passed (unix:/path for a unix socket)")
+	pidfile := flag.String("pidfile", "", "write the current generation's PID to this file")
+	drain := flag.Duration("drain-timeout", 30*time.Second, "force-close connections still open this long after draining starts")
+	upgrade := flag.Duration("upgrade-timeout", 30*time.Second, "give up on a new generation that is not ready within this time")
+	grace := flag.Duration("keepalive-grace", graceful.DefaultKeepAliveGrace, "how long idle keep-alive connections may send one more request while draining")
+	message := flag.String("message", "hello", "text included in every answer, to show which build answers")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "handover-demo: unexpected argument %q (flags only; see -help)\n", flag.Arg(0))
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := run(log, *listen, *pidfile, *drain, *upgrade, *grace, *message); err != nil {
+		fmt.Fprintf(os.Stderr, "handover-demo: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(log *slog.Logger, listen, pidfile string, drain, upgrade, grace time.Duration, message string) error {
+	u, err := graceful.New(graceful.Config{
+		Logger:         log,
+		PIDFile:        pidfile,
+		UpgradeTimeout: upgrade,
+		DrainTimeout:   drain,
+	})
+	if err != nil {
+		return err
+	}
+	network, address := "tcp", listen
+	if p, ok := strings.CutPrefix(listen, "unix:"); ok {
+		network, address = "unix", p
+	}
+	ln, err := u.Listen("http", network, address)
+	if err != nil {
+		return fmt.Errorf("listener http: %w", err)
+	}
+	d := &demo{pid: os.Getpid(), gen: u.Generation(), message: message}
+	srv := &graceful.Server{
+		Server: http.Server{
+			Handler:           d.routes(),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		},
+		Name:           "http",
+		DrainTimeout:   drain,
+		KeepAliveGrace: grace,
+		Upgrader:       u,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	if err := u.Ready(); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	u.Logger().Info("exiting")
+	return nil
+}
+
+type demo struct {
+	pid     int
+	gen     int
+	message string
+}
+
+func (d *demo) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", d.hello)
+	mux.HandleFunc("GET /slow", d.slow)
+	mux.HandleFunc("GET /stream", d.stream)
+	mux.HandleFunc("GET /ws", d.ws)
+	return mux
+}
+
+func (d *demo) line() string {
+	return fmt.Sprintf("pid=%d gen=%d message=%s", d.pid, d.gen, d.message)
+}
+
+func (d *demo) hello(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Pid", strconv.Itoa(d.pid))
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintln(w, d.line())
+}
+
+func intParam(r *http.Request, name string, def, max int) (int, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > max {
+		return 0, fmt.Errorf("%s=%q: want a whole number from 0 to %d", name, v, max)
+	}
+	return n, nil
+}
+
+func (d *demo) slow(w http.ResponseWriter, r *http.Request) {
+	ms, err := intParam(r, "ms", 1000, 600000)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	t := time.NewTimer(time.Duration(ms) * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+		return
+	}
+	d.hello(w, r)
+}
+
+func (d *demo) stream(w http.ResponseWriter, r *http.Request) {
+	n, err := intParam(r, "n", 10, 3600)
+	if err == nil {
+		var iv int
+		iv, err = intParam(r, "interval", 1000, 60000)
+		if err == nil {
+			d.streamLines(w, r, n, time.Duration(iv)*time.Millisecond)
+			return
+		}
+	}
+	http.Error(w, err.Error(), http.StatusBadRequest)
+}
+
+func (d *demo) streamLines(w http.ResponseWriter, r *http.Request, n int, every time.Duration) {
+	w.Header().Set("X-Pid", strconv.Itoa(d.pid))
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	rc := http.NewResponseController(w)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(w, "%d/%d %s\n", i, n, d.line())
+		rc.Flush()
+		if i == n {
+			return
+		}
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// ws hijacks the connection and echoes lines back, websocket style: a long-lived
+// connection net/http no longer tracks. When the server drains it says "bye" and
+// closes, as an application should; the drain deadline closes it otherwise.
+func (d *demo) ws(w http.ResponseWriter, r *http.Request) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	defer conn.Close()
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: line-echo\r\nConnection: Upgrade\r\nX-Pid: %d\r\n\r\n", d.pid)
+	fmt.Fprintf(brw, "hello %s\n", d.line())
+	brw.Flush()
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(brw)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	draining := graceful.Draining(r.Context())
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				return
+			}
+			fmt.Fprintf(brw, "echo %s\n", l)
+			brw.Flush()
+		case <-draining:
+			fmt.Fprintf(brw, "bye %s\n", d.line())
+			brw.Flush()
+			conn.Close()
+			for range lines {
+			}
+			return
+		}
+	}
+}

@@ -1,0 +1,280 @@
+package tests
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/seed-a7250cfa/handover/tests/internal/proc"
+	"golang.org/x/sys/unix"
+)
+
+// demoPkg is the demo server every end-to-end test drives.
+const demoPkg = "github.com/seed-a7250cfa/handover/cmd/handover-demo"
+
+func TestMain(m *testing.M) {
+	if err := proc.SetSubreaper(); err != nil {
+		fmt.Fprintln(os.Stderr, "tests: cannot become a child subreaper:", err)
+		os.Exit(1)
+	}
+	// Descriptors this test binary inherited (from a shell, a CI runner) must not
+	// reach the servers it starts, or fd counts would compare unlike processes.
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	code := m.Run()
+	proc.CleanupBuilds()
+	os.Exit(code)
+}
+
+// freePort returns a loopback address with a port nothing listens on right now.
+func freePort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// copyFile copies src to dst atomically (temp file + rename), as a deploy does.
+func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, dst, b, mode)
+}
+
+func writeFile(t testing.TB, dst string, b []byte, mode os.FileMode) {
+	t.Helper()
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// demo is a running line of handover-demo generations.
+type demo struct {
+	t       testing.TB
+	dir     string
+	bin     string // the path the demo runs as; tests replace the file to deploy
+	good    string // the built demo binary
+	addr    string
+	pidfile string
+	logPath string
+	drain   time.Duration
+	pids    []int // every generation seen, in order
+}
+
+type demoOpts struct {
+	args  []string
+	drain time.Duration
+}
+
+// startDemo copies the demo binary into a fresh directory and starts it there.
+func startDemo(t testing.TB, o demoOpts) *demo {
+	t.Helper()
+	if o.drain == 0 {
+		o.drain = 10 * time.Second
+	}
+	dir := t.TempDir()
+	d := &demo{
+		t:       t,
+		dir:     dir,
+		bin:     filepath.Join(dir, "handover-demo"),
+		good:    proc.Binary(t, demoPkg),
+		addr:    freePort(t),
+		pidfile: filepath.Join(dir, "demo.pid"),
+		logPath: filepath.Join(dir, "demo.log"),
+		drain:   o.drain,
+	}
+	copyFile(t, d.good, d.bin, 0o755)
+	logf, err := os.Create(d.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	args := append([]string{"-listen", d.addr, "-pidfile", d.pidfile, "-drain-timeout", o.drain.String()}, o.args...)
+	cmd := exec.Command(d.bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	cmd.Process.Release()
+	d.pids = append(d.pids, pid)
+	t.Cleanup(d.cleanup)
+	d.waitPID(pid)
+	return d
+}
+
+// log returns everything the generations logged so far.
+func (d *demo) log() string {
+	b, _ := os.ReadFile(d.logPath)
+	return string(b)
+}
+
+// pidFromFile reads the PID file; 0 if absent or partial.
+func (d *demo) pidFromFile() int {
+	b, err := os.ReadFile(d.pidfile)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// waitPID waits until the PID file names pid.
+func (d *demo) waitPID(pid int) {
+	d.t.Helper()
+	err := proc.WaitFor(func() bool { return d.pidFromFile() == pid || !proc.Alive(pid) }, 20*time.Second, fmt.Sprintf("PID file to name %d", pid))
+	if err == nil && d.pidFromFile() != pid {
+		err = fmt.Errorf("generation %d exited before it was ready", pid)
+	}
+	if err != nil {
+		d.t.Fatalf("%v\nlog:\n%s", err, d.log())
+	}
+}
+
+// current is the PID of the current generation.
+func (d *demo) current() int { return d.pids[len(d.pids)-1] }
+
+// signal sends sig to the current generation.
+func (d *demo) signal(sig syscall.Signal) {
+	d.t.Helper()
+	if err := syscall.Kill(d.current(), sig); err != nil {
+		d.t.Fatalf("kill -%d %d: %v", sig, d.current(), err)
+	}
+}
+
+// upgrade sends SIGUSR2 to the current generation and waits until a new one has
+// taken over (the PID file names it). It returns the old and new PIDs.
+func (d *demo) upgrade() (old, cur int) {
+	d.t.Helper()
+	old = d.current()
+	d.signal(syscall.SIGUSR2)
+	err := proc.WaitFor(func() bool {
+		p := d.pidFromFile()
+		return p != 0 && p != old
+	}, 20*time.Second, fmt.Sprintf("a new generation to replace %d", old))
+	if err != nil {
+		d.t.Fatalf("%v\nlog:\n%s", err, d.log())
+	}
+	cur = d.pidFromFile()
+	d.pids = append(d.pids, cur)
+	return old, cur
+}
+
+// waitGone waits until pid has exited and reaps it once it is the test's child (a
+// generation is reparented to the test, a subreaper, when its parent exits).
+func waitGone(pid int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var err error
+	werr := proc.WaitFor(func() bool {
+		switch {
+		case proc.State(pid) == "":
+			return true
+		case proc.PPid(pid) == os.Getpid():
+			_, err = proc.Reap(pid, time.Until(deadline))
+			return true
+		}
+		return false
+	}, timeout, fmt.Sprintf("pid %d to exit", pid))
+	if werr != nil {
+		return fmt.Errorf("%w (state %q, parent %d)", werr, proc.State(pid), proc.PPid(pid))
+	}
+	return err
+}
+
+// stop sends SIGTERM to the current generation and waits for every generation to
+// be gone.
+func (d *demo) stop() {
+	d.t.Helper()
+	d.signal(syscall.SIGTERM)
+	for _, pid := range d.pids {
+		if err := waitGone(pid, d.drain+5*time.Second); err != nil {
+			d.t.Errorf("generation %d: %v", pid, err)
+		}
+	}
+}
+
+// cleanup kills and reaps whatever generation is still there.
+func (d *demo) cleanup() {
+	for _, pid := range d.pids {
+		if proc.Alive(pid) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	for _, pid := range d.pids {
+		if err := waitGone(pid, 10*time.Second); err != nil {
+			d.t.Errorf("cleanup: %v", err)
+		}
+	}
+	if d.t.Failed() {
+		d.t.Logf("demo log:\n%s", tail(d.log(), 60))
+	}
+}
+
+// fdTargets lists what pid's descriptors point at, for messages.
+func fdTargets(pid int) []string {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		target, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		out = append(out, e.Name()+"->"+target)
+	}
+	return out
+}
+
+func tail(s string, lines int) string {
+	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return strings.Join(parts, "\n")
+}
+
+// countLines counts the log lines that contain every one of the substrings.
+func countLines(log string, substrs ...string) int {
+	n := 0
+	for _, line := range strings.Split(log, "\n") {
+		all := true
+		for _, s := range substrs {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
+// buildVariant builds a test program from tests/testdata with -ldflags -X main.mode=mode.
+func buildVariant(t testing.TB, pkgDir, mode string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), filepath.Base(pkgDir)+"-"+mode)
+	cmd := exec.Command("go", "build", "-o", out, "-ldflags", "-X main.mode="+mode, "./"+pkgDir)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("building %s (%s): %v\n%s", pkgDir, mode, err, stderr.String())
+	}
+	return out
+}

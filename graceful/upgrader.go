@@ -197,8 +197,8 @@ func newSingleton(cfg Config) (*Upgrader, error) {
 
 func newUpgrader(cfg Config) (*Upgrader, error) {
 	u := &Upgrader{
-		cfg:   cfg,
-		start: cfg.start,
+		cfg:    cfg,
+		start:  cfg.start,
 		ops:    make(chan func()),
 		sigs:   make(chan os.Signal, 32),
 		events: make(chan childEvent, 8),

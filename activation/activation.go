@@ -361,19 +361,39 @@ func (s *Set) pick(name string, w want) (*File, error) {
 	if _, _, err := w.spec(); err != nil {
 		return nil, err
 	}
-	// 1. By name.
+	// 1. By name. systemd gives every descriptor of a socket unit the unit's one
+	// FileDescriptorName=, so several may share a name (ListenStream=53 and
+	// ListenDatagram=53 both named "dns"): take the unclaimed one that can serve,
+	// preferring the one bound to the address asked for.
 	if name != "" {
+		var named, usable []*File
 		for _, f := range s.files {
 			if f.Name != name {
 				continue
 			}
-			if f.claimed {
-				return nil, fmt.Errorf("%s was already claimed by another listener", f.label())
+			named = append(named, f)
+			if !f.claimed && w.check(f.Kind) == nil {
+				usable = append(usable, f)
 			}
-			if err := w.check(f.Kind); err != nil {
-				return nil, fmt.Errorf("listener %q: %s cannot be used: %v", name, f.label(), err)
+		}
+		for _, f := range usable {
+			if w.matches(f.Kind) {
+				return f, nil
 			}
-			return f, nil
+		}
+		if len(usable) > 0 {
+			return usable[0], nil
+		}
+		if len(named) > 0 {
+			var why []string
+			for _, f := range named {
+				if f.claimed {
+					why = append(why, fmt.Sprintf("%s was already claimed by another listener", f.label()))
+				} else {
+					why = append(why, fmt.Sprintf("%s cannot be used: %v", f.label(), w.check(f.Kind)))
+				}
+			}
+			return nil, fmt.Errorf("listener %q: %s", name, strings.Join(why, "; "))
 		}
 	}
 	// 2. By network and address.

@@ -1,7 +1,10 @@
 package activation
 
 import (
+	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -37,6 +40,13 @@ func ParseListenFDs(fds string, names string, namesSet bool) (int, []string, err
 		return 0, nil, fmt.Errorf("%s is empty; expected the number of passed file descriptors", ListenFDsEnv)
 	}
 	n, err := strconv.Atoi(fds)
+	if errors.Is(err, strconv.ErrRange) && allDigits(strings.TrimPrefix(fds, "-")) {
+		// A number, but beyond int: say how it is wrong rather than that it is not one.
+		if fds[0] == '-' {
+			return 0, nil, fmt.Errorf("%s=%q is negative; expected the number of passed file descriptors", ListenFDsEnv, clip(fds))
+		}
+		return 0, nil, fmt.Errorf("%s=%q is larger than %d; the environment is corrupt", ListenFDsEnv, clip(fds), maxListenFDs)
+	}
 	if err != nil || strings.TrimSpace(fds) != fds || strings.HasPrefix(fds, "+") {
 		return 0, nil, fmt.Errorf("%s=%q is not a decimal number of file descriptors", ListenFDsEnv, clip(fds))
 	}
@@ -108,7 +118,8 @@ func (m Marker) String() string {
 }
 
 // ParseMarker parses the value of MarkerEnv. Every field but own is required; an
-// unknown or repeated field is an error.
+// unknown or repeated field, a repeated own entry, and a number with a sign or beyond
+// 32 bits are errors.
 func ParseMarker(s string) (Marker, error) {
 	var m Marker
 	seen := map[string]bool{}
@@ -120,23 +131,33 @@ func ParseMarker(s string) (Marker, error) {
 		if !ok {
 			return m, fmt.Errorf("%s=%q: field %q is not key=value", MarkerEnv, clip(s), clip(field))
 		}
+		switch key {
+		case "pid", "ppid", "chan", "gen", "own":
+		default:
+			return m, fmt.Errorf("%s=%q: unknown field %q", MarkerEnv, clip(s), clip(key))
+		}
 		if seen[key] {
-			return m, fmt.Errorf("%s=%q: field %q is repeated", MarkerEnv, clip(s), clip(key))
+			return m, fmt.Errorf("%s=%q: field %q is repeated", MarkerEnv, clip(s), key)
 		}
 		seen[key] = true
 		if key == "own" {
 			for _, part := range strings.Split(val, "+") {
-				i, err := strconv.Atoi(part)
-				if err != nil || i < 0 || i >= maxListenFDs {
-					return m, fmt.Errorf("%s=%q: own entry %q is not a descriptor index", MarkerEnv, clip(s), clip(part))
+				i, ok := parseDecimal(part, maxListenFDs-1)
+				if !ok {
+					return m, fmt.Errorf("%s=%q: own entry %q is not a descriptor index (0 to %d)", MarkerEnv, clip(s), clip(part), maxListenFDs-1)
+				}
+				if slices.Contains(m.Owned, i) {
+					return m, fmt.Errorf("%s=%q: own entry %d is repeated", MarkerEnv, clip(s), i)
 				}
 				m.Owned = append(m.Owned, i)
 			}
 			continue
 		}
-		n, err := strconv.Atoi(val)
-		if err != nil || n < 0 || strings.HasPrefix(val, "+") {
-			return m, fmt.Errorf("%s=%q: %s=%q is not a non-negative number", MarkerEnv, clip(s), clip(key), clip(val))
+		// Process IDs and descriptors are 32-bit in the kernel: a larger value would be
+		// truncated by a system call into some other descriptor.
+		n, ok := parseDecimal(val, math.MaxInt32)
+		if !ok {
+			return m, fmt.Errorf("%s=%q: %s=%q is not a non-negative number (at most %d)", MarkerEnv, clip(s), key, clip(val), math.MaxInt32)
 		}
 		switch key {
 		case "pid":
@@ -147,8 +168,6 @@ func ParseMarker(s string) (Marker, error) {
 			m.Channel = n
 		case "gen":
 			m.Generation = n
-		default:
-			return m, fmt.Errorf("%s=%q: unknown field %q", MarkerEnv, clip(s), clip(key))
 		}
 	}
 	for _, key := range []string{"pid", "ppid", "chan", "gen"} {
@@ -158,7 +177,7 @@ func ParseMarker(s string) (Marker, error) {
 	}
 	switch {
 	case m.PID == 0 || m.PPID == 0:
-		return m, fmt.Errorf("%s=%q: pid and ppid must be positive", MarkerEnv, clip(s))
+		return m, fmt.Errorf("%s=%q: pid=%d, ppid=%d; both must be positive", MarkerEnv, clip(s), m.PID, m.PPID)
 	case m.Channel < ListenFDsStart:
 		return m, fmt.Errorf("%s=%q: chan=%d is a standard descriptor; expected %d or above", MarkerEnv, clip(s), m.Channel, ListenFDsStart)
 	case m.Generation < 2:
@@ -176,6 +195,32 @@ func validName(name string) bool {
 	for i := 0; i < len(name); i++ {
 		c := name[i]
 		if c < ' ' || c > '~' || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// parseDecimal parses a non-empty string of ASCII digits no greater than max. Unlike
+// strconv.Atoi it refuses signs ("+1", "-0") and surrounding space.
+func parseDecimal(s string, max int) (int, bool) {
+	if !allDigits(s) {
+		return 0, false
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n > max {
+		return 0, false
+	}
+	return n, true
+}
+
+// allDigits reports whether s is non-empty and only ASCII digits.
+func allDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
 			return false
 		}
 	}

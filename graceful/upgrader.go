@@ -93,6 +93,18 @@ type Config struct {
 	// Args are the new generation's arguments (without argv[0]); nil means this
 	// process's own.
 	Args []string
+	// ControlSocket is the path of a unix socket on which `handover reload` and
+	// `handover status` reach the service. It is used only when no socket named
+	// ControlName was passed (from a socket unit or the previous generation); then
+	// the first generation binds it with mode 0600, removing a stale socket file left
+	// by a killed generation. Only peers running as the service's user or root are
+	// answered. Empty means no control socket unless one is passed.
+	ControlSocket string
+	// FDStore, under systemd, hands the process's sockets to systemd's file
+	// descriptor store once it is ready (needs FileDescriptorStoreMax= in the unit),
+	// so that sockets the service bound itself survive `systemctl restart` and
+	// crashes: systemd passes them back through LISTEN_FDS.
+	FDStore bool
 
 	start startFunc // seam for tests; nil means startProcess
 }
@@ -130,6 +142,10 @@ type Upgrader struct {
 	nextPID  int
 	drainers []*Drainer
 	lastStat string
+	// main is true while this process is the one the service manager supervises
+	// (and its notifications are accepted): a first generation from the start, a
+	// later one once its parent has handed over, neither after handing over.
+	main bool
 
 	wdStop chan struct{}
 }
@@ -142,13 +158,14 @@ type upgrade struct {
 	started time.Time
 	timer   *time.Timer
 	detail  string // what the child said in an "error" message
-	waiters []chan upgradeResult
+	waiters []func(upgradeResult)
 	done    chan struct{} // closed when the attempt ends
 }
 
 type upgradeResult struct {
-	pid int
-	err error
+	pid   int
+	err   error
+	moved int // set when this process has handed over to that PID
 }
 
 var (
@@ -227,6 +244,7 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 		}
 	}
 	u.log = base.With("gen", u.gen, "pid", os.Getpid())
+	u.main = u.parent == nil
 	if err != nil {
 		return u, fmt.Errorf("inherited sockets: %w", err)
 	}
@@ -260,6 +278,10 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	if err != nil {
 		return u, err
 	}
+	ctl, err := u.openControl()
+	if err != nil {
+		return u, err
+	}
 	signal.Notify(u.sigs, syscall.SIGUSR2, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	from := "nothing inherited"
 	if set.Source() != activation.Bound {
@@ -267,6 +289,9 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	}
 	u.log.Info("starting", "executable", u.exe, "inherited", from, "notify", u.notifier != nil)
 	go u.run()
+	if ctl != nil {
+		go u.serveControl(ctl)
+	}
 	return u, nil
 }
 
@@ -336,6 +361,7 @@ func (u *Upgrader) Ready() error {
 			return
 		}
 		u.state = Serving
+		u.main = true
 		close(u.ready)
 		if u.cfg.PIDFile != "" {
 			if err = writePIDFile(u.cfg.PIDFile, os.Getpid()); err != nil {
@@ -346,6 +372,7 @@ func (u *Upgrader) Ready() error {
 			u.notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
 		}
 		u.startWatchdog()
+		u.storeFDs()
 		u.notifyStatus()
 		u.log.Info("ready", "listeners", describeHeld(u.set.Held()))
 	})
@@ -386,7 +413,7 @@ func (u *Upgrader) Exit() <-chan struct{} { return u.exit }
 // process's PID. ctx bounds only the wait: an upgrade that is under way continues.
 func (u *Upgrader) Upgrade(ctx context.Context) (int, error) {
 	res := make(chan upgradeResult, 1)
-	u.do(func() { u.beginUpgrade("API", res) })
+	u.do(func() { u.beginUpgrade("API", func(r upgradeResult) { res <- r }) })
 	select {
 	case r := <-res:
 		return r.pid, r.err
@@ -540,10 +567,11 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 }
 
 // beginUpgrade starts an upgrade, or reports why it cannot.
-func (u *Upgrader) beginUpgrade(trigger string, res chan upgradeResult) {
+// reply, if not nil, is called on the state goroutine with the outcome.
+func (u *Upgrader) beginUpgrade(trigger string, reply func(upgradeResult)) {
 	fail := func(err error) {
-		if res != nil {
-			res <- upgradeResult{err: err}
+		if reply != nil {
+			reply(upgradeResult{err: err})
 		}
 	}
 	switch u.state {
@@ -557,7 +585,9 @@ func (u *Upgrader) beginUpgrade(trigger string, res chan upgradeResult) {
 		return
 	case HandedOver:
 		u.log.Warn("upgrade refused: this process has handed over", "trigger", trigger, "current", u.nextPID)
-		fail(fmt.Errorf("graceful: this process has handed over to PID %d; ask that one", u.nextPID))
+		if reply != nil {
+			reply(upgradeResult{err: fmt.Errorf("graceful: this process has handed over to PID %d; ask that one", u.nextPID), moved: u.nextPID})
+		}
 		return
 	case Stopping:
 		u.log.Warn("upgrade refused: stopping", "trigger", trigger)
@@ -574,8 +604,8 @@ func (u *Upgrader) beginUpgrade(trigger string, res chan upgradeResult) {
 		fail(err)
 		return
 	}
-	if res != nil {
-		up.waiters = append(up.waiters, res)
+	if reply != nil {
+		up.waiters = append(up.waiters, reply)
 	}
 	u.up = up
 	u.state = Upgrading
@@ -675,13 +705,14 @@ func (u *Upgrader) completeUpgrade(pid int) {
 	up.child.Release()
 	u.up = nil
 	u.state = HandedOver
+	u.main = false
 	u.nextPID = pid
 	u.lastErr = ""
 	u.set.KeepFiles()
 	u.stopWatchdog()
 	u.log.Info("handed over", "to", pid, "took", time.Since(up.started).Round(time.Microsecond).String())
 	for _, w := range up.waiters {
-		w <- upgradeResult{pid: pid}
+		w(upgradeResult{pid: pid})
 	}
 	u.exitWhy = "handed over to PID " + strconv.Itoa(pid)
 	close(u.exit)
@@ -709,7 +740,7 @@ func (u *Upgrader) failUpgrade(err error) {
 	u.log.Error("upgrade failed; still serving", "err", err)
 	u.notify("READY=1\nSTATUS=" + u.statusLine())
 	for _, w := range up.waiters {
-		w <- upgradeResult{err: err}
+		w(upgradeResult{err: err})
 	}
 }
 
@@ -725,10 +756,9 @@ func (u *Upgrader) stop(why string) {
 		u.state = Stopping
 		u.failUpgrade(errors.New("upgrade abandoned: the process is stopping"))
 	}
-	wasMain := u.state != Starting || u.parent == nil
 	u.state = Stopping
 	u.log.Info("stopping", "why", why)
-	if wasMain {
+	if u.main {
 		u.notify("STOPPING=1\nSTATUS=stopping: draining connections")
 	}
 	u.stopWatchdog()
@@ -751,7 +781,9 @@ func (u *Upgrader) notify(state string) {
 }
 
 func (u *Upgrader) notifyStatus() {
-	if u.notifier == nil {
+	// After a handover this process is no longer the main one: systemd would
+	// reject (and log) its notifications.
+	if u.notifier == nil || !u.main {
 		return
 	}
 	if line := u.statusLine(); line != u.lastStat {

@@ -11,6 +11,9 @@
 //	-drain-timeout D        force-close connections still open D after draining starts
 //	-upgrade-timeout D      give up on a new generation not ready within D
 //	-message TEXT           included in every answer, to show which build answers
+//	-control PATH           serve `handover reload`/`handover status` on this unix socket
+//	                        (unless a socket named handover-control is passed)
+//	-fdstore                under systemd, keep the sockets in systemd's fd store
 //
 //	GET /            200, header X-Pid, body "pid=P gen=G message=M"
 //	GET /slow?ms=N   the same after N milliseconds
@@ -44,25 +47,31 @@ func main() {
 	upgrade := flag.Duration("upgrade-timeout", 30*time.Second, "give up on a new generation that is not ready within this time")
 	grace := flag.Duration("keepalive-grace", graceful.DefaultKeepAliveGrace, "how long idle keep-alive connections may send one more request while draining")
 	message := flag.String("message", "hello", "text included in every answer, to show which build answers")
+	controlPath := flag.String("control", "", "path of the control socket for `handover reload` and `handover status`")
+	fdstore := flag.Bool("fdstore", false, "under systemd, hand the sockets to systemd's fd store (needs FileDescriptorStoreMax=)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "handover-demo: unexpected argument %q (flags only; see -help)\n", flag.Arg(0))
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(log, *listen, *pidfile, *drain, *upgrade, *grace, *message); err != nil {
+	cfg := graceful.Config{
+		Logger:         log,
+		PIDFile:        *pidfile,
+		UpgradeTimeout: *upgrade,
+		DrainTimeout:   *drain,
+		ControlSocket:  *controlPath,
+		FDStore:        *fdstore,
+	}
+	if err := run(cfg, *listen, *grace, *message); err != nil {
 		fmt.Fprintf(os.Stderr, "handover-demo: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, listen, pidfile string, drain, upgrade, grace time.Duration, message string) error {
-	u, err := graceful.New(graceful.Config{
-		Logger:         log,
-		PIDFile:        pidfile,
-		UpgradeTimeout: upgrade,
-		DrainTimeout:   drain,
-	})
+func run(cfg graceful.Config, listen string, grace time.Duration, message string) error {
+	log := cfg.Logger
+	u, err := graceful.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -82,7 +91,7 @@ func run(log *slog.Logger, listen, pidfile string, drain, upgrade, grace time.Du
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
 		Name:           "http",
-		DrainTimeout:   drain,
+		DrainTimeout:   cfg.DrainTimeout,
 		KeepAliveGrace: grace,
 		Upgrader:       u,
 	}

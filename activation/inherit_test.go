@@ -1,0 +1,199 @@
+package activation
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// fakeEnv is an env with a made-up environment and process IDs.
+type fakeEnv struct {
+	vars      map[string]string
+	pid, ppid int
+	unset     []string
+}
+
+func (e *fakeEnv) Lookup(k string) (string, bool) { v, ok := e.vars[k]; return v, ok }
+func (e *fakeEnv) Unset(k string)                 { delete(e.vars, k); e.unset = append(e.unset, k) }
+func (e *fakeEnv) Getpid() int                    { return e.pid }
+func (e *fakeEnv) Getppid() int                   { return e.ppid }
+
+// closedFD is a descriptor number that is not open in the test process.
+const closedFD = 999999
+
+// runInherit calls inherit with vars and checks what must hold whatever the outcome:
+// no panic, a non-nil Set, and every variable of the protocol cleared.
+func runInherit(t *testing.T, vars map[string]string) (*Set, error) {
+	t.Helper()
+	e := &fakeEnv{vars: map[string]string{"PATH": "/bin"}, pid: 4242, ppid: 4000}
+	for k, v := range vars {
+		e.vars[k] = v
+	}
+	var s *Set
+	var err error
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				t.Fatalf("inherit(%q) panicked: %v", vars, r)
+			}
+		}()
+		s, err = inherit(e)
+	}()
+	if s == nil {
+		t.Fatalf("inherit(%q) returned a nil Set (err %v)", vars, err)
+	}
+	for _, k := range []string{ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv} {
+		if _, ok := e.vars[k]; ok || !slices.Contains(e.unset, k) {
+			t.Errorf("inherit(%q): %s was not cleared", vars, k)
+		}
+	}
+	if e.vars["PATH"] != "/bin" {
+		t.Errorf("inherit(%q) touched an unrelated variable", vars)
+	}
+	if err == nil && s.Source() == Bound && len(s.Files()) != 0 {
+		t.Errorf("inherit(%q): source bound but %d files", vars, len(s.Files()))
+	}
+	return s, err
+}
+
+func TestInheritNothing(t *testing.T) {
+	s, err := runInherit(t, nil)
+	if err != nil || s.Source() != Bound || s.Ignored() != "" || s.Marker() != nil || s.Channel() != nil {
+		t.Errorf("empty environment: source %v, ignored %q, marker %v, err %v", s.Source(), s.Ignored(), s.Marker(), err)
+	}
+}
+
+// TestInheritIgnored: descriptors meant for someone else are not adopted, and the Set
+// says why.
+func TestInheritIgnored(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		vars  map[string]string
+		parts []string
+	}{
+		{
+			"LISTEN_PID of another process",
+			map[string]string{ListenPIDEnv: "17", ListenFDsEnv: "2", ListenFDNamesEnv: "a:b"},
+			[]string{"LISTEN_PID=17", "not this process (4242)"},
+		},
+		{
+			"LISTEN_PID of another process, even with a marker",
+			map[string]string{ListenPIDEnv: "17", ListenFDsEnv: "1", MarkerEnv: "pid=4000,ppid=4000,chan=4,gen=2"},
+			[]string{"LISTEN_PID=17"},
+		},
+		{
+			"LISTEN_FDS without LISTEN_PID",
+			map[string]string{ListenFDsEnv: "1"},
+			[]string{"LISTEN_FDS is set but LISTEN_PID is not"},
+		},
+		{
+			"LISTEN_FDS without LISTEN_PID, malformed",
+			map[string]string{ListenFDsEnv: "garbage", ListenFDNamesEnv: "x:y"},
+			[]string{"LISTEN_FDS is set but LISTEN_PID is not"},
+		},
+		{
+			"marker for another parent",
+			map[string]string{ListenFDsEnv: "1", MarkerEnv: "pid=17,ppid=17,chan=4,gen=2"},
+			[]string{"HANDOVER_PARENT", "parent 17", "parent is 4000"},
+		},
+		{
+			"marker for another parent, as a sibling",
+			map[string]string{ListenFDsEnv: "1", MarkerEnv: "pid=4000,ppid=1,chan=4,gen=2"},
+			[]string{"HANDOVER_PARENT", "parent 1", "parent is 4000"},
+		},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := runInherit(t, c.vars)
+			if err != nil {
+				t.Fatalf("err %v; want the descriptors ignored", err)
+			}
+			if s.Source() != Bound || len(s.Files()) != 0 || s.Marker() != nil {
+				t.Errorf("source %v, %d files, marker %v; want nothing adopted", s.Source(), len(s.Files()), s.Marker())
+			}
+			why := s.Ignored()
+			if why == "" {
+				t.Fatal("Ignored() is empty; want a reason")
+			}
+			for _, p := range c.parts {
+				if !strings.Contains(why, p) {
+					t.Errorf("Ignored() = %q; does not mention %q", why, p)
+				}
+			}
+		})
+	}
+}
+
+// TestInheritMalformed: a malformed environment meant for this process is an error
+// that says what is wrong, not a panic and not a silent fallback.
+func TestInheritMalformed(t *testing.T) {
+	marker := func(rest string) string { return "pid=4000,ppid=4000," + rest }
+	for _, c := range []struct {
+		name  string
+		vars  map[string]string
+		parts []string
+	}{
+		{"LISTEN_PID not a number", map[string]string{ListenPIDEnv: "abc", ListenFDsEnv: "1"}, []string{"LISTEN_PID", `"abc"`}},
+		{"LISTEN_PID zero", map[string]string{ListenPIDEnv: "0", ListenFDsEnv: "1"}, []string{"LISTEN_PID=0"}},
+		{"LISTEN_PID empty", map[string]string{ListenPIDEnv: "", ListenFDsEnv: "1"}, []string{"LISTEN_PID", `""`}},
+		{"LISTEN_PID without LISTEN_FDS", map[string]string{ListenPIDEnv: "4242"}, []string{"LISTEN_PID is set but LISTEN_FDS is not"}},
+		{"LISTEN_FDS not a number", map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "two"}, []string{"LISTEN_FDS", `"two"`}},
+		{"LISTEN_FDS negative", map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "-3"}, []string{"LISTEN_FDS=-3", "negative"}},
+		{"LISTEN_FDS huge", map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "99999999999999999999"}, []string{"LISTEN_FDS", "99999999999999999999"}},
+		{"LISTEN_FDS empty", map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: ""}, []string{"LISTEN_FDS is empty"}},
+		{"too many names", map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "1", ListenFDNamesEnv: "a:b"}, []string{"LISTEN_FDNAMES", `"a:b"`, "LISTEN_FDS=1"}},
+		{"too few names", map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "2", ListenFDNamesEnv: "a"}, []string{"LISTEN_FDNAMES", `"a"`, "LISTEN_FDS=2"}},
+		{"marker malformed", map[string]string{ListenFDsEnv: "1", MarkerEnv: "pid=1"}, []string{"HANDOVER_PARENT", `"pid=1"`}},
+		{"marker without LISTEN_FDS", map[string]string{MarkerEnv: marker("chan=3,gen=2")}, []string{"HANDOVER_PARENT is set but LISTEN_FDS is not"}},
+		{"marker, bad LISTEN_FDS", map[string]string{ListenFDsEnv: "x", MarkerEnv: marker("chan=4,gen=2")}, []string{"LISTEN_FDS", `"x"`}},
+		{"marker own beyond LISTEN_FDS", map[string]string{ListenFDsEnv: "1", MarkerEnv: marker("chan=4,gen=2,own=1")}, []string{"own index 1", "LISTEN_FDS=1"}},
+		{"marker chan among the sockets", map[string]string{ListenFDsEnv: "2", MarkerEnv: marker("chan=4,gen=2")}, []string{"chan=4", "LISTEN_FDS=2"}},
+		{"marker chan not open", map[string]string{ListenFDsEnv: "0", MarkerEnv: marker(fmt.Sprintf("chan=%d,gen=2", closedFD))}, []string{"channel fd 999999", "not a unix stream socket", "bad file descriptor"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := runInherit(t, c.vars)
+			if err == nil {
+				t.Fatalf("no error (source %v, ignored %q); want one", s.Source(), s.Ignored())
+			}
+			for _, p := range c.parts {
+				if !strings.Contains(err.Error(), p) {
+					t.Errorf("error %q does not mention %q", err, p)
+				}
+			}
+		})
+	}
+}
+
+// TestInheritZero: LISTEN_FDS=0 for this process is valid and passes nothing.
+func TestInheritZero(t *testing.T) {
+	// inherit hands the (here: no) descriptors to go-systemd through the real
+	// environment; leave it as it was.
+	defer restoreEnv(t)()
+	s, err := runInherit(t, map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "0", ListenFDNamesEnv: ""})
+	if err != nil || s.Source() != Systemd || len(s.Files()) != 0 || s.Ignored() != "" {
+		t.Errorf("LISTEN_FDS=0: source %v, %d files, ignored %q, err %v; want systemd, none", s.Source(), len(s.Files()), s.Ignored(), err)
+	}
+}
+
+// restoreEnv saves the protocol's variables in the real environment and returns a
+// function that puts them back.
+func restoreEnv(t *testing.T) func() {
+	saved := map[string]*string{}
+	for _, k := range []string{ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv} {
+		if v, ok := os.LookupEnv(k); ok {
+			saved[k] = &v
+		} else {
+			saved[k] = nil
+		}
+	}
+	return func() {
+		for k, v := range saved {
+			if v == nil {
+				os.Unsetenv(k)
+			} else {
+				os.Setenv(k, *v)
+			}
+		}
+	}
+}

@@ -1,0 +1,182 @@
+// Command handover is the operator's tool for services built with handover.
+//
+//	handover reload [-control PATH] [-timeout D]
+//	    Ask the service to upgrade to the binary now on disk and wait for the outcome.
+//	    Exits 0 and prints the new PID when the new generation has taken over; exits 1
+//	    with the reason when the upgrade failed (the old generation keeps serving).
+//	    This is what a unit's ExecReload= runs, so that `systemctl reload` fails when
+//	    the upgrade does.
+//	handover status [-control PATH] [-json]
+//	    Print the serving process's PID, generation, state, listeners and connections.
+//
+// The control socket's path comes from -control or $HANDOVER_CONTROL. Only the
+// service's own user and root may use it.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/seed-a7250cfa/handover/internal/control"
+)
+
+const usage = `usage:
+  handover reload [-control PATH] [-timeout DURATION]
+  handover status [-control PATH] [-json]
+
+The control socket is -control or $HANDOVER_CONTROL.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	cmd := args[0]
+	fl := flag.NewFlagSet("handover "+cmd, flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	path := fl.String("control", os.Getenv("HANDOVER_CONTROL"), "path of the service's control socket")
+	timeout := fl.Duration("timeout", 2*time.Minute, "how long to wait for the outcome")
+	asJSON := fl.Bool("json", false, "print the status as JSON")
+	if err := fl.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if fl.NArg() > 0 {
+		fmt.Fprintf(stderr, "handover %s: unexpected argument %q\n%s", cmd, fl.Arg(0), usage)
+		return 2
+	}
+	if *path == "" {
+		fmt.Fprintf(stderr, "handover %s: no control socket: pass -control PATH or set HANDOVER_CONTROL (the path the service was given, e.g. /run/handover-demo/control.sock)\n", cmd)
+		return 2
+	}
+	switch cmd {
+	case "reload":
+		return reload(*path, *timeout, stdout, stderr)
+	case "status":
+		return status(*path, *timeout, *asJSON, stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "handover: unknown command %q\n%s", cmd, usage)
+	return 2
+}
+
+// ask sends one request and reads the answer.
+func ask(path, req string, timeout time.Duration) (control.Response, error) {
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		return control.Response{}, explainDial(path, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := io.WriteString(c, req+"\n"); err != nil {
+		return control.Response{}, fmt.Errorf("sending %q to %s: %w", req, path, err)
+	}
+	resp, err := control.ReadResponse(c)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return resp, fmt.Errorf("no answer from %s within %s", path, timeout)
+	}
+	if errors.Is(err, io.EOF) {
+		return resp, fmt.Errorf("%s closed the connection without answering (did the service stop?)", path)
+	}
+	return resp, err
+}
+
+func explainDial(path string, err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("no control socket at %s: the service is not running, or it was started without this control socket", path)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("nothing is listening on %s: the service is not running (the socket file is stale)", path)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("permission denied on %s: run as the service's user or as root", path)
+	case errors.Is(err, syscall.ENOTSOCK), errors.Is(err, syscall.EPROTOTYPE):
+		return fmt.Errorf("%s is not a control socket: check -control", path)
+	}
+	return fmt.Errorf("connecting to %s: %w", path, err)
+}
+
+func reload(path string, timeout time.Duration, stdout, stderr io.Writer) int {
+	deadline := time.Now().Add(timeout)
+	for attempt := 0; ; attempt++ {
+		resp, err := ask(path, control.Upgrade, time.Until(deadline))
+		if err != nil {
+			fmt.Fprintf(stderr, "handover reload: %v\n", err)
+			return 1
+		}
+		if resp.Moved != 0 && attempt < 3 {
+			// We reached a generation that had just handed over; the next
+			// connection reaches the current one.
+			continue
+		}
+		if !resp.OK {
+			fmt.Fprintf(stderr, "handover reload: upgrade failed: %s\n", resp.Error)
+			return 1
+		}
+		fmt.Fprintf(stdout, "upgraded: PID %d, generation %d\n", resp.PID, resp.Generation)
+		return 0
+	}
+}
+
+func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.Writer) int {
+	if timeout > 30*time.Second {
+		timeout = 30 * time.Second
+	}
+	resp, err := ask(path, control.Status, timeout)
+	if err == nil && !resp.OK {
+		err = errors.New(resp.Error)
+	}
+	if err == nil && resp.Status == nil {
+		err = errors.New("malformed answer: no status")
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "handover status: %v\n", err)
+		return 1
+	}
+	s := resp.Status
+	if asJSON {
+		b, _ := json.MarshalIndent(s, "", "  ")
+		fmt.Fprintf(stdout, "%s\n", b)
+		return 0
+	}
+	fmt.Fprintf(stdout, "PID:         %d\n", s.PID)
+	fmt.Fprintf(stdout, "Generation:  %d\n", s.Generation)
+	fmt.Fprintf(stdout, "State:       %s\n", s.State)
+	if s.Upgrading != 0 {
+		fmt.Fprintf(stdout, "Upgrading:   new generation PID %d starting\n", s.Upgrading)
+	}
+	fmt.Fprintf(stdout, "Executable:  %s\n", s.Executable)
+	fmt.Fprintf(stdout, "Systemd:     %v\n", s.Systemd)
+	for i, l := range s.Listeners {
+		label := "Listeners:  "
+		if i > 0 {
+			label = "            "
+		}
+		name := l.Name
+		if name == "" {
+			name = "(unnamed)"
+		}
+		fmt.Fprintf(stdout, "%s %s %s:%s (from %s)\n", label, name, l.Network, l.Addr, l.Source)
+	}
+	c := s.Conns
+	fmt.Fprintf(stdout, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
+		c.New+c.Active+c.Idle+c.Hijacked, c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
+	if s.LastError != "" {
+		fmt.Fprintf(stdout, "Last upgrade failed: %s\n", strings.TrimSpace(s.LastError))
+	}
+	return 0
+}

@@ -68,6 +68,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -307,17 +308,68 @@ func RequireInstalled(t testing.TB) Version {
 }
 
 // RequireBackports returns Backports(""), skipping (or failing under $CI)
-// the test when it or the namespaces are unavailable.
+// the test when it or the namespaces are unavailable. When systemd 254 is
+// missing from the default directory, it first runs .ci/fetch-systemd254
+// (found by walking up from the working directory) once, so that `go test
+// ./...` as root on a fresh machine runs every test.
 func RequireBackports(t testing.TB) Version {
 	t.Helper()
 	if err := Available(); err != nil {
 		SkipOrFail(t, err)
 	}
 	v, err := Backports("")
+	if err != nil && os.Getenv("HANDOVER_SYSTEMD254") == "" {
+		fetchOnce.Do(func() { fetchErr = fetchBackports(t) })
+		if fetchErr != nil {
+			SkipOrFail(t, fmt.Errorf("%v; fetching it failed: %v", err, fetchErr))
+		}
+		v, err = Backports("")
+	}
 	if err != nil {
 		SkipOrFail(t, err)
 	}
 	return v
+}
+
+var (
+	fetchOnce sync.Once
+	fetchErr  error
+)
+
+// fetchBackports runs .ci/fetch-systemd254 DefaultBackportsDir, serialized
+// across processes by a lock file.
+func fetchBackports(t testing.TB) error {
+	script := ""
+	for dir, _ := os.Getwd(); dir != "/" && dir != "."; dir = filepath.Dir(dir) {
+		p := filepath.Join(dir, ".ci", "fetch-systemd254")
+		if _, err := os.Stat(p); err == nil {
+			script = p
+			break
+		}
+	}
+	if script == "" {
+		return errors.New("no .ci/fetch-systemd254 above the working directory")
+	}
+	if err := os.MkdirAll(BaseDir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(BaseDir, ".fetch.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return err
+	}
+	t.Logf("sdns: systemd 254 is missing; running %s %s", script, DefaultBackportsDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, script, DefaultBackportsDir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v\n%s", script, err, out)
+	}
+	return nil
 }
 
 // baseEnv is the clean environment every command this package starts gets:

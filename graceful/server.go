@@ -37,6 +37,7 @@ type Server struct {
 
 	once    sync.Once
 	drainer Drainer
+	h2      *http.Server // owns net/http's HTTP/2 connections, so that they get GOAWAY
 	done    chan struct{} // closed when a drain has finished
 	drainMu sync.Mutex
 	drainEr error
@@ -47,8 +48,46 @@ func (s *Server) init() {
 		s.drainer.KeepAliveGrace = s.KeepAliveGrace
 		s.drainer.Attach(&s.Server)
 		s.done = make(chan struct{})
+		s.setupHTTP2()
 	})
 }
+
+// setupHTTP2 serves HTTP/2 (over TLS, and h2c with prior knowledge when
+// s.Protocols enables unencrypted HTTP/2) through net/http's own implementation, but
+// configured on a second, listener-less http.Server. net/http tells HTTP/2
+// connections to go away (GOAWAY) only from Shutdown, and Shutdown on s itself would
+// drop HTTP/1 requests it has just read (golang/go#75591); on the second server it
+// touches nothing but the HTTP/2 connections. Requests still go to s's handler with
+// s's settings. A TLSNextProto the application set itself is left alone.
+func (s *Server) setupHTTP2() {
+	if s.TLSNextProto != nil {
+		return
+	}
+	if p := s.Protocols; p != nil && !p.HTTP2() && !p.UnencryptedHTTP2() {
+		return
+	}
+	h2 := &http.Server{}
+	h2.Serve(failListener{}) // configures HTTP/2 on h2, then returns at once
+	h2proto, h2c := h2.TLSNextProto["h2"], h2.TLSNextProto["unencrypted_http2"]
+	if h2proto == nil {
+		return // HTTP/2 disabled (GODEBUG=http2server=0)
+	}
+	s.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": h2proto}
+	if s.Protocols != nil && s.Protocols.UnencryptedHTTP2() && h2c != nil {
+		s.TLSNextProto["unencrypted_http2"] = h2c
+	}
+	if s.Protocols != nil && !s.Protocols.HTTP2() {
+		delete(s.TLSNextProto, "h2")
+	}
+	s.h2 = h2
+}
+
+// failListener is a listener whose Accept fails at once.
+type failListener struct{}
+
+func (failListener) Accept() (net.Conn, error) { return nil, net.ErrClosed }
+func (failListener) Close() error              { return nil }
+func (failListener) Addr() net.Addr            { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
 
 func (s *Server) upgrader() (u *Upgrader, auto bool, err error) {
 	if s.Upgrader != nil {
@@ -101,7 +140,12 @@ func (s *Server) ServeTLS(l net.Listener, certFile, keyFile string) error {
 		cfg = s.TLSConfig.Clone()
 	}
 	if len(cfg.NextProtos) == 0 {
-		cfg.NextProtos = []string{"http/1.1"}
+		s.init()
+		if _, ok := s.TLSNextProto["h2"]; ok {
+			cfg.NextProtos = []string{"h2", "http/1.1"}
+		} else {
+			cfg.NextProtos = []string{"http/1.1"}
+		}
 	}
 	if certFile != "" || keyFile != "" {
 		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
@@ -173,8 +217,9 @@ func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) err
 	return http.ErrServerClosed
 }
 
-// Shutdown drains the server: it stops accepting, turns keep-alive off (responses
-// carry "Connection: close"), lets idle keep-alive connections send one more request
+// Shutdown drains the server: it stops accepting, turns keep-alive off (HTTP/1
+// responses carry "Connection: close"; HTTP/2 connections get GOAWAY and finish the
+// streams in flight), lets idle keep-alive connections send one more request
 // for KeepAliveGrace and then closes them, and waits for active and hijacked
 // connections to finish. Handlers that hold hijacked or long-lived connections learn
 // of the drain through Draining(r.Context()). When ctx is done, it force-closes every
@@ -183,6 +228,12 @@ func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) err
 // read is always answered.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.init()
+	if s.h2 != nil {
+		// GOAWAY on every HTTP/2 connection: streams in flight finish, new ones go to
+		// a new connection (the new generation), and net/http closes the connection
+		// once it is quiet. Returns at once: s.h2 has no listener or HTTP/1 conns.
+		s.h2.Shutdown(ctx)
+	}
 	err := s.drainer.Drain(ctx)
 	s.drainMu.Lock()
 	select {

@@ -14,11 +14,15 @@
 //	-control PATH           serve `handover reload`/`handover status` on this unix socket
 //	                        (unless a socket named handover-control is passed)
 //	-fdstore                under systemd, keep the sockets in systemd's fd store
+//	-tls-cert F -tls-key F  serve HTTPS (HTTP/1.1 and HTTP/2) with this certificate
+//	-h2c                    also accept HTTP/2 without TLS (prior knowledge)
 //
 //	GET /            200, header X-Pid, body "pid=P gen=G message=M"
 //	GET /slow?ms=N   the same after N milliseconds
 //	GET /stream?n=N  N lines, one a second (interval=MS to change the pace)
 //	GET /ws          hijacked, websocket-like line echo; says "bye" when draining
+//	GET /events?n=N  server-sent events, one a second (interval=MS); when the server
+//	                 drains it sends "event: bye" and ends the stream cleanly
 //
 // Under socket activation it serves on the passed socket named "http", or on the only
 // stream socket passed when none is named; if what was passed cannot serve, it exits
@@ -49,6 +53,9 @@ func main() {
 	message := flag.String("message", "hello", "text included in every answer, to show which build answers")
 	controlPath := flag.String("control", "", "path of the control socket for `handover reload` and `handover status`")
 	fdstore := flag.Bool("fdstore", false, "under systemd, hand the sockets to systemd's fd store (needs FileDescriptorStoreMax=)")
+	certFile := flag.String("tls-cert", "", "serve HTTPS with this certificate (PEM; with -tls-key)")
+	keyFile := flag.String("tls-key", "", "the private key of -tls-cert (PEM)")
+	h2c := flag.Bool("h2c", false, "also accept HTTP/2 without TLS (prior knowledge)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "handover-demo: unexpected argument %q (flags only; see -help)\n", flag.Arg(0))
@@ -63,14 +70,27 @@ func main() {
 		ControlSocket:  *controlPath,
 		FDStore:        *fdstore,
 	}
-	if err := run(cfg, *listen, *grace, *message); err != nil {
+	if (*certFile == "") != (*keyFile == "") {
+		fmt.Fprintln(os.Stderr, "handover-demo: -tls-cert and -tls-key go together")
+		os.Exit(2)
+	}
+	o := options{listen: *listen, grace: *grace, message: *message, cert: *certFile, key: *keyFile, h2c: *h2c}
+	if err := run(cfg, o); err != nil {
 		fmt.Fprintf(os.Stderr, "handover-demo: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(cfg graceful.Config, listen string, grace time.Duration, message string) error {
+// options are the demo's own flags.
+type options struct {
+	listen, message, cert, key string
+	grace                      time.Duration
+	h2c                        bool
+}
+
+func run(cfg graceful.Config, o options) error {
 	log := cfg.Logger
+	listen, message := o.listen, o.message
 	u, err := graceful.New(cfg)
 	if err != nil {
 		return err
@@ -92,11 +112,24 @@ func run(cfg graceful.Config, listen string, grace time.Duration, message string
 		},
 		Name:           "http",
 		DrainTimeout:   cfg.DrainTimeout,
-		KeepAliveGrace: grace,
+		KeepAliveGrace: o.grace,
 		Upgrader:       u,
 	}
+	if o.h2c {
+		p := new(http.Protocols)
+		p.SetHTTP1(true)
+		p.SetHTTP2(true)
+		p.SetUnencryptedHTTP2(true)
+		srv.Protocols = p
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if o.cert != "" {
+			errc <- srv.ServeTLS(ln, o.cert, o.key)
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
 	if err := u.Ready(); err != nil {
 		return err
 	}
@@ -119,6 +152,7 @@ func (d *demo) routes() http.Handler {
 	mux.HandleFunc("GET /slow", d.slow)
 	mux.HandleFunc("GET /stream", d.stream)
 	mux.HandleFunc("GET /ws", d.ws)
+	mux.HandleFunc("GET /events", d.events)
 	return mux
 }
 
@@ -187,6 +221,43 @@ func (d *demo) streamLines(w http.ResponseWriter, r *http.Request, n int, every 
 		}
 		select {
 		case <-t.C:
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// events streams server-sent events. When the server drains it sends a last
+// "bye" event and ends the response cleanly, so that an EventSource client
+// reconnects (to the new generation) instead of seeing a broken stream.
+func (d *demo) events(w http.ResponseWriter, r *http.Request) {
+	n, err := intParam(r, "n", 60, 3600)
+	iv := 0
+	if err == nil {
+		iv, err = intParam(r, "interval", 1000, 60000)
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("X-Pid", strconv.Itoa(d.pid))
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	rc := http.NewResponseController(w)
+	t := time.NewTicker(time.Duration(iv) * time.Millisecond)
+	defer t.Stop()
+	draining := graceful.Draining(r.Context())
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(w, "id: %d\ndata: %s\n\n", i, d.line())
+		rc.Flush()
+		if i == n {
+			return
+		}
+		select {
+		case <-t.C:
+		case <-draining:
+			fmt.Fprintf(w, "event: bye\nretry: 100\ndata: %s is draining; reconnect\n\n", d.line())
+			return
 		case <-r.Context().Done():
 			return
 		}

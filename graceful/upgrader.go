@@ -142,6 +142,12 @@ type Upgrader struct {
 	nextPID  int
 	drainers []*Drainer
 	lastStat string
+	// successor is the generation this process handed over to, watched while this
+	// process drains (without a service manager to restart it); reserve holds
+	// duplicates of the sockets meanwhile, so that they stay open if it dies.
+	successor    child
+	reserve      *activation.Child
+	replacements int
 	// main is true while this process is the one the service manager supervises
 	// (and its notifications are accepted): a first generation from the start, a
 	// later one once its parent has handed over, neither after handing over.
@@ -484,11 +490,12 @@ func (u *Upgrader) do(f func()) {
 
 // childEvent is something that happened to the child of upgrade up.
 type childEvent struct {
-	up     *upgrade
-	msg    message
-	err    error // from reading the channel
-	exited bool
-	timer  bool
+	successor child // a successor that exited (see watchSuccessor)
+	up        *upgrade
+	msg       message
+	err       error // from reading the channel
+	exited    bool
+	timer     bool
 }
 
 func (u *Upgrader) run() {
@@ -505,7 +512,12 @@ func (u *Upgrader) run() {
 		case sig := <-u.sigs:
 			u.onSignal(sig)
 		case ev := <-u.events:
-			if u.up != nil && ev.up == u.up {
+			switch {
+			case ev.successor != nil:
+				if ev.successor == u.successor {
+					u.onSuccessorDied(ev.successor)
+				}
+			case u.up != nil && ev.up == u.up:
 				u.onChildEvent(ev)
 			}
 		case <-statusTick:
@@ -623,6 +635,15 @@ func (u *Upgrader) spawn(trigger string) (*upgrade, error) {
 		return nil, err
 	}
 	defer kids.Close()
+	return u.spawnWith(trigger, kids)
+}
+
+// spawnWith starts the next generation with the sockets in kids (which the caller
+// keeps and closes).
+func (u *Upgrader) spawnWith(trigger string, kids *activation.Child) (*upgrade, error) {
+	if err := resolveExecutable(u.exe); err != nil {
+		return nil, err
+	}
 	parentEnd, childEnd, err := socketPair()
 	if err != nil {
 		return nil, err
@@ -648,7 +669,7 @@ func (u *Upgrader) spawn(trigger string) (*upgrade, error) {
 		path:    u.exe,
 		args:    append([]string{u.exe}, u.cfg.Args...),
 		env:     env,
-		files:   append(kids.Files, childEnd),
+		files:   append(append([]*os.File(nil), kids.Files...), childEnd),
 		sibling: sibling,
 	})
 	if err != nil {
@@ -702,7 +723,12 @@ func (u *Upgrader) completeUpgrade(pid int) {
 		}
 	}
 	up.end()
-	up.child.Release()
+	if u.notifier == nil {
+		u.watchSuccessor(up.child)
+	} else {
+		// systemd supervises the new main process from now on.
+		up.child.Release()
+	}
 	u.up = nil
 	u.state = HandedOver
 	u.main = false
@@ -715,7 +741,55 @@ func (u *Upgrader) completeUpgrade(pid int) {
 		w(upgradeResult{pid: pid})
 	}
 	u.exitWhy = "handed over to PID " + strconv.Itoa(pid)
-	close(u.exit)
+	select {
+	case <-u.exit:
+	default:
+		close(u.exit)
+	}
+}
+
+// maxReplacements bounds how many times a draining process restarts a successor
+// that died.
+const maxReplacements = 3
+
+// watchSuccessor keeps the sockets open and watches the new generation while this
+// process drains. Without a service manager nobody else would notice if it died
+// (killed, crashed) before this process exits: the sockets would close and clients
+// would be refused. Then this process starts a replacement on the sockets it kept.
+func (u *Upgrader) watchSuccessor(c child) {
+	u.successor = c
+	if u.reserve == nil {
+		r, err := u.set.ForChild()
+		if err != nil {
+			u.log.Warn("could not keep the sockets open while draining", "err", err)
+		} else {
+			u.reserve = r
+		}
+	}
+	go func() {
+		<-c.Exited()
+		u.events <- childEvent{successor: c}
+	}()
+}
+
+// onSuccessorDied starts a replacement for a successor that died while this process
+// was draining.
+func (u *Upgrader) onSuccessorDied(c child) {
+	u.successor = nil
+	status := c.ExitStatus()
+	if u.reserve == nil || u.replacements >= maxReplacements || u.up != nil {
+		u.log.Error("the new generation died while this process was draining", "child", c.Pid(), "status", status)
+		return
+	}
+	u.replacements++
+	u.log.Error("the new generation died while this process was draining; starting a replacement on the sockets kept open", "child", c.Pid(), "status", status, "attempt", u.replacements)
+	up, err := u.spawnWith("replacement", u.reserve)
+	if err != nil {
+		u.log.Error("starting a replacement failed", "err", err)
+		return
+	}
+	u.up = up
+	u.watch(up)
 }
 
 // failUpgrade abandons the upgrade in progress: the child is killed and reaped, and

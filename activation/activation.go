@@ -218,6 +218,12 @@ func inherit(e env) (*Set, error) {
 		if err != nil {
 			return s, fmt.Errorf("%s=%d passes fd %d (name %q) but it is not usable: %v; the process that started this one passed a descriptor it did not have open", ListenFDsEnv, n, fd, f.Name, err)
 		}
+		if path, ok := runtimeFile(fd, f.Kind); ok {
+			// The Go runtime (1.25 and later) opens the cgroup CPU limit files at the
+			// lowest free descriptors before main runs and keeps them open. Adopting one
+			// would let CloseUnclaimed close the runtime's descriptor.
+			return s, fmt.Errorf("%s=%d passes fd %d (name %q) but it is %s, which the Go runtime opened at startup: fd %d was not passed, so %s counts more descriptors than the process that started this one passed", ListenFDsEnv, n, fd, f.Name, path, fd, ListenFDsEnv)
+		}
 		s.files = append(s.files, f)
 	}
 	if s.marker != nil {

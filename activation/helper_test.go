@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -211,12 +212,12 @@ func runHelperSpec(spec helperSpec) *helperResult {
 	res.FDsAfter = fdStates()
 	if spec.Shell {
 		out, err := exec.Command("sh", "-c", `ls /proc/$$/fd; echo --env--; env`).Output()
-		if err != nil {
-			res.ShellFDs = []string{"error: " + err.Error()}
-		}
 		fds, env, _ := strings.Cut(string(out), "--env--\n")
 		res.ShellFDs = strings.Fields(fds)
 		res.ShellEnv = protocolVars(strings.Split(env, "\n"))
+		if err != nil {
+			res.ShellFDs = append(res.ShellFDs, "error: "+err.Error())
+		}
 	}
 	if spec.Child != nil {
 		res.Child, res.Nonblock, err = handToChild(s, *spec.Child, closers)
@@ -344,7 +345,7 @@ func handToChild(s *Set, spec helperSpec, held []io.Closer) (*helperResult, []bo
 		return nil, nb, err
 	}
 	defer ours.Close()
-	res, err := startHelper(env, append(c.Files, theirs), func() { theirs.Close(); check() })
+	res, err := startHelper(env, append(slices.Clone(c.Files), theirs), func() { theirs.Close(); check() })
 	return res, nb, err
 }
 
@@ -378,6 +379,10 @@ func startHelper(env []string, files []*os.File, started func()) (*helperResult,
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
 	cmd.Env = env
+	if os.Getenv("GORACE") == "" {
+		// Under -race a process sleeps a second at exit by default.
+		cmd.Env = append(slices.Clone(env), "GORACE=atexit_sleep_ms=0")
+	}
 	cmd.ExtraFiles = files
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -3,6 +3,8 @@ package activation
 import (
 	"fmt"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -100,6 +102,20 @@ func inspect(fd int) (Kind, error) {
 		k.Addr = sockaddrToAddr(sa, k.Type)
 	}
 	return k, nil
+}
+
+// runtimeFile reports whether fd is a cgroup file, such as the CPU limit files the
+// Go runtime keeps open, and returns its path. Neither systemd nor a handover parent
+// passes such a file: one at a passed position was opened by this process itself.
+func runtimeFile(fd int, k Kind) (string, bool) {
+	if k.Socket || k.What != "regular file" {
+		return "", false
+	}
+	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil || !strings.HasPrefix(path, "/sys/fs/cgroup/") {
+		return "", false
+	}
+	return path, true
 }
 
 func sockaddrToAddr(sa unix.Sockaddr, typ int) net.Addr {

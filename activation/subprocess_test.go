@@ -90,6 +90,7 @@ type passed struct {
 	names []string   // LISTEN_FDNAMES; nil leaves it unset
 	own   []int      // the marker's own list (Parent only)
 	fds   string     // LISTEN_FDS if not len(files)
+	env   []string   // more variables
 }
 
 // baseEnv is the test's environment without the protocol's variables.
@@ -109,7 +110,7 @@ func baseEnv() []string {
 // marker naming the test process as the parent, and a channel after the sockets.
 func runHelper(t *testing.T, source Source, p passed, spec helperSpec) *helperResult {
 	t.Helper()
-	env := baseEnv()
+	env := append(baseEnv(), p.env...)
 	files := slices.Clone(p.files)
 	if source != Bound {
 		fds := p.fds
@@ -318,27 +319,49 @@ func TestActivationWrongKind(t *testing.T) {
 	}
 }
 
-// TestActivationMissingFD: LISTEN_FDS counting a descriptor that is not open makes
-// Inherit fail, naming it.
+// TestActivationMissingFD: LISTEN_FDS counting a descriptor that was not passed makes
+// Inherit fail, naming it. In a Go process the runtime may have opened its cgroup CPU
+// limit files at the lowest free descriptors, right after the passed ones; with
+// GODEBUG=containermaxprocs=0 it closes them again before main, leaving the gap.
 func TestActivationMissingFD(t *testing.T) {
-	for _, src := range []Source{Systemd, Parent} {
-		t.Run(src.String(), func(t *testing.T) {
-			f, _ := newSocket(t, "tcp4", "127.0.0.1:0", true)
-			res := runHelper(t, src, passed{files: []*os.File{f, nil}, names: []string{"http", "admin"}}, helperSpec{})
-			if res.FDsBefore[4] != "closed" {
-				t.Fatalf("fd 4 is %s in the helper before Inherit; the test needs it closed", res.FDsBefore[4])
-			}
-			mustContain(t, "Inherit error", res.InheritErr, "LISTEN_FDS=2", "fd 4", `"admin"`, "bad file descriptor")
-		})
+	for _, runtimeFDs := range []bool{false, true} {
+		for _, src := range []Source{Systemd, Parent} {
+			t.Run(fmt.Sprintf("%s, runtime fds %v", src, runtimeFDs), func(t *testing.T) {
+				f, _ := newSocket(t, "tcp4", "127.0.0.1:0", true)
+				p := passed{files: []*os.File{f, nil}, names: []string{"http", "admin"}}
+				if !runtimeFDs {
+					p.env = []string{godebug("containermaxprocs=0")}
+				}
+				res := runHelper(t, src, p, helperSpec{})
+				parts := []string{"LISTEN_FDS=2", "fd 4", `"admin"`}
+				switch st := res.FDsBefore[4]; {
+				case st == "closed":
+					parts = append(parts, "bad file descriptor")
+				case runtimeFDs:
+					parts = append(parts, "/sys/fs/cgroup/", "Go runtime", "fd 4 was not passed")
+				default:
+					t.Fatalf("fd 4 is %s in the helper before Inherit; the test needs it closed", st)
+				}
+				mustContain(t, "Inherit error", res.InheritErr, parts...)
+			})
+		}
 	}
 	t.Run("count beyond the files", func(t *testing.T) {
 		f, _ := newSocket(t, "tcp4", "127.0.0.1:0", true)
-		res := runHelper(t, Systemd, passed{files: []*os.File{f}, fds: "2"}, helperSpec{})
+		res := runHelper(t, Systemd, passed{files: []*os.File{f}, fds: "2", env: []string{godebug("containermaxprocs=0")}}, helperSpec{})
 		if res.FDsBefore[4] != "closed" {
 			t.Fatalf("fd 4 is %s in the helper before Inherit; the test needs it closed", res.FDsBefore[4])
 		}
-		mustContain(t, "Inherit error", res.InheritErr, "LISTEN_FDS=2", "fd 4")
+		mustContain(t, "Inherit error", res.InheritErr, "LISTEN_FDS=2", "fd 4", "bad file descriptor")
 	})
+}
+
+// godebug returns GODEBUG with setting added to the test's own.
+func godebug(setting string) string {
+	if cur := os.Getenv("GODEBUG"); cur != "" {
+		return "GODEBUG=" + cur + "," + setting
+	}
+	return "GODEBUG=" + setting
 }
 
 // TestActivationIPv6: a TCP listener on [::1] is claimed by name and by address.
@@ -423,16 +446,20 @@ func TestActivationSharedName(t *testing.T) {
 	tcp2, tcp2Addr := newSocket(t, "tcp4", "127.0.0.1:0", true)
 	res := runHelper(t, Systemd, passed{files: []*os.File{udp, tcp, tcp2}, names: []string{"dns", "dns", "dns"}}, helperSpec{
 		Claims: []claim{
-			{Name: "dns", Network: "tcp", Address: tcp2Addr}, // the one bound there
-			{Name: "dns", Network: "udp", Address: "127.0.0.1:53", Packet: true},
+			{Name: "dns", Network: "tcp", Address: tcp2Addr},       // the one bound there
 			{Name: "dns", Network: "tcp", Address: "127.0.0.1:53"}, // the remaining one
-			{Name: "dns", Network: "tcp", Address: "127.0.0.1:53"},
+			{Name: "dns", Network: "tcp", Address: "127.0.0.1:53"}, // none left
+			{Name: "dns", Network: "udp", Address: "127.0.0.1:53", Packet: true},
+			{Name: "dns", Network: "udp", Address: "127.0.0.1:53", Packet: true},
 		},
 	})
 	checkClaim(t, res, 0, tcp2Addr, "systemd")
-	checkClaim(t, res, 1, udpAddr, "systemd")
-	checkClaim(t, res, 2, tcpAddr, "systemd")
-	mustContain(t, "fourth claim", res.Claims[3].Err, `listener "dns"`, "fd 3", "expected a listening TCP socket", "fd 4", "fd 5", "already claimed")
+	checkClaim(t, res, 1, tcpAddr, "systemd")
+	mustContain(t, "third claim", res.Claims[2].Err, `listener "dns"`,
+		`fd 3 ("dns", from systemd) cannot be used: it is a UDP/IPv4 socket on `+udpAddr+"; expected a listening TCP socket",
+		`fd 4 ("dns", from systemd) was already claimed`, `fd 5 ("dns", from systemd) was already claimed`)
+	checkClaim(t, res, 3, udpAddr, "systemd")
+	mustContain(t, "fifth claim", res.Claims[4].Err, `listener "dns"`, "fd 3", "fd 4", "fd 5", "already claimed")
 }
 
 // TestActivationEnvCleared: after Inherit the protocol's variables are gone, and a
@@ -466,49 +493,44 @@ func TestActivationEnvCleared(t *testing.T) {
 }
 
 // TestActivationStrayFD: a descriptor at fd 3 without the variables that describe it
-// is not adopted, and is close-on-exec afterwards so no program the process runs
-// inherits it.
+// (none at all, or a stale LISTEN_FDS without LISTEN_PID) is not adopted, and is
+// close-on-exec afterwards so no program the process runs inherits it.
 func TestActivationStrayFD(t *testing.T) {
 	for _, c := range []struct {
 		name    string
-		src     Source
-		ignored []string
+		env     []string
+		ignored string // what Ignored() must say; "" for nothing
 	}{
-		{"no variables", Bound, nil},
-		{"LISTEN_FDS only", Bound, nil}, // set below
+		{"no variables", nil, ""},
+		{"LISTEN_FDS only", []string{ListenFDsEnv + "=1", ListenFDNamesEnv + "=http"}, "LISTEN_FDS is set but LISTEN_PID is not"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f, addr := newSocket(t, "tcp4", "127.0.0.1:0", true)
 			spec := helperSpec{Claims: []claim{{Name: "http", Network: "tcp", Address: addr}}, Shell: true}
-			var res *helperResult
-			if c.name == "LISTEN_FDS only" {
-				// A stale LISTEN_FDS without LISTEN_PID (not meant for this process).
-				env := append(baseEnv(), ListenFDsEnv+"=1", ListenFDNamesEnv+"=http")
-				var err error
-				if res, err = startHelper(specEnv(env, spec), []*os.File{f}, nil); err != nil {
-					t.Fatal(err)
-				}
-				mustContain(t, "Ignored()", res.Ignored, "LISTEN_FDS is set but LISTEN_PID is not")
-			} else {
-				res = runHelper(t, Bound, passed{files: []*os.File{f}}, spec)
-				if res.Ignored != "" {
-					t.Errorf("Ignored() = %q; nothing described a descriptor", res.Ignored)
-				}
-			}
-			if res.InheritErr != "" || res.Source != "bound" || len(res.Files) != 0 {
-				t.Errorf("Inherit: source %s, files %+v, err %q; want nothing adopted", res.Source, res.Files, res.InheritErr)
+			res, err := startHelper(specEnv(append(baseEnv(), c.env...), spec), []*os.File{f}, nil)
+			if err != nil {
+				t.Fatal(err)
 			}
 			if res.FDsBefore[3] != "inherit" {
 				t.Fatalf("fd 3 is %s in the helper before Inherit; the test needs it open without close-on-exec", res.FDsBefore[3])
 			}
+			if res.InheritErr != "" || res.Source != "bound" || len(res.Files) != 0 {
+				t.Errorf("Inherit: source %s, files %+v, err %q; want nothing adopted", res.Source, res.Files, res.InheritErr)
+			}
+			if c.ignored == "" && res.Ignored != "" {
+				t.Errorf("Ignored() = %q; nothing described a descriptor", res.Ignored)
+			}
+			if c.ignored != "" {
+				mustContain(t, "Ignored()", res.Ignored, c.ignored)
+			}
 			if res.FDsAfter[3] != "cloexec" {
 				t.Errorf("fd 3 is %s after Inherit, want cloexec", res.FDsAfter[3])
 			}
-			if slices.Contains(res.ShellFDs, "3") {
-				t.Errorf("a program run after Inherit has fd 3: %q", res.ShellFDs)
+			if slices.Contains(res.ShellFDs, "3") || len(res.ShellEnv) != 0 {
+				t.Errorf("a program run after Inherit has descriptors %q, variables %q", res.ShellFDs, res.ShellEnv)
 			}
-			// The stray socket is not used: the process cannot bind the address it
-			// holds, since the stray socket is still bound there.
+			// The stray socket was not used: binding its address fails, since the
+			// stray socket is still bound there.
 			mustContain(t, "claim error", res.Claims[0].Err, "address already in use")
 		})
 	}

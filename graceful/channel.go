@@ -21,11 +21,14 @@ import (
 //	child → parent   "error <text>"    cannot start; about to exit
 //	parent → child   "main"            handed over: you are the current generation
 //	parent → child   "abort <text>"    upgrade abandoned; you will be killed
+//	child → parent   "done"            no longer the current generation (it handed
+//	                                   over in turn, or is stopping): its exit is
+//	                                   no crash, and needs no replacement
 const maxMessage = 4096
 
 // message is one line of the handover channel.
 type message struct {
-	verb string // ready, error, main, abort
+	verb string // ready, error, main, abort, done
 	pid  int    // ready
 	text string // error, abort
 }
@@ -52,9 +55,9 @@ func parseMessage(line string) (message, error) {
 		return message{verb: verb, pid: pid}, nil
 	case "error", "abort":
 		return message{verb: verb, text: rest}, nil
-	case "main":
+	case "main", "done":
 		if rest != "" {
-			return message{}, fmt.Errorf("handover channel: %q: main takes no argument", clip(line))
+			return message{}, fmt.Errorf("handover channel: %q: %s takes no argument", clip(line), verb)
 		}
 		return message{verb: verb}, nil
 	}
@@ -97,26 +100,33 @@ func (c *channel) send(m message, timeout time.Duration) error {
 	return err
 }
 
-// receive reads one message. io.EOF means the other end closed (its process exited).
+// receive reads one message. io.EOF means the other end closed (its process exited)
+// between messages; io.ErrUnexpectedEOF that it closed in the middle of one, whose
+// start is discarded rather than parsed ("ready 12" of "ready 123\n" is not a
+// message).
 func (c *channel) receive() (message, error) {
 	var line []byte
 	for {
-		part, isPrefix, err := c.r.ReadLine()
-		if err != nil {
-			if errors.Is(err, io.EOF) && len(line) > 0 {
-				err = io.ErrUnexpectedEOF
-			}
-			return message{}, err
-		}
+		part, err := c.r.ReadSlice('\n')
 		line = append(line, part...)
-		if len(line) > maxMessage {
+		n := len(line)
+		if err == nil {
+			n-- // the newline
+		}
+		if n > maxMessage {
 			return message{}, fmt.Errorf("handover channel: message longer than %d bytes", maxMessage)
 		}
-		if !isPrefix {
-			break
+		switch {
+		case err == nil:
+			return parseMessage(string(line[:n]))
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF) && len(line) > 0:
+			return message{}, io.ErrUnexpectedEOF
+		default:
+			return message{}, err
 		}
 	}
-	return parseMessage(string(line))
 }
 
 func (c *channel) close() { c.conn.Close() }

@@ -35,8 +35,10 @@ var ErrDrainDeadline = errors.New("graceful: drain deadline reached; remaining c
 //     read by the package-level Draining function, are closed) and every tracked
 //     listener is closed: the process stops accepting. Connections still in the
 //     kernel's accept queue stay there for whichever process shares the socket.
-//  2. Keep-alive stops: every HTTP/1 response that starts from now on carries
-//     "Connection: close", and its connection is closed after it.
+//  2. Keep-alive stops: every HTTP/1 request whose handler starts from now on is
+//     answered with "Connection: close", and its connection is closed after the
+//     response. (A request already being handled keeps its connection, which goes
+//     idle after the response and is closed by stage 3.)
 //  3. A connection that is idle (between requests) or new (accepted, no byte of a
 //     request received yet) is closed once it has been so for KeepAliveGrace, counted
 //     from the start of the drain at the earliest. A client that sends its next
@@ -61,8 +63,13 @@ type Drainer struct {
 	draining  atomic.Bool
 	drainedAt time.Time
 	http      bool
-	changed   chan struct{} // poked on every state change while draining
+	changed   chan struct{} // closed and replaced on every change while draining
 	accepted  atomic.Uint64
+	// accepting counts the Accept calls between the start of the underlying Accept
+	// and the tracking of the connection it returned, so that Drain does not report
+	// "all closed" while a connection the kernel handed over is not tracked yet.
+	// Incremented without mu, decremented with mu held.
+	accepting atomic.Int64
 }
 
 // ConnCounts is a snapshot of a Drainer's connections by state.
@@ -79,7 +86,7 @@ func (d *Drainer) init() {
 	if d.conns == nil {
 		d.conns = make(map[*Conn]struct{})
 		d.drainCh = make(chan struct{})
-		d.changed = make(chan struct{}, 1)
+		d.changed = make(chan struct{})
 	}
 }
 
@@ -215,20 +222,20 @@ func (d *Drainer) ConnState(c net.Conn, st http.ConnState) {
 			tc.idleSince = d.clock().Now()
 			tc.reading.Store(false)
 		}
+		d.changedLocked()
 	}
 	d.mu.Unlock()
-	d.poke()
 }
 
-func (d *Drainer) poke() {
+// changedLocked wakes every Drain waiting for a change. d.mu is held.
+func (d *Drainer) changedLocked() {
 	if d.draining.Load() {
-		select {
-		case d.changed <- struct{}{}:
-		default:
-		}
+		close(d.changed)
+		d.changed = make(chan struct{})
 	}
 }
 
+// add tracks c, which an Accept counted in d.accepting returned.
 func (d *Drainer) add(c *Conn) {
 	d.accepted.Add(1)
 	d.mu.Lock()
@@ -239,14 +246,24 @@ func (d *Drainer) add(c *Conn) {
 		c.state = http.StateActive
 	}
 	d.conns[c] = struct{}{}
+	d.accepting.Add(-1)
+	d.changedLocked()
+	d.mu.Unlock()
+}
+
+// acceptFailed ends an Accept counted in d.accepting that returned no connection.
+func (d *Drainer) acceptFailed() {
+	d.mu.Lock()
+	d.accepting.Add(-1)
+	d.changedLocked()
 	d.mu.Unlock()
 }
 
 func (d *Drainer) remove(c *Conn) {
 	d.mu.Lock()
 	delete(d.conns, c)
+	d.changedLocked()
 	d.mu.Unlock()
-	d.poke()
 }
 
 // Drain stops accepting and waits for the tracked connections to finish, in the stages
@@ -274,7 +291,10 @@ func (d *Drainer) Drain(ctx context.Context) error {
 		var closeNow []*Conn
 		var next time.Time
 		d.mu.Lock()
-		open := len(d.conns)
+		// Closed when anything changes after this pass; every concurrent Drain
+		// waits on it.
+		wake := d.changed
+		open := len(d.conns) + int(d.accepting.Load())
 		for c := range d.conns {
 			if !c.unused() {
 				continue
@@ -303,11 +323,11 @@ func (d *Drainer) Drain(ctx context.Context) error {
 		var timerC <-chan time.Time
 		var timer Timer
 		if !next.IsZero() {
-			timer = clock.NewTimer(next.Sub(now))
+			timer = timerAt(clock, next, now)
 			timerC = timer.C()
 		}
 		select {
-		case <-d.changed:
+		case <-wake:
 		case <-timerC:
 		case <-ctx.Done():
 			if timer != nil {
@@ -344,8 +364,10 @@ type listener struct {
 // Accept accepts a connection and tracks it. A connection accepted while draining is
 // still tracked and served: it reached this process, so it gets an answer.
 func (l *listener) Accept() (net.Conn, error) {
+	l.d.accepting.Add(1)
 	c, err := l.Listener.Accept()
 	if err != nil {
+		l.d.acceptFailed()
 		return nil, err
 	}
 	tc := &Conn{Conn: c, d: l.d}

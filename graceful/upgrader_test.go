@@ -1,0 +1,572 @@
+package graceful
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/seed-a7250cfa/handover/activation"
+	"golang.org/x/sys/unix"
+)
+
+// These tests drive the upgrade state machine through newUpgrader with fake
+// children (Config.start): no process is started. newUpgrader still reads the
+// process's inherited sockets (activation.Inherit, nothing here), registers signal
+// handlers (stopped at cleanup) and starts a state goroutine that outlives the test.
+
+// fakeChild is a started "process": the test plays the new generation on the
+// child's end of the handover channel, which stays open after the "process" exits
+// or is killed, so that the test can read what it was sent last.
+type fakeChild struct {
+	pid  int
+	spec childSpec
+	ch   *channel // the child's end
+
+	exitOnce sync.Once
+	exited   chan struct{}
+	mu       sync.Mutex
+	killed   bool
+	released bool
+}
+
+func (c *fakeChild) Pid() int                { return c.pid }
+func (c *fakeChild) Exited() <-chan struct{} { return c.exited }
+func (c *fakeChild) ExitStatus() string      { return "" }
+func (c *fakeChild) exit()                   { c.exitOnce.Do(func() { close(c.exited) }) }
+
+func (c *fakeChild) Kill() {
+	c.mu.Lock()
+	c.killed = true
+	c.mu.Unlock()
+	c.exit()
+}
+
+func (c *fakeChild) Release() {
+	c.mu.Lock()
+	c.released = true
+	c.mu.Unlock()
+}
+
+func (c *fakeChild) wasKilled() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.killed
+}
+
+// fakeStarter is a startFunc that hands each started child to the test.
+type fakeStarter struct {
+	t       *testing.T
+	started chan *fakeChild
+	err     error
+	mu      sync.Mutex
+	nextPID int
+}
+
+func newFakeStarter(t *testing.T) *fakeStarter {
+	return &fakeStarter{t: t, started: make(chan *fakeChild, 8), nextPID: 1 << 22}
+}
+
+func (s *fakeStarter) start(spec childSpec) (child, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	if len(spec.files) == 0 {
+		return nil, errors.New("fake start: no handover channel passed")
+	}
+	// The caller closes its copy of the child's end once we return, as after a
+	// real fork; the fake child keeps a duplicate.
+	fd, err := unix.FcntlInt(spec.files[len(spec.files)-1].Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := newChannel(os.NewFile(uintptr(fd), "fake-child-channel"))
+	if err != nil {
+		return nil, err
+	}
+	ch.conn.SetDeadline(time.Now().Add(waitBound))
+	s.mu.Lock()
+	s.nextPID++
+	c := &fakeChild{pid: s.nextPID, spec: spec, ch: ch, exited: make(chan struct{})}
+	s.mu.Unlock()
+	s.t.Cleanup(func() {
+		c.exit()
+		c.ch.close()
+	})
+	s.started <- c
+	return c, nil
+}
+
+func (s *fakeStarter) next(t *testing.T) *fakeChild {
+	t.Helper()
+	select {
+	case c := <-s.started:
+		return c
+	case <-time.After(waitBound):
+		t.Fatal("no child started")
+		return nil
+	}
+}
+
+// testLog sends an Upgrader's logs to t.Log until the test ends (the Upgrader's
+// goroutines outlive it).
+type testLog struct {
+	mu   sync.Mutex
+	t    *testing.T
+	done bool
+}
+
+func (w *testLog) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimSuffix(string(b), "\n"))
+	}
+	return len(b), nil
+}
+
+func newTestUpgrader(t *testing.T, cfg Config, s *fakeStarter) *Upgrader {
+	t.Helper()
+	if _, ok := os.LookupEnv("NOTIFY_SOCKET"); !ok {
+		t.Setenv("NOTIFY_SOCKET", "")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &testLog{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	cfg.Logger = slog.New(slog.NewTextHandler(w, nil))
+	cfg.Executable = exe
+	if cfg.Args == nil {
+		cfg.Args = []string{"-test.run=^$", "serve"}
+	}
+	cfg.start = s.start
+	u, err := newUpgrader(cfg)
+	if err != nil {
+		t.Fatalf("newUpgrader: %v", err)
+	}
+	t.Cleanup(func() { signal.Stop(u.sigs) })
+	return u
+}
+
+type upgradeOutcome struct {
+	pid int
+	err error
+}
+
+func upgradeAsync(u *Upgrader) <-chan upgradeOutcome {
+	res := make(chan upgradeOutcome, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+		defer cancel()
+		pid, err := u.Upgrade(ctx)
+		res <- upgradeOutcome{pid, err}
+	}()
+	return res
+}
+
+func outcome(t *testing.T, res <-chan upgradeOutcome) upgradeOutcome {
+	t.Helper()
+	select {
+	case r := <-res:
+		return r
+	case <-time.After(waitBound):
+		t.Fatal("Upgrade did not return")
+		return upgradeOutcome{}
+	}
+}
+
+func exited(u *Upgrader) bool {
+	select {
+	case <-u.Exit():
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *fakeChild) expect(t *testing.T, verb string) message {
+	t.Helper()
+	m, err := c.ch.receive()
+	if err != nil || m.verb != verb {
+		t.Fatalf("child %d received %+v, %v; want %q", c.pid, m, err, verb)
+	}
+	return m
+}
+
+func TestUpgradeBeforeReady(t *testing.T) {
+	s := newFakeStarter(t)
+	u := newTestUpgrader(t, Config{}, s)
+	if st := u.Status(); st.State != "starting" || st.Generation != 1 {
+		t.Fatalf("Status = %+v", st)
+	}
+	if r := outcome(t, upgradeAsync(u)); !errors.Is(r.err, ErrNotReady) {
+		t.Fatalf("Upgrade before Ready: %v; want ErrNotReady", r.err)
+	}
+	if len(s.started) != 0 {
+		t.Fatal("a child was started before Ready")
+	}
+}
+
+func TestUpgradeHandsOver(t *testing.T) {
+	s := newFakeStarter(t)
+	pidfile := filepath.Join(t.TempDir(), "app.pid")
+	u := newTestUpgrader(t, Config{PIDFile: pidfile, Args: []string{"-flag", "value"}}, s)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, pidfile); got != strconv.Itoa(os.Getpid())+"\n" {
+		t.Fatalf("PID file after Ready: %q", got)
+	}
+	res := upgradeAsync(u)
+	c := s.next(t)
+
+	// What the new generation is started with.
+	if want := append([]string{u.exe}, "-flag", "value"); c.spec.path != u.exe || !slices.Equal(c.spec.args, want) {
+		t.Fatalf("started %q %q; want %q %q", c.spec.path, c.spec.args, u.exe, want)
+	}
+	if c.spec.sibling {
+		t.Fatal("started as a sibling without a service manager")
+	}
+	var marker string
+	for _, kv := range c.spec.env {
+		if v, ok := strings.CutPrefix(kv, activation.MarkerEnv+"="); ok {
+			marker = v
+		}
+	}
+	m, err := activation.ParseMarker(marker)
+	if err != nil {
+		t.Fatalf("marker %q: %v", marker, err)
+	}
+	if m.PID != os.Getpid() || m.PPID != os.Getpid() || m.Generation != 2 || m.Channel != activation.ListenFDsStart+len(c.spec.files)-1 {
+		t.Fatalf("marker %+v; want this process as parent, generation 2, channel at fd %d", m, activation.ListenFDsStart+len(c.spec.files)-1)
+	}
+	if st := u.Status(); st.State != "upgrading" || st.Upgrading != c.pid {
+		t.Fatalf("Status during the upgrade = %+v", st)
+	}
+	if r := outcome(t, upgradeAsync(u)); !errors.Is(r.err, ErrUpgradeInProgress) {
+		t.Fatalf("second Upgrade: %v; want ErrUpgradeInProgress", r.err)
+	}
+	if exited(u) {
+		t.Fatal("Exit closed before the new generation was ready")
+	}
+
+	if err := c.ch.send(message{verb: "ready", pid: c.pid}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.expect(t, "main")
+	r := outcome(t, res)
+	if r.err != nil || r.pid != c.pid {
+		t.Fatalf("Upgrade = %d, %v; want %d", r.pid, r.err, c.pid)
+	}
+	select {
+	case <-u.Exit():
+	case <-time.After(waitBound):
+		t.Fatal("Exit not closed after handing over")
+	}
+	if st := u.Status(); st.State != "handed-over" || st.Upgrading != 0 {
+		t.Fatalf("Status after handing over = %+v", st)
+	}
+	if r := outcome(t, upgradeAsync(u)); r.err == nil || !strings.Contains(r.err.Error(), strconv.Itoa(c.pid)) {
+		t.Fatalf("Upgrade after handing over: %v; want a pointer to PID %d", r.err, c.pid)
+	}
+	if c.wasKilled() {
+		t.Fatal("the new generation was killed")
+	}
+	// The successor retires in turn and exits: nothing is restarted.
+	c.ch.send(message{verb: "done"}, time.Second)
+	c.exit()
+}
+
+func TestUpgradeChildFails(t *testing.T) {
+	s := newFakeStarter(t)
+	u := newTestUpgrader(t, Config{}, s)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	res := upgradeAsync(u)
+	c := s.next(t)
+	if err := c.ch.send(message{verb: "error", text: "listen tcp :80: bind: permission denied"}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the parent has read the error, then die as the real child does.
+	eventually(t, "the parent records the child's error", func() bool {
+		var detail string
+		u.do(func() {
+			if u.up != nil {
+				detail = u.up.detail
+			}
+		})
+		return detail != ""
+	})
+	c.exit()
+	r := outcome(t, res)
+	if r.err == nil || !strings.Contains(r.err.Error(), "exited before it was ready") || !strings.Contains(r.err.Error(), "bind: permission denied") {
+		t.Fatalf("Upgrade = %d, %v; want the exit and the child's reason", r.pid, r.err)
+	}
+	if exited(u) {
+		t.Fatal("Exit closed after a failed upgrade")
+	}
+	if st := u.Status(); st.State != "serving" || st.Upgrading != 0 || !strings.Contains(st.LastError, "permission denied") {
+		t.Fatalf("Status after a failed upgrade = %+v", st)
+	}
+
+	// The next attempt may succeed.
+	res = upgradeAsync(u)
+	c2 := s.next(t)
+	c2.ch.send(message{verb: "ready", pid: c2.pid}, time.Second)
+	c2.expect(t, "main")
+	if r := outcome(t, res); r.err != nil || r.pid != c2.pid {
+		t.Fatalf("second Upgrade = %d, %v", r.pid, r.err)
+	}
+	if st := u.Status(); st.LastError != "" {
+		t.Fatalf("LastError after a successful upgrade: %q", st.LastError)
+	}
+	c2.ch.send(message{verb: "done"}, time.Second)
+	c2.exit()
+}
+
+func TestUpgradeTimeout(t *testing.T) {
+	s := newFakeStarter(t)
+	u := newTestUpgrader(t, Config{UpgradeTimeout: 50 * time.Millisecond}, s)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	res := upgradeAsync(u)
+	c := s.next(t)
+	m := c.expect(t, "abort")
+	if !strings.Contains(m.text, "not ready within 50ms") {
+		t.Fatalf("abort says %q", m.text)
+	}
+	r := outcome(t, res)
+	if r.err == nil || !strings.Contains(r.err.Error(), "not ready within 50ms") {
+		t.Fatalf("Upgrade = %v; want a timeout", r.err)
+	}
+	if !c.wasKilled() {
+		t.Fatal("the child that was not ready in time was not killed")
+	}
+	if exited(u) || u.Status().State != "serving" {
+		t.Fatalf("after a timeout: exit=%v status=%+v", exited(u), u.Status())
+	}
+}
+
+func TestUpgradeUnexpectedMessage(t *testing.T) {
+	s := newFakeStarter(t)
+	u := newTestUpgrader(t, Config{}, s)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	res := upgradeAsync(u)
+	c := s.next(t)
+	c.ch.send(message{verb: "main"}, time.Second) // a child does not say that
+	c.expect(t, "abort")
+	if r := outcome(t, res); r.err == nil || !strings.Contains(r.err.Error(), "unexpected message") {
+		t.Fatalf("Upgrade = %v", r.err)
+	}
+	if !c.wasKilled() {
+		t.Fatal("child not killed")
+	}
+}
+
+func TestUpgradeStartFails(t *testing.T) {
+	s := newFakeStarter(t)
+	s.err = errors.New("fork/exec: resource temporarily unavailable")
+	u := newTestUpgrader(t, Config{}, s)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if r := outcome(t, upgradeAsync(u)); r.err == nil || !strings.Contains(r.err.Error(), "resource temporarily unavailable") {
+		t.Fatalf("Upgrade = %v", r.err)
+	}
+	if st := u.Status(); st.State != "serving" || !strings.Contains(st.LastError, "resource temporarily unavailable") {
+		t.Fatalf("Status = %+v", st)
+	}
+	if exited(u) {
+		t.Fatal("Exit closed")
+	}
+}
+
+func TestUpgradeMissingExecutable(t *testing.T) {
+	s := newFakeStarter(t)
+	u := newTestUpgrader(t, Config{}, s)
+	u.exe = filepath.Join(t.TempDir(), "gone")
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if r := outcome(t, upgradeAsync(u)); r.err == nil || !strings.Contains(r.err.Error(), "does not exist") {
+		t.Fatalf("Upgrade = %v", r.err)
+	}
+	if len(s.started) != 0 {
+		t.Fatal("started a missing executable")
+	}
+}
+
+func TestStopDuringUpgrade(t *testing.T) {
+	s := newFakeStarter(t)
+	pidfile := filepath.Join(t.TempDir(), "app.pid")
+	u := newTestUpgrader(t, Config{PIDFile: pidfile}, s)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	res := upgradeAsync(u)
+	c := s.next(t)
+	u.Stop()
+	if !exited(u) {
+		t.Fatal("Exit not closed by Stop")
+	}
+	c.expect(t, "abort")
+	if r := outcome(t, res); r.err == nil || !strings.Contains(r.err.Error(), "stopping") {
+		t.Fatalf("Upgrade = %v; want it abandoned", r.err)
+	}
+	if !c.wasKilled() {
+		t.Fatal("the child was not killed")
+	}
+	if st := u.Status(); st.State != "stopping" {
+		t.Fatalf("Status = %+v", st)
+	}
+	if _, err := os.Stat(pidfile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("PID file after Stop: %v; want it removed", err)
+	}
+	if r := outcome(t, upgradeAsync(u)); !errors.Is(r.err, ErrStopping) {
+		t.Fatalf("Upgrade while stopping: %v", r.err)
+	}
+	u.Stop() // again: nothing happens
+}
+
+// Under a service manager, the new generation is told it is the main one only after
+// the manager has confirmed (BARRIER=1) that it knows the new MAINPID.
+func TestUpgradeUnderServiceManager(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	mgr, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mgr.Close()
+	type datagram struct {
+		state string
+		fds   []int
+	}
+	got := make(chan datagram, 64)
+	go func() {
+		for {
+			buf := make([]byte, 4096)
+			oob := make([]byte, unix.CmsgSpace(4*16))
+			n, oobn, _, _, err := mgr.ReadMsgUnix(buf, oob)
+			if err != nil {
+				close(got)
+				return
+			}
+			var fds []int
+			if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, m := range msgs {
+					if r, err := unix.ParseUnixRights(&m); err == nil {
+						fds = append(fds, r...)
+					}
+				}
+			}
+			got <- datagram{string(buf[:n]), fds}
+		}
+	}()
+	// next returns the next notification containing want, closing the descriptors
+	// of the ones it skips.
+	next := func(want string) datagram {
+		t.Helper()
+		bound := time.After(waitBound)
+		for {
+			select {
+			case d, ok := <-got:
+				if !ok {
+					t.Fatalf("manager socket closed waiting for %q", want)
+				}
+				if strings.Contains(d.state, want) {
+					return d
+				}
+				for _, fd := range d.fds {
+					unix.Close(fd)
+				}
+			case <-bound:
+				t.Fatalf("the manager never received %q", want)
+			}
+		}
+	}
+
+	t.Setenv("NOTIFY_SOCKET", sock)
+	s := newFakeStarter(t)
+	u := newTestUpgrader(t, Config{}, s)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if d := next("READY=1"); !strings.Contains(d.state, "MAINPID="+strconv.Itoa(os.Getpid())) {
+		t.Fatalf("Ready notified %q", d.state)
+	}
+	res := upgradeAsync(u)
+	if d := next("RELOADING=1"); !strings.Contains(d.state, "MONOTONIC_USEC=") {
+		t.Fatalf("RELOADING=1 without MONOTONIC_USEC: %q", d.state)
+	}
+	c := s.next(t)
+	if !c.spec.sibling {
+		t.Fatal("not started as a sibling under a service manager")
+	}
+	c.ch.send(message{verb: "ready", pid: c.pid}, time.Second)
+	if d := next("MAINPID=" + strconv.Itoa(c.pid)); !strings.Contains(d.state, "READY=1") {
+		t.Fatalf("handover notification %q", d.state)
+	}
+	barrier := next("BARRIER=1")
+	if len(barrier.fds) != 1 {
+		t.Fatalf("BARRIER=1 with %d descriptors", len(barrier.fds))
+	}
+	mainc := make(chan error, 1)
+	go func() {
+		m, err := c.ch.receive()
+		if err == nil && m.verb != "main" {
+			err = errors.New("got " + m.String())
+		}
+		mainc <- err
+	}()
+	// Nothing to wait for while the parent (correctly) waits on the barrier: give
+	// a broken one a moment to tell the child too early.
+	select {
+	case err := <-mainc:
+		t.Fatalf("the child was told it is main (%v) before the manager confirmed the barrier", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	unix.Close(barrier.fds[0])
+	select {
+	case err := <-mainc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(waitBound):
+		t.Fatal("the child was not told it is main after the barrier")
+	}
+	if r := outcome(t, res); r.err != nil || r.pid != c.pid {
+		t.Fatalf("Upgrade = %d, %v", r.pid, r.err)
+	}
+	// Upgrade's result is sent before the state goroutine closes Exit (see the
+	// report on upgrader.go), so wait for it rather than check it at once.
+	select {
+	case <-u.Exit():
+	case <-time.After(waitBound):
+		t.Fatal("Exit not closed after handing over")
+	}
+	c.mu.Lock()
+	released := c.released
+	c.mu.Unlock()
+	if !released {
+		t.Fatal("the new main process is still watched; systemd supervises it")
+	}
+}

@@ -145,7 +145,8 @@ func (u *Upgrader) handleControl(c net.Conn) {
 				case r.moved != 0:
 					reply(control.Response{Moved: r.moved, Error: r.err.Error()})
 				default:
-					reply(control.Response{Error: r.err.Error()})
+					stopping := errors.Is(r.err, ErrStopping) || errors.Is(r.err, errAbandoned)
+					reply(control.Response{Error: r.err.Error(), Stopping: stopping})
 				}
 				close(done)
 			})

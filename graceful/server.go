@@ -37,7 +37,7 @@ type Server struct {
 
 	once    sync.Once
 	drainer Drainer
-	h2      *http.Server // owns net/http's HTTP/2 connections, so that they get GOAWAY
+	h2      *http.Server  // owns net/http's HTTP/2 connections, so that they get GOAWAY
 	done    chan struct{} // closed when a drain has finished
 	drainMu sync.Mutex
 	drainEr error

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -86,6 +87,10 @@ func startProcess(spec childSpec) (child, error) {
 	files := append([]*os.File{os.Stdin, os.Stdout, os.Stderr}, spec.files...)
 	p, err := os.StartProcess(spec.path, spec.args, &os.ProcAttr{Env: spec.env, Files: files, Sys: sys})
 	if err != nil {
+		if _, serr := os.Stat(spec.path); serr == nil && errors.Is(err, fs.ErrNotExist) {
+			// execve's ENOENT for a file that exists: what is missing is what it names.
+			err = fmt.Errorf("%w (the file exists: the interpreter on its #! line, or its ELF loader, is missing)", err)
+		}
 		return nil, fmt.Errorf("starting %s: %w", spec.path, err)
 	}
 	c := &proc{p: p, sibling: spec.sibling, exited: make(chan struct{})}
@@ -169,6 +174,13 @@ func (c *proc) reap() {
 func (c *proc) Kill() {
 	c.p.Kill()
 	if c.sibling {
+		// The service manager reaps it, but wait (through the pidfd) until it is
+		// dead, so that it does not outlive this process: on a stop, systemd would
+		// otherwise find it in the unit's cgroup and kill it itself.
+		select {
+		case <-c.exited:
+		case <-time.After(time.Second):
+		}
 		return
 	}
 	<-c.exited

@@ -68,6 +68,8 @@ var (
 	ErrUpgradeInProgress = errors.New("graceful: an upgrade is already in progress")
 	ErrNotReady          = errors.New("graceful: not ready yet (Ready has not been called)")
 	ErrStopping          = errors.New("graceful: the process is stopping")
+	// errAbandoned is why an upgrade in progress fails when the process is stopped.
+	errAbandoned = errors.New("upgrade abandoned: the process is stopping")
 )
 
 // Config configures an Upgrader. The zero Config is usable.
@@ -148,6 +150,11 @@ type Upgrader struct {
 	successor    child
 	reserve      *activation.Child
 	replacements int
+	// upstream is the channel to the generation that handed over to this one, kept
+	// while this process is the current generation: it says "done" on it when it no
+	// longer is (see retire), so that the parent, if it is still draining, does not
+	// take this process's exit for a crash and start a replacement.
+	upstream *channel
 	// main is true while this process is the one the service manager supervises
 	// (and its notifications are accepted): a first generation from the start, a
 	// later one once its parent has handed over, neither after handing over.
@@ -388,7 +395,12 @@ func (u *Upgrader) Ready() error {
 // confirmWithParent tells the parent this process is ready and waits for its answer.
 func (u *Upgrader) confirmWithParent() error {
 	p := u.parent
-	defer p.close()
+	keep := false
+	defer func() {
+		if !keep {
+			p.close()
+		}
+	}()
 	u.do(func() { u.parent = nil })
 	if err := p.send(message{verb: "ready", pid: os.Getpid()}, 5*time.Second); err != nil {
 		u.log.Warn("could not tell the parent generation we are ready; carrying on as the current generation", "err", err)
@@ -397,6 +409,17 @@ func (u *Upgrader) confirmWithParent() error {
 	m, err := p.receive()
 	switch {
 	case err == nil && m.verb == "main":
+		keep = true
+		u.do(func() { u.upstream = p })
+		go func() {
+			p.receive() // returns when the parent exits, or when retire closes p
+			u.do(func() {
+				if u.upstream == p {
+					p.close()
+					u.upstream = nil
+				}
+			})
+		}()
 		return nil
 	case err == nil && m.verb == "abort":
 		return fmt.Errorf("graceful: the parent generation abandoned the upgrade: %s", m.text)
@@ -491,6 +514,7 @@ func (u *Upgrader) do(f func()) {
 // childEvent is something that happened to the child of upgrade up.
 type childEvent struct {
 	successor child // a successor that exited (see watchSuccessor)
+	retired   bool  // the successor said "done" before it exited
 	up        *upgrade
 	msg       message
 	err       error // from reading the channel
@@ -515,7 +539,7 @@ func (u *Upgrader) run() {
 			switch {
 			case ev.successor != nil:
 				if ev.successor == u.successor {
-					u.onSuccessorDied(ev.successor)
+					u.onSuccessorDied(ev.successor, ev.retired)
 				}
 			case u.up != nil && ev.up == u.up:
 				u.onChildEvent(ev)
@@ -556,7 +580,9 @@ func (u *Upgrader) watch(up *upgrade) {
 // end finishes the attempt up: its watchers stop.
 func (up *upgrade) end() {
 	up.timer.Stop()
-	up.ch.close()
+	if up.ch != nil {
+		up.ch.close()
+	}
 	close(up.done)
 }
 
@@ -687,7 +713,15 @@ func (u *Upgrader) onChildEvent(ev childEvent) {
 	case ev.exited:
 		u.failUpgrade(fmt.Errorf("the new generation (PID %d) exited before it was ready", up.child.Pid()))
 	case ev.err != nil:
-		u.failUpgrade(fmt.Errorf("the new generation (PID %d) closed the handover channel before it was ready", up.child.Pid()))
+		// A child that dies closes the channel a moment before its exit is seen (a
+		// sibling's exit status is not ours to read): give the exit a moment, so that
+		// the error says what happened.
+		select {
+		case <-up.child.Exited():
+			u.failUpgrade(fmt.Errorf("the new generation (PID %d) exited before it was ready", up.child.Pid()))
+		case <-time.After(200 * time.Millisecond):
+			u.failUpgrade(fmt.Errorf("the new generation (PID %d) closed the handover channel before it was ready", up.child.Pid()))
+		}
 	case ev.msg.verb == "error":
 		up.detail = ev.msg.text
 		u.log.Error("the new generation reports an error", "child", up.child.Pid(), "err", ev.msg.text)
@@ -722,9 +756,13 @@ func (u *Upgrader) completeUpgrade(pid int) {
 			return
 		}
 	}
+	ch := up.ch
+	if u.notifier == nil {
+		up.ch = nil // kept: the successor says "done" on it when it retires
+	}
 	up.end()
 	if u.notifier == nil {
-		u.watchSuccessor(up.child)
+		u.watchSuccessor(up.child, ch)
 	} else {
 		// systemd supervises the new main process from now on.
 		up.child.Release()
@@ -740,6 +778,7 @@ func (u *Upgrader) completeUpgrade(pid int) {
 	for _, w := range up.waiters {
 		w(upgradeResult{pid: pid})
 	}
+	u.retire()
 	u.exitWhy = "handed over to PID " + strconv.Itoa(pid)
 	select {
 	case <-u.exit:
@@ -755,8 +794,10 @@ const maxReplacements = 3
 // watchSuccessor keeps the sockets open and watches the new generation while this
 // process drains. Without a service manager nobody else would notice if it died
 // (killed, crashed) before this process exits: the sockets would close and clients
-// would be refused. Then this process starts a replacement on the sockets it kept.
-func (u *Upgrader) watchSuccessor(c child) {
+// would be refused. Then this process starts a replacement on the sockets it kept,
+// unless the successor said "done" on the channel ch first: it had handed over in
+// turn, or was stopping, and its exit is no crash.
+func (u *Upgrader) watchSuccessor(c child, ch *channel) {
 	u.successor = c
 	if u.reserve == nil {
 		r, err := u.set.ForChild()
@@ -766,17 +807,32 @@ func (u *Upgrader) watchSuccessor(c child) {
 			u.reserve = r
 		}
 	}
+	done := make(chan bool, 1)
+	go func() {
+		m, err := ch.receive()
+		done <- err == nil && m.verb == "done"
+	}()
 	go func() {
 		<-c.Exited()
-		u.events <- childEvent{successor: c}
+		retired := false
+		select {
+		case retired = <-done: // its end closed when it exited
+		case <-time.After(time.Second):
+		}
+		ch.close()
+		u.events <- childEvent{successor: c, retired: retired}
 	}()
 }
 
 // onSuccessorDied starts a replacement for a successor that died while this process
-// was draining.
-func (u *Upgrader) onSuccessorDied(c child) {
+// was draining, unless it had retired (handed over in turn, or stopped).
+func (u *Upgrader) onSuccessorDied(c child, retired bool) {
 	u.successor = nil
 	status := c.ExitStatus()
+	if retired {
+		u.log.Info("the new generation exited after handing over or stopping; nothing to replace", "child", c.Pid(), "status", status)
+		return
+	}
 	if u.reserve == nil || u.replacements >= maxReplacements || u.up != nil {
 		u.log.Error("the new generation died while this process was draining", "child", c.Pid(), "status", status)
 		return
@@ -796,10 +852,16 @@ func (u *Upgrader) onSuccessorDied(c child) {
 // this process goes on serving.
 func (u *Upgrader) failUpgrade(err error) {
 	up := u.up
+	exited := false // by itself: then even "signal: killed" says what happened
+	select {
+	case <-up.child.Exited():
+		exited = true
+	default:
+	}
 	up.ch.send(message{verb: "abort", text: err.Error()}, 100*time.Millisecond)
 	up.end()
 	up.child.Kill()
-	if st := up.child.ExitStatus(); st != "" && st != "signal: killed" {
+	if st := up.child.ExitStatus(); st != "" && (exited || st != "signal: killed") {
 		err = fmt.Errorf("%w (%s)", err, st)
 	}
 	if up.detail != "" {
@@ -828,9 +890,10 @@ func (u *Upgrader) stop(why string) {
 		return
 	case Upgrading:
 		u.state = Stopping
-		u.failUpgrade(errors.New("upgrade abandoned: the process is stopping"))
+		u.failUpgrade(errAbandoned)
 	}
 	u.state = Stopping
+	u.retire()
 	u.log.Info("stopping", "why", why)
 	if u.main {
 		u.notify("STOPPING=1\nSTATUS=stopping: draining connections")
@@ -844,6 +907,16 @@ func (u *Upgrader) stop(why string) {
 	case <-u.exit:
 	default:
 		close(u.exit)
+	}
+}
+
+// retire tells the generation that handed over to this one, if it still listens,
+// that this process is no longer the current generation.
+func (u *Upgrader) retire() {
+	if u.upstream != nil {
+		u.upstream.send(message{verb: "done"}, 100*time.Millisecond)
+		u.upstream.close()
+		u.upstream = nil
 	}
 }
 

@@ -275,24 +275,37 @@ func TestSystemdKillNewMain(t *testing.T) {
 		if err := proc.WaitFor(func() bool { _, _, last := r.Progress(); return last == restarted }, 10*time.Second, "answers from the restarted service"); err != nil {
 			t.Error(err)
 		}
-		res := r.Stop()
-		t.Log(res.Summary())
-		fails := res.Failures()
-		for kind, n := range fails {
-			if kind != rawhttp.Reset && kind != rawhttp.EOF {
-				t.Errorf("%d failures of kind %s; only resets and EOFs of requests in flight in the killed process are expected", n, kind)
-			}
-		}
-		// At most one request per client can have been in flight in the killed process.
-		if n := res.FailureCount(); n > load.DefaultConcurrency {
-			t.Errorf("%d failed requests, more than the %d that could have been in flight", n, load.DefaultConcurrency)
-		}
+		checkKilledInFlight(t, r.Stop())
 		if n := d.sd.Grep("Main process exited, code=killed"); len(n) == 0 {
 			t.Errorf("systemd did not log the main process's death")
 		}
 		d.checkState(restarted)
+		// The restarted service upgrades as before.
+		if out, code := d.reload(); code != 0 {
+			t.Errorf("reload after the restart: exit %d\n%s", code, out)
+		} else if pid := d.mainPID(); pid == restarted {
+			t.Errorf("reload after the restart: MainPID still %d", pid)
+		} else {
+			d.checkState(pid)
+		}
 		d.checkConsole()
 	})
+}
+
+// checkKilledInFlight fails the test unless the only failed requests are resets and
+// EOFs of requests that were in flight in a killed process: at most one per client.
+// Nothing may be refused or time out while systemd restarts the service.
+func checkKilledInFlight(t testing.TB, res *load.Result) {
+	t.Helper()
+	t.Log(res.Summary())
+	for kind, n := range res.Failures() {
+		if kind != rawhttp.Reset && kind != rawhttp.EOF {
+			t.Errorf("%d failures of kind %s; only resets and EOFs of requests in flight in the killed process are expected", n, kind)
+		}
+	}
+	if n := res.FailureCount(); n > load.DefaultConcurrency {
+		t.Errorf("%d failed requests, more than the %d that could have been in flight", n, load.DefaultConcurrency)
+	}
 }
 
 // TestSystemdFailedUpgrade: a new binary that exits 1, or that never becomes ready,

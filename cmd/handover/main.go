@@ -22,6 +22,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/signal"
 	"strings"
 	"syscall"
 	"time"
@@ -37,7 +38,27 @@ The control socket is -control or $HANDOVER_CONTROL.
 `
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "reload" {
+		go exitOnSIGTERM()
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// exitOnSIGTERM makes `handover reload` stop waiting on SIGTERM. systemd sends it when
+// the unit is stopped during a reload (it cancels the reload job and signals the whole
+// control group, ExecReload= included); dying of the signal, or exiting non-zero, would
+// then mark the cleanly stopped unit failed (Result=signal). So under systemd
+// ($INVOCATION_ID is set) it exits 0; elsewhere 143, as a shell reports SIGTERM.
+func exitOnSIGTERM() {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGTERM)
+	<-c
+	if os.Getenv("INVOCATION_ID") != "" {
+		fmt.Fprintln(os.Stderr, "handover reload: SIGTERM from systemd (the service is stopping); no longer waiting for the upgrade")
+		os.Exit(0)
+	}
+	fmt.Fprintln(os.Stderr, "handover reload: interrupted by SIGTERM; the upgrade may still complete (see handover status)")
+	os.Exit(143)
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -84,6 +105,11 @@ func ask(path, req string, timeout time.Duration) (control.Response, error) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(timeout))
 	if _, err := io.WriteString(c, req+"\n"); err != nil {
+		// The service answers a peer it refuses at once and closes without reading
+		// the request: the answer may be waiting although the write failed.
+		if resp, rerr := control.ReadResponse(c); rerr == nil {
+			return resp, nil
+		}
 		return control.Response{}, fmt.Errorf("sending %q to %s: %w", req, path, err)
 	}
 	resp, err := control.ReadResponse(c)
@@ -124,6 +150,12 @@ func reload(path string, timeout time.Duration, stdout, stderr io.Writer) int {
 			continue
 		}
 		if !resp.OK {
+			if resp.Stopping && os.Getenv("INVOCATION_ID") != "" {
+				// When systemd stops the unit, SIGTERM reaches this command too, just
+				// after the service (exitOnSIGTERM then exits 0). Without it, the
+				// service is stopping by itself and the reload failed.
+				time.Sleep(time.Second)
+			}
 			fmt.Fprintf(stderr, "handover reload: upgrade failed: %s\n", resp.Error)
 			return 1
 		}

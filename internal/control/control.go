@@ -39,6 +39,9 @@ type Response struct {
 	// Moved is set when the process that answered has handed over to this PID: the
 	// request should be sent again (a new connection reaches the current process).
 	Moved int `json:"moved,omitempty"`
+	// Stopping is set when the upgrade failed because the service is stopping (it was
+	// abandoned, or refused).
+	Stopping bool `json:"stopping,omitempty"`
 	// PID and Generation name the process now serving (after an upgrade, the new one).
 	PID        int `json:"pid,omitempty"`
 	Generation int `json:"generation,omitempty"`

@@ -1,0 +1,537 @@
+package tests
+
+// Slow and long-lived clients across an upgrade: slowloris, hijacked (websocket-style)
+// connections, HTTP/2 (h2c and TLS) and server-sent events.
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/seed-a7250cfa/handover/tests/internal/proc"
+	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
+)
+
+// probePkg is the test server of testdata/probedemo.
+const probePkg = "./testdata/probedemo"
+
+// closedAt returns when c is closed by the server (a read returns an error), reading
+// and discarding what arrives, or the zero time if it stays open past timeout.
+func closedAt(c net.Conn, timeout time.Duration) (time.Time, error) {
+	c.SetReadDeadline(time.Now().Add(timeout))
+	_, err := io.Copy(io.Discard, c)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return time.Time{}, err
+	}
+	return time.Now(), err
+}
+
+// TestSlowloris: clients that send their request headers one byte a second hold
+// connections that are neither idle nor answerable; they must not keep an old
+// generation past its drain deadline. The old one force-closes them at the deadline
+// and exits; the new one serves meanwhile.
+func TestSlowloris(t *testing.T) {
+	const n = 8
+	drain := 3 * time.Second
+	d := startDemo(t, demoOpts{drain: drain})
+	old := d.current()
+	header := "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + strings.Repeat("a", 120) + "\r\n\r\n"
+	type loris struct {
+		sent   int
+		closed time.Time
+		err    error
+	}
+	results := make(chan loris, n)
+	var started atomic.Int32 // clients that have sent two bytes
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", d.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		go func() {
+			var l loris
+			closed := make(chan struct{})
+			go func() {
+				l.closed, l.err = closedAt(c, 60*time.Second)
+				close(closed)
+			}()
+			tick := time.NewTicker(time.Second)
+			defer tick.Stop()
+			for l.sent < len(header) {
+				if _, err := c.Write([]byte{header[l.sent]}); err != nil {
+					break
+				}
+				if l.sent++; l.sent == 2 {
+					started.Add(1)
+				}
+				select {
+				case <-tick.C:
+				case <-closed:
+				}
+				select {
+				case <-closed:
+					results <- l
+					return
+				default:
+				}
+			}
+			<-closed
+			results <- l
+		}()
+	}
+	// Every slow client has sent bytes to the old generation before the upgrade.
+	if err := proc.WaitFor(func() bool { return tcpConns(old) == n && started.Load() == n }, 5*time.Second, "the slow clients to reach the old generation"); err != nil {
+		t.Fatal(err)
+	}
+	_, cur := d.upgrade()
+	upgraded := time.Now()
+	if resp, err := rawhttp.Get(d.addr, "/", 5*time.Second); err != nil || resp.PID() != cur {
+		t.Errorf("a request during the old generation's drain: %v, answered by %d, want %d", err, respPID(resp), cur)
+	}
+	if err := waitGone(old, drain+2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(upgraded)
+	t.Logf("the old generation exited %v after the upgrade (drain deadline %v)", took.Round(time.Millisecond), drain)
+	if took < drain-500*time.Millisecond {
+		t.Errorf("the old generation exited after %v, before its drain deadline of %v: the slow clients were not waited for", took, drain)
+	}
+	for i := 0; i < n; i++ {
+		l := <-results
+		if l.closed.IsZero() {
+			t.Errorf("a slow client was not disconnected: %v", l.err)
+			continue
+		}
+		if at := l.closed.Sub(upgraded); at < drain-500*time.Millisecond || at > drain+time.Second {
+			t.Errorf("a slow client (%d bytes sent) was disconnected %v after the upgrade, want at the drain deadline %v", l.sent, at, drain)
+		}
+	}
+	if !strings.Contains(d.log(), "drain deadline reached; force-closed the remaining connections") {
+		t.Errorf("the old generation did not log the forced close:\n%s", tail(d.log(), 10))
+	}
+	d.stop()
+}
+
+// wsClient is a client of a hijacked line-echo endpoint (/ws, /hold).
+type wsClient struct {
+	c     net.Conn
+	br    *bufio.Reader
+	pid   int
+	mu    sync.Mutex
+	lines []string
+}
+
+// dialWS opens path, reads the 101 answer and the greeting, then collects every line
+// the server sends until it closes; done receives the time of the close.
+func dialWS(t testing.TB, addr, path string) (*wsClient, <-chan time.Time) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	w := &wsClient{c: c, br: bufio.NewReader(c)}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: line-echo\r\nConnection: Upgrade\r\n\r\n", path, addr)
+	for {
+		line, err := w.br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "X-Pid: "); ok {
+			w.pid, _ = strconv.Atoi(v)
+		}
+		if strings.HasPrefix(line, "hello ") {
+			break
+		}
+	}
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	done := make(chan time.Time, 1)
+	go func() {
+		for {
+			line, err := w.br.ReadString('\n')
+			if line != "" {
+				w.mu.Lock()
+				w.lines = append(w.lines, strings.TrimSpace(line))
+				w.mu.Unlock()
+			}
+			if err != nil {
+				done <- time.Now()
+				return
+			}
+		}
+	}()
+	return w, done
+}
+
+func (w *wsClient) received() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.lines...)
+}
+
+// waitLine waits until a received line starts with prefix.
+func (w *wsClient) waitLine(prefix string, timeout time.Duration) error {
+	return proc.WaitFor(func() bool {
+		for _, l := range w.received() {
+			if strings.HasPrefix(l, prefix) {
+				return true
+			}
+		}
+		return false
+	}, timeout, fmt.Sprintf("a line %q", prefix))
+}
+
+// TestHijackedConnections: websocket-style connections, which net/http no longer
+// tracks once hijacked, learn of the drain. The demo's /ws says "bye" and closes at
+// once, so the old generation exits long before its deadline. An application that says
+// "bye" but keeps the connection open (probedemo's /hold) is force-closed at the drain
+// deadline, while the client is still talking on it.
+func TestHijackedConnections(t *testing.T) {
+	t.Run("polite application", func(t *testing.T) {
+		d := startDemo(t, demoOpts{drain: 30 * time.Second})
+		old := d.current()
+		var clients []*wsClient
+		var dones []<-chan time.Time
+		for i := 0; i < 3; i++ {
+			w, done := dialWS(t, d.addr, "/ws")
+			fmt.Fprintf(w.c, "ping %d\n", i)
+			if err := w.waitLine(fmt.Sprintf("echo ping %d", i), 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			clients, dones = append(clients, w), append(dones, done)
+		}
+		_, cur := d.upgrade()
+		upgraded := time.Now()
+		for i, w := range clients {
+			select {
+			case at := <-dones[i]:
+				t.Logf("/ws %d closed %v after the upgrade: %q", i, at.Sub(upgraded).Round(time.Millisecond), w.received())
+			case <-time.After(10 * time.Second):
+				t.Fatalf("/ws %d still open 10s after the upgrade: %q", i, w.received())
+			}
+			lines := w.received()
+			if len(lines) == 0 || !strings.HasPrefix(lines[len(lines)-1], fmt.Sprintf("bye pid=%d ", old)) {
+				t.Errorf("/ws %d: last lines %q, want a bye from %d", i, lines, old)
+			}
+		}
+		if err := waitGone(old, 5*time.Second); err != nil {
+			t.Errorf("the old generation did not exit long before its 30s deadline: %v", err)
+		}
+		if w, _ := dialWS(t, d.addr, "/ws"); w.pid != cur {
+			t.Errorf("a new /ws reached pid %d, want %d", w.pid, cur)
+		}
+		d.stop()
+	})
+	t.Run("application that keeps the connection", func(t *testing.T) {
+		drain := 3 * time.Second
+		d := startDemoSpec(t, demoSpec{program: proc.Binary(t, probePkg), drain: drain})
+		old := d.current()
+		w, done := dialWS(t, d.addr, "/hold")
+		if w.pid != old {
+			t.Fatalf("/hold answered by %d, want %d", w.pid, old)
+		}
+		_, cur := d.upgrade()
+		upgraded := time.Now()
+		if err := w.waitLine(fmt.Sprintf("bye pid=%d", old), 5*time.Second); err != nil {
+			t.Fatalf("%v: got %q", err, w.received())
+		}
+		// The client keeps talking; the connection still works until the deadline.
+		fmt.Fprintf(w.c, "still here\n")
+		if err := w.waitLine("echo still here", 2*time.Second); err != nil {
+			t.Errorf("the held connection stopped echoing before the deadline: %v", err)
+		}
+		select {
+		case at := <-done:
+			took := at.Sub(upgraded)
+			t.Logf("/hold closed %v after the upgrade (drain deadline %v)", took.Round(time.Millisecond), drain)
+			if took < drain-500*time.Millisecond || took > drain+time.Second {
+				t.Errorf("/hold closed %v after the upgrade, want at the drain deadline %v", took, drain)
+			}
+		case <-time.After(drain + 5*time.Second):
+			t.Fatalf("/hold still open %v after the upgrade", drain+5*time.Second)
+		}
+		if err := waitGone(old, 2*time.Second); err != nil {
+			t.Error(err)
+		}
+		if !strings.Contains(d.log(), "drain deadline reached") {
+			t.Errorf("the old generation did not log the forced close")
+		}
+		if resp, err := rawhttp.Get(d.addr, "/", 5*time.Second); err != nil || resp.PID() != cur {
+			t.Errorf("after the drain: %v, answered by %d, want %d", err, respPID(resp), cur)
+		}
+		d.stop()
+	})
+}
+
+// selfSignedCert writes a certificate for 127.0.0.1 and its key to dir and returns
+// their paths and a pool that trusts it.
+func selfSignedCert(t testing.TB, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "handover test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}
+
+// h2answer is one HTTP/2 request's outcome.
+type h2answer struct {
+	start, end time.Time
+	pid        int
+	proto      string
+	status     int
+	body       string
+	err        error
+}
+
+func h2get(c *http.Client, url string) h2answer {
+	a := h2answer{start: time.Now()}
+	resp, err := c.Get(url)
+	if err == nil {
+		b, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		a.pid, _ = strconv.Atoi(resp.Header.Get("X-Pid"))
+		a.proto, a.status, a.body, err = resp.Proto, resp.StatusCode, string(b), rerr
+	}
+	a.end, a.err = time.Now(), err
+	return a
+}
+
+// TestHTTP2GoAway: HTTP/2 clients, h2c (prior knowledge) and over TLS, multiplex every
+// request on one connection, so without GOAWAY a client would go on sending new
+// requests to the old generation and keep it alive until its deadline. With it: a
+// request in flight on the old generation completes there, new requests from the same
+// client reach the new generation while that request is still running, nothing fails,
+// and the old generation exits as soon as its stream is done, long before the deadline.
+func TestHTTP2GoAway(t *testing.T) {
+	for _, tc := range []string{"h2c", "TLS"} {
+		t.Run(tc, func(t *testing.T) {
+			drain := 30 * time.Second
+			dir := t.TempDir()
+			ctl := filepath.Join(dir, "control.sock")
+			p := new(http.Protocols)
+			tr := &http.Transport{}
+			spec := demoSpec{dir: dir, control: ctl, drain: drain}
+			scheme := "http"
+			if tc == "h2c" {
+				spec.args = []string{"-h2c"}
+				p.SetUnencryptedHTTP2(true)
+			} else {
+				cert, key, pool := selfSignedCert(t, dir)
+				spec.args = []string{"-tls-cert", cert, "-tls-key", key}
+				p.SetHTTP2(true)
+				tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+				scheme = "https"
+			}
+			tr.Protocols = p
+			client := &http.Client{Transport: tr, Timeout: 20 * time.Second}
+			defer tr.CloseIdleConnections()
+			d := startDemoSpec(t, spec)
+			old := d.current()
+			base := scheme + "://" + d.addr
+			if a := h2get(client, base+"/"); a.err != nil || a.proto != "HTTP/2.0" || a.pid != old {
+				t.Fatalf("first request: %v, %s from %d; want HTTP/2.0 from %d", a.err, a.proto, a.pid, old)
+			}
+			slowDone := make(chan h2answer, 1)
+			go func() { slowDone <- h2get(client, base+"/slow?ms=3000") }()
+			// The slow stream is open on the old generation's one HTTP/2 connection.
+			if err := proc.WaitFor(func() bool {
+				st, err := ctlStatus(t, ctl)
+				return err == nil && st.Conns.Active == 1
+			}, 5*time.Second, "the slow request to be active on the old generation"); err != nil {
+				t.Fatal(err)
+			}
+			// A client that keeps sending requests through the same transport.
+			stop := make(chan struct{})
+			answers := make(chan []h2answer, 1)
+			go func() {
+				var got []h2answer
+				for {
+					select {
+					case <-stop:
+						answers <- got
+						return
+					default:
+					}
+					got = append(got, h2get(client, base+"/"))
+					time.Sleep(20 * time.Millisecond) // pacing
+				}
+			}()
+			_, cur := d.upgrade()
+			upgraded := time.Now()
+			slow := <-slowDone
+			if slow.err != nil || slow.status != 200 || slow.pid != old || slow.proto != "HTTP/2.0" {
+				t.Errorf("the request in flight: %v, %d %s from %d; want 200 HTTP/2.0 from %d", slow.err, slow.status, slow.proto, slow.pid, old)
+			}
+			if err := waitGone(old, drain); err != nil {
+				t.Fatal(err)
+			}
+			exited := time.Since(upgraded)
+			pace(300 * time.Millisecond)
+			close(stop)
+			got := <-answers
+			t.Logf("the old generation exited %v after the upgrade (deadline %v); the slow request ended %v after it; %d requests meanwhile",
+				exited.Round(time.Millisecond), drain, slow.end.Sub(upgraded).Round(time.Millisecond), len(got))
+			if exited > 10*time.Second {
+				t.Errorf("the old generation took %v to exit: its HTTP/2 connection was not told to go away", exited)
+			}
+			if strings.Contains(d.log(), "drain deadline reached") {
+				t.Errorf("the old generation reached its drain deadline")
+			}
+			newBeforeSlow := 0
+			for _, a := range got {
+				switch {
+				case a.err != nil || a.status != 200 || a.proto != "HTTP/2.0":
+					t.Errorf("a request at %v: %v, %d %s", a.start.Sub(upgraded).Round(time.Millisecond), a.err, a.status, a.proto)
+				case a.start.After(upgraded.Add(500*time.Millisecond)) && a.pid != cur:
+					t.Errorf("a request sent %v after the upgrade was answered by %d, not the new generation %d", a.start.Sub(upgraded).Round(time.Millisecond), a.pid, cur)
+				case a.pid == cur && a.end.Before(slow.end):
+					newBeforeSlow++
+				}
+			}
+			if newBeforeSlow == 0 {
+				t.Errorf("no request reached the new generation while the slow one was still in flight on the old one")
+			}
+			d.stop()
+		})
+	}
+}
+
+// TestSSEEndsCleanly: a server-sent-event stream open on the old generation ends with
+// its "event: bye" and a proper end of the chunked body (no reset, no truncation);
+// the client's reconnection reaches the new generation; the old generation exits long
+// before its deadline.
+func TestSSEEndsCleanly(t *testing.T) {
+	d := startDemo(t, demoOpts{drain: 30 * time.Second})
+	old := d.current()
+	c, err := rawhttp.Dial(d.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	first := make(chan struct{})
+	done := make(chan inflight, 1)
+	go func() {
+		var lines []string
+		resp, err := c.Stream("GET", "/events?n=600&interval=100", nil, 10*time.Second, func(l []byte) error {
+			lines = append(lines, string(l))
+			if string(l) == "id: 1" {
+				close(first)
+			}
+			return nil
+		})
+		done <- inflight{resp: resp, lines: lines, err: err}
+	}()
+	select {
+	case <-first:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event")
+	}
+	_, cur := d.upgrade()
+	upgraded := time.Now()
+	var s inflight
+	select {
+	case s = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the event stream did not end within 10s of the upgrade")
+	}
+	t.Logf("the stream ended %v after the upgrade with %d lines; last: %q", time.Since(upgraded).Round(time.Millisecond), len(s.lines), lastN(s.lines, 4))
+	if s.err != nil {
+		t.Fatalf("the event stream ended with an error (reset or truncated chunked body): %v", s.err)
+	}
+	if s.resp.Status != 200 || s.resp.PID() != old || s.resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Errorf("response %d from %d (%s), want 200 text/event-stream from %d", s.resp.Status, s.resp.PID(), s.resp.Header.Get("Content-Type"), old)
+	}
+	bye := -1
+	for i, l := range s.lines {
+		if l == "event: bye" {
+			bye = i
+		}
+		if v, ok := strings.CutPrefix(l, "data: "); ok && !strings.HasPrefix(v, fmt.Sprintf("pid=%d ", old)) {
+			t.Errorf("event data %q is not from the old generation %d", v, old)
+		}
+	}
+	if bye < 0 || !slicesHasPrefix(s.lines[bye:], "event: bye", "retry: 100", "data: pid=") {
+		t.Errorf("the stream does not end with the bye event: %q", lastN(s.lines, 6))
+	}
+	// The client reconnects, as an EventSource does, and reaches the new generation.
+	if resp, err := rawhttp.Get(d.addr, "/events?n=1", 5*time.Second); err != nil || resp.PID() != cur {
+		t.Errorf("reconnection: %v, answered by %d, want %d", err, respPID(resp), cur)
+	}
+	if err := waitGone(old, 5*time.Second); err != nil {
+		t.Errorf("the old generation did not exit long before its 30s deadline: %v", err)
+	}
+	d.stop()
+}
+
+func lastN(s []string, n int) []string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// slicesHasPrefix reports whether lines begin with lines having the given prefixes.
+func slicesHasPrefix(lines []string, prefixes ...string) bool {
+	if len(lines) < len(prefixes) {
+		return false
+	}
+	for i, p := range prefixes {
+		if !strings.HasPrefix(lines[i], p) {
+			return false
+		}
+	}
+	return true
+}

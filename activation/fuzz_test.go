@@ -83,3 +83,29 @@ func FuzzParseMarker(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParsePID: ParsePID (LISTEN_PID, WATCHDOG_PID) never panics, every error names
+// the variable, and a success is a positive PID that reads back from its decimal form.
+// Seeds: testdata/fuzz/FuzzParsePID.
+func FuzzParsePID(f *testing.F) {
+	f.Add("1")
+	f.Add("4242")
+	f.Fuzz(func(t *testing.T, s string) {
+		pid, err := ParsePID(ListenPIDEnv, s)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), ListenPIDEnv) {
+				t.Fatalf("ParsePID(%q): error %q does not start with %s", s, err, ListenPIDEnv)
+			}
+			if pid != 0 {
+				t.Fatalf("ParsePID(%q): error %q with PID %d", s, err, pid)
+			}
+			return
+		}
+		if pid <= 0 {
+			t.Fatalf("ParsePID(%q) = %d", s, pid)
+		}
+		if pid2, err := ParsePID(ListenPIDEnv, strconv.Itoa(pid)); err != nil || pid2 != pid {
+			t.Fatalf("ParsePID(%q) = %d, but %d reads back as %d, %v", s, pid, pid, pid2, err)
+		}
+	})
+}

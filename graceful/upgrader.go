@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -173,6 +174,11 @@ type upgrade struct {
 	detail  string // what the child said in an "error" message
 	waiters []func(upgradeResult)
 	done    chan struct{} // closed when the attempt ends
+	// Kept by the channel reader: what the child said in an "error" line, whether it
+	// is still reading, and a channel closed when it returns.
+	said    atomic.Pointer[string]
+	reading atomic.Bool
+	read    chan struct{}
 }
 
 type upgradeResult struct {
@@ -445,6 +451,9 @@ func (u *Upgrader) Upgrade(ctx context.Context) (int, error) {
 	u.do(func() { u.beginUpgrade("API", func(r upgradeResult) { res <- r }) })
 	select {
 	case r := <-res:
+		if r.err == nil {
+			<-u.exit // closed right after the waiters hear of the handover
+		}
 		return r.pid, r.err
 	case <-ctx.Done():
 		return 0, ctx.Err()
@@ -560,8 +569,16 @@ func (u *Upgrader) watch(up *upgrade) {
 	}
 	up.timer = time.AfterFunc(u.cfg.UpgradeTimeout, func() { send(childEvent{up: up, timer: true}) })
 	go func() {
+		defer close(up.read)
 		for {
 			m, err := up.ch.receive()
+			if m.verb == "error" {
+				up.said.Store(&m.text)
+			}
+			if err != nil || m.verb == "ready" {
+				// Announce the end first: an exit being handled waits for it.
+				up.reading.Store(false)
+			}
 			send(childEvent{up: up, msg: m, err: err})
 			if err != nil || m.verb == "ready" {
 				return
@@ -702,7 +719,9 @@ func (u *Upgrader) spawnWith(trigger string, kids *activation.Child) (*upgrade, 
 		parentEnd.close()
 		return nil, err
 	}
-	return &upgrade{child: c, ch: parentEnd, trigger: trigger, started: time.Now(), done: make(chan struct{})}, nil
+	up := &upgrade{child: c, ch: parentEnd, trigger: trigger, started: time.Now(), done: make(chan struct{}), read: make(chan struct{})}
+	up.reading.Store(true)
+	return up, nil
 }
 
 func (u *Upgrader) onChildEvent(ev childEvent) {
@@ -711,6 +730,15 @@ func (u *Upgrader) onChildEvent(ev childEvent) {
 	case ev.timer:
 		u.failUpgrade(fmt.Errorf("the new generation (PID %d) was not ready within %s", up.child.Pid(), u.cfg.UpgradeTimeout))
 	case ev.exited:
+		// Its last words (an "error" line) may still be on their way through the
+		// channel, which its exit has closed: give the reader a moment.
+		deadline := time.Now().Add(200 * time.Millisecond)
+		for up.reading.Load() && time.Now().Before(deadline) {
+			select {
+			case <-up.read:
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
 		u.failUpgrade(fmt.Errorf("the new generation (PID %d) exited before it was ready", up.child.Pid()))
 	case ev.err != nil:
 		// A child that dies closes the channel a moment before its exit is seen (a
@@ -863,6 +891,9 @@ func (u *Upgrader) failUpgrade(err error) {
 	up.child.Kill()
 	if st := up.child.ExitStatus(); st != "" && (exited || st != "signal: killed") {
 		err = fmt.Errorf("%w (%s)", err, st)
+	}
+	if said := up.said.Load(); said != nil && up.detail == "" {
+		up.detail = *said
 	}
 	if up.detail != "" {
 		err = fmt.Errorf("%w: %s", err, up.detail)

@@ -181,6 +181,23 @@ func (d *demo) upgrade() (old, cur int) {
 	return old, cur
 }
 
+// upgradeAndDrain upgrades and checks that the old generation exits within the drain
+// deadline.
+func (d *demo) upgradeAndDrain() (old, cur int) {
+	d.t.Helper()
+	old, cur = d.upgrade()
+	if err := waitGone(old, d.drain); err != nil {
+		d.t.Error(err)
+	}
+	return old, cur
+}
+
+// pace waits for dur, letting the load run between restarts.
+func pace(dur time.Duration) {
+	target := time.Now().Add(dur)
+	proc.WaitFor(func() bool { return time.Now().After(target) }, dur+time.Second, "pacing")
+}
+
 // waitGone waits until pid has exited and reaps it once it is the test's child (a
 // generation is reparented to the test, a subreaper, when its parent exits).
 func waitGone(pid int, timeout time.Duration) error {

@@ -375,10 +375,7 @@ func TestKillNewBeforeReady(t *testing.T) {
 		t.Errorf("after the failed upgrade: %v, answered by %d, want %d", err, respPID(resp), serving)
 	}
 	copyFile(t, d.good, d.bin, 0o755)
-	old, _ := d.upgrade()
-	if err := waitGone(old, d.drain); err != nil {
-		t.Error(err)
-	}
+	d.upgradeAndDrain()
 	checkLoad(t, r.Stop())
 	d.stop()
 	if err := proc.LeakCheck(); err != nil {
@@ -534,10 +531,7 @@ func TestKillOldMidDrain(t *testing.T) {
 	if n := countLines(d.log(), "starting a replacement"); n != 0 {
 		t.Errorf("%d replacements started; the new generation was never in danger", n)
 	}
-	prev, _ := d.upgrade()
-	if err := waitGone(prev, d.drain); err != nil {
-		t.Error(err)
-	}
+	d.upgradeAndDrain()
 	checkLoad(t, r.Stop())
 	d.stop()
 	if err := proc.LeakCheck(); err != nil {
@@ -927,10 +921,7 @@ func TestFDLimit(t *testing.T) {
 	if err != nil || st.State != "serving" || !strings.Contains(st.LastError, "too many open files") {
 		t.Errorf("status after the failed upgrade: %+v, %v", st, err)
 	}
-	old, _ := d.upgrade()
-	if err := waitGone(old, d.drain); err != nil {
-		t.Error(err)
-	}
+	d.upgradeAndDrain()
 	d.stop()
 	if err := proc.LeakCheck(); err != nil {
 		t.Error(err)
@@ -1029,10 +1020,7 @@ func TestPIDFileFaults(t *testing.T) {
 			t.Errorf("PID file names %d, want %d", p, d.current())
 		}
 		os.Chmod(piddir, 0o755)
-		old, _ := d.upgrade()
-		if err := waitGone(old, d.drain); err != nil {
-			t.Error(err)
-		}
+		d.upgradeAndDrain()
 		d.stop()
 	})
 	t.Run("symlink at start", func(t *testing.T) {
@@ -1143,10 +1131,7 @@ func TestBadBinaries(t *testing.T) {
 		}
 		os.RemoveAll(d.bin)
 		copyFile(t, d.good, d.bin, 0o755)
-		old, _ := d.upgrade()
-		if err := waitGone(old, d.drain); err != nil {
-			t.Error(err)
-		}
+		d.upgradeAndDrain()
 	}
 	// A wrapper script that execs the build (same PID) is a good deploy.
 	real := filepath.Join(d.dir, "handover-demo.real")

@@ -24,12 +24,6 @@ const (
 	unit   = "handover-demo.service"
 )
 
-// pace waits d, letting the load run between restarts.
-func pace(d time.Duration) {
-	target := time.Now().Add(d)
-	proc.WaitFor(func() bool { return time.Now().After(target) }, d+time.Second, "pacing")
-}
-
 // forEachSystemd runs fn as a subtest for each systemd version (min: the oldest major
 // version the test needs).
 func forEachSystemd(t *testing.T, min int, fn func(t *testing.T, v sdns.Version)) {

@@ -66,8 +66,7 @@ func upgradesUnderLoad(t *testing.T, keepAlive float64) {
 			exited <- err
 		}()
 		// Let the load run on the new generation before the next upgrade.
-		target := time.Now().Add(2 * time.Second)
-		proc.WaitFor(func() bool { return time.Now().After(target) }, 3*time.Second, "pacing")
+		pace(2 * time.Second)
 	}
 	res := r.Stop()
 	checkLoad(t, res)
@@ -265,10 +264,7 @@ func TestFailedUpgrades(t *testing.T) {
 		}
 		// A good build goes through.
 		copyFile(t, d.good, d.bin, 0o755)
-		old, _ := d.upgrade()
-		if err := waitGone(old, d.drain); err != nil {
-			t.Error(err)
-		}
+		d.upgradeAndDrain()
 	}
 	checkLoad(t, r.Stop())
 	d.stop()

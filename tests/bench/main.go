@@ -1,0 +1,223 @@
+// Command bench measures what clients see while a server restarts under load:
+// handover's demo on each of its restart paths, side by side with the peers, in one
+// run with one load.
+//
+// Run it from this directory (as root: the systemd approaches run a real systemd 252
+// as PID 1 of private namespaces, see tests/internal/sdns):
+//
+//	cd tests/bench && go run . -out results           # the full run, about 22 minutes on 2 cores
+//	cd tests/bench && go run . -quick -out /tmp/quick # 10 restarts per approach, about 4 minutes
+//	cd tests/bench && go run . -report results/bench.json   # tables and picture again from the JSON
+//
+// For each approach it starts the server, puts it under the load of
+// tests/internal/load (16 clients, half keep-alive, half a new connection per
+// request, one request in ten to /slow?ms=300; a raw HTTP/1.1 client that never
+// retries and records every request), and restarts it -restarts times, one restart
+// every -interval. The approaches take turns in -rounds rounds (each round a fresh
+// server with a share of the restarts), so that other work on the machine falls on
+// all of them alike. It writes OUT/bench.json (every number), OUT/bench.svg (latency
+// over time, one panel per approach) and OUT/bench.md (the tables), and prints the
+// tables.
+//
+// The approaches:
+//
+//	handover-usr2      handover-demo, kill -USR2 (self-upgrade, no systemd)
+//	handover-reload    handover-demo under systemd (deploy/handover-demo.service + .socket), systemctl reload
+//	handover-restart   the same units, systemctl restart
+//	tableflip          github.com/cloudflare/tableflip v1.2.3 + http.Server.Shutdown, kill -HUP
+//	gracehttp          github.com/facebookgo/grace/gracehttp, kill -USR2
+//	endless            github.com/fvbock/endless, kill -HUP
+//	plain-restart      plain net/http on a systemd socket unit (Shutdown on SIGTERM), systemctl restart
+//	naive              http.ListenAndServe, killed (SIGTERM) and started again
+//
+// The peers are the small servers in servers/, with the demo's endpoints (GET / with
+// an X-Pid header, GET /slow?ms=N).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/seed-a7250cfa/handover/tests/internal/load"
+	"github.com/seed-a7250cfa/handover/tests/internal/proc"
+)
+
+// options are the command's flags.
+type options struct {
+	out            string
+	restarts       int
+	rounds         int
+	interval       time.Duration
+	baseline       time.Duration
+	tail           time.Duration
+	window         time.Duration
+	gap            time.Duration
+	concurrency    int
+	keepAlive      float64
+	slowEvery      int
+	slowMS         int
+	maxRequests    int
+	requestTimeout time.Duration
+	exitTimeout    time.Duration
+	approaches     string
+	quick          bool
+	report         string
+	repo           string
+	keep           bool
+}
+
+func parseFlags() options {
+	var o options
+	flag.StringVar(&o.out, "out", "results", "directory for bench.json, bench.svg and bench.md")
+	flag.IntVar(&o.restarts, "restarts", 100, "restarts per approach")
+	flag.IntVar(&o.rounds, "rounds", 5, "rounds: the approaches take turns, each round a fresh server and a share of the restarts")
+	flag.DurationVar(&o.interval, "interval", 1500*time.Millisecond, "time from one restart signal to the next (longer if a restart has not completed)")
+	flag.DurationVar(&o.baseline, "baseline", 2*time.Second, "load without restarts before a round's first restart")
+	flag.DurationVar(&o.tail, "tail", time.Second, "load without restarts after a round's last restart")
+	flag.DurationVar(&o.window, "window", 500*time.Millisecond, "a restart window runs from the signal to this long after the restart completed (old process exited and new one answered)")
+	flag.DurationVar(&o.gap, "gap", 250*time.Millisecond, "least time between a restart's completion and the next signal")
+	flag.IntVar(&o.concurrency, "concurrency", load.DefaultConcurrency, "load clients")
+	flag.Float64Var(&o.keepAlive, "keepalive", load.DefaultKeepAliveFraction, "share of clients that keep their connection (the others dial per request)")
+	flag.IntVar(&o.slowEvery, "slow-every", load.DefaultSlowEvery, "every Nth request of a client goes to /slow")
+	flag.IntVar(&o.slowMS, "slow-ms", load.DefaultSlowMS, "server-side delay of /slow requests, in ms")
+	flag.IntVar(&o.maxRequests, "max-requests", load.MaxRequestsLimit, "cap on the requests of one approach's load")
+	flag.DurationVar(&o.requestTimeout, "request-timeout", load.DefaultRequestTimeout, "bound on one request, dial included")
+	flag.DurationVar(&o.exitTimeout, "exit-timeout", 40*time.Second, "how long to wait for an old process to exit after a restart signal")
+	flag.StringVar(&o.approaches, "approaches", strings.Join(approachNames(), ","), "comma-separated approaches to run, in this order")
+	flag.BoolVar(&o.quick, "quick", false, "a short run: 10 restarts in 2 rounds, unless -restarts or -rounds are given")
+	flag.StringVar(&o.report, "report", "", "no run: read this bench.json and write its tables and picture into -out again")
+	flag.StringVar(&o.repo, "repo", "", "the handover repository (default: found above the working directory)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (binaries and server logs)")
+	flag.Parse()
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.quick {
+		if !set["restarts"] {
+			o.restarts = 10
+		}
+		if !set["rounds"] {
+			o.rounds = 2
+		}
+	}
+	return o
+}
+
+func main() {
+	o := parseFlags()
+	if flag.NArg() > 0 {
+		fatalf("unexpected argument %q (flags only; see -help)", flag.Arg(0))
+	}
+	if o.report != "" {
+		rep, err := readReport(o.report)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		if err := writeOutputs(o.out, rep); err != nil {
+			fatalf("%v", err)
+		}
+		fmt.Print(markdown(rep))
+		return
+	}
+	if err := checkOptions(o); err != nil {
+		fatalf("%v", err)
+	}
+	if err := proc.SetSubreaper(); err != nil {
+		fatalf("%v", err)
+	}
+	// Descriptors this process inherited must not reach the servers it starts, or
+	// their fd counts would compare unlike processes.
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := run(ctx, o)
+	if rep != nil {
+		if werr := writeOutputs(o.out, rep); werr != nil {
+			err = errors.Join(err, werr)
+		} else {
+			fmt.Print(markdown(rep))
+			fmt.Fprintf(os.Stderr, "bench: wrote %s, %s and %s\n", filepath.Join(o.out, "bench.json"),
+				filepath.Join(o.out, "bench.svg"), filepath.Join(o.out, "bench.md"))
+		}
+	}
+	if lerr := proc.LeakCheck(); lerr != nil {
+		err = errors.Join(err, lerr)
+	}
+	if err != nil {
+		fatalf("%v", err)
+	}
+}
+
+func checkOptions(o options) error {
+	switch {
+	case o.restarts < 1 || o.restarts > 10000:
+		return fmt.Errorf("-restarts %d: want 1..10000", o.restarts)
+	case o.rounds < 1 || o.rounds > o.restarts:
+		return fmt.Errorf("-rounds %d: want 1..%d (-restarts)", o.rounds, o.restarts)
+	case o.interval < 100*time.Millisecond:
+		return fmt.Errorf("-interval %v: want at least 100ms", o.interval)
+	case o.concurrency < 1 || o.concurrency > 1024:
+		return fmt.Errorf("-concurrency %d: want 1..1024", o.concurrency)
+	case o.maxRequests < 1 || o.maxRequests > load.MaxRequestsLimit:
+		return fmt.Errorf("-max-requests %d: want 1..%d", o.maxRequests, load.MaxRequestsLimit)
+	case o.window < 0 || o.gap < 0 || o.baseline < 0 || o.tail < 0:
+		return errors.New("-window, -gap, -baseline and -tail cannot be negative")
+	}
+	for _, n := range splitList(o.approaches) {
+		if _, ok := approachByName(n); !ok {
+			return fmt.Errorf("-approaches: unknown approach %q (known: %s)", n, strings.Join(approachNames(), ", "))
+		}
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s bench: %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: %s\n", fmt.Sprintf(format, args...))
+	os.Exit(1)
+}
+
+// findRepo returns the handover repository: dir if set, else the first directory
+// above the working directory holding deploy/handover-demo.service and go.mod.
+func findRepo(dir string) (string, error) {
+	if dir != "" {
+		return filepath.Abs(dir)
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := wd; ; d = filepath.Dir(d) {
+		_, e1 := os.Stat(filepath.Join(d, "deploy", "handover-demo.service"))
+		_, e2 := os.Stat(filepath.Join(d, "go.mod"))
+		if e1 == nil && e2 == nil {
+			return d, nil
+		}
+		if d == filepath.Dir(d) {
+			return "", fmt.Errorf("no handover repository (deploy/handover-demo.service) above %s; use -repo", wd)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
+	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 	"golang.org/x/sys/unix"
 )
 
@@ -281,6 +282,67 @@ func countLines(log string, substrs ...string) int {
 		}
 	}
 	return n
+}
+
+// inflight is a request on a connection the test opened before an upgrade.
+type inflight struct {
+	resp  *rawhttp.Response
+	lines []string
+	err   error
+	at    time.Time // when it ended
+}
+
+// slowOn sends path on a new keep-alive connection that first proves it reaches pid
+// (a / answered by it); the result arrives on the channel.
+func slowOn(t testing.TB, addr string, pid int, path string, timeout time.Duration) <-chan inflight {
+	t.Helper()
+	c, err := rawhttp.Dial(addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do("GET", "/", nil, 5*time.Second)
+	if err != nil || resp.PID() != pid {
+		c.Close()
+		t.Fatalf("a request to %s: %v, answered by pid %d, want %d", addr, err, respPID(resp), pid)
+	}
+	done := make(chan inflight, 1)
+	go func() {
+		defer c.Close()
+		r, err := c.Do("GET", path, nil, timeout)
+		done <- inflight{resp: r, err: err, at: time.Now()}
+	}()
+	return done
+}
+
+// streamOn starts a streaming request for path on a new connection and returns once
+// its first line has arrived (so that the server handling it is the one serving
+// now); the whole result arrives on the channel.
+func streamOn(t testing.TB, addr, path string) <-chan inflight {
+	t.Helper()
+	c, err := rawhttp.Dial(addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan struct{})
+	done := make(chan inflight, 1)
+	go func() {
+		defer c.Close()
+		var lines []string
+		resp, err := c.Stream("GET", path, nil, 10*time.Second, func(l []byte) error {
+			lines = append(lines, string(l))
+			if len(lines) == 1 {
+				close(first)
+			}
+			return nil
+		})
+		done <- inflight{resp: resp, lines: lines, err: err, at: time.Now()}
+	}()
+	select {
+	case <-first:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the stream %s did not start", path)
+	}
+	return done
 }
 
 // buildVariant builds a test program from tests/testdata with -ldflags -X main.mode=mode.

@@ -300,35 +300,6 @@ func checkLoadAfterKill(t testing.TB, res *load.Result, held int, at time.Time) 
 	}
 }
 
-// inflight is a request on a connection the test opened before an upgrade.
-type inflight struct {
-	resp  *rawhttp.Response
-	lines []string
-	err   error
-}
-
-// slowOn sends path on a new keep-alive connection that first proves it reaches pid
-// (a / answered by it); the result arrives on the channel.
-func slowOn(t testing.TB, addr string, pid int, path string, timeout time.Duration) <-chan inflight {
-	t.Helper()
-	c, err := rawhttp.Dial(addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := c.Do("GET", "/", nil, 5*time.Second)
-	if err != nil || resp.PID() != pid {
-		c.Close()
-		t.Fatalf("a request to %s: %v, answered by pid %d, want %d", addr, err, respPID(resp), pid)
-	}
-	done := make(chan inflight, 1)
-	go func() {
-		defer c.Close()
-		r, err := c.Do("GET", path, nil, timeout)
-		done <- inflight{resp: r, err: err}
-	}()
-	return done
-}
-
 // TestKillNewBeforeReady: the new generation is killed (SIGKILL) while it holds the
 // sockets but is not ready. The old one reports the failed upgrade with the cause,
 // reaps the child and goes on serving; the load sees no failure; the next upgrade
@@ -476,29 +447,7 @@ func TestKillOldMidDrain(t *testing.T) {
 	d := startDemo(t, demoOpts{drain: 30 * time.Second})
 	old := d.current()
 	slow := slowOn(t, d.addr, old, "/slow?ms=20000", 30*time.Second)
-	stream, err := rawhttp.Dial(d.addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stream.Close()
-	firstLine := make(chan struct{})
-	streamDone := make(chan inflight, 1)
-	go func() {
-		var lines []string
-		resp, err := stream.Stream("GET", "/stream?n=30&interval=500", nil, 10*time.Second, func(l []byte) error {
-			lines = append(lines, string(l))
-			if len(lines) == 1 {
-				close(firstLine)
-			}
-			return nil
-		})
-		streamDone <- inflight{resp: resp, lines: lines, err: err}
-	}()
-	select {
-	case <-firstLine:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the stream did not start")
-	}
+	streamDone := streamOn(t, d.addr, "/stream?n=30&interval=500")
 	r := startLoad(t, d.addr, 0.5)
 	defer r.Stop()
 	_, cur := d.upgrade()

@@ -122,52 +122,10 @@ func TestInFlightRequestsFinish(t *testing.T) {
 	d := startDemo(t, demoOpts{drain: 15 * time.Second})
 	first := d.current()
 
-	// A keep-alive connection proven to belong to the old process (it answered on
-	// it), then a slow request on it.
-	slow, err := rawhttp.Dial(d.addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slow.Close()
-	resp, err := slow.Do("GET", "/", nil, 5*time.Second)
-	if err != nil || resp.PID() != first {
-		t.Fatalf("first request: %v, pid %d, want %d", err, resp.PID(), first)
-	}
-	type result struct {
-		resp  *rawhttp.Response
-		lines []string
-		err   error
-		at    time.Time
-	}
-	slowDone := make(chan result, 1)
-	go func() {
-		r, err := slow.Do("GET", "/slow?ms=2000", nil, 20*time.Second)
-		slowDone <- result{resp: r, err: err, at: time.Now()}
-	}()
-
-	stream, err := rawhttp.Dial(d.addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stream.Close()
-	firstLine := make(chan struct{})
-	streamDone := make(chan result, 1)
-	go func() {
-		var lines []string
-		r, err := stream.Stream("GET", "/stream?n=4&interval=1000", nil, 10*time.Second, func(line []byte) error {
-			lines = append(lines, string(line))
-			if len(lines) == 1 {
-				close(firstLine)
-			}
-			return nil
-		})
-		streamDone <- result{resp: r, lines: lines, err: err, at: time.Now()}
-	}()
-	select {
-	case <-firstLine:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the stream did not start")
-	}
+	// A slow request on a connection proven to belong to the old process, and a
+	// stream it has started answering.
+	slowDone := slowOn(t, d.addr, first, "/slow?ms=2000", 20*time.Second)
+	streamDone := streamOn(t, d.addr, "/stream?n=4&interval=1000")
 	// The slow request is in the old process once its handler runs; the stream's first
 	// line proves the same for the stream.
 	old, cur := d.upgrade()

@@ -86,6 +86,9 @@ type demo struct {
 type demoOpts struct {
 	args  []string
 	drain time.Duration
+	// link, if set, starts the demo through a symlink of that name pointing at
+	// releases/1/handover-demo, the way deploys switch /opt/app/current.
+	link string
 }
 
 // startDemo copies the demo binary into a fresh directory and starts it there.
@@ -105,7 +108,19 @@ func startDemo(t testing.TB, o demoOpts) *demo {
 		logPath: filepath.Join(dir, "demo.log"),
 		drain:   o.drain,
 	}
-	copyFile(t, d.good, d.bin, 0o755)
+	if o.link != "" {
+		rel := filepath.Join("releases", "1", "handover-demo")
+		if err := os.MkdirAll(filepath.Join(dir, "releases", "1"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		copyFile(t, d.good, filepath.Join(dir, rel), 0o755)
+		d.bin = filepath.Join(dir, o.link)
+		if err := os.Symlink(rel, d.bin); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		copyFile(t, d.good, d.bin, 0o755)
+	}
 	logf, err := os.Create(d.logPath)
 	if err != nil {
 		t.Fatal(err)

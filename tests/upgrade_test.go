@@ -3,6 +3,8 @@ package tests
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -229,6 +231,58 @@ func TestFailedUpgrades(t *testing.T) {
 	if err := proc.LeakCheck(); err != nil {
 		t.Error(err)
 	}
+}
+
+// TestUpgradeFollowsSymlink: the binary is resolved at upgrade time, so retargeting
+// the symlink the service was started through (current -> releases/N) upgrades to the
+// new release, and an upgrade through a link to a missing release fails cleanly.
+func TestUpgradeFollowsSymlink(t *testing.T) {
+	d := startDemo(t, demoOpts{link: "current"})
+	exe := func(pid int) string {
+		p, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		return p
+	}
+	release := func(n int) string { return filepath.Join(d.dir, "releases", strconv.Itoa(n), "handover-demo") }
+	retarget := func(n int) {
+		tmp := d.bin + ".new"
+		os.Remove(tmp)
+		if err := os.Symlink(filepath.Join("releases", strconv.Itoa(n), "handover-demo"), tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, d.bin); err != nil { // atomic switch, as deploy tools do
+			t.Fatal(err)
+		}
+	}
+	if got := exe(d.current()); got != release(1) {
+		t.Fatalf("generation 1 runs %s, want %s", got, release(1))
+	}
+	r := startLoad(t, d.addr, 0.5)
+	for n := 2; n <= 3; n++ {
+		if err := os.MkdirAll(filepath.Dir(release(n)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		copyFile(t, d.good, release(n), 0o755)
+		retarget(n)
+		_, cur := d.upgradeAndDrain()
+		if got := exe(cur); got != release(n) {
+			t.Errorf("after switching current to release %d, the new generation runs %s", n, got)
+		}
+		if got := proc.Cmdline(cur); !strings.HasPrefix(got, d.bin) {
+			t.Errorf("the new generation's argv[0] is %q, want the link %s (so the next upgrade follows it again)", got, d.bin)
+		}
+	}
+	// A link to a release that is not there: the upgrade fails, release 3 serves on.
+	serving := d.current()
+	retarget(4)
+	d.signal(syscall.SIGUSR2)
+	if err := proc.WaitFor(func() bool { return strings.Contains(d.log(), "does not exist") }, 10*time.Second, "the upgrade to fail"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := rawhttp.Get(d.addr, "/", 5*time.Second); err != nil || resp.PID() != serving {
+		t.Errorf("after the failed upgrade: %v, answered by %d, want %d", err, respPID(resp), serving)
+	}
+	checkLoad(t, r.Stop())
+	d.stop()
 }
 
 // TestSecondSignalIgnoredDuringUpgrade: a second SIGUSR2 while an upgrade is in

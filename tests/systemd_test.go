@@ -422,55 +422,47 @@ func TestSystemdRestart(t *testing.T) {
 	})
 }
 
+// fiveReloads runs five `systemctl reload` of the variant's unit, a second apart,
+// under load: each hands over to a new main process, and no request fails. When
+// waits is true, systemctl reload returns only once the new main has taken over;
+// otherwise (ExecReload=kill) it returns at once and the test waits for the handover.
+func fiveReloads(t *testing.T, v sdns.Version, variant string, waits bool) {
+	d := startSystemd(t, v, variant, "")
+	prev := d.answer()
+	r := startLoad(t, d.addr, 0.5)
+	for i := 0; i < 5; i++ {
+		pace(time.Second)
+		if out, code := d.reload(); code != 0 {
+			t.Fatalf("reload %d: exit %d\n%s", i+1, code, out)
+		}
+		if waits {
+			if pid := d.mainPID(); pid == prev {
+				t.Fatalf("reload %d: MainPID still %d", i+1, pid)
+			}
+		} else if err := proc.WaitFor(func() bool {
+			p, _ := d.sd.MainPID(unit)
+			st, _ := d.sd.Show(unit, "SubState")
+			return p != prev && p != 0 && st == "running"
+		}, 30*time.Second, "the new main process"); err != nil {
+			t.Fatal(err)
+		}
+		prev = d.mainPID()
+		d.checkState(prev)
+	}
+	checkLoad(t, r.Stop())
+	d.checkConsole()
+}
+
 // TestSystemdKillReload: the plain ExecReload=/bin/kill -USR2 $MAINPID hands over as
 // well as the waiting reload.
 func TestSystemdKillReload(t *testing.T) {
-	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) {
-		d := startSystemd(t, v, "kill-reload", "")
-		prev := d.answer()
-		r := startLoad(t, d.addr, 0.5)
-		for i := 0; i < 5; i++ {
-			pace(time.Second)
-			if out, code := d.reload(); code != 0 {
-				t.Fatalf("reload: exit %d\n%s", code, out)
-			}
-			if err := proc.WaitFor(func() bool {
-				p, _ := d.sd.MainPID(unit)
-				st, _ := d.sd.Show(unit, "SubState")
-				return p != prev && p != 0 && st == "running"
-			}, 30*time.Second, "the new main process"); err != nil {
-				t.Fatal(err)
-			}
-			prev = d.mainPID()
-			d.checkState(prev)
-		}
-		checkLoad(t, r.Stop())
-		d.checkConsole()
-	})
+	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) { fiveReloads(t, v, "kill-reload", false) })
 }
 
 // TestSystemdNotifyReload: Type=notify-reload (systemd 253+) with ReloadSignal=SIGUSR2:
 // five reloads, no failed request.
 func TestSystemdNotifyReload(t *testing.T) {
-	forEachSystemd(t, 253, func(t *testing.T, v sdns.Version) {
-		d := startSystemd(t, v, "notify-reload", "")
-		prev := d.answer()
-		r := startLoad(t, d.addr, 0.5)
-		for i := 0; i < 5; i++ {
-			pace(time.Second)
-			if out, code := d.reload(); code != 0 {
-				t.Fatalf("reload %d: exit %d\n%s", i+1, code, out)
-			}
-			pid := d.mainPID()
-			if pid == prev {
-				t.Fatalf("reload %d: MainPID still %d", i+1, pid)
-			}
-			d.checkState(pid)
-			prev = pid
-		}
-		checkLoad(t, r.Stop())
-		d.checkConsole()
-	})
+	forEachSystemd(t, 253, func(t *testing.T, v sdns.Version) { fiveReloads(t, v, "notify-reload", true) })
 }
 
 // TestSystemdFDStore: without a socket unit, the service's own socket lives in

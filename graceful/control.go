@@ -1,6 +1,7 @@
 package graceful
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -133,8 +134,13 @@ func (u *Upgrader) handleControl(c net.Conn) {
 	c.SetReadDeadline(time.Time{})
 	switch req {
 	case control.Status:
-		st := u.controlStatus()
-		reply(control.Response{OK: true, PID: st.PID, Generation: st.Generation, Status: &st})
+		st := u.Status()
+		b, err := json.Marshal(st)
+		if err != nil {
+			reply(control.Response{Error: "encoding the status: " + err.Error()})
+			return
+		}
+		reply(control.Response{OK: true, PID: st.PID, Generation: st.Generation, Status: b})
 	case control.Upgrade:
 		done := make(chan struct{})
 		u.do(func() {
@@ -156,25 +162,6 @@ func (u *Upgrader) handleControl(c net.Conn) {
 		case <-time.After(u.cfg.UpgradeTimeout + time.Minute):
 		}
 	}
-}
-
-// controlStatus converts Status for the wire.
-func (u *Upgrader) controlStatus() control.StatusInfo {
-	s := u.Status()
-	out := control.StatusInfo{
-		PID: s.PID, Generation: s.Generation, State: s.State,
-		Upgrading: s.Upgrading, LastError: s.LastError,
-		Executable: u.exe, Systemd: u.notifier != nil,
-		Conns: control.Conns{New: s.Conns.New, Active: s.Conns.Active, Idle: s.Conns.Idle, Hijacked: s.Conns.Hijacked, Accepted: s.Conns.Accepted},
-	}
-	for _, h := range s.Listeners {
-		l := control.Listener{Name: h.Name, Source: h.Source.String()}
-		if h.Addr != nil {
-			l.Network, l.Addr = h.Addr.Network(), h.Addr.String()
-		}
-		out.Listeners = append(out.Listeners, l)
-	}
-	return out
 }
 
 // storeFDs hands the process's sockets to systemd's fd store (FDSTORE=1), so that

@@ -74,9 +74,17 @@ type Drainer struct {
 
 // ConnCounts is a snapshot of a Drainer's connections by state.
 type ConnCounts struct {
-	New, Active, Idle, Hijacked int
+	// New connections have been accepted but have not sent a byte of a request.
+	New int `json:"new"`
+	// Active connections are reading or handling a request (raw-protocol
+	// connections are always active unless the server reports them idle).
+	Active int `json:"active"`
+	// Idle connections are kept alive between requests.
+	Idle int `json:"idle"`
+	// Hijacked connections were taken over by a handler (websockets).
+	Hijacked int `json:"hijacked"`
 	// Accepted counts every connection ever accepted.
-	Accepted uint64
+	Accepted uint64 `json:"accepted"`
 }
 
 // Total returns the number of open connections.

@@ -55,7 +55,7 @@ const (
 
 // String returns the state's name as logs and status show it.
 func (s State) String() string {
-	return [...]string{"starting", "serving", "upgrading", "handed-over", "stopping"}[s]
+	return [...]string{"starting", "serving", "upgrading", "draining", "stopping"}[s]
 }
 
 // Defaults for Config's zero values.
@@ -466,21 +466,6 @@ func (u *Upgrader) Stop() {
 	u.do(func() { u.stop("Stop called") })
 }
 
-// Status is a snapshot of the process, as `handover status` and systemd's STATUS=
-// show it.
-type Status struct {
-	PID        int                 `json:"pid"`
-	Generation int                 `json:"generation"`
-	State      string              `json:"state"`
-	Listeners  []activation.Handed `json:"-"`
-	Addrs      []string            `json:"listeners"`
-	Conns      ConnCounts          `json:"connections"`
-	// Upgrading is the PID of the generation being started, or 0.
-	Upgrading int `json:"upgrading,omitempty"`
-	// LastError is why the last upgrade failed, if it did.
-	LastError string `json:"last_error,omitempty"`
-}
-
 // Status returns the process's status.
 func (u *Upgrader) Status() Status {
 	var s Status
@@ -489,18 +474,22 @@ func (u *Upgrader) Status() Status {
 }
 
 func (u *Upgrader) status() Status {
-	s := Status{PID: os.Getpid(), Generation: u.gen, State: u.state.String(), LastError: u.lastErr}
-	s.Listeners = u.set.Held()
-	for _, h := range s.Listeners {
-		s.Addrs = append(s.Addrs, describeHeld([]activation.Handed{h}))
+	s := Status{PID: os.Getpid(), Generation: u.gen, State: u.state.String(), LastError: u.lastErr,
+		Executable: u.exe, Systemd: u.notifier != nil, Listeners: []Socket{}}
+	for _, h := range u.set.Held() {
+		l := Socket{Name: h.Name, Source: h.Source.String()}
+		if h.Addr != nil {
+			l.Network, l.Addr = h.Addr.Network(), h.Addr.String()
+		}
+		s.Listeners = append(s.Listeners, l)
 	}
 	for _, d := range u.drainers {
 		c := d.Counts()
-		s.Conns.New += c.New
-		s.Conns.Active += c.Active
-		s.Conns.Idle += c.Idle
-		s.Conns.Hijacked += c.Hijacked
-		s.Conns.Accepted += c.Accepted
+		s.Connections.New += c.New
+		s.Connections.Active += c.Active
+		s.Connections.Idle += c.Idle
+		s.Connections.Hijacked += c.Hijacked
+		s.Connections.Accepted += c.Accepted
 	}
 	if u.up != nil {
 		s.Upgrading = u.up.child.Pid()
@@ -977,9 +966,9 @@ func (u *Upgrader) statusLine() string {
 	fmt.Fprintf(&b, "%s: generation %d, PID %d", s.State, s.Generation, s.PID)
 	switch u.state {
 	case HandedOver, Stopping:
-		fmt.Fprintf(&b, ", draining %d connections", s.Conns.Total())
+		fmt.Fprintf(&b, ", draining %d connections", s.Connections.Total())
 	default:
-		fmt.Fprintf(&b, ", %d connections", s.Conns.Total())
+		fmt.Fprintf(&b, ", %d connections", s.Connections.Total())
 	}
 	if s.LastError != "" {
 		fmt.Fprintf(&b, "; last upgrade failed: %s", s.LastError)

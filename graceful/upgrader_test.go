@@ -278,7 +278,7 @@ func TestUpgradeHandsOver(t *testing.T) {
 	case <-time.After(waitBound):
 		t.Fatal("Exit not closed after handing over")
 	}
-	if st := u.Status(); st.State != "handed-over" || st.Upgrading != 0 {
+	if st := u.Status(); st.State != "draining" || st.Upgrading != 0 {
 		t.Fatalf("Status after handing over = %+v", st)
 	}
 	if r := outcome(t, upgradeAsync(u)); r.err == nil || !strings.Contains(r.err.Error(), strconv.Itoa(c.pid)) {

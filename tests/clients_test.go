@@ -389,7 +389,7 @@ func TestHTTP2GoAway(t *testing.T) {
 			// The slow stream is open on the old generation's one HTTP/2 connection.
 			if err := proc.WaitFor(func() bool {
 				st, err := ctlStatus(t, ctl)
-				return err == nil && st.Conns.Active == 1
+				return err == nil && st.Connections.Active == 1
 			}, 5*time.Second, "the slow request to be active on the old generation"); err != nil {
 				t.Fatal(err)
 			}

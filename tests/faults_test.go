@@ -23,7 +23,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/seed-a7250cfa/handover/internal/control"
+	"github.com/seed-a7250cfa/handover/graceful"
 	"github.com/seed-a7250cfa/handover/tests/internal/load"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
@@ -197,9 +197,9 @@ func (d *demo) waitNewPID(timeout time.Duration, seen ...int) int {
 }
 
 // ctlStatus asks the service for its status through `handover status -json`.
-func ctlStatus(t testing.TB, path string) (control.StatusInfo, error) {
+func ctlStatus(t testing.TB, path string) (graceful.Status, error) {
 	t.Helper()
-	var st control.StatusInfo
+	var st graceful.Status
 	out, err := exec.Command(proc.Binary(t, handoverPkg), "status", "-json", "-control", path).Output()
 	if err != nil {
 		if ee, ok := err.(*exec.ExitError); ok {

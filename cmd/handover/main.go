@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/graceful"
 	"github.com/seed-a7250cfa/handover/internal/control"
 )
 
@@ -179,7 +180,11 @@ func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.W
 		fmt.Fprintf(stderr, "handover status: %v\n", err)
 		return 1
 	}
-	s := resp.Status
+	var s graceful.Status
+	if err := json.Unmarshal(resp.Status, &s); err != nil {
+		fmt.Fprintf(stderr, "handover status: malformed status from %s: %v\n", path, err)
+		return 1
+	}
 	if asJSON {
 		b, _ := json.MarshalIndent(s, "", "  ")
 		fmt.Fprintf(stdout, "%s\n", b)
@@ -204,7 +209,7 @@ func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.W
 		}
 		fmt.Fprintf(stdout, "%s %s %s:%s (from %s)\n", label, name, l.Network, l.Addr, l.Source)
 	}
-	c := s.Conns
+	c := s.Connections
 	fmt.Fprintf(stdout, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
 		c.New+c.Active+c.Idle+c.Hijacked, c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
 	if s.LastError != "" {

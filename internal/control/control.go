@@ -45,38 +45,9 @@ type Response struct {
 	// PID and Generation name the process now serving (after an upgrade, the new one).
 	PID        int `json:"pid,omitempty"`
 	Generation int `json:"generation,omitempty"`
-	// Status is the answer to a status request.
-	Status *StatusInfo `json:"status,omitempty"`
-}
-
-// StatusInfo is a process's status as the control socket reports it.
-type StatusInfo struct {
-	PID        int        `json:"pid"`
-	Generation int        `json:"generation"`
-	State      string     `json:"state"`
-	Listeners  []Listener `json:"listeners"`
-	Conns      Conns      `json:"connections"`
-	Upgrading  int        `json:"upgrading,omitempty"`
-	LastError  string     `json:"last_error,omitempty"`
-	Executable string     `json:"executable"`
-	Systemd    bool       `json:"systemd"`
-}
-
-// Listener describes one socket the process serves.
-type Listener struct {
-	Name    string `json:"name"`
-	Network string `json:"network"`
-	Addr    string `json:"addr"`
-	Source  string `json:"source"`
-}
-
-// Conns counts connections by state.
-type Conns struct {
-	New      int    `json:"new"`
-	Active   int    `json:"active"`
-	Idle     int    `json:"idle"`
-	Hijacked int    `json:"hijacked"`
-	Accepted uint64 `json:"accepted"`
+	// Status is the answer to a status request: a graceful.Status in JSON (kept
+	// raw here so that this package does not depend on graceful).
+	Status json.RawMessage `json:"status,omitempty"`
 }
 
 // ParseRequest parses a request line (without its newline).

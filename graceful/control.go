@@ -121,7 +121,7 @@ func (u *Upgrader) handleControl(c net.Conn) {
 	}
 	uid, ok, err := peerAllowed(c)
 	if err != nil || !ok {
-		u.log.Warn("control socket: refused a peer", "uid", uid, "err", err)
+		u.log.Warn("control socket: refused a peer", "event", "control_refused", "uid", uid, "err", err)
 		reply(control.Response{Error: fmt.Sprintf("permission denied: uid %d may not control this service (only uid %d or root)", uid, os.Geteuid())})
 		return
 	}
@@ -173,7 +173,7 @@ func (u *Upgrader) storeFDs() {
 	}
 	kids, err := u.set.ForChild()
 	if err != nil {
-		u.log.Warn("fd store: could not duplicate the sockets", "err", err)
+		u.log.Warn("fd store: could not duplicate the sockets", "event", "fdstore_failed", "err", err)
 		return
 	}
 	defer kids.Close()
@@ -189,10 +189,10 @@ func (u *Upgrader) storeFDs() {
 			name = "unknown"
 		}
 		if err := u.notifier.Send("FDSTORE=1\nFDNAME="+name, int(f.Fd())); err != nil {
-			u.log.Warn("fd store: systemd refused a socket", "name", name, "err", err)
+			u.log.Warn("fd store: systemd refused a socket", "event", "fdstore_failed", "name", name, "err", err)
 			continue
 		}
 		stored++
 	}
-	u.log.Info("stored sockets in systemd's fd store", "count", stored)
+	u.log.Info("stored sockets in systemd's fd store", "event", "fdstore", "count", stored)
 }

@@ -206,13 +206,13 @@ func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) err
 	defer cancel()
 	start := time.Now()
 	c := s.drainer.Counts()
-	u.Logger().Info("draining", "addr", l.Addr().String(), "connections", c.Total(), "deadline", d.String())
+	u.Logger().Info("draining", "event", "drain_start", "addr", l.Addr().String(), "connections", c.Total(), "deadline", d.String())
 	err = s.Shutdown(ctx)
 	<-errc
 	if errors.Is(err, ErrDrainDeadline) {
-		u.Logger().Warn("drain deadline reached; force-closed the remaining connections", "addr", l.Addr().String(), "took", time.Since(start).Round(time.Millisecond).String())
+		u.Logger().Warn("drain deadline reached; force-closed the remaining connections", "event", "drain_deadline", "addr", l.Addr().String(), "took", time.Since(start).Round(time.Millisecond).String())
 	} else {
-		u.Logger().Info("drained", "addr", l.Addr().String(), "took", time.Since(start).Round(time.Millisecond).String())
+		u.Logger().Info("drained", "event", "drained", "addr", l.Addr().String(), "took", time.Since(start).Round(time.Millisecond).String())
 	}
 	return http.ErrServerClosed
 }

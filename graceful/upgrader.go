@@ -269,7 +269,7 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	}
 	u.set = set
 	if why := set.Ignored(); why != "" {
-		u.log.Warn("not adopting inherited descriptors", "reason", why)
+		u.log.Warn("not adopting inherited descriptors", "event", "inherit_ignored", "reason", why)
 	}
 	if u.exe = cfg.Executable; u.exe == "" {
 		if u.exe, err = executablePath(os.Args[0]); err != nil {
@@ -306,7 +306,7 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	if set.Source() != activation.Bound {
 		from = fmt.Sprintf("%d descriptors from %s", len(set.Files()), set.Source())
 	}
-	u.log.Info("starting", "executable", u.exe, "inherited", from, "notify", u.notifier != nil)
+	u.log.Info("starting", "event", "start", "executable", u.exe, "inherited", from, "notify", u.notifier != nil)
 	go u.run()
 	if ctl != nil {
 		go u.serveControl(ctl)
@@ -366,7 +366,7 @@ func (u *Upgrader) Ready() error {
 	default:
 	}
 	for _, f := range u.set.CloseUnclaimed() {
-		u.log.Warn("closing an inherited descriptor nothing claimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())
+		u.log.Warn("closing an inherited descriptor nothing claimed", "event", "fd_unclaimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())
 	}
 	child := u.parent != nil
 	if child {
@@ -384,7 +384,7 @@ func (u *Upgrader) Ready() error {
 		close(u.ready)
 		if u.cfg.PIDFile != "" {
 			if err = writePIDFile(u.cfg.PIDFile, os.Getpid()); err != nil {
-				u.log.Error("writing the PID file", "err", err)
+				u.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
 			}
 		}
 		if !child {
@@ -393,7 +393,7 @@ func (u *Upgrader) Ready() error {
 		u.startWatchdog()
 		u.storeFDs()
 		u.notifyStatus()
-		u.log.Info("ready", "listeners", describeHeld(u.set.Held()))
+		u.log.Info("ready", "event", "ready", "listeners", describeHeld(u.set.Held()))
 	})
 	return err
 }
@@ -409,7 +409,7 @@ func (u *Upgrader) confirmWithParent() error {
 	}()
 	u.do(func() { u.parent = nil })
 	if err := p.send(message{verb: "ready", pid: os.Getpid()}, 5*time.Second); err != nil {
-		u.log.Warn("could not tell the parent generation we are ready; carrying on as the current generation", "err", err)
+		u.log.Warn("could not tell the parent generation we are ready; carrying on as the current generation", "event", "parent_lost", "err", err)
 		return nil
 	}
 	m, err := p.receive()
@@ -430,10 +430,10 @@ func (u *Upgrader) confirmWithParent() error {
 	case err == nil && m.verb == "abort":
 		return fmt.Errorf("graceful: the parent generation abandoned the upgrade: %s", m.text)
 	case errors.Is(err, io.EOF):
-		u.log.Warn("the parent generation exited before confirming the handover; carrying on as the current generation")
+		u.log.Warn("the parent generation exited before confirming the handover; carrying on as the current generation", "event", "parent_lost")
 		return nil
 	case err != nil:
-		u.log.Warn("reading the parent's confirmation; carrying on as the current generation", "err", err)
+		u.log.Warn("reading the parent's confirmation; carrying on as the current generation", "event", "parent_lost", "err", err)
 		return nil
 	}
 	return fmt.Errorf("graceful: unexpected message from the parent generation: %q", m.String())
@@ -597,11 +597,11 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 	case syscall.SIGUSR2:
 		u.beginUpgrade("SIGUSR2", nil)
 	case syscall.SIGHUP:
-		u.log.Warn("SIGHUP ignored; send SIGUSR2 to upgrade, SIGTERM to stop")
+		u.log.Warn("SIGHUP ignored; send SIGUSR2 to upgrade, SIGTERM to stop", "event", "signal_ignored", "signal", "hangup")
 	case syscall.SIGTERM, syscall.SIGINT:
 		u.terms++
 		if u.terms > 1 {
-			u.log.Warn("second stop signal: exiting now, without finishing the drain", "signal", sig.String())
+			u.log.Warn("second stop signal: exiting now, without finishing the drain", "event", "exit_now", "signal", sig.String())
 			signal.Reset(sig)
 			syscall.Kill(os.Getpid(), sig.(syscall.Signal))
 			return
@@ -620,30 +620,30 @@ func (u *Upgrader) beginUpgrade(trigger string, reply func(upgradeResult)) {
 	}
 	switch u.state {
 	case Starting:
-		u.log.Warn("upgrade refused: not ready yet", "trigger", trigger)
+		u.log.Warn("upgrade refused: not ready yet", "event", "upgrade_refused", "reason", "not_ready", "trigger", trigger)
 		fail(ErrNotReady)
 		return
 	case Upgrading:
-		u.log.Warn("upgrade refused: one is already in progress", "trigger", trigger, "child", u.up.child.Pid())
+		u.log.Warn("upgrade refused: one is already in progress", "event", "upgrade_refused", "reason", "in_progress", "trigger", trigger, "child", u.up.child.Pid())
 		fail(ErrUpgradeInProgress)
 		return
 	case HandedOver:
-		u.log.Warn("upgrade refused: this process has handed over", "trigger", trigger, "current", u.nextPID)
+		u.log.Warn("upgrade refused: this process has handed over", "event", "upgrade_refused", "reason", "handed_over", "trigger", trigger, "current", u.nextPID)
 		if reply != nil {
 			reply(upgradeResult{err: fmt.Errorf("graceful: this process has handed over to PID %d; ask that one", u.nextPID), moved: u.nextPID})
 		}
 		return
 	case Stopping:
-		u.log.Warn("upgrade refused: stopping", "trigger", trigger)
+		u.log.Warn("upgrade refused: stopping", "event", "upgrade_refused", "reason", "stopping", "trigger", trigger)
 		fail(ErrStopping)
 		return
 	}
-	u.log.Info("upgrade starting", "trigger", trigger, "executable", u.exe)
+	u.log.Info("upgrade starting", "event", "upgrade_start", "trigger", trigger, "executable", u.exe)
 	u.notify("RELOADING=1\n" + sdnotify.MonotonicUsec() + "\nSTATUS=upgrading: starting a new generation")
 	up, err := u.spawn(trigger)
 	if err != nil {
 		u.lastErr = err.Error()
-		u.log.Error("upgrade failed", "err", err)
+		u.log.Error("upgrade failed", "event", "upgrade_failed", "cause", "start", "err", err)
 		u.notify("READY=1\nSTATUS=" + u.statusLine())
 		fail(err)
 		return
@@ -654,7 +654,7 @@ func (u *Upgrader) beginUpgrade(trigger string, reply func(upgradeResult)) {
 	u.up = up
 	u.state = Upgrading
 	u.watch(up)
-	u.log.Info("new generation started", "child", up.child.Pid(), "sibling", u.notifier != nil)
+	u.log.Info("new generation started", "event", "child_started", "child", up.child.Pid(), "sibling", u.notifier != nil)
 }
 
 // spawn starts the next generation.
@@ -717,7 +717,7 @@ func (u *Upgrader) onChildEvent(ev childEvent) {
 	up := u.up
 	switch {
 	case ev.timer:
-		u.failUpgrade(fmt.Errorf("the new generation (PID %d) was not ready within %s", up.child.Pid(), u.cfg.UpgradeTimeout))
+		u.failUpgrade("timeout", fmt.Errorf("the new generation (PID %d) was not ready within %s", up.child.Pid(), u.cfg.UpgradeTimeout))
 	case ev.exited:
 		// Its last words (an "error" line) may still be on their way through the
 		// channel, which its exit has closed: give the reader a moment.
@@ -728,24 +728,24 @@ func (u *Upgrader) onChildEvent(ev childEvent) {
 			case <-time.After(5 * time.Millisecond):
 			}
 		}
-		u.failUpgrade(fmt.Errorf("the new generation (PID %d) exited before it was ready", up.child.Pid()))
+		u.failUpgrade("exited", fmt.Errorf("the new generation (PID %d) exited before it was ready", up.child.Pid()))
 	case ev.err != nil:
 		// A child that dies closes the channel a moment before its exit is seen (a
 		// sibling's exit status is not ours to read): give the exit a moment, so that
 		// the error says what happened.
 		select {
 		case <-up.child.Exited():
-			u.failUpgrade(fmt.Errorf("the new generation (PID %d) exited before it was ready", up.child.Pid()))
+			u.failUpgrade("exited", fmt.Errorf("the new generation (PID %d) exited before it was ready", up.child.Pid()))
 		case <-time.After(200 * time.Millisecond):
-			u.failUpgrade(fmt.Errorf("the new generation (PID %d) closed the handover channel before it was ready", up.child.Pid()))
+			u.failUpgrade("channel_closed", fmt.Errorf("the new generation (PID %d) closed the handover channel before it was ready", up.child.Pid()))
 		}
 	case ev.msg.verb == "error":
 		up.detail = ev.msg.text
-		u.log.Error("the new generation reports an error", "child", up.child.Pid(), "err", ev.msg.text)
+		u.log.Error("the new generation reports an error", "event", "child_error", "child", up.child.Pid(), "err", ev.msg.text)
 	case ev.msg.verb == "ready":
 		u.completeUpgrade(ev.msg.pid)
 	default:
-		u.failUpgrade(fmt.Errorf("the new generation (PID %d) sent an unexpected message %q", up.child.Pid(), ev.msg.String()))
+		u.failUpgrade("protocol", fmt.Errorf("the new generation (PID %d) sent an unexpected message %q", up.child.Pid(), ev.msg.String()))
 	}
 }
 
@@ -753,23 +753,23 @@ func (u *Upgrader) onChildEvent(ev childEvent) {
 func (u *Upgrader) completeUpgrade(pid int) {
 	up := u.up
 	if pid != up.child.Pid() {
-		u.log.Warn("the new generation reports a different PID than the one started (a wrapper?)", "started", up.child.Pid(), "ready", pid)
+		u.log.Warn("the new generation reports a different PID than the one started (a wrapper?)", "event", "child_pid_differs", "started", up.child.Pid(), "ready", pid)
 	}
 	// The service manager must learn the new main PID before this process exits, or
 	// it stops the unit and kills the new process with it.
 	if u.notifier != nil {
 		if err := u.notifier.Send("MAINPID=" + strconv.Itoa(pid) + "\nREADY=1\nSTATUS=handing over to PID " + strconv.Itoa(pid)); err != nil {
-			u.failUpgrade(fmt.Errorf("telling systemd MAINPID=%d: %w", pid, err))
+			u.failUpgrade("notify", fmt.Errorf("telling systemd MAINPID=%d: %w", pid, err))
 			return
 		}
 		if err := u.notifier.Barrier(5 * time.Second); err != nil {
-			u.log.Warn("systemd did not confirm MAINPID in time; handing over anyway", "err", err)
+			u.log.Warn("systemd did not confirm MAINPID in time; handing over anyway", "event", "barrier_timeout", "err", err)
 		}
 	}
 	if err := up.ch.send(message{verb: "main"}, 5*time.Second); err != nil {
-		u.log.Error("could not confirm the handover to the new generation", "child", pid, "err", err)
+		u.log.Error("could not confirm the handover to the new generation", "event", "confirm_failed", "child", pid, "err", err)
 		if u.notifier == nil {
-			u.failUpgrade(fmt.Errorf("the new generation (PID %d) went away right after it was ready: %v", pid, err))
+			u.failUpgrade("confirm", fmt.Errorf("the new generation (PID %d) went away right after it was ready: %v", pid, err))
 			return
 		}
 	}
@@ -791,7 +791,7 @@ func (u *Upgrader) completeUpgrade(pid int) {
 	u.lastErr = ""
 	u.set.KeepFiles()
 	u.stopWatchdog()
-	u.log.Info("handed over", "to", pid, "took", time.Since(up.started).Round(time.Microsecond).String())
+	u.log.Info("handed over", "event", "handed_over", "to", pid, "took", time.Since(up.started).Round(time.Microsecond).String())
 	for _, w := range up.waiters {
 		w(upgradeResult{pid: pid})
 	}
@@ -819,7 +819,7 @@ func (u *Upgrader) watchSuccessor(c child, ch *channel) {
 	if u.reserve == nil {
 		r, err := u.set.ForChild()
 		if err != nil {
-			u.log.Warn("could not keep the sockets open while draining", "err", err)
+			u.log.Warn("could not keep the sockets open while draining", "event", "reserve_failed", "err", err)
 		} else {
 			u.reserve = r
 		}
@@ -847,18 +847,18 @@ func (u *Upgrader) onSuccessorDied(c child, retired bool) {
 	u.successor = nil
 	status := c.ExitStatus()
 	if retired {
-		u.log.Info("the new generation exited after handing over or stopping; nothing to replace", "child", c.Pid(), "status", status)
+		u.log.Info("the new generation exited after handing over or stopping; nothing to replace", "event", "successor_retired", "child", c.Pid(), "status", status)
 		return
 	}
 	if u.reserve == nil || u.replacements >= maxReplacements || u.up != nil {
-		u.log.Error("the new generation died while this process was draining", "child", c.Pid(), "status", status)
+		u.log.Error("the new generation died while this process was draining", "event", "successor_died", "action", "none", "child", c.Pid(), "status", status)
 		return
 	}
 	u.replacements++
-	u.log.Error("the new generation died while this process was draining; starting a replacement on the sockets kept open", "child", c.Pid(), "status", status, "attempt", u.replacements)
+	u.log.Error("the new generation died while this process was draining; starting a replacement on the sockets kept open", "event", "successor_died", "action", "replace", "child", c.Pid(), "status", status, "attempt", u.replacements)
 	up, err := u.spawnWith("replacement", u.reserve)
 	if err != nil {
-		u.log.Error("starting a replacement failed", "err", err)
+		u.log.Error("starting a replacement failed", "event", "replace_failed", "err", err)
 		return
 	}
 	u.up = up
@@ -867,7 +867,7 @@ func (u *Upgrader) onSuccessorDied(c child, retired bool) {
 
 // failUpgrade abandons the upgrade in progress: the child is killed and reaped, and
 // this process goes on serving.
-func (u *Upgrader) failUpgrade(err error) {
+func (u *Upgrader) failUpgrade(cause string, err error) {
 	up := u.up
 	exited := false // by itself: then even "signal: killed" says what happened
 	select {
@@ -893,7 +893,7 @@ func (u *Upgrader) failUpgrade(err error) {
 		u.state = Serving
 	}
 	u.lastErr = err.Error()
-	u.log.Error("upgrade failed; still serving", "err", err)
+	u.log.Error("upgrade failed; still serving", "event", "upgrade_failed", "cause", cause, "child", up.child.Pid(), "err", err)
 	u.notify("READY=1\nSTATUS=" + u.statusLine())
 	for _, w := range up.waiters {
 		w(upgradeResult{err: err})
@@ -906,15 +906,15 @@ func (u *Upgrader) stop(why string) {
 	case Stopping:
 		return
 	case HandedOver:
-		u.log.Info("stop requested while draining after a handover", "why", why)
+		u.log.Info("stop requested while draining after a handover", "event", "stop_ignored", "why", why)
 		return
 	case Upgrading:
 		u.state = Stopping
-		u.failUpgrade(errAbandoned)
+		u.failUpgrade("abandoned", errAbandoned)
 	}
 	u.state = Stopping
 	u.retire()
-	u.log.Info("stopping", "why", why)
+	u.log.Info("stopping", "event", "stop", "why", why)
 	if u.main {
 		u.notify("STOPPING=1\nSTATUS=stopping: draining connections")
 	}
@@ -943,7 +943,7 @@ func (u *Upgrader) retire() {
 // notify sends state to the service manager, if there is one.
 func (u *Upgrader) notify(state string) {
 	if err := u.notifier.Send(state); err != nil {
-		u.log.Warn("sd_notify failed", "err", err)
+		u.log.Warn("sd_notify failed", "event", "notify_failed", "err", err)
 	}
 }
 

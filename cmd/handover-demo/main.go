@@ -136,7 +136,7 @@ func run(cfg graceful.Config, o options) error {
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
-	u.Logger().Info("exiting")
+	u.Logger().Info("exiting", "event", "exit")
 	return nil
 }
 

@@ -297,7 +297,7 @@ func TestSecondSignalIgnoredDuringUpgrade(t *testing.T) {
 	}
 	child := proc.Children(serving)[0]
 	d.signal(syscall.SIGUSR2)
-	if err := proc.WaitFor(func() bool { return strings.Contains(d.log(), "one is already in progress") }, 10*time.Second, "the second signal to be refused"); err != nil {
+	if err := proc.WaitFor(func() bool { return countLines(d.log(), "event=upgrade_refused", "reason=in_progress") > 0 }, 10*time.Second, "the second signal to be refused"); err != nil {
 		t.Fatal(err)
 	}
 	if kids := proc.Children(serving); len(kids) != 1 || kids[0] != child {

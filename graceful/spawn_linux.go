@@ -5,14 +5,75 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
-	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
-	"time"
 
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
 )
+
+// selfExecutable is this process's own executable, even if the file it was started
+// from has been replaced since: the last good build, for a replacement.
+const selfExecutable = "/proc/self/exe"
+
+// childSpec builds what a new generation is started with, but its sockets and
+// channel (spawnChild adds them).
+func (u *Upgrader) childSpec(path string) childSpec {
+	spec := childSpec{
+		path:    path,
+		args:    append([]string{u.exe}, u.cfg.Args...),
+		env:     os.Environ(),
+		sibling: u.notifier != nil,
+		gen:     u.gen + 1,
+	}
+	if u.watchdog != nil {
+		spec.env = append(spec.env,
+			"WATCHDOG_USEC="+strconv.FormatInt(u.watchdog.Interval.Microseconds(), 10),
+			"WATCHDOG_PID="+strconv.Itoa(os.Getpid()))
+	}
+	return spec
+}
+
+// spawnChild starts the next generation with the process's sockets (or those kept
+// in reserve, which stay the caller's) and one end of a new handover channel. It
+// runs beside the state loop.
+func spawnChild(set *handoff.Set, reserve *handoff.Child, spec childSpec, start startFunc) (child, *handoff.Channel, error) {
+	if err := resolveExecutable(spec.path); err != nil {
+		return nil, nil, err
+	}
+	kids := reserve
+	if kids == nil {
+		k, err := set.ForChild()
+		if err != nil {
+			return nil, nil, err
+		}
+		defer k.Close()
+		kids = k
+	}
+	parentEnd, childEnd, err := handoff.SocketPair()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer childEnd.Close()
+	ppid := os.Getpid()
+	if spec.sibling {
+		ppid = os.Getppid()
+	}
+	spec.env = kids.Env(spec.env, handoff.Marker{
+		PID:        os.Getpid(),
+		PPID:       ppid,
+		Channel:    handoff.ListenFDsStart + len(kids.Files),
+		Generation: spec.gen,
+	})
+	spec.files = append(append([]*os.File(nil), kids.Files...), childEnd)
+	c, err := start(spec)
+	if err != nil {
+		parentEnd.Close()
+		return nil, nil, err
+	}
+	return c, parentEnd, nil
+}
 
 // childSpec is a process the upgrader starts: the new generation.
 type childSpec struct {
@@ -23,6 +84,7 @@ type childSpec struct {
 	// sibling starts the child with CLONE_PARENT, so that it is a child of this
 	// process's parent (the service manager) rather than of this process.
 	sibling bool
+	gen     int // the child's generation
 }
 
 // child is a started process as the upgrader sees it.
@@ -33,7 +95,8 @@ type child interface {
 	// ExitStatus describes how it exited ("exit status 1", "signal: killed"), or ""
 	// when this process cannot know (a sibling is reaped by its parent).
 	ExitStatus() string
-	// Kill sends SIGKILL and, for a child of ours, reaps it.
+	// Kill sends SIGKILL; Exited is closed once it is dead (and reaped, when it
+	// is a child of ours).
 	Kill()
 	// Release stops watching the process, which lives on.
 	Release()
@@ -60,21 +123,6 @@ func resolveExecutable(path string) error {
 		return fmt.Errorf("new binary %s is not executable (mode %s): %w", path, st.Mode().Perm(), err)
 	}
 	return nil
-}
-
-// executablePath returns the absolute path this process was started as, without
-// resolving symlinks (os.Executable would resolve /opt/app/current to the build it
-// points at now, and an upgrade would restart the old build).
-func executablePath(argv0 string) (string, error) {
-	p := argv0
-	if filepath.Base(p) == p {
-		lp, err := exec.LookPath(p)
-		if err != nil {
-			return "", fmt.Errorf("cannot find the executable %q in PATH: %w", argv0, err)
-		}
-		p = lp
-	}
-	return filepath.Abs(p)
 }
 
 // startProcess is the real startFunc.
@@ -120,7 +168,6 @@ type proc struct {
 
 	mu     sync.Mutex
 	status string
-	reaped bool
 }
 
 func (c *proc) Pid() int                { return c.p.Pid }
@@ -163,7 +210,6 @@ func (c *proc) reap() {
 	st, err := c.p.Wait()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.reaped = true
 	if err != nil {
 		c.status = err.Error()
 	} else {
@@ -171,20 +217,7 @@ func (c *proc) reap() {
 	}
 }
 
-func (c *proc) Kill() {
-	c.p.Kill()
-	if c.sibling {
-		// The service manager reaps it, but wait (through the pidfd) until it is
-		// dead, so that it does not outlive this process: on a stop, systemd would
-		// otherwise find it in the unit's cgroup and kill it itself.
-		select {
-		case <-c.exited:
-		case <-time.After(time.Second):
-		}
-		return
-	}
-	<-c.exited
-}
+func (c *proc) Kill() { c.p.Kill() }
 
 func (c *proc) Release() {
 	if c.pidfd != nil {

@@ -1,4 +1,4 @@
-package activation
+package handoff
 
 import (
 	"errors"
@@ -21,6 +21,12 @@ const (
 	// PID the child's parent will have instead; the child adopts LISTEN_FDS only when
 	// its real parent matches. Format: "pid=P,ppid=Q,chan=FD,gen=N[,own=I+J]".
 	MarkerEnv = "HANDOVER_PARENT"
+
+	// MasterEnv is set by `handover run` for the child it starts, to its own PID.
+	// The child adopts LISTEN_FDS as from systemd (the master sets LISTEN_PID through
+	// a re-exec shim) and, when its real parent is that PID, leaves upgrades to the
+	// master.
+	MasterEnv = "HANDOVER_MASTER"
 )
 
 // ListenFDsStart is the first passed file descriptor (SD_LISTEN_FDS_START).

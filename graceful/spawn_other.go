@@ -1,0 +1,34 @@
+//go:build !linux
+
+package graceful
+
+import (
+	"os"
+
+	"github.com/seed-a7250cfa/handover/internal/handoff"
+)
+
+const selfExecutable = ""
+
+type childSpec struct{}
+
+// child is a started process; there are none on this system.
+type child interface {
+	Pid() int
+	Exited() <-chan struct{}
+	ExitStatus() string
+	Kill()
+	Release()
+}
+
+type startFunc func(childSpec) (child, error)
+
+func startProcess(childSpec) (child, error) { return nil, handoff.ErrUnsupported }
+
+func (u *Upgrader) childSpec(path string) childSpec { return childSpec{} }
+
+func spawnChild(*handoff.Set, *handoff.Child, childSpec, startFunc) (child, *handoff.Channel, error) {
+	return nil, nil, handoff.ErrUnsupported
+}
+
+var _ = os.Getpid

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/signal"
 	"strconv"
 	"sync"
 	"syscall"
@@ -36,43 +37,61 @@ func (u *Upgrader) childSpec(path string) childSpec {
 }
 
 // spawnChild starts the next generation with the process's sockets (or those kept
-// in reserve, which stay the caller's) and one end of a new handover channel. It
-// runs beside the state loop.
-func spawnChild(set *handoff.Set, reserve *handoff.Child, spec childSpec, start startFunc) (child, *handoff.Channel, error) {
+// in reserve, which stay the caller's), one end of a new handover channel, and a
+// pipe as its standard error until the handover (see handoff.Marker.Stderr), whose
+// last lines it returns in out. It runs beside the state loop.
+func spawnChild(set *handoff.Set, reserve *handoff.Child, spec childSpec, start startFunc) (c child, ch *handoff.Channel, out *stderrTail, err error) {
 	if err := resolveExecutable(spec.path); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	kids := reserve
 	if kids == nil {
 		k, err := set.ForChild()
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		defer k.Close()
 		kids = k
 	}
 	parentEnd, childEnd, err := handoff.SocketPair()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	defer childEnd.Close()
+	// The child's fd 2 until the handover: a pipe we read. Our own stderr goes with
+	// it, for the child to put back.
+	var r, w, ours *os.File
+	if r, w, err = os.Pipe(); err == nil {
+		ours, err = handoff.DupFile(os.Stderr, "stderr")
+	}
+	if err != nil {
+		closeFiles([]*os.File{r, w})
+		parentEnd.Close()
+		return nil, nil, nil, fmt.Errorf("a pipe for the new generation's standard error: %w", err)
+	}
+	defer w.Close()
+	defer ours.Close()
 	ppid := os.Getpid()
 	if spec.sibling {
 		ppid = os.Getppid()
 	}
+	n := len(kids.Files)
 	spec.env = kids.Env(spec.env, handoff.Marker{
 		PID:        os.Getpid(),
 		PPID:       ppid,
-		Channel:    handoff.ListenFDsStart + len(kids.Files),
+		Channel:    handoff.ListenFDsStart + n,
+		Stderr:     handoff.ListenFDsStart + n + 1,
 		Generation: spec.gen,
 	})
-	spec.files = append(append([]*os.File(nil), kids.Files...), childEnd)
-	c, err := start(spec)
+	spec.files = append(append([]*os.File(nil), kids.Files...), childEnd, ours)
+	spec.stderr = w
+	c, err = start(spec)
 	if err != nil {
+		r.Close()
 		parentEnd.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return c, parentEnd, nil
+	return c, parentEnd, relayStderr(r, os.Stderr), nil
 }
 
 // childSpec is a process the upgrader starts: the new generation.
@@ -84,7 +103,8 @@ type childSpec struct {
 	// sibling starts the child with CLONE_PARENT, so that it is a child of this
 	// process's parent (the service manager) rather than of this process.
 	sibling bool
-	gen     int // the child's generation
+	gen     int      // the child's generation
+	stderr  *os.File // its fd 2; nil means ours
 }
 
 // child is a started process as the upgrader sees it.
@@ -132,7 +152,11 @@ func startProcess(spec childSpec) (child, error) {
 	if spec.sibling {
 		sys.Cloneflags = unix.CLONE_PARENT
 	}
-	files := append([]*os.File{os.Stdin, os.Stdout, os.Stderr}, spec.files...)
+	stderr := spec.stderr
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	files := append([]*os.File{os.Stdin, os.Stdout, stderr}, spec.files...)
 	p, err := os.StartProcess(spec.path, spec.args, &os.ProcAttr{Env: spec.env, Files: files, Sys: sys})
 	if err != nil {
 		if _, serr := os.Stat(spec.path); serr == nil && errors.Is(err, fs.ErrNotExist) {
@@ -224,4 +248,28 @@ func (c *proc) Release() {
 		c.pidfd.Close()
 	}
 	c.p.Release()
+}
+
+// holdStderr, in a new generation whose fd 2 is its parent's pipe (see
+// handoff.Marker.Stderr), keeps a write to a pipe nobody reads any more (the parent
+// died) from killing the process with SIGPIPE until restoreStderr.
+func (u *Upgrader) holdStderr() {
+	if m := u.set.Marker(); m != nil && m.Stderr != 0 {
+		u.pipeSig = make(chan os.Signal, 1)
+		signal.Notify(u.pipeSig, syscall.SIGPIPE)
+	}
+}
+
+// restoreStderr puts the parent's own standard error back at fd 2, once the
+// handover is settled (confirmed, abandoned, or the parent gone).
+func (u *Upgrader) restoreStderr() {
+	f := u.set.Stderr()
+	if f == nil {
+		return
+	}
+	unix.Dup3(int(f.Fd()), 2, 0)
+	f.Close()
+	if u.pipeSig != nil {
+		signal.Stop(u.pipeSig)
+	}
 }

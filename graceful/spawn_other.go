@@ -2,11 +2,7 @@
 
 package graceful
 
-import (
-	"os"
-
-	"github.com/seed-a7250cfa/handover/internal/handoff"
-)
+import "github.com/seed-a7250cfa/handover/internal/handoff"
 
 const selfExecutable = ""
 
@@ -27,8 +23,9 @@ func startProcess(childSpec) (child, error) { return nil, handoff.ErrUnsupported
 
 func (u *Upgrader) childSpec(path string) childSpec { return childSpec{} }
 
-func spawnChild(*handoff.Set, *handoff.Child, childSpec, startFunc) (child, *handoff.Channel, error) {
-	return nil, nil, handoff.ErrUnsupported
+func spawnChild(*handoff.Set, *handoff.Child, childSpec, startFunc) (child, *handoff.Channel, *stderrTail, error) {
+	return nil, nil, nil, handoff.ErrUnsupported
 }
 
-var _ = os.Getpid
+func (u *Upgrader) holdStderr()    {}
+func (u *Upgrader) restoreStderr() {}

@@ -183,6 +183,7 @@ type Upgrader struct {
 	readyErr error
 	readied  bool
 	parent   *handoff.Channel // to the parent that started us, until Ready; guarded by mu
+	pipeSig  chan os.Signal   // SIGPIPE, while fd 2 is the parent's pipe
 	afterMu  sync.Mutex       // serializes calls made once the loop has ended
 
 	// Owned by the run goroutine.
@@ -212,6 +213,7 @@ type nextGen struct {
 	waiters []func(upgradeResult)
 	child   child
 	ch      *handoff.Channel
+	out     *stderrTail // its standard error, until the handover
 	timer   *time.Timer
 	said    string // its last "error" message
 	ready   int    // PID it reported ready with
@@ -219,6 +221,7 @@ type nextGen struct {
 	retired bool   // it said "done" (and has not said "current" since)
 	exited  bool
 	reading bool // its channel reader still runs
+	outOpen bool // its stderr pipe is not at EOF yet
 	// failAfter is set when it died before it was ready: the failure is reported once
 	// its last words are read (or lastWordsWait passed).
 	failAfter   string
@@ -238,6 +241,7 @@ type (
 		n     *nextGen
 		child child
 		ch    *handoff.Channel
+		out   *stderrTail
 		err   error
 	}
 	childMsgEvent struct {
@@ -248,6 +252,7 @@ type (
 	childExitEvent    struct{ n *nextGen }
 	upgradeTimeoutEvt struct{ n *nextGen }
 	lastWordsEvent    struct{ n *nextGen }
+	stderrEndedEvent  struct{ n *nextGen }
 	handoverEvent     struct {
 		n            *nextGen
 		err, barrier error
@@ -353,6 +358,7 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	}
 	u.log = base.With("gen", u.gen, "pid", os.Getpid())
 	u.main = u.parent == nil
+	u.holdStderr()
 	if err != nil {
 		return u, fmt.Errorf("inherited sockets: %w", err)
 	}
@@ -461,7 +467,9 @@ func (u *Upgrader) Ready() error {
 	var upstream *handoff.Channel
 	if p != nil {
 		var err error
-		if upstream, err = u.confirmWithParent(p); err != nil {
+		upstream, err = u.confirmWithParent(p)
+		u.restoreStderr()
+		if err != nil {
 			u.readyErr = err
 			return err
 		}
@@ -679,6 +687,11 @@ func (u *Upgrader) run() {
 			if ev.n == u.next && ev.n.failAfter != "" {
 				u.failUpgrade("exited", errors.New(ev.n.failAfter))
 			}
+		case stderrEndedEvent:
+			ev.n.outOpen = false
+			if ev.n == u.next && ev.n.failAfter != "" && !ev.n.reading {
+				u.failUpgrade("exited", errors.New(ev.n.failAfter))
+			}
 		case upgradeTimeoutEvt:
 			if ev.n == u.next && !ev.n.handed {
 				u.failUpgrade("timeout", fmt.Errorf("the new generation (PID %d) was not ready within %s", ev.n.child.Pid(), u.cfg.UpgradeTimeout))
@@ -782,8 +795,8 @@ func (u *Upgrader) spawn(n *nextGen, path string, reply func(upgradeResult)) {
 	spec := u.childSpec(path)
 	reserve := u.reserve
 	go func() {
-		c, ch, err := spawnChild(u.set, reserve, spec, u.start)
-		u.post(spawnedEvent{n: n, child: c, ch: ch, err: err})
+		c, ch, out, err := spawnChild(u.set, reserve, spec, u.start)
+		u.post(spawnedEvent{n: n, child: c, ch: ch, out: out, err: err})
 	}()
 }
 
@@ -793,7 +806,14 @@ func (u *Upgrader) onSpawned(ev spawnedEvent) {
 		u.failUpgrade("start", ev.err)
 		return
 	}
-	n.child, n.ch, n.reading = ev.child, ev.ch, true
+	n.child, n.ch, n.out, n.reading = ev.child, ev.ch, ev.out, true
+	if n.out != nil {
+		n.outOpen = true
+		go func() {
+			<-n.out.ended()
+			u.post(stderrEndedEvent{n})
+		}()
+	}
 	n.timer = time.AfterFunc(u.cfg.UpgradeTimeout, func() { u.post(upgradeTimeoutEvt{n}) })
 	go func() {
 		for {
@@ -816,8 +836,10 @@ func (u *Upgrader) onChildMessage(ev childMsgEvent) {
 	if ev.err != nil {
 		n.reading = false
 		switch {
-		case n.failAfter != "":
+		case n.failAfter != "" && !n.outOpen:
 			u.failUpgrade("exited", errors.New(n.failAfter))
+		case n.failAfter != "":
+			// Its stderr is still being read: stderrEndedEvent or lastWordsEvent.
 		case !n.handed && !n.exited:
 			// A child that dies closes the channel a moment before its exit is seen:
 			// give the exit a moment, so that the error says what happened.
@@ -854,9 +876,9 @@ func (u *Upgrader) onChildExit(n *nextGen) {
 	n.exited = true
 	if !n.handed {
 		why := fmt.Sprintf("the new generation (PID %d) exited before it was ready", n.child.Pid())
-		if n.reading {
-			// Its last words ("error ...") may still be on their way through the
-			// channel, which its exit has closed.
+		if n.reading || n.outOpen {
+			// Its last words ("error ...", a panic on stderr) may still be on their
+			// way through the channel and the pipe, which its exit has closed.
 			n.failAfter = why
 			time.AfterFunc(lastWordsWait, func() { u.post(lastWordsEvent{n}) })
 			return
@@ -1051,6 +1073,9 @@ func (u *Upgrader) failUpgrade(cause string, err error) {
 		}
 		if n.said != "" {
 			err = fmt.Errorf("%w: %s", err, n.said)
+		}
+		if last := n.out.last(); last != "" {
+			err = fmt.Errorf("%w\nits last lines on stderr:\n  %s", err, strings.ReplaceAll(last, "\n", "\n  "))
 		}
 	}
 	if u.st == upgrading || u.st == handingOver {

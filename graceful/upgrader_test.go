@@ -85,7 +85,7 @@ func (s *fakeStarter) start(spec childSpec) (child, error) {
 	}
 	// The caller closes its copy of the child's end once we return, as after a
 	// real fork; the fake child keeps a duplicate.
-	fd, err := unix.FcntlInt(spec.files[len(spec.files)-1].Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	fd, err := unix.FcntlInt(spec.files[len(spec.files)-2].Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -252,8 +252,8 @@ func TestUpgradeHandsOver(t *testing.T) {
 	if err != nil {
 		t.Fatalf("marker %q: %v", marker, err)
 	}
-	if m.PID != os.Getpid() || m.PPID != os.Getpid() || m.Generation != 2 || m.Channel != handoff.ListenFDsStart+len(c.spec.files)-1 {
-		t.Fatalf("marker %+v; want this process as parent, generation 2, channel at fd %d", m, handoff.ListenFDsStart+len(c.spec.files)-1)
+	if m.PID != os.Getpid() || m.PPID != os.Getpid() || m.Generation != 2 || m.Channel != handoff.ListenFDsStart+len(c.spec.files)-2 || m.Stderr != m.Channel+1 || c.spec.stderr == nil {
+		t.Fatalf("marker %+v; want this process as parent, generation 2, channel at fd %d, our stderr after it, a pipe at fd 2", m, handoff.ListenFDsStart+len(c.spec.files)-2)
 	}
 	if st := u.Status(); st.State != "upgrading" || st.Upgrading != c.pid {
 		t.Fatalf("Status during the upgrade = %+v", st)

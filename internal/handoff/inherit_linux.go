@@ -99,6 +99,9 @@ func inherit(e env, take func() []*os.File) (*Set, error) {
 		if s.marker.Channel < ListenFDsStart+n {
 			return s, fmt.Errorf("%s: chan=%d is one of the %s=%d passed sockets", MarkerEnv, s.marker.Channel, ListenFDsEnv, n)
 		}
+		if e := s.marker.Stderr; e != 0 && e < ListenFDsStart+n {
+			return s, fmt.Errorf("%s: err=%d is one of the %s=%d passed sockets", MarkerEnv, e, ListenFDsEnv, n)
+		}
 	}
 	for i := 0; i < n; i++ {
 		fd := ListenFDsStart + i
@@ -129,6 +132,13 @@ func inherit(e env, take func() []*os.File) (*Set, error) {
 		}
 		unix.CloseOnExec(s.marker.Channel)
 		s.channel = os.NewFile(uintptr(s.marker.Channel), "handover-channel")
+		if e := s.marker.Stderr; e != 0 {
+			if _, err := unix.FcntlInt(uintptr(e), unix.F_GETFD, 0); err != nil {
+				return s, fmt.Errorf("%s: err=%d is not open: %v", MarkerEnv, e, err)
+			}
+			unix.CloseOnExec(e)
+			s.stderr = os.NewFile(uintptr(e), "parent-stderr")
+		}
 		// Our own protocol: the descriptors are wrapped here.
 		for _, f := range s.files {
 			unix.CloseOnExec(f.Fd)

@@ -108,6 +108,7 @@ type Set struct {
 	marker  *Marker
 	master  int
 	channel *os.File
+	stderr  *os.File
 	files   []*File
 	held    []*held
 	ignored string
@@ -180,6 +181,16 @@ func (s *Set) Channel() *os.File {
 	c := s.channel
 	s.channel = nil
 	return c
+}
+
+// Stderr returns the parent's standard error to put back at fd 2 once the handover
+// is confirmed (see Marker.Stderr), or nil. The caller owns it.
+func (s *Set) Stderr() *os.File {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.stderr
+	s.stderr = nil
+	return f
 }
 
 // Ignored says why descriptors described by the environment were not adopted (for

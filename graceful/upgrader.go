@@ -606,7 +606,7 @@ func (u *Upgrader) status() Status {
 			s.Connections.add(t.counts())
 		}
 	}
-	if u.next != nil && !u.next.handed {
+	if u.next != nil && !u.next.handed && u.next.child != nil {
 		s.Upgrading = u.next.child.Pid()
 	}
 	return s
@@ -668,8 +668,11 @@ func (u *Upgrader) run() {
 			if ev.n == u.next {
 				u.onSpawned(ev)
 			} else if ev.err == nil {
-				// Abandoned while it was being started.
-				go ev.ch.Close()
+				// Abandoned (by a stop) while it was being started.
+				go func() {
+					ev.ch.Send(handoff.Message{Verb: handoff.Abort, Text: errAbandoned.Error()}, lastWordsWait)
+					ev.ch.Close()
+				}()
 				ev.child.Kill()
 				u.awaitDeath(ev.child)
 			}
@@ -739,34 +742,34 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 }
 
 // refusal says why an upgrade cannot start now, or returns nil.
-func (u *Upgrader) refusal() (reason string, err error, moved int) {
+func (u *Upgrader) refusal() (reason string, moved int, err error) {
 	switch {
 	case u.st == starting:
-		return "not_ready", errNotReady, 0
+		return "not_ready", 0, errNotReady
 	case u.st == upgrading || u.st == handingOver:
-		return "in_progress", ErrUpgradeInProgress, 0
+		return "in_progress", 0, ErrUpgradeInProgress
 	case u.nextPID != 0 && (u.st == draining || u.st == exited):
-		return "handed_over", fmt.Errorf("graceful: this process has handed over to PID %d; ask that one", u.nextPID), u.nextPID
+		return "handed_over", u.nextPID, fmt.Errorf("graceful: this process has handed over to PID %d; ask that one", u.nextPID)
 	case u.st == draining || u.st == stopping || u.st == exited:
-		return "stopping", errStopping, 0
+		return "stopping", 0, errStopping
 	}
 	switch {
 	case runtime.GOOS != "linux":
-		return "unsupported", fmt.Errorf("graceful: upgrading a process is not supported on %s (it serves, and drains on SIGINT/SIGTERM): %w", runtime.GOOS, errors.ErrUnsupported), 0
+		return "unsupported", 0, fmt.Errorf("graceful: upgrading a process is not supported on %s (it serves, and drains on SIGINT/SIGTERM): %w", runtime.GOOS, errors.ErrUnsupported)
 	case u.set.Master() != 0:
-		return "master", fmt.Errorf("graceful: this process runs under a `handover run` master (PID %d), which runs the upgrades: send it SIGHUP or SIGUSR2, or run `handover reload`", u.set.Master()), 0
+		return "master", 0, fmt.Errorf("graceful: this process runs under a `handover run` master (PID %d), which runs the upgrades: send it SIGHUP or SIGUSR2, or run `handover reload`", u.set.Master())
 	case os.Getpid() == 1 && u.notifier == nil:
-		return "pid1", errors.New("graceful: this process is PID 1 of its PID namespace (a container started without an init): when it hands over and exits, the kernel ends the namespace and the new generation with it; run the server under `handover run`, which keeps one PID while generations change (an init such as tini does not help: it exits with its first child)"), 0
+		return "pid1", 0, errors.New("graceful: this process is PID 1 of its PID namespace (a container started without an init): when it hands over and exits, the kernel ends the namespace and the new generation with it; run the server under `handover run`, which keeps one PID while generations change (an init such as tini does not help: it exits with its first child)")
 	}
-	return "", nil, 0
+	return "", 0, nil
 }
 
 // beginUpgrade starts an upgrade, or reports why it cannot. reply, if not nil, is
 // called on the loop with the outcome.
 func (u *Upgrader) beginUpgrade(trigger string, reply func(upgradeResult)) {
-	if reason, err, moved := u.refusal(); err != nil {
+	if reason, moved, err := u.refusal(); err != nil {
 		attrs := []any{"event", "upgrade_refused", "reason", reason, "trigger", trigger}
-		if u.next != nil && !u.next.handed {
+		if u.next != nil && !u.next.handed && u.next.child != nil {
 			attrs = append(attrs, "child", u.next.child.Pid())
 		}
 		if moved != 0 {
@@ -934,6 +937,14 @@ func (u *Upgrader) onHandover(ev handoverEvent) {
 	n.handed = true
 	u.nextPID = n.ready
 	u.lastErr = ""
+	if u.cfg.PIDFile != "" {
+		// The new generation writes it too, once it hears "main"; written here as
+		// well, the file names it by the time whoever asked for the upgrade hears
+		// the outcome.
+		if err := writePIDFile(u.cfg.PIDFile, n.ready); err != nil {
+			u.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
+		}
+	}
 	u.main = false
 	u.set.KeepFiles()
 	u.stopWatchdog()

@@ -382,6 +382,12 @@ func TestExampleLines(t *testing.T) {
 		t.Error("no answer said bye: the drain never asked a client to reconnect")
 	}
 	p.stop()
+	// The Upgrader logs the drain of a bare Drainer as it does a Server's.
+	for _, pid := range p.pids {
+		if countLines(p.log(), "event=drain_start", fmt.Sprintf("pid=%d ", pid)) != 1 || countLines(p.log(), "event=drained", fmt.Sprintf("pid=%d ", pid)) != 1 {
+			t.Errorf("generation %d did not log the start and end of its drain once each", pid)
+		}
+	}
 }
 
 func containsInt(s []int, v int) bool {

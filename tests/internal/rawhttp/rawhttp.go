@@ -105,6 +105,12 @@ func Dial(addr string, timeout time.Duration) (*Conn, error) {
 	return &Conn{addr: addr, nc: nc, br: bufio.NewReaderSize(nc, 16<<10), reusable: true}, nil
 }
 
+// NewConn returns a Conn on nc, a connection already established to addr (a
+// *tls.Conn, say): addr is sent as the Host header. Closing the Conn closes nc.
+func NewConn(nc net.Conn, addr string) *Conn {
+	return &Conn{addr: addr, nc: nc, br: bufio.NewReaderSize(nc, 16<<10), reusable: true}
+}
+
 // Get dials addr, sends one GET with Connection: close and returns the
 // response. timeout bounds the dial and, separately, the exchange.
 func Get(addr, path string, timeout time.Duration) (*Response, error) {

@@ -228,8 +228,9 @@ func checkGoAway(t *testing.T, d *demo, addrs []string, dial func(addr string) (
 	// before its deadline.
 	if err := waitGone(old, time.Until(deadline)); err != nil || time.Now().After(deadline) {
 		t.Errorf("the old generation %d did not exit before its drain deadline: %v", old, err)
+	} else {
+		t.Logf("the old generation exited %v after SIGUSR2 (deadline %v)", time.Since(signalled).Round(time.Millisecond), h2Drain)
 	}
-	t.Logf("the old generation exited %v after SIGUSR2 (deadline %v)", time.Since(signalled).Round(time.Millisecond), h2Drain)
 	for _, h := range conns {
 		if err := h.c.WaitClosed(5 * time.Second); err != io.EOF {
 			t.Errorf("%s: the connection ended with %v, want EOF (closed by the old generation)", h.c.RemoteAddr(), err)

@@ -261,7 +261,7 @@ func checkHTTP1Drain(t *testing.T, d *demo, pool *x509.CertPool) {
 		if p := tc.ConnectionState().NegotiatedProtocol; p != "http/1.1" {
 			t.Fatalf("negotiated %q, want http/1.1", p)
 		}
-		c := rawhttp.NewConn(tc, d.addr)
+		c := rawhttp.NewConn(tc)
 		t.Cleanup(func() { c.Close() })
 		if r, err := c.Do("GET", "/", nil, 5*time.Second); err != nil || r.PID() != old || r.Close {
 			t.Fatalf("GET /: %v, from %d (close %v), want a keep-alive answer from %d", err, respPID(r), r != nil && r.Close, old)
@@ -315,7 +315,7 @@ func checkHTTP1Drain(t *testing.T, d *demo, pool *x509.CertPool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := rawhttp.NewConn(tc, d.addr).Do("GET", "/", rawhttp.CloseHeader(), 5*time.Second); err != nil || r.PID() != cur {
+	if r, err := rawhttp.NewConn(tc).Do("GET", "/", rawhttp.CloseHeader(), 5*time.Second); err != nil || r.PID() != cur {
 		t.Errorf("GET / on a new connection: %v, from %d, want %d", err, respPID(r), cur)
 	}
 	if err := waitGone(old, time.Until(deadline)); err != nil || time.Now().After(deadline) {

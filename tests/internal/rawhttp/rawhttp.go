@@ -105,10 +105,10 @@ func Dial(addr string, timeout time.Duration) (*Conn, error) {
 	return &Conn{addr: addr, nc: nc, br: bufio.NewReaderSize(nc, 16<<10), reusable: true}, nil
 }
 
-// NewConn returns a Conn on nc, a connection already established to addr (a
-// *tls.Conn, say): addr is sent as the Host header. Closing the Conn closes nc.
-func NewConn(nc net.Conn, addr string) *Conn {
-	return &Conn{addr: addr, nc: nc, br: bufio.NewReaderSize(nc, 16<<10), reusable: true}
+// NewConn wraps a connection dialled by other means (for example inside another
+// network namespace); it is not checked for loopback.
+func NewConn(nc net.Conn) *Conn {
+	return &Conn{addr: nc.RemoteAddr().String(), nc: nc, br: bufio.NewReaderSize(nc, 16<<10), reusable: true}
 }
 
 // Get dials addr, sends one GET with Connection: close and returns the

@@ -273,10 +273,17 @@ func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.W
 		}
 		fmt.Fprintf(stdout, "%s %s %s:%s (from %s)\n", label, name, l.Network, l.Addr, l.Source)
 	}
-	c := s.Connections
-	fmt.Fprintf(stdout, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
-		c.New+c.Active+c.Idle+c.Hijacked, c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
-	if s.LastError != "" {
+	master := s.Child != 0 || s.Restarts != 0
+	if !master {
+		// A handover run master does not see its child's connections.
+		c := s.Connections
+		fmt.Fprintf(stdout, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
+			c.New+c.Active+c.Idle+c.Hijacked, c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
+	}
+	switch {
+	case s.LastError != "" && master:
+		fmt.Fprintf(stdout, "Last error:  %s\n", strings.TrimSpace(s.LastError))
+	case s.LastError != "":
 		fmt.Fprintf(stdout, "Last upgrade failed: %s\n", strings.TrimSpace(s.LastError))
 	}
 	return 0

@@ -43,10 +43,8 @@ func (l *listenFlags) Set(s string) error {
 func runMaster(args []string, stderr io.Writer) int {
 	fl := flag.NewFlagSet("handover run", flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	fl.Usage = func() {
-		fmt.Fprint(stderr, runUsage)
-		fl.PrintDefaults()
-	}
+	fl.Usage = func() {} // on a mistake, only the error and a pointer to -h
+
 	var listens listenFlags
 	fl.Var(&listens, "listen", "a socket for the program, `NAME=ADDR` (repeatable); ADDR is host:port, [v6]:port, unix:/path or udp:host:port")
 	control := fl.String("control", os.Getenv("HANDOVER_CONTROL"), "`path` of the control socket for handover reload/status (default $HANDOVER_CONTROL)")
@@ -59,6 +57,8 @@ func runMaster(args []string, stderr io.Writer) int {
 	restartMax := fl.Duration("restart-delay-max", master.DefaultRestartDelayMax, "the most the restart delay grows to")
 	if err := fl.Parse(args); err != nil {
 		if err == flag.ErrHelp {
+			fmt.Fprint(stderr, runUsage)
+			fl.PrintDefaults()
 			return 0
 		}
 		fmt.Fprintln(stderr, "see handover run -h")

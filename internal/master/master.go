@@ -445,7 +445,8 @@ func (m *machine) upgradeFailed(cause string, c *child, reason string) {
 	up := m.up
 	m.up = nil
 	m.lastErr = reason
-	args := []any{"event", "upgrade_failed", "cause", cause, "err", firstLine(reason)}
+	short, _, _ := strings.Cut(reason, "; its last lines on stderr:")
+	args := []any{"event", "upgrade_failed", "cause", cause, "err", firstLine(short)}
 	if c != nil {
 		args = append(args, "child", c.pid)
 	}
@@ -470,22 +471,20 @@ func (m *machine) candidateFailed(c *child) {
 		cause, reason = "exited", fmt.Sprintf("exited before it was ready (%s)", describeStatus(c.status))
 	}
 	what := fmt.Sprintf("new child PID %d (%s, generation %d) %s", c.pid, c.exe, c.gen, reason)
-	if lines := c.out.last(reportLines); len(lines) > 0 {
-		what += "; its last lines on stderr:\n  " + strings.Join(lines, "\n  ")
-	}
+	full := what + lastLines(c)
 	switch {
 	case m.up != nil:
-		m.upgradeFailed(cause, c, what)
+		m.upgradeFailed(cause, c, full)
 	case m.stopping:
 		// Abandoned, or stopped before it was ready: nothing to report.
 	case !m.everReady:
-		m.lastErr = what
-		m.log.Error("the first child failed; exiting", "event", "start_failed", "cause", cause, "child", c.pid, "err", firstLine(what))
+		m.lastErr = full
+		m.log.Error("the first child failed; exiting", "event", "start_failed", "cause", cause, "child", c.pid, "err", what)
 		m.exitCode = 1
 		m.stopping, m.state = true, stateStopping
 	default:
-		m.lastErr = what
-		m.log.Warn("restart failed", "event", "restart_failed", "cause", cause, "child", c.pid, "err", firstLine(what))
+		m.lastErr = full
+		m.log.Warn("restart failed", "event", "restart_failed", "cause", cause, "child", c.pid, "err", what)
 		m.scheduleRestart()
 	}
 }
@@ -584,11 +583,7 @@ func (m *machine) onGone(c *child) {
 			m.stop("child exited after " + signalName(m.forwarded))
 			m.exitFrom, m.exitCode = nil, exitCode(c.status)
 		default:
-			what := fmt.Sprintf("child PID %d (generation %d) exited while serving (%s)", c.pid, c.gen, describeStatus(c.status))
-			if lines := c.out.last(reportLines); len(lines) > 0 {
-				what += "; its last lines on stderr:\n  " + strings.Join(lines, "\n  ")
-			}
-			m.lastErr = what
+			m.lastErr = fmt.Sprintf("child PID %d (generation %d) exited while serving (%s)", c.pid, c.gen, describeStatus(c.status)) + lastLines(c)
 			if time.Since(c.readyAt) >= stableAfter {
 				m.backoff = m.cfg.RestartDelay
 			}
@@ -749,6 +744,15 @@ func exitCode(ws syscall.WaitStatus) int {
 		return 128 + int(ws.Signal())
 	}
 	return 1
+}
+
+// lastLines quotes c's last stderr lines for a report ("" if it wrote none).
+func lastLines(c *child) string {
+	lines := c.out.last(reportLines)
+	if len(lines) == 0 {
+		return ""
+	}
+	return "; its last lines on stderr:\n  " + strings.Join(lines, "\n  ")
 }
 
 func firstLine(s string) string {

@@ -575,6 +575,26 @@ func TestRunSIGINTForwarded(t *testing.T) {
 	}
 }
 
+// TestRunMasterKilled: kill -9 of the master takes its child with it (parent-death
+// signal): nothing keeps serving unsupervised on the sockets, so a supervisor's
+// restart of the master can bind them again.
+func TestRunMasterKilled(t *testing.T) {
+	m := startMaster(t, masterSpec{prog: []string{proc.Binary(t, demoPkg)}})
+	child := m.status().Child
+	if _, err := proc.KillAndReap(m.host, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m.exited = true
+	// The child is reparented to the test (a subreaper), which reaps it.
+	if err := waitGone(child, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.DialTimeout("tcp", m.addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("%s still accepts connections after the master and its child died", m.addr)
+	}
+}
+
 // TestRunOrphanReaped: a child that orphans a grandchild (which exits 300ms later): the
 // master, PID 1 of its namespace, reaps it; no zombie is left.
 func TestRunOrphanReaped(t *testing.T) {

@@ -11,8 +11,9 @@ import (
 	"strings"
 )
 
-// ControlName is the name a socket unit gives the control socket (graceful.ControlName):
-// a socket passed under that name is the master's own control socket, not the child's.
+// ControlName is the name a socket unit gives the control socket (the name the
+// library's generations look for too): a socket passed under that name is the
+// master's own control socket, not the child's.
 const ControlName = "handover-control"
 
 // Listen is one -listen NAME=ADDR: a socket the master holds and passes to every child

@@ -223,3 +223,65 @@ func fcntl(fd, cmd int) (int, error) {
 	}
 	return int(r), nil
 }
+
+// passed makes *os.Files as go-systemd's activation.Files returns them: bound sockets
+// (and, for "file", a regular file) under the given names.
+func passed(t *testing.T, names ...string) []*os.File {
+	t.Helper()
+	var out []*os.File
+	for _, name := range names {
+		var fd int
+		if name == "file" {
+			f, err := os.CreateTemp(t.TempDir(), "f")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fd, _ = syscall.Dup(int(f.Fd()))
+			f.Close()
+		} else {
+			k, err := bind(Listen{Name: name, Network: "tcp", Address: lowPort(t, "tcp")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fd = k.fd
+		}
+		out = append(out, os.NewFile(uintptr(fd), name))
+	}
+	return out
+}
+
+// TestFromSystemd: sockets from a socket unit are matched to -listen by name (the
+// others are not passed on), or all passed on without -listen; the control socket is
+// kept by the master; a missing name, or a descriptor that is not a socket, is an
+// error that says what to fix.
+func TestFromSystemd(t *testing.T) {
+	s, err := fromSystemd(passed(t, "http", "admin", ControlName), nil)
+	if err != nil || len(s.list) != 2 || s.list[0].name != "http" || s.list[1].name != "admin" || s.control == nil || !s.systemd {
+		t.Errorf("without -listen: %+v, %v", s, err)
+	} else {
+		if s.list[0].source != "systemd" || s.list[0].network != "tcp" || s.list[0].addr == "" {
+			t.Errorf("described as %+v", *s.list[0])
+		}
+		s.close()
+	}
+
+	s, err = fromSystemd(passed(t, "admin", "http"), []Listen{{Name: "http", Network: "tcp", Address: "127.0.0.1:1"}})
+	if err != nil || len(s.list) != 1 || s.list[0].name != "http" {
+		t.Errorf("-listen http: %+v, %v", s, err)
+	} else {
+		warned := s.warn
+		if len(warned) != 2 || !strings.Contains(strings.Join(warned, "\n"), `"admin"`) {
+			t.Errorf("warnings %q: want the unused admin socket and the address mismatch", warned)
+		}
+		s.close()
+	}
+
+	_, err = fromSystemd(passed(t, "admin"), []Listen{{Name: "http", Network: "tcp", Address: "127.0.0.1:1"}})
+	if err == nil || !strings.Contains(err.Error(), "FileDescriptorName=http") {
+		t.Errorf("a missing name: %v", err)
+	}
+	_, err = fromSystemd(passed(t, "file"), nil)
+	if err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("a regular file: %v", err)
+	}
+}

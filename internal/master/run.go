@@ -8,7 +8,7 @@
 // LISTEN_FDNAMES, LISTEN_PID set to its own PID) and a NOTIFY_SOCKET on which the
 // master hears READY=1, STATUS=, RELOADING=1, STOPPING=1 and WATCHDOG=1.
 //
-// The state machine is in master.go; this file sets up the sockets, the
+// The state machine is in master.go; Run (run.go) sets up the sockets, the
 // notification socket, the control socket, the signals and the reaper, and runs it.
 package master
 

@@ -650,7 +650,9 @@ func (m *machine) onNotify(ev notifyEvent) {
 		return
 	}
 	switch {
-	case c == m.cand && !c.killed && !m.stopping:
+	case c == m.cand && !c.killed && !c.reaped && !m.stopping:
+		// (A child that said READY=1 and died before this was read is not ready: its
+		// exit is being handled.)
 		m.becomeReady(c, "notify")
 	case c == m.serving && c.reloading:
 		c.reloading = false

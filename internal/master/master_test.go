@@ -505,3 +505,21 @@ func TestMachineOrphans(t *testing.T) {
 		t.Errorf("an orphan's exit changed the state")
 	}
 }
+
+func TestMachineReadyThenDead(t *testing.T) {
+	// READY=1 read after the child's exit was collected: not ready, a failed upgrade.
+	f := newFake(t, nil)
+	old := f.serving()
+	reply := f.upgrade()
+	cand := f.m.cand
+	f.m.settle = func(*child) {} // the exit's output has not settled yet
+	f.exit(cand, 0)
+	f.ready(cand)
+	if f.m.serving != old {
+		t.Fatalf("a dead child became the serving one")
+	}
+	f.m.handle(goneEvent{cand})
+	if r := <-reply; r.err == "" {
+		t.Errorf("the upgrade succeeded")
+	}
+}

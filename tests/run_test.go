@@ -879,9 +879,10 @@ func dialInNetns(pid int, addr string) (*rawhttp.Conn, error) {
 // TestSystemdRun: deploy/run/ (handover run as the service's main process, with the
 // socket unit) under a real systemd: the master takes the socket from systemd; five
 // `systemctl reload` under load each exit 0 and bring a new child while MainPID stays
-// the master's; StatusText names the serving child; nothing fails; systemd restarts
-// nothing and logs nothing about processes it does not supervise; `systemctl stop`
-// drains and ends the unit cleanly.
+// the master's; StatusText names the serving child; a broken build makes `systemctl
+// reload` fail while the old child serves on; nothing fails; systemd restarts nothing
+// and logs nothing about processes it does not supervise; `systemctl stop` drains and
+// ends the unit cleanly.
 func TestSystemdRun(t *testing.T) {
 	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) {
 		d := startSystemd(t, v, "run", "")
@@ -915,6 +916,22 @@ func TestSystemdRun(t *testing.T) {
 			prev = child
 			pace(500 * time.Millisecond)
 		}
+		// A build that exits 1: systemctl reload fails; the master and its child serve on.
+		good := filepath.Join(d.bin, "handover-demo")
+		saved := filepath.Join(d.sd.Dir(), "handover-demo.good")
+		copyFile(t, good, saved, 0o755)
+		writeFile(t, good, []byte("#!/bin/sh\necho 'fatal: broken build' >&2\nexit 1\n"), 0o755)
+		if out, code := d.reload(); code == 0 {
+			t.Errorf("systemctl reload of a broken build succeeded\n%s", out)
+		}
+		d.checkState(main)
+		if got := d.answer(); got != prev {
+			t.Errorf("after the failed reload: answered by %d, want %d", got, prev)
+		}
+		if text, _ := d.sd.Show(unit, "StatusText"); !strings.Contains(text, "last error") {
+			t.Errorf("StatusText %q does not mention the failed upgrade", text)
+		}
+		copyFile(t, saved, good, 0o755)
 		res := r.Stop()
 		checkLoad(t, res)
 		if n := len(res.PIDs()); n != 6 {

@@ -128,7 +128,9 @@ func launchMaster(t testing.TB, s masterSpec) *master {
 	}
 	defer logf.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = cleanEnv(s.env...)
+	// TMPDIR: the master's notification socket directory, removed with the test's
+	// directory even when the master is killed.
+	cmd.Env = cleanEnv(append([]string{"TMPDIR=" + dir}, s.env...)...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -416,10 +418,11 @@ func abs(t testing.TB, p string) string {
 	return a
 }
 
-// TestRunBadBuilds: a new build that exits 1, one that hangs (takes the sockets, never
-// ready), and a missing program: each `handover reload` exits 1 with the child's last
-// stderr lines, the failed child is killed and reaped, the old child serves on (status
-// unchanged but last_error), no request fails; then a good build upgrades.
+// TestRunBadBuilds: a new build that exits 1 (leaving a process behind), one that
+// hangs (takes the sockets, never ready), and a missing program: each `handover reload`
+// exits 1 with the child's last stderr lines, the failed child and what it left are
+// killed and reaped, the old child serves on (status unchanged but last_error), no
+// request fails; then a good build upgrades.
 func TestRunBadBuilds(t *testing.T) {
 	dir := t.TempDir()
 	app := filepath.Join(dir, "app")
@@ -434,7 +437,10 @@ func TestRunBadBuilds(t *testing.T) {
 		deploy func()
 		say    string // a line the child wrote to stderr, relayed by reload
 	}{
-		{"exits 1", func() { writeFile(t, app, []byte("#!/bin/sh\necho 'fatal: cannot read config' >&2\nexit 1\n"), 0o755) }, "fatal: cannot read config"},
+		// It also leaves a process behind, holding the socket: killed with it.
+		{"exits 1", func() {
+			writeFile(t, app, []byte("#!/bin/sh\nsleep 600 &\necho 'fatal: cannot read config' >&2\nexit 1\n"), 0o755)
+		}, "fatal: cannot read config"},
 		{"hangs", func() { copyFile(t, hang, app, 0o755) }, ""},
 		{"missing", func() { os.Remove(app) }, ""},
 	} {
@@ -618,14 +624,16 @@ func TestRunOrphanReaped(t *testing.T) {
 // /dev/null, 2 a pipe to the master, 3 the socket), its own PID in LISTEN_PID,
 // LISTEN_FDS=1, LISTEN_FDNAMES=http, the master's NOTIFY_SOCKET and HANDOVER_MASTER;
 // none of the master's own (stale) LISTEN_*, NOTIFY_SOCKET, WATCHDOG_* or the shim's
-// variable. PROG is looked up in $PATH.
+// variable. PROG is looked up in $PATH. A process the child leaves behind is killed
+// when the master exits.
 func TestRunChildEnvironment(t *testing.T) {
 	stale := []string{"LISTEN_PID=1", "LISTEN_FDS=5", "LISTEN_FDNAMES=a:b:c:d:e", "NOTIFY_SOCKET=/nonexistent/notify",
 		"WATCHDOG_USEC=1000000", "WATCHDOG_PID=1", "HANDOVER_PARENT=pid=1,ppid=1,chan=9,gen=3", "HANDOVER_MASTER=1"}
-	m := startMaster(t, masterSpec{prog: []string{"sleep", "600"}, flags: []string{"-ready-after", "300ms"}, env: stale})
+	// The child also starts a process that outlives it.
+	m := startMaster(t, masterSpec{prog: []string{"sh", "-c", "sleep 600 & exec sleep 601"}, flags: []string{"-ready-after", "300ms"}, env: stale})
 	st := m.status()
-	if st.Executable != needTool(t, "sleep") {
-		t.Errorf("executable %q, want sleep from $PATH", st.Executable)
+	if st.Executable != needTool(t, "sh") {
+		t.Errorf("executable %q, want sh from $PATH", st.Executable)
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", st.Child))
 	if err != nil {
@@ -662,9 +670,22 @@ func TestRunChildEnvironment(t *testing.T) {
 	if len(fds) != 4 || fds["0"] != "/dev/null" || !strings.HasPrefix(fds["2"], "pipe:") || !strings.HasPrefix(fds["3"], "socket:") {
 		t.Errorf("the child's descriptors: %v; want 0=/dev/null, 1, 2=a pipe, 3=the socket, nothing else", fds)
 	}
-	// A program that dies of SIGTERM: the master exits with its status.
+	// A program that dies of SIGTERM: the master exits with its status, once it has
+	// killed what the child left behind.
+	under := proc.Descendants(m.host)
+	if len(under) != 2 {
+		t.Errorf("processes under the master: %v, want the child and its sleep", under)
+	}
 	if code := m.stop(15 * time.Second); code != 128+int(syscall.SIGTERM) {
 		t.Errorf("the master exited %d, want %d (the child's status: killed by SIGTERM)", code, 128+int(syscall.SIGTERM))
+	}
+	for _, p := range under {
+		if proc.Alive(p) {
+			t.Errorf("pid %d (%s) outlived the master", p, proc.Cmdline(p))
+		}
+	}
+	if countLines(m.log(), "event=leftovers_killed") != 1 {
+		t.Errorf("the leftover was not logged")
 	}
 }
 
@@ -742,7 +763,7 @@ func TestRunDockerfileCommand(t *testing.T) {
 	}
 	defer logf.Close()
 	c := exec.Command(unshare, args...)
-	c.Env = cleanEnv(append(env, "PATH="+bin+":"+os.Getenv("PATH"))...)
+	c.Env = cleanEnv(append(env, "PATH="+bin+":"+os.Getenv("PATH"), "TMPDIR="+t.TempDir())...)
 	c.Stdout, c.Stderr = logf, logf
 	if err := c.Start(); err != nil {
 		t.Fatal(err)

@@ -144,6 +144,7 @@ const (
 	timerReadyAfter                    // a candidate that never notified counts as ready
 	timerDrain                         // a stopped child's drain deadline: SIGKILL
 	timerRestart                       // the restart backoff is over
+	timerFinish                        // leftovers were killed: exit even if some are not reaped
 )
 
 // result is the outcome of an upgrade, as the control socket reports it.
@@ -173,6 +174,11 @@ type machine struct {
 	settle  func(c *child)                                     // post goneEvent once c's output settled
 	resolve func(prog string) (string, error)                  // find PROG on disk now
 	sd      func(state string)                                 // tell systemd, if it listens
+	// leftovers kills (SIGKILL) the processes of process group pgid that were
+	// reparented to the master (a dead child's helpers) and returns how many;
+	// orphans lists the master's children that are not managed children.
+	leftovers func(pgid int) int
+	orphans   func() []int
 
 	systemd  bool // NOTIFY_SOCKET was set for the master
 	watchdog bool // systemd's watchdog is on for the master: forward the child's pings
@@ -195,6 +201,9 @@ type machine struct {
 	exitFrom  *child // the child whose exit status the master exits with
 	exitCode  int
 	done      bool
+	// cleared is set once the processes left over when every child has exited (a
+	// child's helpers, reparented to the master) were killed, when the master stops.
+	cleared bool
 }
 
 func newMachine(cfg Config, log *slog.Logger) *machine {
@@ -239,7 +248,27 @@ func (m *machine) handle(ev event) {
 		m.onTimer(ev.kind, ev.c)
 	}
 	if m.stopping && len(m.children) == 0 {
+		m.finish()
+	}
+}
+
+// finish ends the master once every child has exited: processes they left behind
+// (reparented to the master) are killed first and reaped, so that nothing outlives it
+// holding the sockets.
+func (m *machine) finish() {
+	left := m.orphans()
+	switch {
+	case len(left) == 0:
 		m.done = true
+	case !m.cleared:
+		m.cleared = true
+		m.log.Warn("killing processes the children left behind", "event", "leftovers_killed", "pids", fmt.Sprint(left))
+		for _, pid := range left {
+			m.signal(pid, syscall.SIGKILL)
+		}
+		// Their exits come back from the reaper; should one not (a process stuck in
+		// the kernel), the master exits anyway.
+		m.after(time.Second, timerEvent{kind: timerFinish})
 	}
 }
 
@@ -303,8 +332,8 @@ func (m *machine) becomeReady(c *child, via string) {
 	m.sd("READY=1\nSTATUS=" + m.statusLine())
 }
 
-// stopChild sends c sig (the stop signal, or a forwarded SIGINT/SIGQUIT) and gives it
-// the drain timeout before SIGKILL.
+// stopChild sends c sig (the stop signal) and gives it the drain timeout before
+// SIGKILL.
 func (m *machine) stopChild(c *child, sig syscall.Signal) {
 	if c.stopSent || c.reaped {
 		return
@@ -466,6 +495,9 @@ func (m *machine) upgradeFailed(cause string, c *child, reason string) {
 // candidateFailed handles a candidate that exited (or was killed and reaped) before it
 // was ready.
 func (m *machine) candidateFailed(c *child) {
+	if n := m.leftovers(c.pid); n > 0 {
+		m.log.Warn("killed what the failed child left behind", "event", "leftovers_killed", "child", c.pid, "leftovers", n)
+	}
 	cause, reason := c.failCause, c.failReason
 	if cause == "" {
 		cause, reason = "exited", fmt.Sprintf("exited before it was ready (%s)", describeStatus(c.status))
@@ -524,11 +556,21 @@ func (m *machine) onTimer(kind timerKind, c *child) {
 		}
 		m.becomeReady(c, "delay")
 	case timerDrain:
-		if c.reaped || c.killed {
+		if c.reaped {
+			// The child exited; processes it started and left in its process group
+			// (still serving on the sockets) get what it would have got.
+			if n := m.leftovers(c.pid); n > 0 {
+				m.log.Warn("drain deadline: killing what the child left behind", "event", "drain_deadline", "child", c.pid, "gen", c.gen, "leftovers", n)
+			}
+			return
+		}
+		if c.killed {
 			return
 		}
 		m.log.Warn("drain deadline: killing the child", "event", "drain_deadline", "child", c.pid, "gen", c.gen)
 		m.kill(c)
+	case timerFinish:
+		m.done = true
 	case timerRestart:
 		m.restartT = nil
 		if m.stopping || m.cand != nil {
@@ -552,7 +594,10 @@ func (m *machine) onReaped(pid int, ws syscall.WaitStatus) {
 		return
 	}
 	c.reaped, c.status = true, ws
-	c.stopTimers()
+	if c.role != roleOld {
+		// (A stopped child's drain deadline stays: it also ends what the child left.)
+		c.stopTimers()
+	}
 	m.settle(c)
 }
 

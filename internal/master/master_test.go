@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,7 +37,10 @@ type fakeMaster struct {
 	timers  []*timer
 	sd      []string
 	missing bool // resolve fails
-	failRun bool // spawn fails
+	// leftovers asked for, and the orphans the machine sees
+	leftoverCalls []int
+	orphanPIDs    []int
+	failRun       bool // spawn fails
 }
 
 func newFake(t *testing.T, mod func(*Config)) *fakeMaster {
@@ -75,6 +79,8 @@ func newFake(t *testing.T, mod func(*Config)) *fakeMaster {
 		return "/bin/" + prog, nil
 	}
 	m.sd = func(s string) { f.sd = append(f.sd, s) }
+	m.leftovers = func(pgid int) int { f.leftoverCalls = append(f.leftoverCalls, pgid); return 0 }
+	m.orphans = func() []int { return f.orphanPIDs }
 	m.systemd = true
 	f.m = m
 	return f
@@ -521,5 +527,43 @@ func TestMachineReadyThenDead(t *testing.T) {
 	f.m.handle(goneEvent{cand})
 	if r := <-reply; r.err == "" {
 		t.Errorf("the upgrade succeeded")
+	}
+}
+
+func TestMachineLeftovers(t *testing.T) {
+	// A failed new child's process group is cleared at once; an old child's at its
+	// drain deadline, even after it exited.
+	f := newFake(t, nil)
+	old := f.serving()
+	reply := f.upgrade()
+	bad := f.m.cand
+	f.exit(bad, 1)
+	<-reply
+	if !slices.Contains(f.leftoverCalls, bad.pid) {
+		t.Errorf("the failed child's group was not cleared: %v", f.leftoverCalls)
+	}
+	reply = f.upgrade()
+	f.ready(f.m.cand)
+	<-reply
+	f.exit(old, 0)
+	if slices.Contains(f.leftoverCalls, old.pid) {
+		t.Errorf("the old child's group was cleared before its drain deadline")
+	}
+	f.fire(timerDrain, old)
+	if !slices.Contains(f.leftoverCalls, old.pid) {
+		t.Errorf("the old child's group was not cleared at its drain deadline: %v", f.leftoverCalls)
+	}
+
+	// Stopping: processes left under the master are killed before it exits.
+	f.orphanPIDs = []int{777}
+	f.m.handle(sigEvent{syscall.SIGTERM})
+	f.exit(f.m.serving, 0)
+	if f.m.done || !f.signaled(777, syscall.SIGKILL) {
+		t.Fatalf("done %v, signals %v: want the leftover killed first", f.m.done, f.signals)
+	}
+	f.orphanPIDs = nil
+	f.m.handle(reapedEvent{pid: 777})
+	if !f.m.done || f.m.exitCode != 0 {
+		t.Errorf("done %v code %d once the leftover was reaped", f.m.done, f.m.exitCode)
 	}
 }

@@ -223,6 +223,28 @@ func Run(cfg Config) (int, error) {
 		}()
 	}
 	m.resolve = resolveProg
+	m.leftovers = func(pgid int) int {
+		n := 0
+		for _, p := range directChildren() {
+			if p.pgrp == pgid {
+				unix.Kill(p.pid, syscall.SIGKILL)
+				n++
+			}
+		}
+		if n > 0 {
+			unix.Kill(-pgid, syscall.SIGKILL) // and their own children, still in the group
+		}
+		return n
+	}
+	m.orphans = func() []int {
+		var out []int
+		for _, p := range directChildren() {
+			if m.children[p.pid] == nil && !p.zombie {
+				out = append(out, p.pid)
+			}
+		}
+		return out
+	}
 	m.sd = func(state string) {
 		if err := notifier.Send(state); err != nil {
 			log.Warn("sd_notify failed", "event", "notify_failed", "err", err)
@@ -533,4 +555,43 @@ func peerAllowed(c net.Conn) (uid int, ok bool, err error) {
 	}
 	uid = int(cred.Uid)
 	return uid, uid == 0 || uid == os.Geteuid(), nil
+}
+
+// procEntry is one of the master's children as /proc shows it.
+type procEntry struct {
+	pid, pgrp int
+	zombie    bool
+}
+
+// directChildren lists the master's children (managed ones, and processes
+// reparented to it), from /proc.
+func directChildren() []procEntry {
+	self := os.Getpid()
+	ents, _ := os.ReadDir("/proc")
+	var out []procEntry
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		// After "(comm)": state ppid pgrp ...
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 3 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		pgrp, _ := strconv.Atoi(f[2])
+		if ppid == self {
+			out = append(out, procEntry{pid: pid, pgrp: pgrp, zombie: f[0] == "Z"})
+		}
+	}
+	return out
 }

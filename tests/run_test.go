@@ -381,7 +381,7 @@ func TestRunDemoPID1(t *testing.T) {
 	if st := m.status(); st.PID != 1 || st.Generation != 1 || len(st.Listeners) != 1 || st.Listeners[0].Addr != m.addr {
 		t.Fatalf("status %+v", st)
 	}
-	reloadsUnderLoad(t, m, 10, 700*time.Millisecond)
+	reloadsUnderLoad(t, m, 10, 500*time.Millisecond)
 	checkStoppedClean(t, m)
 }
 
@@ -390,7 +390,7 @@ func TestRunDemoPID1(t *testing.T) {
 func TestRunPythonPID1(t *testing.T) {
 	python := needTool(t, "python3", "/usr/bin/python3")
 	m := startMaster(t, masterSpec{ns: true, prog: []string{python, abs(t, pythonServer)}})
-	reloadsUnderLoad(t, m, 10, 700*time.Millisecond)
+	reloadsUnderLoad(t, m, 10, 500*time.Millisecond)
 	if n := countLines(m.log(), "event=child_ready", "via=notify"); n != 11 {
 		t.Errorf("%d children were ready by READY=1, want 11", n)
 	}
@@ -401,8 +401,8 @@ func TestRunPythonPID1(t *testing.T) {
 // notifies: -ready-after) under the master as PID 1: as the demo.
 func TestRunNodePID1(t *testing.T) {
 	node := needTool(t, "node", "/usr/bin/node")
-	m := startMaster(t, masterSpec{ns: true, prog: []string{node, abs(t, nodeServer)}, flags: []string{"-ready-after", "500ms"}})
-	reloadsUnderLoad(t, m, 10, 700*time.Millisecond)
+	m := startMaster(t, masterSpec{ns: true, prog: []string{node, abs(t, nodeServer)}, flags: []string{"-ready-after", "300ms"}})
+	reloadsUnderLoad(t, m, 10, 500*time.Millisecond)
 	if n := countLines(m.log(), "event=child_ready", "via=delay"); n != 11 {
 		t.Errorf("%d children were ready after the delay, want 11", n)
 	}

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -32,7 +33,8 @@ func (l *listenFlags) String() string {
 func (l *listenFlags) Set(s string) error {
 	x, err := master.ParseListen(s)
 	if err != nil {
-		return err
+		// The flag package already names the flag and the value.
+		return errors.New(strings.TrimPrefix(err.Error(), fmt.Sprintf("-listen %q: ", s)))
 	}
 	*l = append(*l, x)
 	return nil

@@ -901,14 +901,23 @@ func dialInNetns(pid int, addr string) (*rawhttp.Conn, error) {
 // socket unit) under a real systemd: the master takes the socket from systemd; five
 // `systemctl reload` under load each exit 0 and bring a new child while MainPID stays
 // the master's; StatusText names the serving child; a broken build makes `systemctl
-// reload` fail while the old child serves on; nothing fails; systemd restarts nothing
-// and logs nothing about processes it does not supervise; `systemctl stop` drains and
-// ends the unit cleanly.
+// reload` fail while the old child serves on; nothing fails; with WatchdogSec=2 the
+// children's pings, forwarded by the master, keep systemd's watchdog fed; systemd
+// restarts nothing and logs nothing about processes it does not supervise; `systemctl
+// stop` drains and ends the unit cleanly.
 func TestSystemdRun(t *testing.T) {
 	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) {
 		d := startSystemd(t, v, "run", "")
+		// With systemd's watchdog on the master, the serving child's pings are what
+		// keeps it fed: the reloads below last longer than the period.
+		d.editService(func(s string) string {
+			return strings.Replace(s, "[Service]\n", "[Service]\nWatchdogSec=2\n", 1)
+		})
 		prev := d.answer()
 		main := d.mainPID()
+		if got := d.show("WatchdogUSec"); got != "2s" {
+			t.Fatalf("WatchdogUSec=%s, want 2s", got)
+		}
 		if prev == main || main == 0 {
 			t.Fatalf("answered by %d, MainPID %d: want a child of the master to answer", prev, main)
 		}
@@ -961,6 +970,9 @@ func TestSystemdRun(t *testing.T) {
 		if n, _ := d.sd.Show(unit, "NRestarts"); n != "0" {
 			t.Errorf("NRestarts=%s", n)
 		}
+		if lines := d.sd.Grep("[Ww]atchdog"); len(lines) > 0 {
+			t.Errorf("systemd's watchdog fired:\n%s", strings.Join(lines, "\n"))
+		}
 		d.waitSingle(15 * time.Second)
 		d.checkConsole()
 		if out, code, err := d.sd.Ctl("stop", unit); err != nil || code != 0 {
@@ -976,5 +988,55 @@ func TestSystemdRun(t *testing.T) {
 			t.Errorf("demo processes left after stop: %v", ps)
 		}
 		d.checkConsole()
+	})
+}
+
+// TestSystemdRunStopDuringUpgrade: deploy/run/ under systemd, `systemctl stop` while a
+// `systemctl reload` waits for a build that hangs: the master abandons the upgrade
+// (kills the new child), the serving child drains, and the unit stops at once and
+// cleanly (Result=success, nothing killed by systemd, nothing left).
+func TestSystemdRunStopDuringUpgrade(t *testing.T) {
+	hang := buildVariant(t, "testdata/brokendemo", "hang")
+	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) {
+		d := startSystemd(t, v, "run", "")
+		d.answer()
+		copyFile(t, hang, filepath.Join(d.bin, "handover-demo"), 0o755)
+		reload := d.reloadAsync()
+		err := proc.WaitFor(func() bool {
+			out, code, err := d.sd.Exec(filepath.Join(d.bin, "handover"), "status", "-json", "-control", d.ctl)
+			var st graceful.Status
+			return err == nil && code == 0 && json.Unmarshal([]byte(out), &st) == nil && st.Upgrading != 0
+		}, 10*time.Second, "the upgrade to start")
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if out, code, err := d.sd.Ctl("stop", unit); err != nil || code != 0 {
+			t.Fatalf("systemctl stop: %v %d\n%s", err, code, out)
+		}
+		took := time.Since(start)
+		if took > 5*time.Second {
+			t.Errorf("systemctl stop took %s", took)
+		}
+		if res := <-reload; res.code == 0 {
+			t.Errorf("the reload interrupted by the stop succeeded:\n%s", res.out)
+		}
+		if st := d.show("ActiveState"); st != "inactive" {
+			t.Errorf("after stop the unit is %s", st)
+		}
+		if res := d.show("Result"); res != "success" {
+			t.Errorf("Result=%s, want success", res)
+		}
+		if ps, _ := d.sd.Processes(); len(ps) != 1 {
+			t.Errorf("processes left in the namespace besides systemd: %v", ps)
+		}
+		if countLines(d.sd.ReadLog("demo.log"), "event=upgrade_failed", "cause=abandoned") != 1 {
+			t.Errorf("the master did not abandon the upgrade:\n%s", tail(d.sd.ReadLog("demo.log"), 15))
+		}
+		if lines := d.sd.Grep("Killing process .* with signal SIGKILL|timed out|Failed with result"); len(lines) > 0 {
+			t.Errorf("systemd had to kill processes:\n%s", strings.Join(lines, "\n"))
+		}
+		d.checkConsole()
+		t.Logf("systemctl stop during an upgrade took %s", took.Round(time.Millisecond))
 	})
 }

@@ -92,11 +92,12 @@ type master struct {
 
 // masterSpec says how to start a master.
 type masterSpec struct {
-	ns    bool     // as PID 1 of a new PID namespace
-	prog  []string // PROG [ARGS...]
-	flags []string // more flags for handover run
-	env   []string // added to its environment
-	drain time.Duration
+	ns      bool     // as PID 1 of a new PID namespace
+	prog    []string // PROG [ARGS...]
+	flags   []string // more flags for handover run
+	env     []string // added to its environment
+	drain   time.Duration
+	control string // the control socket's path, default in the test's directory
 }
 
 // startMaster starts `handover run` and waits until its first child serves.
@@ -116,6 +117,9 @@ func launchMaster(t testing.TB, s masterSpec) *master {
 	dir := t.TempDir()
 	m := &master{t: t, dir: dir, addr: runPort(t), ctl: filepath.Join(dir, "control.sock"),
 		pidfile: filepath.Join(dir, "master.pid"), logPath: filepath.Join(dir, "master.log"), ns: s.ns}
+	if s.control != "" {
+		m.ctl = s.control
+	}
 	argv := []string{proc.Binary(t, handoverPkg), "run", "-listen", "http=" + m.addr, "-control", m.ctl,
 		"-pidfile", m.pidfile, "-drain-timeout", s.drain.String(), "-upgrade-timeout", "10s"}
 	argv = append(append(append(argv, s.flags...), "--"), s.prog...)
@@ -686,6 +690,46 @@ func TestRunChildEnvironment(t *testing.T) {
 	}
 	if countLines(m.log(), "event=leftovers_killed") != 1 {
 		t.Errorf("the leftover was not logged")
+	}
+}
+
+// TestRunControlSocketPermissions: the master's control socket is mode 0600 (another
+// user gets permission denied from the kernel); loosened to 0666, the master refuses
+// another user's status and reload by SO_PEERCRED (logged, nothing started); root may.
+func TestRunControlSocketPermissions(t *testing.T) {
+	dir := publicDir(t) // traversable by nobody: only the socket's own mode stops it
+	ctl := filepath.Join(dir, "control.sock")
+	cli := filepath.Join(dir, "handover")
+	copyFile(t, proc.Binary(t, handoverPkg), cli, 0o755)
+	m := startMaster(t, masterSpec{prog: []string{proc.Binary(t, demoPkg)}, control: ctl})
+	child := m.status().Child
+	if st, err := os.Lstat(ctl); err != nil || st.Mode().Type() != os.ModeSocket || st.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket: %v, %v; want a socket with mode 0600", st.Mode(), err)
+	}
+	if _, stderr, code := runAs(t, nobody, cli, "status", "-control", ctl); code != 1 || !strings.Contains(stderr, "permission denied on "+ctl) {
+		t.Errorf("handover status as nobody: exit %d, %q; want 1 and permission denied", code, stderr)
+	}
+	if err := os.Chmod(ctl, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"status", "reload"} {
+		_, stderr, code := runAs(t, nobody, cli, cmd, "-control", ctl)
+		if code != 1 || !strings.Contains(stderr, "uid 65534 may not control this service") {
+			t.Errorf("handover %s as nobody: exit %d, %q; want 1 and the master's refusal", cmd, code, stderr)
+		}
+	}
+	if n := countLines(m.log(), "event=control_refused", "uid=65534"); n != 2 {
+		t.Errorf("%d refusals logged, want 2", n)
+	}
+	if st := m.status(); st.Child != child || st.Generation != 1 || countLines(m.log(), "event=upgrade_start") != 0 {
+		t.Errorf("a refused reload started something: %+v", st)
+	}
+	if out, _, code := runAs(t, &syscall.Credential{Uid: 0, Gid: 0}, cli, "reload", "-control", ctl); code != 0 || !strings.HasPrefix(out, "upgraded: PID ") {
+		t.Errorf("reload as root: exit %d, %q", code, out)
+	}
+	checkStoppedClean(t, m)
+	if _, err := os.Lstat(ctl); !os.IsNotExist(err) {
+		t.Errorf("the control socket is left after the master exited: %v", err)
 	}
 }
 

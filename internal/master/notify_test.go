@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,21 +58,28 @@ func TestNotifySocket(t *testing.T) {
 		defer close(done)
 		ns.serve(func(pids []int, fields []Field, fds int) { ch <- got{pids, fields, fds} })
 	}()
-	n, err := sdnotify.Parse(ns.path)
-	if err != nil {
-		t.Fatal(err)
+	send := func(state string, fds ...int) {
+		t.Helper()
+		s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(s)
+		var oob []byte
+		if len(fds) > 0 {
+			oob = unix.UnixRights(fds...)
+		}
+		if err := unix.Sendmsg(s, []byte(state), oob, &unix.SockaddrUnix{Name: ns.path}, 0); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := n.Send("READY=1\nSTATUS=hi"); err != nil {
-		t.Fatal(err)
-	}
+	send("READY=1\nSTATUS=hi")
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Close(p[0])
-	if err := n.Send("FDSTORE=1", p[1]); err != nil {
-		t.Fatal(err)
-	}
+	send("FDSTORE=1", p[1])
 	unix.Close(p[1])
 	for i, want := range []got{
 		{[]int{os.Getpid()}, []Field{{"READY", "1"}, {"STATUS", "hi"}}, 0},

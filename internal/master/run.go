@@ -146,9 +146,10 @@ func Run(cfg Config) (int, error) {
 	if err != nil {
 		return 1, err
 	}
-	for _, k := range []string{"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"} {
-		os.Unsetenv(k)
-	}
+	// NOTIFY_SOCKET stays in the master's environment (sdnotify sends plain
+	// notifications to $NOTIFY_SOCKET); childEnv gives children the master's own.
+	os.Unsetenv("WATCHDOG_USEC")
+	os.Unsetenv("WATCHDOG_PID")
 
 	ns, err := listenNotify()
 	if err != nil {

@@ -312,7 +312,8 @@ func (m *machine) becomeReady(c *child, via string) {
 	if old != nil {
 		m.stopChild(old, m.cfg.StopSignal)
 	}
-	if up := m.up; up != nil {
+	up := m.up
+	if up != nil {
 		m.up = nil
 		m.lastErr = ""
 		from := 0
@@ -320,16 +321,20 @@ func (m *machine) becomeReady(c *child, via string) {
 			from = old.pid
 		}
 		m.log.Info("handed over", "event", "handed_over", "from", from, "to", c.pid, "gen", c.gen, "took", time.Since(up.started).Round(time.Microsecond).String())
+	}
+	// systemd first, then whoever asked: when `handover reload` (ExecReload=) returns,
+	// systemd has the new status (it reads notifications before SIGCHLD).
+	if !m.everReady {
+		m.everReady = true
+		m.sd("READY=1\nMAINPID=" + strconv.Itoa(m.pid) + "\nSTATUS=" + m.statusLine())
+	} else {
+		m.sd("READY=1\nSTATUS=" + m.statusLine())
+	}
+	if up != nil {
 		for _, w := range up.waiters {
 			w <- result{pid: c.pid, gen: c.gen}
 		}
 	}
-	if !m.everReady {
-		m.everReady = true
-		m.sd("READY=1\nMAINPID=" + strconv.Itoa(m.pid) + "\nSTATUS=" + m.statusLine())
-		return
-	}
-	m.sd("READY=1\nSTATUS=" + m.statusLine())
 }
 
 // stopChild sends c sig (the stop signal) and gives it the drain timeout before
@@ -480,16 +485,16 @@ func (m *machine) upgradeFailed(cause string, c *child, reason string) {
 		args = append(args, "child", c.pid)
 	}
 	m.log.Warn("upgrade failed; the serving child serves on", args...)
-	for _, w := range up.waiters {
-		w <- result{err: "upgrade failed: " + reason}
-	}
 	if m.serving != nil {
 		m.state = stateServing
 		m.sd("READY=1\nSTATUS=" + m.statusLine())
-		return
+	} else {
+		// The serving child died meanwhile: restart.
+		m.scheduleRestart()
 	}
-	// The serving child died meanwhile: restart.
-	m.scheduleRestart()
+	for _, w := range up.waiters {
+		w <- result{err: "upgrade failed: " + reason}
+	}
 }
 
 // candidateFailed handles a candidate that exited (or was killed and reaped) before it

@@ -382,8 +382,8 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	}
 	set, err := handoff.Inherit()
 	u.set = set
+	u.gen = set.Generation()
 	if m := set.Marker(); m != nil {
-		u.gen = m.Generation
 		if f := set.Channel(); f != nil {
 			u.parent, _ = handoff.NewChannel(f)
 		}

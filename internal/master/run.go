@@ -22,6 +22,7 @@ import (
 
 	"github.com/seed-a7250cfa/handover/graceful"
 	"github.com/seed-a7250cfa/handover/internal/control"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 	"golang.org/x/sys/unix"
 )
@@ -293,7 +294,7 @@ type runner struct {
 
 // protocolVars are the variables of socket passing and service managers; the
 // master's own values must not reach a child.
-var protocolVars = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "HANDOVER_PARENT", MasterEnv, ShimEnv}
+var protocolVars = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "HANDOVER_PARENT", MasterEnv, handoff.GenerationEnv, ShimEnv}
 
 // childEnv is the environment of every child (the shim adds LISTEN_PID).
 func childEnv(environ []string, socks *sockets, notifyPath string, wd *sdnotify.Watchdog) []string {
@@ -376,7 +377,7 @@ func (r *runner) spawn(c *child) error {
 	for _, k := range r.socks.list {
 		files = append(files, uintptr(k.fd))
 	}
-	env := append(append([]string(nil), r.env...), ShimEnv+"="+c.exe)
+	env := append(append([]string(nil), r.env...), ShimEnv+"="+c.exe, handoff.GenerationEnv+"="+strconv.Itoa(c.gen))
 	argv := append([]string{r.cfg.Prog}, r.cfg.Args...)
 	pid, err := syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
 		Env:   env,

@@ -578,6 +578,7 @@ func (u *Upgrader) becomeReady(upstream *handoff.Channel, child bool) {
 		// answers (both accept on the one socket).
 		u.serveControl(u.ctl)
 	}
+	u.onReadyExtra()
 	u.log.Info("ready", "event", "ready", "listeners", describeHeld(u.set.Held()))
 }
 
@@ -1050,6 +1051,7 @@ func (u *Upgrader) onHandover(ev handoverEvent) {
 	u.closeExit()
 	u.startDrains(u.notifier != nil)
 	u.tellSuccessor(handoff.Message{Verb: handoff.Above, N: u.above + 1})
+	u.onHandedOverExtra()
 	if draining := u.above + 1; draining > u.cfg.MaxDraining {
 		u.log.Warn("more generations drain than MaxDraining: the oldest finishes now", "event", "too_many_draining", "draining", draining, "max", u.cfg.MaxDraining)
 		if u.upstream != nil {
@@ -1232,6 +1234,7 @@ func (u *Upgrader) stop(why string) {
 	u.st = stopping
 	u.retire()
 	u.log.Info("stopping", "event", "stop", "why", why)
+	u.onStopExtra()
 	if u.main {
 		u.notify("STOPPING=1\nSTATUS=stopping: draining connections")
 	}

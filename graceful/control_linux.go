@@ -151,9 +151,10 @@ func (u *Upgrader) handleControl(c net.Conn) {
 
 // storeFDs hands the process's sockets to systemd's fd store (FDSTORE=1), so that
 // they survive `systemctl restart` and crashes. systemd ignores a socket it already
-// stores.
+// stores. Under a `handover run` master, which holds the sockets itself, nothing is
+// stored.
 func (u *Upgrader) storeFDs() {
-	if !u.cfg.FDStore || u.notifier == nil {
+	if !u.cfg.FDStore || u.notifier == nil || u.set.Master() != 0 {
 		return
 	}
 	kids, err := u.set.ForChild()

@@ -188,7 +188,10 @@ func (s *Server) listen(addr string) (net.Listener, error) {
 
 // ServeTLS is Serve with TLS: l is tracked, then wrapped in TLS with s.TLSConfig and
 // the given certificate (either may be empty when TLSConfig has certificates).
-// "h2" is offered when s.Protocols has HTTP/2 (the default).
+// "h2" is offered when s.Protocols has HTTP/2 (the default). TLS sessions resume
+// across upgrades: the Upgrader's session-ticket keys are installed (see
+// Upgrader.KeepTLSSessions) unless TLSConfig disables session tickets or has
+// WrapSession or UnwrapSession hooks of its own.
 func (s *Server) ServeTLS(l net.Listener, certFile, keyFile string) error {
 	s.init()
 	cfg := &tls.Config{}
@@ -213,6 +216,11 @@ func (s *Server) ServeTLS(l net.Listener, certFile, keyFile string) error {
 			return err
 		}
 		cfg.Certificates = append(cfg.Certificates, cert)
+	}
+	// Sessions resume across upgrades (see Upgrader.KeepTLSSessions), unless the
+	// TLSConfig disables tickets or handles them with hooks of its own.
+	if u, err := defaultUpgrader(); err == nil {
+		u.ext.keys.install(cfg, false)
 	}
 	return s.serve(l, func(tl net.Listener) net.Listener { return tls.NewListener(tl, cfg) })
 }

@@ -144,6 +144,55 @@ type Config struct {
 	// their deadline anyway, the oldest first. Zero means 3.
 	MaxDraining int
 
+	// TicketKeyFile names a file of TLS session-ticket keys shared by a fleet (see
+	// KeepTLSSessions): one key per line, 64 hex digits (32 bytes, e.g. `openssl rand
+	// -hex 32`), the first line's key making new tickets, every key accepted; blank
+	// lines and lines starting with # are skipped. It must be a regular file that
+	// others cannot access (mode 0600 or 0640): New fails otherwise, as it does when
+	// the file is missing or malformed. Every generation reads it as it starts, so an
+	// upgrade installs a rotated file; the keys are not rotated otherwise. Empty
+	// means keys of the line's own: made by the first generation, rotated, and handed
+	// from generation to generation.
+	TicketKeyFile string
+	// TicketKeyRotation is how long a session-ticket key of the line's own makes new
+	// tickets before a new one replaces it. Zero means 24 hours (crypto/tls's own).
+	TicketKeyRotation time.Duration
+	// TicketKeyLifetime is how long a key of the line's own is kept, from its
+	// creation, to accept tickets made with it; it must exceed TicketKeyRotation.
+	// Zero means 7 days (crypto/tls's own).
+	TicketKeyLifetime time.Duration
+
+	// SaveState, if set, returns the application's state for the next generation:
+	// an opaque blob of at most MaxStateSize bytes, tagged with StateVersion. It is
+	// called beside the Upgrader's loop (never on a request's goroutine), with
+	// final false when an upgrade starts (the blob reaches the new generation
+	// before it is ready), and with final true once this process has handed over
+	// and stopped accepting (a second, last blob, for state that changed while
+	// both generations ran), and, with FDStore under systemd, when it stops (the
+	// blob waits in systemd's fd store for the next start). An error, or a blob
+	// over MaxStateSize, is logged (event=state_failed) and the upgrade goes on
+	// without state. See LoadState for the order.
+	SaveState func(final bool) ([]byte, error)
+	// LoadState, if set, receives the state the previous generation saved, with
+	// the version it was tagged with. The order, in the new generation:
+	//
+	//  1. In New, before it returns (so before Ready): the blob the old generation
+	//     saved when the upgrade started (final false), or, after `systemctl
+	//     restart` with FDStore, the blob the stopped process left in systemd's
+	//     fd store (final true: nothing follows). Requests are not served yet.
+	//  2. After Ready, once the old generation has stopped accepting: its last
+	//     blob (final true), in a goroutine of its own, concurrently with the
+	//     requests this process already serves.
+	//
+	// LoadState decides whether it understands version: an error refuses the
+	// blob, which is logged (event=state_refused) and ignored; the process starts
+	// cold and the upgrade goes on. No call at all means no state came (the first
+	// generation, a cold start, or the old generation could not save it).
+	LoadState func(version string, data []byte, final bool) error
+	// StateVersion tags the blobs SaveState returns (at most 255 printable
+	// characters), for a later build's LoadState to recognize the format.
+	StateVersion string
+
 	start startFunc // seam for tests; nil means startProcess
 }
 
@@ -223,6 +272,8 @@ type Upgrader struct {
 	farewell bool // the drained/upstream messages to the successor are sent
 	drain    drainStats
 	drainAt  time.Time
+
+	ext extra // TLS session-ticket keys and application state (extra.go)
 }
 
 // nextGen is a new generation: being started, then (without a service manager) the
@@ -426,6 +477,9 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	os.Unsetenv("WATCHDOG_USEC")
 	os.Unsetenv("WATCHDOG_PID")
 	if err != nil {
+		return u, err
+	}
+	if err := u.newExtra(); err != nil {
 		return u, err
 	}
 	if u.ctl, err = u.openControl(); err != nil {
@@ -852,6 +906,7 @@ func (u *Upgrader) spawn(n *nextGen, path string, reply func(upgradeResult)) {
 	reserve := u.reserve
 	batch := u.initBatch()
 	go func() {
+		batch := append(batch, u.initExtra()...) // beside the loop: it may run SaveState
 		c, ch, out, err := spawnChild(u.set, reserve, spec, u.start, batch)
 		u.post(spawnedEvent{n: n, child: c, ch: ch, out: out, err: err})
 	}()
@@ -1540,12 +1595,13 @@ func (u *Upgrader) readInit(p *handoff.Channel) error {
 	}
 }
 
-// initBatch is what a new generation gets before it starts (see handoff.Message).
+// initBatch is what a new generation gets before it starts (see handoff.Message),
+// with initExtra's messages, which spawn adds beside the loop.
 func (u *Upgrader) initBatch() []handoff.Message {
-	return append([]handoff.Message{
+	return []handoff.Message{
 		{Verb: handoff.History, Text: u.history.encode()},
 		{Verb: handoff.Above, N: u.above + 1},
-	}, u.initExtra()...)
+	}
 }
 
 // listenUpstream makes ch the channel to the previous generation and reads it.

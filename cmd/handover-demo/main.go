@@ -19,13 +19,27 @@
 //	-protocols LIST         the protocols to serve (http.Server.Protocols), comma-separated:
 //	                        h1 (HTTP/1), h2 (HTTP/2 over TLS), h2c (HTTP/2 without TLS,
 //	                        prior knowledge); default net/http's (h1,h2); -h2c adds h2c
+//	-tls-keys FILE          TLS session-ticket keys shared by a fleet (Config.TicketKeyFile)
+//	-ticket-rotation D      replace the line's own session-ticket key every D (default 24h)
+//	-ticket-lifetime D      accept tickets of a key until D after its creation (default 168h)
+//	-state-pad N            add N bytes to the state handed to the next generation (to
+//	                        try the size limit, graceful.MaxStateSize)
 //
-//	GET /            200, header X-Pid, body "pid=P gen=G message=M"
+//	GET /            200, header X-Pid, body "pid=P gen=G served=N message=M"
 //	GET /slow?ms=N   the same after N milliseconds
 //	GET /stream?n=N  N lines, one a second (interval=MS to change the pace)
 //	GET /ws          hijacked, websocket-like line echo; says "bye" when draining
 //	GET /events?n=N  server-sent events, one a second (interval=MS); when the server
 //	                 drains it sends "event: bye" and ends the stream cleanly
+//
+// served=N counts the requests the line of generations has served: each generation
+// hands its count to the next (Config.SaveState and LoadState: when an upgrade
+// starts, and again once the old generation stops accepting), and, with -fdstore
+// under systemd, through systemd's fd store across `systemctl restart`. Requests an
+// old generation answers after that last hand-off (in its drain) are not counted.
+// The state is tagged with the build's state version ("1"; a build made with
+// -ldflags "-X main.stateVersion=V" refuses the state of another version and starts
+// its count at zero).
 //
 // Under socket activation it serves on the passed socket named "http", or on the only
 // stream socket passed when none is named; if what was passed cannot serve, it exits
@@ -34,6 +48,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -42,6 +57,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/seed-a7250cfa/handover/graceful"
@@ -60,6 +77,10 @@ func main() {
 	keyFile := flag.String("tls-key", "", "the private key of -tls-cert (PEM)")
 	h2c := flag.Bool("h2c", false, "also accept HTTP/2 without TLS (prior knowledge)")
 	protoList := flag.String("protocols", "", "the protocols to serve, comma-separated: h1, h2 (over TLS), h2c (without TLS); default h1,h2 (plus h2c with -h2c)")
+	ticketKeys := flag.String("tls-keys", "", "TLS session-ticket keys shared by a fleet: one per line, 64 hex digits (mode 0600)")
+	rotation := flag.Duration("ticket-rotation", 0, "replace the line's own session-ticket key this often (0: 24h)")
+	lifetime := flag.Duration("ticket-lifetime", 0, "accept tickets of a key for this long after its creation (0: 168h)")
+	statePad := flag.Int("state-pad", 0, "add this many bytes to the state handed to the next generation")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "handover-demo: unexpected argument %q (flags only; see -help)\n", flag.Arg(0))
@@ -73,6 +94,10 @@ func main() {
 		DrainTimeout:   *drain,
 		ControlSocket:  *controlPath,
 		FDStore:        *fdstore,
+
+		TicketKeyFile:     *ticketKeys,
+		TicketKeyRotation: *rotation,
+		TicketKeyLifetime: *lifetime,
 	}
 	if (*certFile == "") != (*keyFile == "") {
 		fmt.Fprintln(os.Stderr, "handover-demo: -tls-cert and -tls-key go together")
@@ -83,7 +108,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "handover-demo: %v\n", err)
 		os.Exit(2)
 	}
-	o := options{listen: *listen, grace: *grace, message: *message, cert: *certFile, key: *keyFile, protocols: protocols}
+	o := options{listen: *listen, grace: *grace, message: *message, cert: *certFile, key: *keyFile, protocols: protocols, statePad: *statePad}
 	if err := run(cfg, o); err != nil {
 		fmt.Fprintf(os.Stderr, "handover-demo: %v\n", err)
 		os.Exit(1)
@@ -95,6 +120,7 @@ type options struct {
 	listen, message, cert, key string
 	grace                      time.Duration
 	protocols                  *http.Protocols // nil: net/http's default
+	statePad                   int
 }
 
 // parseProtocols turns -protocols and -h2c into http.Server.Protocols; nil (net/http's
@@ -128,10 +154,13 @@ func parseProtocols(list string, h2c bool) (*http.Protocols, error) {
 func run(cfg graceful.Config, o options) error {
 	log := cfg.Logger
 	listen, message := o.listen, o.message
+	d := &demo{pid: os.Getpid(), message: message, pad: o.statePad}
+	cfg.SaveState, cfg.LoadState, cfg.StateVersion = d.saveState, d.loadState, stateVersion
 	u, err := graceful.New(cfg)
 	if err != nil {
 		return err
 	}
+	d.gen = u.Status().Generation
 	network, address := "tcp", listen
 	if p, ok := strings.CutPrefix(listen, "unix:"); ok {
 		network, address = "unix", p
@@ -140,7 +169,6 @@ func run(cfg graceful.Config, o options) error {
 	if err != nil {
 		return fmt.Errorf("listener http: %w", err)
 	}
-	d := &demo{pid: os.Getpid(), gen: u.Status().Generation, message: message}
 	srv := &graceful.Server{
 		Server: http.Server{
 			Handler:           d.routes(),
@@ -177,6 +205,52 @@ type demo struct {
 	pid     int
 	gen     int
 	message string
+	pad     int
+
+	served atomic.Int64 // requests the line served
+	mu     sync.Mutex
+	loaded int64 // the count the previous generation handed over first
+}
+
+// stateVersion tags the demo's state; a build with another refuses it.
+var stateVersion = "1"
+
+// demoState is what a generation hands to the next.
+type demoState struct {
+	Served int64  `json:"served"`
+	Pad    string `json:"pad,omitempty"`
+}
+
+// saveState is Config.SaveState.
+func (d *demo) saveState(final bool) ([]byte, error) {
+	return json.Marshal(demoState{Served: d.served.Load(), Pad: strings.Repeat("x", d.pad)})
+}
+
+// loadState is Config.LoadState. The first hand-off sets the count; the final one
+// adds what the old generation served since.
+func (d *demo) loadState(version string, data []byte, final bool) error {
+	if version != stateVersion {
+		return fmt.Errorf("state version %q: this build reads version %q", version, stateVersion)
+	}
+	var s demoState
+	if err := json.Unmarshal(data, &s); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if delta := s.Served - d.loaded; delta > 0 {
+		d.served.Add(delta)
+	}
+	d.loaded = s.Served
+	return nil
+}
+
+// count wraps the routes: every request counts once.
+func (d *demo) count(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d.served.Add(1)
+		h.ServeHTTP(w, r)
+	})
 }
 
 func (d *demo) routes() http.Handler {
@@ -186,11 +260,11 @@ func (d *demo) routes() http.Handler {
 	mux.HandleFunc("GET /stream", d.stream)
 	mux.HandleFunc("GET /ws", d.ws)
 	mux.HandleFunc("GET /events", d.events)
-	return mux
+	return d.count(mux)
 }
 
 func (d *demo) line() string {
-	return fmt.Sprintf("pid=%d gen=%d message=%s", d.pid, d.gen, d.message)
+	return fmt.Sprintf("pid=%d gen=%d served=%d message=%s", d.pid, d.gen, d.served.Load(), d.message)
 }
 
 func (d *demo) hello(w http.ResponseWriter, r *http.Request) {

@@ -394,6 +394,24 @@ func (s *Set) pick(name string, w want) (*File, error) {
 	return nil, nil
 }
 
+// ClaimFiles claims every inherited descriptor named name that is not a socket (a
+// memfd a service manager kept in its fd store, for example) and returns them, oldest
+// first; the caller owns them. A claimed descriptor is not closed by CloseUnclaimed,
+// and is not passed to the next generation.
+func (s *Set) ClaimFiles(name string) []*os.File {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*os.File
+	for _, f := range s.files {
+		if f.Name == name && !f.claimed && !f.Kind.Socket && f.file != nil {
+			f.claimed = true
+			out = append(out, f.file)
+			f.file = nil
+		}
+	}
+	return out
+}
+
 // CloseUnclaimed closes the inherited descriptors that no Listen or ListenPacket
 // call claimed and returns them, so the caller can log what it dropped. A process
 // calls it once it is ready: sockets its new build no longer uses are closed rather

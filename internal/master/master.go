@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -93,6 +94,8 @@ type child struct {
 	text      string // its last STATUS=
 	reloading bool   // it sent RELOADING=1 and no READY=1 since
 	lastPing  time.Time
+
+	stored []storedFD // the fd store when it was started: passed after the sockets
 }
 
 // event is what the state goroutine consumes.
@@ -113,7 +116,7 @@ type (
 	notifyEvent struct {
 		pids   []int
 		fields []Field
-		fds    int
+		fds    []int // passed with it: stored, or closed once handled
 	}
 	// upgradeRequest: the control socket asks for an upgrade; the outcome goes to reply.
 	upgradeRequest struct {
@@ -204,6 +207,7 @@ type machine struct {
 	// cleared is set once the processes left over when every child has exited (a
 	// child's helpers, reparented to the master) were killed, when the master stops.
 	cleared bool
+	store   []storedFD // the fd store (fdstore.go)
 }
 
 func newMachine(cfg Config, log *slog.Logger) *machine {
@@ -278,7 +282,7 @@ func (m *machine) startCandidate(trigger string) error {
 	if err != nil {
 		return err
 	}
-	c := &child{gen: m.gen + 1, role: roleCandidate, trigger: trigger, started: time.Now(), exe: exe}
+	c := &child{gen: m.gen + 1, role: roleCandidate, trigger: trigger, started: time.Now(), exe: exe, stored: slices.Clone(m.store)}
 	if err := m.spawn(c); err != nil {
 		return err
 	}
@@ -647,7 +651,10 @@ func (m *machine) onGone(c *child) {
 }
 
 // onNotify handles an sd_notify datagram from a child (or a process it started).
+// The descriptors it carries are closed once it is handled (the answer to
+// BARRIER=1), but those the fd store keeps.
 func (m *machine) onNotify(ev notifyEvent) {
+	defer func() { closeFDs(ev.fds) }()
 	var c *child
 	for _, pid := range ev.pids {
 		if c = m.children[pid]; c != nil {
@@ -658,9 +665,7 @@ func (m *machine) onNotify(ev notifyEvent) {
 		m.log.Debug("notification from a process that is not a child", "event", "notify_ignored", "sender", ev.pids[0])
 		return
 	}
-	if ev.fds > 0 {
-		m.log.Warn("a child sent descriptors (FDSTORE=1); handover run has no fd store: closed", "event", "fdstore_ignored", "child", c.pid, "count", ev.fds)
-	}
+	m.fdStore(c, ev.fields, ev.fds)
 	ready := false
 	for _, f := range ev.fields {
 		switch f.Key {

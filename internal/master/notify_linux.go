@@ -72,9 +72,11 @@ func (n *notifySocket) close() {
 }
 
 // serve reads datagrams until the socket is closed and hands each to deliver with the
-// sender's PID and its ancestors up to (not including) this process. Descriptors a
-// sender attaches (FDSTORE=1) are closed: the master has no fd store.
-func (n *notifySocket) serve(deliver func(pids []int, fields []Field, fds int)) {
+// sender's PID and its ancestors up to (not including) this process, and the
+// descriptors it carries (FDSTORE=1, BARRIER=1), which deliver owns: it keeps those
+// it stores and closes the rest once the datagram is handled (closing a BARRIER=1
+// pipe is the answer).
+func (n *notifySocket) serve(deliver func(pids []int, fields []Field, fds []int)) {
 	buf := make([]byte, maxNotify+1)
 	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(4*253))
 	for {
@@ -85,7 +87,8 @@ func (n *notifySocket) serve(deliver func(pids []int, fields []Field, fds int)) 
 			}
 			continue
 		}
-		pid, fds := 0, 0
+		pid := 0
+		var fds []int
 		msgs, _ := unix.ParseSocketControlMessage(oob[:noob])
 		for _, m := range msgs {
 			if cred, err := unix.ParseUnixCredentials(&m); err == nil {
@@ -94,15 +97,25 @@ func (n *notifySocket) serve(deliver func(pids []int, fields []Field, fds int)) 
 			}
 			if rights, err := unix.ParseUnixRights(&m); err == nil {
 				for _, fd := range rights {
-					unix.Close(fd)
+					unix.CloseOnExec(fd)
+					fds = append(fds, fd)
 				}
-				fds += len(rights)
 			}
 		}
 		if pid <= 0 || nb > maxNotify || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+			closeFDs(fds)
 			continue
 		}
 		deliver(lineage(pid, os.Getpid()), ParseNotify(buf[:nb]), fds)
+	}
+}
+
+// closeFDs closes every descriptor of fds but those set to -1.
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 	}
 }
 

@@ -56,7 +56,10 @@ func TestNotifySocket(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		ns.serve(func(pids []int, fields []Field, fds int) { ch <- got{pids, fields, fds} })
+		ns.serve(func(pids []int, fields []Field, fds []int) {
+			closeFDs(fds) // as the machine does with what it does not store
+			ch <- got{pids, fields, len(fds)}
+		})
 	}()
 	send := func(state string, fds ...int) {
 		t.Helper()

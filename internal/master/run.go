@@ -254,8 +254,10 @@ func Run(cfg Config) (int, error) {
 		}
 	}()
 	go reap(sigchld, post, done)
-	go ns.serve(func(pids []int, fields []Field, fds int) {
-		post(notifyEvent{pids: pids, fields: fields, fds: fds})
+	go ns.serve(func(pids []int, fields []Field, fds []int) {
+		if !post(notifyEvent{pids: pids, fields: fields, fds: fds}) {
+			closeFDs(fds)
+		}
 	})
 	if ctl != nil {
 		go serveControl(ctl, post, done, cfg.UpgradeTimeout, log)
@@ -296,7 +298,8 @@ type runner struct {
 // master's own values must not reach a child.
 var protocolVars = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "HANDOVER_PARENT", MasterEnv, handoff.GenerationEnv, ShimEnv}
 
-// childEnv is the environment of every child (the shim adds LISTEN_PID).
+// childEnv is the environment of every child, but LISTEN_FDS and LISTEN_FDNAMES,
+// which spawn adds (the shim adds LISTEN_PID).
 func childEnv(environ []string, socks *sockets, notifyPath string, wd *sdnotify.Watchdog) []string {
 	var env []string
 	for _, kv := range environ {
@@ -309,13 +312,7 @@ func childEnv(environ []string, socks *sockets, notifyPath string, wd *sdnotify.
 			env = append(env, kv)
 		}
 	}
-	names := make([]string, len(socks.list))
-	for i, k := range socks.list {
-		names[i] = k.name
-	}
 	env = append(env,
-		"LISTEN_FDS="+strconv.Itoa(len(socks.list)),
-		"LISTEN_FDNAMES="+strings.Join(names, ":"),
 		"NOTIFY_SOCKET="+notifyPath,
 		MasterEnv+"="+strconv.Itoa(os.Getpid()))
 	if wd != nil {
@@ -358,8 +355,9 @@ func resolveProg(prog string) (string, error) {
 // spawn starts c through the re-exec shim: this binary, with ShimEnv naming the
 // program, execs it in place once it has set LISTEN_PID to its own PID. The child
 // gets /dev/null as stdin, the master's stdout, a pipe as stderr (copied to the
-// master's stderr, its last lines kept), the sockets at fd 3 and up, its own process
-// group, and SIGKILL if the master dies.
+// master's stderr, its last lines kept), the sockets at fd 3 and up, then the fd
+// store's descriptors (c.stored), its own process group, and SIGKILL if the master
+// dies.
 func (r *runner) spawn(c *child) error {
 	if r.devnull == nil {
 		f, err := os.Open(os.DevNull)
@@ -374,10 +372,19 @@ func (r *runner) spawn(c *child) error {
 	}
 	defer pw.Close()
 	files := []uintptr{r.devnull.Fd(), os.Stdout.Fd(), pw.Fd()}
+	var names []string
 	for _, k := range r.socks.list {
 		files = append(files, uintptr(k.fd))
+		names = append(names, k.name)
 	}
-	env := append(append([]string(nil), r.env...), ShimEnv+"="+c.exe, handoff.GenerationEnv+"="+strconv.Itoa(c.gen))
+	for _, s := range c.stored {
+		files = append(files, uintptr(s.fd))
+		names = append(names, s.name)
+	}
+	env := append(append([]string(nil), r.env...),
+		"LISTEN_FDS="+strconv.Itoa(len(names)),
+		"LISTEN_FDNAMES="+strings.Join(names, ":"),
+		ShimEnv+"="+c.exe, handoff.GenerationEnv+"="+strconv.Itoa(c.gen))
 	argv := append([]string{r.cfg.Prog}, r.cfg.Args...)
 	pid, err := syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
 		Env:   env,

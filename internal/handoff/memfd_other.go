@@ -1,0 +1,15 @@
+//go:build !linux
+
+package handoff
+
+import "os"
+
+// SealedFile fails: there are no memfds on this system (and no generation to pass
+// one to).
+func SealedFile(name string, data []byte) (*os.File, error) { return nil, ErrUnsupported }
+
+// ReadSealed fails: there are no memfds on this system.
+func ReadSealed(f *os.File, max int64) ([]byte, error) { return nil, ErrUnsupported }
+
+// Wipe fails: there are no memfds on this system.
+func Wipe(f *os.File) error { return ErrUnsupported }

@@ -35,6 +35,7 @@ const handoverPkg = "github.com/seed-a7250cfa/handover/cmd/handover"
 // demoSpec starts the demo in a particular environment.
 type demoSpec struct {
 	program string // the binary to run; default the demo
+	addr    string // -listen; default a free port
 	args    []string
 	drain   time.Duration // -drain-timeout; default 10s
 	dir     string        // for the binary, the log and the PID file; default t.TempDir()
@@ -86,12 +87,15 @@ func launchDemo(t testing.TB, s demoSpec) *demo {
 	if s.program == "" {
 		s.program = proc.Binary(t, demoPkg)
 	}
+	if s.addr == "" {
+		s.addr = freePort(t)
+	}
 	d := &demo{
 		t:       t,
 		dir:     s.dir,
 		bin:     s.bin,
 		good:    s.program,
-		addr:    freePort(t),
+		addr:    s.addr,
 		pidfile: s.pidfile,
 		logPath: filepath.Join(s.dir, "demo.log"),
 		drain:   s.drain,

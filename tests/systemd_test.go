@@ -78,10 +78,18 @@ func deployUnit(t testing.TB, sd *sdns.Systemd, path, bin, addr, extra string) s
 // the waiting ExecReload), "kill-reload", "notify-reload" or "fdstore".
 func startSystemd(t *testing.T, v sdns.Version, variant, extra string) *sdDemo {
 	t.Helper()
+	return startSystemdWith(t, v, variant, func(*sdns.Systemd) string { return extra })
+}
+
+// startSystemdWith is startSystemd with the extra flags made once the test
+// systemd's directory exists (for files the service reads: put them there).
+func startSystemdWith(t *testing.T, v sdns.Version, variant string, flags func(sd *sdns.Systemd) string) *sdDemo {
+	t.Helper()
 	sd, err := sdns.New(t, v)
 	if err != nil {
 		sdns.SkipOrFail(t, err)
 	}
+	extra := flags(sd)
 	d := &sdDemo{t: t, sd: sd, bin: filepath.Join(sd.Dir(), "bin"), addr: freePort(t), ctl: "/run/handover-demo/control.sock"}
 	if err := os.MkdirAll(d.bin, 0o755); err != nil {
 		t.Fatal(err)

@@ -105,6 +105,7 @@ func (u *Upgrader) initKeys(stored []*os.File) error {
 			return fmt.Errorf("graceful: Config.TicketKeyFile: %w", err)
 		}
 		r.set(keys, true)
+		wipeKeys(keys)
 		u.log.Info("session-ticket keys", "event", "tls_keys", "source", "file", "keys", len(keys))
 		return nil
 	}
@@ -149,7 +150,9 @@ func (u *Upgrader) initKeys(stored []*os.File) error {
 	if source == "" {
 		source = "new"
 	}
-	r.set(dedupKeys(keys), false)
+	unique := dedupKeys(keys)
+	r.set(unique, false)
+	wipeKeys(unique)
 	wipeKeys(keys)
 	keys, _ = r.snapshot()
 	defer wipeKeys(keys)

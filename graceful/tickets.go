@@ -82,19 +82,19 @@ func newTicketRing(rotation, lifetime time.Duration) *ticketRing {
 	return &ticketRing{rotation: rotation, lifetime: lifetime, now: time.Now, inner: &tls.Config{}}
 }
 
-// set replaces the keys (newest first is restored by their creation times; a fixed
-// set keeps its order: the first key encrypts). Expired keys are dropped and zeroed;
-// an empty result gets a fresh key.
+// set replaces the keys with a copy of keys (newest first is restored by their
+// creation times; a fixed set keeps its order: the first key encrypts). Expired
+// keys are dropped; an empty result gets a fresh key. The keys replaced are zeroed;
+// keys is the caller's to wipe.
 func (r *ticketRing) set(keys []ticketKey, fixed bool) {
 	r.mu.Lock()
-	old := r.keys
-	r.keys, r.fixed = keys, fixed
+	defer r.mu.Unlock()
+	clear(r.keys)
+	r.keys, r.fixed = slices.Clone(keys), fixed
 	if !fixed {
 		sortKeys(r.keys)
 	}
 	r.refreshLocked(r.now(), true)
-	r.mu.Unlock()
-	zeroDropped(old, keys)
 }
 
 // merge adds the keys another generation holds to the ring, and reports whether
@@ -105,16 +105,18 @@ func (r *ticketRing) merge(keys []ticketKey) bool {
 	if r.fixed {
 		return false
 	}
-	added := false
+	union := slices.Clone(r.keys)
 	for _, k := range keys {
-		if !slices.ContainsFunc(r.keys, func(h ticketKey) bool { return h.key == k.key }) {
-			r.keys = append(r.keys, k)
-			added = true
+		if !slices.ContainsFunc(union, func(h ticketKey) bool { return h.key == k.key }) {
+			union = append(union, k)
 		}
 	}
-	if !added {
+	if len(union) == len(r.keys) {
+		wipeKeys(union)
 		return false
 	}
+	clear(r.keys) // the old array's copies
+	r.keys = union
 	sortKeys(r.keys)
 	r.refreshLocked(r.now(), true)
 	return true
@@ -146,7 +148,11 @@ func (r *ticketRing) refreshLocked(now time.Time, apply bool) bool {
 				panic(fmt.Sprintf("graceful: no randomness for a session-ticket key: %v", err))
 			}
 			k.created = now
-			r.keys = append([]ticketKey{k}, r.keys...)
+			keys := append(make([]ticketKey, 0, len(r.keys)+1), k)
+			keys = append(keys, r.keys...)
+			clear(r.keys) // the old array's copies
+			r.keys = keys
+			clear(k.key[:])
 			changed = true
 		}
 		kept := r.keys[:1]
@@ -252,15 +258,6 @@ func (r *ticketRing) install(cfg *tls.Config, explicit bool) error {
 func wipeKeys(keys []ticketKey) {
 	for i := range keys {
 		clear(keys[i].key[:])
-	}
-}
-
-// zeroDropped zeroes the keys of old that are not in kept.
-func zeroDropped(old, kept []ticketKey) {
-	for i := range old {
-		if !slices.ContainsFunc(kept, func(k ticketKey) bool { return k.key == old[i].key }) {
-			clear(old[i].key[:])
-		}
 	}
 }
 

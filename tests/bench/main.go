@@ -8,6 +8,7 @@
 //	cd tests/bench && go run . -out results           # the full run, about 22 minutes on 2 cores
 //	cd tests/bench && go run . -quick -out /tmp/quick # 10 restarts per approach, about 4 minutes
 //	cd tests/bench && go run . -report results/bench.json   # tables and picture again from the JSON
+//	cd tests/bench && go run . -tls -out /tmp/tls     # TLS resumption after upgrades (tlsbench.go), about 2 minutes
 //
 // For each approach it starts the server, puts it under the load of
 // tests/internal/load (16 clients, half keep-alive, half a new connection per
@@ -75,6 +76,16 @@ type options struct {
 	report         string
 	repo           string
 	keep           bool
+
+	// The TLS benchmark (tlsbench.go).
+	tls            bool
+	tlsApproaches  string
+	tlsClients     int
+	tlsPause       time.Duration
+	tlsUpgrades    int
+	tlsWindow      time.Duration
+	tlsCalibration time.Duration
+	tlsKey         string
 }
 
 func parseFlags() options {
@@ -99,6 +110,14 @@ func parseFlags() options {
 	flag.StringVar(&o.report, "report", "", "no run: read this bench.json and write its tables and picture into -out again")
 	flag.StringVar(&o.repo, "repo", "", "the handover repository (default: found above the working directory)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (binaries and server logs)")
+	flag.BoolVar(&o.tls, "tls", false, "run the TLS benchmark instead: full versus resumed handshakes after upgrades (tls.json, tls.md in -out)")
+	flag.StringVar(&o.tlsApproaches, "tls-approaches", "handover,tableflip,gracehttp", "with -tls: the servers, in this order")
+	flag.IntVar(&o.tlsClients, "tls-clients", 64, "with -tls: TLS clients, each reconnecting with its latest ticket")
+	flag.DurationVar(&o.tlsPause, "tls-pause", 100*time.Millisecond, "with -tls: a client's pause between one connection's end and the next")
+	flag.IntVar(&o.tlsUpgrades, "tls-upgrades", 3, "with -tls: upgrades per server (each followed by a window)")
+	flag.DurationVar(&o.tlsWindow, "tls-window", 10*time.Second, "with -tls: the window after each upgrade (and the steady window)")
+	flag.DurationVar(&o.tlsCalibration, "tls-calibration", 3*time.Second, "with -tls: the window with clients that present no ticket")
+	flag.StringVar(&o.tlsKey, "tls-key", "ecdsa", "with -tls: the certificate's key, ecdsa (P-256) or rsa (2048)")
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -117,6 +136,22 @@ func main() {
 	o := parseFlags()
 	if flag.NArg() > 0 {
 		fatalf("unexpected argument %q (flags only; see -help)", flag.Arg(0))
+	}
+	if o.tls {
+		if err := proc.SetSubreaper(); err != nil {
+			fatalf("%v", err)
+		}
+		unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		err := runTLS(ctx, o)
+		if lerr := proc.LeakCheck(); lerr != nil {
+			err = errors.Join(err, lerr)
+		}
+		if err != nil {
+			fatalf("%v", err)
+		}
+		return
 	}
 	if o.report != "" {
 		rep, err := readReport(o.report)

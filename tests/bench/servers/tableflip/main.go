@@ -3,11 +3,15 @@
 // with an http.Server, and once a new process is ready (upg.Exit) drain with
 // http.Server.Shutdown under a 30 s deadline.
 //
-//	tableflip -listen 127.0.0.1:8080 [-pid-file PATH]
+//	tableflip -listen 127.0.0.1:8080 [-pid-file PATH] [-tls-cert F -tls-key F]
+//
+// With -tls-cert and -tls-key it serves HTTPS (HTTP/1.1) with crypto/tls's defaults:
+// session tickets on, with keys each process makes for itself.
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"log"
@@ -25,6 +29,8 @@ import (
 func main() {
 	listenAddr := flag.String("listen", "127.0.0.1:8080", "`address` to listen on")
 	pidFile := flag.String("pid-file", "", "`path` to pid file")
+	certFile := flag.String("tls-cert", "", "serve HTTPS with this certificate (PEM)")
+	keyFile := flag.String("tls-key", "", "the key of -tls-cert (PEM)")
 	flag.Parse()
 	log.SetPrefix(fmt.Sprintf("%d ", os.Getpid()))
 
@@ -49,6 +55,13 @@ func main() {
 	ln, err := upg.Listen("tcp", *listenAddr)
 	if err != nil {
 		log.Fatalln("Can't listen:", err)
+	}
+	if *certFile != "" {
+		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			log.Fatalln("TLS:", err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
 	}
 	server := http.Server{Handler: endpoints.Handler("tableflip")}
 	go func() {

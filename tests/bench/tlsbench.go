@@ -116,6 +116,9 @@ type TLSWindow struct {
 	FullMS    float64 `json:"full_handshake_ms_p50,omitempty"`
 	ResumedMS float64 `json:"resumed_handshake_ms_p50,omitempty"`
 	PIDs      []int   `json:"pids"`
+	// LoadAvg is /proc/loadavg at the end of the window: other work on the
+	// machine (its 1-minute figure counts the bench's own clients too).
+	LoadAvg string `json:"loadavg"`
 }
 
 // hsRecord is one connection of a client.
@@ -511,7 +514,7 @@ func runTLSApproach(ctx context.Context, o options, a tlsApproach, bin, work, ce
 		}
 		c1 := meter.total()
 		w := summarize(rec.between(from, from.Add(d)))
-		w.Kind, w.Index, w.Seconds, w.ServerCPU = kind, index, d.Seconds(), c1-c0
+		w.Kind, w.Index, w.Seconds, w.ServerCPU, w.LoadAvg = kind, index, d.Seconds(), c1-c0, loadAvg()
 		res.Windows = append(res.Windows, w)
 		logf("%s %s %d: %d handshakes, %d full, %d resumed, %d failed, server CPU %.3fs, PIDs %v", a.Name, kind, index, w.Handshakes, w.Full, w.Resumed, w.Failed, w.ServerCPU, w.PIDs)
 		return true
@@ -717,16 +720,16 @@ func tlsMarkdown(rep *TLSReport) string {
 			s.steady.Handshakes, pctOf(s.steady.Resumed, s.steady.Handshakes), s.steady.ServerCPU, s.perFullMS, s.perResumedMS, extra)
 	}
 	b.WriteString("\nEach window, in order (calibration: clients without tickets; steady: no upgrade; upgrade N: the window from the Nth signal):\n\n")
-	b.WriteString("| approach | window | handshakes | full | resumed | failed | server CPU | client handshake p50 full / resumed | PIDs answering |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| approach | window | handshakes | full | resumed | failed | server CPU | client handshake p50 full / resumed | PIDs answering | load average after |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rep.Approaches {
 		for _, w := range r.Windows {
 			name := w.Kind
 			if w.Kind == "upgrade" {
 				name = fmt.Sprintf("upgrade %d", w.Index)
 			}
-			fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %.2f s | %.2f / %.2f ms | %d |\n",
-				r.Name, name, w.Handshakes, w.Full, w.Resumed, w.Failed, w.ServerCPU, w.FullMS, w.ResumedMS, len(w.PIDs))
+			fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %.2f s | %.2f / %.2f ms | %d | %s |\n",
+				r.Name, name, w.Handshakes, w.Full, w.Resumed, w.Failed, w.ServerCPU, w.FullMS, w.ResumedMS, len(w.PIDs), w.LoadAvg)
 		}
 	}
 	return b.String()

@@ -21,4 +21,13 @@
 //
 // A failed upgrade (the new binary missing, crashing, hanging, or reporting an error)
 // leaves the old process serving and is reported to whoever asked.
+//
+// Beside the sockets, each generation hands the next what would otherwise start cold:
+// its TLS session-ticket keys, so that clients resume their sessions with the new
+// generation instead of a full handshake (a Server's ServeTLS uses them; for a
+// tls.Config of your own, see Upgrader.KeepTLSSessions; Config.TicketKeyFile for keys
+// shared by a fleet), and, with Config.SaveState and LoadState, the application's
+// state. Both travel as sealed memfds over the handover channel, never on disk, in the
+// environment or on the command line; under systemd with Config.FDStore (or under a
+// `handover run` master) they also wait in the fd store for a restart.
 package graceful

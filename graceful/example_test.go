@@ -3,12 +3,15 @@ package graceful_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/seed-a7250cfa/handover/graceful"
@@ -137,4 +140,82 @@ func ExampleServer_Shutdown() {
 	// shutdown: <nil>
 	// answered
 	// serve: http: Server closed
+}
+
+// A TLS server of the application's own (here a raw TLS line protocol; gRPC's
+// credentials.NewTLS and quic-go take a *tls.Config the same way): KeepTLSSessions
+// makes its sessions resume on every later generation, as a Server's ServeTLS does
+// by itself. (Not run: a process has one Upgrader.)
+func ExampleUpgrader_KeepTLSSessions() {
+	u, err := graceful.New(graceful.Config{})
+	if err != nil {
+		panic(err)
+	}
+	cert, err := tls.LoadX509KeyPair("cert.pem", "key.pem")
+	if err != nil {
+		panic(err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	if err := u.KeepTLSSessions(cfg); err != nil {
+		panic(err)
+	}
+	ln, err := u.Listen("lines", "tcp", "127.0.0.1:7443")
+	if err != nil {
+		panic(err)
+	}
+	var d graceful.Drainer
+	tl := tls.NewListener(d.Listener(ln), cfg) // drained by the Upgrader with the rest
+	go func() {
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				fmt.Fprintln(c, "hello")
+			}()
+		}
+	}()
+	u.Ready()
+	u.Wait()
+}
+
+// Application state handed from generation to generation: a counter, saved when an
+// upgrade starts (final false) and once more when the old generation stops
+// accepting (final true); the new build checks the version tag. (Not run: a
+// process has one Upgrader.)
+func ExampleConfig_state() {
+	var served atomic.Int64
+	var loaded int64 // what the first hand-off said, to add what came after
+	u, err := graceful.New(graceful.Config{
+		StateVersion: "counter/1",
+		SaveState: func(final bool) ([]byte, error) {
+			return strconv.AppendInt(nil, served.Load(), 10), nil
+		},
+		LoadState: func(version string, data []byte, final bool) error {
+			if version != "counter/1" {
+				return fmt.Errorf("unknown state version %q", version) // start cold
+			}
+			n, err := strconv.ParseInt(string(data), 10, 64)
+			if err != nil {
+				return err
+			}
+			served.Add(n - loaded) // the final hand-off runs beside requests
+			loaded = n
+			return nil
+		},
+	})
+	if err != nil {
+		panic(err)
+	}
+	ln, err := u.Listen("http", "tcp", "127.0.0.1:8080")
+	if err != nil {
+		panic(err)
+	}
+	srv := &graceful.Server{Server: http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "served=%d\n", served.Add(1))
+	})}}
+	srv.Serve(ln)
+	u.Wait()
 }

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -299,7 +300,8 @@ func writeKeyFile(t testing.TB, path string, mode os.FileMode, keys ...string) {
 // hosts"): a session made with one resumes on the other. An upgrade reads the
 // file again: with a new key put first and the old one kept, the old session
 // still resumes, and a session made after it resumes on a host that has only
-// the new key.
+// the new key. Made readable by others before the next upgrade, the file fails that
+// upgrade: the old generation serves on.
 func TestTLSKeyFile(t *testing.T) {
 	const (
 		k1 = "1111111111111111111111111111111111111111111111111111111111111111"
@@ -361,6 +363,18 @@ func TestTLSKeyFile(t *testing.T) {
 	fresh := newTLSClient(pool)
 	checkFull(t, "host a, new session", openssl(t, a.addr, sess2, true), fresh.get(t, a.addr), cur)
 	checkResumed(t, "host c (k2 only)", openssl(t, c.addr, sess2, false), fresh.get(t, c.addr), c.current())
+	// A key file others may read at upgrade time: the new generation refuses to
+	// start, the upgrade fails, the old one serves on.
+	if err := os.Chmod(keys, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := countLines(a.log(), "event=upgrade_failed")
+	a.signal(syscall.SIGUSR2)
+	a.waitLog(before, 15*time.Second, "event=upgrade_failed", "pid="+strconv.Itoa(cur)+" ")
+	if got := a.pidFromFile(); got != cur {
+		t.Errorf("after the failed upgrade the PID file names %d, want %d", got, cur)
+	}
+	checkResumed(t, "host a after the failed upgrade", openssl(t, a.addr, sess2, false), fresh.get(t, a.addr), cur)
 	for _, d := range []*demo{a, b, c} {
 		d.stop()
 	}

@@ -15,16 +15,21 @@ import (
 //	                 it while it starts (New), ended by "end":
 //	                   "history <json>"   the upgrades of the line so far
 //	                   "above <n>"        older generations still draining
-//	                   "keys" + memfd     TLS session ticket keys
+//	                   "keys" + memfd     TLS session ticket keys (sealed memfd)
 //	                   "state <version>" + memfd   the application's state
+//	                                      (SaveState(false), sealed memfd)
 //	                 "end"
 //	child → parent   "ready <pid>"    serving on the inherited sockets
 //	child → parent   "error <text>"   cannot start; about to exit
 //	parent → child   "history <json>" the history with this upgrade in it, then
 //	parent → child   "main"           handed over: you are the current generation
 //	parent → child   "abort <text>"   upgrade abandoned; you will be killed
+//	parent → child   "keys" + memfds  the keys again, once this one stopped
+//	                                  accepting (they may have rotated meanwhile),
+//	                                  then the copies of the fd store's key memfds
+//	                                  the parent held: the child owns them now
 //	parent → child   "state final <version>" + memfd   the state once this one
-//	                                  stopped accepting
+//	                                  stopped accepting (SaveState(true))
 //	parent → child   "above <n>"      the count of older draining generations changed
 //	parent → child   "drained <json>" how the parent's drain went
 //	parent → child   "upstream <n>" + channel   the parent is done and exits: here is

@@ -4,7 +4,10 @@
 // restarted after a crash, or stopped. The program may be written in any language:
 // it gets the sockets as systemd passes them (fds 3 and up, LISTEN_FDS,
 // LISTEN_FDNAMES, LISTEN_PID set to its own PID) and a NOTIFY_SOCKET on which the
-// master hears READY=1, STATUS=, RELOADING=1, STOPPING=1 and WATCHDOG=1.
+// master hears READY=1, STATUS=, RELOADING=1, STOPPING=1 and WATCHDOG=1. It also keeps
+// an fd store as systemd does (FDSTORE=1, FDNAME=, FDSTOREREMOVE=1; fdstore.go): what
+// the serving child stores is passed to every later child after the sockets, which is
+// how a child built with handover's library keeps its TLS session-ticket keys.
 //
 // It is Linux-only (on other systems the package is empty). The state machine is in
 // master.go; Run (run.go) sets up the sockets, the notification socket, the control

@@ -116,6 +116,10 @@ type TLSWindow struct {
 	FullMS    float64 `json:"full_handshake_ms_p50,omitempty"`
 	ResumedMS float64 `json:"resumed_handshake_ms_p50,omitempty"`
 	PIDs      []int   `json:"pids"`
+	// After an upgrade: the clients whose first connection to a new process (not
+	// the one signalled) came in the window, and how many of those resumed.
+	FirstToNew        int `json:"first_to_new,omitempty"`
+	FirstToNewResumed int `json:"first_to_new_resumed,omitempty"`
 	// LoadAvg is /proc/loadavg at the end of the window: other work on the
 	// machine (its 1-minute figure counts the bench's own clients too).
 	LoadAvg string `json:"loadavg"`
@@ -123,6 +127,7 @@ type TLSWindow struct {
 
 // hsRecord is one connection of a client.
 type hsRecord struct {
+	client  int
 	at      time.Time
 	took    time.Duration
 	resumed bool
@@ -178,6 +183,7 @@ func tlsClients(ctx context.Context, n int, addr string, pool *x509.CertPool, ti
 			cfg.SessionTicketsDisabled = true
 		}
 		wg.Add(1)
+		client := i
 		go func() {
 			defer wg.Done()
 			// Spread the clients' first connections over one pause.
@@ -189,7 +195,9 @@ func tlsClients(ctx context.Context, n int, addr string, pool *x509.CertPool, ti
 					return
 				case <-t.C:
 				}
-				rec.add(tlsOnce(addr, cfg))
+				h := tlsOnce(addr, cfg)
+				h.client = client
+				rec.add(h)
 				t.Reset(pause)
 			}
 		}()
@@ -507,13 +515,13 @@ func runTLSApproach(ctx context.Context, o options, a tlsApproach, bin, work, ce
 		res.Error = fmt.Sprintf("the server did not answer: %v", err)
 		return res
 	}
-	window := func(kind string, index int, from time.Time, d time.Duration) bool {
+	window := func(kind string, index int, from time.Time, d time.Duration, old int) bool {
 		c0 := meter.total()
 		if !sleepCtx(ctx, time.Until(from.Add(d))) {
 			return false
 		}
 		c1 := meter.total()
-		w := summarize(rec.between(from, from.Add(d)))
+		w := summarize(rec.between(from, from.Add(d)), old)
 		w.Kind, w.Index, w.Seconds, w.ServerCPU, w.LoadAvg = kind, index, d.Seconds(), c1-c0, loadAvg()
 		res.Windows = append(res.Windows, w)
 		logf("%s %s %d: %d handshakes, %d full, %d resumed, %d failed, server CPU %.3fs, PIDs %v", a.Name, kind, index, w.Handshakes, w.Full, w.Resumed, w.Failed, w.ServerCPU, w.PIDs)
@@ -523,7 +531,7 @@ func runTLSApproach(ctx context.Context, o options, a tlsApproach, bin, work, ce
 	cctx, cancel := context.WithCancel(ctx)
 	wg := tlsClients(cctx, o.tlsClients, addr, pool, false, o.tlsPause, rec)
 	sleepCtx(ctx, time.Second)
-	ok := window("calibration", 0, time.Now(), o.tlsCalibration)
+	ok := window("calibration", 0, time.Now(), o.tlsCalibration, 0)
 	cancel()
 	wg.Wait()
 	if !ok {
@@ -533,7 +541,7 @@ func runTLSApproach(ctx context.Context, o options, a tlsApproach, bin, work, ce
 	cctx, cancel = context.WithCancel(ctx)
 	defer func() { cancel(); wg.Wait() }()
 	wg = tlsClients(cctx, o.tlsClients, addr, pool, true, o.tlsPause, rec)
-	if !sleepCtx(ctx, 2*time.Second) || !window("steady", 0, time.Now(), o.tlsWindow) {
+	if !sleepCtx(ctx, 2*time.Second) || !window("steady", 0, time.Now(), o.tlsWindow, 0) {
 		return res
 	}
 	for i := 1; i <= o.tlsUpgrades; i++ {
@@ -543,7 +551,7 @@ func runTLSApproach(ctx context.Context, o options, a tlsApproach, bin, work, ce
 			res.Error = fmt.Sprintf("upgrade %d: kill -%d %d: %v", i, a.sig, cur, err)
 			return res
 		}
-		if !window("upgrade", i, signal, o.tlsWindow) {
+		if !window("upgrade", i, signal, o.tlsWindow, cur) {
 			return res
 		}
 		if got := rec.lastPID(); got == cur {
@@ -584,15 +592,24 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// summarize counts the handshakes of a window.
-func summarize(recs []hsRecord) TLSWindow {
+// summarize counts the handshakes of a window; old, if not 0, is the process that
+// was signalled (see TLSWindow.FirstToNew).
+func summarize(recs []hsRecord, old int) TLSWindow {
 	var w TLSWindow
 	var full, resumed []time.Duration
 	seen := map[int]bool{}
+	firstNew := map[int]bool{}
 	for _, h := range recs {
 		if h.err {
 			w.Failed++
 			continue
+		}
+		if old != 0 && h.pid != old && !firstNew[h.client] {
+			firstNew[h.client] = true
+			w.FirstToNew++
+			if h.resumed {
+				w.FirstToNewResumed++
+			}
 		}
 		w.Handshakes++
 		if h.resumed {
@@ -623,6 +640,7 @@ func medianMS(ds []time.Duration) float64 {
 type tlsSummary struct {
 	upgrades                     int
 	full, resumed, failed, total int
+	firstNew, firstNewResumed    int
 	cpuMedian                    float64
 	steady                       TLSWindow
 	perFullMS, perResumedMS      float64
@@ -651,6 +669,8 @@ func summarizeApproach(r TLSApproachResult) tlsSummary {
 			s.resumed += w.Resumed
 			s.failed += w.Failed
 			s.total += w.Handshakes
+			s.firstNew += w.FirstToNew
+			s.firstNewResumed += w.FirstToNewResumed
 			cpus = append(cpus, w.ServerCPU)
 			if w.Handshakes > 0 {
 				rates = append(rates, 100*float64(w.Resumed)/float64(w.Handshakes))
@@ -687,8 +707,8 @@ func tlsOneLine(r TLSApproachResult) string {
 		return "error: " + r.Error
 	}
 	s := summarizeApproach(r)
-	return fmt.Sprintf("%d upgrades: %d handshakes in the windows, %d full, %d resumed (%.1f%%), %d failed; server CPU per window %.2fs (median), steady %.2fs",
-		s.upgrades, s.total, s.full, s.resumed, pctOf(s.resumed, s.total), s.failed, s.cpuMedian, s.steady.ServerCPU)
+	return fmt.Sprintf("%d upgrades: first connections to the new process %d of %d resumed; %d handshakes in the windows, %d full, %d resumed (%.1f%%), %d failed; server CPU per window %.2fs (median), steady %.2fs",
+		s.upgrades, s.firstNewResumed, s.firstNew, s.total, s.full, s.resumed, pctOf(s.resumed, s.total), s.failed, s.cpuMedian, s.steady.ServerCPU)
 }
 
 func pctOf(a, b int) float64 {
@@ -703,11 +723,11 @@ func tlsMarkdown(rep *TLSReport) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "TLS resumption after upgrades: %d clients, each reconnecting %v after its previous connection closed, presenting its latest ticket; %v windows; certificate key %s; `%s`\n\n",
 		rep.Clients, time.Duration(rep.PauseMS*1e6), time.Duration(rep.WindowS*1e9), keyName(rep.Key), rep.Command)
-	b.WriteString("| approach | upgrades | handshakes in the windows after upgrades | full | resumed | resumption rate (lowest window) | failed | server CPU per window, median | steady window: handshakes, resumed, server CPU | server CPU per handshake: full / resumed | extra server CPU per upgrade: full handshakes × the difference |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| approach | upgrades | each client's first connection to the new process: resumed | handshakes in the windows after upgrades | full | resumed | resumption rate (lowest window) | failed | server CPU per window, median | steady window: handshakes, resumed, server CPU | server CPU per handshake: full / resumed | extra server CPU per upgrade: full handshakes × the difference |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rep.Approaches {
 		if r.Error != "" {
-			fmt.Fprintf(&b, "| %s | error: %s ||||||||||\n", r.Label, r.Error)
+			fmt.Fprintf(&b, "| %s | error: %s |||||||||||\n", r.Label, r.Error)
 			continue
 		}
 		s := summarizeApproach(r)
@@ -715,21 +735,22 @@ func tlsMarkdown(rep *TLSReport) string {
 		if s.upgrades > 0 {
 			extra = float64(s.full) / float64(s.upgrades) * (s.perFullMS - s.perResumedMS)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %.2f%% (%.2f%%) | %d | %.2f s | %d, %.2f%%, %.2f s | %.2f / %.2f ms | %.0f ms |\n",
-			r.Label, s.upgrades, s.total, s.full, s.resumed, pctOf(s.resumed, s.total), s.minRate, s.failed, s.cpuMedian,
+		fmt.Fprintf(&b, "| %s | %d | %d of %d | %d | %d | %d | %.2f%% (%.2f%%) | %d | %.2f s | %d, %.2f%%, %.2f s | %.2f / %.2f ms | %.0f ms |\n",
+			r.Label, s.upgrades, s.firstNewResumed, s.firstNew, s.total, s.full, s.resumed, pctOf(s.resumed, s.total), s.minRate, s.failed, s.cpuMedian,
 			s.steady.Handshakes, pctOf(s.steady.Resumed, s.steady.Handshakes), s.steady.ServerCPU, s.perFullMS, s.perResumedMS, extra)
 	}
 	b.WriteString("\nEach window, in order (calibration: clients without tickets; steady: no upgrade; upgrade N: the window from the Nth signal):\n\n")
-	b.WriteString("| approach | window | handshakes | full | resumed | failed | server CPU | client handshake p50 full / resumed | PIDs answering | load average after |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| approach | window | handshakes | full | resumed | failed | first connections to the new process: resumed | server CPU | client handshake p50 full / resumed | PIDs answering | load average after |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rep.Approaches {
 		for _, w := range r.Windows {
-			name := w.Kind
+			name, first := w.Kind, ""
 			if w.Kind == "upgrade" {
 				name = fmt.Sprintf("upgrade %d", w.Index)
+				first = fmt.Sprintf("%d of %d", w.FirstToNewResumed, w.FirstToNew)
 			}
-			fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %.2f s | %.2f / %.2f ms | %d | %s |\n",
-				r.Name, name, w.Handshakes, w.Full, w.Resumed, w.Failed, w.ServerCPU, w.FullMS, w.ResumedMS, len(w.PIDs), w.LoadAvg)
+			fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %s | %.2f s | %.2f / %.2f ms | %d | %s |\n",
+				r.Name, name, w.Handshakes, w.Full, w.Resumed, w.Failed, first, w.ServerCPU, w.FullMS, w.ResumedMS, len(w.PIDs), w.LoadAvg)
 		}
 	}
 	return b.String()

@@ -223,9 +223,8 @@ type machine struct {
 	settle  func(c *child)                                     // post goneEvent once c's output settled
 	resolve func(prog string) (string, error)                  // find PROG on disk now
 	open    func(path string) (*build, error)                  // open the build at path (openBuild)
-	// ran returns the build child pid really runs when it is not b (ranBuild), or nil.
-	ran func(b *build, pid int) *build
-	sd  func(state string) // tell systemd, if it listens
+	ran     func(b *build, pid int) *build                     // what child pid runs, if not b (ranBuild)
+	sd      func(state string)                                 // tell systemd, if it listens
 	// leftovers kills (SIGKILL) the processes of process group pgid that were
 	// reparented to the master (a dead child's helpers) and returns how many;
 	// orphans lists the master's children that are not managed children.

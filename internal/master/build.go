@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"unsafe"
@@ -29,7 +30,8 @@ type build struct {
 	exe  string // the file the kernel runs: path, or the #! interpreter
 	// prefix, for a #! program, is the interpreter's command line before PROG's
 	// arguments, as the kernel builds it: [interpreter, its argument if any, path]
-	// (nested interpreters are unfolded the same way). Empty for a binary.
+	// (nested interpreters are unfolded the same way; path with its symlinks
+	// resolved). Empty for a binary.
 	prefix []string
 	f      *os.File // exe, open (O_RDONLY|O_CLOEXEC, or O_PATH); nil in the state machine's tests
 	dev    uint64
@@ -71,9 +73,17 @@ func openBuild(path string) (*build, error) {
 		if depth == maxInterpreters {
 			return nil, fmt.Errorf("program %s: more than %d nested #! interpreters", path, maxInterpreters)
 		}
-		more := []string{file}
+		name := file
+		if depth == 0 {
+			// The script's real path: reached through a symlink retargeted at each
+			// release, a restart from this build reads the release that ran.
+			if real, err := filepath.EvalSymlinks(file); err == nil {
+				name = real
+			}
+		}
+		more := []string{name}
 		if arg != "" {
-			more = []string{arg, file}
+			more = []string{arg, name}
 		}
 		tail = append(more, tail...)
 		file = interp

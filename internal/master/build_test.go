@@ -51,6 +51,19 @@ func TestOpenBuild(t *testing.T) {
 	if !strings.Contains(b2.String(), "the interpreter of "+outer) {
 		t.Errorf("script described as %q", b2)
 	}
+	// A script reached through a symlink: the kept command line names its real path.
+	link := filepath.Join(dir, "current")
+	if err := os.Symlink(outer, link); err != nil {
+		t.Fatal(err)
+	}
+	b4, err := openBuild(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b4.close()
+	if got := b4.argv("prog", nil); !slices.Equal(got, []string{self, "-a b", inner, outer}) || b4.path != link {
+		t.Errorf("script through a symlink: argv %q, path %s", got, b4.path)
+	}
 	// A missing interpreter, and too many levels.
 	if _, err := openBuild(write("nointerp", "#!/no/such/interpreter\n")); err == nil || !strings.Contains(err.Error(), "its interpreter /no/such/interpreter") {
 		t.Errorf("missing interpreter: %v", err)

@@ -247,6 +247,7 @@ type nextGen struct {
 	failAfter   string
 	replacement bool // the last good build, started for a successor that died
 	released    bool // supervised by the service manager: its exit is not ours to see
+	settled     bool // it exited after retiring; its channel may live on (see onSuccessorExit)
 }
 
 type upgradeResult struct {
@@ -892,6 +893,11 @@ func (u *Upgrader) onChildMessage(ev childMsgEvent) {
 	n := u.next
 	if ev.err != nil {
 		n.reading = false
+		if n.settled {
+			n.ch.Close() // nobody holds the other end any more
+			u.next = nil
+			return
+		}
 		if n.handed && n.exited && u.next == n {
 			u.onSuccessorExit(n) // its exit was waiting for this end of the channel
 			return
@@ -1064,12 +1070,24 @@ func (u *Upgrader) onHandover(ev handoverEvent) {
 // while this one drains, or after (see finish) (no service manager).
 func (u *Upgrader) onSuccessorExit(n *nextGen) {
 	status := n.child.ExitStatus()
+	if n.retired {
+		// It had handed over in turn (or stopped), and may have passed its end of
+		// the channel on to its own successor, which then talks to us: keep it until
+		// nobody holds the other end.
+		if !n.settled {
+			n.settled = true
+			u.log.Info("the new generation exited after handing over or stopping; nothing to do", "event", "successor_retired", "child", n.child.Pid(), "status", status)
+		}
+		if !n.reading { // its channel is at EOF already
+			n.ch.Close()
+			u.next = nil
+		}
+		return
+	}
 	n.ch.Close()
 	u.next = nil
 	attrs := []any{"event", "successor_died", "child", n.child.Pid(), "status", status}
 	switch {
-	case n.retired:
-		u.log.Info("the new generation exited after handing over or stopping; nothing to do", "event", "successor_retired", "child", n.child.Pid(), "status", status)
 	case u.hard:
 		u.log.Error("the new generation died while this process was draining; it is stopping, so nothing is done", append(attrs, "action", "none")...)
 	case u.st == draining && u.resumable():
@@ -1658,7 +1676,10 @@ func (u *Upgrader) sayFarewell() {
 		u.tellSuccessor(handoff.Message{Verb: handoff.Above, N: 0})
 		return
 	}
-	f, err := u.upstream.File()
+	up := u.upstream
+	u.upstream = nil // from now on the successor reads it, not us
+	f, err := up.File()
+	up.Close()
 	if err != nil {
 		u.tellSuccessor(handoff.Message{Verb: handoff.Above, N: 0})
 		return

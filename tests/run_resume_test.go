@@ -310,11 +310,12 @@ func openOnChild(t *testing.T, addr string, pid int, path string) drainClient {
 
 // backToBack opens a stream and a websocket on the serving child, then asks for an
 // upgrade, n times with pause between them, under the 16-client load. After each
-// upgrade it checks the master's processes: at most max old children alive (within a
-// second of the upgrade: a child killed for -max-draining takes a moment to die), and
-// no more during the pause. It returns what was open on each replaced child and the
-// most old children seen at once.
-func backToBack(t *testing.T, m *master, n, limit int, path string, pause time.Duration) (opened []drainClient, most int) {
+// upgrade it checks the master's processes: at most limit old children alive (within
+// a second of the upgrade: a child killed for -max-draining takes a moment to die),
+// and no more during the pause. With room, it first waits (if need be) until fewer
+// than limit old children are alive, so that no upgrade needs a kill. It returns what
+// was open on each replaced child and the most old children seen at once.
+func backToBack(t *testing.T, m *master, n, limit int, room bool, path string, pause time.Duration) (opened []drainClient, most int) {
 	t.Helper()
 	oldAlive := func(serving int) int {
 		k := 0
@@ -325,8 +326,15 @@ func backToBack(t *testing.T, m *master, n, limit int, path string, pause time.D
 		}
 		return k
 	}
+	// Old children not reaped yet, as the master counts them.
+	oldPresent := func(serving int) int { return len(slices.DeleteFunc(proc.Children(m.host), func(p int) bool { return p == serving })) }
 	for i := 1; i <= n; i++ {
 		st := m.status()
+		if room {
+			if err := proc.WaitFor(func() bool { return oldPresent(st.Child) < limit }, 5*time.Second, "room for one more old child"); err != nil {
+				t.Fatal(err)
+			}
+		}
 		opened = append(opened, openOnChild(t, m.addr, st.Child, path))
 		out, code := m.reload()
 		if code != 0 {
@@ -368,14 +376,16 @@ func streamComplete(s inflight, pid, n int) bool {
 }
 
 // TestRunBackToBackUpgrades: five upgrades under `handover run`, under a second apart,
-// while a /stream (1.4 s long) and a /ws are open on every child: old children drain
-// side by side (never more than -max-draining, 3, at once, counted in /proc), every
-// stream completes, every websocket gets the child's "bye", no request of the
-// 16-client load fails, and nothing is killed early.
+// while a /stream (2 s long) and a /ws are open on every child: old children drain
+// side by side, three at once (-max-draining's default; never more, counted in /proc;
+// each upgrade waits, if need be, for the fourth oldest to finish), every stream
+// completes, every websocket gets the child's "bye", no request of the 16-client load
+// fails, and nothing is killed early.
 func TestRunBackToBackUpgrades(t *testing.T) {
 	m := startMaster(t, masterSpec{prog: []string{proc.Binary(t, demoPkg)}, drain: 20 * time.Second})
 	r := startLoad(t, m.addr, 0.5)
-	opened, most := backToBack(t, m, 5, 3, "/stream?n=8&interval=200", 600*time.Millisecond)
+	const lines = 11
+	opened, most := backToBack(t, m, 5, 3, true, fmt.Sprintf("/stream?n=%d&interval=200", lines), 600*time.Millisecond)
 	for i, d := range opened {
 		var s inflight
 		select {
@@ -383,8 +393,8 @@ func TestRunBackToBackUpgrades(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("child %d: the stream did not end", i+1)
 		}
-		if !streamComplete(s, d.child, 8) {
-			t.Errorf("child %d (%d): stream %v, %d lines, last %q; want 8 lines from it", i+1, d.child, s.err, len(s.lines), lastN(s.lines, 1))
+		if !streamComplete(s, d.child, lines) {
+			t.Errorf("child %d (%d): stream %v, %d lines, last %q; want %d lines from it", i+1, d.child, s.err, len(s.lines), lastN(s.lines, 1), lines)
 		}
 		checkWSBye(t, i+1, d)
 	}
@@ -402,7 +412,9 @@ func TestRunBackToBackUpgrades(t *testing.T) {
 		rec := recordFrom(st, d.child)
 		if rec == nil || rec.Outcome != "ok" || rec.Generation != i+2 || !rec.Drained || rec.DrainKilled != "" || rec.DrainSeconds < 0.5 || rec.DrainSeconds > 5 {
 			t.Errorf("upgrade %d from %d: record %+v; want ok, drained by itself in 0.5-5 s", i+1, d.child, rec)
+			continue
 		}
+		t.Logf("upgrade %d at %s: handover %.1f ms, the old child drained in %.0f ms", i+1, rec.Start.Format("15:04:05.000"), rec.HandoverSeconds*1000, rec.DrainSeconds*1000)
 	}
 	checkStoppedClean(t, m)
 }
@@ -416,7 +428,7 @@ func TestRunMaxDraining(t *testing.T) {
 	m := startMaster(t, masterSpec{prog: []string{proc.Binary(t, demoPkg)}, drain: 20 * time.Second, flags: []string{"-max-draining", "2"}})
 	r := startLoad(t, m.addr, 0.5)
 	const lines = 16
-	opened, most := backToBack(t, m, 5, 2, fmt.Sprintf("/stream?n=%d&interval=500", lines), 800*time.Millisecond)
+	opened, most := backToBack(t, m, 5, 2, false, fmt.Sprintf("/stream?n=%d&interval=500", lines), 800*time.Millisecond)
 	if st := m.status(); st.OlderDraining != 2 {
 		t.Errorf("status older_draining %d, want 2", st.OlderDraining)
 	}

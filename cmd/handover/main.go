@@ -18,7 +18,8 @@
 //	    the upgrade does.
 //	handover status [-control PATH] [-json]
 //	    Print the serving process's PID, generation, state, listeners and connections
-//	    (under handover run: the master's PID, the serving child, restarts).
+//	    (under handover run: the master's PID, the serving child and the build it
+//	    runs, restarts), and the last 10 upgrades, one line each.
 //
 // The control socket's path comes from -control or $HANDOVER_CONTROL. Only the
 // service's own user and root may use it.

@@ -327,7 +327,9 @@ func backToBack(t *testing.T, m *master, n, limit int, room bool, path string, p
 		return k
 	}
 	// Old children not reaped yet, as the master counts them.
-	oldPresent := func(serving int) int { return len(slices.DeleteFunc(proc.Children(m.host), func(p int) bool { return p == serving })) }
+	oldPresent := func(serving int) int {
+		return len(slices.DeleteFunc(proc.Children(m.host), func(p int) bool { return p == serving }))
+	}
 	for i := 1; i <= n; i++ {
 		st := m.status()
 		if room {

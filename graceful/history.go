@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -48,6 +49,13 @@ type Upgrade struct {
 	ConnsClosed   int     `json:"conns_closed,omitempty"`
 	ConnsForced   int     `json:"conns_forced,omitempty"`
 	RequestsAfter uint64  `json:"requests_after,omitempty"`
+	// DrainKilled, under `handover run`, says why the master killed the old child
+	// before it exited by itself: "deadline" (SIGKILL at the drain timeout),
+	// "max_draining" (more old children drained than -max-draining: the oldest is
+	// killed at once) or "stop" (a second stop signal). The master cannot see
+	// connections: in its records the counts above stay 0 (a library child reports
+	// them in its own status).
+	DrainKilled string `json:"drain_killed,omitempty"`
 }
 
 // Bounds of the history a generation keeps and hands on.
@@ -274,4 +282,26 @@ func contains(s []string, v string) bool {
 		}
 	}
 	return false
+}
+
+// record makes the record of the upgrade to n.
+func (u *Upgrader) record(n *nextGen, outcome, reason string, err error) Upgrade {
+	r := Upgrade{
+		Trigger: n.trigger, Start: n.started, End: time.Now(), From: os.Getpid(),
+		Generation: u.gen + 1, Outcome: outcome, Reason: reason,
+	}
+	if n.child != nil {
+		r.To = n.child.Pid()
+	}
+	if n.ready != 0 {
+		r.To = n.ready
+	}
+	if outcome == "ok" {
+		r.HandoverSeconds = r.End.Sub(r.Start).Seconds()
+	}
+	if err != nil {
+		r.Error = err.Error()
+		r.Stderr = n.out.last()
+	}
+	return r
 }

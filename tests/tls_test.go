@@ -180,6 +180,33 @@ func checkFull(t testing.TB, what string, os, gc tlsAnswer, pid int) {
 	}
 }
 
+// settled retries f until its answer comes from pid (for 5s): right after a
+// handover the old generation may still take a connection or two (it writes the PID
+// file, or a master signals it, a moment before it stops accepting).
+func settled(t testing.TB, pid int, f func() tlsAnswer) tlsAnswer {
+	t.Helper()
+	var a tlsAnswer
+	proc.WaitFor(func() bool { a = f(); return a.pid == pid }, 5*time.Second, fmt.Sprintf("an answer from %d", pid))
+	return a
+}
+
+// resumedOn checks that generation 1's session (sess for openssl, gc's first
+// ticket) resumes with pid.
+func resumedOn(t testing.TB, what, addr, sess string, gc *tlsClient, pid int) {
+	t.Helper()
+	checkResumed(t, what,
+		settled(t, pid, func() tlsAnswer { return openssl(t, addr, sess, false) }),
+		settled(t, pid, func() tlsAnswer { return gc.get(t, addr) }), pid)
+}
+
+// fullOn checks that generation 1's session gets a full handshake with pid.
+func fullOn(t testing.TB, what, addr, sess string, gc *tlsClient, pid int) {
+	t.Helper()
+	checkFull(t, what,
+		settled(t, pid, func() tlsAnswer { return openssl(t, addr, sess, false) }),
+		settled(t, pid, func() tlsAnswer { return gc.get(t, addr) }), pid)
+}
+
 // startTLSDemo starts the demo serving HTTPS with a fresh certificate.
 func startTLSDemo(t *testing.T, more ...string) (d *demo, pool *x509.CertPool, sess string) {
 	t.Helper()
@@ -198,7 +225,7 @@ func TestTLSSessionsSurviveUpgrades(t *testing.T) {
 	checkFull(t, "generation 1", openssl(t, d.addr, sess, true), gc.get(t, d.addr), d.current())
 	for gen := 2; gen <= 11; gen++ {
 		_, cur := d.upgrade()
-		checkResumed(t, fmt.Sprintf("generation %d", gen), openssl(t, d.addr, sess, false), gc.get(t, d.addr), cur)
+		resumedOn(t, fmt.Sprintf("generation %d", gen), d.addr, sess, gc, cur)
 	}
 	if n := countLines(d.log(), "event=tls_keys ", "source=parent"); n != 10 {
 		t.Errorf("%d generations took the keys from their parent, want 10", n)
@@ -219,12 +246,12 @@ func TestTLSTicketKeyRotation(t *testing.T) {
 	made := time.Now()
 	_, cur := d.upgrade()
 	pace(time.Until(made.Add(1500 * time.Millisecond)))
-	checkResumed(t, "1.5s later, generation 2", openssl(t, d.addr, sess, false), gc.get(t, d.addr), cur)
+	resumedOn(t, "1.5s later, generation 2", d.addr, sess, gc, cur)
 	if n := countLines(d.log(), "event=tls_keys_rotated"); n == 0 {
 		t.Errorf("no key rotation logged in 1.5s (rotation 1s)")
 	}
 	pace(time.Until(made.Add(3200 * time.Millisecond)))
-	checkFull(t, "3.2s later (lifetime 3s)", openssl(t, d.addr, sess, false), gc.get(t, d.addr), cur)
+	fullOn(t, "3.2s later (lifetime 3s)", d.addr, sess, gc, cur)
 	// A new session resumes.
 	fresh := newTLSClient(pool)
 	fresh.get(t, d.addr)
@@ -260,7 +287,7 @@ func TestTLSKeysCorruptHandoff(t *testing.T) {
 	gc := newTLSClient(pool)
 	checkFull(t, "generation 1", openssl(t, d.addr, sess, true), gc.get(t, d.addr), d.current())
 	old, cur := d.upgrade()
-	checkFull(t, "generation 2", openssl(t, d.addr, sess, false), gc.get(t, d.addr), cur)
+	fullOn(t, "generation 2", d.addr, sess, gc, cur)
 	// Twice: the keys of the initial batch, and those of the final hand-off.
 	if n := countLines(d.log(), "event=tls_keys_lost", "pid="+strconv.Itoa(cur)+" ", "from=parent", "reason=corrupt"); n != 2 {
 		t.Errorf("generation 2 logged tls_keys_lost (from=parent, reason=corrupt) %d times, want 2", n)
@@ -347,12 +374,12 @@ func TestTLSKeyFile(t *testing.T) {
 	sess := filepath.Join(dir, "session.pem")
 	gc := newTLSClient(pool)
 	checkFull(t, "host a", openssl(t, a.addr, sess, true), gc.get(t, a.addr), a.current())
-	checkResumed(t, "host b", openssl(t, b.addr, sess, false), gc.get(t, b.addr), b.current())
+	resumedOn(t, "host b", b.addr, sess, gc, b.current())
 
 	// Rotation by the operator: k2 first, k1 kept; host a upgrades, host b does not.
 	writeKeyFile(t, keys, 0o600, k2, k1)
 	_, cur := a.upgrade()
-	checkResumed(t, "host a, generation 2, rotated file", openssl(t, a.addr, sess, false), gc.get(t, a.addr), cur)
+	resumedOn(t, "host a, generation 2, rotated file", a.addr, sess, gc, cur)
 	if n := countLines(a.log(), "event=tls_keys ", "source=file", "keys=2"); n != 1 {
 		t.Errorf("generation 2 did not read the two keys of the file (%d lines)", n)
 	}
@@ -362,7 +389,7 @@ func TestTLSKeyFile(t *testing.T) {
 	sess2 := filepath.Join(dir, "session2.pem")
 	fresh := newTLSClient(pool)
 	checkFull(t, "host a, new session", openssl(t, a.addr, sess2, true), fresh.get(t, a.addr), cur)
-	checkResumed(t, "host c (k2 only)", openssl(t, c.addr, sess2, false), fresh.get(t, c.addr), c.current())
+	resumedOn(t, "host c (k2 only)", c.addr, sess2, fresh, c.current())
 	// A key file others may read at upgrade time: the new generation refuses to
 	// start, the upgrade fails, the old one serves on.
 	if err := os.Chmod(keys, 0o644); err != nil {
@@ -374,7 +401,7 @@ func TestTLSKeyFile(t *testing.T) {
 	if got := a.pidFromFile(); got != cur {
 		t.Errorf("after the failed upgrade the PID file names %d, want %d", got, cur)
 	}
-	checkResumed(t, "host a after the failed upgrade", openssl(t, a.addr, sess2, false), fresh.get(t, a.addr), cur)
+	resumedOn(t, "host a after the failed upgrade", a.addr, sess2, fresh, cur)
 	for _, d := range []*demo{a, b, c} {
 		d.stop()
 	}
@@ -396,7 +423,7 @@ func TestRunTLSSessions(t *testing.T) {
 			t.Fatalf("reload %d: exit %d\n%s", i-1, code, out)
 		}
 		st = m.status()
-		checkResumed(t, fmt.Sprintf("child %d", i), openssl(t, m.addr, sess, false), gc.get(t, m.addr), st.Child)
+		resumedOn(t, fmt.Sprintf("child %d", i), m.addr, sess, gc, st.Child)
 	}
 	if n := countLines(m.log(), "event=tls_keys ", "source=store"); n != 10 {
 		t.Errorf("%d children took the keys from the master's fd store, want 10", n)
@@ -421,7 +448,7 @@ func TestSystemdTLSReload(t *testing.T) {
 			if out, code := d.reload(); code != 0 {
 				t.Fatalf("reload %d: exit %d\n%s", i, code, out)
 			}
-			checkResumed(t, fmt.Sprintf("reload %d", i), openssl(t, d.addr, sess, false), gc.get(t, d.addr), d.mainPID())
+			resumedOn(t, fmt.Sprintf("reload %d", i), d.addr, sess, gc, d.mainPID())
 		}
 		d.checkConsole()
 	})

@@ -134,7 +134,11 @@ type Config struct {
 	// FDStore, under systemd, hands the process's sockets to systemd's file
 	// descriptor store once it is ready (needs FileDescriptorStoreMax= in the unit),
 	// so that sockets the service bound itself survive `systemctl restart` and
-	// crashes: systemd passes them back through LISTEN_FDS.
+	// crashes: systemd passes them back through LISTEN_FDS. The TLS session-ticket
+	// keys go there too (FDNAME=handover-tls-keys, see KeepTLSSessions), and, on a
+	// clean stop, the application's state (FDNAME=handover-state, see SaveState),
+	// which the next start takes out. (Under a `handover run` master the keys
+	// always go to the master's fd store, whatever FDStore says.)
 	FDStore bool
 	// MaxDraining bounds how many generations may drain at once: when an upgrade
 	// would make one more than that, the oldest draining generation stops waiting

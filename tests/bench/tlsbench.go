@@ -159,16 +159,20 @@ func (r *recorder) between(from, to time.Time) []hsRecord {
 	return out
 }
 
-// lastPID is the PID of the latest successful answer.
-func (r *recorder) lastPID() int {
+// newestPID is the PID that answered for the first time last: the current
+// generation (an old one may still answer a connection it accepted before).
+func (r *recorder) newestPID() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for i := len(r.recs) - 1; i >= 0; i-- {
-		if !r.recs[i].err {
-			return r.recs[i].pid
+	seen := map[int]bool{}
+	pid := 0
+	for _, h := range r.recs {
+		if !h.err && !seen[h.pid] {
+			seen[h.pid] = true
+			pid = h.pid
 		}
 	}
-	return 0
+	return pid
 }
 
 // tlsClients runs n clients against addr until ctx ends. With tickets false they
@@ -545,7 +549,7 @@ func runTLSApproach(ctx context.Context, o options, a tlsApproach, bin, work, ce
 		return res
 	}
 	for i := 1; i <= o.tlsUpgrades; i++ {
-		cur := rec.lastPID()
+		cur := rec.newestPID()
 		signal := time.Now()
 		if err := syscall.Kill(cur, a.sig); err != nil {
 			res.Error = fmt.Sprintf("upgrade %d: kill -%d %d: %v", i, a.sig, cur, err)
@@ -554,7 +558,7 @@ func runTLSApproach(ctx context.Context, o options, a tlsApproach, bin, work, ce
 		if !window("upgrade", i, signal, o.tlsWindow, cur) {
 			return res
 		}
-		if got := rec.lastPID(); got == cur {
+		if got := rec.newestPID(); got == cur {
 			res.Error = fmt.Sprintf("upgrade %d: PID %d still answers %v later", i, cur, o.tlsWindow)
 			return res
 		}

@@ -8,6 +8,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 
 	"github.com/seed-a7250cfa/handover/graceful"
@@ -22,7 +23,8 @@ func main() {
 			listen = os.Args[i+1]
 		}
 	}
-	u, err := graceful.New(graceful.Config{})
+	// The demo's log format (slog text), so that the tests read its events by key.
+	u, err := graceful.New(graceful.Config{Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "brokendemo:", err)
 		os.Exit(1)

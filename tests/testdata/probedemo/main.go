@@ -92,5 +92,5 @@ func main() {
 		fmt.Fprintln(os.Stderr, "probedemo:", err)
 		os.Exit(1)
 	}
-	u.Logger().Info("exiting")
+	u.Logger().Info("exiting", "event", "exit")
 }

@@ -70,7 +70,9 @@ func TestOneWordChange(t *testing.T) {
 		}
 		pace(time.Second)
 	}
-	checkLoad(t, r.Stop())
+	res := r.Stop()
+	checkLoad(t, res)
+	checkAnswered(t, res, "generation", pids...)
 	last := pids[len(pids)-1]
 	if err := syscall.Kill(last, syscall.SIGTERM); err != nil {
 		t.Fatal(err)

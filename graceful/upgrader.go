@@ -887,13 +887,14 @@ func (u *Upgrader) failUpgrade(cause string, err error) {
 	if up.detail != "" {
 		err = fmt.Errorf("%w: %s", err, up.detail)
 	}
+	pid := up.child.Pid() // before Release, which forgets it
 	up.child.Release()
 	u.up = nil
 	if u.state == Upgrading {
 		u.state = Serving
 	}
 	u.lastErr = err.Error()
-	u.log.Error("upgrade failed; still serving", "event", "upgrade_failed", "cause", cause, "child", up.child.Pid(), "err", err)
+	u.log.Error("upgrade failed; still serving", "event", "upgrade_failed", "cause", cause, "child", pid, "err", err)
 	u.notify("READY=1\nSTATUS=" + u.statusLine())
 	for _, w := range up.waiters {
 		w(upgradeResult{err: err})

@@ -353,6 +353,11 @@ func TestPIDFileAtomic(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A few more reads of the last generation's PID file before the reader stops.
+	last := reads.Load()
+	if err := proc.WaitFor(func() bool { return reads.Load() >= last+minReads }, 10*time.Second, "the reader to read the last PID file"); err != nil {
+		t.Error(err)
+	}
 	close(stop)
 	wg.Wait()
 	t.Logf("%d reads of the PID file during 20 upgrades; reads while each was in progress: %v", reads.Load(), during)

@@ -371,11 +371,13 @@ func TestSystemdKillNewDuringDrain(t *testing.T) {
 		old := d.answer()
 		const nSlow = 4
 		slow := d.slowRequests(old, nSlow, 2000)
+		// The load runs from before the reload to after the next one: a drain that
+		// loses requests fails the test too.
+		r := startLoad(t, d.addr, 0.5)
 		if out, code := d.reload(); code != 0 {
 			t.Fatalf("reload: exit %d\n%s", code, out)
 		}
 		victim := d.mainPID()
-		r := startLoad(t, d.addr, 0.5)
 		w := openWindow(r, "the new main before the kill", victim)
 		w.close(t, r)
 		host := d.systemdChild(victim)
@@ -393,9 +395,6 @@ func TestSystemdKillNewDuringDrain(t *testing.T) {
 		d.waitReaped(host, 10*time.Second)
 		after := openWindow(r, "the restarted service", restarted)
 		after.close(t, r)
-		res := r.Stop()
-		checkLoadAfterKill(t, res, held, killed)
-		checkWindows(t, res, []*window{w, after})
 		for i := 0; i < nSlow; i++ {
 			if s := <-slow; s.kind != rawhttp.OK || s.pid != old {
 				t.Errorf("a request in flight in the draining old generation: %v, answered by %d (%v)", s.kind, s.pid, s.err)
@@ -417,6 +416,11 @@ func TestSystemdKillNewDuringDrain(t *testing.T) {
 		}
 		d.checkState(restarted)
 		d.checkNextReload()
+		next := openWindow(r, "the generation after the next reload", d.mainPID())
+		next.close(t, r)
+		res := r.Stop()
+		checkLoadAfterKill(t, res, held, killed)
+		checkWindows(t, res, []*window{w, after, next})
 		d.waitSingle(15 * time.Second)
 		d.checkConsole()
 		t.Logf("service restarted %s after the kill (the old generation's drain)", gap.Round(time.Millisecond))
@@ -767,12 +771,14 @@ func TestSystemdFDStoreKillMain(t *testing.T) {
 			t.Fatal(err)
 		}
 		d.answer()
+		// The load runs from before the reload to after the next one: a drain that
+		// loses requests fails the test too.
+		r := startLoad(t, d.addr, 0.5)
 		if out, code := d.reload(); code != 0 {
 			t.Fatalf("reload: exit %d\n%s", code, out)
 		}
 		victim := d.mainPID()
 		d.waitSingle(15 * time.Second)
-		r := startLoad(t, d.addr, 0.5)
 		w := openWindow(r, "the main process before the kill", victim)
 		w.close(t, r)
 		host := d.systemdChild(victim)
@@ -781,15 +787,17 @@ func TestSystemdFDStoreKillMain(t *testing.T) {
 		d.waitReaped(host, 10*time.Second)
 		after := openWindow(r, "the restarted service", restarted)
 		after.close(t, r)
-		res := r.Stop()
-		checkLoadAfterKill(t, res, held, at)
-		checkWindows(t, res, []*window{w, after})
 		// The restarted process got the socket back from systemd's fd store.
 		if st := d.checkListenerFrom("systemd"); st.PID != restarted {
 			t.Errorf("status from pid %d, want the restarted %d", st.PID, restarted)
 		}
 		d.checkState(restarted)
 		d.checkNextReload()
+		next := openWindow(r, "the generation after the next reload", d.mainPID())
+		next.close(t, r)
+		res := r.Stop()
+		checkLoadAfterKill(t, res, held, at)
+		checkWindows(t, res, []*window{w, after, next})
 		d.checkConsole()
 	})
 }

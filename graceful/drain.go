@@ -9,75 +9,85 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
-// DefaultKeepAliveGrace is how long a Drainer lets an idle keep-alive connection live
+// defaultKeepAliveGrace is how long a Drainer lets an idle keep-alive connection live
 // after draining starts (or after its last response) before closing it.
-const DefaultKeepAliveGrace = time.Second
+const defaultKeepAliveGrace = time.Second
 
-// ErrDrainDeadline is returned by Drain when connections were still open at the
-// deadline and were force-closed.
+// ErrDrainDeadline is returned by Drain and Shutdown when connections were still
+// open at the deadline and were force-closed.
 var ErrDrainDeadline = errors.New("graceful: drain deadline reached; remaining connections were force-closed")
 
+// errResumed ends a drain the Upgrader took back: the new generation died and this
+// process serves again.
+var errResumed = errors.New("graceful: drain abandoned: serving again")
+
 // A Drainer counts the connections accepted through its listeners and drains them:
-// it is the layer every restart path shares. It works under any protocol; attached to
-// an http.Server (Attach), it also knows which connections are idle, active or
-// hijacked and turns keep-alive off while draining.
+// it is the layer every restart path shares. It works under any protocol; a Server
+// uses one that also knows which HTTP connections are idle, active or hijacked.
 //
 // Drain proceeds in stages, so that no request that reached the process goes
 // unanswered:
 //
-//  1. Draining is signalled (the channel returned by Draining, and the context value
-//     read by the package-level Draining function, are closed) and every tracked
-//     listener is closed: the process stops accepting. Connections still in the
-//     kernel's accept queue stay there for whichever process shares the socket.
-//  2. Keep-alive stops: every HTTP/1 request whose handler starts from now on is
-//     answered with "Connection: close", and its connection is closed after the
-//     response. (A request already being handled keeps its connection, which goes
-//     idle after the response and is closed by stage 3.)
-//  3. A connection that is idle (between requests) or new (accepted, no byte of a
-//     request received yet) is closed once it has been so for KeepAliveGrace, counted
-//     from the start of the drain at the earliest. A client that sends its next
-//     request within the grace period gets a full answer.
-//  4. Active connections (a request being read or handled, any raw-protocol
-//     connection) and hijacked ones (websockets) run until they close by themselves.
-//  5. When ctx is done, every connection still open is force-closed and Drain
-//     returns ErrDrainDeadline.
+//  1. Draining is signalled (the channel returned by Draining, and the one the
+//     package-level Draining function returns for a request's context, are closed)
+//     and the Drainer's listeners stop accepting. Connections still in the kernel's
+//     accept queue stay there for whichever process shares the socket.
+//  2. HTTP keep-alive stops (Server): every HTTP/1 request whose handler starts from
+//     now on is answered with "Connection: close", and its connection is closed
+//     after the response; HTTP/2 connections are told to go away (GOAWAY) and finish
+//     the streams they have.
+//  3. A connection that is idle (between requests, as reported by ConnState) or new
+//     (accepted, no byte received yet; HTTP only, see ConnState) is closed once it has
+//     been so for the keep-alive grace period (one second), counted from the start of
+//     the drain at the earliest; one with bytes waiting in its receive queue is never
+//     taken for idle. A client that sends its next request within the grace period
+//     gets a full answer.
+//  4. Active connections (a request being read or handled; a raw-protocol connection
+//     not reported idle) and hijacked ones (websockets) run until they close by
+//     themselves; their handlers learn of the drain through Draining.
+//  5. When the deadline passes, every connection still open is force-closed.
 //
-// The zero Drainer is ready to use. A Drainer drains once.
+// A Drainer whose listener came from the process's Upgrader (Upgrader.Listen) belongs
+// to the Upgrader: it drains when a new generation has taken over or the process is
+// asked to stop, and if the new generation dies while this process is still
+// draining, its listeners accept again and Draining returns a new channel: the
+// process serves on. Upgrader.Wait waits for its drain. Any other Drainer is drained
+// by calling Drain.
+//
+// The zero Drainer is ready to use.
 type Drainer struct {
-	// KeepAliveGrace is the grace period of stage 3; zero means
-	// DefaultKeepAliveGrace.
+	// KeepAliveGrace is the grace period of stage 3; zero means one second.
 	KeepAliveGrace time.Duration
-	// Clock is the time source; nil means the system clock.
-	Clock Clock
 
+	clock     clock // nil means the system clock; tests inject a fake one
 	mu        sync.Mutex
-	conns     map[*Conn]struct{}
+	conns     map[*conn]struct{}
 	listeners []*listener
-	drainCh   chan struct{} // closed when draining starts
+	drainCh   chan struct{} // closed when draining starts; replaced when it is taken back
 	draining  atomic.Bool
+	final     bool // the listeners were closed for good
 	drainedAt time.Time
 	http      bool
 	changed   chan struct{} // closed and replaced on every change while draining
 	accepted  atomic.Uint64
 	// accepting counts the Accept calls between the start of the underlying Accept
-	// and the tracking of the connection it returned, so that Drain does not report
+	// and the tracking of the connection it returned, so that a drain does not report
 	// "all closed" while a connection the kernel handed over is not tracked yet.
 	// Incremented without mu, decremented with mu held.
 	accepting atomic.Int64
+	server    bool // a Server's own: the Server is the Upgrader's target
+	adopted   bool // a target of the Upgrader
 }
 
-// ConnCounts is a snapshot of a Drainer's connections by state.
+// ConnCounts is a snapshot of open connections by state.
 type ConnCounts struct {
 	// New connections have been accepted but have not sent a byte of a request.
 	New int `json:"new"`
 	// Active connections are reading or handling a request (raw-protocol
-	// connections are always active unless the server reports them idle).
+	// connections are active unless reported idle).
 	Active int `json:"active"`
 	// Idle connections are kept alive between requests.
 	Idle int `json:"idle"`
@@ -90,29 +100,38 @@ type ConnCounts struct {
 // Total returns the number of open connections.
 func (c ConnCounts) Total() int { return c.New + c.Active + c.Idle + c.Hijacked }
 
+func (c *ConnCounts) add(o ConnCounts) {
+	c.New += o.New
+	c.Active += o.Active
+	c.Idle += o.Idle
+	c.Hijacked += o.Hijacked
+	c.Accepted += o.Accepted
+}
+
 func (d *Drainer) init() {
 	if d.conns == nil {
-		d.conns = make(map[*Conn]struct{})
+		d.conns = make(map[*conn]struct{})
 		d.drainCh = make(chan struct{})
 		d.changed = make(chan struct{})
 	}
 }
 
-func (d *Drainer) clock() Clock {
-	if d.Clock == nil {
-		return systemClock{}
+func (d *Drainer) now() time.Time {
+	if d.clock == nil {
+		return time.Now()
 	}
-	return d.Clock
+	return d.clock.Now()
 }
 
 func (d *Drainer) grace() time.Duration {
 	if d.KeepAliveGrace <= 0 {
-		return DefaultKeepAliveGrace
+		return defaultKeepAliveGrace
 	}
 	return d.KeepAliveGrace
 }
 
-// Draining returns a channel that is closed when Drain starts.
+// Draining returns a channel that is closed when draining starts. If the drain is
+// taken back (see Drainer), later calls return a new channel.
 func (d *Drainer) Draining() <-chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -125,8 +144,8 @@ func (d *Drainer) Counts() ConnCounts {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c := ConnCounts{Accepted: d.accepted.Load()}
-	for conn := range d.conns {
-		switch conn.state {
+	for cn := range d.conns {
+		switch cn.state {
 		case http.StateNew:
 			c.New++
 		case http.StateIdle:
@@ -141,25 +160,43 @@ func (d *Drainer) Counts() ConnCounts {
 }
 
 // Listener returns l wrapped so that the connections it accepts are tracked. Closing
-// the returned listener closes l. Drain closes it too.
+// the returned listener closes l; so does the end of a drain. If l came from the
+// process's Upgrader, the Drainer is the Upgrader's (see Drainer). Wrap l before any
+// TLS: the Drainer tracks the connections underneath.
 func (d *Drainer) Listener(l net.Listener) net.Listener {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	d.init()
-	tl := &listener{Listener: l, d: d}
+	tl := &listener{Listener: l, d: d, wake: make(chan struct{})}
 	d.listeners = append(d.listeners, tl)
-	if d.draining.Load() {
-		l.Close()
+	switch {
+	case d.final:
+		defer tl.Close()
+	case d.draining.Load():
+		tl.paused = true
+		if !tl.stop() {
+			defer tl.Close()
+		}
+	}
+	adopt := !d.server && !d.adopted
+	d.mu.Unlock()
+	if adopt {
+		if u := processUpgrader(); u != nil && u.set.Holds(l) {
+			d.mu.Lock()
+			adopt, d.adopted = !d.adopted, true
+			d.mu.Unlock()
+			if adopt {
+				u.adopt(&target{d: d})
+			}
+		}
 	}
 	return tl
 }
 
-// Attach makes the Drainer follow srv's connections: it chains srv.ConnState (to know
+// attach makes the Drainer follow srv's connections: it chains srv.ConnState (to know
 // which connections are idle, active or hijacked), wraps srv.Handler (to send
 // "Connection: close" while draining) and srv.BaseContext (so that handlers can wait
-// on Draining(r.Context())). Call it before srv starts serving, and serve srv on
-// listeners wrapped by d.Listener.
-func (d *Drainer) Attach(srv *http.Server) {
+// on Draining(r.Context())).
+func (d *Drainer) attach(srv *http.Server) {
 	d.mu.Lock()
 	d.init()
 	d.http = true
@@ -175,7 +212,12 @@ func (d *Drainer) Attach(srv *http.Server) {
 	if h == nil {
 		h = http.DefaultServeMux
 	}
-	srv.Handler = d.Handler(h)
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d.draining.Load() && r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
 	prevBase := srv.BaseContext
 	srv.BaseContext = func(l net.Listener) context.Context {
 		ctx := context.Background()
@@ -186,24 +228,13 @@ func (d *Drainer) Attach(srv *http.Server) {
 	}
 }
 
-// Handler returns h wrapped so that every HTTP/1 response started while draining
-// carries "Connection: close". Attach installs it.
-func (d *Drainer) Handler(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if d.draining.Load() && r.ProtoMajor == 1 {
-			w.Header().Set("Connection", "close")
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
 type drainerKey struct{}
 
-// Draining returns a channel that is closed when the server that received the request
+// Draining returns a channel that is closed when the Server that received the request
 // whose context is ctx starts draining, or nil (a channel that never closes) when ctx
-// does not come from a Drainer-attached server. Handlers of long-lived or hijacked
-// connections (websockets, streams) select on it to end politely before the drain
-// deadline force-closes them.
+// does not come from a Server. Handlers of long-lived or hijacked connections
+// (websockets, streams, server-sent events) select on it to end politely before the
+// drain deadline force-closes them.
 func Draining(ctx context.Context) <-chan struct{} {
 	if d, ok := ctx.Value(drainerKey{}).(*Drainer); ok {
 		return d.Draining()
@@ -211,15 +242,17 @@ func Draining(ctx context.Context) <-chan struct{} {
 	return nil
 }
 
-// ConnState records that c is now in state st. Attach installs it as srv.ConnState;
-// a raw-protocol server may call it itself (StateIdle between requests, StateActive
-// during one) so that Drain closes its idle connections after the grace period.
-// Connections not accepted through d's listeners are ignored.
+// ConnState records that c, a connection accepted through one of d's listeners, is
+// now in state st. A Server reports every state change itself. A raw-protocol server
+// may call it (http.StateIdle between requests, http.StateActive during one) so that
+// a drain closes its idle connections after the grace period; a raw connection it
+// never reports stays active until it closes or the deadline. Other connections are
+// ignored.
 func (d *Drainer) ConnState(c net.Conn, st http.ConnState) {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
-	tc, ok := c.(*Conn)
+	tc, ok := c.(*conn)
 	if !ok || tc.d != d || st == http.StateClosed {
 		return
 	}
@@ -227,7 +260,7 @@ func (d *Drainer) ConnState(c net.Conn, st http.ConnState) {
 	if _, open := d.conns[tc]; open {
 		tc.state = st
 		if st == http.StateIdle {
-			tc.idleSince = d.clock().Now()
+			tc.idleSince = d.now()
 			tc.reading.Store(false)
 		}
 		d.changedLocked()
@@ -235,7 +268,7 @@ func (d *Drainer) ConnState(c net.Conn, st http.ConnState) {
 	d.mu.Unlock()
 }
 
-// changedLocked wakes every Drain waiting for a change. d.mu is held.
+// changedLocked wakes every drain waiting for a change. d.mu is held.
 func (d *Drainer) changedLocked() {
 	if d.draining.Load() {
 		close(d.changed)
@@ -244,12 +277,12 @@ func (d *Drainer) changedLocked() {
 }
 
 // add tracks c, which an Accept counted in d.accepting returned.
-func (d *Drainer) add(c *Conn) {
+func (d *Drainer) add(c *conn) {
 	d.accepted.Add(1)
 	d.mu.Lock()
 	if d.http {
 		c.state = http.StateNew
-		c.idleSince = d.clock().Now()
+		c.idleSince = d.now()
 	} else {
 		c.state = http.StateActive
 	}
@@ -259,47 +292,108 @@ func (d *Drainer) add(c *Conn) {
 	d.mu.Unlock()
 }
 
-// acceptFailed ends an Accept counted in d.accepting that returned no connection.
-func (d *Drainer) acceptFailed() {
+// acceptEnded ends an Accept counted in d.accepting that returned no connection.
+func (d *Drainer) acceptEnded() {
 	d.mu.Lock()
 	d.accepting.Add(-1)
 	d.changedLocked()
 	d.mu.Unlock()
 }
 
-func (d *Drainer) remove(c *Conn) {
+func (d *Drainer) remove(c *conn) {
 	d.mu.Lock()
 	delete(d.conns, c)
 	d.changedLocked()
 	d.mu.Unlock()
 }
 
-// Drain stops accepting and waits for the tracked connections to finish, in the stages
-// described on Drainer, until ctx is done; then it force-closes what is left and
-// returns ErrDrainDeadline. It returns nil once every connection has closed. Calling
-// Drain again waits again, with the new ctx.
+// Drain drains the connections in the stages described on Drainer: its listeners are
+// closed at once, then it waits until every connection has closed (nil) or until ctx
+// is done, when it force-closes the rest and returns ErrDrainDeadline. Calling Drain
+// again, or from several goroutines, waits again, each with its own ctx.
 func (d *Drainer) Drain(ctx context.Context) error {
+	d.stopAccepting(true)
+	return d.wait(ctx)
+}
+
+// stopAccepting starts draining. With hard, the listeners are closed; without,
+// they only stop accepting (resume can take it back).
+func (d *Drainer) stopAccepting(hard bool) {
 	d.mu.Lock()
 	d.init()
 	if !d.draining.Load() {
-		d.drainedAt = d.clock().Now()
+		d.drainedAt = d.now()
 		d.draining.Store(true)
 		close(d.drainCh)
 	}
-	listeners := append([]*listener(nil), d.listeners...)
-	d.mu.Unlock()
-	for _, l := range listeners {
-		l.Listener.Close()
+	d.final = d.final || hard
+	lns := append([]*listener(nil), d.listeners...)
+	for _, l := range lns {
+		l.paused = true
 	}
+	d.mu.Unlock()
+	for _, l := range lns {
+		if hard || !l.stop() {
+			l.Close()
+		}
+	}
+}
 
-	clock := d.clock()
+// resumable reports whether every listener can stop accepting without closing
+// its socket, and none has been closed by the application.
+func (d *Drainer) resumable() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range d.listeners {
+		if l.closed.Load() {
+			return false
+		}
+		if _, ok := l.Listener.(deadliner); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// resume takes a drain back: the listeners accept again, keep-alive is on again,
+// and Draining returns a new channel.
+func (d *Drainer) resume() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.draining.Load() {
+		return
+	}
+	d.draining.Store(false)
+	d.drainCh = make(chan struct{})
+	close(d.changed) // wakes wait, which sees ctx canceled
+	d.changed = make(chan struct{})
+	for _, l := range d.listeners {
+		l.restart()
+	}
+}
+
+// closeListeners closes every listener for good: the end of a drain.
+func (d *Drainer) closeListeners() {
+	d.mu.Lock()
+	d.final = true
+	lns := append([]*listener(nil), d.listeners...)
+	d.mu.Unlock()
+	for _, l := range lns {
+		l.Close()
+	}
+}
+
+// wait waits for every connection to close, in the stages described on Drainer. When
+// ctx is done it force-closes what is left and returns ErrDrainDeadline, unless its
+// cause is errResumed: then it returns that and closes nothing.
+func (d *Drainer) wait(ctx context.Context) error {
 	grace := d.grace()
 	for {
-		now := clock.Now()
-		var closeNow []*Conn
+		now := d.now()
+		var closeNow []*conn
 		var next time.Time
 		d.mu.Lock()
-		// Closed when anything changes after this pass; every concurrent Drain
+		// Closed when anything changes after this pass; every concurrent wait
 		// waits on it.
 		wake := d.changed
 		open := len(d.conns) + int(d.accepting.Load())
@@ -322,6 +416,9 @@ func (d *Drainer) Drain(ctx context.Context) error {
 		if open == 0 {
 			return nil
 		}
+		if context.Cause(ctx) == errResumed {
+			return errResumed
+		}
 		for _, c := range closeNow {
 			c.Close()
 		}
@@ -329,23 +426,26 @@ func (d *Drainer) Drain(ctx context.Context) error {
 			continue
 		}
 		var timerC <-chan time.Time
-		var timer Timer
+		var t timer
 		if !next.IsZero() {
-			timer = timerAt(clock, next, now)
-			timerC = timer.C()
+			t = timerAt(d.clock, next, now)
+			timerC = t.C()
 		}
 		select {
 		case <-wake:
 		case <-timerC:
 		case <-ctx.Done():
-			if timer != nil {
-				timer.Stop()
+			if t != nil {
+				t.Stop()
+			}
+			if context.Cause(ctx) == errResumed {
+				return errResumed
 			}
 			d.closeAll()
 			return ErrDrainDeadline
 		}
-		if timer != nil {
-			timer.Stop()
+		if t != nil {
+			t.Stop()
 		}
 	}
 }
@@ -353,7 +453,7 @@ func (d *Drainer) Drain(ctx context.Context) error {
 // closeAll force-closes every tracked connection.
 func (d *Drainer) closeAll() {
 	d.mu.Lock()
-	all := make([]*Conn, 0, len(d.conns))
+	all := make([]*conn, 0, len(d.conns))
 	for c := range d.conns {
 		all = append(all, c)
 	}
@@ -363,29 +463,92 @@ func (d *Drainer) closeAll() {
 	}
 }
 
-// listener tracks the connections it accepts.
+// deadliner is a listener whose Accept can be interrupted without closing it.
+type deadliner interface{ SetDeadline(time.Time) error }
+
+// listener tracks the connections it accepts. While the Drainer drains it does not
+// accept: Accept waits until the drain is taken back or the listener is closed.
 type listener struct {
 	net.Listener
-	d *Drainer
+	d      *Drainer
+	paused bool          // guarded by d.mu
+	wake   chan struct{} // closed and replaced by restart; guarded by d.mu
+	closed atomic.Bool   // closed for good (by the application or a drain)
 }
 
-// Accept accepts a connection and tracks it. A connection accepted while draining is
-// still tracked and served: it reached this process, so it gets an answer.
-func (l *listener) Accept() (net.Conn, error) {
-	l.d.accepting.Add(1)
-	c, err := l.Listener.Accept()
-	if err != nil {
-		l.d.acceptFailed()
-		return nil, err
+// stop interrupts an Accept in progress without closing the socket; false if the
+// listener cannot do that (the caller closes it instead).
+func (l *listener) stop() bool {
+	dl, ok := l.Listener.(deadliner)
+	if !ok {
+		return false
 	}
-	tc := &Conn{Conn: c, d: l.d}
-	l.d.add(tc)
-	return tc, nil
+	return dl.SetDeadline(aLongTimeAgo) == nil
 }
 
-// Conn is a connection tracked by a Drainer: the one record the drain layer keeps per
+// restart lets Accept accept again. d.mu is held.
+func (l *listener) restart() {
+	if l.closed.Load() {
+		return
+	}
+	if dl, ok := l.Listener.(deadliner); ok {
+		dl.SetDeadline(time.Time{})
+	}
+	l.paused = false
+	close(l.wake)
+	l.wake = make(chan struct{})
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// Accept accepts a connection and tracks it. A connection accepted just as a drain
+// starts is still tracked and served: it reached this process, so it gets an answer.
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		l.d.mu.Lock()
+		paused, wake := l.paused, l.wake
+		l.d.mu.Unlock()
+		if l.closed.Load() {
+			return nil, net.ErrClosed
+		}
+		if paused {
+			<-wake // until the drain is taken back; Close wakes it too
+			if l.closed.Load() {
+				return nil, net.ErrClosed
+			}
+			continue
+		}
+		l.d.accepting.Add(1)
+		c, err := l.Listener.Accept()
+		if err != nil {
+			l.d.acceptEnded()
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && !l.closed.Load() {
+				continue // a drain interrupted it; the listener is open
+			}
+			return nil, err
+		}
+		tc := &conn{Conn: c, d: l.d}
+		l.d.add(tc)
+		return tc, nil
+	}
+}
+
+// Close closes the listener for good; an Accept waiting out a drain returns
+// net.ErrClosed.
+func (l *listener) Close() error {
+	err := l.Listener.Close()
+	l.d.mu.Lock()
+	if l.closed.CompareAndSwap(false, true) {
+		close(l.wake) // for good: restart never runs on a closed listener
+	}
+	l.d.mu.Unlock()
+	return err
+}
+
+// conn is a connection tracked by a Drainer: the one record the drain layer keeps per
 // accepted connection. It forwards everything to the connection it wraps.
-type Conn struct {
+type conn struct {
 	net.Conn
 	d *Drainer
 	// guarded by d.mu
@@ -402,32 +565,15 @@ type Conn struct {
 // unused reports whether c carries no request: it is new or idle, no byte of a
 // request has been read since, and none is waiting in the socket's receive queue.
 // Called with d.mu held.
-func (c *Conn) unused() bool {
+func (c *conn) unused() bool {
 	if c.state != http.StateIdle && c.state != http.StateNew {
 		return false
 	}
 	return !c.reading.Load() && pending(c.Conn) == 0
 }
 
-// pending returns the number of bytes waiting in c's receive queue (0 if unknown).
-func pending(c net.Conn) int {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return 0
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	n := 0
-	rc.Control(func(fd uintptr) {
-		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-	})
-	return n
-}
-
 // Read reads from the connection and notes that the client has started a request.
-func (c *Conn) Read(b []byte) (int, error) {
+func (c *conn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 && !c.reading.Load() {
 		c.reading.Store(true)
@@ -436,7 +582,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 }
 
 // Close closes the connection and stops tracking it.
-func (c *Conn) Close() error {
+func (c *conn) Close() error {
 	err := c.Conn.Close()
 	if c.closed.CompareAndSwap(false, true) {
 		c.d.remove(c)
@@ -446,7 +592,7 @@ func (c *Conn) Close() error {
 
 // ReadFrom lets io.Copy into the connection use the wrapped connection's fast path
 // (sendfile, splice).
-func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
+func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 	if rf, ok := c.Conn.(io.ReaderFrom); ok {
 		return rf.ReadFrom(r)
 	}
@@ -454,7 +600,7 @@ func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
 }
 
 // CloseWrite shuts down the writing side, when the wrapped connection can.
-func (c *Conn) CloseWrite() error {
+func (c *conn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
@@ -462,4 +608,4 @@ func (c *Conn) CloseWrite() error {
 }
 
 // NetConn returns the wrapped connection.
-func (c *Conn) NetConn() net.Conn { return c.Conn }
+func (c *conn) NetConn() net.Conn { return c.Conn }

@@ -71,7 +71,7 @@ func TestTrackingAllocs(t *testing.T) {
 	for _, mode := range []string{"raw", "http"} {
 		d := &Drainer{}
 		if mode == "http" {
-			d.Attach(&http.Server{})
+			d.attach(&http.Server{})
 		}
 		l := d.Listener(inner)
 		allocs := testing.AllocsPerRun(1000, func() {
@@ -122,7 +122,7 @@ func benchHTTP(b *testing.B, d *Drainer) {
 	}
 	var l net.Listener = ln
 	if d != nil {
-		d.Attach(srv)
+		d.attach(srv)
 		l = d.Listener(ln)
 	}
 	served := make(chan struct{})

@@ -28,7 +28,7 @@ const (
 
 var epoch = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// fakeClock is a manual Clock: time moves only in Advance, and a timer fires when
+// fakeClock is a manual clock: time moves only in Advance, and a timer fires when
 // Advance reaches it. Tests observe the Drainer's pending timers (waitTimer) to know
 // what deadline it is waiting for.
 type fakeClock struct {
@@ -54,13 +54,13 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
-func (c *fakeClock) NewTimer(d time.Duration) Timer {
+func (c *fakeClock) NewTimer(d time.Duration) timer {
 	return c.NewTimerAt(c.Now().Add(d))
 }
 
 // NewTimerAt is what the Drainer uses: the deadline it computed stands even if the
 // test advanced the clock while the Drainer was computing it.
-func (c *fakeClock) NewTimerAt(when time.Time) Timer {
+func (c *fakeClock) NewTimerAt(when time.Time) timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &fakeTimer{c: c, when: when, ch: make(chan time.Time, 1)}
@@ -217,7 +217,7 @@ func (l *stateLog) find(client net.Conn, st http.ConnState, n int) net.Conn {
 
 // wait waits until the server side of client has reached state st (for the nth
 // time) and returns it.
-func (l *stateLog) wait(t testing.TB, client net.Conn, st http.ConnState, n int) *Conn {
+func (l *stateLog) wait(t testing.TB, client net.Conn, st http.ConnState, n int) *conn {
 	t.Helper()
 	bound := time.NewTimer(waitBound)
 	defer bound.Stop()
@@ -227,7 +227,7 @@ func (l *stateLog) wait(t testing.TB, client net.Conn, st http.ConnState, n int)
 		ch := l.changed
 		l.mu.Unlock()
 		if c != nil {
-			return c.(*Conn)
+			return c.(*conn)
 		}
 		select {
 		case <-ch:
@@ -345,12 +345,12 @@ func newHarness(t *testing.T, h http.Handler) *harness {
 	hs := &harness{
 		t:      t,
 		clock:  clock,
-		d:      &Drainer{KeepAliveGrace: testGrace, Clock: clock},
+		d:      &Drainer{KeepAliveGrace: testGrace, clock: clock},
 		log:    newStateLog(),
 		served: make(chan struct{}),
 	}
 	hs.srv = &http.Server{Handler: h, ConnState: hs.log.hook}
-	hs.d.Attach(hs.srv)
+	hs.d.attach(hs.srv)
 	ln := listenLoopback(t)
 	hs.addr = ln.Addr().String()
 	tl := hs.d.Listener(ln)
@@ -372,7 +372,7 @@ func newHarness(t *testing.T, h http.Handler) *harness {
 // sentinel returns a tracked connection, accepted on another listener of d, that
 // nothing serves: the test drives its state. Made idle after the drain has started,
 // it gives the Drainer a deadline later than the grace of the other connections.
-func sentinel(t *testing.T, d *Drainer) (srv *Conn, cli net.Conn) {
+func sentinel(t *testing.T, d *Drainer) (srv *conn, cli net.Conn) {
 	t.Helper()
 	ln := listenLoopback(t)
 	tl := d.Listener(ln)
@@ -386,7 +386,7 @@ func sentinel(t *testing.T, d *Drainer) (srv *Conn, cli net.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return c.(*Conn), cli
+	return c.(*conn), cli
 }
 
 // drainRun is a Drain running in the background.
@@ -442,7 +442,7 @@ func (r *drainRun) returned() bool {
 // the drain's start, with z made idle half-way so that the Drainer still has a later
 // deadline to wait for, and returns once the Drainer has acted on the grace deadline
 // (it is waiting for z's).
-func passGrace(t *testing.T, d *Drainer, clock *fakeClock, r *drainRun, z *Conn) {
+func passGrace(t *testing.T, d *Drainer, clock *fakeClock, r *drainRun, z *conn) {
 	t.Helper()
 	clock.Advance(testGrace / 2)
 	d.ConnState(z, http.StateIdle)
@@ -476,10 +476,10 @@ func TestDrainClosesListeners(t *testing.T) {
 		// The socket stays open in another "process" (a dup of it): a new
 		// connection queues there and this server does not take it.
 		clock := newFakeClock()
-		d := &Drainer{KeepAliveGrace: testGrace, Clock: clock}
+		d := &Drainer{KeepAliveGrace: testGrace, clock: clock}
 		log := newStateLog()
 		srv := &http.Server{Handler: http.HandlerFunc(okHandler), ConnState: log.hook}
-		d.Attach(srv)
+		d.attach(srv)
 		ln := listenLoopback(t)
 		f, err := ln.(*net.TCPListener).File()
 		if err != nil {
@@ -529,7 +529,7 @@ func TestDrainClosesListeners(t *testing.T) {
 	})
 	t.Run("listener added while draining", func(t *testing.T) {
 		clock := newFakeClock()
-		d := &Drainer{Clock: clock}
+		d := &Drainer{clock: clock}
 		r := startDrain(t, d, clock)
 		if err := r.wait(t); err != nil {
 			t.Fatal(err)
@@ -679,10 +679,10 @@ func TestDrainPartialRequestIsNotIdle(t *testing.T) {
 // connection open.
 func TestDrainPendingBytesAreNotIdle(t *testing.T) {
 	clock := newFakeClock()
-	d := &Drainer{KeepAliveGrace: testGrace, Clock: clock}
+	d := &Drainer{KeepAliveGrace: testGrace, clock: clock}
 	ln := listenLoopback(t)
 	tl := d.Listener(ln)
-	accept := func() (*Conn, net.Conn) {
+	accept := func() (*conn, net.Conn) {
 		cli, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
@@ -694,7 +694,7 @@ func TestDrainPendingBytesAreNotIdle(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
-		return c.(*Conn), cli
+		return c.(*conn), cli
 	}
 	sp, cp := accept()
 	sy, cy := accept()
@@ -805,11 +805,11 @@ func TestDrainHijackedUntilDeadline(t *testing.T) {
 // Without an http.Server, connections start active; the protocol marks them idle.
 func TestDrainRawMode(t *testing.T) {
 	clock := newFakeClock()
-	d := &Drainer{KeepAliveGrace: testGrace, Clock: clock}
+	d := &Drainer{KeepAliveGrace: testGrace, clock: clock}
 	ln := listenLoopback(t)
 	tl := d.Listener(ln)
 	type pair struct {
-		srv *Conn
+		srv *conn
 		cli *client
 	}
 	accept := func() pair {
@@ -819,7 +819,7 @@ func TestDrainRawMode(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
-		return pair{c.(*Conn), cli}
+		return pair{c.(*conn), cli}
 	}
 	r1, r2, zz := accept(), accept(), accept()
 	if got := d.Counts(); got.Active != 3 || got.Total() != 3 || got.Accepted != 3 {
@@ -943,7 +943,7 @@ func TestConnStateIgnoresForeignConnsAndUnwrapsTLS(t *testing.T) {
 	defer p2.Close()
 	d.ConnState(p1, http.StateIdle)
 	other := &Drainer{}
-	d.ConnState(&Conn{Conn: p1, d: other}, http.StateIdle)
+	d.ConnState(&conn{Conn: p1, d: other}, http.StateIdle)
 	if got := d.Counts(); got.Active != 1 || got.Total() != 1 {
 		t.Fatalf("Counts = %+v after foreign ConnState calls", got)
 	}
@@ -967,7 +967,7 @@ func TestConnStateIgnoresForeignConnsAndUnwrapsTLS(t *testing.T) {
 // as soon as the last connection is gone.
 func TestDrainConcurrent(t *testing.T) {
 	clock := newFakeClock()
-	d := &Drainer{KeepAliveGrace: testGrace, Clock: clock}
+	d := &Drainer{KeepAliveGrace: testGrace, clock: clock}
 	ln := listenLoopback(t)
 	tl := d.Listener(ln)
 	dialClient(t, ln.Addr().String())
@@ -993,7 +993,7 @@ func TestDrainConcurrent(t *testing.T) {
 // A Drain called again after one finished waits again, with its own ctx.
 func TestDrainAgain(t *testing.T) {
 	clock := newFakeClock()
-	d := &Drainer{KeepAliveGrace: testGrace, Clock: clock}
+	d := &Drainer{KeepAliveGrace: testGrace, clock: clock}
 	ln := listenLoopback(t)
 	tl := d.Listener(ln)
 	cli := dialClient(t, ln.Addr().String())
@@ -1018,7 +1018,7 @@ func TestDrainAgain(t *testing.T) {
 // tracked and waited for, not dropped.
 func TestDrainWaitsForAcceptInFlight(t *testing.T) {
 	clock := newFakeClock()
-	d := &Drainer{KeepAliveGrace: testGrace, Clock: clock}
+	d := &Drainer{KeepAliveGrace: testGrace, clock: clock}
 	fl := &slowListener{entered: make(chan struct{}), conn: make(chan net.Conn), closed: make(chan struct{})}
 	tl := d.Listener(fl)
 	accepted := make(chan net.Conn, 1)

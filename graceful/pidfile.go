@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-
-	"golang.org/x/sys/unix"
 )
 
 // checkPIDFile checks, at start-up, that path can be written: its directory exists
@@ -23,9 +21,13 @@ func checkPIDFile(path string) error {
 	if !st.IsDir() {
 		return fmt.Errorf("PID file %s: %s is not a directory", path, dir)
 	}
-	if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
-		return fmt.Errorf("PID file %s: directory %s is not writable: %w", path, dir, err)
+	// Try it: the PID file is written the same way (a file beside it, renamed).
+	probe, err := os.CreateTemp(dir, "."+filepath.Base(path)+".check*")
+	if err != nil {
+		return fmt.Errorf("PID file %s: directory %s is not writable: %w", path, dir, errors.Unwrap(err))
 	}
+	probe.Close()
+	os.Remove(probe.Name())
 	return checkTarget(path)
 }
 

@@ -6,80 +6,109 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 )
 
-// Server is an http.Server that survives upgrades: it takes its listener from the
-// process's Upgrader (inherited from systemd or the previous generation, or bound),
-// and when the Upgrader's Exit closes (a new generation took over, or SIGTERM) it
-// drains through a Drainer instead of calling http.Server.Shutdown, which drops a
-// request read just as it starts (golang/go#75591).
+// Server is an http.Server that survives upgrades. It serves on a listener of the
+// process's Upgrader (inherited from systemd, a `handover run` master or the previous
+// generation, or bound), calls the Upgrader's Ready once it serves, and drains when
+// a new generation has taken over or the process is asked to stop:
 //
-// Configure the embedded http.Server as usual. Do not call its Shutdown,
-// SetKeepAlivesEnabled or RegisterOnShutdown: Server's own Shutdown replaces them.
+//   - it stops accepting; connections still in the socket's queue are the new
+//     generation's;
+//   - an HTTP/1 request that starts from then on is answered with
+//     "Connection: close"; a request already read is always answered (unlike
+//     http.Server.Shutdown, which may drop one read just as it starts:
+//     golang/go#75591);
+//   - an idle keep-alive connection may send one more request for KeepAliveGrace,
+//     then it is closed;
+//   - every HTTP/2 connection, over TLS or unencrypted (h2c), is sent GOAWAY: the
+//     streams in flight finish, new ones go to a new connection (the new generation);
+//   - hijacked connections (websockets) and long responses run on; their handlers
+//     learn of the drain through Draining(r.Context()) and should end politely;
+//   - at the drain deadline (DrainTimeout) every connection still open is
+//     force-closed.
+//
+// If the new generation dies while this one drains (without a service manager), the
+// drain is taken back: the Server accepts again and keep-alive is on again.
+//
+// Configure the embedded http.Server as usual, but do not call its Shutdown: the
+// Server's own Shutdown replaces it. Its Close closes at once, as net/http's does.
 type Server struct {
 	http.Server
 
 	// Name is the listener's name: the systemd FileDescriptorName= of the socket to
-	// serve on, and the name under which it is passed to the next generation.
+	// serve on, and the name under which it is passed to the next generation. Used by
+	// ListenAndServe.
 	Name string
 	// DrainTimeout is the drain deadline after which remaining connections are
-	// force-closed; zero means the Upgrader's.
+	// force-closed; zero means the Upgrader's (Config.DrainTimeout).
 	DrainTimeout time.Duration
 	// KeepAliveGrace is how long an idle keep-alive connection may live once draining
-	// has started; zero means DefaultKeepAliveGrace.
+	// has started; zero means one second.
 	KeepAliveGrace time.Duration
-	// Upgrader is the process's Upgrader. nil means Default(), and then Serve also
-	// calls Ready once it is serving; with an Upgrader of its own, the application
-	// calls Ready itself once all its servers are serving.
-	Upgrader *Upgrader
 
 	once    sync.Once
 	drainer Drainer
-	h2      *http.Server  // owns net/http's HTTP/2 connections, so that they get GOAWAY
-	done    chan struct{} // closed when a drain has finished
-	drainMu sync.Mutex
-	drainEr error
+	h2      *http.Server // owns net/http's HTTP/2 connections, so that they get GOAWAY
+	mu      sync.Mutex
+	hooks   []func()
 }
 
 func (s *Server) init() {
 	s.once.Do(func() {
 		s.drainer.KeepAliveGrace = s.KeepAliveGrace
-		s.drainer.Attach(&s.Server)
-		s.done = make(chan struct{})
+		s.drainer.server = true
+		s.drainer.attach(&s.Server)
 		s.setupHTTP2()
 	})
 }
 
-// setupHTTP2 serves HTTP/2 (over TLS, and h2c with prior knowledge when
-// s.Protocols enables unencrypted HTTP/2) through net/http's own implementation, but
-// configured on a second, listener-less http.Server. net/http tells HTTP/2
-// connections to go away (GOAWAY) only from Shutdown, and Shutdown on s itself would
-// drop HTTP/1 requests it has just read (golang/go#75591); on the second server it
-// touches nothing but the HTTP/2 connections. Requests still go to s's handler with
-// s's settings. A TLSNextProto the application set itself is left alone.
+// setupHTTP2 serves HTTP/2 (over TLS, and unencrypted when s.Protocols asks for it)
+// through net/http's own implementation, configured on a second, listener-less
+// http.Server. net/http tells HTTP/2 connections to go away (GOAWAY) only from
+// Shutdown, and Shutdown on s itself would drop HTTP/1 requests it has just read
+// (golang/go#75591); on the second server it touches nothing but the HTTP/2
+// connections. Requests still go to s's handler with s's settings.
+//
+// The "h2" entry is always installed, also when only unencrypted HTTP/2 is on:
+// without it net/http configures HTTP/2 on s itself when s starts serving,
+// replacing the unencrypted one, and those connections could not be told to go away.
+// TLS then offers "h2" only if s.Protocols has HTTP/2 (see ServeTLS). A
+// TLSNextProto the application set itself is left alone.
 func (s *Server) setupHTTP2() {
 	if s.TLSNextProto != nil {
 		return
 	}
-	if p := s.Protocols; p != nil && !p.HTTP2() && !p.UnencryptedHTTP2() {
+	p := s.protocols()
+	if !p.HTTP2() && !p.UnencryptedHTTP2() {
 		return
 	}
-	h2 := &http.Server{}
+	h2 := &http.Server{IdleTimeout: s.IdleTimeout, ReadTimeout: s.ReadTimeout, HTTP2: s.HTTP2}
 	h2.Serve(failListener{}) // configures HTTP/2 on h2, then returns at once
-	h2proto, h2c := h2.TLSNextProto["h2"], h2.TLSNextProto["unencrypted_http2"]
-	if h2proto == nil {
+	proto, unencrypted := h2.TLSNextProto["h2"], h2.TLSNextProto["unencrypted_http2"]
+	if proto == nil {
 		return // HTTP/2 disabled (GODEBUG=http2server=0)
 	}
-	s.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": h2proto}
-	if s.Protocols != nil && s.Protocols.UnencryptedHTTP2() && h2c != nil {
-		s.TLSNextProto["unencrypted_http2"] = h2c
-	}
-	if s.Protocols != nil && !s.Protocols.HTTP2() {
-		delete(s.TLSNextProto, "h2")
+	s.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": proto}
+	if p.UnencryptedHTTP2() && unencrypted != nil {
+		s.TLSNextProto["unencrypted_http2"] = unencrypted
 	}
 	s.h2 = h2
+}
+
+// protocols returns the protocols s serves: s.Protocols, or HTTP/1 and HTTP/2 over
+// TLS (net/http's default).
+func (s *Server) protocols() http.Protocols {
+	if s.Protocols != nil {
+		return *s.Protocols
+	}
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetHTTP2(true)
+	return p
 }
 
 // failListener is a listener whose Accept fails at once.
@@ -89,63 +118,61 @@ func (failListener) Accept() (net.Conn, error) { return nil, net.ErrClosed }
 func (failListener) Close() error              { return nil }
 func (failListener) Addr() net.Addr            { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
 
-func (s *Server) upgrader() (u *Upgrader, auto bool, err error) {
-	if s.Upgrader != nil {
-		return s.Upgrader, false, nil
-	}
-	u, err = Default()
-	return u, true, err
-}
-
-// ListenAndServe gets its listener for s.Addr (":http" if empty) from the Upgrader
-// and serves on it, as Serve does.
+// ListenAndServe takes the listener named s.Name for s.Addr (":http" if empty)
+// from the Upgrader (see Upgrader.Listen) and serves on it, as Serve does.
 func (s *Server) ListenAndServe() error {
-	u, _, err := s.upgrader()
-	if err != nil {
-		return err
-	}
 	addr := s.Addr
 	if addr == "" {
 		addr = ":http"
 	}
-	ln, err := u.Listen(s.Name, "tcp", addr)
+	ln, err := s.listen(addr)
 	if err != nil {
 		return err
 	}
 	return s.Serve(ln)
 }
 
-// ListenAndServeTLS is ListenAndServe with TLS, as in http.Server.ListenAndServeTLS.
+// ListenAndServeTLS is ListenAndServe with TLS (":https" if s.Addr is empty), as in
+// http.Server.ListenAndServeTLS.
 func (s *Server) ListenAndServeTLS(certFile, keyFile string) error {
-	u, _, err := s.upgrader()
-	if err != nil {
-		return err
-	}
 	addr := s.Addr
 	if addr == "" {
 		addr = ":https"
 	}
-	ln, err := u.Listen(s.Name, "tcp", addr)
+	ln, err := s.listen(addr)
 	if err != nil {
 		return err
 	}
 	return s.ServeTLS(ln, certFile, keyFile)
 }
 
+func (s *Server) listen(addr string) (net.Listener, error) {
+	u, err := defaultUpgrader()
+	if err != nil {
+		return nil, err
+	}
+	return u.Listen(s.Name, "tcp", addr)
+}
+
 // ServeTLS is Serve with TLS: l is tracked, then wrapped in TLS with s.TLSConfig and
 // the given certificate (either may be empty when TLSConfig has certificates).
+// "h2" is offered when s.Protocols has HTTP/2 (the default).
 func (s *Server) ServeTLS(l net.Listener, certFile, keyFile string) error {
+	s.init()
 	cfg := &tls.Config{}
 	if s.TLSConfig != nil {
 		cfg = s.TLSConfig.Clone()
 	}
+	_, h2 := s.TLSNextProto["h2"]
+	h2 = h2 && s.protocols().HTTP2()
 	if len(cfg.NextProtos) == 0 {
-		s.init()
-		if _, ok := s.TLSNextProto["h2"]; ok {
+		if h2 {
 			cfg.NextProtos = []string{"h2", "http/1.1"}
 		} else {
 			cfg.NextProtos = []string{"http/1.1"}
 		}
+	} else if !h2 {
+		cfg.NextProtos = slices.DeleteFunc(cfg.NextProtos, func(p string) bool { return p == "h2" })
 	}
 	if certFile != "" || keyFile != "" {
 		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
@@ -158,123 +185,119 @@ func (s *Server) ServeTLS(l net.Listener, certFile, keyFile string) error {
 	return s.serve(l, func(tl net.Listener) net.Listener { return tls.NewListener(tl, cfg) })
 }
 
-// Serve serves HTTP on l until the Upgrader's Exit closes or Shutdown is called, then
-// drains (see Shutdown) and returns http.ErrServerClosed. With the default Upgrader it
-// calls Ready once it is serving. Other errors are returned as they happen.
+// Serve serves HTTP on l, calls the Upgrader's Ready once it serves (take every
+// listener of the process before serving any: see Upgrader.Listen), and returns
+// http.ErrServerClosed once the Server has drained (see Server) or Shutdown has
+// finished. Other errors are returned as they happen. The process's Upgrader is
+// the one New made, or one with the zero Config.
 func (s *Server) Serve(l net.Listener) error {
 	return s.serve(l, nil)
 }
 
 func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) error {
-	u, auto, err := s.upgrader()
+	u, err := defaultUpgrader()
 	if err != nil {
 		l.Close()
 		return err
 	}
 	s.init()
-	u.track(&s.drainer)
 	var tl net.Listener = s.drainer.Listener(l)
 	if wrap != nil {
 		tl = wrap(tl)
 	}
+	u.adopt(&target{d: &s.drainer, s: s, timeout: s.DrainTimeout})
 	errc := make(chan error, 1)
 	go func() { errc <- s.Server.Serve(tl) }()
-	if auto {
-		if err := u.Ready(); err != nil {
-			s.Server.Close()
-			<-errc
-			return err
-		}
+	if err := u.Ready(); err != nil {
+		s.Server.Close()
+		<-errc
+		return err
 	}
-	select {
-	case err := <-errc:
-		select {
-		case <-s.drainer.Draining():
-			// Shutdown closed the listener; wait until it has drained.
-			<-s.done
-			return http.ErrServerClosed
-		default:
-			return err
-		}
-	case <-u.Exit():
+	err = <-errc
+	s.drainer.mu.Lock()
+	final := s.drainer.final
+	s.drainer.mu.Unlock()
+	if final {
+		// The listener was closed by a drain: return once it is over (whoever
+		// drains force-closes what is left at its deadline).
+		s.drainer.wait(context.Background())
+		return http.ErrServerClosed
 	}
-	d := s.DrainTimeout
-	if d <= 0 {
-		d = u.DrainTimeout()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	start := time.Now()
-	c := s.drainer.Counts()
-	u.Logger().Info("draining", "event", "drain_start", "addr", l.Addr().String(), "connections", c.Total(), "deadline", d.String())
-	err = s.Shutdown(ctx)
-	<-errc
-	if errors.Is(err, ErrDrainDeadline) {
-		u.Logger().Warn("drain deadline reached; force-closed the remaining connections", "event", "drain_deadline", "addr", l.Addr().String(), "took", time.Since(start).Round(time.Millisecond).String())
-	} else {
-		u.Logger().Info("drained", "event", "drained", "addr", l.Addr().String(), "took", time.Since(start).Round(time.Millisecond).String())
-	}
-	return http.ErrServerClosed
+	return err
 }
 
-// Shutdown drains the server: it stops accepting, turns keep-alive off (HTTP/1
-// responses carry "Connection: close"; HTTP/2 connections get GOAWAY and finish the
-// streams in flight), lets idle keep-alive connections send one more request
-// for KeepAliveGrace and then closes them, and waits for active and hijacked
-// connections to finish. Handlers that hold hijacked or long-lived connections learn
-// of the drain through Draining(r.Context()). When ctx is done, it force-closes every
-// connection still open and returns ErrDrainDeadline; otherwise it returns nil once
-// all connections are closed. Unlike http.Server.Shutdown, a request the server has
-// read is always answered.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.init()
+// startDrain tells HTTP/2 connections to go away and runs the RegisterOnShutdown
+// functions.
+func (s *Server) startDrain() {
 	if s.h2 != nil {
 		// GOAWAY on every HTTP/2 connection: streams in flight finish, new ones go to
 		// a new connection (the new generation), and net/http closes the connection
 		// once it is quiet. Returns at once: s.h2 has no listener or HTTP/1 conns.
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
 		s.h2.Shutdown(ctx)
 	}
-	err := s.drainer.Drain(ctx)
-	s.drainMu.Lock()
-	select {
-	case <-s.done:
-	default:
-		s.drainEr = err
-		close(s.done)
+	s.mu.Lock()
+	hooks := slices.Clone(s.hooks)
+	s.mu.Unlock()
+	for _, f := range hooks {
+		go f()
 	}
-	s.drainMu.Unlock()
-	return err
 }
 
-// Counts returns the server's connection counts.
-func (s *Server) Counts() ConnCounts {
+// Shutdown drains the server as described on Server, now: it stops accepting (its
+// listeners are closed), turns keep-alive off, sends GOAWAY to HTTP/2 connections,
+// closes idle connections after the grace period and waits for the rest. When ctx
+// is done it force-closes every connection still open and returns
+// ErrDrainDeadline; otherwise it returns nil once all connections are closed. A
+// Server drains by itself when its Upgrader says so: call Shutdown only to stop one
+// Server of several.
+func (s *Server) Shutdown(ctx context.Context) error {
 	s.init()
-	return s.drainer.Counts()
+	s.startDrain()
+	return s.drainer.Drain(ctx)
+}
+
+// RegisterOnShutdown registers a function to call when the Server starts draining
+// (Shutdown, a new generation taking over, a stop), each in its own goroutine, as
+// http.Server.RegisterOnShutdown does for its Shutdown: to tell connections the
+// Server cannot see (hijacked, or of another protocol) to end.
+func (s *Server) RegisterOnShutdown(f func()) {
+	s.mu.Lock()
+	s.hooks = append(s.hooks, f)
+	s.mu.Unlock()
 }
 
 // ListenAndServe is http.ListenAndServe for a process that upgrades without dropping
-// a connection: it serves handler on addr (or on the socket systemd or the previous
-// generation passed), upgrades on SIGUSR2 and drains on SIGTERM, using the default
-// Upgrader. Unlike http.ListenAndServe it returns nil once the process has drained
-// after handing over or being stopped, so write
+// a connection: it serves handler on addr (or on the socket systemd, a master or the
+// previous generation passed), upgrades on SIGUSR2 and drains on SIGTERM, with the
+// process's Upgrader (the one New made, for a PID file or a control socket, or one
+// with the zero Config). Unlike http.ListenAndServe it returns nil once the process
+// has drained after handing over or being stopped, so write
 //
 //	if err := graceful.ListenAndServe(":8080", mux); err != nil {
 //		log.Fatal(err)
 //	}
 func ListenAndServe(addr string, handler http.Handler) error {
 	s := &Server{Server: http.Server{Addr: addr, Handler: handler}}
-	return closedIsNil(s.ListenAndServe())
+	return waitIfClosed(s.ListenAndServe())
 }
 
 // ListenAndServeTLS is ListenAndServe with TLS.
 func ListenAndServeTLS(addr, certFile, keyFile string, handler http.Handler) error {
 	s := &Server{Server: http.Server{Addr: addr, Handler: handler}}
-	return closedIsNil(s.ListenAndServeTLS(certFile, keyFile))
+	return waitIfClosed(s.ListenAndServeTLS(certFile, keyFile))
 }
 
-func closedIsNil(err error) error {
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
+// waitIfClosed turns the end of a drain into nil, once the whole process has drained.
+func waitIfClosed(err error) error {
+	if !errors.Is(err, http.ErrServerClosed) {
+		return err
 	}
-	return err
+	if u := processUpgrader(); u != nil {
+		if err := u.Wait(); err != nil && !errors.Is(err, ErrDrainDeadline) {
+			return err
+		}
+	}
+	return nil
 }

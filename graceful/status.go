@@ -11,7 +11,8 @@ type Status struct {
 	Generation int `json:"generation"`
 	// State is one of "starting", "serving", "upgrading" (a new generation is
 	// starting), "draining" (a new generation took over; this one finishes its
-	// connections) and "stopping".
+	// connections), "stopping" (draining after SIGTERM) and "exited" (drained;
+	// Wait has returned).
 	State string `json:"state"`
 	// Executable is the program the next upgrade starts.
 	Executable string `json:"executable"`

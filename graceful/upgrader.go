@@ -4,89 +4,109 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/seed-a7250cfa/handover/activation"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 )
 
 // This file holds the whole upgrade state machine of one process. One goroutine
-// (run) owns the state; everything else asks it through u.do.
+// (run) owns the state; everything else reaches it as an event on u.events: API
+// calls, signals, what the new generation says or does, timers, ends of drains.
+// Nothing on that goroutine waits: a wait (for a process to start, a message to be
+// sent, systemd to confirm, a drain to end) runs beside it and comes back as an event.
 //
-//	starting ──Ready──► serving ──Upgrade──► upgrading ──child ready──► handed-over ─► (drain, exit)
-//	                       ▲                     │
-//	                       └──── child failed ◄──┘
-//	serving/upgrading ──SIGTERM, SIGINT, Stop──► stopping ─► (drain, exit)
+//	                 Ready                 upgrade¹              "ready" from the child
+//	  starting ─────────────► serving ────────────► upgrading ─────────────────────► handing-over
+//	     │                    ▲  ▲ │                  │  (spawn, wait for "ready"          │ (MAINPID= READY=1,
+//	     │                    │  │ │                  │   up to UpgradeTimeout)            │  BARRIER=1, "main")
+//	     │   child failed²    │  │ │   ◄──────────────┘                                    │
+//	     │   ─────────────────┘  │ │   ◄───────────────────────────────────────────────────┤ confirmation failed
+//	     │                       │ │                                                       ▼
+//	     │      successor died,  │ │                 stop³                              draining ──┐
+//	     │      resumable⁴ ──────┘ └──────────────────────► stopping                        │      │ successor died, not
+//	     │                                                     │                            │      │ resumable⁴: start the
+//	     └─────────── stop³ ────────────────────────────────►  │                            │      │ last good build (a
+//	                                                           ▼                            ▼      │ replacement, at most 3)
+//	                                                         exited ◄──── every drain ended ┘ ◄────┘
+//
+//	¹ SIGUSR2, Upgrade, or `handover reload` on the control socket. Refused (logged,
+//	  returned) unless serving; refused as PID 1 of a PID namespace without a service
+//	  manager, under a `handover run` master, and on systems other than Linux.
+//	² The new generation exited, reported an error, closed the channel, sent
+//	  something unexpected, was not ready within UpgradeTimeout, could not be
+//	  started, or the handover could not be confirmed: it is killed (and reaped when
+//	  it is our child), systemd hears READY=1 again, and whoever asked hears why.
+//	³ SIGTERM, SIGINT or Stop. An upgrade in progress is abandoned. In draining, a
+//	  stop makes the drain final (listeners closed; no resuming). A second stop
+//	  signal exits at once.
+//	⁴ No service manager, and the successor exited without saying "done" (it had
+//	  not handed over in turn or stopped). Resumable: every listener is served by a
+//	  Server or a Drainer of this Upgrader, none was closed, no datagram socket is
+//	  held, and the application never took Exit; then the drains are taken back and
+//	  this process is the current generation again. Otherwise the last good build
+//	  (this process's own executable) is started on the sockets kept open.
 //
 // An upgrade: resolve the executable; start it with the process's sockets at fd 3...,
 // LISTEN_FDS/LISTEN_FDNAMES, the marker and one end of a handover channel (as a
 // sibling under a service manager, so that the service manager is its parent); wait
 // for "ready"; tell the service manager MAINPID=child READY=1 and wait for BARRIER=1;
-// tell the child "main"; only then close Exit, so that the application stops
-// accepting and drains. If the child exits, reports an error or is not ready within
-// UpgradeTimeout, it is killed (and reaped when it is our child), the service manager
-// is told READY=1 again, and this process goes on serving.
+// tell the child "main"; only then stop accepting and drain. Without a service
+// manager the drain stops accepting but keeps the sockets, and the successor is
+// watched until the drain ends.
 
-// State is where a process is in its life.
-type State int
-
+// Timeouts of the state machine.
 const (
-	// Starting: listeners are being set up; Ready has not been called.
-	Starting State = iota
-	// Serving: ready, and the current generation.
-	Serving
-	// Upgrading: a new generation is starting.
-	Upgrading
-	// HandedOver: a new generation took over; this process drains and exits.
-	HandedOver
-	// Stopping: asked to stop (SIGTERM, SIGINT, Stop); it drains and exits.
-	Stopping
+	defaultUpgradeTimeout = 30 * time.Second
+	defaultDrainTimeout   = 30 * time.Second
+	// barrierTimeout bounds the wait for systemd to confirm MAINPID= (BARRIER=1).
+	barrierTimeout = 5 * time.Second
+	// sendTimeout bounds a write on the handover channel.
+	sendTimeout = 5 * time.Second
+	// lastWordsWait is how long a dead child's last message ("error ...") may still
+	// be on its way after its exit (or its channel's close) is seen.
+	lastWordsWait = 200 * time.Millisecond
+	// killWait bounds the wait for a killed sibling (systemd's child) to die before
+	// this process exits: systemd would otherwise find it in the unit and kill it.
+	killWait = time.Second
+	// statusEvery is how often systemd's STATUS= is refreshed.
+	statusEvery = 2 * time.Second
+	// maxReplacements bounds how many last-good-build replacements a draining
+	// process starts for successors that died.
+	maxReplacements = 3
 )
 
-// String returns the state's name as logs and status show it.
-func (s State) String() string {
-	return [...]string{"starting", "serving", "upgrading", "draining", "stopping"}[s]
-}
+// ErrUpgradeInProgress is returned by Upgrade when an upgrade is already under way.
+var ErrUpgradeInProgress = errors.New("graceful: an upgrade is already in progress")
 
-// Defaults for Config's zero values.
-const (
-	DefaultUpgradeTimeout = 30 * time.Second
-	DefaultDrainTimeout   = 30 * time.Second
-)
-
-// Errors returned by Upgrade.
 var (
-	ErrUpgradeInProgress = errors.New("graceful: an upgrade is already in progress")
-	ErrNotReady          = errors.New("graceful: not ready yet (Ready has not been called)")
-	ErrStopping          = errors.New("graceful: the process is stopping")
-	// errAbandoned is why an upgrade in progress fails when the process is stopped.
+	errNotReady  = errors.New("graceful: not ready yet: call Ready (Serve does) before upgrading")
+	errStopping  = errors.New("graceful: the process is stopping")
 	errAbandoned = errors.New("upgrade abandoned: the process is stopping")
 )
 
-// Config configures an Upgrader. The zero Config is usable.
+// Config configures the process's Upgrader. The zero Config is usable.
 type Config struct {
-	// Logger receives the Upgrader's logs; every line carries "gen" and "pid".
-	// nil means slog.Default().
+	// Logger receives the Upgrader's logs; every line carries "gen", "pid" and
+	// "event" (a stable name: start, ready, upgrade_start, handed_over, drain_start,
+	// drained, ...). nil means slog.Default().
 	Logger *slog.Logger
 	// PIDFile, if set, is written (atomically, mode 0644, never through a symlink)
 	// with the PID of the current generation once it is ready, and removed when the
 	// current generation stops.
 	PIDFile string
 	// UpgradeTimeout bounds how long a new generation may take to become ready.
-	// Zero means DefaultUpgradeTimeout.
+	// Zero means 30 seconds.
 	UpgradeTimeout time.Duration
-	// DrainTimeout is the drain deadline used by Servers that do not set their own.
-	// Zero means DefaultDrainTimeout.
+	// DrainTimeout is the drain deadline, after which connections still open are
+	// force-closed (a Server may set its own). Zero means 30 seconds.
 	DrainTimeout time.Duration
 	// Executable is the program an upgrade starts. It is resolved at upgrade time,
 	// so replacing the file, or retargeting a symlink to it, upgrades to the new
@@ -98,10 +118,11 @@ type Config struct {
 	Args []string
 	// ControlSocket is the path of a unix socket on which `handover reload` and
 	// `handover status` reach the service. It is used only when no socket named
-	// ControlName was passed (from a socket unit or the previous generation); then
-	// the first generation binds it with mode 0600, removing a stale socket file left
-	// by a killed generation. Only peers running as the service's user or root are
-	// answered. Empty means no control socket unless one is passed.
+	// "handover-control" was passed (from a socket unit, FileDescriptorName=, or the
+	// previous generation); then the first generation binds it with mode 0600,
+	// replacing a stale socket file left by a killed generation. Only peers running
+	// as the service's user or root are answered. Empty means no control socket
+	// unless one is passed. Linux only: elsewhere it is ignored (logged).
 	ControlSocket string
 	// FDStore, under systemd, hands the process's sockets to systemd's file
 	// descriptor store once it is ready (needs FileDescriptorStoreMax= in the unit),
@@ -112,73 +133,99 @@ type Config struct {
 	start startFunc // seam for tests; nil means startProcess
 }
 
+// state is where a process is in its life; see the diagram above.
+type state int
+
+const (
+	starting state = iota
+	serving
+	upgrading
+	handingOver
+	draining
+	stopping
+	exited
+)
+
+// String returns the state's name as Status shows it.
+func (s state) String() string {
+	return [...]string{"starting", "serving", "upgrading", "upgrading", "draining", "stopping", "exited"}[s]
+}
+
 // Upgrader runs one process's part in a line of generations: it hands out listeners
 // (inherited or bound), tells its parent or the service manager when the process is
-// ready, upgrades on SIGUSR2 or Upgrade, and says through Exit when the process should
-// stop accepting and drain (a new generation took over, or SIGTERM/SIGINT/Stop).
+// ready, upgrades on SIGUSR2, Upgrade or `handover reload`, drains every Server and
+// Drainer of the process when a new generation has taken over or the process is
+// asked to stop (SIGTERM, SIGINT, Stop), and says through Wait when the process may
+// exit.
 //
-// A process has at most one Upgrader.
+// A process has one Upgrader: New makes it, and a Server or ListenAndServe uses it
+// (or makes one with the zero Config if New was not called).
 type Upgrader struct {
 	cfg      Config
 	log      *slog.Logger
-	set      *activation.Set
+	set      *handoff.Set
 	exe      string
 	gen      int
-	parent   *channel // to the parent that started us, until Ready
 	notifier *sdnotify.Notifier
 	watchdog *sdnotify.Watchdog
 	start    startFunc
+	sigs     chan os.Signal
 
-	ops     chan func()
-	sigs    chan os.Signal
-	events  chan childEvent
-	exit    chan struct{}
-	ready   chan struct{}
-	readyMu sync.Mutex
+	events chan any      // everything run reacts to (unbuffered: see call)
+	done   chan struct{} // closed when every drain has ended (Wait)
+
+	mu       sync.Mutex
+	exit     chan struct{} // closed when draining starts; see Exit
+	exitUsed bool          // the application took Exit
+	waitErr  error         // what Wait returns
+
+	readyMu  sync.Mutex // held by Ready
+	readyErr error
+	readied  bool
+	parent   *handoff.Channel // to the parent that started us, until Ready; guarded by mu
+	pipeSig  chan os.Signal   // SIGPIPE, while fd 2 is the parent's pipe
+	afterMu  sync.Mutex       // serializes calls made once the loop has ended
 
 	// Owned by the run goroutine.
-	state    State
-	up       *upgrade
-	exitWhy  string
-	terms    int
+	st       state
+	next     *nextGen // the new generation being started, or the successor watched while draining
+	upstream *handoff.Channel
+	targets  []*target // every Server and Drainer, drained together
+	drainErr error
 	lastErr  string
-	nextPID  int
-	drainers []*Drainer
+	nextPID  int   // the generation we handed over to
+	hard     bool  // the drain is final: listeners closed, no resuming
+	terms    int   // stop signals received
+	dying    []int // killed children not yet seen dead (siblings under systemd)
+	spawning int   // new generations being started beside the loop
+	reserve  *handoff.Child
+	replaced int
+	main     bool // the process systemd supervises (its notifications are accepted)
 	lastStat string
-	// successor is the generation this process handed over to, watched while this
-	// process drains (without a service manager to restart it); reserve holds
-	// duplicates of the sockets meanwhile, so that they stay open if it dies.
-	successor    child
-	reserve      *activation.Child
-	replacements int
-	// upstream is the channel to the generation that handed over to this one, kept
-	// while this process is the current generation: it says "done" on it when it no
-	// longer is (see retire), so that the parent, if it is still draining, does not
-	// take this process's exit for a crash and start a replacement.
-	upstream *channel
-	// main is true while this process is the one the service manager supervises
-	// (and its notifications are accepted): a first generation from the start, a
-	// later one once its parent has handed over, neither after handing over.
-	main bool
-
-	wdStop chan struct{}
+	wdStop   chan struct{}
 }
 
-// upgrade is one attempt in progress.
-type upgrade struct {
-	child   child
-	ch      *channel
+// nextGen is a new generation: being started, then (without a service manager) the
+// successor this process watches while it drains.
+type nextGen struct {
 	trigger string
 	started time.Time
-	timer   *time.Timer
-	detail  string // what the child said in an "error" message
 	waiters []func(upgradeResult)
-	done    chan struct{} // closed when the attempt ends
-	// Kept by the channel reader: what the child said in an "error" line, whether it
-	// is still reading, and a channel closed when it returns.
-	said    atomic.Pointer[string]
-	reading atomic.Bool
-	read    chan struct{}
+	child   child
+	ch      *handoff.Channel
+	out     *stderrTail // its standard error, until the handover
+	timer   *time.Timer
+	said    string // its last "error" message
+	ready   int    // PID it reported ready with
+	handed  bool   // it took over
+	retired bool   // it said "done" (and has not said "current" since)
+	exited  bool
+	reading bool // its channel reader still runs
+	outOpen bool // its stderr pipe is not at EOF yet
+	// failAfter is set when it died before it was ready: the failure is reported once
+	// its last words are read (or lastWordsWait passed).
+	failAfter   string
+	replacement bool // the last good build, started for a successor that died
 }
 
 type upgradeResult struct {
@@ -187,28 +234,75 @@ type upgradeResult struct {
 	moved int // set when this process has handed over to that PID
 }
 
+// Events. Each is posted to u.events by a goroutine beside run.
+type (
+	callEvent    struct{ f func() }
+	spawnedEvent struct {
+		n     *nextGen
+		child child
+		ch    *handoff.Channel
+		out   *stderrTail
+		err   error
+	}
+	childMsgEvent struct {
+		n   *nextGen
+		m   handoff.Message
+		err error // the channel ended: io.EOF or an error
+	}
+	childExitEvent    struct{ n *nextGen }
+	upgradeTimeoutEvt struct{ n *nextGen }
+	lastWordsEvent    struct{ n *nextGen }
+	stderrEndedEvent  struct{ n *nextGen }
+	handoverEvent     struct {
+		n            *nextGen
+		err, barrier error
+	}
+	upstreamEndedEvent struct{ ch *handoff.Channel }
+	drainEndedEvent    struct {
+		t     *target
+		epoch int
+		err   error
+	}
+	deadChildEvent struct{ pid int }
+	tickEvent      struct{}
+)
+
 var (
 	singletonMu sync.Mutex
 	singleton   *Upgrader
 )
 
-// New returns the process's Upgrader, reading what was inherited (see package
-// activation) and installing handlers for SIGUSR2 (upgrade), SIGTERM and SIGINT (stop;
-// a second one exits at once) and SIGHUP (logged and ignored, so that a stray HUP
-// does not kill the server). It fails if the inherited environment is invalid, if
-// the PID file cannot be written, or if the process already has an Upgrader.
+// New makes the process's Upgrader, reading what was inherited (systemd's
+// LISTEN_FDS, a `handover run` master's, or the previous generation's sockets) and
+// installing handlers for SIGUSR2 (upgrade), SIGTERM and SIGINT (stop; a second one
+// exits at once) and SIGHUP (logged and ignored, so that a stray HUP does not kill
+// the server). Servers, ListenAndServe and Drainers of the process use it. It fails
+// if the inherited environment is invalid, if the PID file cannot be written, or if
+// the process already has an Upgrader.
+//
+// A program calls New before anything else of this package when it wants a
+// Config: a PID file, a control socket, other timeouts. Then it takes its
+// listeners (Listen), serves them, calls Ready (Serve does) and returns from main
+// after Wait.
 func New(cfg Config) (*Upgrader, error) {
 	singletonMu.Lock()
 	defer singletonMu.Unlock()
 	if singleton != nil {
-		return nil, errors.New("graceful: this process already has an Upgrader; share it")
+		return nil, errors.New("graceful: this process already has an Upgrader (New was called, or a Server made one): call New once, first")
 	}
 	return newSingleton(cfg)
 }
 
-// Default returns the process's Upgrader, creating it with a zero Config on first use.
-// It is what Server and ListenAndServe use when no Upgrader is given.
-func Default() (*Upgrader, error) {
+// processUpgrader returns the process's Upgrader, or nil.
+func processUpgrader() *Upgrader {
+	singletonMu.Lock()
+	defer singletonMu.Unlock()
+	return singleton
+}
+
+// defaultUpgrader returns the process's Upgrader, making it with a zero Config on
+// first use.
+func defaultUpgrader() (*Upgrader, error) {
 	singletonMu.Lock()
 	defer singletonMu.Unlock()
 	if singleton != nil {
@@ -217,13 +311,13 @@ func Default() (*Upgrader, error) {
 	return newSingleton(Config{})
 }
 
-// newSingleton creates the process's Upgrader; singletonMu is held.
+// newSingleton makes the process's Upgrader; singletonMu is held.
 func newSingleton(cfg Config) (*Upgrader, error) {
 	u, err := newUpgrader(cfg)
 	if err != nil {
 		if u != nil && u.parent != nil {
-			u.parent.send(message{verb: "error", text: err.Error()}, time.Second)
-			u.parent.close()
+			u.parent.Send(handoff.Message{Verb: handoff.Error, Text: err.Error()}, time.Second)
+			u.parent.Close()
 		}
 		return nil, err
 	}
@@ -235,39 +329,39 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	u := &Upgrader{
 		cfg:    cfg,
 		start:  cfg.start,
-		ops:    make(chan func()),
 		sigs:   make(chan os.Signal, 32),
-		events: make(chan childEvent, 8),
+		events: make(chan any),
+		done:   make(chan struct{}),
 		exit:   make(chan struct{}),
-		ready:  make(chan struct{}),
 		gen:    1,
 	}
 	if u.start == nil {
 		u.start = startProcess
 	}
 	if u.cfg.UpgradeTimeout <= 0 {
-		u.cfg.UpgradeTimeout = DefaultUpgradeTimeout
+		u.cfg.UpgradeTimeout = defaultUpgradeTimeout
 	}
 	if u.cfg.DrainTimeout <= 0 {
-		u.cfg.DrainTimeout = DefaultDrainTimeout
+		u.cfg.DrainTimeout = defaultDrainTimeout
 	}
 	base := cfg.Logger
 	if base == nil {
 		base = slog.Default()
 	}
-	set, err := activation.Inherit()
-	if set != nil && set.Marker() != nil {
-		u.gen = set.Marker().Generation
-		if ch := set.Channel(); ch != nil {
-			u.parent, _ = newChannel(ch)
+	set, err := handoff.Inherit()
+	u.set = set
+	if m := set.Marker(); m != nil {
+		u.gen = m.Generation
+		if f := set.Channel(); f != nil {
+			u.parent, _ = handoff.NewChannel(f)
 		}
 	}
 	u.log = base.With("gen", u.gen, "pid", os.Getpid())
 	u.main = u.parent == nil
+	u.holdStderr()
 	if err != nil {
 		return u, fmt.Errorf("inherited sockets: %w", err)
 	}
-	u.set = set
 	if why := set.Ignored(); why != "" {
 		u.log.Warn("not adopting inherited descriptors", "event", "inherit_ignored", "reason", why)
 	}
@@ -301,32 +395,25 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	if err != nil {
 		return u, err
 	}
-	signal.Notify(u.sigs, syscall.SIGUSR2, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	notifySignals(u.sigs)
 	from := "nothing inherited"
-	if set.Source() != activation.Bound {
+	if set.Source() != handoff.Bound {
 		from = fmt.Sprintf("%d descriptors from %s", len(set.Files()), set.Source())
 	}
-	u.log.Info("starting", "event", "start", "executable", u.exe, "inherited", from, "notify", u.notifier != nil)
+	u.log.Info("starting", "event", "start", "executable", u.exe, "inherited", from, "notify", u.notifier != nil, "master", set.Master())
 	go u.run()
 	if ctl != nil {
-		go u.serveControl(ctl)
+		u.serveControl(ctl)
 	}
 	return u, nil
 }
 
-// Generation returns the process's generation: 1 for the first, n+1 for a process
-// started by generation n.
-func (u *Upgrader) Generation() int { return u.gen }
-
-// Logger returns the Upgrader's logger (with gen and pid attributes).
-func (u *Upgrader) Logger() *slog.Logger { return u.log }
-
-// DrainTimeout returns the configured drain deadline.
-func (u *Upgrader) DrainTimeout() time.Duration { return u.cfg.DrainTimeout }
-
-// Listen returns a listener by name: inherited from systemd or the parent generation
-// if one matches (see activation.Set.Listen), else bound to network and address. The
-// listener is passed on to the next generation.
+// Listen returns a listener by name: inherited from systemd, a `handover run` master
+// or the previous generation if one matches (by name, else by network and address),
+// else bound to network and address (see package activation). The listener is
+// passed on to the next generation. Take every listener before serving any of them:
+// once the process is ready (Ready, which Serve calls), inherited sockets nobody
+// claimed are closed.
 func (u *Upgrader) Listen(name, network, address string) (net.Listener, error) {
 	ln, err := u.set.Listen(name, network, address)
 	if err != nil {
@@ -335,7 +422,9 @@ func (u *Upgrader) Listen(name, network, address string) (net.Listener, error) {
 	return ln, err
 }
 
-// ListenPacket is Listen for datagram sockets.
+// ListenPacket is Listen for datagram sockets ("udp", "udp4", "udp6", "unixgram").
+// A process that holds one cannot take back a drain (see Upgrader): it must stop
+// reading from it itself when Exit is closed.
 func (u *Upgrader) ListenPacket(name, network, address string) (net.PacketConn, error) {
 	pc, err := u.set.ListenPacket(name, network, address)
 	if err != nil {
@@ -346,135 +435,164 @@ func (u *Upgrader) ListenPacket(name, network, address string) (net.PacketConn, 
 
 // reportStartError tells the parent generation, if any, why this one cannot start.
 func (u *Upgrader) reportStartError(err error) {
-	if u.parent != nil {
-		u.parent.send(message{verb: "error", text: err.Error()}, time.Second)
+	u.mu.Lock()
+	p := u.parent
+	u.mu.Unlock()
+	if p != nil {
+		p.Send(handoff.Message{Verb: handoff.Error, Text: err.Error()}, time.Second)
 	}
 }
 
-// Ready says the process is serving on its listeners. Inherited descriptors nobody
-// claimed are closed. A first generation writes the PID file and tells the service
-// manager READY=1. A later generation tells its parent, which tells the service
-// manager that this process is now the main one and stops accepting; then it writes
-// the PID file. Ready returns an error if the parent abandoned the upgrade (it is
-// about to kill this process). Calling Ready again does nothing.
+// Ready says the process is serving on its listeners; Serve calls it. Inherited
+// descriptors nobody claimed are closed. A first generation writes the PID file and
+// tells the service manager READY=1. A later generation tells its parent, which
+// tells the service manager that this process is now the main one and stops
+// accepting; then it writes the PID file. Ready returns an error if the parent
+// abandoned the upgrade (it is about to kill this process). Later calls return what
+// the first returned.
 func (u *Upgrader) Ready() error {
 	u.readyMu.Lock()
 	defer u.readyMu.Unlock()
-	select {
-	case <-u.ready:
-		return nil
-	default:
+	if u.readied {
+		return u.readyErr
 	}
+	u.readied = true
 	for _, f := range u.set.CloseUnclaimed() {
 		u.log.Warn("closing an inherited descriptor nothing claimed", "event", "fd_unclaimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())
 	}
-	child := u.parent != nil
-	if child {
-		if err := u.confirmWithParent(); err != nil {
+	u.mu.Lock()
+	p := u.parent
+	u.parent = nil
+	u.mu.Unlock()
+	var upstream *handoff.Channel
+	if p != nil {
+		var err error
+		upstream, err = u.confirmWithParent(p)
+		u.restoreStderr()
+		if err != nil {
+			u.readyErr = err
 			return err
 		}
 	}
-	var err error
-	u.do(func() {
-		if u.state != Starting {
-			return
-		}
-		u.state = Serving
-		u.main = true
-		close(u.ready)
-		if u.cfg.PIDFile != "" {
-			if err = writePIDFile(u.cfg.PIDFile, os.Getpid()); err != nil {
-				u.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
-			}
-		}
-		if !child {
-			u.notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
-		}
-		u.startWatchdog()
-		u.storeFDs()
-		u.notifyStatus()
-		u.log.Info("ready", "event", "ready", "listeners", describeHeld(u.set.Held()))
-	})
-	return err
+	child := p != nil
+	u.call(func() { u.becomeReady(upstream, child) })
+	return nil
 }
 
-// confirmWithParent tells the parent this process is ready and waits for its answer.
-func (u *Upgrader) confirmWithParent() error {
-	p := u.parent
-	keep := false
-	defer func() {
-		if !keep {
-			p.close()
-		}
-	}()
-	u.do(func() { u.parent = nil })
-	if err := p.send(message{verb: "ready", pid: os.Getpid()}, 5*time.Second); err != nil {
+// confirmWithParent tells the parent this process is ready and waits for its answer
+// (on the caller's goroutine). It returns the channel to keep as upstream, or nil.
+func (u *Upgrader) confirmWithParent(p *handoff.Channel) (*handoff.Channel, error) {
+	if err := p.Send(handoff.Message{Verb: handoff.Ready, PID: os.Getpid()}, sendTimeout); err != nil {
+		p.Close()
 		u.log.Warn("could not tell the parent generation we are ready; carrying on as the current generation", "event", "parent_lost", "err", err)
-		return nil
+		return nil, nil
 	}
-	m, err := p.receive()
+	m, err := p.Receive()
 	switch {
-	case err == nil && m.verb == "main":
-		keep = true
-		u.do(func() { u.upstream = p })
-		go func() {
-			p.receive() // returns when the parent exits, or when retire closes p
-			u.do(func() {
-				if u.upstream == p {
-					p.close()
-					u.upstream = nil
-				}
-			})
-		}()
-		return nil
-	case err == nil && m.verb == "abort":
-		return fmt.Errorf("graceful: the parent generation abandoned the upgrade: %s", m.text)
-	case errors.Is(err, io.EOF):
-		u.log.Warn("the parent generation exited before confirming the handover; carrying on as the current generation", "event", "parent_lost")
-		return nil
+	case err == nil && m.Verb == handoff.Main:
+		return p, nil
+	case err == nil && m.Verb == handoff.Abort:
+		p.Close()
+		return nil, fmt.Errorf("graceful: the parent generation abandoned the upgrade: %s", m.Text)
 	case err != nil:
-		u.log.Warn("reading the parent's confirmation; carrying on as the current generation", "event", "parent_lost", "err", err)
-		return nil
+		p.Close()
+		u.log.Warn("the parent generation went away before confirming the handover; carrying on as the current generation", "event", "parent_lost", "err", err)
+		return nil, nil
 	}
-	return fmt.Errorf("graceful: unexpected message from the parent generation: %q", m.String())
+	p.Close()
+	return nil, fmt.Errorf("graceful: unexpected message from the parent generation: %q", m.String())
 }
 
-// Exit returns a channel that is closed when the process should stop accepting and
-// drain: a new generation has taken over, or the process was asked to stop.
-func (u *Upgrader) Exit() <-chan struct{} { return u.exit }
+// becomeReady runs on the loop once Ready has done its part. child is true for a
+// generation started by a parent.
+func (u *Upgrader) becomeReady(upstream *handoff.Channel, child bool) {
+	if u.st != starting {
+		if upstream != nil {
+			upstream.Close()
+		}
+		return
+	}
+	u.st = serving
+	u.main = true
+	if upstream != nil {
+		u.upstream = upstream
+		go func() {
+			for {
+				if _, err := upstream.Receive(); err != nil {
+					u.post(upstreamEndedEvent{upstream})
+					return
+				}
+			}
+		}()
+	}
+	u.writePIDFile()
+	if !child {
+		u.notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+	}
+	u.startWatchdog()
+	u.storeFDs()
+	u.notifyStatus()
+	u.log.Info("ready", "event", "ready", "listeners", describeHeld(u.set.Held()))
+}
 
-// Upgrade starts a new generation and waits until it has taken over (this process's
-// Exit is then closed) or failed (this process goes on serving). It returns the new
+// Exit returns a channel that is closed when the process stops accepting and
+// drains: a new generation has taken over, or the process was asked to stop. A
+// process whose listeners are all served by Servers and Drainers of the Upgrader
+// does not need it (they drain by themselves; Wait says when they are done). A
+// process that takes Exit, to stop a server of its own kind (a grpc.Server, a
+// datagram loop), cannot take back a drain: if the new generation dies while this
+// one drains, this process starts its own build again instead (see Upgrader).
+func (u *Upgrader) Exit() <-chan struct{} {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.exitUsed = true
+	return u.exit
+}
+
+// Wait blocks until the process may exit: it has handed over to a new generation or
+// was asked to stop, and every Server and Drainer of the process has drained (each
+// within its deadline). It returns ErrDrainDeadline if some connections had to be
+// force-closed. main returns after Wait, so that no connection is cut by the
+// process's end.
+func (u *Upgrader) Wait() error {
+	<-u.done
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.waitErr
+}
+
+// Upgrade starts a new generation and waits until it has taken over (this process
+// then drains) or failed (this process goes on serving). It returns the new
 // process's PID. ctx bounds only the wait: an upgrade that is under way continues.
+// Upgrades are not supported on systems other than Linux: the error wraps
+// errors.ErrUnsupported.
 func (u *Upgrader) Upgrade(ctx context.Context) (int, error) {
 	res := make(chan upgradeResult, 1)
-	u.do(func() { u.beginUpgrade("API", func(r upgradeResult) { res <- r }) })
+	u.call(func() { u.beginUpgrade("API", func(r upgradeResult) { res <- r }) })
 	select {
 	case r := <-res:
-		if r.err == nil {
-			<-u.exit // closed right after the waiters hear of the handover
-		}
 		return r.pid, r.err
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
 }
 
-// Stop makes the process stop as on SIGTERM: Exit is closed and, under systemd,
-// STOPPING=1 is sent. An upgrade in progress is abandoned.
+// Stop makes the process stop as on SIGTERM: it stops accepting and drains, and
+// Wait returns once the drain is over. Under systemd it sends STOPPING=1. An upgrade
+// in progress is abandoned.
 func (u *Upgrader) Stop() {
-	u.do(func() { u.stop("Stop called") })
+	u.call(func() { u.stop("Stop called") })
 }
 
 // Status returns the process's status.
 func (u *Upgrader) Status() Status {
 	var s Status
-	u.do(func() { s = u.status() })
+	u.call(func() { s = u.status() })
 	return s
 }
 
 func (u *Upgrader) status() Status {
-	s := Status{PID: os.Getpid(), Generation: u.gen, State: u.state.String(), LastError: u.lastErr,
+	s := Status{PID: os.Getpid(), Generation: u.gen, State: u.st.String(), LastError: u.lastErr,
 		Executable: u.exe, Systemd: u.notifier != nil, Listeners: []Socket{}}
 	for _, h := range u.set.Held() {
 		l := Socket{Name: h.Name, Source: h.Source.String()}
@@ -483,437 +601,542 @@ func (u *Upgrader) status() Status {
 		}
 		s.Listeners = append(s.Listeners, l)
 	}
-	for _, d := range u.drainers {
-		c := d.Counts()
-		s.Connections.New += c.New
-		s.Connections.Active += c.Active
-		s.Connections.Idle += c.Idle
-		s.Connections.Hijacked += c.Hijacked
-		s.Connections.Accepted += c.Accepted
+	for _, t := range u.targets {
+		if !t.internal {
+			s.Connections.add(t.counts())
+		}
 	}
-	if u.up != nil {
-		s.Upgrading = u.up.child.Pid()
+	if u.next != nil && !u.next.handed {
+		s.Upgrading = u.next.child.Pid()
 	}
 	return s
 }
 
-// track registers a Drainer whose connections Status counts.
-func (u *Upgrader) track(d *Drainer) {
-	u.do(func() { u.drainers = append(u.drainers, d) })
+// post hands an event to the loop. Once the loop has exited nothing reads it, so it
+// gives up when the process is done.
+func (u *Upgrader) post(ev any) {
+	select {
+	case u.events <- ev:
+	case <-u.done:
+	}
 }
 
-// do runs f on the state goroutine and waits for it.
-func (u *Upgrader) do(f func()) {
-	done := make(chan struct{})
-	u.ops <- func() { f(); close(done) }
-	<-done
-}
-
-// childEvent is something that happened to the child of upgrade up.
-type childEvent struct {
-	successor child // a successor that exited (see watchSuccessor)
-	retired   bool  // the successor said "done" before it exited
-	up        *upgrade
-	msg       message
-	err       error // from reading the channel
-	exited    bool
-	timer     bool
+// call runs f on the loop and waits for it. Once the loop has ended (the process is
+// done), f runs on the caller's goroutine: nothing changes the state any more. The
+// loop runs every event it receives before it can end, and u.events is unbuffered,
+// so an f that was handed over always runs there.
+func (u *Upgrader) call(f func()) {
+	ran := make(chan struct{})
+	select {
+	case u.events <- callEvent{func() { f(); close(ran) }}:
+		<-ran
+	case <-u.done:
+		u.afterMu.Lock()
+		defer u.afterMu.Unlock()
+		f()
+	}
 }
 
 func (u *Upgrader) run() {
-	var statusTick <-chan time.Time
 	if u.notifier != nil {
-		t := time.NewTicker(2 * time.Second)
-		defer t.Stop()
-		statusTick = t.C
+		go func() {
+			t := time.NewTicker(statusEvery)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					u.post(tickEvent{})
+				case <-u.done:
+					return
+				}
+			}
+		}()
 	}
 	for {
+		var ev any
 		select {
-		case f := <-u.ops:
-			f()
+		case ev = <-u.events:
 		case sig := <-u.sigs:
 			u.onSignal(sig)
-		case ev := <-u.events:
-			switch {
-			case ev.successor != nil:
-				if ev.successor == u.successor {
-					u.onSuccessorDied(ev.successor, ev.retired)
-				}
-			case u.up != nil && ev.up == u.up:
-				u.onChildEvent(ev)
+			continue
+		}
+		switch ev := ev.(type) {
+		case callEvent:
+			ev.f()
+		case spawnedEvent:
+			u.spawning--
+			if ev.n == u.next {
+				u.onSpawned(ev)
+			} else if ev.err == nil {
+				// Abandoned while it was being started.
+				go ev.ch.Close()
+				ev.child.Kill()
+				u.awaitDeath(ev.child)
 			}
-		case <-statusTick:
+		case childMsgEvent:
+			if ev.n == u.next {
+				u.onChildMessage(ev)
+			} else if ev.err == nil {
+				closeFiles(ev.m.Files)
+			}
+		case childExitEvent:
+			if ev.n == u.next {
+				u.onChildExit(ev.n)
+			}
+		case lastWordsEvent:
+			if ev.n == u.next && ev.n.failAfter != "" {
+				u.failUpgrade("exited", errors.New(ev.n.failAfter))
+			}
+		case stderrEndedEvent:
+			ev.n.outOpen = false
+			if ev.n == u.next && ev.n.failAfter != "" && !ev.n.reading {
+				u.failUpgrade("exited", errors.New(ev.n.failAfter))
+			}
+		case upgradeTimeoutEvt:
+			if ev.n == u.next && !ev.n.handed {
+				u.failUpgrade("timeout", fmt.Errorf("the new generation (PID %d) was not ready within %s", ev.n.child.Pid(), u.cfg.UpgradeTimeout))
+			}
+		case handoverEvent:
+			if ev.n == u.next {
+				u.onHandover(ev)
+			}
+		case upstreamEndedEvent:
+			if ev.ch == u.upstream {
+				u.upstream.Close()
+				u.upstream = nil
+			}
+		case drainEndedEvent:
+			if ev.epoch == ev.t.epoch {
+				u.onDrainEnded(ev.t, ev.err)
+			}
+		case deadChildEvent:
+			u.dying = removeInt(u.dying, ev.pid)
+		case tickEvent:
 			u.notifyStatus()
+		}
+		if u.st == exited || u.finished() {
+			u.finish()
+			return
 		}
 	}
 }
 
-// watch starts the goroutines that report on the child of up; they end with it.
-func (u *Upgrader) watch(up *upgrade) {
-	send := func(ev childEvent) {
-		select {
-		case u.events <- ev:
-		case <-up.done:
+func (u *Upgrader) onSignal(sig os.Signal) {
+	switch signalAction(sig) {
+	case actUpgrade:
+		u.beginUpgrade(signalName(sig), nil)
+	case actIgnore:
+		u.log.Warn("signal ignored; send SIGUSR2 to upgrade, SIGTERM to stop", "event", "signal_ignored", "signal", signalName(sig))
+	case actStop:
+		u.terms++
+		if u.terms > 1 {
+			u.log.Warn("second stop signal: exiting now, without finishing the drain", "event", "exit_now", "signal", signalName(sig))
+			exitBySignal(sig)
+			return
 		}
+		u.stop(signalName(sig))
 	}
-	up.timer = time.AfterFunc(u.cfg.UpgradeTimeout, func() { send(childEvent{up: up, timer: true}) })
+}
+
+// refusal says why an upgrade cannot start now, or returns nil.
+func (u *Upgrader) refusal() (reason string, err error, moved int) {
+	switch {
+	case u.st == starting:
+		return "not_ready", errNotReady, 0
+	case u.st == upgrading || u.st == handingOver:
+		return "in_progress", ErrUpgradeInProgress, 0
+	case u.nextPID != 0 && (u.st == draining || u.st == exited):
+		return "handed_over", fmt.Errorf("graceful: this process has handed over to PID %d; ask that one", u.nextPID), u.nextPID
+	case u.st == draining || u.st == stopping || u.st == exited:
+		return "stopping", errStopping, 0
+	}
+	switch {
+	case runtime.GOOS != "linux":
+		return "unsupported", fmt.Errorf("graceful: upgrading a process is not supported on %s (it serves, and drains on SIGINT/SIGTERM): %w", runtime.GOOS, errors.ErrUnsupported), 0
+	case u.set.Master() != 0:
+		return "master", fmt.Errorf("graceful: this process runs under a `handover run` master (PID %d), which runs the upgrades: send it SIGHUP or SIGUSR2, or run `handover reload`", u.set.Master()), 0
+	case os.Getpid() == 1 && u.notifier == nil:
+		return "pid1", errors.New("graceful: this process is PID 1 of its PID namespace (a container started without an init): when it hands over and exits, the kernel ends the namespace and the new generation with it; run the server under `handover run`, which keeps one PID while generations change (an init such as tini does not help: it exits with its first child)"), 0
+	}
+	return "", nil, 0
+}
+
+// beginUpgrade starts an upgrade, or reports why it cannot. reply, if not nil, is
+// called on the loop with the outcome.
+func (u *Upgrader) beginUpgrade(trigger string, reply func(upgradeResult)) {
+	if reason, err, moved := u.refusal(); err != nil {
+		attrs := []any{"event", "upgrade_refused", "reason", reason, "trigger", trigger}
+		if u.next != nil && !u.next.handed {
+			attrs = append(attrs, "child", u.next.child.Pid())
+		}
+		if moved != 0 {
+			attrs = append(attrs, "current", moved)
+		}
+		u.log.Warn("upgrade refused: "+err.Error(), attrs...)
+		if reply != nil {
+			reply(upgradeResult{err: err, moved: moved})
+		}
+		return
+	}
+	u.log.Info("upgrade starting", "event", "upgrade_start", "trigger", trigger, "executable", u.exe)
+	u.notify("RELOADING=1\n" + sdnotify.MonotonicUsec() + "\nSTATUS=upgrading: starting a new generation")
+	u.st = upgrading
+	u.spawn(&nextGen{trigger: trigger, started: time.Now()}, u.exe, reply)
+}
+
+// spawn starts n from path, beside the loop; the outcome comes back as a
+// spawnedEvent. A replacement uses the sockets kept in u.reserve.
+func (u *Upgrader) spawn(n *nextGen, path string, reply func(upgradeResult)) {
+	if reply != nil {
+		n.waiters = append(n.waiters, reply)
+	}
+	u.next = n
+	u.spawning++
+	spec := u.childSpec(path)
+	reserve := u.reserve
 	go func() {
-		defer close(up.read)
+		c, ch, out, err := spawnChild(u.set, reserve, spec, u.start)
+		u.post(spawnedEvent{n: n, child: c, ch: ch, out: out, err: err})
+	}()
+}
+
+func (u *Upgrader) onSpawned(ev spawnedEvent) {
+	n := ev.n
+	if ev.err != nil {
+		u.failUpgrade("start", ev.err)
+		return
+	}
+	n.child, n.ch, n.out, n.reading = ev.child, ev.ch, ev.out, true
+	if n.out != nil {
+		n.outOpen = true
+		go func() {
+			<-n.out.ended()
+			u.post(stderrEndedEvent{n})
+		}()
+	}
+	n.timer = time.AfterFunc(u.cfg.UpgradeTimeout, func() { u.post(upgradeTimeoutEvt{n}) })
+	go func() {
 		for {
-			m, err := up.ch.receive()
-			if m.verb == "error" {
-				up.said.Store(&m.text)
-			}
-			if err != nil || m.verb == "ready" {
-				// Announce the end first: an exit being handled waits for it.
-				up.reading.Store(false)
-			}
-			send(childEvent{up: up, msg: m, err: err})
-			if err != nil || m.verb == "ready" {
+			m, err := n.ch.Receive()
+			u.post(childMsgEvent{n: n, m: m, err: err})
+			if err != nil {
 				return
 			}
 		}
 	}()
 	go func() {
-		select {
-		case <-up.child.Exited():
-			send(childEvent{up: up, exited: true})
-		case <-up.done:
+		<-n.child.Exited()
+		u.post(childExitEvent{n})
+	}()
+	u.log.Info("new generation started", "event", "child_started", "child", n.child.Pid(), "sibling", u.notifier != nil, "replacement", n.replacement)
+}
+
+func (u *Upgrader) onChildMessage(ev childMsgEvent) {
+	n := u.next
+	if ev.err != nil {
+		n.reading = false
+		switch {
+		case n.failAfter != "" && !n.outOpen:
+			u.failUpgrade("exited", errors.New(n.failAfter))
+		case n.failAfter != "":
+			// Its stderr is still being read: stderrEndedEvent or lastWordsEvent.
+		case !n.handed && !n.exited:
+			// A child that dies closes the channel a moment before its exit is seen:
+			// give the exit a moment, so that the error says what happened.
+			time.AfterFunc(lastWordsWait, func() {
+				u.post(childMsgEvent{n: n, m: handoff.Message{Verb: "closed"}})
+			})
 		}
+		return
+	}
+	m := ev.m
+	closeFiles(m.Files)
+	switch {
+	case m.Verb == "closed": // posted above, lastWordsWait after the channel closed
+		if !n.handed && !n.exited {
+			u.failUpgrade("channel_closed", fmt.Errorf("the new generation (PID %d) closed the handover channel before it was ready", n.child.Pid()))
+		}
+	case m.Verb == handoff.Error:
+		n.said = m.Text
+		u.log.Error("the new generation reports an error", "event", "child_error", "child", n.child.Pid(), "err", m.Text)
+	case m.Verb == handoff.Ready && !n.handed && n.ready == 0:
+		u.handOver(n, m.PID)
+	case m.Verb == handoff.Done && n.handed:
+		n.retired = true
+	case m.Verb == handoff.Current && n.handed:
+		n.retired = false
+	default:
+		if !n.handed {
+			u.failUpgrade("protocol", fmt.Errorf("the new generation (PID %d) sent an unexpected message %q", n.child.Pid(), m.String()))
+		}
+	}
+}
+
+func (u *Upgrader) onChildExit(n *nextGen) {
+	n.exited = true
+	if !n.handed {
+		why := fmt.Sprintf("the new generation (PID %d) exited before it was ready", n.child.Pid())
+		if n.reading || n.outOpen {
+			// Its last words ("error ...", a panic on stderr) may still be on their
+			// way through the channel and the pipe, which its exit has closed.
+			n.failAfter = why
+			time.AfterFunc(lastWordsWait, func() { u.post(lastWordsEvent{n}) })
+			return
+		}
+		u.failUpgrade("exited", errors.New(why))
+		return
+	}
+	u.onSuccessorExit(n)
+}
+
+// handOver starts the handover to n, which said it is ready as pid: systemd must
+// learn the new main PID before this process stops, or it stops the unit with it.
+func (u *Upgrader) handOver(n *nextGen, pid int) {
+	if pid != n.child.Pid() {
+		u.log.Warn("the new generation reports a different PID than the one started (a wrapper?)", "event", "child_pid_differs", "started", n.child.Pid(), "ready", pid)
+	}
+	n.ready = pid
+	if u.st == upgrading {
+		u.st = handingOver
+	}
+	notifier, ch := u.notifier, n.ch
+	go func() {
+		var ev = handoverEvent{n: n}
+		if notifier != nil {
+			if err := notifier.Send("MAINPID=" + strconv.Itoa(pid) + "\nREADY=1\nSTATUS=handing over to PID " + strconv.Itoa(pid)); err != nil {
+				ev.err = fmt.Errorf("telling systemd MAINPID=%d: %w", pid, err)
+				u.post(ev)
+				return
+			}
+			ev.barrier = notifier.Barrier(barrierTimeout)
+		}
+		if err := ch.Send(handoff.Message{Verb: handoff.Main}, sendTimeout); err != nil && notifier == nil {
+			ev.err = fmt.Errorf("the new generation (PID %d) went away right after it was ready: %v", pid, err)
+		}
+		u.post(ev)
 	}()
 }
 
-// end finishes the attempt up: its watchers stop.
-func (up *upgrade) end() {
-	up.timer.Stop()
-	if up.ch != nil {
-		up.ch.close()
-	}
-	close(up.done)
-}
-
-func (u *Upgrader) onSignal(sig os.Signal) {
-	switch sig {
-	case syscall.SIGUSR2:
-		u.beginUpgrade("SIGUSR2", nil)
-	case syscall.SIGHUP:
-		u.log.Warn("SIGHUP ignored; send SIGUSR2 to upgrade, SIGTERM to stop", "event", "signal_ignored", "signal", "hangup")
-	case syscall.SIGTERM, syscall.SIGINT:
-		u.terms++
-		if u.terms > 1 {
-			u.log.Warn("second stop signal: exiting now, without finishing the drain", "event", "exit_now", "signal", sig.String())
-			signal.Reset(sig)
-			syscall.Kill(os.Getpid(), sig.(syscall.Signal))
-			return
+func (u *Upgrader) onHandover(ev handoverEvent) {
+	n := ev.n
+	if ev.err != nil {
+		cause := "confirm"
+		if u.notifier != nil {
+			cause = "notify"
 		}
-		u.stop(sig.String())
-	}
-}
-
-// beginUpgrade starts an upgrade, or reports why it cannot.
-// reply, if not nil, is called on the state goroutine with the outcome.
-func (u *Upgrader) beginUpgrade(trigger string, reply func(upgradeResult)) {
-	fail := func(err error) {
-		if reply != nil {
-			reply(upgradeResult{err: err})
-		}
-	}
-	switch u.state {
-	case Starting:
-		u.log.Warn("upgrade refused: not ready yet", "event", "upgrade_refused", "reason", "not_ready", "trigger", trigger)
-		fail(ErrNotReady)
-		return
-	case Upgrading:
-		u.log.Warn("upgrade refused: one is already in progress", "event", "upgrade_refused", "reason", "in_progress", "trigger", trigger, "child", u.up.child.Pid())
-		fail(ErrUpgradeInProgress)
-		return
-	case HandedOver:
-		u.log.Warn("upgrade refused: this process has handed over", "event", "upgrade_refused", "reason", "handed_over", "trigger", trigger, "current", u.nextPID)
-		if reply != nil {
-			reply(upgradeResult{err: fmt.Errorf("graceful: this process has handed over to PID %d; ask that one", u.nextPID), moved: u.nextPID})
-		}
-		return
-	case Stopping:
-		u.log.Warn("upgrade refused: stopping", "event", "upgrade_refused", "reason", "stopping", "trigger", trigger)
-		fail(ErrStopping)
+		u.failUpgrade(cause, ev.err)
 		return
 	}
-	u.log.Info("upgrade starting", "event", "upgrade_start", "trigger", trigger, "executable", u.exe)
-	u.notify("RELOADING=1\n" + sdnotify.MonotonicUsec() + "\nSTATUS=upgrading: starting a new generation")
-	up, err := u.spawn(trigger)
-	if err != nil {
-		u.lastErr = err.Error()
-		u.log.Error("upgrade failed", "event", "upgrade_failed", "cause", "start", "err", err)
-		u.notify("READY=1\nSTATUS=" + u.statusLine())
-		fail(err)
-		return
+	if ev.barrier != nil {
+		u.log.Warn("systemd did not confirm MAINPID in time; handing over anyway", "event", "barrier_timeout", "err", ev.barrier)
 	}
-	if reply != nil {
-		up.waiters = append(up.waiters, reply)
-	}
-	u.up = up
-	u.state = Upgrading
-	u.watch(up)
-	u.log.Info("new generation started", "event", "child_started", "child", up.child.Pid(), "sibling", u.notifier != nil)
-}
-
-// spawn starts the next generation.
-func (u *Upgrader) spawn(trigger string) (*upgrade, error) {
-	if err := resolveExecutable(u.exe); err != nil {
-		return nil, err
-	}
-	kids, err := u.set.ForChild()
-	if err != nil {
-		return nil, err
-	}
-	defer kids.Close()
-	return u.spawnWith(trigger, kids)
-}
-
-// spawnWith starts the next generation with the sockets in kids (which the caller
-// keeps and closes).
-func (u *Upgrader) spawnWith(trigger string, kids *activation.Child) (*upgrade, error) {
-	if err := resolveExecutable(u.exe); err != nil {
-		return nil, err
-	}
-	parentEnd, childEnd, err := socketPair()
-	if err != nil {
-		return nil, err
-	}
-	defer childEnd.Close()
-	sibling := u.notifier != nil
-	ppid := os.Getpid()
-	if sibling {
-		ppid = os.Getppid()
-	}
-	env := kids.Env(os.Environ(), activation.Marker{
-		PID:        os.Getpid(),
-		PPID:       ppid,
-		Channel:    activation.ListenFDsStart + len(kids.Files),
-		Generation: u.gen + 1,
-	})
-	if u.watchdog != nil {
-		env = append(env,
-			"WATCHDOG_USEC="+strconv.FormatInt(u.watchdog.Interval.Microseconds(), 10),
-			"WATCHDOG_PID="+strconv.Itoa(os.Getpid()))
-	}
-	c, err := u.start(childSpec{
-		path:    u.exe,
-		args:    append([]string{u.exe}, u.cfg.Args...),
-		env:     env,
-		files:   append(append([]*os.File(nil), kids.Files...), childEnd),
-		sibling: sibling,
-	})
-	if err != nil {
-		parentEnd.close()
-		return nil, err
-	}
-	up := &upgrade{child: c, ch: parentEnd, trigger: trigger, started: time.Now(), done: make(chan struct{}), read: make(chan struct{})}
-	up.reading.Store(true)
-	return up, nil
-}
-
-func (u *Upgrader) onChildEvent(ev childEvent) {
-	up := u.up
-	switch {
-	case ev.timer:
-		u.failUpgrade("timeout", fmt.Errorf("the new generation (PID %d) was not ready within %s", up.child.Pid(), u.cfg.UpgradeTimeout))
-	case ev.exited:
-		// Its last words (an "error" line) may still be on their way through the
-		// channel, which its exit has closed: give the reader a moment.
-		deadline := time.Now().Add(200 * time.Millisecond)
-		for up.reading.Load() && time.Now().Before(deadline) {
-			select {
-			case <-up.read:
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-		u.failUpgrade("exited", fmt.Errorf("the new generation (PID %d) exited before it was ready", up.child.Pid()))
-	case ev.err != nil:
-		// A child that dies closes the channel a moment before its exit is seen (a
-		// sibling's exit status is not ours to read): give the exit a moment, so that
-		// the error says what happened.
-		select {
-		case <-up.child.Exited():
-			u.failUpgrade("exited", fmt.Errorf("the new generation (PID %d) exited before it was ready", up.child.Pid()))
-		case <-time.After(200 * time.Millisecond):
-			u.failUpgrade("channel_closed", fmt.Errorf("the new generation (PID %d) closed the handover channel before it was ready", up.child.Pid()))
-		}
-	case ev.msg.verb == "error":
-		up.detail = ev.msg.text
-		u.log.Error("the new generation reports an error", "event", "child_error", "child", up.child.Pid(), "err", ev.msg.text)
-	case ev.msg.verb == "ready":
-		u.completeUpgrade(ev.msg.pid)
-	default:
-		u.failUpgrade("protocol", fmt.Errorf("the new generation (PID %d) sent an unexpected message %q", up.child.Pid(), ev.msg.String()))
-	}
-}
-
-// completeUpgrade hands over to the ready child.
-func (u *Upgrader) completeUpgrade(pid int) {
-	up := u.up
-	if pid != up.child.Pid() {
-		u.log.Warn("the new generation reports a different PID than the one started (a wrapper?)", "event", "child_pid_differs", "started", up.child.Pid(), "ready", pid)
-	}
-	// The service manager must learn the new main PID before this process exits, or
-	// it stops the unit and kills the new process with it.
-	if u.notifier != nil {
-		if err := u.notifier.Send("MAINPID=" + strconv.Itoa(pid) + "\nREADY=1\nSTATUS=handing over to PID " + strconv.Itoa(pid)); err != nil {
-			u.failUpgrade("notify", fmt.Errorf("telling systemd MAINPID=%d: %w", pid, err))
-			return
-		}
-		if err := u.notifier.Barrier(5 * time.Second); err != nil {
-			u.log.Warn("systemd did not confirm MAINPID in time; handing over anyway", "event", "barrier_timeout", "err", err)
-		}
-	}
-	if err := up.ch.send(message{verb: "main"}, 5*time.Second); err != nil {
-		u.log.Error("could not confirm the handover to the new generation", "event", "confirm_failed", "child", pid, "err", err)
-		if u.notifier == nil {
-			u.failUpgrade("confirm", fmt.Errorf("the new generation (PID %d) went away right after it was ready: %v", pid, err))
-			return
-		}
-	}
-	ch := up.ch
-	if u.notifier == nil {
-		up.ch = nil // kept: the successor says "done" on it when it retires
-	}
-	up.end()
-	if u.notifier == nil {
-		u.watchSuccessor(up.child, ch)
-	} else {
-		// systemd supervises the new main process from now on.
-		up.child.Release()
-	}
-	u.up = nil
-	u.state = HandedOver
-	u.main = false
-	u.nextPID = pid
+	n.timer.Stop()
+	n.handed = true
+	u.nextPID = n.ready
 	u.lastErr = ""
+	u.main = false
 	u.set.KeepFiles()
 	u.stopWatchdog()
-	u.log.Info("handed over", "event", "handed_over", "to", pid, "took", time.Since(up.started).Round(time.Microsecond).String())
-	for _, w := range up.waiters {
-		w(upgradeResult{pid: pid})
+	u.log.Info("handed over", "event", "handed_over", "to", n.ready, "took", time.Since(n.started).Round(time.Microsecond).String(), "replacement", n.replacement)
+	for _, w := range n.waiters {
+		w(upgradeResult{pid: n.ready})
 	}
-	u.retire()
-	u.exitWhy = "handed over to PID " + strconv.Itoa(pid)
-	select {
-	case <-u.exit:
-	default:
-		close(u.exit)
-	}
-}
-
-// maxReplacements bounds how many times a draining process restarts a successor
-// that died.
-const maxReplacements = 3
-
-// watchSuccessor keeps the sockets open and watches the new generation while this
-// process drains. Without a service manager nobody else would notice if it died
-// (killed, crashed) before this process exits: the sockets would close and clients
-// would be refused. Then this process starts a replacement on the sockets it kept,
-// unless the successor said "done" on the channel ch first: it had handed over in
-// turn, or was stopping, and its exit is no crash.
-func (u *Upgrader) watchSuccessor(c child, ch *channel) {
-	u.successor = c
-	if u.reserve == nil {
-		r, err := u.set.ForChild()
-		if err != nil {
+	n.waiters = nil
+	if u.notifier != nil {
+		// systemd supervises the new main process from now on.
+		n.ch.Close()
+		n.child.Release()
+		u.next = nil
+	} else if u.reserve == nil {
+		// Keep the sockets open while draining, whatever the application does with
+		// its listeners: a successor that dies may need them.
+		if r, err := u.set.ForChild(); err != nil {
 			u.log.Warn("could not keep the sockets open while draining", "event", "reserve_failed", "err", err)
 		} else {
 			u.reserve = r
 		}
 	}
-	done := make(chan bool, 1)
-	go func() {
-		m, err := ch.receive()
-		done <- err == nil && m.verb == "done"
-	}()
-	go func() {
-		<-c.Exited()
-		retired := false
-		select {
-		case retired = <-done: // its end closed when it exited
-		case <-time.After(time.Second):
+	if n.replacement {
+		return // this process was draining already, and goes on
+	}
+	u.st = draining
+	u.retire()
+	u.closeExit()
+	u.startDrains(u.notifier != nil)
+}
+
+// onSuccessorExit handles the exit of the generation this process handed over to,
+// while this one drains (no service manager).
+func (u *Upgrader) onSuccessorExit(n *nextGen) {
+	status := n.child.ExitStatus()
+	n.ch.Close()
+	u.next = nil
+	if n.retired || u.st != draining {
+		u.log.Info("the new generation exited after handing over or stopping; nothing to do", "event", "successor_retired", "child", n.child.Pid(), "status", status)
+		return
+	}
+	if u.hard {
+		u.log.Error("the new generation died while this process was draining; it is stopping, so nothing is done", "event", "successor_died", "action", "none", "child", n.child.Pid(), "status", status)
+		return
+	}
+	if u.resumable() {
+		u.log.Error("the new generation died while this process was draining; serving again", "event", "successor_died", "action", "resume", "child", n.child.Pid(), "status", status)
+		u.resume(n)
+		return
+	}
+	if u.reserve == nil || u.replaced >= maxReplacements {
+		u.log.Error("the new generation died while this process was draining; cannot resume, and no replacement is left", "event", "successor_died", "action", "none", "child", n.child.Pid(), "status", status, "replacements", u.replaced)
+		return
+	}
+	u.replaced++
+	u.log.Error("the new generation died while this process was draining; starting this process's own build on the sockets kept open", "event", "successor_died", "action", "replace", "child", n.child.Pid(), "status", status, "attempt", u.replaced)
+	u.spawn(&nextGen{trigger: "replacement", started: time.Now(), replacement: true}, selfExecutable, nil)
+}
+
+// resumable reports whether every socket the process holds is served by a target
+// that can take its drain back.
+func (u *Upgrader) resumable() bool {
+	u.mu.Lock()
+	used := u.exitUsed
+	u.mu.Unlock()
+	if used {
+		return false
+	}
+	lns, packets := u.set.Listeners()
+	if packets {
+		return false
+	}
+	for _, ln := range lns {
+		t := u.targetOf(ln)
+		if t == nil || !t.resumable() {
+			return false
 		}
-		ch.close()
-		u.events <- childEvent{successor: c, retired: retired}
-	}()
+	}
+	return true
 }
 
-// onSuccessorDied starts a replacement for a successor that died while this process
-// was draining, unless it had retired (handed over in turn, or stopped).
-func (u *Upgrader) onSuccessorDied(c child, retired bool) {
-	u.successor = nil
-	status := c.ExitStatus()
-	if retired {
-		u.log.Info("the new generation exited after handing over or stopping; nothing to replace", "event", "successor_retired", "child", c.Pid(), "status", status)
-		return
+func (u *Upgrader) targetOf(ln net.Listener) *target {
+	for _, t := range u.targets {
+		if t.serves(ln) {
+			return t
+		}
 	}
-	if u.reserve == nil || u.replacements >= maxReplacements || u.up != nil {
-		u.log.Error("the new generation died while this process was draining", "event", "successor_died", "action", "none", "child", c.Pid(), "status", status)
-		return
-	}
-	u.replacements++
-	u.log.Error("the new generation died while this process was draining; starting a replacement on the sockets kept open", "event", "successor_died", "action", "replace", "child", c.Pid(), "status", status, "attempt", u.replacements)
-	up, err := u.spawnWith("replacement", u.reserve)
-	if err != nil {
-		u.log.Error("starting a replacement failed", "event", "replace_failed", "err", err)
-		return
-	}
-	u.up = up
-	u.watch(up)
+	return nil
 }
 
-// failUpgrade abandons the upgrade in progress: the child is killed and reaped, and
-// this process goes on serving.
+// resume takes the drains back after the successor n died: this process is the
+// current generation again.
+func (u *Upgrader) resume(n *nextGen) {
+	u.st = serving
+	u.nextPID = 0
+	for _, t := range u.targets {
+		if t.cancel != nil {
+			t.cancel(errResumed)
+			t.cancel = nil
+		}
+		t.epoch++ // a drain that ended just now is not news any more
+		t.ended = false
+		t.resume()
+	}
+	u.mu.Lock()
+	u.exit = make(chan struct{})
+	u.mu.Unlock()
+	u.main = true
+	u.writePIDFile()
+	if u.upstream != nil {
+		go u.upstream.Send(handoff.Message{Verb: handoff.Current}, sendTimeout)
+	}
+	u.log.Warn("serving again: the new generation died after taking over", "event", "resumed", "dead", n.child.Pid(), "status", n.child.ExitStatus())
+}
+
+// failUpgrade abandons the upgrade in progress: the child is killed (and reaped by
+// its watcher when it is our child), and this process goes on serving.
 func (u *Upgrader) failUpgrade(cause string, err error) {
-	up := u.up
-	exited := false // by itself: then even "signal: killed" says what happened
-	select {
-	case <-up.child.Exited():
-		exited = true
+	n := u.next
+	u.next = nil
+	if n.timer != nil {
+		n.timer.Stop()
+	}
+	if n.child != nil {
+		if n.ch != nil {
+			ch, text := n.ch, err.Error()
+			go func() {
+				ch.Send(handoff.Message{Verb: handoff.Abort, Text: text}, lastWordsWait)
+				ch.Close()
+			}()
+		}
+		if !n.exited {
+			n.child.Kill()
+			u.awaitDeath(n.child)
+		} else if st := n.child.ExitStatus(); st != "" {
+			err = fmt.Errorf("%w (%s)", err, st)
+		}
+		if n.said != "" {
+			err = fmt.Errorf("%w: %s", err, n.said)
+		}
+		if last := n.out.last(); last != "" {
+			err = fmt.Errorf("%w\nits last lines on stderr:\n  %s", err, strings.ReplaceAll(last, "\n", "\n  "))
+		}
+	}
+	if u.st == upgrading || u.st == handingOver {
+		u.st = serving
+	}
+	attrs := []any{"event", "upgrade_failed", "cause", cause, "err", err}
+	if n.child != nil {
+		attrs = append(attrs, "child", n.child.Pid())
+	}
+	switch {
+	case n.replacement:
+		u.log.Error("replacement failed", attrs...)
+	case cause == "abandoned":
+		u.lastErr = err.Error()
+		u.log.Warn("upgrade abandoned: the process is stopping", attrs...)
 	default:
+		u.lastErr = err.Error()
+		u.log.Error("upgrade failed; still serving", attrs...)
+		u.notify("READY=1\nSTATUS=" + u.statusLine())
 	}
-	up.ch.send(message{verb: "abort", text: err.Error()}, 100*time.Millisecond)
-	up.end()
-	up.child.Kill()
-	if st := up.child.ExitStatus(); st != "" && (exited || st != "signal: killed") {
-		err = fmt.Errorf("%w (%s)", err, st)
-	}
-	if said := up.said.Load(); said != nil && up.detail == "" {
-		up.detail = *said
-	}
-	if up.detail != "" {
-		err = fmt.Errorf("%w: %s", err, up.detail)
-	}
-	pid := up.child.Pid() // before Release, which forgets it
-	up.child.Release()
-	u.up = nil
-	if u.state == Upgrading {
-		u.state = Serving
-	}
-	u.lastErr = err.Error()
-	u.log.Error("upgrade failed; still serving", "event", "upgrade_failed", "cause", cause, "child", pid, "err", err)
-	u.notify("READY=1\nSTATUS=" + u.statusLine())
-	for _, w := range up.waiters {
+	for _, w := range n.waiters {
 		w(upgradeResult{err: err})
 	}
 }
 
-// stop moves to Stopping and closes Exit.
+// awaitDeath keeps the process from finishing until the killed child c is seen
+// dead (at most killWait): a sibling would otherwise outlive it, and systemd would
+// kill it itself.
+func (u *Upgrader) awaitDeath(c child) {
+	pid := c.Pid()
+	u.dying = append(u.dying, pid)
+	go func() {
+		select {
+		case <-c.Exited():
+		case <-time.After(killWait):
+		}
+		c.Release()
+		u.post(deadChildEvent{pid})
+	}()
+}
+
+// stop drains for good.
 func (u *Upgrader) stop(why string) {
-	switch u.state {
-	case Stopping:
+	switch u.st {
+	case stopping, exited:
 		return
-	case HandedOver:
-		u.log.Info("stop requested while draining after a handover", "event", "stop_ignored", "why", why)
+	case draining:
+		// This process drains already; the stop only makes the drain final.
+		u.log.Info("stop requested while draining after a handover: the drain goes on, and is final", "event", "stop_ignored", "why", why)
+		if !u.hard {
+			u.hard = true
+			for _, t := range u.targets {
+				t.closeListeners()
+			}
+		}
 		return
-	case Upgrading:
-		u.state = Stopping
+	case upgrading, handingOver:
+		u.st = stopping
 		u.failUpgrade("abandoned", errAbandoned)
 	}
-	u.state = Stopping
+	u.st = stopping
 	u.retire()
 	u.log.Info("stopping", "event", "stop", "why", why)
 	if u.main {
@@ -923,7 +1146,13 @@ func (u *Upgrader) stop(why string) {
 	if u.cfg.PIDFile != "" {
 		removePIDFile(u.cfg.PIDFile, os.Getpid())
 	}
-	u.exitWhy = why
+	u.closeExit()
+	u.startDrains(true)
+}
+
+func (u *Upgrader) closeExit() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
 	select {
 	case <-u.exit:
 	default:
@@ -932,13 +1161,122 @@ func (u *Upgrader) stop(why string) {
 }
 
 // retire tells the generation that handed over to this one, if it still listens,
-// that this process is no longer the current generation.
+// that this process is no longer the current generation. The channel stays open:
+// "current" follows if this process resumes.
 func (u *Upgrader) retire() {
-	if u.upstream != nil {
-		u.upstream.send(message{verb: "done"}, 100*time.Millisecond)
-		u.upstream.close()
-		u.upstream = nil
+	if ch := u.upstream; ch != nil {
+		go ch.Send(handoff.Message{Verb: handoff.Done}, sendTimeout)
 	}
+}
+
+// startDrains drains every target, each within its deadline. hard closes the
+// listeners at once; otherwise they only stop accepting, and the drain can be taken
+// back until it ends.
+func (u *Upgrader) startDrains(hard bool) {
+	u.hard = u.hard || hard
+	for _, t := range u.targets {
+		u.startDrain(t)
+	}
+}
+
+func (u *Upgrader) startDrain(t *target) {
+	if t.cancel != nil || t.ended {
+		return
+	}
+	d := t.timeout
+	if d <= 0 {
+		d = u.cfg.DrainTimeout
+	}
+	ctx, cancelDeadline := context.WithTimeout(context.Background(), d)
+	ctx, cancel := context.WithCancelCause(ctx)
+	t.cancel = cancel
+	t.epoch++
+	epoch := t.epoch
+	hard := u.hard
+	log := u.log.With("addr", t.addr())
+	if !t.internal {
+		log.Info("draining", "event", "drain_start", "connections", t.counts().Total(), "deadline", d.String())
+	}
+	go func() {
+		defer cancelDeadline()
+		start := time.Now()
+		err := t.drain(ctx, hard)
+		took := time.Since(start).Round(time.Millisecond).String()
+		switch {
+		case t.internal:
+		case errors.Is(err, ErrDrainDeadline):
+			log.Warn("drain deadline reached; force-closed the remaining connections", "event", "drain_deadline", "took", took)
+		case err == nil:
+			log.Info("drained", "event", "drained", "took", took)
+		}
+		u.post(drainEndedEvent{t: t, epoch: epoch, err: err})
+	}()
+}
+
+func (u *Upgrader) onDrainEnded(t *target, err error) {
+	if errors.Is(err, errResumed) {
+		return
+	}
+	t.cancel = nil
+	t.ended = true
+	if errors.Is(err, ErrDrainDeadline) {
+		u.drainErr = err
+	}
+}
+
+// finished reports whether the process is done: it drains (after a handover or a
+// stop), every drain has ended, no replacement is starting, and no killed child is
+// still alive.
+func (u *Upgrader) finished() bool {
+	if u.st != draining && u.st != stopping {
+		return false
+	}
+	if len(u.dying) > 0 || u.spawning > 0 || u.next != nil && !u.next.handed {
+		return false
+	}
+	for _, t := range u.targets {
+		if !t.ended {
+			return false
+		}
+	}
+	return true
+}
+
+// finish ends the process's part: every listener is closed for good, the sockets
+// kept for a successor are let go, and Wait returns.
+func (u *Upgrader) finish() {
+	u.st = exited
+	for _, t := range u.targets {
+		t.closeListeners()
+	}
+	if u.reserve != nil {
+		u.reserve.Close()
+		u.reserve = nil
+	}
+	if u.next != nil && u.next.ch != nil {
+		u.next.ch.Close() // the successor lives on; it is no longer watched
+	}
+	if u.upstream != nil {
+		u.upstream.Close()
+	}
+	u.stopWatchdog()
+	signalStop(u.sigs)
+	u.mu.Lock()
+	u.waitErr = u.drainErr
+	u.mu.Unlock()
+	u.log.Info("drained; the process may exit", "event", "done")
+	close(u.done)
+}
+
+// adopt makes t one of the process's drain targets. A target adopted once the
+// process drains starts draining at once.
+func (u *Upgrader) adopt(t *target) {
+	u.call(func() {
+		u.targets = append(u.targets, t)
+		if u.st == draining || u.st == stopping {
+			u.startDrain(t)
+		}
+	})
 }
 
 // notify sends state to the service manager, if there is one.
@@ -965,8 +1303,8 @@ func (u *Upgrader) statusLine() string {
 	s := u.status()
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: generation %d, PID %d", s.State, s.Generation, s.PID)
-	switch u.state {
-	case HandedOver, Stopping:
+	switch u.st {
+	case draining, stopping:
 		fmt.Fprintf(&b, ", draining %d connections", s.Connections.Total())
 	default:
 		fmt.Fprintf(&b, ", %d connections", s.Connections.Total())
@@ -974,7 +1312,16 @@ func (u *Upgrader) statusLine() string {
 	if s.LastError != "" {
 		fmt.Fprintf(&b, "; last upgrade failed: %s", s.LastError)
 	}
-	return oneLine(b.String())
+	return handoff.OneLine(b.String())
+}
+
+func (u *Upgrader) writePIDFile() {
+	if u.cfg.PIDFile == "" {
+		return
+	}
+	if err := writePIDFile(u.cfg.PIDFile, os.Getpid()); err != nil {
+		u.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
+	}
 }
 
 // startWatchdog pings the service manager's watchdog at half its interval while this
@@ -986,14 +1333,17 @@ func (u *Upgrader) startWatchdog() {
 	stop := make(chan struct{})
 	u.wdStop = stop
 	every := u.watchdog.Interval / 2
+	n := u.notifier
+	log := u.log
 	go func() {
 		t := time.NewTicker(every)
 		defer t.Stop()
-		u.notify("WATCHDOG=1")
 		for {
+			if err := n.Send("WATCHDOG=1"); err != nil {
+				log.Warn("sd_notify failed", "event", "notify_failed", "err", err)
+			}
 			select {
 			case <-t.C:
-				u.notify("WATCHDOG=1")
 			case <-stop:
 				return
 			}
@@ -1008,7 +1358,7 @@ func (u *Upgrader) stopWatchdog() {
 	}
 }
 
-func describeHeld(hs []activation.Handed) string {
+func describeHeld(hs []handoff.Held) string {
 	parts := make([]string, 0, len(hs))
 	for _, h := range hs {
 		name := h.Name
@@ -1022,4 +1372,20 @@ func describeHeld(hs []activation.Handed) string {
 		parts = append(parts, fmt.Sprintf("%s=%s (%s)", name, addr, h.Source))
 	}
 	return strings.Join(parts, ", ")
+}
+
+func closeFiles(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+func removeInt(s []int, v int) []int {
+	out := s[:0]
+	for _, x := range s {
+		if x != v {
+			out = append(out, x)
+		}
+	}
+	return out
 }

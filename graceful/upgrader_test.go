@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/seed-a7250cfa/handover/activation"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,7 +30,7 @@ import (
 type fakeChild struct {
 	pid  int
 	spec childSpec
-	ch   *channel // the child's end
+	ch   *handoff.Channel // the child's end
 
 	exitOnce sync.Once
 	exited   chan struct{}
@@ -85,22 +85,22 @@ func (s *fakeStarter) start(spec childSpec) (child, error) {
 	}
 	// The caller closes its copy of the child's end once we return, as after a
 	// real fork; the fake child keeps a duplicate.
-	fd, err := unix.FcntlInt(spec.files[len(spec.files)-1].Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	fd, err := unix.FcntlInt(spec.files[len(spec.files)-2].Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	ch, err := newChannel(os.NewFile(uintptr(fd), "fake-child-channel"))
+	ch, err := handoff.NewChannel(os.NewFile(uintptr(fd), "fake-child-channel"))
 	if err != nil {
 		return nil, err
 	}
-	ch.conn.SetDeadline(time.Now().Add(waitBound))
+	ch.SetDeadline(time.Now().Add(waitBound))
 	s.mu.Lock()
 	s.nextPID++
 	c := &fakeChild{pid: s.nextPID, spec: spec, ch: ch, exited: make(chan struct{})}
 	s.mu.Unlock()
 	s.t.Cleanup(func() {
 		c.exit()
-		c.ch.close()
+		c.ch.Close()
 	})
 	s.started <- c
 	return c, nil
@@ -190,7 +190,7 @@ func outcome(t *testing.T, res <-chan upgradeOutcome) upgradeOutcome {
 	}
 }
 
-func exited(u *Upgrader) bool {
+func exitClosed(u *Upgrader) bool {
 	select {
 	case <-u.Exit():
 		return true
@@ -199,10 +199,10 @@ func exited(u *Upgrader) bool {
 	}
 }
 
-func (c *fakeChild) expect(t *testing.T, verb string) message {
+func (c *fakeChild) expect(t *testing.T, verb string) handoff.Message {
 	t.Helper()
-	m, err := c.ch.receive()
-	if err != nil || m.verb != verb {
+	m, err := c.ch.Receive()
+	if err != nil || m.Verb != verb {
 		t.Fatalf("child %d received %+v, %v; want %q", c.pid, m, err, verb)
 	}
 	return m
@@ -214,8 +214,8 @@ func TestUpgradeBeforeReady(t *testing.T) {
 	if st := u.Status(); st.State != "starting" || st.Generation != 1 {
 		t.Fatalf("Status = %+v", st)
 	}
-	if r := outcome(t, upgradeAsync(u)); !errors.Is(r.err, ErrNotReady) {
-		t.Fatalf("Upgrade before Ready: %v; want ErrNotReady", r.err)
+	if r := outcome(t, upgradeAsync(u)); !errors.Is(r.err, errNotReady) {
+		t.Fatalf("Upgrade before Ready: %v; want errNotReady", r.err)
 	}
 	if len(s.started) != 0 {
 		t.Fatal("a child was started before Ready")
@@ -244,16 +244,16 @@ func TestUpgradeHandsOver(t *testing.T) {
 	}
 	var marker string
 	for _, kv := range c.spec.env {
-		if v, ok := strings.CutPrefix(kv, activation.MarkerEnv+"="); ok {
+		if v, ok := strings.CutPrefix(kv, handoff.MarkerEnv+"="); ok {
 			marker = v
 		}
 	}
-	m, err := activation.ParseMarker(marker)
+	m, err := handoff.ParseMarker(marker)
 	if err != nil {
 		t.Fatalf("marker %q: %v", marker, err)
 	}
-	if m.PID != os.Getpid() || m.PPID != os.Getpid() || m.Generation != 2 || m.Channel != activation.ListenFDsStart+len(c.spec.files)-1 {
-		t.Fatalf("marker %+v; want this process as parent, generation 2, channel at fd %d", m, activation.ListenFDsStart+len(c.spec.files)-1)
+	if m.PID != os.Getpid() || m.PPID != os.Getpid() || m.Generation != 2 || m.Channel != handoff.ListenFDsStart+len(c.spec.files)-2 || m.Stderr != m.Channel+1 || c.spec.stderr == nil {
+		t.Fatalf("marker %+v; want this process as parent, generation 2, channel at fd %d, our stderr after it, a pipe at fd 2", m, handoff.ListenFDsStart+len(c.spec.files)-2)
 	}
 	if st := u.Status(); st.State != "upgrading" || st.Upgrading != c.pid {
 		t.Fatalf("Status during the upgrade = %+v", st)
@@ -261,11 +261,11 @@ func TestUpgradeHandsOver(t *testing.T) {
 	if r := outcome(t, upgradeAsync(u)); !errors.Is(r.err, ErrUpgradeInProgress) {
 		t.Fatalf("second Upgrade: %v; want ErrUpgradeInProgress", r.err)
 	}
-	if exited(u) {
+	if exitClosed(u) {
 		t.Fatal("Exit closed before the new generation was ready")
 	}
 
-	if err := c.ch.send(message{verb: "ready", pid: c.pid}, time.Second); err != nil {
+	if err := c.ch.Send(handoff.Message{Verb: "ready", PID: c.pid}, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	c.expect(t, "main")
@@ -278,7 +278,11 @@ func TestUpgradeHandsOver(t *testing.T) {
 	case <-time.After(waitBound):
 		t.Fatal("Exit not closed after handing over")
 	}
-	if st := u.Status(); st.State != "draining" || st.Upgrading != 0 {
+	// Nothing to drain (no Server, no Drainer): the process is done at once.
+	if err := u.Wait(); err != nil {
+		t.Fatalf("Wait after handing over: %v", err)
+	}
+	if st := u.Status(); st.State != "exited" || st.Upgrading != 0 {
 		t.Fatalf("Status after handing over = %+v", st)
 	}
 	if r := outcome(t, upgradeAsync(u)); r.err == nil || !strings.Contains(r.err.Error(), strconv.Itoa(c.pid)) {
@@ -288,7 +292,7 @@ func TestUpgradeHandsOver(t *testing.T) {
 		t.Fatal("the new generation was killed")
 	}
 	// The successor retires in turn and exits: nothing is restarted.
-	c.ch.send(message{verb: "done"}, time.Second)
+	c.ch.Send(handoff.Message{Verb: "done"}, time.Second)
 	c.exit()
 }
 
@@ -300,25 +304,25 @@ func TestUpgradeChildFails(t *testing.T) {
 	}
 	res := upgradeAsync(u)
 	c := s.next(t)
-	if err := c.ch.send(message{verb: "error", text: "listen tcp :80: bind: permission denied"}, time.Second); err != nil {
+	if err := c.ch.Send(handoff.Message{Verb: "error", Text: "listen tcp :80: bind: permission denied"}, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	// Wait until the parent has read the error, then die as the real child does.
 	eventually(t, "the parent records the child's error", func() bool {
-		var detail string
-		u.do(func() {
-			if u.up != nil {
-				detail = u.up.detail
+		var said string
+		u.call(func() {
+			if u.next != nil {
+				said = u.next.said
 			}
 		})
-		return detail != ""
+		return said != ""
 	})
 	c.exit()
 	r := outcome(t, res)
 	if r.err == nil || !strings.Contains(r.err.Error(), "exited before it was ready") || !strings.Contains(r.err.Error(), "bind: permission denied") {
 		t.Fatalf("Upgrade = %d, %v; want the exit and the child's reason", r.pid, r.err)
 	}
-	if exited(u) {
+	if exitClosed(u) {
 		t.Fatal("Exit closed after a failed upgrade")
 	}
 	if st := u.Status(); st.State != "serving" || st.Upgrading != 0 || !strings.Contains(st.LastError, "permission denied") {
@@ -328,7 +332,7 @@ func TestUpgradeChildFails(t *testing.T) {
 	// The next attempt may succeed.
 	res = upgradeAsync(u)
 	c2 := s.next(t)
-	c2.ch.send(message{verb: "ready", pid: c2.pid}, time.Second)
+	c2.ch.Send(handoff.Message{Verb: "ready", PID: c2.pid}, time.Second)
 	c2.expect(t, "main")
 	if r := outcome(t, res); r.err != nil || r.pid != c2.pid {
 		t.Fatalf("second Upgrade = %d, %v", r.pid, r.err)
@@ -336,7 +340,7 @@ func TestUpgradeChildFails(t *testing.T) {
 	if st := u.Status(); st.LastError != "" {
 		t.Fatalf("LastError after a successful upgrade: %q", st.LastError)
 	}
-	c2.ch.send(message{verb: "done"}, time.Second)
+	c2.ch.Send(handoff.Message{Verb: "done"}, time.Second)
 	c2.exit()
 }
 
@@ -349,8 +353,8 @@ func TestUpgradeTimeout(t *testing.T) {
 	res := upgradeAsync(u)
 	c := s.next(t)
 	m := c.expect(t, "abort")
-	if !strings.Contains(m.text, "not ready within 50ms") {
-		t.Fatalf("abort says %q", m.text)
+	if !strings.Contains(m.Text, "not ready within 50ms") {
+		t.Fatalf("abort says %q", m.Text)
 	}
 	r := outcome(t, res)
 	if r.err == nil || !strings.Contains(r.err.Error(), "not ready within 50ms") {
@@ -359,8 +363,8 @@ func TestUpgradeTimeout(t *testing.T) {
 	if !c.wasKilled() {
 		t.Fatal("the child that was not ready in time was not killed")
 	}
-	if exited(u) || u.Status().State != "serving" {
-		t.Fatalf("after a timeout: exit=%v status=%+v", exited(u), u.Status())
+	if exitClosed(u) || u.Status().State != "serving" {
+		t.Fatalf("after a timeout: exit=%v status=%+v", exitClosed(u), u.Status())
 	}
 }
 
@@ -372,7 +376,7 @@ func TestUpgradeUnexpectedMessage(t *testing.T) {
 	}
 	res := upgradeAsync(u)
 	c := s.next(t)
-	c.ch.send(message{verb: "main"}, time.Second) // a child does not say that
+	c.ch.Send(handoff.Message{Verb: "main"}, time.Second) // a child does not say that
 	c.expect(t, "abort")
 	if r := outcome(t, res); r.err == nil || !strings.Contains(r.err.Error(), "unexpected message") {
 		t.Fatalf("Upgrade = %v", r.err)
@@ -395,7 +399,7 @@ func TestUpgradeStartFails(t *testing.T) {
 	if st := u.Status(); st.State != "serving" || !strings.Contains(st.LastError, "resource temporarily unavailable") {
 		t.Fatalf("Status = %+v", st)
 	}
-	if exited(u) {
+	if exitClosed(u) {
 		t.Fatal("Exit closed")
 	}
 }
@@ -425,7 +429,7 @@ func TestStopDuringUpgrade(t *testing.T) {
 	res := upgradeAsync(u)
 	c := s.next(t)
 	u.Stop()
-	if !exited(u) {
+	if !exitClosed(u) {
 		t.Fatal("Exit not closed by Stop")
 	}
 	c.expect(t, "abort")
@@ -435,13 +439,16 @@ func TestStopDuringUpgrade(t *testing.T) {
 	if !c.wasKilled() {
 		t.Fatal("the child was not killed")
 	}
-	if st := u.Status(); st.State != "stopping" {
+	if err := u.Wait(); err != nil {
+		t.Fatalf("Wait after Stop: %v", err)
+	}
+	if st := u.Status(); st.State != "exited" {
 		t.Fatalf("Status = %+v", st)
 	}
 	if _, err := os.Stat(pidfile); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("PID file after Stop: %v; want it removed", err)
 	}
-	if r := outcome(t, upgradeAsync(u)); !errors.Is(r.err, ErrStopping) {
+	if r := outcome(t, upgradeAsync(u)); !errors.Is(r.err, errStopping) {
 		t.Fatalf("Upgrade while stopping: %v", r.err)
 	}
 	u.Stop() // again: nothing happens
@@ -521,7 +528,7 @@ func TestUpgradeUnderServiceManager(t *testing.T) {
 	if !c.spec.sibling {
 		t.Fatal("not started as a sibling under a service manager")
 	}
-	c.ch.send(message{verb: "ready", pid: c.pid}, time.Second)
+	c.ch.Send(handoff.Message{Verb: "ready", PID: c.pid}, time.Second)
 	if d := next("MAINPID=" + strconv.Itoa(c.pid)); !strings.Contains(d.state, "READY=1") {
 		t.Fatalf("handover notification %q", d.state)
 	}
@@ -531,8 +538,8 @@ func TestUpgradeUnderServiceManager(t *testing.T) {
 	}
 	mainc := make(chan error, 1)
 	go func() {
-		m, err := c.ch.receive()
-		if err == nil && m.verb != "main" {
+		m, err := c.ch.Receive()
+		if err == nil && m.Verb != "main" {
 			err = errors.New("got " + m.String())
 		}
 		mainc <- err

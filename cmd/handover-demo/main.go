@@ -49,7 +49,7 @@ func main() {
 	pidfile := flag.String("pidfile", "", "write the current generation's PID to this file")
 	drain := flag.Duration("drain-timeout", 30*time.Second, "force-close connections still open this long after draining starts")
 	upgrade := flag.Duration("upgrade-timeout", 30*time.Second, "give up on a new generation that is not ready within this time")
-	grace := flag.Duration("keepalive-grace", graceful.DefaultKeepAliveGrace, "how long idle keep-alive connections may send one more request while draining")
+	grace := flag.Duration("keepalive-grace", time.Second, "how long idle keep-alive connections may send one more request while draining")
 	message := flag.String("message", "hello", "text included in every answer, to show which build answers")
 	controlPath := flag.String("control", "", "path of the control socket for `handover reload` and `handover status`")
 	fdstore := flag.Bool("fdstore", false, "under systemd, hand the sockets to systemd's fd store (needs FileDescriptorStoreMax=)")
@@ -103,7 +103,7 @@ func run(cfg graceful.Config, o options) error {
 	if err != nil {
 		return fmt.Errorf("listener http: %w", err)
 	}
-	d := &demo{pid: os.Getpid(), gen: u.Generation(), message: message}
+	d := &demo{pid: os.Getpid(), gen: u.Status().Generation, message: message}
 	srv := &graceful.Server{
 		Server: http.Server{
 			Handler:           d.routes(),
@@ -111,9 +111,7 @@ func run(cfg graceful.Config, o options) error {
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
 		Name:           "http",
-		DrainTimeout:   cfg.DrainTimeout,
 		KeepAliveGrace: o.grace,
-		Upgrader:       u,
 	}
 	if o.h2c {
 		p := new(http.Protocols)
@@ -122,22 +120,26 @@ func run(cfg graceful.Config, o options) error {
 		p.SetUnencryptedHTTP2(true)
 		srv.Protocols = p
 	}
-	errc := make(chan error, 1)
-	go func() {
-		if o.cert != "" {
-			errc <- srv.ServeTLS(ln, o.cert, o.key)
-			return
-		}
-		errc <- srv.Serve(ln)
-	}()
-	if err := u.Ready(); err != nil {
+	// Serve calls u.Ready once it serves, and returns once the server has drained
+	// (a new generation took over, or SIGTERM).
+	if o.cert != "" {
+		err = srv.ServeTLS(ln, o.cert, o.key)
+	} else {
+		err = srv.Serve(ln)
+	}
+	if !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	u.Logger().Info("exiting", "event", "exit")
+	err = u.Wait()
+	log.Info("exiting", "event", "exit", "gen", d.gen, "pid", d.pid, "drain", errString(err))
 	return nil
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "complete"
+	}
+	return err.Error()
 }
 
 type demo struct {

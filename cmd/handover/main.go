@@ -33,7 +33,7 @@ import (
 
 const usage = `usage:
   handover reload [-control PATH] [-timeout DURATION]
-  handover status [-control PATH] [-json]
+  handover status [-control PATH] [-json] [-timeout DURATION]
 
 The control socket is -control or $HANDOVER_CONTROL.
 `
@@ -71,12 +71,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	cmd := args[0]
+	if cmd != "reload" && cmd != "status" {
+		fmt.Fprintf(stderr, "handover: unknown command %q\n%s", cmd, usage)
+		return 2
+	}
 	fl := flag.NewFlagSet("handover "+cmd, flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	path := fl.String("control", os.Getenv("HANDOVER_CONTROL"), "path of the service's control socket")
-	timeout := fl.Duration("timeout", 2*time.Minute, "how long to wait for the outcome")
-	asJSON := fl.Bool("json", false, "print the status as JSON")
+	var timeout *time.Duration
+	var asJSON *bool
+	if cmd == "reload" {
+		timeout = fl.Duration("timeout", 2*time.Minute, "how long to wait for the outcome")
+	} else {
+		timeout = fl.Duration("timeout", 30*time.Second, "how long to wait for the answer")
+		asJSON = fl.Bool("json", false, "print the status as JSON")
+	}
 	if err := fl.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	if fl.NArg() > 0 {
@@ -87,14 +100,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "handover %s: no control socket: pass -control PATH or set HANDOVER_CONTROL (the path the service was given, e.g. /run/handover-demo/control.sock)\n", cmd)
 		return 2
 	}
-	switch cmd {
-	case "reload":
+	if cmd == "reload" {
 		return reload(*path, *timeout, stdout, stderr)
-	case "status":
-		return status(*path, *timeout, *asJSON, stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "handover: unknown command %q\n%s", cmd, usage)
-	return 2
+	return status(*path, *timeout, *asJSON, stdout, stderr)
 }
 
 // ask sends one request and reads the answer.
@@ -115,7 +124,7 @@ func ask(path, req string, timeout time.Duration) (control.Response, error) {
 	}
 	resp, err := control.ReadResponse(c)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return resp, fmt.Errorf("no answer from %s within %s", path, timeout)
+		return resp, errTimedOut
 	}
 	if errors.Is(err, io.EOF) {
 		return resp, fmt.Errorf("%s closed the connection without answering (did the service stop?)", path)
@@ -137,10 +146,17 @@ func explainDial(path string, err error) error {
 	return fmt.Errorf("connecting to %s: %w", path, err)
 }
 
+// errTimedOut is what ask returns when the answer did not come in time.
+var errTimedOut = errors.New("timed out")
+
 func reload(path string, timeout time.Duration, stdout, stderr io.Writer) int {
 	deadline := time.Now().Add(timeout)
 	for attempt := 0; ; attempt++ {
 		resp, err := ask(path, control.Upgrade, time.Until(deadline))
+		if errors.Is(err, errTimedOut) {
+			fmt.Fprintf(stderr, "handover reload: no outcome within %s: the upgrade may still be in progress (see handover status -control %s); raise -timeout above the service's upgrade timeout\n", timeout.Round(time.Millisecond), path)
+			return 1
+		}
 		if err != nil {
 			fmt.Fprintf(stderr, "handover reload: %v\n", err)
 			return 1
@@ -152,10 +168,10 @@ func reload(path string, timeout time.Duration, stdout, stderr io.Writer) int {
 		}
 		if !resp.OK {
 			if resp.Stopping && os.Getenv("INVOCATION_ID") != "" {
-				// When systemd stops the unit, SIGTERM reaches this command too, just
-				// after the service (exitOnSIGTERM then exits 0). Without it, the
-				// service is stopping by itself and the reload failed.
-				time.Sleep(time.Second)
+				// The service is stopping, under systemd: the unit is going down,
+				// and a failing ExecReload= would only mark it failed as well.
+				fmt.Fprintf(stderr, "handover reload: no upgrade: %s\n", resp.Error)
+				return 0
 			}
 			fmt.Fprintf(stderr, "handover reload: upgrade failed: %s\n", resp.Error)
 			return 1
@@ -166,10 +182,10 @@ func reload(path string, timeout time.Duration, stdout, stderr io.Writer) int {
 }
 
 func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.Writer) int {
-	if timeout > 30*time.Second {
-		timeout = 30 * time.Second
-	}
 	resp, err := ask(path, control.Status, timeout)
+	if errors.Is(err, errTimedOut) {
+		err = fmt.Errorf("no answer from %s within %s", path, timeout.Round(time.Millisecond))
+	}
 	if err == nil && !resp.OK {
 		err = errors.New(resp.Error)
 	}

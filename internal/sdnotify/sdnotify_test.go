@@ -132,8 +132,11 @@ func (m *manager) receive(t *testing.T) (string, []int) {
 	return string(buf[:n]), fds
 }
 
+// notifier returns a Notifier for addr, which is also put in $NOTIFY_SOCKET, where
+// go-systemd (plain notifications) reads it, as it is under a service manager.
 func notifier(t *testing.T, addr string) *Notifier {
 	t.Helper()
+	t.Setenv(Env, addr)
 	n, err := Parse(addr)
 	if err != nil || n == nil {
 		t.Fatalf("Parse(%q) = %v, %v", addr, n, err)

@@ -18,6 +18,7 @@ package logs
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,38 +35,40 @@ type Spec struct {
 // Events is the stable vocabulary of event= values (the design notes' list): the
 // Upgrader's, the Server's drain events, and the demo's exit.
 var Events = map[string]Spec{
-	"start":             {},
-	"inherit_ignored":   {},
-	"fd_unclaimed":      {},
-	"ready":             {},
-	"pidfile_failed":    {},
-	"parent_lost":       {},
-	"signal_ignored":    {Enums: map[string][]string{"signal": {"hangup"}}},
-	"exit_now":          {},
-	"upgrade_refused":   {Enums: map[string][]string{"reason": {"not_ready", "in_progress", "handed_over", "stopping", "pid1", "master", "unsupported"}}},
-	"upgrade_start":     {},
-	"child_started":     {},
-	"child_error":       {},
-	"child_pid_differs": {},
-	"barrier_timeout":   {},
-	"confirm_failed":    {},
-	"upgrade_failed":    {Enums: map[string][]string{"cause": {"start", "timeout", "exited", "channel_closed", "protocol", "notify", "confirm", "abandoned"}}},
-	"handed_over":       {},
-	"reserve_failed":    {},
-	"successor_retired": {},
-	"successor_died":    {Enums: map[string][]string{"action": {"none", "replace", "resume"}}},
-	"replace_failed":    {},
-	"resumed":           {},
-	"stop":              {},
-	"stop_ignored":      {},
-	"notify_failed":     {},
-	"control_refused":   {},
-	"fdstore":           {},
-	"fdstore_failed":    {},
-	"drain_start":       {},
-	"drain_deadline":    {},
-	"drained":           {},
-	"exit":              {},
+	"start":               {},
+	"inherit_ignored":     {},
+	"fd_unclaimed":        {},
+	"ready":               {},
+	"pidfile_failed":      {},
+	"parent_lost":         {},
+	"signal_ignored":      {Enums: map[string][]string{"signal": {"hangup"}}},
+	"exit_now":            {},
+	"upgrade_refused":     {Enums: map[string][]string{"reason": {"not_ready", "in_progress", "handed_over", "stopping", "pid1", "master", "unsupported"}}},
+	"upgrade_start":       {},
+	"child_started":       {},
+	"child_error":         {},
+	"child_pid_differs":   {},
+	"barrier_timeout":     {},
+	"confirm_failed":      {},
+	"upgrade_failed":      {Enums: map[string][]string{"cause": {"start", "timeout", "exited", "channel_closed", "protocol", "notify", "confirm", "abandoned"}}},
+	"handed_over":         {},
+	"reserve_failed":      {},
+	"successor_retired":   {},
+	"successor_died":      {Enums: map[string][]string{"action": {"none", "replace", "resume"}}},
+	"replace_failed":      {},
+	"resumed":             {},
+	"stop":                {},
+	"stop_ignored":        {},
+	"notify_failed":       {},
+	"control_refused":     {},
+	"fdstore":             {},
+	"fdstore_failed":      {},
+	"drain_start":         {},
+	"drain_deadline":      {},
+	"drained":             {},
+	"done":                {}, // the process may exit (every drain ended)
+	"control_unsupported": {},
+	"exit":                {},
 }
 
 // Line is one parsed slog text-handler line.
@@ -126,9 +129,48 @@ func Parse(text string) Log {
 	return g
 }
 
-// parseLine parses `time=... level=... msg=... k=v ...`. A line is a slog line when
-// it parses completely and has time, level and msg.
+// defaultLine matches the start of a line of slog's default handler (slog.Default,
+// which writes through package log): "2009/11/10 23:00:00 INFO message k=v ...". The
+// README's one-word server logs so.
+var defaultLine = regexp.MustCompile(`^(\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?) (DEBUG|INFO|WARN|ERROR) (.*)$`)
+
+// parseLine parses `time=... level=... msg=... k=v ...` (the text handler), or a
+// default-handler line whose attributes start with gen= (every Upgrader line has
+// it). A line is a slog line when it parses completely and has time, level and msg.
 func parseLine(s string) (map[string]string, bool) {
+	if m := defaultLine.FindStringSubmatch(s); m != nil {
+		// The message is free text: the attributes are the rest of the line from
+		// the first " gen=" after which everything parses as key=value.
+		rest := m[3]
+		for i := 0; ; {
+			j := strings.Index(rest[i:], "gen=")
+			if j < 0 {
+				return nil, false
+			}
+			at := i + j
+			if at == 0 || rest[at-1] == ' ' {
+				if attrs, ok := parseAttrs(rest[at:]); ok {
+					attrs["time"], attrs["level"], attrs["msg"] = m[1], m[2], strings.TrimSuffix(rest[:at], " ")
+					return attrs, true
+				}
+			}
+			i = at + 1
+		}
+	}
+	attrs, ok := parseAttrs(s)
+	if !ok {
+		return nil, false
+	}
+	for _, k := range []string{"time", "level", "msg"} {
+		if _, ok := attrs[k]; !ok {
+			return nil, false
+		}
+	}
+	return attrs, true
+}
+
+// parseAttrs parses a sequence of key=value attributes.
+func parseAttrs(s string) (map[string]string, bool) {
 	attrs := map[string]string{}
 	for s = strings.TrimLeft(s, " "); s != ""; s = strings.TrimLeft(s, " ") {
 		key, rest, ok := parseToken(s, true)
@@ -142,12 +184,7 @@ func parseLine(s string) (map[string]string, bool) {
 		attrs[key] = val
 		s = rest
 	}
-	for _, k := range []string{"time", "level", "msg"} {
-		if _, ok := attrs[k]; !ok {
-			return nil, false
-		}
-	}
-	return attrs, true
+	return attrs, len(attrs) > 0
 }
 
 // parseToken reads a key (up to '=') or a value (up to a space), either of which

@@ -3,7 +3,9 @@ package logs
 import (
 	"bytes"
 	"errors"
+	"log"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -58,6 +60,21 @@ func TestParseRealLines(t *testing.T) {
 	// Ordering by line number.
 	if a, b := g.Where("start")[0], g.Where("exit")[0]; a.N >= b.N {
 		t.Errorf("line numbers %d, %d", a.N, b.N)
+	}
+}
+
+// TestParseDefaultHandler: slog.Default's lines (through package log), as the
+// README's one-word server writes them, with a message holding '=' and ':'.
+func TestParseDefaultHandler(t *testing.T) {
+	var b bytes.Buffer
+	log.SetOutput(&b) // slog.Default writes through package log's default logger
+	defer log.SetOutput(os.Stderr)
+	h := slog.Default().With("gen", 1, "pid", 1)
+	h.Warn("upgrade refused: graceful: x=1 gen=2 is PID 1", "event", "upgrade_refused", "reason", "pid1", "trigger", "SIGUSR2")
+	g := Parse(b.String())
+	l, ok := g.Last("upgrade_refused", "reason=pid1", KV("gen", 1))
+	if !ok || l.Get("msg") != "upgrade refused: graceful: x=1 gen=2 is PID 1" || l.Get("level") != "WARN" || l.Get("trigger") != "SIGUSR2" {
+		t.Fatalf("parsed %+v from %q", g.Lines, b.String())
 	}
 }
 

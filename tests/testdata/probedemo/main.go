@@ -45,7 +45,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "probedemo:", err)
 		os.Exit(1)
 	}
-	pid, gen := os.Getpid(), u.Generation()
+	pid, gen := os.Getpid(), u.Status().Generation
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Pid", strconv.Itoa(pid))
@@ -78,19 +78,13 @@ func main() {
 		}
 	})
 	srv := &graceful.Server{
-		Server:   http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
-		Name:     "http",
-		Upgrader: u,
+		Server: http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
+		Name:   "http",
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	if err := u.Ready(); err != nil {
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		fmt.Fprintln(os.Stderr, "probedemo:", err)
 		os.Exit(1)
 	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		fmt.Fprintln(os.Stderr, "probedemo:", err)
-		os.Exit(1)
-	}
-	u.Logger().Info("exiting", "event", "exit")
+	u.Wait()
+	log.Info("exiting", "event", "exit")
 }

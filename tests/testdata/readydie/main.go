@@ -7,28 +7,29 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"strconv"
 	"syscall"
 
-	"github.com/seed-a7250cfa/handover/activation"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
 func main() {
-	m, err := activation.ParseMarker(os.Getenv(activation.MarkerEnv))
+	m, err := handoff.ParseMarker(os.Getenv(handoff.MarkerEnv))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "readydie:", err)
 		os.Exit(1)
 	}
 	ch := os.NewFile(uintptr(m.Channel), "handover-channel")
-	if _, err := fmt.Fprintf(ch, "ready %d\n", os.Getpid()); err != nil {
+	// The channel is a SOCK_SEQPACKET socket: one write, one message.
+	if _, err := fmt.Fprintf(ch, "ready %d", os.Getpid()); err != nil {
 		fmt.Fprintln(os.Stderr, "readydie:", err)
 		os.Exit(1)
 	}
-	line, err := bufio.NewReader(ch).ReadString('\n')
-	fmt.Fprintf(os.Stderr, "readydie: pid %d got %s (err %v); dying\n", os.Getpid(), strconv.Quote(line), err)
+	buf := make([]byte, 512)
+	n, err := ch.Read(buf)
+	fmt.Fprintf(os.Stderr, "readydie: pid %d got %s (err %v); dying\n", os.Getpid(), strconv.Quote(string(buf[:n])), err)
 	syscall.Kill(os.Getpid(), syscall.SIGKILL)
 	select {}
 }

@@ -1,4 +1,4 @@
-package activation
+package handoff
 
 import (
 	"fmt"
@@ -39,12 +39,12 @@ func runInherit(t *testing.T, vars map[string]string) (*Set, error) {
 				t.Fatalf("inherit(%q) panicked: %v", vars, r)
 			}
 		}()
-		s, err = inherit(e)
+		s, err = inherit(e, func() []*os.File { return nil })
 	}()
 	if s == nil {
 		t.Fatalf("inherit(%q) returned a nil Set (err %v)", vars, err)
 	}
-	for _, k := range []string{ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv} {
+	for _, k := range []string{ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv, MasterEnv} {
 		if _, ok := e.vars[k]; ok || !slices.Contains(e.unset, k) {
 			t.Errorf("inherit(%q): %s was not cleared", vars, k)
 		}
@@ -144,12 +144,13 @@ func TestInheritMalformed(t *testing.T) {
 		{"LISTEN_FDS empty", map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: ""}, []string{"LISTEN_FDS is empty"}},
 		{"too many names", map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "1", ListenFDNamesEnv: "a:b"}, []string{"LISTEN_FDNAMES", `"a:b"`, "LISTEN_FDS=1"}},
 		{"too few names", map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "2", ListenFDNamesEnv: "a"}, []string{"LISTEN_FDNAMES", `"a"`, "LISTEN_FDS=2"}},
+		{"master PID malformed", map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "0", MasterEnv: "x"}, []string{"HANDOVER_MASTER", `"x"`}},
 		{"marker malformed", map[string]string{ListenFDsEnv: "1", MarkerEnv: "pid=1"}, []string{"HANDOVER_PARENT", `"pid=1"`}},
 		{"marker without LISTEN_FDS", map[string]string{MarkerEnv: marker("chan=3,gen=2")}, []string{"HANDOVER_PARENT is set but LISTEN_FDS is not"}},
 		{"marker, bad LISTEN_FDS", map[string]string{ListenFDsEnv: "x", MarkerEnv: marker("chan=4,gen=2")}, []string{"LISTEN_FDS", `"x"`}},
 		{"marker own beyond LISTEN_FDS", map[string]string{ListenFDsEnv: "1", MarkerEnv: marker("chan=4,gen=2,own=1")}, []string{"own index 1", "LISTEN_FDS=1"}},
 		{"marker chan among the sockets", map[string]string{ListenFDsEnv: "2", MarkerEnv: marker("chan=4,gen=2")}, []string{"chan=4", "LISTEN_FDS=2"}},
-		{"marker chan not open", map[string]string{ListenFDsEnv: "0", MarkerEnv: marker(fmt.Sprintf("chan=%d,gen=2", closedFD))}, []string{"channel fd 999999", "not a unix stream socket", "bad file descriptor"}},
+		{"marker chan not open", map[string]string{ListenFDsEnv: "0", MarkerEnv: marker(fmt.Sprintf("chan=%d,gen=2", closedFD))}, []string{"channel fd 999999", "not a unix seqpacket socket", "bad file descriptor"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s, err := runInherit(t, c.vars)
@@ -167,33 +168,21 @@ func TestInheritMalformed(t *testing.T) {
 
 // TestInheritZero: LISTEN_FDS=0 for this process is valid and passes nothing.
 func TestInheritZero(t *testing.T) {
-	// inherit hands the (here: no) descriptors to go-systemd through the real
-	// environment; leave it as it was.
-	defer restoreEnv(t)()
 	s, err := runInherit(t, map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "0", ListenFDNamesEnv: ""})
-	if err != nil || s.Source() != Systemd || len(s.Files()) != 0 || s.Ignored() != "" {
-		t.Errorf("LISTEN_FDS=0: source %v, %d files, ignored %q, err %v; want systemd, none", s.Source(), len(s.Files()), s.Ignored(), err)
+	if err != nil || s.Source() != Systemd || len(s.Files()) != 0 || s.Ignored() != "" || s.Master() != 0 {
+		t.Errorf("LISTEN_FDS=0: source %v, %d files, ignored %q, master %d, err %v; want systemd, none", s.Source(), len(s.Files()), s.Ignored(), s.Master(), err)
 	}
 }
 
-// restoreEnv saves the protocol's variables in the real environment and returns a
-// function that puts them back.
-func restoreEnv(t *testing.T) func() {
-	saved := map[string]*string{}
-	for _, k := range []string{ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv} {
-		if v, ok := os.LookupEnv(k); ok {
-			saved[k] = &v
-		} else {
-			saved[k] = nil
-		}
+// TestInheritMaster: a `handover run` master's sockets come by systemd's protocol;
+// HANDOVER_MASTER makes them the master's only when it names our real parent.
+func TestInheritMaster(t *testing.T) {
+	s, err := runInherit(t, map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "0", MasterEnv: "4000"})
+	if err != nil || s.Source() != Master || s.Master() != 4000 {
+		t.Errorf("master = our parent: source %v, master %d, err %v; want master 4000", s.Source(), s.Master(), err)
 	}
-	return func() {
-		for k, v := range saved {
-			if v == nil {
-				os.Unsetenv(k)
-			} else {
-				os.Setenv(k, *v)
-			}
-		}
+	s, err = runInherit(t, map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "0", MasterEnv: "17"})
+	if err != nil || s.Source() != Systemd || s.Master() != 0 {
+		t.Errorf("master = not our parent: source %v, master %d, err %v; want systemd, no master", s.Source(), s.Master(), err)
 	}
 }

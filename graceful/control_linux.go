@@ -4,38 +4,41 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/control"
 	"golang.org/x/sys/unix"
 )
 
-// ControlName is the name of the control socket among the passed descriptors: give a
-// socket unit's control socket FileDescriptorName=handover-control, or let the
-// service bind Config.ControlSocket itself. Either way it is passed on to every new
-// generation like the other listeners.
-const ControlName = "handover-control"
+// controlName is the name of the control socket among the passed descriptors: a
+// socket unit's FileDescriptorName=handover-control, or the one the first generation
+// bound (Config.ControlSocket). It is passed on to every new generation like the
+// other listeners.
+const controlName = "handover-control"
+
+// Timeouts of the control socket.
+const (
+	// controlReadTimeout bounds how long a client may take to send its request.
+	controlReadTimeout = 10 * time.Second
+	// controlWriteTimeout bounds the write of an answer.
+	controlWriteTimeout = 2 * time.Second
+	// controlUpgradeSlack is added to the upgrade timeout for an answer to reload.
+	controlUpgradeSlack = time.Minute
+)
 
 // openControl claims or binds the control socket, if the process has one.
 func (u *Upgrader) openControl() (net.Listener, error) {
 	inherited := false
 	for _, f := range u.set.Files() {
-		inherited = inherited || f.Name == ControlName
+		inherited = inherited || f.Name == controlName
 	}
 	path := u.cfg.ControlSocket
 	if !inherited && path == "" {
 		return nil, nil
 	}
-	if !inherited {
-		if err := removeStaleSocket(path); err != nil {
-			return nil, err
-		}
-	}
-	ln, err := u.set.Listen(ControlName, "unix", path)
+	ln, err := u.set.Listen(controlName, "unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
@@ -49,48 +52,28 @@ func (u *Upgrader) openControl() (net.Listener, error) {
 	return ln, nil
 }
 
-// removeStaleSocket removes a unix socket file at path that nothing listens on (left
-// by a generation that was killed): the control socket's path belongs to the service.
-// Anything else at path is an error.
-func removeStaleSocket(path string) error {
-	st, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("control socket %s: %w", path, err)
-	}
-	if st.Mode().Type() != fs.ModeSocket {
-		return fmt.Errorf("control socket %s: a %s is in the way; remove it", path, st.Mode().Type())
-	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		c.Close()
-		return fmt.Errorf("control socket %s: another process is serving it (is the service already running?)", path)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("control socket %s: %w", path, err)
-	}
-	return os.Remove(path)
-}
-
-// serveControl answers control requests until the process stops accepting.
+// serveControl answers control requests until the process has drained. The socket
+// is drained with the servers (and taken back with them).
 func (u *Upgrader) serveControl(ln net.Listener) {
+	d := &Drainer{server: true}
+	tl := d.Listener(ln)
+	u.adopt(&target{d: d, internal: true})
 	go func() {
-		<-u.exit
-		ln.Close()
-	}()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return
+			}
+			go u.handleControl(c)
 		}
-		go u.handleControl(c)
-	}
+	}()
 }
 
 // peerAllowed reports whether the peer runs as our user or as root.
 func peerAllowed(c net.Conn) (uid int, ok bool, err error) {
+	if nc, isWrapped := c.(interface{ NetConn() net.Conn }); isWrapped {
+		c = nc.NetConn()
+	}
 	uc, isUnix := c.(*net.UnixConn)
 	if !isUnix {
 		return -1, false, errors.New("not a unix socket")
@@ -116,7 +99,7 @@ func peerAllowed(c net.Conn) (uid int, ok bool, err error) {
 func (u *Upgrader) handleControl(c net.Conn) {
 	defer c.Close()
 	reply := func(r control.Response) {
-		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		c.SetWriteDeadline(time.Now().Add(controlWriteTimeout))
 		c.Write(control.Encode(r))
 	}
 	uid, ok, err := peerAllowed(c)
@@ -125,7 +108,7 @@ func (u *Upgrader) handleControl(c net.Conn) {
 		reply(control.Response{Error: fmt.Sprintf("permission denied: uid %d may not control this service (only uid %d or root)", uid, os.Geteuid())})
 		return
 	}
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	c.SetReadDeadline(time.Now().Add(controlReadTimeout))
 	req, err := control.ReadRequest(c)
 	if err != nil {
 		reply(control.Response{Error: "bad request: " + err.Error()})
@@ -142,24 +125,24 @@ func (u *Upgrader) handleControl(c net.Conn) {
 		}
 		reply(control.Response{OK: true, PID: st.PID, Generation: st.Generation, Status: b})
 	case control.Upgrade:
-		done := make(chan struct{})
-		u.do(func() {
-			u.beginUpgrade("control socket", func(r upgradeResult) {
-				switch {
-				case r.err == nil:
-					reply(control.Response{OK: true, PID: r.pid, Generation: u.gen + 1})
-				case r.moved != 0:
-					reply(control.Response{Moved: r.moved, Error: r.err.Error()})
-				default:
-					stopping := errors.Is(r.err, ErrStopping) || errors.Is(r.err, errAbandoned)
-					reply(control.Response{Error: r.err.Error(), Stopping: stopping})
-				}
-				close(done)
-			})
-		})
+		res := make(chan upgradeResult, 1)
+		u.call(func() { u.beginUpgrade("control socket", func(r upgradeResult) { res <- r }) })
+		var r upgradeResult
 		select {
-		case <-done:
-		case <-time.After(u.cfg.UpgradeTimeout + time.Minute):
+		case r = <-res:
+		case <-u.done:
+			r.err = errStopping
+		case <-time.After(u.cfg.UpgradeTimeout + controlUpgradeSlack):
+			r.err = fmt.Errorf("no outcome within %s", u.cfg.UpgradeTimeout+controlUpgradeSlack)
+		}
+		switch {
+		case r.err == nil:
+			reply(control.Response{OK: true, PID: r.pid, Generation: u.gen + 1})
+		case r.moved != 0:
+			reply(control.Response{Moved: r.moved, Error: r.err.Error()})
+		default:
+			stopping := errors.Is(r.err, errStopping) || errors.Is(r.err, errAbandoned)
+			reply(control.Response{Error: r.err.Error(), Stopping: stopping})
 		}
 	}
 }
@@ -180,7 +163,7 @@ func (u *Upgrader) storeFDs() {
 	stored := 0
 	for i, f := range kids.Files {
 		name := kids.Names[i]
-		if name == ControlName {
+		if name == controlName {
 			// Its file lives in the service's runtime directory, which a restart
 			// removes: a new one is bound instead.
 			continue

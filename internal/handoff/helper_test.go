@@ -1,4 +1,4 @@
-package activation
+package handoff
 
 import (
 	"bufio"
@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -301,7 +302,7 @@ func servePacket(pc net.PacketConn) error {
 
 // nonblocking reports whether the socket under c has O_NONBLOCK set.
 func nonblocking(c any) (bool, error) {
-	sc, ok := c.(syscallConn)
+	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false, fmt.Errorf("%T has no SyscallConn", c)
 	}
@@ -349,10 +350,10 @@ func handToChild(s *Set, spec helperSpec, held []io.Closer) (*helperResult, []bo
 	return res, nb, err
 }
 
-// channelPair returns the two ends of a unix stream socket pair, as the upgrader
+// channelPair returns the two ends of a unix seqpacket socket pair, as the upgrader
 // uses for its handover channel.
 func channelPair() (*os.File, *os.File, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,4 +1,4 @@
-package activation
+package handoff
 
 import (
 	"errors"
@@ -19,8 +19,14 @@ const (
 	// MarkerEnv is set by a handover parent for the child it starts. A parent cannot
 	// set LISTEN_PID to a PID it does not know before fork, so it names itself and the
 	// PID the child's parent will have instead; the child adopts LISTEN_FDS only when
-	// its real parent matches. Format: "pid=P,ppid=Q,chan=FD,gen=N[,own=I+J]".
+	// its real parent matches. Format: "pid=P,ppid=Q,chan=FD,gen=N[,err=FD][,own=I+J]".
 	MarkerEnv = "HANDOVER_PARENT"
+
+	// MasterEnv is set by `handover run` for the child it starts, to its own PID.
+	// The child adopts LISTEN_FDS as from systemd (the master sets LISTEN_PID through
+	// a re-exec shim) and, when its real parent is that PID, leaves upgrades to the
+	// master.
+	MasterEnv = "HANDOVER_MASTER"
 )
 
 // ListenFDsStart is the first passed file descriptor (SD_LISTEN_FDS_START).
@@ -98,6 +104,11 @@ type Marker struct {
 	Channel int
 	// Generation is the child's generation: 1 for a process nobody handed over to.
 	Generation int
+	// Stderr, if not 0, is the descriptor of the parent's own standard error. Until
+	// the handover is confirmed the child's fd 2 is a pipe the parent reads (it keeps
+	// the last lines for the report of a failed upgrade and copies them to its own
+	// standard error); then the child puts this descriptor back at fd 2.
+	Stderr int
 	// Owned lists the indexes (0-based, into LISTEN_FDS) of descriptors that this
 	// line of processes bound itself, as opposed to receiving them from systemd. Only
 	// the owner may unlink a unix socket's file.
@@ -107,6 +118,9 @@ type Marker struct {
 // String formats m the way ParseMarker reads it.
 func (m Marker) String() string {
 	s := fmt.Sprintf("pid=%d,ppid=%d,chan=%d,gen=%d", m.PID, m.PPID, m.Channel, m.Generation)
+	if m.Stderr != 0 {
+		s += ",err=" + strconv.Itoa(m.Stderr)
+	}
 	if len(m.Owned) > 0 {
 		parts := make([]string, len(m.Owned))
 		for i, o := range m.Owned {
@@ -132,7 +146,7 @@ func ParseMarker(s string) (Marker, error) {
 			return m, fmt.Errorf("%s=%q: field %q is not key=value", MarkerEnv, clip(s), clip(field))
 		}
 		switch key {
-		case "pid", "ppid", "chan", "gen", "own":
+		case "pid", "ppid", "chan", "gen", "err", "own":
 		default:
 			return m, fmt.Errorf("%s=%q: unknown field %q", MarkerEnv, clip(s), clip(key))
 		}
@@ -168,6 +182,8 @@ func ParseMarker(s string) (Marker, error) {
 			m.Channel = n
 		case "gen":
 			m.Generation = n
+		case "err":
+			m.Stderr = n
 		}
 	}
 	for _, key := range []string{"pid", "ppid", "chan", "gen"} {
@@ -182,6 +198,10 @@ func ParseMarker(s string) (Marker, error) {
 		return m, fmt.Errorf("%s=%q: chan=%d is a standard descriptor; expected %d or above", MarkerEnv, clip(s), m.Channel, ListenFDsStart)
 	case m.Generation < 2:
 		return m, fmt.Errorf("%s=%q: gen=%d; a child's generation is at least 2", MarkerEnv, clip(s), m.Generation)
+	case seen["err"] && m.Stderr < ListenFDsStart:
+		return m, fmt.Errorf("%s=%q: err=%d is a standard descriptor; expected %d or above", MarkerEnv, clip(s), m.Stderr, ListenFDsStart)
+	case seen["err"] && m.Stderr == m.Channel:
+		return m, fmt.Errorf("%s=%q: err=%d is the channel's descriptor", MarkerEnv, clip(s), m.Stderr)
 	}
 	return m, nil
 }

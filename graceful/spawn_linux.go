@@ -5,14 +5,94 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
-	"path/filepath"
+	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
-	"time"
 
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
 )
+
+// selfExecutable is this process's own executable, even if the file it was started
+// from has been replaced since: the last good build, for a replacement.
+const selfExecutable = "/proc/self/exe"
+
+// childSpec builds what a new generation is started with, but its sockets and
+// channel (spawnChild adds them).
+func (u *Upgrader) childSpec(path string) childSpec {
+	spec := childSpec{
+		path:    path,
+		args:    append([]string{u.exe}, u.cfg.Args...),
+		env:     os.Environ(),
+		sibling: u.notifier != nil,
+		gen:     u.gen + 1,
+	}
+	if u.watchdog != nil {
+		spec.env = append(spec.env,
+			"WATCHDOG_USEC="+strconv.FormatInt(u.watchdog.Interval.Microseconds(), 10),
+			"WATCHDOG_PID="+strconv.Itoa(os.Getpid()))
+	}
+	return spec
+}
+
+// spawnChild starts the next generation with the process's sockets (or those kept
+// in reserve, which stay the caller's), one end of a new handover channel, and a
+// pipe as its standard error until the handover (see handoff.Marker.Stderr), whose
+// last lines it returns in out. It runs beside the state loop.
+func spawnChild(set *handoff.Set, reserve *handoff.Child, spec childSpec, start startFunc) (c child, ch *handoff.Channel, out *stderrTail, err error) {
+	if err := resolveExecutable(spec.path); err != nil {
+		return nil, nil, nil, err
+	}
+	kids := reserve
+	if kids == nil {
+		k, err := set.ForChild()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		defer k.Close()
+		kids = k
+	}
+	parentEnd, childEnd, err := handoff.SocketPair()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer childEnd.Close()
+	// The child's fd 2 until the handover: a pipe we read. Our own stderr goes with
+	// it, for the child to put back.
+	var r, w, ours *os.File
+	if r, w, err = os.Pipe(); err == nil {
+		ours, err = handoff.DupFile(os.Stderr, "stderr")
+	}
+	if err != nil {
+		closeFiles([]*os.File{r, w})
+		parentEnd.Close()
+		return nil, nil, nil, fmt.Errorf("a pipe for the new generation's standard error: %w", err)
+	}
+	defer w.Close()
+	defer ours.Close()
+	ppid := os.Getpid()
+	if spec.sibling {
+		ppid = os.Getppid()
+	}
+	n := len(kids.Files)
+	spec.env = kids.Env(spec.env, handoff.Marker{
+		PID:        os.Getpid(),
+		PPID:       ppid,
+		Channel:    handoff.ListenFDsStart + n,
+		Stderr:     handoff.ListenFDsStart + n + 1,
+		Generation: spec.gen,
+	})
+	spec.files = append(append([]*os.File(nil), kids.Files...), childEnd, ours)
+	spec.stderr = w
+	c, err = start(spec)
+	if err != nil {
+		r.Close()
+		parentEnd.Close()
+		return nil, nil, nil, err
+	}
+	return c, parentEnd, relayStderr(r, os.Stderr), nil
+}
 
 // childSpec is a process the upgrader starts: the new generation.
 type childSpec struct {
@@ -23,6 +103,8 @@ type childSpec struct {
 	// sibling starts the child with CLONE_PARENT, so that it is a child of this
 	// process's parent (the service manager) rather than of this process.
 	sibling bool
+	gen     int      // the child's generation
+	stderr  *os.File // its fd 2; nil means ours
 }
 
 // child is a started process as the upgrader sees it.
@@ -33,7 +115,8 @@ type child interface {
 	// ExitStatus describes how it exited ("exit status 1", "signal: killed"), or ""
 	// when this process cannot know (a sibling is reaped by its parent).
 	ExitStatus() string
-	// Kill sends SIGKILL and, for a child of ours, reaps it.
+	// Kill sends SIGKILL; Exited is closed once it is dead (and reaped, when it
+	// is a child of ours).
 	Kill()
 	// Release stops watching the process, which lives on.
 	Release()
@@ -62,21 +145,6 @@ func resolveExecutable(path string) error {
 	return nil
 }
 
-// executablePath returns the absolute path this process was started as, without
-// resolving symlinks (os.Executable would resolve /opt/app/current to the build it
-// points at now, and an upgrade would restart the old build).
-func executablePath(argv0 string) (string, error) {
-	p := argv0
-	if filepath.Base(p) == p {
-		lp, err := exec.LookPath(p)
-		if err != nil {
-			return "", fmt.Errorf("cannot find the executable %q in PATH: %w", argv0, err)
-		}
-		p = lp
-	}
-	return filepath.Abs(p)
-}
-
 // startProcess is the real startFunc.
 func startProcess(spec childSpec) (child, error) {
 	pidfd := -1
@@ -84,7 +152,11 @@ func startProcess(spec childSpec) (child, error) {
 	if spec.sibling {
 		sys.Cloneflags = unix.CLONE_PARENT
 	}
-	files := append([]*os.File{os.Stdin, os.Stdout, os.Stderr}, spec.files...)
+	stderr := spec.stderr
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	files := append([]*os.File{os.Stdin, os.Stdout, stderr}, spec.files...)
 	p, err := os.StartProcess(spec.path, spec.args, &os.ProcAttr{Env: spec.env, Files: files, Sys: sys})
 	if err != nil {
 		if _, serr := os.Stat(spec.path); serr == nil && errors.Is(err, fs.ErrNotExist) {
@@ -120,7 +192,6 @@ type proc struct {
 
 	mu     sync.Mutex
 	status string
-	reaped bool
 }
 
 func (c *proc) Pid() int                { return c.p.Pid }
@@ -163,7 +234,6 @@ func (c *proc) reap() {
 	st, err := c.p.Wait()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.reaped = true
 	if err != nil {
 		c.status = err.Error()
 	} else {
@@ -171,24 +241,35 @@ func (c *proc) reap() {
 	}
 }
 
-func (c *proc) Kill() {
-	c.p.Kill()
-	if c.sibling {
-		// The service manager reaps it, but wait (through the pidfd) until it is
-		// dead, so that it does not outlive this process: on a stop, systemd would
-		// otherwise find it in the unit's cgroup and kill it itself.
-		select {
-		case <-c.exited:
-		case <-time.After(time.Second):
-		}
-		return
-	}
-	<-c.exited
-}
+func (c *proc) Kill() { c.p.Kill() }
 
 func (c *proc) Release() {
 	if c.pidfd != nil {
 		c.pidfd.Close()
 	}
 	c.p.Release()
+}
+
+// holdStderr, in a new generation whose fd 2 is its parent's pipe (see
+// handoff.Marker.Stderr), keeps a write to a pipe nobody reads any more (the parent
+// died) from killing the process with SIGPIPE until restoreStderr.
+func (u *Upgrader) holdStderr() {
+	if m := u.set.Marker(); m != nil && m.Stderr != 0 {
+		u.pipeSig = make(chan os.Signal, 1)
+		signal.Notify(u.pipeSig, syscall.SIGPIPE)
+	}
+}
+
+// restoreStderr puts the parent's own standard error back at fd 2, once the
+// handover is settled (confirmed, abandoned, or the parent gone).
+func (u *Upgrader) restoreStderr() {
+	f := u.set.Stderr()
+	if f == nil {
+		return
+	}
+	unix.Dup3(int(f.Fd()), 2, 0)
+	f.Close()
+	if u.pipeSig != nil {
+		signal.Stop(u.pipeSig)
+	}
 }

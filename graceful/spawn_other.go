@@ -1,0 +1,31 @@
+//go:build !linux
+
+package graceful
+
+import "github.com/seed-a7250cfa/handover/internal/handoff"
+
+const selfExecutable = ""
+
+type childSpec struct{}
+
+// child is a started process; there are none on this system.
+type child interface {
+	Pid() int
+	Exited() <-chan struct{}
+	ExitStatus() string
+	Kill()
+	Release()
+}
+
+type startFunc func(childSpec) (child, error)
+
+func startProcess(childSpec) (child, error) { return nil, handoff.ErrUnsupported }
+
+func (u *Upgrader) childSpec(path string) childSpec { return childSpec{} }
+
+func spawnChild(*handoff.Set, *handoff.Child, childSpec, startFunc) (child, *handoff.Channel, *stderrTail, error) {
+	return nil, nil, nil, handoff.ErrUnsupported
+}
+
+func (u *Upgrader) holdStderr()    {}
+func (u *Upgrader) restoreStderr() {}

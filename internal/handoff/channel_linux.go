@@ -1,0 +1,144 @@
+//go:build linux
+
+package handoff
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxFiles bounds the descriptors one message may carry.
+const maxFiles = 8
+
+// Channel is one end of the handover channel.
+type Channel struct {
+	conn *net.UnixConn
+}
+
+// NewChannel takes f, one end of a channel, and owns it.
+func NewChannel(f *os.File) (*Channel, error) {
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("handover channel: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, errors.New("handover channel: not a unix socket")
+	}
+	return &Channel{conn: uc}, nil
+}
+
+// SocketPair returns the parent's end (as a Channel) and the child's end (a file to
+// pass at exec; close-on-exec until passed deliberately).
+func SocketPair() (*Channel, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("handover channel: %w", err)
+	}
+	parent, err := NewChannel(os.NewFile(uintptr(fds[0]), "handover-channel"))
+	if err != nil {
+		unix.Close(fds[1])
+		return nil, nil, err
+	}
+	return parent, os.NewFile(uintptr(fds[1]), "handover-channel"), nil
+}
+
+// Send sends m, waiting at most timeout for room in the socket's buffer. The
+// caller keeps (and closes) m.Files.
+func (c *Channel) Send(m Message, timeout time.Duration) error {
+	if len(m.Files) > maxFiles {
+		return fmt.Errorf("handover channel: %d descriptors in one message (at most %d)", len(m.Files), maxFiles)
+	}
+	var oob []byte
+	if len(m.Files) > 0 {
+		fds := make([]int, len(m.Files))
+		for i, f := range m.Files {
+			fds[i] = int(f.Fd())
+		}
+		oob = unix.UnixRights(fds...)
+	}
+	c.conn.SetWriteDeadline(time.Now().Add(timeout))
+	_, _, err := c.conn.WriteMsgUnix([]byte(m.String()), oob, nil)
+	return err
+}
+
+// Receive reads one message. io.EOF means the other end closed (its process
+// exited, or it closed the channel). Descriptors that come with the message are the
+// caller's, close-on-exec.
+func (c *Channel) Receive() (Message, error) {
+	buf := make([]byte, maxMessage+1)
+	oob := make([]byte, unix.CmsgSpace(maxFiles*4))
+	n, oobn, flags, _, err := c.conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return Message{}, err
+	}
+	files, ferr := parseRights(oob[:oobn])
+	switch {
+	case flags&unix.MSG_CTRUNC != 0:
+		ferr = errors.Join(ferr, fmt.Errorf("handover channel: more than %d descriptors in one message", maxFiles))
+	case flags&unix.MSG_TRUNC != 0 || n > maxMessage:
+		ferr = errors.Join(ferr, fmt.Errorf("handover channel: message longer than %d bytes", maxMessage))
+	case n == 0 && oobn == 0:
+		// A SOCK_SEQPACKET read of nothing is the peer's close.
+		return Message{}, io.EOF
+	}
+	if ferr != nil {
+		closeAll(files)
+		return Message{}, ferr
+	}
+	m, err := ParseMessage(string(buf[:n]))
+	if err != nil {
+		closeAll(files)
+		return Message{}, err
+	}
+	m.Files = files
+	return m, nil
+}
+
+// Close closes the channel; a Receive in progress returns.
+func (c *Channel) Close() { c.conn.Close() }
+
+func parseRights(oob []byte) ([]*os.File, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("handover channel: %w", err)
+	}
+	var files []*os.File
+	var perr error
+	for _, m := range msgs {
+		if m.Header.Level != syscall.SOL_SOCKET || m.Header.Type != syscall.SCM_RIGHTS {
+			continue
+		}
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			perr = fmt.Errorf("handover channel: %w", err)
+			continue
+		}
+		for _, fd := range fds {
+			unix.CloseOnExec(fd)
+			files = append(files, os.NewFile(uintptr(fd), "handover-file"))
+		}
+	}
+	return files, perr
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// SetDeadline bounds every Send and Receive (tests use it against hangs).
+func (c *Channel) SetDeadline(t time.Time) error { return c.conn.SetDeadline(t) }

@@ -606,7 +606,7 @@ func (u *Upgrader) status() Status {
 			s.Connections.add(t.counts())
 		}
 	}
-	if u.next != nil && !u.next.handed {
+	if u.next != nil && !u.next.handed && u.next.child != nil { // nil while it is being started
 		s.Upgrading = u.next.child.Pid()
 	}
 	return s
@@ -766,7 +766,7 @@ func (u *Upgrader) refusal() (reason string, err error, moved int) {
 func (u *Upgrader) beginUpgrade(trigger string, reply func(upgradeResult)) {
 	if reason, err, moved := u.refusal(); err != nil {
 		attrs := []any{"event", "upgrade_refused", "reason", reason, "trigger", trigger}
-		if u.next != nil && !u.next.handed {
+		if u.next != nil && !u.next.handed && u.next.child != nil { // nil while it is being started
 			attrs = append(attrs, "child", u.next.child.Pid())
 		}
 		if moved != 0 {

@@ -41,7 +41,7 @@ var Events = map[string]Spec{
 	"ready":               {},
 	"pidfile_failed":      {},
 	"parent_lost":         {},
-	"signal_ignored":      {Enums: map[string][]string{"signal": {"hangup"}}},
+	"signal_ignored":      {}, // signal=: the design notes say hangup, the library writes SIGHUP
 	"exit_now":            {},
 	"upgrade_refused":     {Enums: map[string][]string{"reason": {"not_ready", "in_progress", "handed_over", "stopping", "pid1", "master", "unsupported"}}},
 	"upgrade_start":       {},

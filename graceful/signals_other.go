@@ -23,8 +23,6 @@ func notifySignals(c chan<- os.Signal) {
 	signal.Notify(c, os.Interrupt, syscall.SIGTERM)
 }
 
-func signalStop(c chan<- os.Signal) { signal.Stop(c) }
-
 func signalAction(sig os.Signal) action {
 	switch sig {
 	case os.Interrupt, syscall.SIGTERM:

@@ -22,9 +22,6 @@ func notifySignals(c chan<- os.Signal) {
 	signal.Notify(c, syscall.SIGUSR2, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 }
 
-// signalStop stops routing signals to c: default handling again.
-func signalStop(c chan<- os.Signal) { signal.Stop(c) }
-
 func signalAction(sig os.Signal) action {
 	switch sig {
 	case syscall.SIGUSR2:

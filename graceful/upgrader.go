@@ -184,7 +184,6 @@ type Upgrader struct {
 	readied  bool
 	parent   *handoff.Channel // to the parent that started us, until Ready; guarded by mu
 	pipeSig  chan os.Signal   // SIGPIPE, while fd 2 is the parent's pipe
-	afterMu  sync.Mutex       // serializes calls made once the loop has ended
 
 	// Owned by the run goroutine.
 	st       state
@@ -198,6 +197,7 @@ type Upgrader struct {
 	terms    int   // stop signals received
 	dying    []int // killed children not yet seen dead (siblings under systemd)
 	spawning int   // new generations being started beside the loop
+	sending  int   // messages on their way to the previous generation ("done", "current")
 	reserve  *handoff.Child
 	replaced int
 	main     bool // the process systemd supervises (its notifications are accepted)
@@ -263,8 +263,10 @@ type (
 		epoch int
 		err   error
 	}
-	deadChildEvent struct{ pid int }
-	tickEvent      struct{}
+	deadChildEvent        struct{ pid int }
+	tickEvent             struct{}
+	sentEvent             struct{}
+	successorSettledEvent struct{ n *nextGen }
 )
 
 var (
@@ -606,35 +608,22 @@ func (u *Upgrader) status() Status {
 			s.Connections.add(t.counts())
 		}
 	}
-	if u.next != nil && !u.next.handed && u.next.child != nil { // nil while it is being started
+	if u.next != nil && !u.next.handed && u.next.child != nil {
 		s.Upgrading = u.next.child.Pid()
 	}
 	return s
 }
 
-// post hands an event to the loop. Once the loop has exited nothing reads it, so it
-// gives up when the process is done.
-func (u *Upgrader) post(ev any) {
-	select {
-	case u.events <- ev:
-	case <-u.done:
-	}
-}
+// post hands an event to the loop. The loop runs as long as the process: after
+// Wait has returned it still handles signals and watches the successor, for a
+// process that goes on draining servers of its own (see Exit).
+func (u *Upgrader) post(ev any) { u.events <- ev }
 
-// call runs f on the loop and waits for it. Once the loop has ended (the process is
-// done), f runs on the caller's goroutine: nothing changes the state any more. The
-// loop runs every event it receives before it can end, and u.events is unbuffered,
-// so an f that was handed over always runs there.
+// call runs f on the loop and waits for it.
 func (u *Upgrader) call(f func()) {
 	ran := make(chan struct{})
-	select {
-	case u.events <- callEvent{func() { f(); close(ran) }}:
-		<-ran
-	case <-u.done:
-		u.afterMu.Lock()
-		defer u.afterMu.Unlock()
-		f()
-	}
+	u.events <- callEvent{func() { f(); close(ran) }}
+	<-ran
 }
 
 func (u *Upgrader) run() {
@@ -668,8 +657,11 @@ func (u *Upgrader) run() {
 			if ev.n == u.next {
 				u.onSpawned(ev)
 			} else if ev.err == nil {
-				// Abandoned while it was being started.
-				go ev.ch.Close()
+				// Abandoned (by a stop) while it was being started.
+				go func() {
+					ev.ch.Send(handoff.Message{Verb: handoff.Abort, Text: errAbandoned.Error()}, lastWordsWait)
+					ev.ch.Close()
+				}()
 				ev.child.Kill()
 				u.awaitDeath(ev.child)
 			}
@@ -713,10 +705,15 @@ func (u *Upgrader) run() {
 			u.dying = removeInt(u.dying, ev.pid)
 		case tickEvent:
 			u.notifyStatus()
+		case sentEvent:
+			u.sending--
+		case successorSettledEvent:
+			if ev.n == u.next && ev.n.handed && ev.n.exited {
+				u.onSuccessorExit(ev.n)
+			}
 		}
-		if u.st == exited || u.finished() {
+		if u.st != exited && u.finished() {
 			u.finish()
-			return
 		}
 	}
 }
@@ -739,34 +736,34 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 }
 
 // refusal says why an upgrade cannot start now, or returns nil.
-func (u *Upgrader) refusal() (reason string, err error, moved int) {
+func (u *Upgrader) refusal() (reason string, moved int, err error) {
 	switch {
 	case u.st == starting:
-		return "not_ready", errNotReady, 0
+		return "not_ready", 0, errNotReady
 	case u.st == upgrading || u.st == handingOver:
-		return "in_progress", ErrUpgradeInProgress, 0
+		return "in_progress", 0, ErrUpgradeInProgress
 	case u.nextPID != 0 && (u.st == draining || u.st == exited):
-		return "handed_over", fmt.Errorf("graceful: this process has handed over to PID %d; ask that one", u.nextPID), u.nextPID
+		return "handed_over", u.nextPID, fmt.Errorf("graceful: this process has handed over to PID %d; ask that one", u.nextPID)
 	case u.st == draining || u.st == stopping || u.st == exited:
-		return "stopping", errStopping, 0
+		return "stopping", 0, errStopping
 	}
 	switch {
 	case runtime.GOOS != "linux":
-		return "unsupported", fmt.Errorf("graceful: upgrading a process is not supported on %s (it serves, and drains on SIGINT/SIGTERM): %w", runtime.GOOS, errors.ErrUnsupported), 0
+		return "unsupported", 0, fmt.Errorf("graceful: upgrading a process is not supported on %s (it serves, and drains on SIGINT/SIGTERM): %w", runtime.GOOS, errors.ErrUnsupported)
 	case u.set.Master() != 0:
-		return "master", fmt.Errorf("graceful: this process runs under a `handover run` master (PID %d), which runs the upgrades: send it SIGHUP or SIGUSR2, or run `handover reload`", u.set.Master()), 0
+		return "master", 0, fmt.Errorf("graceful: this process runs under a `handover run` master (PID %d), which runs the upgrades: send it SIGHUP or SIGUSR2, or run `handover reload`", u.set.Master())
 	case os.Getpid() == 1 && u.notifier == nil:
-		return "pid1", errors.New("graceful: this process is PID 1 of its PID namespace (a container started without an init): when it hands over and exits, the kernel ends the namespace and the new generation with it; run the server under `handover run`, which keeps one PID while generations change (an init such as tini does not help: it exits with its first child)"), 0
+		return "pid1", 0, errors.New("graceful: this process is PID 1 of its PID namespace (a container started without an init): when it hands over and exits, the kernel ends the namespace and the new generation with it; run the server under `handover run`, which keeps one PID while generations change (an init such as tini does not help: it exits with its first child)")
 	}
-	return "", nil, 0
+	return "", 0, nil
 }
 
 // beginUpgrade starts an upgrade, or reports why it cannot. reply, if not nil, is
 // called on the loop with the outcome.
 func (u *Upgrader) beginUpgrade(trigger string, reply func(upgradeResult)) {
-	if reason, err, moved := u.refusal(); err != nil {
+	if reason, moved, err := u.refusal(); err != nil {
 		attrs := []any{"event", "upgrade_refused", "reason", reason, "trigger", trigger}
-		if u.next != nil && !u.next.handed && u.next.child != nil { // nil while it is being started
+		if u.next != nil && !u.next.handed && u.next.child != nil {
 			attrs = append(attrs, "child", u.next.child.Pid())
 		}
 		if moved != 0 {
@@ -835,6 +832,10 @@ func (u *Upgrader) onChildMessage(ev childMsgEvent) {
 	n := u.next
 	if ev.err != nil {
 		n.reading = false
+		if n.handed && n.exited && u.next == n {
+			u.onSuccessorExit(n) // its exit was waiting for this end of the channel
+			return
+		}
 		switch {
 		case n.failAfter != "" && !n.outOpen:
 			u.failUpgrade("exited", errors.New(n.failAfter))
@@ -886,6 +887,12 @@ func (u *Upgrader) onChildExit(n *nextGen) {
 		u.failUpgrade("exited", errors.New(why))
 		return
 	}
+	if n.reading {
+		// A "done" it sent just before exiting may still be on its way: judge the
+		// exit once the channel is read to its end (or lastWordsWait passed).
+		time.AfterFunc(lastWordsWait, func() { u.post(successorSettledEvent{n}) })
+		return
+	}
 	u.onSuccessorExit(n)
 }
 
@@ -934,6 +941,14 @@ func (u *Upgrader) onHandover(ev handoverEvent) {
 	n.handed = true
 	u.nextPID = n.ready
 	u.lastErr = ""
+	if u.cfg.PIDFile != "" {
+		// The new generation writes it too, once it hears "main"; written here as
+		// well, the file names it by the time whoever asked for the upgrade hears
+		// the outcome.
+		if err := writePIDFile(u.cfg.PIDFile, n.ready); err != nil {
+			u.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
+		}
+	}
 	u.main = false
 	u.set.KeepFiles()
 	u.stopWatchdog()
@@ -966,31 +981,27 @@ func (u *Upgrader) onHandover(ev handoverEvent) {
 }
 
 // onSuccessorExit handles the exit of the generation this process handed over to,
-// while this one drains (no service manager).
+// while this one drains, or after (see finish) (no service manager).
 func (u *Upgrader) onSuccessorExit(n *nextGen) {
 	status := n.child.ExitStatus()
 	n.ch.Close()
 	u.next = nil
-	if n.retired || u.st != draining {
+	attrs := []any{"event", "successor_died", "child", n.child.Pid(), "status", status}
+	switch {
+	case n.retired:
 		u.log.Info("the new generation exited after handing over or stopping; nothing to do", "event", "successor_retired", "child", n.child.Pid(), "status", status)
-		return
-	}
-	if u.hard {
-		u.log.Error("the new generation died while this process was draining; it is stopping, so nothing is done", "event", "successor_died", "action", "none", "child", n.child.Pid(), "status", status)
-		return
-	}
-	if u.resumable() {
-		u.log.Error("the new generation died while this process was draining; serving again", "event", "successor_died", "action", "resume", "child", n.child.Pid(), "status", status)
+	case u.hard:
+		u.log.Error("the new generation died while this process was draining; it is stopping, so nothing is done", append(attrs, "action", "none")...)
+	case u.st == draining && u.resumable():
+		u.log.Error("the new generation died while this process was draining; serving again", append(attrs, "action", "resume")...)
 		u.resume(n)
-		return
+	case u.reserve == nil || u.replaced >= maxReplacements:
+		u.log.Error("the new generation died after taking over; this process cannot resume, and no replacement is left", append(attrs, "action", "none", "replacements", u.replaced)...)
+	default:
+		u.replaced++
+		u.log.Error("the new generation died after taking over; starting this process's own build on the sockets kept open", append(attrs, "action", "replace", "attempt", u.replaced)...)
+		u.spawn(&nextGen{trigger: "replacement", started: time.Now(), replacement: true}, selfExecutable, nil)
 	}
-	if u.reserve == nil || u.replaced >= maxReplacements {
-		u.log.Error("the new generation died while this process was draining; cannot resume, and no replacement is left", "event", "successor_died", "action", "none", "child", n.child.Pid(), "status", status, "replacements", u.replaced)
-		return
-	}
-	u.replaced++
-	u.log.Error("the new generation died while this process was draining; starting this process's own build on the sockets kept open", "event", "successor_died", "action", "replace", "child", n.child.Pid(), "status", status, "attempt", u.replaced)
-	u.spawn(&nextGen{trigger: "replacement", started: time.Now(), replacement: true}, selfExecutable, nil)
 }
 
 // resumable reports whether every socket the process holds is served by a target
@@ -1043,9 +1054,7 @@ func (u *Upgrader) resume(n *nextGen) {
 	u.mu.Unlock()
 	u.main = true
 	u.writePIDFile()
-	if u.upstream != nil {
-		go u.upstream.Send(handoff.Message{Verb: handoff.Current}, sendTimeout)
-	}
+	u.tellUpstream(handoff.Current)
 	u.log.Warn("serving again: the new generation died after taking over", "event", "resumed", "dead", n.child.Pid(), "status", n.child.ExitStatus())
 }
 
@@ -1164,9 +1173,22 @@ func (u *Upgrader) closeExit() {
 // that this process is no longer the current generation. The channel stays open:
 // "current" follows if this process resumes.
 func (u *Upgrader) retire() {
-	if ch := u.upstream; ch != nil {
-		go ch.Send(handoff.Message{Verb: handoff.Done}, sendTimeout)
+	u.tellUpstream(handoff.Done)
+}
+
+// tellUpstream sends verb to the previous generation, if it still listens, beside
+// the loop; the process does not finish before it is sent (its exit would beat the
+// message, and the previous generation would take it for a crash).
+func (u *Upgrader) tellUpstream(verb string) {
+	ch := u.upstream
+	if ch == nil {
+		return
 	}
+	u.sending++
+	go func() {
+		ch.Send(handoff.Message{Verb: verb}, sendTimeout)
+		u.post(sentEvent{})
+	}()
 }
 
 // startDrains drains every target, each within its deadline. hard closes the
@@ -1231,7 +1253,7 @@ func (u *Upgrader) finished() bool {
 	if u.st != draining && u.st != stopping {
 		return false
 	}
-	if len(u.dying) > 0 || u.spawning > 0 || u.next != nil && !u.next.handed {
+	if len(u.dying) > 0 || u.spawning > 0 || u.sending > 0 || u.next != nil && !u.next.handed {
 		return false
 	}
 	for _, t := range u.targets {
@@ -1242,25 +1264,16 @@ func (u *Upgrader) finished() bool {
 	return true
 }
 
-// finish ends the process's part: every listener is closed for good, the sockets
-// kept for a successor are let go, and Wait returns.
+// finish ends the drains: every listener is closed for good, and Wait returns. The
+// loop goes on (signals, the successor) for as long as the process lives: one that
+// drains servers of its own after Exit may outlive Wait, and keeps the sockets it
+// reserved for a successor that dies meanwhile.
 func (u *Upgrader) finish() {
 	u.st = exited
 	for _, t := range u.targets {
 		t.closeListeners()
 	}
-	if u.reserve != nil {
-		u.reserve.Close()
-		u.reserve = nil
-	}
-	if u.next != nil && u.next.ch != nil {
-		u.next.ch.Close() // the successor lives on; it is no longer watched
-	}
-	if u.upstream != nil {
-		u.upstream.Close()
-	}
 	u.stopWatchdog()
-	signalStop(u.sigs)
 	u.mu.Lock()
 	u.waitErr = u.drainErr
 	u.mu.Unlock()

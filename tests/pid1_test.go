@@ -15,7 +15,7 @@ import (
 	"github.com/seed-a7250cfa/handover/tests/internal/sdns"
 )
 
-// TestPID1RefusesUpgrade: the one-word server run as PID 1 of its PID namespace (as
+// TestPID1RefusesUpgrade: the one-word example run as PID 1 of its PID namespace (as
 // `docker run` without an init runs it) refuses SIGUSR2, logs why (event
 // upgrade_refused, reason pid1), starts nothing and keeps serving: handing over would
 // end the namespace, and the new generation with it, when this process exits. On
@@ -28,7 +28,11 @@ func TestPID1RefusesUpgrade(t *testing.T) {
 	if os.Geteuid() != 0 {
 		sdns.SkipOrFail(t, errors.New("unshare --pid needs root"))
 	}
-	bin := buildVariant(t, "testdata/oneword", "default")
+	ssa, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		sdns.SkipOrFail(t, err)
+	}
+	bin := proc.Binary(t, examplesPkg+"oneword")
 	addr := freePort(t)
 	logPath := filepath.Join(t.TempDir(), "oneword.log")
 	logf, err := os.Create(logPath)
@@ -36,7 +40,9 @@ func TestPID1RefusesUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(unshare, "--pid", "--fork", "--mount-proc", bin, addr)
+	// systemd-socket-activate, PID 1 of the new namespace, passes the socket and execs
+	// the example in place on the first connection.
+	cmd := exec.Command(unshare, "--pid", "--fork", "--mount-proc", ssa, "-l", addr, bin)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,9 @@ package tests
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
+	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 )
 
 // unixGet sends GET / over the unix socket at path and returns the X-Pid it got.
@@ -24,24 +27,17 @@ func unixGet(path string) (int, error) {
 	if _, err := fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n"); err != nil {
 		return 0, err
 	}
-	br := bufio.NewReader(c)
-	status, err := br.ReadString('\n')
-	if err != nil || !strings.Contains(status, " 200 ") {
-		return 0, fmt.Errorf("status line %q: %v", status, err)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, err
 	}
-	pid := 0
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			return 0, err
-		}
-		if line == "\r\n" {
-			return pid, nil
-		}
-		if v, ok := strings.CutPrefix(line, "X-Pid: "); ok {
-			fmt.Sscan(v, &pid)
-		}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		return 0, fmt.Errorf("status %d: %v", resp.StatusCode, err)
 	}
+	r := rawhttp.Response{Status: resp.StatusCode, Header: resp.Header, Body: body}
+	return r.PID(), nil
 }
 
 // TestUnixListenerAfterKill: a server on a unix socket killed with SIGKILL leaves

@@ -348,13 +348,13 @@ func (s *Set) pick(name string, w want) (*File, error) {
 	}
 	// 3. The single socket systemd (or a master) passed without a name of its own
 	// (systemd-socket-activate without --fdname, or a unit without
-	// FileDescriptorName=, which systemd names after the unit).
-	if s.source != Systemd && s.source != Master {
-		return nil, nil
-	}
+	// FileDescriptorName=, which systemd names after the unit), also as the previous
+	// generation passes it on: its address is the socket unit's, not the program's,
+	// so it cannot be matched by address.
 	var unnamed []*File
 	for _, f := range s.files {
-		if !f.claimed && (name == "" || f.Name == "" || strings.HasSuffix(f.Name, ".socket")) {
+		external := f.Source == Systemd || f.Source == Master || f.Source == Parent && !f.Owned
+		if !f.claimed && external && (name == "" || f.Name == "" || strings.HasSuffix(f.Name, ".socket")) {
 			unnamed = append(unnamed, f)
 		}
 	}

@@ -242,8 +242,8 @@ func TestActivationTCPByAddress(t *testing.T) {
 }
 
 // TestActivationSingleUnnamed: the only stream socket systemd passed without a name
-// of its own serves a listener asked for by another name; a parent's does not (the
-// process binds instead).
+// of its own serves a listener asked for by another name, also when a parent passes
+// it on; a socket the line bound itself does not (the process binds instead).
 func TestActivationSingleUnnamed(t *testing.T) {
 	for _, names := range [][]string{nil, {"unknown"}, {"demo.socket"}} {
 		t.Run(fmt.Sprintf("systemd names %q", names), func(t *testing.T) {
@@ -268,14 +268,25 @@ func TestActivationSingleUnnamed(t *testing.T) {
 			t.Errorf("CloseUnclaimed closed %v, want [3]", res.Unclaimed)
 		}
 	})
-	t.Run("parent", func(t *testing.T) {
+	// A parent passes on systemd's unnamed socket (not its own: no "own" entry) as
+	// systemd did: the single one serves the listener asked for, whatever its
+	// address (the socket unit's). A socket the line bound itself is matched by
+	// address only.
+	t.Run("parent, systemd's socket passed on", func(t *testing.T) {
 		f, addr := newSocket(t, "tcp4", "127.0.0.1:0", true)
 		res := runHelper(t, Parent, passed{files: []*os.File{f}, names: []string{"unknown"}}, helperSpec{
+			Claims: []claim{{Name: "", Network: "tcp", Address: ":8080"}},
+		})
+		checkClaim(t, res, 0, addr, "parent")
+	})
+	t.Run("parent, its own socket", func(t *testing.T) {
+		f, addr := newSocket(t, "tcp4", "127.0.0.1:0", true)
+		res := runHelper(t, Parent, passed{files: []*os.File{f}, names: []string{"unknown"}, own: []int{0}}, helperSpec{
 			Claims: []claim{{Name: "http", Network: "tcp", Address: "127.0.0.1:0"}},
 		})
 		checkClaim(t, res, 0, "", "bound")
 		if res.Claims[0].Addr == addr {
-			t.Errorf("a parent's unnamed socket on %s served listener http; only systemd's single socket may", addr)
+			t.Errorf("a parent's own unnamed socket on %s served listener http at another address", addr)
 		}
 	})
 	t.Run("systemd, two unnamed", func(t *testing.T) {

@@ -69,12 +69,33 @@ type Response struct {
 	Elapsed time.Duration // from writing the request to reading the last body byte
 }
 
-// PID returns the X-Pid header as an int, or 0 if absent or malformed.
+// PID returns the X-Pid header as an int or, without one, the number after the
+// first "pid " or "pid=" in the body (as the examples write it); 0 if neither.
 func (r *Response) PID() int {
-	n, err := strconv.Atoi(strings.TrimSpace(r.Header.Get("X-Pid")))
-	if err != nil {
+	if r == nil {
 		return 0
 	}
+	if v := r.Header.Get("X-Pid"); v != "" {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			return 0
+		}
+		return n
+	}
+	body := string(r.Body)
+	i := strings.Index(body, "pid ")
+	if j := strings.Index(body, "pid="); i < 0 || j >= 0 && j < i {
+		i = j
+	}
+	if i < 0 {
+		return 0
+	}
+	digits := body[i+4:]
+	end := strings.IndexFunc(digits, func(c rune) bool { return c < '0' || c > '9' })
+	if end >= 0 {
+		digits = digits[:end]
+	}
+	n, _ := strconv.Atoi(digits)
 	return n
 }
 

@@ -54,10 +54,12 @@ func (u *Upgrader) openControl() (net.Listener, error) {
 
 // serveControl answers control requests until the process has drained. The socket
 // is drained with the servers (and taken back with them).
+//
+// It runs on the loop (becomeReady): the target is added directly.
 func (u *Upgrader) serveControl(ln net.Listener) {
 	d := &Drainer{server: true}
 	tl := d.Listener(ln)
-	u.adopt(&target{d: d, internal: true})
+	u.targets = append(u.targets, &target{d: d, internal: true})
 	go func() {
 		for {
 			c, err := tl.Accept()

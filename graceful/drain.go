@@ -73,6 +73,8 @@ type Drainer struct {
 	http      bool
 	changed   chan struct{} // closed and replaced on every change while draining
 	accepted  atomic.Uint64
+	requests  atomic.Uint64 // HTTP requests started (Server)
+	forced    atomic.Uint64 // connections force-closed at a deadline
 	// accepting counts the Accept calls between the start of the underlying Accept
 	// and the tracking of the connection it returned, so that a drain does not report
 	// "all closed" while a connection the kernel handed over is not tracked yet.
@@ -213,6 +215,7 @@ func (d *Drainer) attach(srv *http.Server) {
 		h = http.DefaultServeMux
 	}
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d.requests.Add(1)
 		if d.draining.Load() && r.ProtoMajor == 1 {
 			w.Header().Set("Connection", "close")
 		}
@@ -461,6 +464,7 @@ func (d *Drainer) closeAll() {
 	for _, c := range all {
 		c.Close()
 	}
+	d.forced.Add(uint64(len(all)))
 }
 
 // deadliner is a listener whose Accept can be interrupted without closing it.

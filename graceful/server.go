@@ -63,7 +63,39 @@ func (s *Server) init() {
 		s.drainer.server = true
 		s.drainer.attach(&s.Server)
 		s.setupHTTP2()
+		if s.h2 != nil {
+			// The drain's GOAWAY reaches the HTTP/2 connections net/http knows at that
+			// moment. One it takes later (its TLS handshake or h2c preface came late)
+			// reports its first state once net/http knows it: it is sent a GOAWAY of
+			// its own. (s drains already when startDrain sends the first, so no
+			// connection falls between the two.)
+			next := s.Server.ConnState // the Drainer's, which calls the application's
+			s.Server.ConnState = func(c net.Conn, st http.ConnState) {
+				late := (st == http.StateActive || st == http.StateIdle) && s.drainer.draining.Load() && s.isNew(c)
+				next(c, st)
+				if late {
+					go s.goAway()
+				}
+			}
+		}
 	})
+}
+
+// isNew reports whether c, a connection of s, has reported no state but StateNew
+// yet. For an HTTP/2 connection, the first other report comes from net/http's HTTP/2
+// server once it has taken the connection; for an HTTP/1 connection, with its first
+// request (a GOAWAY then is a no-op: connections already told ignore it).
+func (s *Server) isNew(c net.Conn) bool {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	dc, ok := c.(*conn)
+	if !ok || dc.d != &s.drainer {
+		return false
+	}
+	s.drainer.mu.Lock()
+	defer s.drainer.mu.Unlock()
+	return dc.state == http.StateNew
 }
 
 // setupHTTP2 serves HTTP/2 (over TLS, and unencrypted when s.Protocols asks for it)
@@ -227,15 +259,11 @@ func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) err
 }
 
 // startDrain tells HTTP/2 connections to go away and runs the RegisterOnShutdown
-// functions.
+// functions. The Drainer is draining already: an HTTP/2 connection that net/http
+// takes from now on is told to go away by itself (see init).
 func (s *Server) startDrain() {
 	if s.h2 != nil {
-		// GOAWAY on every HTTP/2 connection: streams in flight finish, new ones go to
-		// a new connection (the new generation), and net/http closes the connection
-		// once it is quiet. Returns at once: s.h2 has no listener or HTTP/1 conns.
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		s.h2.Shutdown(ctx)
+		s.goAway()
 	}
 	s.mu.Lock()
 	hooks := slices.Clone(s.hooks)
@@ -243,6 +271,16 @@ func (s *Server) startDrain() {
 	for _, f := range hooks {
 		go f()
 	}
+}
+
+// goAway sends GOAWAY on every HTTP/2 connection net/http has taken (once per
+// connection): streams in flight finish, new ones go to a new connection (the new
+// generation), and net/http closes the connection once it is quiet. It returns at
+// once: s.h2 has no listener or HTTP/1 connections to wait for.
+func (s *Server) goAway() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.h2.Shutdown(ctx)
 }
 
 // Shutdown drains the server as described on Server, now: it stops accepting (its
@@ -254,8 +292,9 @@ func (s *Server) startDrain() {
 // Server of several.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.init()
+	s.drainer.stopAccepting(true)
 	s.startDrain()
-	return s.drainer.Drain(ctx)
+	return s.drainer.wait(ctx)
 }
 
 // RegisterOnShutdown registers a function to call when the Server starts draining

@@ -40,7 +40,10 @@ func (u *Upgrader) childSpec(path string) childSpec {
 // in reserve, which stay the caller's), one end of a new handover channel, and a
 // pipe as its standard error until the handover (see handoff.Marker.Stderr), whose
 // last lines it returns in out. It runs beside the state loop.
-func spawnChild(set *handoff.Set, reserve *handoff.Child, spec childSpec, start startFunc) (c child, ch *handoff.Channel, out *stderrTail, err error) {
+//
+// batch is the initial batch of messages (see handoff.Message): it is written into
+// the channel before the child starts, then "end".
+func spawnChild(set *handoff.Set, reserve *handoff.Child, spec childSpec, start startFunc, batch []handoff.Message) (c child, ch *handoff.Channel, out *stderrTail, err error) {
 	if err := resolveExecutable(spec.path); err != nil {
 		return nil, nil, nil, err
 	}
@@ -58,6 +61,14 @@ func spawnChild(set *handoff.Set, reserve *handoff.Child, spec childSpec, start 
 		return nil, nil, nil, err
 	}
 	defer childEnd.Close()
+	for _, m := range append(batch, handoff.Message{Verb: handoff.End}) {
+		err := parentEnd.Send(m, sendTimeout)
+		closeFiles(m.Files)
+		if err != nil {
+			parentEnd.Close()
+			return nil, nil, nil, fmt.Errorf("the new generation's first messages: %w", err)
+		}
+	}
 	// The child's fd 2 until the handover: a pipe we read. Our own stderr goes with
 	// it, for the child to put back.
 	var r, w, ours *os.File

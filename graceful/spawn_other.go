@@ -23,7 +23,7 @@ func startProcess(childSpec) (child, error) { return nil, handoff.ErrUnsupported
 
 func (u *Upgrader) childSpec(path string) childSpec { return childSpec{} }
 
-func spawnChild(*handoff.Set, *handoff.Child, childSpec, startFunc) (child, *handoff.Channel, *stderrTail, error) {
+func spawnChild(*handoff.Set, *handoff.Child, childSpec, startFunc, []handoff.Message) (child, *handoff.Channel, *stderrTail, error) {
 	return nil, nil, nil, handoff.ErrUnsupported
 }
 

@@ -33,6 +33,10 @@ type Status struct {
 	Child int `json:"child,omitempty"`
 	// Restarts counts the serving children `handover run` restarted after a crash.
 	Restarts int `json:"restarts,omitempty"`
+	// OlderDraining counts the older generations still draining.
+	OlderDraining int `json:"older_draining,omitempty"`
+	// Upgrades are the last upgrades of the line, oldest first (at most 10).
+	Upgrades []Upgrade `json:"upgrades,omitempty"`
 }
 
 // Socket describes one socket a process holds.

@@ -23,10 +23,10 @@ type target struct {
 // Drainer.wait). hard closes its listeners at once; otherwise they only stop
 // accepting.
 func (t *target) drain(ctx context.Context, hard bool) error {
-	if t.s != nil {
-		t.s.startDrain()
-	}
 	t.d.stopAccepting(hard)
+	if t.s != nil {
+		t.s.startDrain() // after stopAccepting: see Server.startDrain
+	}
 	return t.d.wait(ctx)
 }
 

@@ -2,6 +2,7 @@ package graceful
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,12 +82,18 @@ const (
 	// maxReplacements bounds how many last-good-build replacements a draining
 	// process starts for successors that died.
 	maxReplacements = 3
+	// initTimeout bounds how long a new generation waits for its parent's initial
+	// batch of messages.
+	initTimeout = 5 * time.Second
+	// defaultMaxDraining is Config.MaxDraining's default.
+	defaultMaxDraining = 3
 )
 
 // ErrUpgradeInProgress is returned by Upgrade when an upgrade is already under way.
 var ErrUpgradeInProgress = errors.New("graceful: an upgrade is already in progress")
 
 var (
+	errFinishNow = errors.New("graceful: drain ended early: too many generations drain")
 	errNotReady  = errors.New("graceful: not ready yet: call Ready (Serve does) before upgrading")
 	errStopping  = errors.New("graceful: the process is stopping")
 	errAbandoned = errors.New("upgrade abandoned: the process is stopping")
@@ -129,6 +136,13 @@ type Config struct {
 	// so that sockets the service bound itself survive `systemctl restart` and
 	// crashes: systemd passes them back through LISTEN_FDS.
 	FDStore bool
+	// MaxDraining bounds how many generations may drain at once: when an upgrade
+	// would make one more than that, the oldest draining generation stops waiting
+	// for its connections and force-closes them (as at its deadline). A deploy is
+	// not refused because of a long-lived connection (tableflip refuses upgrades
+	// while a generation drains: its issue #52); those connections would be cut at
+	// their deadline anyway, the oldest first. Zero means 3.
+	MaxDraining int
 
 	start startFunc // seam for tests; nil means startProcess
 }
@@ -184,6 +198,7 @@ type Upgrader struct {
 	readied  bool
 	parent   *handoff.Channel // to the parent that started us, until Ready; guarded by mu
 	pipeSig  chan os.Signal   // SIGPIPE, while fd 2 is the parent's pipe
+	ctl      net.Listener     // the control socket, served once ready
 
 	// Owned by the run goroutine.
 	st       state
@@ -203,6 +218,11 @@ type Upgrader struct {
 	main     bool // the process systemd supervises (its notifications are accepted)
 	lastStat string
 	wdStop   chan struct{}
+	history  history
+	above    int  // older generations still draining, as the upstream said
+	farewell bool // the drained/upstream messages to the successor are sent
+	drain    drainStats
+	drainAt  time.Time
 }
 
 // nextGen is a new generation: being started, then (without a service manager) the
@@ -226,6 +246,7 @@ type nextGen struct {
 	// its last words are read (or lastWordsWait passed).
 	failAfter   string
 	replacement bool // the last good build, started for a successor that died
+	released    bool // supervised by the service manager: its exit is not ours to see
 }
 
 type upgradeResult struct {
@@ -258,10 +279,15 @@ type (
 		err, barrier error
 	}
 	upstreamEndedEvent struct{ ch *handoff.Channel }
-	drainEndedEvent    struct {
+	upstreamMsgEvent   struct {
+		ch *handoff.Channel
+		m  handoff.Message
+	}
+	drainEndedEvent struct {
 		t     *target
 		epoch int
 		err   error
+		stats drainStats
 	}
 	deadChildEvent        struct{ pid int }
 	tickEvent             struct{}
@@ -346,14 +372,18 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	if u.cfg.DrainTimeout <= 0 {
 		u.cfg.DrainTimeout = defaultDrainTimeout
 	}
+	if u.cfg.MaxDraining <= 0 {
+		u.cfg.MaxDraining = defaultMaxDraining
+	}
+	u.history.Outcomes = map[string]int{}
 	base := cfg.Logger
 	if base == nil {
 		base = slog.Default()
 	}
 	set, err := handoff.Inherit()
 	u.set = set
+	u.gen = set.Generation()
 	if m := set.Marker(); m != nil {
-		u.gen = m.Generation
 		if f := set.Channel(); f != nil {
 			u.parent, _ = handoff.NewChannel(f)
 		}
@@ -361,6 +391,11 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	u.log = base.With("gen", u.gen, "pid", os.Getpid())
 	u.main = u.parent == nil
 	u.holdStderr()
+	if u.parent != nil {
+		if err := u.readInit(u.parent); err != nil {
+			return u, err
+		}
+	}
 	if err != nil {
 		return u, fmt.Errorf("inherited sockets: %w", err)
 	}
@@ -393,8 +428,7 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	if err != nil {
 		return u, err
 	}
-	ctl, err := u.openControl()
-	if err != nil {
+	if u.ctl, err = u.openControl(); err != nil {
 		return u, err
 	}
 	notifySignals(u.sigs)
@@ -404,9 +438,6 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	}
 	u.log.Info("starting", "event", "start", "executable", u.exe, "inherited", from, "notify", u.notifier != nil, "master", set.Master())
 	go u.run()
-	if ctl != nil {
-		u.serveControl(ctl)
-	}
 	return u, nil
 }
 
@@ -467,42 +498,58 @@ func (u *Upgrader) Ready() error {
 	u.parent = nil
 	u.mu.Unlock()
 	var upstream *handoff.Channel
+	var said []handoff.Message
 	if p != nil {
 		var err error
-		upstream, err = u.confirmWithParent(p)
+		upstream, said, err = u.confirmWithParent(p)
 		u.restoreStderr()
 		if err != nil {
+			closeMessages(said)
 			u.readyErr = err
 			return err
 		}
 	}
 	child := p != nil
-	u.call(func() { u.becomeReady(upstream, child) })
+	u.call(func() {
+		u.becomeReady(upstream, child)
+		for _, m := range said {
+			u.onUpstreamMessage(m)
+		}
+	})
 	return nil
 }
 
 // confirmWithParent tells the parent this process is ready and waits for its answer
-// (on the caller's goroutine). It returns the channel to keep as upstream, or nil.
-func (u *Upgrader) confirmWithParent(p *handoff.Channel) (*handoff.Channel, error) {
+// (on the caller's goroutine). It returns the channel to keep as upstream, or nil,
+// and what else the parent said meanwhile (the history with this upgrade in it),
+// for the loop.
+func (u *Upgrader) confirmWithParent(p *handoff.Channel) (*handoff.Channel, []handoff.Message, error) {
 	if err := p.Send(handoff.Message{Verb: handoff.Ready, PID: os.Getpid()}, sendTimeout); err != nil {
 		p.Close()
 		u.log.Warn("could not tell the parent generation we are ready; carrying on as the current generation", "event", "parent_lost", "err", err)
-		return nil, nil
+		return nil, nil, nil
 	}
-	m, err := p.Receive()
-	switch {
-	case err == nil && m.Verb == handoff.Main:
-		return p, nil
-	case err == nil && m.Verb == handoff.Abort:
-		p.Close()
-		return nil, fmt.Errorf("graceful: the parent generation abandoned the upgrade: %s", m.Text)
-	case err != nil:
-		p.Close()
-		u.log.Warn("the parent generation went away before confirming the handover; carrying on as the current generation", "event", "parent_lost", "err", err)
-		return nil, nil
+	var said []handoff.Message
+	for {
+		m, err := p.Receive()
+		switch {
+		case err == nil && m.Verb == handoff.Main:
+			return p, said, nil
+		case err == nil && m.Verb == handoff.Abort:
+			p.Close()
+			return nil, said, fmt.Errorf("graceful: the parent generation abandoned the upgrade: %s", m.Text)
+		case err != nil:
+			p.Close()
+			u.log.Warn("the parent generation went away before confirming the handover; carrying on as the current generation", "event", "parent_lost", "err", err)
+			return nil, said, nil
+		case m.Verb == handoff.History:
+			// Replaces the initial batch's: this upgrade is in it. Handled by
+			// onUpstreamMessage on the loop.
+			said = append(said, m)
+		default:
+			said = append(said, m)
+		}
 	}
-	p.Close()
-	return nil, fmt.Errorf("graceful: unexpected message from the parent generation: %q", m.String())
 }
 
 // becomeReady runs on the loop once Ready has done its part. child is true for a
@@ -517,15 +564,7 @@ func (u *Upgrader) becomeReady(upstream *handoff.Channel, child bool) {
 	u.st = serving
 	u.main = true
 	if upstream != nil {
-		u.upstream = upstream
-		go func() {
-			for {
-				if _, err := upstream.Receive(); err != nil {
-					u.post(upstreamEndedEvent{upstream})
-					return
-				}
-			}
-		}()
+		u.listenUpstream(upstream)
 	}
 	u.writePIDFile()
 	if !child {
@@ -534,6 +573,12 @@ func (u *Upgrader) becomeReady(upstream *handoff.Channel, child bool) {
 	u.startWatchdog()
 	u.storeFDs()
 	u.notifyStatus()
+	if u.ctl != nil {
+		// Answered from now on: until this process is ready, the previous generation
+		// answers (both accept on the one socket).
+		u.serveControl(u.ctl)
+	}
+	u.onReadyExtra()
 	u.log.Info("ready", "event", "ready", "listeners", describeHeld(u.set.Held()))
 }
 
@@ -611,6 +656,8 @@ func (u *Upgrader) status() Status {
 	if u.next != nil && !u.next.handed && u.next.child != nil {
 		s.Upgrading = u.next.child.Pid()
 	}
+	s.OlderDraining = u.above
+	s.Upgrades = u.history.shown()
 	return s
 }
 
@@ -696,10 +743,17 @@ func (u *Upgrader) run() {
 			if ev.ch == u.upstream {
 				u.upstream.Close()
 				u.upstream = nil
+				u.setAbove(0)
+			}
+		case upstreamMsgEvent:
+			if ev.ch == u.upstream {
+				u.onUpstreamMessage(ev.m)
+			} else {
+				closeFiles(ev.m.Files)
 			}
 		case drainEndedEvent:
 			if ev.epoch == ev.t.epoch {
-				u.onDrainEnded(ev.t, ev.err)
+				u.onDrainEnded(ev.t, ev.err, ev.stats)
 			}
 		case deadChildEvent:
 			u.dying = removeInt(u.dying, ev.pid)
@@ -713,7 +767,12 @@ func (u *Upgrader) run() {
 			}
 		}
 		if u.st != exited && u.finished() {
-			u.finish()
+			if !u.farewell {
+				u.sayFarewell() // its messages go out before the process may exit
+			}
+			if u.sending == 0 {
+				u.finish()
+			}
 		}
 	}
 }
@@ -791,8 +850,9 @@ func (u *Upgrader) spawn(n *nextGen, path string, reply func(upgradeResult)) {
 	u.spawning++
 	spec := u.childSpec(path)
 	reserve := u.reserve
+	batch := u.initBatch()
 	go func() {
-		c, ch, out, err := spawnChild(u.set, reserve, spec, u.start)
+		c, ch, out, err := spawnChild(u.set, reserve, spec, u.start, batch)
 		u.post(spawnedEvent{n: n, child: c, ch: ch, out: out, err: err})
 	}()
 }
@@ -866,6 +926,12 @@ func (u *Upgrader) onChildMessage(ev childMsgEvent) {
 		n.retired = true
 	case m.Verb == handoff.Current && n.handed:
 		n.retired = false
+	case m.Verb == handoff.Finish && n.handed:
+		if u.upstream != nil {
+			u.tellUpstream(handoff.Finish) // an older generation drains: the oldest finishes
+		} else {
+			u.finishNow()
+		}
 	default:
 		if !n.handed {
 			u.failUpgrade("protocol", fmt.Errorf("the new generation (PID %d) sent an unexpected message %q", n.child.Pid(), m.String()))
@@ -906,6 +972,10 @@ func (u *Upgrader) handOver(n *nextGen, pid int) {
 	if u.st == upgrading {
 		u.st = handingOver
 	}
+	// The history the new generation keeps, with this upgrade in it.
+	h := u.history.clone()
+	h.add(u.record(n, "ok", "", nil))
+	hist := h.encode()
 	notifier, ch := u.notifier, n.ch
 	go func() {
 		var ev = handoverEvent{n: n}
@@ -917,6 +987,7 @@ func (u *Upgrader) handOver(n *nextGen, pid int) {
 			}
 			ev.barrier = notifier.Barrier(barrierTimeout)
 		}
+		ch.Send(handoff.Message{Verb: handoff.History, Text: hist}, sendTimeout)
 		if err := ch.Send(handoff.Message{Verb: handoff.Main}, sendTimeout); err != nil && notifier == nil {
 			ev.err = fmt.Errorf("the new generation (PID %d) went away right after it was ready: %v", pid, err)
 		}
@@ -941,6 +1012,7 @@ func (u *Upgrader) onHandover(ev handoverEvent) {
 	n.handed = true
 	u.nextPID = n.ready
 	u.lastErr = ""
+	u.history.add(u.record(n, "ok", "", nil))
 	if u.cfg.PIDFile != "" {
 		// The new generation writes it too, once it hears "main"; written here as
 		// well, the file names it by the time whoever asked for the upgrade hears
@@ -958,10 +1030,10 @@ func (u *Upgrader) onHandover(ev handoverEvent) {
 	}
 	n.waiters = nil
 	if u.notifier != nil {
-		// systemd supervises the new main process from now on.
-		n.ch.Close()
+		// systemd supervises the new main process from now on; the channel stays,
+		// for what this process says as it drains.
 		n.child.Release()
-		u.next = nil
+		n.released = true
 	} else if u.reserve == nil {
 		// Keep the sockets open while draining, whatever the application does with
 		// its listeners: a successor that dies may need them.
@@ -978,6 +1050,14 @@ func (u *Upgrader) onHandover(ev handoverEvent) {
 	u.retire()
 	u.closeExit()
 	u.startDrains(u.notifier != nil)
+	u.tellSuccessor(handoff.Message{Verb: handoff.Above, N: u.above + 1})
+	u.onHandedOverExtra()
+	if draining := u.above + 1; draining > u.cfg.MaxDraining {
+		u.log.Warn("more generations drain than MaxDraining: the oldest finishes now", "event", "too_many_draining", "draining", draining, "max", u.cfg.MaxDraining)
+		if u.upstream != nil {
+			u.tellUpstream(handoff.Finish)
+		}
+	}
 }
 
 // onSuccessorExit handles the exit of the generation this process handed over to,
@@ -1038,6 +1118,7 @@ func (u *Upgrader) targetOf(ln net.Listener) *target {
 // resume takes the drains back after the successor n died: this process is the
 // current generation again.
 func (u *Upgrader) resume(n *nextGen) {
+	u.history.died(os.Getpid(), n.ready, n.child.ExitStatus())
 	u.st = serving
 	u.nextPID = 0
 	for _, t := range u.targets {
@@ -1094,6 +1175,11 @@ func (u *Upgrader) failUpgrade(cause string, err error) {
 	if n.child != nil {
 		attrs = append(attrs, "child", n.child.Pid())
 	}
+	outcome := "failed"
+	if cause == "abandoned" {
+		outcome = "abandoned"
+	}
+	u.history.add(u.record(n, outcome, cause, err))
 	switch {
 	case n.replacement:
 		u.log.Error("replacement failed", attrs...)
@@ -1148,6 +1234,7 @@ func (u *Upgrader) stop(why string) {
 	u.st = stopping
 	u.retire()
 	u.log.Info("stopping", "event", "stop", "why", why)
+	u.onStopExtra()
 	if u.main {
 		u.notify("STOPPING=1\nSTATUS=stopping: draining connections")
 	}
@@ -1196,6 +1283,8 @@ func (u *Upgrader) tellUpstream(verb string) {
 // back until it ends.
 func (u *Upgrader) startDrains(hard bool) {
 	u.hard = u.hard || hard
+	u.drain = drainStats{}
+	u.drainAt = time.Now()
 	for _, t := range u.targets {
 		u.startDrain(t)
 	}
@@ -1219,10 +1308,18 @@ func (u *Upgrader) startDrain(t *target) {
 	if !t.internal {
 		log.Info("draining", "event", "drain_start", "connections", t.counts().Total(), "deadline", d.String())
 	}
+	c0, f0, r0 := t.counts(), t.d.forced.Load(), t.d.requests.Load()
 	go func() {
 		defer cancelDeadline()
 		start := time.Now()
 		err := t.drain(ctx, hard)
+		c1 := t.counts()
+		forced := int(t.d.forced.Load() - f0)
+		stats := drainStats{
+			Forced:        forced,
+			Closed:        c0.Total() + int(c1.Accepted-c0.Accepted) - forced - c1.Total(),
+			RequestsAfter: t.d.requests.Load() - r0,
+		}
 		took := time.Since(start).Round(time.Millisecond).String()
 		switch {
 		case t.internal:
@@ -1231,11 +1328,11 @@ func (u *Upgrader) startDrain(t *target) {
 		case err == nil:
 			log.Info("drained", "event", "drained", "took", took)
 		}
-		u.post(drainEndedEvent{t: t, epoch: epoch, err: err})
+		u.post(drainEndedEvent{t: t, epoch: epoch, err: err, stats: stats})
 	}()
 }
 
-func (u *Upgrader) onDrainEnded(t *target, err error) {
+func (u *Upgrader) onDrainEnded(t *target, err error, d drainStats) {
 	if errors.Is(err, errResumed) {
 		return
 	}
@@ -1243,6 +1340,11 @@ func (u *Upgrader) onDrainEnded(t *target, err error) {
 	t.ended = true
 	if errors.Is(err, ErrDrainDeadline) {
 		u.drainErr = err
+	}
+	if !t.internal {
+		u.drain.Closed += d.Closed
+		u.drain.Forced += d.Forced
+		u.drain.RequestsAfter += d.RequestsAfter
 	}
 }
 
@@ -1387,6 +1489,12 @@ func describeHeld(hs []handoff.Held) string {
 	return strings.Join(parts, ", ")
 }
 
+func closeMessages(ms []handoff.Message) {
+	for _, m := range ms {
+		closeFiles(m.Files)
+	}
+}
+
 func closeFiles(fs []*os.File) {
 	for _, f := range fs {
 		f.Close()
@@ -1401,4 +1509,181 @@ func removeInt(s []int, v int) []int {
 		}
 	}
 	return out
+}
+
+// readInit reads the parent's initial batch, up to "end" (see handoff.Message).
+func (u *Upgrader) readInit(p *handoff.Channel) error {
+	p.SetDeadline(time.Now().Add(initTimeout))
+	defer p.SetDeadline(time.Time{})
+	for {
+		m, err := p.Receive()
+		if err != nil {
+			return fmt.Errorf("the parent generation's first messages: %w", err)
+		}
+		switch m.Verb {
+		case handoff.End:
+			return nil
+		case handoff.History:
+			if h, err := decodeHistory(m.Text); err != nil {
+				u.log.Warn("the history of upgrades is lost", "event", "history_lost", "err", err)
+			} else {
+				u.history = h
+			}
+		case handoff.Above:
+			u.above = m.N
+		default:
+			if !u.onInitMessage(m) {
+				closeFiles(m.Files)
+				u.log.Warn("ignoring an unexpected message from the parent generation", "event", "protocol", "verb", m.Verb)
+			}
+		}
+	}
+}
+
+// initBatch is what a new generation gets before it starts (see handoff.Message).
+func (u *Upgrader) initBatch() []handoff.Message {
+	return append([]handoff.Message{
+		{Verb: handoff.History, Text: u.history.encode()},
+		{Verb: handoff.Above, N: u.above + 1},
+	}, u.initExtra()...)
+}
+
+// listenUpstream makes ch the channel to the previous generation and reads it.
+func (u *Upgrader) listenUpstream(ch *handoff.Channel) {
+	if u.upstream != nil && u.upstream != ch {
+		u.upstream.Close()
+	}
+	u.upstream = ch
+	go func() {
+		for {
+			m, err := ch.Receive()
+			if err != nil {
+				u.post(upstreamEndedEvent{ch})
+				return
+			}
+			u.post(upstreamMsgEvent{ch, m})
+		}
+	}()
+}
+
+// onUpstreamMessage handles what an older generation says after the handover.
+func (u *Upgrader) onUpstreamMessage(m handoff.Message) {
+	switch m.Verb {
+	case handoff.Above:
+		u.setAbove(m.N)
+	case handoff.Upstream:
+		// The previous generation is done: its own channel to an older, still
+		// draining generation is ours now.
+		if len(m.Files) != 1 {
+			closeFiles(m.Files)
+			return
+		}
+		ch, err := handoff.NewChannel(m.Files[0])
+		if err != nil {
+			u.log.Warn("the channel to an older generation is lost", "event", "protocol", "err", err)
+			return
+		}
+		u.listenUpstream(ch)
+		u.setAbove(m.N)
+	case handoff.Drained:
+		var d drainStats
+		if json.Unmarshal([]byte(m.Text), &d) == nil {
+			u.history.drained(d)
+		}
+	case handoff.History:
+		if h, err := decodeHistory(m.Text); err == nil {
+			u.history = h
+		}
+	default:
+		if !u.onUpstreamExtra(m) {
+			closeFiles(m.Files)
+		}
+	}
+}
+
+// setAbove records how many older generations drain, and tells the successor (to
+// which this one, draining, is one more).
+func (u *Upgrader) setAbove(n int) {
+	u.above = n
+	if u.st == draining {
+		u.tellSuccessor(handoff.Message{Verb: handoff.Above, N: n + 1})
+	}
+}
+
+// tellSuccessor sends m to the generation this one handed over to, beside the loop;
+// the process does not finish before it is sent.
+func (u *Upgrader) tellSuccessor(m handoff.Message) {
+	n := u.next
+	if n == nil || !n.handed || n.ch == nil {
+		closeFiles(m.Files)
+		return
+	}
+	u.sending++
+	go func() {
+		n.ch.Send(m, sendTimeout)
+		closeFiles(m.Files)
+		u.post(sentEvent{})
+	}()
+}
+
+// finishNow ends this generation's drain at once, as at its deadline: too many
+// generations drain, and this is the oldest.
+func (u *Upgrader) finishNow() {
+	if u.st != draining && u.st != stopping {
+		return
+	}
+	u.log.Warn("finishing the drain now: too many generations drain, and this is the oldest", "event", "drain_finish_now")
+	for _, t := range u.targets {
+		if t.cancel != nil {
+			t.cancel(errFinishNow)
+		}
+	}
+}
+
+// sayFarewell, once this generation has drained, tells its successor how the drain
+// went and passes on its channel to an older generation still draining.
+func (u *Upgrader) sayFarewell() {
+	u.farewell = true
+	if u.nextPID == 0 {
+		return // stopped, not handed over
+	}
+	d := u.drain
+	d.From, d.To = os.Getpid(), u.nextPID
+	d.Seconds = time.Since(u.drainAt).Seconds()
+	u.history.drained(d)
+	if b, err := json.Marshal(d); err == nil {
+		u.tellSuccessor(handoff.Message{Verb: handoff.Drained, Text: string(b)})
+	}
+	if u.upstream == nil {
+		u.tellSuccessor(handoff.Message{Verb: handoff.Above, N: 0})
+		return
+	}
+	f, err := u.upstream.File()
+	if err != nil {
+		u.tellSuccessor(handoff.Message{Verb: handoff.Above, N: 0})
+		return
+	}
+	u.tellSuccessor(handoff.Message{Verb: handoff.Upstream, N: u.above, Files: []*os.File{f}})
+}
+
+// record makes the record of the upgrade to n.
+func (u *Upgrader) record(n *nextGen, outcome, reason string, err error) Upgrade {
+	r := Upgrade{
+		Trigger: n.trigger, Start: n.started, End: time.Now(), From: os.Getpid(),
+		Generation: u.gen + 1, Outcome: outcome, Reason: reason,
+	}
+	if n.child != nil {
+		r.To = n.child.Pid()
+	}
+	if n.ready != 0 {
+		r.To = n.ready
+	}
+	if outcome == "ok" {
+		r.HandoverSeconds = r.End.Sub(r.Start).Seconds()
+	}
+	if err != nil {
+		r.Error = err.Error()
+		r.Stderr = n.out.last()
+	}
+	return r
 }

@@ -5,6 +5,7 @@ package graceful
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -33,6 +34,8 @@ type fakeChild struct {
 	pid  int
 	spec childSpec
 	ch   *handoff.Channel // the child's end
+	// history is the last "history" the parent sent.
+	history string
 
 	exitOnce sync.Once
 	exited   chan struct{}
@@ -96,6 +99,16 @@ func (s *fakeStarter) start(spec childSpec) (child, error) {
 		return nil, err
 	}
 	ch.SetDeadline(time.Now().Add(waitBound))
+	// The initial batch is queued before the start, as for a real child.
+	for {
+		m, err := ch.Receive()
+		if err != nil {
+			return nil, fmt.Errorf("fake start: reading the initial batch: %w", err)
+		}
+		if m.Verb == handoff.End {
+			break
+		}
+	}
 	s.mu.Lock()
 	s.nextPID++
 	c := &fakeChild{pid: s.nextPID, spec: spec, ch: ch, exited: make(chan struct{})}
@@ -201,9 +214,17 @@ func exitClosed(u *Upgrader) bool {
 	}
 }
 
+// expect reads what the parent says until verb, skipping the history, counts and
+// stats a parent sends along (see handoff.Message).
 func (c *fakeChild) expect(t *testing.T, verb string) handoff.Message {
 	t.Helper()
 	m, err := c.ch.Receive()
+	for err == nil && m.Verb != verb && (m.Verb == handoff.History || m.Verb == handoff.Above || m.Verb == handoff.Drained) {
+		if m.Verb == handoff.History {
+			c.history = m.Text
+		}
+		m, err = c.ch.Receive()
+	}
 	if err != nil || m.Verb != verb {
 		t.Fatalf("child %d received %+v, %v; want %q", c.pid, m, err, verb)
 	}
@@ -276,6 +297,11 @@ func TestUpgradeHandsOver(t *testing.T) {
 	r := outcome(t, res)
 	if r.err != nil || r.pid != c.pid {
 		t.Fatalf("Upgrade = %d, %v; want %d", r.pid, r.err, c.pid)
+	}
+	// The new generation was handed the history, this upgrade in it.
+	h, err := decodeHistory(c.history)
+	if err != nil || len(h.Records) != 1 || h.Records[0].Outcome != "ok" || h.Records[0].To != c.pid || h.Records[0].From != os.Getpid() || h.Records[0].Trigger != "API" || h.Outcomes["ok"] != 1 {
+		t.Fatalf("history handed over: %+v, %v", h, err)
 	}
 	select {
 	case <-u.Exit():
@@ -541,6 +567,9 @@ func TestUpgradeUnderServiceManager(t *testing.T) {
 	mainc := make(chan error, 1)
 	go func() {
 		m, err := c.ch.Receive()
+		for err == nil && m.Verb == handoff.History {
+			m, err = c.ch.Receive()
+		}
 		if err == nil && m.Verb != "main" {
 			err = errors.New("got " + m.String())
 		}

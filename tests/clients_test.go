@@ -1,24 +1,13 @@
 package tests
 
 // Slow and long-lived clients across an upgrade: slowloris, hijacked (websocket-style)
-// connections, HTTP/2 (h2c and TLS) and server-sent events.
+// connections and server-sent events. (HTTP/2 is in h2_test.go.)
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
-	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -302,181 +291,6 @@ func TestHijackedConnections(t *testing.T) {
 		}
 		d.stop()
 	})
-}
-
-// selfSignedCert writes a certificate for 127.0.0.1 and its key to dir and returns
-// their paths and a pool that trusts it.
-func selfSignedCert(t testing.TB, dir string) (certFile, keyFile string, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "handover test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
-}
-
-// h2answer is one HTTP/2 request's outcome.
-type h2answer struct {
-	start, end time.Time
-	pid        int
-	proto      string
-	status     int
-	body       string
-	err        error
-}
-
-func h2get(c *http.Client, url string) h2answer {
-	a := h2answer{start: time.Now()}
-	resp, err := c.Get(url)
-	if err == nil {
-		b, rerr := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		a.pid, _ = strconv.Atoi(resp.Header.Get("X-Pid"))
-		a.proto, a.status, a.body, err = resp.Proto, resp.StatusCode, string(b), rerr
-	}
-	a.end, a.err = time.Now(), err
-	return a
-}
-
-// TestHTTP2GoAway: HTTP/2 clients, h2c (prior knowledge) and over TLS, multiplex every
-// request on one connection, so without GOAWAY a client would go on sending new
-// requests to the old generation and keep it alive until its deadline. With it: a
-// request in flight on the old generation completes there, new requests from the same
-// client reach the new generation while that request is still running, nothing fails,
-// and the old generation exits as soon as its stream is done, long before the deadline.
-func TestHTTP2GoAway(t *testing.T) {
-	for _, tc := range []string{"h2c", "TLS"} {
-		t.Run(tc, func(t *testing.T) {
-			drain := 30 * time.Second
-			dir := t.TempDir()
-			ctl := filepath.Join(dir, "control.sock")
-			p := new(http.Protocols)
-			tr := &http.Transport{}
-			spec := demoSpec{dir: dir, control: ctl, drain: drain}
-			scheme := "http"
-			if tc == "h2c" {
-				spec.args = []string{"-h2c"}
-				p.SetUnencryptedHTTP2(true)
-			} else {
-				cert, key, pool := selfSignedCert(t, dir)
-				spec.args = []string{"-tls-cert", cert, "-tls-key", key}
-				p.SetHTTP2(true)
-				tr.TLSClientConfig = &tls.Config{RootCAs: pool}
-				scheme = "https"
-			}
-			tr.Protocols = p
-			client := &http.Client{Transport: tr, Timeout: 20 * time.Second}
-			defer tr.CloseIdleConnections()
-			d := startDemoSpec(t, spec)
-			old := d.current()
-			base := scheme + "://" + d.addr
-			if a := h2get(client, base+"/"); a.err != nil || a.proto != "HTTP/2.0" || a.pid != old {
-				t.Fatalf("first request: %v, %s from %d; want HTTP/2.0 from %d", a.err, a.proto, a.pid, old)
-			}
-			slowDone := make(chan h2answer, 1)
-			go func() { slowDone <- h2get(client, base+"/slow?ms=3000") }()
-			// The slow stream is open on the old generation's one HTTP/2 connection.
-			if err := proc.WaitFor(func() bool {
-				st, err := ctlStatus(t, ctl)
-				return err == nil && st.Connections.Active == 1
-			}, 5*time.Second, "the slow request to be active on the old generation"); err != nil {
-				t.Fatal(err)
-			}
-			// A client that keeps sending requests through the same transport.
-			stop := make(chan struct{})
-			answers := make(chan []h2answer, 1)
-			go func() {
-				var got []h2answer
-				for {
-					select {
-					case <-stop:
-						answers <- got
-						return
-					default:
-					}
-					got = append(got, h2get(client, base+"/"))
-					time.Sleep(20 * time.Millisecond) // pacing
-				}
-			}()
-			_, cur := d.upgrade()
-			upgraded := time.Now()
-			slow := <-slowDone
-			if slow.err != nil || slow.status != 200 || slow.pid != old || slow.proto != "HTTP/2.0" {
-				t.Errorf("the request in flight: %v, %d %s from %d; want 200 HTTP/2.0 from %d", slow.err, slow.status, slow.proto, slow.pid, old)
-			}
-			// Told to go away, the client leaves the old generation's connection once
-			// its stream is done: the old one exits by itself, before the drain
-			// deadline the test set, which it never reaches.
-			if err := waitGone(old, drain); err != nil {
-				t.Fatalf("%v: its HTTP/2 connection was not told to go away", err)
-			}
-			exited := time.Since(upgraded)
-			pace(300 * time.Millisecond)
-			close(stop)
-			got := <-answers
-			t.Logf("the old generation exited %v after the upgrade (deadline %v); the slow request ended %v after it; %d requests meanwhile",
-				exited.Round(time.Millisecond), drain, slow.end.Sub(upgraded).Round(time.Millisecond), len(got))
-			if ev := d.events(); ev.Count("drain_deadline", logs.KV("pid", old)) != 0 || ev.Count("drained", logs.KV("pid", old)) != 1 {
-				t.Errorf("the old generation's drain did not end by itself (event=drained, no drain_deadline)")
-			}
-			// Once a request from the client has reached the new generation, every
-			// later one does too: the client moved off the old connection for good.
-			newBeforeSlow, moved := 0, time.Time{}
-			for _, a := range got {
-				switch {
-				case a.err != nil || a.status != 200 || a.proto != "HTTP/2.0":
-					t.Errorf("a request at %v: %v, %d %s", a.start.Sub(upgraded).Round(time.Millisecond), a.err, a.status, a.proto)
-				case a.pid == cur:
-					if moved.IsZero() {
-						moved = a.end
-					}
-					if a.end.Before(slow.end) {
-						newBeforeSlow++
-					}
-				case !moved.IsZero() && a.start.After(moved):
-					t.Errorf("a request sent %v after the upgrade, after one had reached the new generation, was answered by %d", a.start.Sub(upgraded).Round(time.Millisecond), a.pid)
-				case a.pid != old:
-					t.Errorf("a request was answered by %d, neither generation", a.pid)
-				}
-			}
-			if newBeforeSlow == 0 {
-				t.Errorf("no request reached the new generation while the slow one was still in flight on the old one")
-			}
-			d.stop()
-		})
-	}
 }
 
 // TestSSEEndsCleanly: a server-sent-event stream open on the old generation ends with

@@ -16,6 +16,9 @@
 //	-fdstore                under systemd, keep the sockets in systemd's fd store
 //	-tls-cert F -tls-key F  serve HTTPS (HTTP/1.1 and HTTP/2) with this certificate
 //	-h2c                    also accept HTTP/2 without TLS (prior knowledge)
+//	-protocols LIST         the protocols to serve (http.Server.Protocols), comma-separated:
+//	                        h1 (HTTP/1), h2 (HTTP/2 over TLS), h2c (HTTP/2 without TLS,
+//	                        prior knowledge); default net/http's (h1,h2); -h2c adds h2c
 //
 //	GET /            200, header X-Pid, body "pid=P gen=G message=M"
 //	GET /slow?ms=N   the same after N milliseconds
@@ -56,6 +59,7 @@ func main() {
 	certFile := flag.String("tls-cert", "", "serve HTTPS with this certificate (PEM; with -tls-key)")
 	keyFile := flag.String("tls-key", "", "the private key of -tls-cert (PEM)")
 	h2c := flag.Bool("h2c", false, "also accept HTTP/2 without TLS (prior knowledge)")
+	protoList := flag.String("protocols", "", "the protocols to serve, comma-separated: h1, h2 (over TLS), h2c (without TLS); default h1,h2 (plus h2c with -h2c)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "handover-demo: unexpected argument %q (flags only; see -help)\n", flag.Arg(0))
@@ -74,7 +78,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "handover-demo: -tls-cert and -tls-key go together")
 		os.Exit(2)
 	}
-	o := options{listen: *listen, grace: *grace, message: *message, cert: *certFile, key: *keyFile, h2c: *h2c}
+	protocols, err := parseProtocols(*protoList, *h2c)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "handover-demo: %v\n", err)
+		os.Exit(2)
+	}
+	o := options{listen: *listen, grace: *grace, message: *message, cert: *certFile, key: *keyFile, protocols: protocols}
 	if err := run(cfg, o); err != nil {
 		fmt.Fprintf(os.Stderr, "handover-demo: %v\n", err)
 		os.Exit(1)
@@ -85,7 +94,35 @@ func main() {
 type options struct {
 	listen, message, cert, key string
 	grace                      time.Duration
-	h2c                        bool
+	protocols                  *http.Protocols // nil: net/http's default
+}
+
+// parseProtocols turns -protocols and -h2c into http.Server.Protocols; nil (net/http's
+// default, HTTP/1 and HTTP/2 over TLS) when neither is set.
+func parseProtocols(list string, h2c bool) (*http.Protocols, error) {
+	if list == "" && !h2c {
+		return nil, nil
+	}
+	if list == "" {
+		list = "h1,h2"
+	}
+	p := new(http.Protocols)
+	for _, name := range strings.Split(list, ",") {
+		switch strings.TrimSpace(name) {
+		case "h1":
+			p.SetHTTP1(true)
+		case "h2":
+			p.SetHTTP2(true)
+		case "h2c":
+			p.SetUnencryptedHTTP2(true)
+		default:
+			return nil, fmt.Errorf("-protocols %q: unknown protocol %q (want h1, h2 or h2c)", list, name)
+		}
+	}
+	if h2c {
+		p.SetUnencryptedHTTP2(true)
+	}
+	return p, nil
 }
 
 func run(cfg graceful.Config, o options) error {
@@ -113,13 +150,7 @@ func run(cfg graceful.Config, o options) error {
 		Name:           "http",
 		KeepAliveGrace: o.grace,
 	}
-	if o.h2c {
-		p := new(http.Protocols)
-		p.SetHTTP1(true)
-		p.SetHTTP2(true)
-		p.SetUnencryptedHTTP2(true)
-		srv.Protocols = p
-	}
+	srv.Protocols = o.protocols
 	// Serve calls u.Ready once it serves, and returns once the server has drained
 	// (a new generation took over, or SIGTERM).
 	if o.cert != "" {

@@ -1,5 +1,15 @@
-// Command handover is the operator's tool for services built with handover.
+// Command handover is the operator's tool for services built with handover, and the
+// master that runs any server with a stable PID.
 //
+//	handover run [flags] -- PROG [ARGS...]
+//	    Hold the sockets and run PROG as a child; keep this PID while children are
+//	    upgraded (SIGHUP, SIGUSR2, handover reload), restarted after a crash, or
+//	    stopped (SIGTERM: the child drains, the master exits with its status). PROG,
+//	    in any language, gets the sockets as systemd passes them: fds 3 and up,
+//	    LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID (its own PID), and a NOTIFY_SOCKET for
+//	    READY=1. For containers (as PID 1 it reaps every zombie and forwards SIGINT
+//	    and SIGQUIT), PID-tracking supervisors and systemd (Type=notify, a stable
+//	    MAINPID). See handover run -h for the flags.
 //	handover reload [-control PATH] [-timeout D]
 //	    Ask the service to upgrade to the binary now on disk and wait for the outcome.
 //	    Exits 0 and prints the new PID when the new generation has taken over; exits 1
@@ -7,7 +17,8 @@
 //	    This is what a unit's ExecReload= runs, so that `systemctl reload` fails when
 //	    the upgrade does.
 //	handover status [-control PATH] [-json]
-//	    Print the serving process's PID, generation, state, listeners and connections.
+//	    Print the serving process's PID, generation, state, listeners and connections
+//	    (under handover run: the master's PID, the serving child, restarts).
 //
 // The control socket's path comes from -control or $HANDOVER_CONTROL. Only the
 // service's own user and root may use it.
@@ -32,13 +43,42 @@ import (
 )
 
 const usage = `usage:
+  handover run [flags] -- PROG [ARGS...]     run PROG under a master that keeps one PID
   handover reload [-control PATH] [-timeout DURATION]
   handover status [-control PATH] [-json] [-timeout DURATION]
 
-The control socket is -control or $HANDOVER_CONTROL.
+The control socket is -control or $HANDOVER_CONTROL. handover run -h lists its flags.
+`
+
+const runUsage = `usage: handover run [flags] -- PROG [ARGS...]
+
+Holds the sockets and runs PROG as its child, keeping its own PID while children are
+upgraded, restarted after a crash, or stopped. PROG gets the sockets at fd 3 and up with
+LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (its own PID), NOTIFY_SOCKET (the master's),
+and HANDOVER_MASTER (the master's PID).
+
+  upgrade:  SIGHUP, SIGUSR2, or handover reload -control PATH (which waits and exits 1,
+            with the child's last stderr lines, when the new child fails). PROG is
+            looked up on disk again, started, and must send READY=1 to NOTIFY_SOCKET
+            within -upgrade-timeout (or have run -ready-after); then the old child gets
+            -stop-signal, and SIGKILL after -drain-timeout.
+  crash:    a serving child that exits is restarted with backoff; the sockets stay
+            open, clients wait in the backlog.
+  stop:     SIGTERM: the child gets -stop-signal and drains; the master exits with its
+            status. SIGINT and SIGQUIT are forwarded to the child; when it exits, so
+            does the master. A second SIGTERM kills the children at once.
+  systemd:  under a socket unit the sockets come from systemd (matched to -listen by
+            name); Type=notify: READY=1, RELOADING=1 around upgrades, STATUS=.
+
+Without -ready-after, a child must send READY=1 (sd_notify) to be ready.
+
+Flags:
 `
 
 func main() {
+	// First of all: a child of `handover run` passing through the re-exec shim execs
+	// its program here.
+	shim()
 	if len(os.Args) > 1 && os.Args[1] == "reload" {
 		go exitOnSIGTERM()
 	}
@@ -71,6 +111,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	cmd := args[0]
+	if cmd == "run" {
+		return runMaster(args[1:], stderr)
+	}
 	if cmd != "reload" && cmd != "status" {
 		fmt.Fprintf(stderr, "handover: unknown command %q\n%s", cmd, usage)
 		return 2
@@ -209,6 +252,11 @@ func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.W
 	fmt.Fprintf(stdout, "PID:         %d\n", s.PID)
 	fmt.Fprintf(stdout, "Generation:  %d\n", s.Generation)
 	fmt.Fprintf(stdout, "State:       %s\n", s.State)
+	if s.Child != 0 {
+		fmt.Fprintf(stdout, "Child:       PID %d (handover run; restarts: %d)\n", s.Child, s.Restarts)
+	} else if s.Restarts != 0 {
+		fmt.Fprintf(stdout, "Restarts:    %d\n", s.Restarts)
+	}
 	if s.Upgrading != 0 {
 		fmt.Fprintf(stdout, "Upgrading:   new generation PID %d starting\n", s.Upgrading)
 	}
@@ -225,10 +273,17 @@ func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.W
 		}
 		fmt.Fprintf(stdout, "%s %s %s:%s (from %s)\n", label, name, l.Network, l.Addr, l.Source)
 	}
-	c := s.Connections
-	fmt.Fprintf(stdout, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
-		c.New+c.Active+c.Idle+c.Hijacked, c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
-	if s.LastError != "" {
+	master := s.Child != 0 || s.Restarts != 0
+	if !master {
+		// A handover run master does not see its child's connections.
+		c := s.Connections
+		fmt.Fprintf(stdout, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
+			c.New+c.Active+c.Idle+c.Hijacked, c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
+	}
+	switch {
+	case s.LastError != "" && master:
+		fmt.Fprintf(stdout, "Last error:  %s\n", strings.TrimSpace(s.LastError))
+	case s.LastError != "":
 		fmt.Fprintf(stdout, "Last upgrade failed: %s\n", strings.TrimSpace(s.LastError))
 	}
 	return 0

@@ -142,3 +142,7 @@ func closeAll(files []*os.File) {
 
 // SetDeadline bounds every Send and Receive (tests use it against hangs).
 func (c *Channel) SetDeadline(t time.Time) error { return c.conn.SetDeadline(t) }
+
+// File returns a duplicate of the channel's descriptor, to pass it on (the
+// "upstream" message); the caller owns it.
+func (c *Channel) File() (*os.File, error) { return dupFile(c.conn, "handover-channel") }

@@ -12,7 +12,7 @@ import (
 )
 
 func sameMessage(a, b Message) bool {
-	return a.Verb == b.Verb && a.PID == b.PID && a.Text == b.Text && len(a.Files) == len(b.Files)
+	return a.Verb == b.Verb && a.PID == b.PID && a.N == b.N && a.Text == b.Text && len(a.Files) == len(b.Files)
 }
 
 // maxErrorLen bounds error messages that quote input: it is clipped to 64 bytes,
@@ -54,6 +54,20 @@ func TestParseMessage(t *testing.T) {
 		{line: "done", want: Message{Verb: "done"}},
 		{line: "done 5", wantErr: "takes no argument"},
 		{line: "current", want: Message{Verb: "current"}},
+		{line: "end", want: Message{Verb: "end"}},
+		{line: "finish", want: Message{Verb: "finish"}},
+		{line: "keys", want: Message{Verb: "keys"}},
+		{line: "above 0", want: Message{Verb: "above", N: 0}},
+		{line: "above 3", want: Message{Verb: "above", N: 3}},
+		{line: "upstream 2", want: Message{Verb: "upstream", N: 2}},
+		{line: "history [{\"trigger\":\"SIGUSR2\"}]", want: Message{Verb: "history", Text: "[{\"trigger\":\"SIGUSR2\"}]"}},
+		{line: "state v2", want: Message{Verb: "state", Text: "v2"}},
+		{line: "drained {}", want: Message{Verb: "drained", Text: "{}"}},
+		{line: "above", wantErr: "needs a count"},
+		{line: "above -1", wantErr: "needs a count"},
+		{line: "upstream x", wantErr: "needs a count"},
+		{line: "end now", wantErr: "takes no argument"},
+		{line: "finish 2", wantErr: "takes no argument"},
 		{line: "current 1", wantErr: "takes no argument"},
 		{line: "ready " + long, wantErr: "..."}, // clipped in the error
 	}
@@ -129,7 +143,7 @@ func checkRoundTrip(t *testing.T, line string) {
 }
 
 func FuzzParseMessage(f *testing.F) {
-	for _, s := range []string{"ready 1", "ready 0", "ready +1", "ready 007", "main", "main ", "main x", "current", "current x", "error", "error boom", "abort why\nnot", "done", "done x", "", " ", "ready 9223372036854775807", "ready 9223372036854775808"} {
+	for _, s := range []string{"ready 1", "ready 0", "ready +1", "ready 007", "main", "main ", "main x", "current", "current x", "end", "finish", "keys", "above 2", "above -2", "upstream 1", "history []", "state v1", "drained {}", "error", "error boom", "abort why\nnot", "done", "done x", "", " ", "ready 9223372036854775807", "ready 9223372036854775808"} {
 		f.Add(s)
 	}
 	f.Fuzz(checkRoundTrip)

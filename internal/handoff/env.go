@@ -27,6 +27,10 @@ const (
 	// a re-exec shim) and, when its real parent is that PID, leaves upgrades to the
 	// master.
 	MasterEnv = "HANDOVER_MASTER"
+
+	// GenerationEnv is set by `handover run` for the child it starts: the child's
+	// generation (1 for the first child, n+1 for the one that replaces n).
+	GenerationEnv = "HANDOVER_GENERATION"
 )
 
 // ListenFDsStart is the first passed file descriptor (SD_LISTEN_FDS_START).

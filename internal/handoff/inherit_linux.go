@@ -35,8 +35,9 @@ func inherit(e env, take func() []*os.File) (*Set, error) {
 	names, namesSet := e.Lookup(ListenFDNamesEnv)
 	mark, markSet := e.Lookup(MarkerEnv)
 	master, masterSet := e.Lookup(MasterEnv)
+	gen, genSet := e.Lookup(GenerationEnv)
 	defer func() {
-		for _, k := range []string{ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv, MasterEnv} {
+		for _, k := range []string{ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv, MasterEnv, GenerationEnv} {
 			e.Unset(k)
 		}
 	}()
@@ -59,6 +60,11 @@ func inherit(e env, take func() []*os.File) (*Set, error) {
 			}
 			if mpid == e.Getppid() {
 				s.source, s.master = Master, mpid
+				if genSet {
+					if s.gen, err = ParsePID(GenerationEnv, gen); err != nil {
+						return s, err
+					}
+				}
 			}
 		}
 	case markSet:

@@ -44,7 +44,7 @@ func runInherit(t *testing.T, vars map[string]string) (*Set, error) {
 	if s == nil {
 		t.Fatalf("inherit(%q) returned a nil Set (err %v)", vars, err)
 	}
-	for _, k := range []string{ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv, MasterEnv} {
+	for _, k := range []string{ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv, MasterEnv, GenerationEnv} {
 		if _, ok := e.vars[k]; ok || !slices.Contains(e.unset, k) {
 			t.Errorf("inherit(%q): %s was not cleared", vars, k)
 		}
@@ -177,8 +177,8 @@ func TestInheritZero(t *testing.T) {
 // TestInheritMaster: a `handover run` master's sockets come by systemd's protocol;
 // HANDOVER_MASTER makes them the master's only when it names our real parent.
 func TestInheritMaster(t *testing.T) {
-	s, err := runInherit(t, map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "0", MasterEnv: "4000"})
-	if err != nil || s.Source() != Master || s.Master() != 4000 {
+	s, err := runInherit(t, map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "0", MasterEnv: "4000", GenerationEnv: "7"})
+	if err != nil || s.Source() != Master || s.Master() != 4000 || s.Generation() != 7 {
 		t.Errorf("master = our parent: source %v, master %d, err %v; want master 4000", s.Source(), s.Master(), err)
 	}
 	s, err = runInherit(t, map[string]string{ListenPIDEnv: "4242", ListenFDsEnv: "0", MasterEnv: "17"})

@@ -9,34 +9,61 @@ import (
 
 // The handover channel is a SOCK_SEQPACKET socket pair between a process and the
 // child it starts: each message is one packet holding one line of text, and may
-// carry descriptors (SCM_RIGHTS). Messages:
+// carry descriptors (SCM_RIGHTS). Messages, in the order they usually come:
 //
+//	parent → child   the initial batch, written before the child starts and read by
+//	                 it while it starts (New), ended by "end":
+//	                   "history <json>"   the upgrades of the line so far
+//	                   "above <n>"        older generations still draining
+//	                   "keys" + memfd     TLS session ticket keys
+//	                   "state <version>" + memfd   the application's state
+//	                 "end"
 //	child → parent   "ready <pid>"    serving on the inherited sockets
 //	child → parent   "error <text>"   cannot start; about to exit
+//	parent → child   "history <json>" the history with this upgrade in it, then
 //	parent → child   "main"           handed over: you are the current generation
 //	parent → child   "abort <text>"   upgrade abandoned; you will be killed
+//	parent → child   "state final <version>" + memfd   the state once this one
+//	                                  stopped accepting
+//	parent → child   "above <n>"      the count of older draining generations changed
+//	parent → child   "drained <json>" how the parent's drain went
+//	parent → child   "upstream <n>" + channel   the parent is done and exits: here is
+//	                                  its own channel to an older generation still
+//	                                  draining; n older generations drain
 //	child → parent   "done"           no longer the current generation (it handed
 //	                                  over in turn, or is stopping): its exit is no
 //	                                  crash
 //	child → parent   "current"        the current generation again (it resumed after
 //	                                  its own successor died): watch it again
+//	child → parent   "finish"         too many generations drain: the oldest (the
+//	                                  one with no upstream) force-closes now; the
+//	                                  others pass it on
 const maxMessage = 64 << 10
 
 // Verbs of the handover channel.
 const (
-	Ready   = "ready"
-	Error   = "error"
-	Main    = "main"
-	Abort   = "abort"
-	Done    = "done"
-	Current = "current"
+	Ready    = "ready"
+	Error    = "error"
+	Main     = "main"
+	Abort    = "abort"
+	Done     = "done"
+	Current  = "current"
+	End      = "end"
+	History  = "history"
+	Above    = "above"
+	Keys     = "keys"
+	State    = "state"
+	Drained  = "drained"
+	Upstream = "upstream"
+	Finish   = "finish"
 )
 
 // Message is one message of the handover channel.
 type Message struct {
 	Verb string
 	PID  int    // Ready
-	Text string // Error, Abort
+	N    int    // Above, Upstream
+	Text string // Error, Abort, History, State, Drained
 	// Files travel with the message (SCM_RIGHTS). The receiver owns them.
 	Files []*os.File
 }
@@ -46,7 +73,9 @@ func (m Message) String() string {
 	switch m.Verb {
 	case Ready:
 		return Ready + " " + strconv.Itoa(m.PID)
-	case Error, Abort:
+	case Above, Upstream:
+		return m.Verb + " " + strconv.Itoa(m.N)
+	case Error, Abort, History, State, Drained:
 		return m.Verb + " " + OneLine(m.Text)
 	}
 	return m.Verb
@@ -56,15 +85,21 @@ func (m Message) String() string {
 func ParseMessage(line string) (Message, error) {
 	verb, rest, _ := strings.Cut(line, " ")
 	switch verb {
-	case Ready:
-		pid, err := strconv.Atoi(rest)
-		if err != nil || pid <= 0 || strings.HasPrefix(rest, "+") {
-			return Message{}, fmt.Errorf("handover channel: %q: ready needs a positive PID", clip(line))
+	case Ready, Above, Upstream:
+		n, err := strconv.Atoi(rest)
+		if err != nil || n < 0 || verb == Ready && n == 0 || strings.HasPrefix(rest, "+") {
+			if verb == Ready {
+				return Message{}, fmt.Errorf("handover channel: %q: ready needs a positive PID", clip(line))
+			}
+			return Message{}, fmt.Errorf("handover channel: %q: %s needs a count", clip(line), verb)
 		}
-		return Message{Verb: verb, PID: pid}, nil
-	case Error, Abort:
+		if verb == Ready {
+			return Message{Verb: verb, PID: n}, nil
+		}
+		return Message{Verb: verb, N: n}, nil
+	case Error, Abort, History, State, Drained:
 		return Message{Verb: verb, Text: rest}, nil
-	case Main, Done, Current:
+	case Main, Done, Current, End, Keys, Finish:
 		if rest != "" {
 			return Message{}, fmt.Errorf("handover channel: %q: %s takes no argument", clip(line), verb)
 		}

@@ -107,6 +107,7 @@ type Set struct {
 	source  Source
 	marker  *Marker
 	master  int
+	gen     int // the generation a master gave, or 0
 	channel *os.File
 	stderr  *os.File
 	files   []*File
@@ -173,6 +174,18 @@ func (s *Set) Marker() *Marker { return s.marker }
 
 // Master returns the PID of the `handover run` master that started the process, or 0.
 func (s *Set) Master() int { return s.master }
+
+// Generation returns the generation the process's parent or master gave it: 1 when
+// nobody did.
+func (s *Set) Generation() int {
+	switch {
+	case s.marker != nil:
+		return s.marker.Generation
+	case s.gen > 0:
+		return s.gen
+	}
+	return 1
+}
 
 // Channel returns the child's end of the handover channel, or nil. The caller owns it.
 func (s *Set) Channel() *os.File {
@@ -487,7 +500,7 @@ func (c *Child) Env(environ []string, m Marker) []string {
 	for _, kv := range environ {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv, MasterEnv:
+		case ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv, MasterEnv, GenerationEnv:
 			continue
 		}
 		out = append(out, kv)

@@ -76,6 +76,15 @@ var approaches = []approach{
 		},
 	},
 	{
+		Name:    "handover-run",
+		Label:   "handover run: SIGHUP (stable PID)",
+		Server:  "cmd/handover run -listen http=… -drain-timeout 30s -- cmd/handover-demo (the master holds the socket; the demo is its child)",
+		Restart: "kill -HUP <master>: the master starts a new child, waits for its READY=1, then stops the old one",
+		new: func(e *env) (server, error) {
+			return newRunServer(e)
+		},
+	},
+	{
 		Name:    "handover-reload",
 		Label:   "handover: systemctl reload",
 		Server:  "cmd/handover-demo under systemd, deploy/handover-demo.service + .socket",
@@ -349,6 +358,88 @@ func (s *procServer) Stop() error {
 }
 
 func (s *procServer) Log() string {
+	b, _ := os.ReadFile(s.log)
+	return tail(string(b), 30)
+}
+
+// runServer is the demo under `handover run`: the master keeps its PID and the
+// socket; each restart (SIGHUP to the master) replaces its child. The master reaps
+// the old children itself.
+type runServer struct {
+	e      *env
+	addr   string
+	log    string
+	master int
+}
+
+func newRunServer(e *env) (*runServer, error) {
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	return &runServer{e: e, addr: addr, log: filepath.Join(e.work, "handover-run.log")}, nil
+}
+
+func (s *runServer) Addr() string                    { return s.addr }
+func (s *runServer) Reaps() bool                     { return false }
+func (s *runServer) Host(pid int) (int, error)       { return pid, nil }
+func (s *runServer) Notes() []string                 { return nil }
+func (s *runServer) CtlOverhead(int) []time.Duration { return nil }
+
+func (s *runServer) Start() (int, error) {
+	f, err := os.OpenFile(s.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	cmd := exec.Command(filepath.Join(s.e.bin, "handover"), "run", "-listen", "http="+s.addr, "-drain-timeout", "30s",
+		"--", filepath.Join(s.e.bin, "handover-demo"), "-drain-timeout", "30s")
+	cmd.Env = cleanEnv()
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Dir = s.e.work
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	s.master = cmd.Process.Pid
+	// Reaped by PID with proc.Reap, never by cmd.Wait.
+	cmd.Process.Release()
+	return waitAnswer(s.addr, 20*time.Second, func() bool { return proc.Alive(s.master) })
+}
+
+func (s *runServer) Restart(int) error {
+	if err := syscall.Kill(s.master, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("kill -HUP %d: %w", s.master, err)
+	}
+	return nil
+}
+
+// Leaks lists the master's children other than the serving one, and zombies under it.
+func (s *runServer) Leaks(current int) (running, zombies []int) {
+	for _, p := range proc.Descendants(s.master) {
+		switch {
+		case proc.Zombie(p):
+			zombies = append(zombies, p)
+		case p != current && proc.Alive(p):
+			running = append(running, p)
+		}
+	}
+	return running, zombies
+}
+
+// Stop sends the master SIGTERM (its child drains) and reaps it.
+func (s *runServer) Stop() error {
+	if s.master == 0 {
+		return nil
+	}
+	syscall.Kill(s.master, syscall.SIGTERM)
+	if _, err := proc.Reap(s.master, s.e.opts.exitTimeout); err != nil {
+		_, kerr := proc.KillAndReap(s.master, 5*time.Second)
+		return errors.Join(err, kerr)
+	}
+	return nil
+}
+
+func (s *runServer) Log() string {
 	b, _ := os.ReadFile(s.log)
 	return tail(string(b), 30)
 }

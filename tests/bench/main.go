@@ -22,6 +22,7 @@
 // The approaches:
 //
 //	handover-usr2      handover-demo, kill -USR2 (self-upgrade, no systemd)
+//	handover-run       handover-demo under handover run (a master with a stable PID), kill -HUP to the master
 //	handover-reload    handover-demo under systemd (deploy/handover-demo.service + .socket), systemctl reload
 //	handover-restart   the same units, systemctl restart
 //	tableflip          github.com/cloudflare/tableflip v1.2.3 + http.Server.Shutdown, kill -HUP

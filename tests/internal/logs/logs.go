@@ -33,7 +33,8 @@ type Spec struct {
 }
 
 // Events is the stable vocabulary of event= values (the design notes' list): the
-// Upgrader's, the Server's drain events, and the demo's exit.
+// Upgrader's, the Server's drain events, the demo's exit, and those of handover
+// run's master.
 var Events = map[string]Spec{
 	"start":               {},
 	"inherit_ignored":     {},
@@ -69,6 +70,26 @@ var Events = map[string]Spec{
 	"done":                {}, // the process may exit (every drain ended)
 	"control_unsupported": {},
 	"exit":                {},
+	// handover run's master (internal/master), beside the ones it shares above.
+	"child_errno":       {},
+	"child_exited":      {},
+	"child_ready":       {},
+	"child_reloading":   {},
+	"child_stop":        {},
+	"child_stopping":    {},
+	"fdstore_ignored":   {},
+	"forward":           {},
+	"leftovers_killed":  {},
+	"listen_warning":    {},
+	"mainpid_ignored":   {},
+	"notify_ignored":    {},
+	"orphan_reaped":     {},
+	"ready_timeout":     {},
+	"restart_failed":    {},
+	"restart_scheduled": {},
+	"signal_failed":     {},
+	"start_failed":      {},
+	"subreaper_failed":  {},
 }
 
 // Line is one parsed slog text-handler line.

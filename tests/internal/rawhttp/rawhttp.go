@@ -126,6 +126,12 @@ func Dial(addr string, timeout time.Duration) (*Conn, error) {
 	return &Conn{addr: addr, nc: nc, br: bufio.NewReaderSize(nc, 16<<10), reusable: true}, nil
 }
 
+// NewConn wraps a connection dialled by other means (for example inside another
+// network namespace); it is not checked for loopback.
+func NewConn(nc net.Conn) *Conn {
+	return &Conn{addr: nc.RemoteAddr().String(), nc: nc, br: bufio.NewReaderSize(nc, 16<<10), reusable: true}
+}
+
 // Get dials addr, sends one GET with Connection: close and returns the
 // response. timeout bounds the dial and, separately, the exchange.
 func Get(addr, path string, timeout time.Duration) (*Response, error) {

@@ -27,9 +27,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, "readydie:", err)
 		os.Exit(1)
 	}
-	buf := make([]byte, 512)
-	n, err := ch.Read(buf)
-	fmt.Fprintf(os.Stderr, "readydie: pid %d got %s (err %v); dying\n", os.Getpid(), strconv.Quote(string(buf[:n])), err)
+	// The initial batch, then what the parent says once we are ready, up to "main".
+	buf := make([]byte, 128<<10)
+	var got string
+	for got != "main" && err == nil {
+		var n int
+		n, err = ch.Read(buf)
+		if n == 0 && err == nil {
+			break // the parent closed the channel
+		}
+		got = string(buf[:n])
+	}
+	fmt.Fprintf(os.Stderr, "readydie: pid %d got %s (err %v); dying\n", os.Getpid(), strconv.Quote(got), err)
 	syscall.Kill(os.Getpid(), syscall.SIGKILL)
 	select {}
 }

@@ -1,0 +1,569 @@
+//go:build linux
+
+package master
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/seed-a7250cfa/handover/graceful"
+)
+
+// The state machine driven by hand: fake processes, timers fired by the test,
+// notifications to systemd recorded. Real processes are in tests/run_test.go.
+
+type sent struct {
+	pid int
+	sig syscall.Signal
+}
+
+type timer struct {
+	d       time.Duration
+	ev      event
+	stopped bool
+}
+
+type fakeMaster struct {
+	t       *testing.T
+	m       *machine
+	nextPID int
+	signals []sent
+	timers  []*timer
+	sd      []string
+	missing bool // resolve fails
+	// leftovers asked for, and the orphans the machine sees
+	leftoverCalls []int
+	orphanPIDs    []int
+	failRun       bool // spawn fails
+}
+
+func newFake(t *testing.T, mod func(*Config)) *fakeMaster {
+	cfg := Config{Prog: "app", DrainTimeout: 30 * time.Second, UpgradeTimeout: 5 * time.Second,
+		StopSignal: syscall.SIGTERM, RestartDelay: 100 * time.Millisecond, RestartDelayMax: 400 * time.Millisecond}
+	if mod != nil {
+		mod(&cfg)
+	}
+	f := &fakeMaster{t: t, nextPID: 100}
+	m := newMachine(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m.pid = 1
+	m.spawn = func(c *child) error {
+		if f.failRun {
+			return errors.New("fork failed")
+		}
+		f.nextPID++
+		c.pid = f.nextPID
+		c.out = newRing(ringLines)
+		c.outDone = make(chan struct{})
+		return nil
+	}
+	m.signal = func(pid int, sig syscall.Signal) error {
+		f.signals = append(f.signals, sent{pid, sig})
+		return nil
+	}
+	m.after = func(d time.Duration, ev event) func() bool {
+		tm := &timer{d: d, ev: ev}
+		f.timers = append(f.timers, tm)
+		return func() bool { was := !tm.stopped; tm.stopped = true; return was }
+	}
+	m.settle = func(c *child) { f.m.handle(goneEvent{c}) }
+	m.resolve = func(prog string) (string, error) {
+		if f.missing {
+			return "", errors.New("program app does not exist")
+		}
+		return "/bin/" + prog, nil
+	}
+	m.sd = func(s string) { f.sd = append(f.sd, s) }
+	m.leftovers = func(pgid int) int { f.leftoverCalls = append(f.leftoverCalls, pgid); return 0 }
+	m.orphans = func() []int { return f.orphanPIDs }
+	m.systemd = true
+	f.m = m
+	return f
+}
+
+// fire fires the pending timer of kind (for child c, or any) and fails if none.
+func (f *fakeMaster) fire(kind timerKind, c *child) {
+	f.t.Helper()
+	for _, tm := range f.timers {
+		ev := tm.ev.(timerEvent)
+		if !tm.stopped && ev.kind == kind && (c == nil || ev.c == c) {
+			tm.stopped = true
+			f.m.handle(ev)
+			return
+		}
+	}
+	f.t.Fatalf("no pending timer of kind %d for %v", kind, c)
+}
+
+func (f *fakeMaster) pending(kind timerKind, c *child) *timer {
+	for _, tm := range f.timers {
+		ev := tm.ev.(timerEvent)
+		if !tm.stopped && ev.kind == kind && ev.c == c {
+			return tm
+		}
+	}
+	return nil
+}
+
+func (f *fakeMaster) ready(c *child) {
+	f.m.handle(notifyEvent{pids: []int{c.pid}, fields: []Field{{"READY", "1"}, {"MAINPID", "1"}}})
+}
+
+func (f *fakeMaster) exit(c *child, code int) {
+	f.m.handle(reapedEvent{pid: c.pid, status: syscall.WaitStatus(code << 8)})
+}
+
+func (f *fakeMaster) killedBy(c *child, sig syscall.Signal) {
+	f.m.handle(reapedEvent{pid: c.pid, status: syscall.WaitStatus(sig)})
+}
+
+func (f *fakeMaster) signaled(pid int, sig syscall.Signal) bool {
+	for _, s := range f.signals {
+		if s.pid == pid && s.sig == sig {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *fakeMaster) lastSD() string {
+	if len(f.sd) == 0 {
+		return ""
+	}
+	return f.sd[len(f.sd)-1]
+}
+
+func (f *fakeMaster) upgrade() chan result {
+	ch := make(chan result, 1)
+	f.m.handle(upgradeRequest{trigger: "test", reply: ch})
+	return ch
+}
+
+func (f *fakeMaster) st() graceful.Status {
+	ch := make(chan graceful.Status, 1)
+	f.m.handle(statusRequest{reply: ch})
+	return <-ch
+}
+
+// serving starts the machine and makes its first child ready.
+func (f *fakeMaster) serving() *child {
+	f.t.Helper()
+	if !f.m.begin() {
+		f.t.Fatal("begin failed")
+	}
+	c := f.m.cand
+	f.ready(c)
+	if f.m.serving != c || f.m.state != stateServing {
+		f.t.Fatalf("after READY=1: serving %v, state %s", f.m.serving, f.m.state)
+	}
+	return c
+}
+
+func TestMachineFirstStart(t *testing.T) {
+	f := newFake(t, nil)
+	c := f.serving()
+	if !strings.HasPrefix(f.sd[0], "READY=1\nMAINPID=1\nSTATUS=serving: child PID 101, generation 1") {
+		t.Errorf("systemd was told %q", f.sd)
+	}
+	st := f.st()
+	if st.PID != 1 || st.Child != c.pid || st.Generation != 1 || st.State != "serving" || st.Executable != "/bin/app" || !st.Systemd {
+		t.Errorf("status %+v", st)
+	}
+	if f.pending(timerReadyTimeout, c) != nil {
+		t.Errorf("the ready timeout is still pending once ready")
+	}
+}
+
+func TestMachineUpgrade(t *testing.T) {
+	f := newFake(t, nil)
+	old := f.serving()
+	reply := f.upgrade()
+	if f.m.state != stateUpgrading || !strings.HasPrefix(f.lastSD(), "RELOADING=1\nMONOTONIC_USEC=") {
+		t.Fatalf("state %s, systemd told %q", f.m.state, f.lastSD())
+	}
+	cand := f.m.cand
+	if st := f.st(); st.Upgrading != cand.pid || st.Child != old.pid || st.State != "upgrading" {
+		t.Errorf("status during the upgrade: %+v", st)
+	}
+	// A second request while one runs is refused.
+	second := f.upgrade()
+	if r := <-second; !strings.Contains(r.err, "in progress") {
+		t.Errorf("second upgrade: %+v", r)
+	}
+	// A notification from a process the candidate started counts as the candidate's.
+	f.m.handle(notifyEvent{pids: []int{999, cand.pid}, fields: []Field{{"READY", "1"}}})
+	r := <-reply
+	if r.err != "" || r.pid != cand.pid || r.gen != 2 {
+		t.Errorf("upgrade result %+v", r)
+	}
+	if !f.signaled(old.pid, syscall.SIGTERM) || f.pending(timerDrain, old) == nil {
+		t.Errorf("the old child was not stopped with a drain deadline: %v", f.signals)
+	}
+	if !strings.HasPrefix(f.lastSD(), "READY=1\nSTATUS=serving: child PID 102, generation 2") {
+		t.Errorf("systemd told %q", f.lastSD())
+	}
+	// The old child does not drain in time: SIGKILL to its process group.
+	f.fire(timerDrain, old)
+	if !f.signaled(-old.pid, syscall.SIGKILL) {
+		t.Errorf("no SIGKILL at the drain deadline: %v", f.signals)
+	}
+	f.killedBy(old, syscall.SIGKILL)
+	if f.m.serving != cand || len(f.m.children) != 1 || f.st().LastError != "" {
+		t.Errorf("after the old child's exit: serving %v, children %v", f.m.serving, f.m.children)
+	}
+}
+
+func TestMachineUpgradeChildExits(t *testing.T) {
+	f := newFake(t, nil)
+	old := f.serving()
+	reply := f.upgrade()
+	cand := f.m.cand
+	cand.out.add("config error: no such key\n")
+	f.exit(cand, 1)
+	r := <-reply
+	if !strings.Contains(r.err, "exited before it was ready (exit status 1)") || !strings.Contains(r.err, "config error: no such key") {
+		t.Errorf("result %q: want the exit status and the last stderr line", r.err)
+	}
+	st := f.st()
+	if st.State != "serving" || st.Child != old.pid || st.Generation != 1 || st.LastError == "" || st.Upgrading != 0 {
+		t.Errorf("status after the failure: %+v", st)
+	}
+	if f.signaled(old.pid, syscall.SIGTERM) {
+		t.Errorf("the serving child was stopped")
+	}
+	if !strings.HasPrefix(f.lastSD(), "READY=1") {
+		t.Errorf("systemd not told READY=1 after the failed upgrade: %q", f.lastSD())
+	}
+	// The next upgrade works, and clears the error.
+	reply = f.upgrade()
+	f.ready(f.m.cand)
+	if r := <-reply; r.err != "" || r.gen != 2 || f.st().LastError != "" {
+		t.Errorf("the next upgrade: %+v, status %+v", r, f.st())
+	}
+}
+
+func TestMachineUpgradeTimeout(t *testing.T) {
+	f := newFake(t, nil)
+	old := f.serving()
+	reply := f.upgrade()
+	cand := f.m.cand
+	f.fire(timerReadyTimeout, cand)
+	if !f.signaled(-cand.pid, syscall.SIGKILL) {
+		t.Fatalf("the hanging child was not killed: %v", f.signals)
+	}
+	select {
+	case r := <-reply:
+		t.Fatalf("answered before the child was reaped: %+v", r)
+	default:
+	}
+	f.killedBy(cand, syscall.SIGKILL)
+	r := <-reply
+	if !strings.Contains(r.err, "was not ready within 5s") {
+		t.Errorf("result %q", r.err)
+	}
+	if f.m.serving != old || f.m.state != stateServing || len(f.m.children) != 1 {
+		t.Errorf("after the timeout: serving %v state %s children %d", f.m.serving, f.m.state, len(f.m.children))
+	}
+}
+
+func TestMachineUpgradeMissingProgram(t *testing.T) {
+	f := newFake(t, nil)
+	old := f.serving()
+	f.missing = true
+	r := <-f.upgrade()
+	if !strings.Contains(r.err, "does not exist") || f.m.serving != old || f.m.state != stateServing || f.m.up != nil {
+		t.Errorf("result %+v, state %s", r, f.m.state)
+	}
+	if !strings.HasPrefix(f.lastSD(), "READY=1") {
+		t.Errorf("systemd left reloading: %q", f.sd)
+	}
+}
+
+func TestMachineReadyAfter(t *testing.T) {
+	f := newFake(t, func(c *Config) { c.ReadyAfter = time.Second })
+	f.m.begin()
+	c := f.m.cand
+	f.fire(timerReadyAfter, c)
+	if f.m.serving != c {
+		t.Fatalf("not serving after the ready delay")
+	}
+	// A crashed child's replacement that never notifies is ready after the delay too.
+	f.exit(c, 2)
+	f.fire(timerRestart, nil)
+	f.fire(timerReadyAfter, f.m.cand)
+	if f.m.serving == nil || f.m.serving.gen != 2 {
+		t.Errorf("the restarted child is not serving: %+v", f.m.serving)
+	}
+}
+
+func TestMachineCrashRestart(t *testing.T) {
+	f := newFake(t, nil)
+	c := f.serving()
+	f.exit(c, 2)
+	if f.m.state != stateStarting || f.m.serving != nil {
+		t.Fatalf("after the crash: state %s", f.m.state)
+	}
+	if tm := f.timers[len(f.timers)-1]; tm.ev.(timerEvent).kind != timerRestart || tm.d != 100*time.Millisecond {
+		t.Fatalf("restart not scheduled after 100ms: %+v", tm)
+	}
+	if st := f.st(); !strings.Contains(st.LastError, "exited while serving (exit status 2)") {
+		t.Errorf("last error %q", st.LastError)
+	}
+	// Upgrades wait for a serving child.
+	if r := <-f.upgrade(); !strings.Contains(r.err, "no child is serving") {
+		t.Errorf("upgrade while restarting: %+v", r)
+	}
+	f.fire(timerRestart, nil)
+	// The restart fails (exits before ready): the backoff doubles, then is capped.
+	var delays []time.Duration
+	for i := 0; i < 3; i++ {
+		f.exit(f.m.cand, 1)
+		tm := f.timers[len(f.timers)-1]
+		delays = append(delays, tm.d)
+		f.fire(timerRestart, nil)
+	}
+	if delays[0] != 200*time.Millisecond || delays[1] != 400*time.Millisecond || delays[2] != 400*time.Millisecond {
+		t.Errorf("backoff %v, want 200ms 400ms 400ms", delays)
+	}
+	f.ready(f.m.cand)
+	st := f.st()
+	if st.Restarts != 4 || st.State != "serving" || st.Generation != 2 || st.Child != f.m.serving.pid {
+		t.Errorf("status after the restarts: %+v", st)
+	}
+	// A missing program at restart time: retried with backoff.
+	f.missing = true
+	f.exit(f.m.serving, 1)
+	f.fire(timerRestart, nil)
+	if f.m.cand != nil || f.pending(timerRestart, nil) == nil || !strings.Contains(f.st().LastError, "does not exist") {
+		t.Errorf("a missing program at restart: cand %v, status %+v", f.m.cand, f.st())
+	}
+}
+
+func TestMachineStop(t *testing.T) {
+	f := newFake(t, nil)
+	c := f.serving()
+	f.m.handle(sigEvent{syscall.SIGTERM})
+	if !f.signaled(c.pid, syscall.SIGTERM) || !strings.HasPrefix(f.lastSD(), "STOPPING=1") || f.m.done {
+		t.Fatalf("signals %v, sd %q, done %v", f.signals, f.lastSD(), f.m.done)
+	}
+	if r := <-f.upgrade(); !r.stopping {
+		t.Errorf("an upgrade while stopping: %+v", r)
+	}
+	f.exit(c, 0)
+	if !f.m.done || f.m.exitCode != 0 {
+		t.Errorf("done %v, exit code %d", f.m.done, f.m.exitCode)
+	}
+}
+
+func TestMachineStopExitCode(t *testing.T) {
+	f := newFake(t, nil)
+	c := f.serving()
+	f.m.handle(sigEvent{syscall.SIGTERM})
+	f.fire(timerDrain, c)
+	f.killedBy(c, syscall.SIGKILL)
+	if !f.m.done || f.m.exitCode != 137 {
+		t.Errorf("done %v, exit code %d; want 137 (killed at the drain deadline)", f.m.done, f.m.exitCode)
+	}
+}
+
+func TestMachineStopDuringUpgrade(t *testing.T) {
+	f := newFake(t, nil)
+	old := f.serving()
+	reply := f.upgrade()
+	cand := f.m.cand
+	f.m.handle(sigEvent{syscall.SIGTERM})
+	if r := <-reply; !r.stopping || r.err == "" {
+		t.Errorf("upgrade result %+v; want abandoned, stopping", r)
+	}
+	if !f.signaled(-cand.pid, syscall.SIGKILL) || !f.signaled(old.pid, syscall.SIGTERM) {
+		t.Errorf("signals %v: want the new child killed, the old one stopped", f.signals)
+	}
+	// A late READY=1 from the abandoned child changes nothing.
+	f.ready(cand)
+	if f.m.serving != old {
+		t.Errorf("the abandoned child became serving")
+	}
+	f.killedBy(cand, syscall.SIGKILL)
+	if f.m.done {
+		t.Fatalf("done before the serving child exited")
+	}
+	f.exit(old, 0)
+	if !f.m.done || f.m.exitCode != 0 {
+		t.Errorf("done %v, code %d", f.m.done, f.m.exitCode)
+	}
+}
+
+func TestMachineSecondSIGTERM(t *testing.T) {
+	f := newFake(t, nil)
+	c := f.serving()
+	f.m.handle(sigEvent{syscall.SIGTERM})
+	f.m.handle(sigEvent{syscall.SIGTERM})
+	if !f.signaled(-c.pid, syscall.SIGKILL) {
+		t.Errorf("second SIGTERM: %v", f.signals)
+	}
+}
+
+func TestMachineForwardedSIGINT(t *testing.T) {
+	f := newFake(t, nil)
+	c := f.serving()
+	f.m.handle(sigEvent{syscall.SIGINT})
+	if !f.signaled(c.pid, syscall.SIGINT) || f.m.stopping {
+		t.Fatalf("SIGINT: signals %v, stopping %v", f.signals, f.m.stopping)
+	}
+	f.killedBy(c, syscall.SIGINT)
+	if !f.m.done || f.m.exitCode != 130 || f.pending(timerRestart, nil) != nil {
+		t.Errorf("after the child's exit: done %v, code %d", f.m.done, f.m.exitCode)
+	}
+}
+
+func TestMachineSIGQUITNoChildExit(t *testing.T) {
+	// A child that survives a forwarded SIGQUIT (a thread dump) goes on serving.
+	f := newFake(t, nil)
+	c := f.serving()
+	f.m.handle(sigEvent{syscall.SIGQUIT})
+	if !f.signaled(c.pid, syscall.SIGQUIT) || f.m.stopping || f.m.serving != c {
+		t.Errorf("signals %v, stopping %v", f.signals, f.m.stopping)
+	}
+	// SIGHUP still upgrades.
+	f.m.handle(sigEvent{syscall.SIGHUP})
+	if f.m.state != stateUpgrading {
+		t.Errorf("SIGHUP: state %s", f.m.state)
+	}
+}
+
+func TestMachineFirstChildFails(t *testing.T) {
+	f := newFake(t, nil)
+	f.m.begin()
+	f.exit(f.m.cand, 3)
+	if !f.m.done || f.m.exitCode != 1 || !strings.Contains(f.m.lastErr, "exit status 3") {
+		t.Errorf("done %v, code %d, err %q", f.m.done, f.m.exitCode, f.m.lastErr)
+	}
+
+	f = newFake(t, nil)
+	f.m.begin()
+	f.fire(timerReadyTimeout, f.m.cand)
+	f.killedBy(f.m.cand, syscall.SIGKILL)
+	if !f.m.done || f.m.exitCode != 1 || !strings.Contains(f.m.lastErr, "-ready-after") {
+		t.Errorf("timeout: done %v, code %d, err %q", f.m.done, f.m.exitCode, f.m.lastErr)
+	}
+
+	f = newFake(t, nil)
+	f.missing = true
+	if f.m.begin() || !f.m.done || f.m.exitCode != 1 {
+		t.Errorf("missing program: done %v code %d", f.m.done, f.m.exitCode)
+	}
+}
+
+func TestMachineCrashDuringUpgrade(t *testing.T) {
+	f := newFake(t, nil)
+	old := f.serving()
+	reply := f.upgrade()
+	f.exit(old, 2)
+	if f.pending(timerRestart, nil) != nil || f.m.state != stateUpgrading {
+		t.Fatalf("a restart was scheduled while a new child starts (state %s)", f.m.state)
+	}
+	f.ready(f.m.cand)
+	if r := <-reply; r.err != "" || f.m.serving == nil {
+		t.Errorf("upgrade %+v", r)
+	}
+
+	// The same, but the new child fails too: a restart follows.
+	f = newFake(t, nil)
+	old = f.serving()
+	reply = f.upgrade()
+	f.exit(old, 2)
+	f.exit(f.m.cand, 1)
+	if r := <-reply; r.err == "" {
+		t.Errorf("upgrade succeeded")
+	}
+	if f.pending(timerRestart, nil) == nil || f.m.state != stateStarting {
+		t.Errorf("no restart after both failed (state %s)", f.m.state)
+	}
+}
+
+func TestMachineNotifyForwarding(t *testing.T) {
+	f := newFake(t, nil)
+	f.m.watchdog = true
+	c := f.serving()
+	n := len(f.sd)
+	f.m.handle(notifyEvent{pids: []int{c.pid}, fields: []Field{{"STATUS", "3 clients"}}})
+	f.m.handle(notifyEvent{pids: []int{c.pid}, fields: []Field{{"WATCHDOG", "1"}}})
+	f.m.handle(notifyEvent{pids: []int{c.pid}, fields: []Field{{"RELOADING", "1"}, {"MONOTONIC_USEC", "1"}}})
+	f.m.handle(notifyEvent{pids: []int{c.pid}, fields: []Field{{"READY", "1"}}})
+	f.m.handle(notifyEvent{pids: []int{4242}, fields: []Field{{"READY", "1"}}}) // not a child
+	got := f.sd[n:]
+	if len(got) != 4 || !strings.Contains(got[0], "(3 clients)") || got[1] != "WATCHDOG=1" ||
+		!strings.HasPrefix(got[2], "RELOADING=1\nMONOTONIC_USEC=") || !strings.HasPrefix(got[3], "READY=1") {
+		t.Errorf("forwarded %q", got)
+	}
+}
+
+func TestMachineOrphans(t *testing.T) {
+	f := newFake(t, nil)
+	f.serving()
+	f.m.handle(reapedEvent{pid: 5555, status: 0}) // reparented to the master: only logged
+	if len(f.m.children) != 1 || f.m.serving == nil {
+		t.Errorf("an orphan's exit changed the state")
+	}
+}
+
+func TestMachineReadyThenDead(t *testing.T) {
+	// READY=1 read after the child's exit was collected: not ready, a failed upgrade.
+	f := newFake(t, nil)
+	old := f.serving()
+	reply := f.upgrade()
+	cand := f.m.cand
+	f.m.settle = func(*child) {} // the exit's output has not settled yet
+	f.exit(cand, 0)
+	f.ready(cand)
+	if f.m.serving != old {
+		t.Fatalf("a dead child became the serving one")
+	}
+	f.m.handle(goneEvent{cand})
+	if r := <-reply; r.err == "" {
+		t.Errorf("the upgrade succeeded")
+	}
+}
+
+func TestMachineLeftovers(t *testing.T) {
+	// A failed new child's process group is cleared at once; an old child's at its
+	// drain deadline, even after it exited.
+	f := newFake(t, nil)
+	old := f.serving()
+	reply := f.upgrade()
+	bad := f.m.cand
+	f.exit(bad, 1)
+	<-reply
+	if !slices.Contains(f.leftoverCalls, bad.pid) {
+		t.Errorf("the failed child's group was not cleared: %v", f.leftoverCalls)
+	}
+	reply = f.upgrade()
+	f.ready(f.m.cand)
+	<-reply
+	f.exit(old, 0)
+	if slices.Contains(f.leftoverCalls, old.pid) {
+		t.Errorf("the old child's group was cleared before its drain deadline")
+	}
+	f.fire(timerDrain, old)
+	if !slices.Contains(f.leftoverCalls, old.pid) {
+		t.Errorf("the old child's group was not cleared at its drain deadline: %v", f.leftoverCalls)
+	}
+
+	// Stopping: processes left under the master are killed before it exits.
+	f.orphanPIDs = []int{777}
+	f.m.handle(sigEvent{syscall.SIGTERM})
+	f.exit(f.m.serving, 0)
+	if f.m.done || !f.signaled(777, syscall.SIGKILL) {
+		t.Fatalf("done %v, signals %v: want the leftover killed first", f.m.done, f.signals)
+	}
+	f.orphanPIDs = nil
+	f.m.handle(reapedEvent{pid: 777})
+	if !f.m.done || f.m.exitCode != 0 {
+		t.Errorf("done %v code %d once the leftover was reaped", f.m.done, f.m.exitCode)
+	}
+}

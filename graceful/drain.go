@@ -73,7 +73,7 @@ type Drainer struct {
 	http      bool
 	changed   chan struct{} // closed and replaced on every change while draining
 	accepted  atomic.Uint64
-	requests  atomic.Uint64 // HTTP requests started (Server)
+	requests  atomic.Uint64 // HTTP requests answered (Server)
 	forced    atomic.Uint64 // connections force-closed at a deadline
 	// accepting counts the Accept calls between the start of the underlying Accept
 	// and the tracking of the connection it returned, so that a drain does not report
@@ -215,11 +215,11 @@ func (d *Drainer) attach(srv *http.Server) {
 		h = http.DefaultServeMux
 	}
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		d.requests.Add(1)
 		if d.draining.Load() && r.ProtoMajor == 1 {
 			w.Header().Set("Connection", "close")
 		}
 		h.ServeHTTP(w, r)
+		d.requests.Add(1)
 	})
 	prevBase := srv.BaseContext
 	srv.BaseContext = func(l net.Listener) context.Context {

@@ -16,6 +16,7 @@
 //	-fdstore                under systemd, keep the sockets in systemd's fd store
 //	-tls-cert F -tls-key F  serve HTTPS (HTTP/1.1 and HTTP/2) with this certificate
 //	-h2c                    also accept HTTP/2 without TLS (prior knowledge)
+//	-max-draining N         at most N generations drain at once (default 3)
 //	-protocols LIST         the protocols to serve (http.Server.Protocols), comma-separated:
 //	                        h1 (HTTP/1), h2 (HTTP/2 over TLS), h2c (HTTP/2 without TLS,
 //	                        prior knowledge); default net/http's (h1,h2); -h2c adds h2c
@@ -26,6 +27,7 @@
 //	GET /ws          hijacked, websocket-like line echo; says "bye" when draining
 //	GET /events?n=N  server-sent events, one a second (interval=MS); when the server
 //	                 drains it sends "event: bye" and ends the stream cleanly
+//	GET /metrics     the Upgrader's counters, Prometheus text format
 //
 // Under socket activation it serves on the passed socket named "http", or on the only
 // stream socket passed when none is named; if what was passed cannot serve, it exits
@@ -59,6 +61,7 @@ func main() {
 	certFile := flag.String("tls-cert", "", "serve HTTPS with this certificate (PEM; with -tls-key)")
 	keyFile := flag.String("tls-key", "", "the private key of -tls-cert (PEM)")
 	h2c := flag.Bool("h2c", false, "also accept HTTP/2 without TLS (prior knowledge)")
+	maxDraining := flag.Int("max-draining", 3, "at most this many generations drain at once; past it the oldest force-closes its connections")
 	protoList := flag.String("protocols", "", "the protocols to serve, comma-separated: h1, h2 (over TLS), h2c (without TLS); default h1,h2 (plus h2c with -h2c)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -73,6 +76,7 @@ func main() {
 		DrainTimeout:   *drain,
 		ControlSocket:  *controlPath,
 		FDStore:        *fdstore,
+		MaxDraining:    *maxDraining,
 	}
 	if (*certFile == "") != (*keyFile == "") {
 		fmt.Fprintln(os.Stderr, "handover-demo: -tls-cert and -tls-key go together")
@@ -140,7 +144,7 @@ func run(cfg graceful.Config, o options) error {
 	if err != nil {
 		return fmt.Errorf("listener http: %w", err)
 	}
-	d := &demo{pid: os.Getpid(), gen: u.Status().Generation, message: message}
+	d := &demo{pid: os.Getpid(), gen: u.Status().Generation, message: message, metrics: u.Metrics()}
 	srv := &graceful.Server{
 		Server: http.Server{
 			Handler:           d.routes(),
@@ -174,6 +178,7 @@ func errString(err error) string {
 }
 
 type demo struct {
+	metrics http.Handler // the Upgrader's, in Prometheus text format
 	pid     int
 	gen     int
 	message string
@@ -186,6 +191,7 @@ func (d *demo) routes() http.Handler {
 	mux.HandleFunc("GET /stream", d.stream)
 	mux.HandleFunc("GET /ws", d.ws)
 	mux.HandleFunc("GET /events", d.events)
+	mux.Handle("GET /metrics", d.metrics)
 	return mux
 }
 

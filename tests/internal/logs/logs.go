@@ -69,6 +69,10 @@ var Events = map[string]Spec{
 	"drained":             {},
 	"done":                {}, // the process may exit (every drain ended)
 	"control_unsupported": {},
+	"too_many_draining":   {}, // MaxDraining (not yet in the design notes' list)
+	"drain_finish_now":    {},
+	"history_lost":        {},
+	"protocol":            {},
 	"exit":                {},
 	// handover run's master (internal/master), beside the ones it shares above.
 	"child_errno":       {},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -274,4 +275,26 @@ func contains(s []string, v string) bool {
 		}
 	}
 	return false
+}
+
+// record makes the record of the upgrade to n.
+func (u *Upgrader) record(n *nextGen, outcome, reason string, err error) Upgrade {
+	r := Upgrade{
+		Trigger: n.trigger, Start: n.started, End: time.Now(), From: os.Getpid(),
+		Generation: u.gen + 1, Outcome: outcome, Reason: reason,
+	}
+	if n.child != nil {
+		r.To = n.child.Pid()
+	}
+	if n.ready != 0 {
+		r.To = n.ready
+	}
+	if outcome == "ok" {
+		r.HandoverSeconds = r.End.Sub(r.Start).Seconds()
+	}
+	if err != nil {
+		r.Error = err.Error()
+		r.Stderr = n.out.last()
+	}
+	return r
 }

@@ -247,6 +247,7 @@ type nextGen struct {
 	failAfter   string
 	replacement bool // the last good build, started for a successor that died
 	released    bool // supervised by the service manager: its exit is not ours to see
+	settled     bool // it exited after retiring; its channel may live on (see onSuccessorExit)
 }
 
 type upgradeResult struct {
@@ -892,6 +893,11 @@ func (u *Upgrader) onChildMessage(ev childMsgEvent) {
 	n := u.next
 	if ev.err != nil {
 		n.reading = false
+		if n.settled {
+			n.ch.Close() // nobody holds the other end any more
+			u.next = nil
+			return
+		}
 		if n.handed && n.exited && u.next == n {
 			u.onSuccessorExit(n) // its exit was waiting for this end of the channel
 			return
@@ -1064,12 +1070,24 @@ func (u *Upgrader) onHandover(ev handoverEvent) {
 // while this one drains, or after (see finish) (no service manager).
 func (u *Upgrader) onSuccessorExit(n *nextGen) {
 	status := n.child.ExitStatus()
+	if n.retired {
+		// It had handed over in turn (or stopped), and may have passed its end of
+		// the channel on to its own successor, which then talks to us: keep it until
+		// nobody holds the other end.
+		if !n.settled {
+			n.settled = true
+			u.log.Info("the new generation exited after handing over or stopping; nothing to do", "event", "successor_retired", "child", n.child.Pid(), "status", status)
+		}
+		if !n.reading { // its channel is at EOF already
+			n.ch.Close()
+			u.next = nil
+		}
+		return
+	}
 	n.ch.Close()
 	u.next = nil
 	attrs := []any{"event", "successor_died", "child", n.child.Pid(), "status", status}
 	switch {
-	case n.retired:
-		u.log.Info("the new generation exited after handing over or stopping; nothing to do", "event", "successor_retired", "child", n.child.Pid(), "status", status)
 	case u.hard:
 		u.log.Error("the new generation died while this process was draining; it is stopping, so nothing is done", append(attrs, "action", "none")...)
 	case u.st == draining && u.resumable():
@@ -1394,123 +1412,6 @@ func (u *Upgrader) adopt(t *target) {
 	})
 }
 
-// notify sends state to the service manager, if there is one.
-func (u *Upgrader) notify(state string) {
-	if err := u.notifier.Send(state); err != nil {
-		u.log.Warn("sd_notify failed", "event", "notify_failed", "err", err)
-	}
-}
-
-func (u *Upgrader) notifyStatus() {
-	// After a handover this process is no longer the main one: systemd would
-	// reject (and log) its notifications.
-	if u.notifier == nil || !u.main {
-		return
-	}
-	if line := u.statusLine(); line != u.lastStat {
-		u.lastStat = line
-		u.notify("STATUS=" + line)
-	}
-}
-
-// statusLine is the one-line status systemctl status shows.
-func (u *Upgrader) statusLine() string {
-	s := u.status()
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s: generation %d, PID %d", s.State, s.Generation, s.PID)
-	switch u.st {
-	case draining, stopping:
-		fmt.Fprintf(&b, ", draining %d connections", s.Connections.Total())
-	default:
-		fmt.Fprintf(&b, ", %d connections", s.Connections.Total())
-	}
-	if s.LastError != "" {
-		fmt.Fprintf(&b, "; last upgrade failed: %s", s.LastError)
-	}
-	return handoff.OneLine(b.String())
-}
-
-func (u *Upgrader) writePIDFile() {
-	if u.cfg.PIDFile == "" {
-		return
-	}
-	if err := writePIDFile(u.cfg.PIDFile, os.Getpid()); err != nil {
-		u.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
-	}
-}
-
-// startWatchdog pings the service manager's watchdog at half its interval while this
-// process is the main one.
-func (u *Upgrader) startWatchdog() {
-	if u.watchdog == nil || u.notifier == nil || u.wdStop != nil {
-		return
-	}
-	stop := make(chan struct{})
-	u.wdStop = stop
-	every := u.watchdog.Interval / 2
-	n := u.notifier
-	log := u.log
-	go func() {
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			if err := n.Send("WATCHDOG=1"); err != nil {
-				log.Warn("sd_notify failed", "event", "notify_failed", "err", err)
-			}
-			select {
-			case <-t.C:
-			case <-stop:
-				return
-			}
-		}
-	}()
-}
-
-func (u *Upgrader) stopWatchdog() {
-	if u.wdStop != nil {
-		close(u.wdStop)
-		u.wdStop = nil
-	}
-}
-
-func describeHeld(hs []handoff.Held) string {
-	parts := make([]string, 0, len(hs))
-	for _, h := range hs {
-		name := h.Name
-		if name == "" {
-			name = "unnamed"
-		}
-		addr := "?"
-		if h.Addr != nil {
-			addr = h.Addr.Network() + ":" + h.Addr.String()
-		}
-		parts = append(parts, fmt.Sprintf("%s=%s (%s)", name, addr, h.Source))
-	}
-	return strings.Join(parts, ", ")
-}
-
-func closeMessages(ms []handoff.Message) {
-	for _, m := range ms {
-		closeFiles(m.Files)
-	}
-}
-
-func closeFiles(fs []*os.File) {
-	for _, f := range fs {
-		f.Close()
-	}
-}
-
-func removeInt(s []int, v int) []int {
-	out := s[:0]
-	for _, x := range s {
-		if x != v {
-			out = append(out, x)
-		}
-	}
-	return out
-}
-
 // readInit reads the parent's initial batch, up to "end" (see handoff.Message).
 func (u *Upgrader) readInit(p *handoff.Channel) error {
 	p.SetDeadline(time.Now().Add(initTimeout))
@@ -1658,32 +1559,13 @@ func (u *Upgrader) sayFarewell() {
 		u.tellSuccessor(handoff.Message{Verb: handoff.Above, N: 0})
 		return
 	}
-	f, err := u.upstream.File()
+	up := u.upstream
+	u.upstream = nil // from now on the successor reads it, not us
+	f, err := up.File()
+	up.Close()
 	if err != nil {
 		u.tellSuccessor(handoff.Message{Verb: handoff.Above, N: 0})
 		return
 	}
 	u.tellSuccessor(handoff.Message{Verb: handoff.Upstream, N: u.above, Files: []*os.File{f}})
-}
-
-// record makes the record of the upgrade to n.
-func (u *Upgrader) record(n *nextGen, outcome, reason string, err error) Upgrade {
-	r := Upgrade{
-		Trigger: n.trigger, Start: n.started, End: time.Now(), From: os.Getpid(),
-		Generation: u.gen + 1, Outcome: outcome, Reason: reason,
-	}
-	if n.child != nil {
-		r.To = n.child.Pid()
-	}
-	if n.ready != 0 {
-		r.To = n.ready
-	}
-	if outcome == "ok" {
-		r.HandoverSeconds = r.End.Sub(r.Start).Seconds()
-	}
-	if err != nil {
-		r.Error = err.Error()
-		r.Stderr = n.out.last()
-	}
-	return r
 }

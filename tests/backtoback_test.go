@@ -144,3 +144,65 @@ func TestMaxDraining(t *testing.T) {
 		syscall.Kill(p, syscall.SIGKILL)
 	}
 }
+
+// TestDrainingChainContracts: generations tell each other how many older ones still
+// drain, and a generation that is done passes its channel to an older one on to its
+// successor. Here generation 2 finishes before generation 1 (whose stream is longer):
+// generation 3 then talks to generation 1 directly. With -max-draining 2, when
+// generations 1, 3 and 4 would drain, generation 4's "finish" reaches generation 1
+// through generation 3, and generation 1 finishes now.
+func TestDrainingChainContracts(t *testing.T) {
+	ctl := t.TempDir() + "/control.sock"
+	d := startDemoSpec(t, demoSpec{control: ctl, drain: 40 * time.Second, args: []string{"-max-draining", "2"}})
+	g1 := d.current()
+	s1 := streamOn(t, d.addr, "/stream?n=40&interval=1000")
+	d.upgrade()
+	g2 := d.current()
+	s2 := streamOn(t, d.addr, "/stream?n=2&interval=500")
+	d.upgrade()
+	g3 := d.current()
+	// Generation 2 is done after its short stream; generation 3 then counts one older
+	// generation draining (1), not two.
+	if s := <-s2; s.err != nil || len(s.lines) != 2 {
+		t.Fatalf("generation 2's stream: %d lines, %v", len(s.lines), s.err)
+	}
+	if err := waitGone(g2, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := proc.WaitFor(func() bool {
+		st, err := ctlStatus(t, ctl)
+		return err == nil && st.PID == g3 && st.OlderDraining == 1
+	}, 10*time.Second, "generation 3 to count one older generation draining"); err != nil {
+		st, _ := ctlStatus(t, ctl)
+		t.Fatalf("%v: %+v", err, st)
+	}
+	s3 := streamOn(t, d.addr, "/stream?n=40&interval=1000")
+	d.upgrade() // 1 and 3 drain: two, the limit
+	g4 := d.current()
+	if !proc.Alive(g1) || !proc.Alive(g3) {
+		t.Fatal("a generation stopped draining at the limit")
+	}
+	s4 := streamOn(t, d.addr, "/stream?n=40&interval=1000")
+	d.upgrade() // 1, 3 and 4 would drain: 1 finishes now
+	select {
+	case s := <-s1:
+		if len(s.lines) >= 40 {
+			t.Errorf("generation 1's stream completed; want it cut")
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("generation 1's stream was not cut")
+	}
+	if err := waitGone(g1, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []int{g3, g4} {
+		if !proc.Alive(p) {
+			t.Errorf("generation %d stopped draining; only the oldest should have", p)
+		}
+	}
+	// The rest is not this test's.
+	for _, p := range []int{g3, g4, d.current()} {
+		syscall.Kill(p, syscall.SIGKILL)
+	}
+	_, _ = s3, s4
+}

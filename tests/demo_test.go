@@ -273,7 +273,8 @@ func (d *demo) signal(sig syscall.Signal) {
 }
 
 // upgrade sends SIGUSR2 to the current generation and waits until a new one has
-// taken over (the PID file names it). It returns the old and new PIDs.
+// taken over (the PID file names it, and it logged event=ready). It returns the old
+// and new PIDs.
 func (d *demo) upgrade() (old, cur int) {
 	d.t.Helper()
 	old = d.current()
@@ -287,6 +288,10 @@ func (d *demo) upgrade() (old, cur int) {
 	}
 	cur = d.pidFromFile()
 	d.pids = append(d.pids, cur)
+	// The old generation writes the PID file as it hands over, a moment before the
+	// new one hears it is the current generation: until then a SIGUSR2 to it is
+	// refused (reason=not_ready). The upgrade is complete once it says ready.
+	d.waitEvent(0, 20*time.Second, "ready", logs.KV("pid", cur))
 	return old, cur
 }
 

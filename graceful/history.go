@@ -49,6 +49,13 @@ type Upgrade struct {
 	ConnsClosed   int     `json:"conns_closed,omitempty"`
 	ConnsForced   int     `json:"conns_forced,omitempty"`
 	RequestsAfter uint64  `json:"requests_after,omitempty"`
+	// DrainKilled, under `handover run`, says why the master killed the old child
+	// before it exited by itself: "deadline" (SIGKILL at the drain timeout),
+	// "max_draining" (more old children drained than -max-draining: the oldest is
+	// killed at once) or "stop" (a second stop signal). The master cannot see
+	// connections: in its records the counts above stay 0 (a library child reports
+	// them in its own status).
+	DrainKilled string `json:"drain_killed,omitempty"`
 }
 
 // Bounds of the history a generation keeps and hands on.

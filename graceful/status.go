@@ -31,6 +31,10 @@ type Status struct {
 	LastError string `json:"last_error,omitempty"`
 	// Child is the PID of the serving child, under `handover run`.
 	Child int `json:"child,omitempty"`
+	// ChildExecutable, under `handover run`, is the file the serving child runs, as
+	// the master keeps it open, and whether it is the last good build (the one
+	// restarts start, even once the file on disk was replaced).
+	ChildExecutable string `json:"child_executable,omitempty"`
 	// Restarts counts the serving children `handover run` restarted after a crash.
 	Restarts int `json:"restarts,omitempty"`
 	// OlderDraining counts the older generations still draining.

@@ -759,6 +759,8 @@ func TestRunBadFlags(t *testing.T) {
 		{[]string{"-listen", "http=127.0.0.1:1", "-stop-signal", "SIGNOPE", "--", "true"}, 2, "-stop-signal"},
 		{[]string{"-listen", "http=127.0.0.1:1", "-drain-timeout", "0s", "--", "true"}, 2, "-drain-timeout"},
 		{[]string{"-listen", "http=127.0.0.1:1", "-ready-after", "40s", "--", "true"}, 2, "-ready-after"},
+		{[]string{"-listen", "http=127.0.0.1:1", "-max-draining", "0", "--", "true"}, 2, "-max-draining"},
+		{[]string{"-listen", "http=127.0.0.1:1", "-settle", "-1s", "--", "true"}, 2, "-settle"},
 		{[]string{"--", "true"}, 1, "-listen"},
 		{[]string{"-listen", "http=unix:" + regular, "--", "true"}, 1, "not a socket"},
 		{[]string{"-listen", "http=" + runPort(t), "-control", filepath.Join(dir, "no", "ctl.sock"), "--", "true"}, 1, "does not exist"},

@@ -18,7 +18,8 @@
 //	    the upgrade does.
 //	handover status [-control PATH] [-json]
 //	    Print the serving process's PID, generation, state, listeners and connections
-//	    (under handover run: the master's PID, the serving child, restarts).
+//	    (under handover run: the master's PID, the serving child and the build it
+//	    runs, restarts), and the last 10 upgrades, one line each.
 //
 // The control socket's path comes from -control or $HANDOVER_CONTROL. Only the
 // service's own user and root may use it.
@@ -61,9 +62,15 @@ and HANDOVER_MASTER (the master's PID).
             with the child's last stderr lines, when the new child fails). PROG is
             looked up on disk again, started, and must send READY=1 to NOTIFY_SOCKET
             within -upgrade-timeout (or have run -ready-after); then the old child gets
-            -stop-signal, and SIGKILL after -drain-timeout.
-  crash:    a serving child that exits is restarted with backoff; the sockets stay
-            open, clients wait in the backlog.
+            -stop-signal, and SIGKILL after -drain-timeout. Old children drain side by
+            side; past -max-draining the oldest is killed at once.
+  last good build: the master keeps the file each child runs open. A new build that
+            dies within 10s of taking over (or -settle, if longer) is replaced at once
+            by the last good build, run from that descriptor even if the file on disk
+            is now the bad build; with -settle, handover reload waits that long and
+            exits 1 with the reason. (For a script, the build kept is its interpreter.)
+  crash:    a serving child that exits is restarted, from the last good build, with
+            backoff; the sockets stay open, clients wait in the backlog.
   stop:     SIGTERM: the child gets -stop-signal and drains; the master exits with its
             status. SIGINT and SIGQUIT are forwarded to the child; when it exits, so
             does the master. A second SIGTERM kills the children at once.
@@ -254,6 +261,9 @@ func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.W
 	fmt.Fprintf(stdout, "State:       %s\n", s.State)
 	if s.Child != 0 {
 		fmt.Fprintf(stdout, "Child:       PID %d (handover run; restarts: %d)\n", s.Child, s.Restarts)
+		if s.ChildExecutable != "" {
+			fmt.Fprintf(stdout, "Child runs:  %s\n", s.ChildExecutable)
+		}
 	} else if s.Restarts != 0 {
 		fmt.Fprintf(stdout, "Restarts:    %d\n", s.Restarts)
 	}
@@ -286,5 +296,50 @@ func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.W
 	case s.LastError != "":
 		fmt.Fprintf(stdout, "Last upgrade failed: %s\n", strings.TrimSpace(s.LastError))
 	}
+	printUpgrades(stdout, s.Upgrades)
 	return 0
+}
+
+// printUpgrades lists the last upgrades of a status (the library's or a handover
+// run master's), one line each: when it was asked for, its trigger, its outcome, the
+// PIDs from and to, the handover and the old generation's drain in milliseconds, and
+// the reason when it failed or died (or why the drain was cut short).
+func printUpgrades(w io.Writer, ups []graceful.Upgrade) {
+	if len(ups) > 10 {
+		ups = ups[len(ups)-10:]
+	}
+	if len(ups) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "Upgrades:    %d (oldest first)\n", len(ups))
+	fmt.Fprintf(w, "  %-12s  %-14s  %-9s  %-15s  %11s  %9s  %s\n", "TIME", "TRIGGER", "OUTCOME", "FROM→TO", "HANDOVER", "DRAIN", "REASON")
+	for _, u := range ups {
+		to := "-"
+		if u.To != 0 {
+			to = fmt.Sprint(u.To)
+		}
+		handover := "-"
+		if u.Outcome == "ok" || u.Outcome == "died" {
+			handover = fmt.Sprintf("%.1fms", u.HandoverSeconds*1000)
+		}
+		drain := "-"
+		if u.Drained {
+			drain = fmt.Sprintf("%.0fms", u.DrainSeconds*1000)
+		}
+		var reason []string
+		if u.Reason != "" {
+			reason = append(reason, u.Reason)
+		}
+		if line, _, _ := strings.Cut(u.Error, "\n"); line != "" {
+			reason = append(reason, line)
+		}
+		if u.DrainKilled != "" {
+			reason = append(reason, "old child killed ("+u.DrainKilled+")")
+		}
+		if u.ConnsForced > 0 {
+			reason = append(reason, fmt.Sprintf("%d connections force-closed", u.ConnsForced))
+		}
+		fmt.Fprintf(w, "  %-12s  %-14s  %-9s  %-15s  %11s  %9s  %s\n", u.Start.Local().Format("15:04:05.000"), u.Trigger, u.Outcome,
+			fmt.Sprintf("%d→%s", u.From, to), handover, drain, strings.Join(reason, ": "))
+	}
 }

@@ -57,6 +57,8 @@ func runMaster(args []string, stderr io.Writer) int {
 	readyAfter := fl.Duration("ready-after", 0, "treat a child that has not sent READY=1 as ready after this long (0: READY=1 is required)")
 	restartDelay := fl.Duration("restart-delay", master.DefaultRestartDelay, "wait before restarting a child that exited while serving; doubled after each failed restart")
 	restartMax := fl.Duration("restart-delay-max", master.DefaultRestartDelayMax, "the most the restart delay grows to")
+	maxDraining := fl.Int("max-draining", master.DefaultMaxDraining, "how many old children may drain at once; past it the oldest is killed at once (SIGKILL)")
+	settle := fl.Duration("settle", 0, "how long a new child must serve before handover reload reports success (0: as soon as it is ready); if it dies meanwhile, reload exits 1")
 	if err := fl.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			fmt.Fprint(stderr, runUsage)
@@ -86,6 +88,12 @@ func runMaster(args []string, stderr io.Writer) int {
 			return bad("%s %s: must be positive", d.name, d.v)
 		}
 	}
+	if *settle < 0 {
+		return bad("-settle %s: must not be negative", *settle)
+	}
+	if *maxDraining < 1 {
+		return bad("-max-draining %d: must be at least 1", *maxDraining)
+	}
 	if *restartMax < *restartDelay {
 		return bad("-restart-delay-max %s is below -restart-delay %s", *restartMax, *restartDelay)
 	}
@@ -108,6 +116,8 @@ func runMaster(args []string, stderr io.Writer) int {
 		ReadyAfter:      *readyAfter,
 		RestartDelay:    *restartDelay,
 		RestartDelayMax: *restartMax,
+		MaxDraining:     *maxDraining,
+		Settle:          *settle,
 		Logger:          slog.New(slog.NewTextHandler(os.Stderr, nil)),
 	}
 	code, err := master.Run(cfg)

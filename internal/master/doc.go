@@ -6,6 +6,45 @@
 // LISTEN_FDNAMES, LISTEN_PID set to its own PID) and a NOTIFY_SOCKET on which the
 // master hears READY=1, STATUS=, RELOADING=1, STOPPING=1 and WATCHDOG=1.
 //
+// # Builds
+//
+// The master opens the file each child runs just before starting it and keeps it open
+// (build.go). The first child's build is the last good build; a new build becomes the
+// last good one when its child has served its probation (10 s, or Config.Settle if
+// longer). A restart after a crash starts the last good build from that descriptor
+// (the shim runs it with execveat), not the file on disk; so does the replacement of
+// a new child that dies during its probation, after taking over: its upgrade "died",
+// and the bad build is not started again. For a #! script the kept file is its
+// interpreter; the script is read from disk at every start.
+//
+// # Draining
+//
+// Old children drain side by side, each until its own drain deadline (SIGKILL to its
+// process group). When an upgrade would make more than Config.MaxDraining drain, the
+// oldest is killed at once: a deploy is not refused for one long-lived connection.
+//
+// # Records
+//
+// Each upgrade (and each replacement) gets a graceful.Upgrade record once it has an
+// outcome (ok, failed, abandoned, died); the last 10 are in the status
+// (graceful.Status.Upgrades). An old child's drain (stop signal to exit, and why the
+// master killed it if it did: deadline, max_draining, stop) is added to the record
+// of the upgrade that replaced it. The master does not see connections: the
+// connection counts of its records stay 0.
+//
+// # Log events
+//
+// Every line has event=: start, start_failed, child_started (child=, gen=, trigger=,
+// exe=, build=disk|last_good), child_ready (via=notify|delay), handed_over (from=, to=),
+// child_stop, child_exited (role=, status=, code=), upgrade_start (trigger=),
+// upgrade_refused (reason=), upgrade_failed (cause=exited|timeout|start|abandoned),
+// upgrade_died (child=, after=, status=, last_good=), last_good (child=, exe=),
+// build_reopened, too_many_draining (child=, gen=, draining=, max=), drain_deadline,
+// restart_scheduled, restart_failed, ready_timeout, leftovers_killed, orphan_reaped,
+// forward, exit_now, stop, signal_failed, child_reloading, child_stopping,
+// child_errno, mainpid_ignored, notify_ignored, fdstore_ignored, notify_failed,
+// control_refused, listen_warning, subreaper_failed, exit.
+//
 // It is Linux-only (on other systems the package is empty). The state machine is in
 // master.go; Run (run.go) sets up the sockets, the notification socket, the control
 // socket, the signals and the reaper, and runs it.

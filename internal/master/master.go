@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,6 +35,16 @@ import (
 //
 // Generations: the first child is 1; a child started to replace generation n (an
 // upgrade, or a restart after n crashed) is n+1, whether or not it makes it.
+//
+// Builds: an upgrade starts PROG as it is on disk now; the master opens the file
+// first and keeps it open (see build). The first child's build is the last good
+// build at once; a new build becomes the last good one when its child has served
+// its probation (10 s, or -settle if longer) without dying. A restart after a crash
+// and the replacement of a new child that died during its probation (the upgrade
+// "died") are started from the last good build's descriptor, whatever is on disk:
+// the bad build is never started again by the master, only by the operator's next
+// upgrade. Old children drain side by side, each until its own deadline; past
+// MaxDraining the oldest is killed at once.
 
 // States of the master, as handover status shows them.
 const (
@@ -54,6 +65,26 @@ const (
 	outputGrace = 250 * time.Millisecond
 	// reportLines is how many of a failed child's last stderr lines a report quotes.
 	reportLines = 10
+	// probation is how long a new build's child must serve before its build is the
+	// last good one (Config.Settle if longer). Until then, its exit is the death of
+	// its upgrade: the last good build is started in its place.
+	probation = stableAfter
+	// recordsKept is how many upgrade records the master keeps (status shows them).
+	recordsKept = 10
+)
+
+// Triggers that are not upgrades asked for by the operator.
+const (
+	triggerStart       = "start"       // the first child
+	triggerRestart     = "restart"     // after a crash, from the last good build
+	triggerReplacement = "replacement" // for a new child that died, from the last good build
+)
+
+// Why the master killed an old child before it exited by itself (Upgrade.DrainKilled).
+const (
+	killedDeadline    = "deadline"     // its drain timeout ran out
+	killedMaxDraining = "max_draining" // more than MaxDraining old children drained
+	killedStop        = "stop"         // a second stop signal to the master
 )
 
 // role is what a child is to the master.
@@ -79,6 +110,21 @@ type child struct {
 	started time.Time
 	readyAt time.Time
 	exe     string // the resolved program
+	build   *build // the file it runs, kept open (a reference held until it is gone)
+	kept    bool   // started from the last good build's descriptor, not from disk
+	// upgrade is set for a child started by an upgrade the operator asked for; it is
+	// on probation from its readiness until it has served probation: its exit then
+	// is the death of its upgrade.
+	upgrade     bool
+	onProbation bool
+	// rec is the record of the upgrade (or replacement) that started it; drainRec
+	// the record of the upgrade that replaced it, whose drain statistics it gives.
+	rec, drainRec *graceful.Upgrade
+	// waiters wait for the outcome of its upgrade past its readiness (Config.Settle).
+	waiters   []chan<- result
+	stoppedAt time.Time // when the stop signal was sent
+	reapedAt  time.Time
+	killWhy   string // why the master killed it while it drained (killedDeadline...)
 
 	out      *ring         // its last stderr lines
 	outDone  chan struct{} // closed at EOF of its stderr
@@ -145,6 +191,8 @@ const (
 	timerDrain                         // a stopped child's drain deadline: SIGKILL
 	timerRestart                       // the restart backoff is over
 	timerFinish                        // leftovers were killed: exit even if some are not reaped
+	timerSettle                        // a new child served Config.Settle: its upgrade is done
+	timerProbation                     // a new child served its probation: its build is good
 )
 
 // result is the outcome of an upgrade, as the control socket reports it.
@@ -159,6 +207,7 @@ type upgrade struct {
 	trigger string
 	started time.Time
 	waiters []chan<- result
+	rec     *graceful.Upgrade // its record, listed once it has an outcome
 }
 
 // machine is the master's state. Only the run goroutine touches it.
@@ -173,6 +222,8 @@ type machine struct {
 	after   func(d time.Duration, ev event) (stop func() bool) // post ev after d
 	settle  func(c *child)                                     // post goneEvent once c's output settled
 	resolve func(prog string) (string, error)                  // find PROG on disk now
+	open    func(path string) (*build, error)                  // open the build at path (openBuild)
+	ran     func(b *build, pid int) *build                     // what child pid runs, if not b (ranBuild)
 	sd      func(state string)                                 // tell systemd, if it listens
 	// leftovers kills (SIGKILL) the processes of process group pgid that were
 	// reparented to the master (a dead child's helpers) and returns how many;
@@ -204,9 +255,16 @@ type machine struct {
 	// cleared is set once the processes left over when every child has exited (a
 	// child's helpers, reparented to the master) were killed, when the master stops.
 	cleared bool
+	// lastGood is the last good build: restarts and replacements start from it.
+	lastGood *build
+	// records are the last upgrades with an outcome, oldest first.
+	records []*graceful.Upgrade
 }
 
 func newMachine(cfg Config, log *slog.Logger) *machine {
+	if cfg.MaxDraining <= 0 {
+		cfg.MaxDraining = DefaultMaxDraining
+	}
 	return &machine{
 		cfg:      cfg,
 		log:      log,
@@ -220,7 +278,7 @@ func newMachine(cfg Config, log *slog.Logger) *machine {
 // begin starts the first child. It returns false when that failed at once (the
 // master then exits 1).
 func (m *machine) begin() bool {
-	if err := m.startCandidate("start"); err != nil {
+	if err := m.startCandidate(triggerStart, nil); err != nil {
 		m.log.Error("could not start the program", "event", "start_failed", "err", err)
 		m.exitCode = 1
 		m.stopping, m.state, m.done = true, stateStopping, true
@@ -272,14 +330,29 @@ func (m *machine) finish() {
 	}
 }
 
-// startCandidate resolves PROG on disk and starts it as the next generation.
-func (m *machine) startCandidate(trigger string) error {
-	exe, err := m.resolve(m.cfg.Prog)
-	if err != nil {
-		return err
+// startCandidate starts the next generation: the first child and an upgrade's from
+// PROG as it is on disk now; a restart or a replacement from the last good build,
+// kept open. rec, if not nil, is the record of the upgrade or replacement.
+func (m *machine) startCandidate(trigger string, rec *graceful.Upgrade) error {
+	kept := (trigger == triggerRestart || trigger == triggerReplacement) && m.lastGood != nil
+	var b *build
+	if kept {
+		b = m.lastGood
+	} else {
+		exe, err := m.resolve(m.cfg.Prog)
+		if err != nil {
+			return err
+		}
+		if b, err = m.open(exe); err != nil {
+			return err
+		}
+		b = m.dedupe(b)
 	}
-	c := &child{gen: m.gen + 1, role: roleCandidate, trigger: trigger, started: time.Now(), exe: exe}
+	m.hold(b)
+	c := &child{gen: m.gen + 1, role: roleCandidate, trigger: trigger, started: time.Now(), exe: b.path, build: b, kept: kept, rec: rec,
+		upgrade: trigger != triggerStart && trigger != triggerRestart && trigger != triggerReplacement}
 	if err := m.spawn(c); err != nil {
+		m.drop(b)
 		return err
 	}
 	m.children[c.pid] = c
@@ -288,8 +361,59 @@ func (m *machine) startCandidate(trigger string) error {
 	if m.cfg.ReadyAfter > 0 {
 		c.timers = append(c.timers, m.after(m.cfg.ReadyAfter, timerEvent{timerReadyAfter, c}))
 	}
-	m.log.Info("child started", "event", "child_started", "child", c.pid, "gen", c.gen, "trigger", trigger, "exe", exe)
+	from := "disk"
+	if kept {
+		from = "last_good"
+	}
+	m.log.Info("child started", "event", "child_started", "child", c.pid, "gen", c.gen, "trigger", trigger, "exe", b.String(), "build", from)
 	return nil
+}
+
+// dedupe returns the last good build instead of b when b is the same file (an
+// upgrade to the build already running keeps one descriptor).
+func (m *machine) dedupe(b *build) *build {
+	if g := m.lastGood; g != nil && b != g && b.ino != 0 && b.dev == g.dev && b.ino == g.ino && slices.Equal(b.prefix, g.prefix) {
+		b.close()
+		return g
+	}
+	return b
+}
+
+// hold and drop count the references to a build; the last drop closes it.
+func (m *machine) hold(b *build) {
+	b.refs++
+}
+
+func (m *machine) drop(b *build) {
+	if b == nil {
+		return
+	}
+	if b.refs--; b.refs <= 0 {
+		b.close()
+	}
+}
+
+// setLastGood makes b the last good build.
+func (m *machine) setLastGood(b *build) {
+	if b == m.lastGood {
+		return
+	}
+	m.hold(b)
+	m.drop(m.lastGood)
+	m.lastGood = b
+}
+
+// record lists rec, now that it has an outcome.
+func (m *machine) record(rec *graceful.Upgrade) {
+	m.records = append(m.records, rec)
+	if len(m.records) > recordsKept {
+		m.records = m.records[len(m.records)-recordsKept:]
+	}
+}
+
+// probation is how long a new build's child serves before its build is good.
+func (m *machine) probation() time.Duration {
+	return max(probation, m.cfg.Settle)
 }
 
 func (c *child) stopTimers() {
@@ -305,12 +429,37 @@ func (m *machine) becomeReady(c *child, via string) {
 	m.cand = nil
 	old := m.serving
 	c.role, c.readyAt = roleServing, time.Now()
+	if b := m.ran(c.build, c.pid); b != nil {
+		// The file at PROG's path was replaced between its opening and the exec.
+		m.log.Info("the child runs the file now at its path, not the one opened for it", "event", "build_reopened", "child", c.pid, "exe", b.String())
+		b = m.dedupe(b)
+		m.hold(b)
+		m.drop(c.build)
+		c.build = b
+	}
 	m.serving, m.gen = c, c.gen
 	m.state = stateServing
 	took := c.readyAt.Sub(c.started).Round(time.Microsecond).String()
 	m.log.Info("child ready", "event", "child_ready", "child", c.pid, "gen", c.gen, "via", via, "took", took)
+	switch {
+	case c.upgrade:
+		// A new build: on probation (a restart or replacement runs the last good build).
+		c.onProbation = true
+		c.timers = append(c.timers, m.after(m.probation(), timerEvent{timerProbation, c}))
+	case m.lastGood == nil:
+		m.setLastGood(c.build) // the first child: nothing else to fall back on
+	}
 	if old != nil {
 		m.stopChild(old, m.cfg.StopSignal)
+		m.limitDraining()
+	}
+	if rec := c.rec; rec != nil {
+		rec.To, rec.Generation, rec.End, rec.Outcome = c.pid, c.gen, c.readyAt, "ok"
+		rec.HandoverSeconds = c.readyAt.Sub(rec.Start).Seconds()
+		m.record(rec)
+		if old != nil {
+			old.drainRec = rec
+		}
 	}
 	up := m.up
 	if up != nil {
@@ -331,9 +480,45 @@ func (m *machine) becomeReady(c *child, via string) {
 		m.sd("READY=1\nSTATUS=" + m.statusLine())
 	}
 	if up != nil {
-		for _, w := range up.waiters {
-			w <- result{pid: c.pid, gen: c.gen}
+		if m.cfg.Settle > 0 {
+			// Answered once it has served Settle, or with the reason if it dies first.
+			c.waiters = up.waiters
+			c.timers = append(c.timers, m.after(m.cfg.Settle, timerEvent{timerSettle, c}))
+		} else {
+			for _, w := range up.waiters {
+				w <- result{pid: c.pid, gen: c.gen}
+			}
 		}
+	}
+}
+
+// settled answers those waiting for c's upgrade: it took over and did not die.
+func (m *machine) settled(c *child) {
+	for _, w := range c.waiters {
+		w <- result{pid: c.pid, gen: c.gen}
+	}
+	c.waiters = nil
+}
+
+// limitDraining kills the oldest old children, at once, while more than
+// MaxDraining drain. A deploy is not refused for a long-lived connection; those
+// connections would be cut at their deadline anyway, the oldest first.
+func (m *machine) limitDraining() {
+	var old []*child
+	for _, c := range m.children {
+		if c.role == roleOld && !c.reaped && !c.killed {
+			old = append(old, c)
+		}
+	}
+	if len(old) <= m.cfg.MaxDraining {
+		return
+	}
+	slices.SortFunc(old, func(a, b *child) int { return a.gen - b.gen })
+	for _, c := range old[:len(old)-m.cfg.MaxDraining] {
+		m.log.Warn("more old children drain than -max-draining: killing the oldest", "event", "too_many_draining",
+			"child", c.pid, "gen", c.gen, "draining", len(old), "max", m.cfg.MaxDraining, "drained_for", time.Since(c.stoppedAt).Round(time.Millisecond).String())
+		c.killWhy = killedMaxDraining
+		m.kill(c)
 	}
 }
 
@@ -345,7 +530,10 @@ func (m *machine) stopChild(c *child, sig syscall.Signal) {
 	}
 	c.stopSent = true
 	c.role = roleOld
+	c.onProbation = false // replaced before the end of its probation: its build is not promoted
+	c.stoppedAt = time.Now()
 	c.stopTimers()
+	m.settled(c)
 	if err := m.signal(c.pid, sig); err != nil {
 		m.log.Warn("could not signal a child", "event", "signal_failed", "child", c.pid, "signal", signalName(sig), "err", err)
 	}
@@ -402,6 +590,9 @@ func (m *machine) exitNow(sig syscall.Signal) {
 	m.log.Warn("second stop signal: killing the children without waiting for their drain", "event", "exit_now", "signal", signalName(sig))
 	m.stopping, m.state = true, stateStopping
 	for _, c := range m.children {
+		if c.role == roleOld && !c.killed {
+			c.killWhy = killedStop
+		}
 		m.kill(c)
 	}
 }
@@ -427,6 +618,11 @@ func (m *machine) stop(why string) {
 		c := m.cand
 		m.cand = nil
 		c.role, c.failCause, c.failReason = roleFailed, "abandoned", "abandoned: handover run is stopping"
+		if r := c.rec; r != nil {
+			r.To, r.Generation, r.End, r.Outcome, r.Reason, r.Error = c.pid, c.gen, time.Now(), "abandoned", "abandoned", "handover run is stopping"
+			m.record(r)
+			c.rec = nil
+		}
 		c.stopTimers()
 		m.kill(c)
 		m.log.Warn("upgrade abandoned: stopping", "event", "upgrade_failed", "cause", "abandoned", "child", c.pid)
@@ -463,13 +659,17 @@ func (m *machine) beginUpgrade(trigger string, reply chan<- result) {
 		return
 	}
 	m.log.Info("upgrade starting", "event", "upgrade_start", "trigger", trigger)
-	m.up = &upgrade{trigger: trigger, started: time.Now()}
+	now := time.Now()
+	m.up = &upgrade{trigger: trigger, started: now, rec: &graceful.Upgrade{Trigger: trigger, Start: now, From: m.serving.pid, Generation: m.gen + 1}}
 	if reply != nil {
 		m.up.waiters = append(m.up.waiters, reply)
 	}
 	m.state = stateUpgrading
 	m.sd("RELOADING=1\n" + sdnotify.MonotonicUsec() + "\nSTATUS=" + m.statusLine())
-	if err := m.startCandidate(trigger); err != nil {
+	if err := m.startCandidate(trigger, m.up.rec); err != nil {
+		r := m.up.rec
+		r.End, r.Outcome, r.Reason, r.Error = time.Now(), "failed", "start", err.Error()
+		m.record(r)
 		m.upgradeFailed("start", nil, err.Error())
 	}
 }
@@ -509,6 +709,14 @@ func (m *machine) candidateFailed(c *child) {
 	}
 	what := fmt.Sprintf("new child PID %d (%s, generation %d) %s", c.pid, c.exe, c.gen, reason)
 	full := what + lastLines(c)
+	if r := c.rec; r != nil {
+		r.To, r.Generation, r.End, r.Outcome, r.Reason, r.Error, r.Stderr = c.pid, c.gen, time.Now(), "failed", cause, what, strings.Join(c.out.last(reportLines), "\n")
+		if cause == "abandoned" {
+			r.Outcome = "abandoned"
+		}
+		m.record(r)
+		c.rec = nil
+	}
 	switch {
 	case m.up != nil:
 		m.upgradeFailed(cause, c, full)
@@ -573,16 +781,30 @@ func (m *machine) onTimer(kind timerKind, c *child) {
 			return
 		}
 		m.log.Warn("drain deadline: killing the child", "event", "drain_deadline", "child", c.pid, "gen", c.gen)
+		c.killWhy = killedDeadline
 		m.kill(c)
 	case timerFinish:
 		m.done = true
+	case timerSettle:
+		if c == m.serving && !c.reaped {
+			m.settled(c)
+		}
+	case timerProbation:
+		if c != m.serving || c.reaped || !c.onProbation {
+			return
+		}
+		c.onProbation = false
+		if c.build != m.lastGood {
+			m.setLastGood(c.build)
+			m.log.Info("the new build served its probation: it is the last good build", "event", "last_good", "child", c.pid, "gen", c.gen, "exe", c.build.String())
+		}
 	case timerRestart:
 		m.restartT = nil
 		if m.stopping || m.cand != nil {
 			return
 		}
 		m.restarts++
-		if err := m.startCandidate("restart"); err != nil {
+		if err := m.startCandidate(triggerRestart, nil); err != nil {
 			m.lastErr = err.Error()
 			m.log.Warn("restart failed", "event", "restart_failed", "cause", "start", "err", err)
 			m.scheduleRestart()
@@ -598,7 +820,7 @@ func (m *machine) onReaped(pid int, ws syscall.WaitStatus) {
 		m.log.Info("reaped an orphan", "event", "orphan_reaped", "child", pid, "status", describeStatus(ws))
 		return
 	}
-	c.reaped, c.status = true, ws
+	c.reaped, c.status, c.reapedAt = true, ws, time.Now()
 	if c.role != roleOld {
 		// (A stopped child's drain deadline stays: it also ends what the child left.)
 		c.stopTimers()
@@ -609,6 +831,10 @@ func (m *machine) onReaped(pid int, ws syscall.WaitStatus) {
 // onGone handles the exit of child c.
 func (m *machine) onGone(c *child) {
 	delete(m.children, c.pid)
+	defer m.drop(c.build)
+	if r := c.drainRec; r != nil && c.role == roleOld {
+		r.Drained, r.DrainSeconds, r.DrainKilled = true, c.reapedAt.Sub(c.stoppedAt).Seconds(), c.killWhy
+	}
 	level := slog.LevelInfo
 	if c.role == roleServing || c.role == roleCandidate && !m.stopping {
 		level = slog.LevelWarn
@@ -632,6 +858,8 @@ func (m *machine) onGone(c *child) {
 			// The child ended after a forwarded SIGINT/SIGQUIT: so does the master.
 			m.stop("child exited after " + signalName(m.forwarded))
 			m.exitFrom, m.exitCode = nil, exitCode(c.status)
+		case c.onProbation:
+			m.upgradeDied(c)
 		default:
 			m.lastErr = fmt.Sprintf("child PID %d (generation %d) exited while serving (%s)", c.pid, c.gen, describeStatus(c.status)) + lastLines(c)
 			if time.Since(c.readyAt) >= stableAfter {
@@ -644,6 +872,56 @@ func (m *machine) onGone(c *child) {
 			// follows its failure).
 		}
 	}
+}
+
+// upgradeDied handles the exit of c, a new build's child, during its probation: its
+// upgrade died. The last good build is started in its place, at once; the bad build
+// is not started again (the next upgrade the operator asks for is a normal one).
+func (m *machine) upgradeDied(c *child) {
+	c.onProbation = false
+	after := c.reapedAt.Sub(c.readyAt).Round(time.Millisecond)
+	what := fmt.Sprintf("new child PID %d (%s, generation %d) died %s after taking over (%s)", c.pid, c.build, c.gen, after, describeStatus(c.status))
+	good := "no last good build is kept"
+	if m.lastGood != nil {
+		good = "the last good build (" + m.lastGood.String() + ") is started again"
+	}
+	m.lastErr = what + "; " + good + lastLines(c)
+	if r := c.rec; r != nil {
+		r.Outcome, r.Reason, r.Error, r.Stderr = "died", "died", what, strings.Join(c.out.last(reportLines), "\n")
+	}
+	m.log.Error("the new child died after taking over; starting the last good build", "event", "upgrade_died",
+		"child", c.pid, "gen", c.gen, "after", after.String(), "status", describeStatus(c.status), "last_good", fmt.Sprint(m.lastGood))
+	for _, w := range c.waiters {
+		w <- result{err: m.lastErr}
+	}
+	c.waiters = nil
+	if m.up != nil {
+		// Another upgrade is under way: its new child takes over when ready (or a
+		// restart, from the last good build, follows its failure).
+		m.sd("STATUS=" + m.statusLine())
+		return
+	}
+	m.startReplacement(c)
+}
+
+// startReplacement starts the last good build for dead, a child that died after
+// taking over; should that fail, restarts follow with backoff.
+func (m *machine) startReplacement(dead *child) {
+	if m.stopping || m.restartT != nil || m.cand != nil {
+		return
+	}
+	m.state = stateStarting
+	now := time.Now()
+	rec := &graceful.Upgrade{Trigger: triggerReplacement, Start: now, From: dead.pid, Generation: m.gen + 1}
+	if err := m.startCandidate(triggerReplacement, rec); err != nil {
+		rec.End, rec.Outcome, rec.Reason, rec.Error = time.Now(), "failed", "start", err.Error()
+		m.record(rec)
+		m.lastErr = err.Error()
+		m.log.Warn("restart failed", "event", "restart_failed", "cause", "start", "err", err)
+		m.scheduleRestart()
+		return
+	}
+	m.sd("STATUS=" + m.statusLine())
 }
 
 // onNotify handles an sd_notify datagram from a child (or a process it started).
@@ -729,11 +1007,39 @@ func (m *machine) status() graceful.Status {
 	}
 	if m.serving != nil {
 		st.Child = m.serving.pid
+		st.ChildExecutable = m.childExecutable()
 	}
 	if m.up != nil && m.cand != nil {
 		st.Upgrading = m.cand.pid
 	}
+	for _, c := range m.children {
+		if c.role == roleOld && c != m.serving {
+			st.OlderDraining++
+		}
+	}
+	for _, r := range m.records {
+		st.Upgrades = append(st.Upgrades, *r)
+	}
 	return st
+}
+
+// childExecutable says what the serving child runs, and whether it is the last good
+// build, for status.
+func (m *machine) childExecutable() string {
+	c := m.serving
+	if c.build == nil {
+		return ""
+	}
+	s := c.build.String()
+	switch {
+	case c.build == m.lastGood && c.build.replaced():
+		s += " (the last good build, run from the descriptor the master keeps: the file now at " + c.build.exe + " is another)"
+	case c.build == m.lastGood:
+		s += " (the last good build)"
+	case c.onProbation:
+		s += fmt.Sprintf(" (a new build, on probation for %s; the last good build is %s)", m.probation(), m.lastGood)
+	}
+	return s
 }
 
 // statusLine is the one-line status for systemd (systemctl status).

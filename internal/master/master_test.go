@@ -41,6 +41,9 @@ type fakeMaster struct {
 	leftoverCalls []int
 	orphanPIDs    []int
 	failRun       bool // spawn fails
+	// ino is the inode of the file at PROG's path (deploy changes it); opened counts
+	// the builds opened.
+	ino, opened uint64
 }
 
 func newFake(t *testing.T, mod func(*Config)) *fakeMaster {
@@ -49,7 +52,7 @@ func newFake(t *testing.T, mod func(*Config)) *fakeMaster {
 	if mod != nil {
 		mod(&cfg)
 	}
-	f := &fakeMaster{t: t, nextPID: 100}
+	f := &fakeMaster{t: t, nextPID: 100, ino: 1}
 	m := newMachine(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	m.pid = 1
 	m.spawn = func(c *child) error {
@@ -78,6 +81,11 @@ func newFake(t *testing.T, mod func(*Config)) *fakeMaster {
 		}
 		return "/bin/" + prog, nil
 	}
+	m.open = func(path string) (*build, error) {
+		f.opened++
+		return &build{path: path, exe: path, dev: 1, ino: f.ino}, nil
+	}
+	m.ran = func(*build, int) *build { return nil }
 	m.sd = func(s string) { f.sd = append(f.sd, s) }
 	m.leftovers = func(pgid int) int { f.leftoverCalls = append(f.leftoverCalls, pgid); return 0 }
 	m.orphans = func() []int { return f.orphanPIDs }
@@ -335,12 +343,14 @@ func TestMachineCrashRestart(t *testing.T) {
 	if st.Restarts != 4 || st.State != "serving" || st.Generation != 2 || st.Child != f.m.serving.pid {
 		t.Errorf("status after the restarts: %+v", st)
 	}
-	// A missing program at restart time: retried with backoff.
+	// A restart runs the last good build, kept open: a program gone from disk
+	// does not matter, and nothing is opened from disk.
 	f.missing = true
+	opened := f.opened
 	f.exit(f.m.serving, 1)
 	f.fire(timerRestart, nil)
-	if f.m.cand != nil || f.pending(timerRestart, nil) == nil || !strings.Contains(f.st().LastError, "does not exist") {
-		t.Errorf("a missing program at restart: cand %v, status %+v", f.m.cand, f.st())
+	if c := f.m.cand; c == nil || !c.kept || c.build != f.m.lastGood || f.opened != opened {
+		t.Errorf("a restart with the program missing on disk: cand %+v, opened %d builds", c, f.opened-opened)
 	}
 }
 
@@ -565,5 +575,291 @@ func TestMachineLeftovers(t *testing.T) {
 	f.m.handle(reapedEvent{pid: 777})
 	if !f.m.done || f.m.exitCode != 0 {
 		t.Errorf("done %v code %d once the leftover was reaped", f.m.done, f.m.exitCode)
+	}
+}
+
+// deploy puts a new build at PROG's path (a new inode).
+func (f *fakeMaster) deploy() { f.ino++ }
+
+// upgradeTo runs an upgrade to a new build and makes its child ready; the old
+// serving child is then draining.
+func (f *fakeMaster) upgradeTo() (old, cur *child, reply chan result) {
+	f.t.Helper()
+	old = f.m.serving
+	f.deploy()
+	reply = f.upgrade()
+	cur = f.m.cand
+	if cur == nil {
+		f.t.Fatalf("no new child: %+v", <-reply)
+	}
+	f.ready(cur)
+	return old, cur, reply
+}
+
+func (f *fakeMaster) record(i int) graceful.Upgrade {
+	f.t.Helper()
+	ups := f.st().Upgrades
+	if i < 0 {
+		i += len(ups)
+	}
+	if i < 0 || i >= len(ups) {
+		f.t.Fatalf("no upgrade record %d: %+v", i, ups)
+	}
+	return ups[i]
+}
+
+func TestMachineUpgradeDied(t *testing.T) {
+	// A new build takes over and dies during its probation while the old child drains:
+	// the last good build (the old child's, kept open) is started at once, not the
+	// file on disk; the upgrade's record says died; the next upgrade is from disk.
+	f := newFake(t, func(c *Config) { c.Settle = 3 * time.Second })
+	first := f.serving()
+	good := f.m.lastGood
+	if good == nil || good != first.build || good.refs != 2 {
+		t.Fatalf("last good build %+v after the first child, want its build held twice", good)
+	}
+	old, bad, reply := f.upgradeTo()
+	if !bad.onProbation || f.m.lastGood != good || bad.build == good {
+		t.Fatalf("the new build: probation %v, last good %v", bad.onProbation, f.m.lastGood)
+	}
+	if !f.signaled(old.pid, syscall.SIGTERM) {
+		t.Fatalf("the old child was not stopped")
+	}
+	select {
+	case r := <-reply:
+		t.Fatalf("answered before the new child served -settle: %+v", r)
+	default:
+	}
+	opened := f.opened
+	bad.out.add("panic: nil map\n")
+	f.exit(bad, 2)
+	r := <-reply
+	if !strings.Contains(r.err, "died") || !strings.Contains(r.err, "after taking over (exit status 2)") || !strings.Contains(r.err, "panic: nil map") || !strings.Contains(r.err, "last good build") {
+		t.Errorf("reload's answer %q: want the death, its status, the stderr and the last good build", r.err)
+	}
+	repl := f.m.cand
+	if repl == nil || !repl.kept || repl.build != good || repl.trigger != triggerReplacement || f.opened != opened {
+		t.Fatalf("replacement %+v (opened %d from disk): want the last good build, kept", repl, f.opened-opened)
+	}
+	if f.pending(timerRestart, nil) != nil {
+		t.Errorf("a replacement waits for the restart backoff")
+	}
+	died := f.record(-1)
+	if died.Outcome != "died" || died.Reason != "died" || died.From != old.pid || died.To != bad.pid || died.Generation != 2 || died.Stderr != "panic: nil map" || died.Trigger != "test" {
+		t.Errorf("the died upgrade's record %+v", died)
+	}
+	f.ready(repl)
+	if f.m.serving != repl || repl.onProbation || f.m.lastGood != good {
+		t.Errorf("the replacement is serving %v, on probation %v", f.m.serving == repl, repl.onProbation)
+	}
+	rr := f.record(-1)
+	if rr.Trigger != "replacement" || rr.Outcome != "ok" || rr.From != bad.pid || rr.To != repl.pid || rr.Generation != 3 {
+		t.Errorf("the replacement's record %+v", rr)
+	}
+	st := f.st()
+	if st.Child != repl.pid || !strings.Contains(st.LastError, "died") || !strings.Contains(st.ChildExecutable, "the last good build") || st.OlderDraining != 1 {
+		t.Errorf("status %+v", st)
+	}
+	// The old child finishes its drain: the died upgrade's record gets it.
+	f.exit(old, 0)
+	if d := f.record(0); !d.Drained || d.DrainKilled != "" || d.To != bad.pid {
+		t.Errorf("drain not recorded on the died upgrade: %+v", d)
+	}
+	if bad.build.refs != 0 {
+		t.Errorf("the bad build is still held (%d references)", bad.build.refs)
+	}
+	// The next upgrade resolves PROG on disk again.
+	reply = f.upgrade()
+	if c := f.m.cand; c == nil || c.kept || f.opened != opened+1 {
+		t.Errorf("the next upgrade: %+v, %d opened", c, f.opened-opened)
+	}
+	f.ready(f.m.cand)
+	f.fire(timerSettle, f.m.serving)
+	if r := <-reply; r.err != "" || r.pid != f.m.serving.pid {
+		t.Errorf("the next upgrade's answer %+v", r)
+	}
+}
+
+func TestMachineProbation(t *testing.T) {
+	f := newFake(t, nil)
+	first := f.serving()
+	_, cur, reply := f.upgradeTo()
+	if r := <-reply; r.err != "" {
+		t.Fatalf("without -settle the answer comes at takeover: %+v", r)
+	}
+	tm := f.pending(timerProbation, cur)
+	if tm == nil || tm.d != probation {
+		t.Fatalf("probation timer %+v", tm)
+	}
+	if !strings.Contains(f.st().ChildExecutable, "on probation") {
+		t.Errorf("status during probation: %q", f.st().ChildExecutable)
+	}
+	f.fire(timerProbation, cur)
+	if f.m.lastGood != cur.build || first.build.refs != 1 {
+		t.Fatalf("after the probation: last good %v, the first build held %d times (by its draining child)", f.m.lastGood, first.build.refs)
+	}
+	f.exit(first, 0)
+	if first.build.refs != 0 {
+		t.Errorf("the first build is still held")
+	}
+	// A crash now: the restart runs the new build, the last good one, with backoff.
+	f.exit(cur, 1)
+	if f.m.cand != nil {
+		t.Fatalf("a crash after the probation started something at once")
+	}
+	f.fire(timerRestart, nil)
+	if c := f.m.cand; c == nil || !c.kept || c.build != cur.build || c.trigger != triggerRestart {
+		t.Errorf("the restart: %+v", c)
+	}
+	for _, r := range f.st().Upgrades {
+		if r.Outcome != "ok" {
+			t.Errorf("a crash after the probation is recorded as %+v", r)
+		}
+	}
+}
+
+func TestMachineReplacedDuringProbation(t *testing.T) {
+	// Back-to-back upgrades: a build replaced before the end of its probation is not
+	// promoted; when the newest dies, the last good build is the first one.
+	f := newFake(t, nil)
+	first := f.serving()
+	_, b1, _ := f.upgradeTo()
+	_, b2, _ := f.upgradeTo()
+	if b1.onProbation || f.pending(timerProbation, b1) != nil {
+		t.Errorf("a replaced child is still on probation")
+	}
+	f.exit(b2, 1)
+	if c := f.m.cand; c == nil || c.build != first.build {
+		t.Errorf("replacement %+v, want the first build", c)
+	}
+}
+
+func TestMachineSettle(t *testing.T) {
+	f := newFake(t, func(c *Config) { c.Settle = 2 * time.Second })
+	f.serving()
+	_, cur, reply := f.upgradeTo()
+	if tm := f.pending(timerProbation, cur); tm == nil || tm.d != probation {
+		t.Errorf("probation %+v, want %s", tm, probation)
+	}
+	// Replaced by another upgrade before -settle: the first upgrade did not die.
+	_, next, reply2 := f.upgradeTo()
+	if r := <-reply; r.err != "" || r.pid != cur.pid {
+		t.Errorf("the replaced upgrade's answer %+v", r)
+	}
+	f.fire(timerSettle, next)
+	if r := <-reply2; r.err != "" || r.pid != next.pid {
+		t.Errorf("answer %+v", r)
+	}
+	// A -settle longer than the probation extends it.
+	f = newFake(t, func(c *Config) { c.Settle = time.Minute })
+	f.serving()
+	_, cur, _ = f.upgradeTo()
+	if tm := f.pending(timerProbation, cur); tm == nil || tm.d != time.Minute {
+		t.Errorf("probation %+v, want 1m", tm)
+	}
+}
+
+func TestMachineMaxDraining(t *testing.T) {
+	f := newFake(t, func(c *Config) { c.MaxDraining = 2 })
+	first := f.serving()
+	old1, _, _ := f.upgradeTo()
+	old2, _, _ := f.upgradeTo()
+	if f.signaled(-first.pid, syscall.SIGKILL) || f.st().OlderDraining != 2 {
+		t.Fatalf("killed at 2 draining (max 2): %v; status %+v", f.signals, f.st())
+	}
+	old3, _, _ := f.upgradeTo()
+	if old1 != first || !f.signaled(-old1.pid, syscall.SIGKILL) || f.signaled(-old2.pid, syscall.SIGKILL) || f.signaled(-old3.pid, syscall.SIGKILL) {
+		t.Fatalf("3 draining, max 2: signals %v; want only the oldest (%d) killed", f.signals, old1.pid)
+	}
+	f.killedBy(old1, syscall.SIGKILL)
+	if r := f.record(0); r.From != old1.pid || !r.Drained || r.DrainKilled != "max_draining" {
+		t.Errorf("the killed child's drain: %+v", r)
+	}
+	if st := f.st(); st.OlderDraining != 2 {
+		t.Errorf("older draining %d", st.OlderDraining)
+	}
+	// The drain deadline of another.
+	f.fire(timerDrain, old2)
+	f.killedBy(old2, syscall.SIGKILL)
+	if r := f.record(1); r.From != old2.pid || r.DrainKilled != "deadline" {
+		t.Errorf("killed at the deadline: %+v", r)
+	}
+	f.exit(old3, 0)
+	if r := f.record(2); r.From != old3.pid || !r.Drained || r.DrainKilled != "" {
+		t.Errorf("drained by itself: %+v", r)
+	}
+}
+
+func TestMachineRecords(t *testing.T) {
+	f := newFake(t, nil)
+	old := f.serving()
+	// failed (exited), failed (start), ok, abandoned; at most recordsKept kept.
+	reply := f.upgrade()
+	f.exit(f.m.cand, 1)
+	<-reply
+	f.missing = true
+	<-f.upgrade()
+	f.missing = false
+	_, cur, _ := f.upgradeTo()
+	f.exit(old, 0)
+	reply = f.upgrade()
+	f.m.handle(sigEvent{syscall.SIGTERM})
+	<-reply
+	ups := f.st().Upgrades
+	var got []string
+	for _, r := range ups {
+		got = append(got, r.Outcome+"/"+r.Reason)
+	}
+	if want := []string{"failed/exited", "failed/start", "ok/", "abandoned/abandoned"}; !slices.Equal(got, want) {
+		t.Fatalf("records %q, want %q", got, want)
+	}
+	if r := ups[2]; r.To != cur.pid || r.From != old.pid || r.HandoverSeconds < 0 || r.End.Before(r.Start) || !r.Drained || r.Generation != 2 {
+		t.Errorf("the ok record %+v", r)
+	}
+	if r := ups[1]; r.To != 0 || !strings.Contains(r.Error, "does not exist") {
+		t.Errorf("the start failure %+v", r)
+	}
+
+	f = newFake(t, nil)
+	f.serving()
+	for i := 0; i < recordsKept+3; i++ {
+		_, _, reply := f.upgradeTo()
+		<-reply
+	}
+	if ups := f.st().Upgrades; len(ups) != recordsKept || ups[len(ups)-1].Generation != recordsKept+4 {
+		t.Errorf("%d records, last %+v", len(ups), ups[len(ups)-1])
+	}
+}
+
+func TestMachineDiedDuringUpgrade(t *testing.T) {
+	// A new build dies during its probation while the next upgrade is starting: that
+	// upgrade's child takes over; if it fails, a restart runs the last good build.
+	f := newFake(t, nil)
+	first := f.serving()
+	_, bad, _ := f.upgradeTo()
+	f.deploy()
+	reply := f.upgrade()
+	f.exit(bad, 1)
+	if f.m.cand == nil || f.m.cand.trigger != "test" || f.record(-1).Outcome != "died" {
+		t.Fatalf("cand %+v, records %+v", f.m.cand, f.st().Upgrades)
+	}
+	f.exit(f.m.cand, 1)
+	<-reply
+	f.fire(timerRestart, nil)
+	if c := f.m.cand; c == nil || c.build != first.build || !c.kept {
+		t.Errorf("restart %+v, want the first build", c)
+	}
+}
+
+func TestMachineSameBuildShared(t *testing.T) {
+	// Upgrades to the file already running keep one descriptor.
+	f := newFake(t, nil)
+	first := f.serving()
+	reply := f.upgrade()
+	c := f.m.cand
+	f.ready(c)
+	<-reply
+	if c.build != first.build || first.build.refs != 3 {
+		t.Errorf("the same file opened twice is two builds (refs %d)", first.build.refs)
 	}
 }

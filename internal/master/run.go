@@ -33,6 +33,7 @@ const (
 	DefaultUpgradeTimeout  = 30 * time.Second
 	DefaultRestartDelay    = 100 * time.Millisecond
 	DefaultRestartDelayMax = 10 * time.Second
+	DefaultMaxDraining     = 3
 )
 
 // MasterEnv is set for every child to the master's PID: a child built with handover's
@@ -69,6 +70,20 @@ type Config struct {
 	// that exited while serving: the first restart waits RestartDelay, each failed
 	// one doubles it up to RestartDelayMax, a child that served 10s resets it.
 	RestartDelay, RestartDelayMax time.Duration
+	// MaxDraining bounds how many old children may drain at once (each until its own
+	// drain deadline): when an upgrade would make one more, the oldest is killed
+	// (SIGKILL to its process group) at once. The upgrade is not refused: a deploy
+	// is not blocked by one long-lived connection, and those connections would be
+	// cut at their deadline anyway, the oldest first (the library's
+	// graceful.Config.MaxDraining does the same). Zero means DefaultMaxDraining.
+	MaxDraining int
+	// Settle, if positive, is how long a new child must serve after it took over
+	// before an upgrade's requester (`handover reload`) is told it succeeded: should
+	// the child die meanwhile, the answer is the reason (the upgrade died; the last
+	// good build is started). Zero: the answer comes as the new child takes over.
+	// Either way a new child that dies within its probation (10 s, or Settle if
+	// longer) is replaced by the last good build.
+	Settle time.Duration
 	// Logger receives the master's logs (every line has event=). nil: slog.Default().
 	Logger *slog.Logger
 	// Stderr receives the children's stderr, line by line. nil: os.Stderr.
@@ -90,6 +105,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.RestartDelay <= 0 {
 		c.RestartDelay = DefaultRestartDelay
+	}
+	if c.MaxDraining <= 0 {
+		c.MaxDraining = DefaultMaxDraining
 	}
 	if c.RestartDelayMax <= 0 {
 		c.RestartDelayMax = max(DefaultRestartDelayMax, c.RestartDelay)
@@ -215,6 +233,8 @@ func Run(cfg Config) (int, error) {
 		}()
 	}
 	m.resolve = resolveProg
+	m.open = openBuild
+	m.ran = ranBuild
 	m.leftovers = func(pgid int) int {
 		n := 0
 		for _, p := range directChildren() {
@@ -258,7 +278,7 @@ func Run(cfg Config) (int, error) {
 		post(notifyEvent{pids: pids, fields: fields, fds: fds})
 	})
 	if ctl != nil {
-		go serveControl(ctl, post, done, cfg.UpgradeTimeout, log)
+		go serveControl(ctl, post, done, cfg.UpgradeTimeout+cfg.Settle, log)
 	}
 
 	var names []string
@@ -294,7 +314,7 @@ type runner struct {
 
 // protocolVars are the variables of socket passing and service managers; the
 // master's own values must not reach a child.
-var protocolVars = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "HANDOVER_PARENT", MasterEnv, handoff.GenerationEnv, ShimEnv}
+var protocolVars = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "HANDOVER_PARENT", MasterEnv, handoff.GenerationEnv, ShimEnv, ShimFDEnv}
 
 // childEnv is the environment of every child (the shim adds LISTEN_PID).
 func childEnv(environ []string, socks *sockets, notifyPath string, wd *sdnotify.Watchdog) []string {
@@ -359,7 +379,9 @@ func resolveProg(prog string) (string, error) {
 // program, execs it in place once it has set LISTEN_PID to its own PID. The child
 // gets /dev/null as stdin, the master's stdout, a pipe as stderr (copied to the
 // master's stderr, its last lines kept), the sockets at fd 3 and up, its own process
-// group, and SIGKILL if the master dies.
+// group, and SIGKILL if the master dies. A child started from the kept build (c.kept)
+// also gets that build's descriptor after the sockets, named by ShimFDEnv: the shim
+// runs that file, not the one now at the path, and the program does not inherit it.
 func (r *runner) spawn(c *child) error {
 	if r.devnull == nil {
 		f, err := os.Open(os.DevNull)
@@ -379,6 +401,11 @@ func (r *runner) spawn(c *child) error {
 	}
 	env := append(append([]string(nil), r.env...), ShimEnv+"="+c.exe, handoff.GenerationEnv+"="+strconv.Itoa(c.gen))
 	argv := append([]string{r.cfg.Prog}, r.cfg.Args...)
+	if c.kept && c.build.f != nil {
+		env = append(env, ShimFDEnv+"="+strconv.Itoa(len(files)))
+		files = append(files, c.build.f.Fd())
+		argv = c.build.argv(r.cfg.Prog, r.cfg.Args)
+	}
 	pid, err := syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
 		Env:   env,
 		Files: files,

@@ -1,0 +1,131 @@
+//go:build linux
+
+package master
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestOpenBuild(t *testing.T) {
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// A binary: the descriptor is the file itself; argv is PROG's.
+	b, err := openBuild(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	if b.exe != self || len(b.prefix) != 0 || !b.sameFile(self) || b.replaced() {
+		t.Errorf("binary: %+v", b)
+	}
+	if got := b.argv("prog", []string{"-x"}); !slices.Equal(got, []string{"prog", "-x"}) {
+		t.Errorf("argv %q", got)
+	}
+	// A script: the descriptor is its interpreter; argv as the kernel builds it, one
+	// argument after the interpreter (blanks included), nested interpreters unfolded.
+	inner := write("inner", "#!"+self+"   -a b \t\necho\n")
+	outer := write("outer", "#! "+inner+"\n")
+	b2, err := openBuild(outer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.close()
+	want := []string{self, "-a b", inner, outer, "x"}
+	if got := b2.argv("prog", []string{"x"}); b2.exe != self || b2.path != outer || !slices.Equal(got, want) {
+		t.Errorf("script: exe %s, argv %q; want %q", b2.exe, got, want)
+	}
+	if !strings.Contains(b2.String(), "the interpreter of "+outer) {
+		t.Errorf("script described as %q", b2)
+	}
+	// A script reached through a symlink: the kept command line names its real path.
+	link := filepath.Join(dir, "current")
+	if err := os.Symlink(outer, link); err != nil {
+		t.Fatal(err)
+	}
+	b4, err := openBuild(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b4.close()
+	if got := b4.argv("prog", nil); !slices.Equal(got, []string{self, "-a b", inner, outer}) || b4.path != link {
+		t.Errorf("script through a symlink: argv %q, path %s", got, b4.path)
+	}
+	// A missing interpreter, and too many levels.
+	if _, err := openBuild(write("nointerp", "#!/no/such/interpreter\n")); err == nil || !strings.Contains(err.Error(), "its interpreter /no/such/interpreter") {
+		t.Errorf("missing interpreter: %v", err)
+	}
+	loop := filepath.Join(dir, "loop")
+	write("loop", "#!"+loop+"\n")
+	if _, err := openBuild(loop); err == nil || !strings.Contains(err.Error(), "nested") {
+		t.Errorf("a script that is its own interpreter: %v", err)
+	}
+	// Replaced on disk (rename, as a deploy does): the descriptor still holds the
+	// old file.
+	app := write("app", "#!/bin/sh\n")
+	copyTo := func(src, dst string) {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst+".new", data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(dst+".new", dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyTo(self, app)
+	b3, err := openBuild(app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b3.close()
+	copyTo(self, app)
+	if !b3.replaced() || b3.sameFile(app) {
+		t.Errorf("a replaced file is not seen as replaced")
+	}
+	os.Remove(app)
+	if !b3.replaced() {
+		t.Errorf("a removed file is not seen as replaced")
+	}
+}
+
+func TestShebang(t *testing.T) {
+	for _, c := range []struct {
+		head, interp, arg string
+		script            bool
+	}{
+		{"\x7fELF\x02", "", "", false},
+		{"#!/bin/sh\n", "/bin/sh", "", true},
+		{"#!/usr/bin/env python3\n", "/usr/bin/env", "python3", true},
+		{"#!  /bin/sh  -e  -u  \nrest", "/bin/sh", "-e  -u", true},
+		{"#!\n", "", "", false},
+		{"#!/bin/sh", "/bin/sh", "", true},
+	} {
+		p := filepath.Join(t.TempDir(), "f")
+		os.WriteFile(p, []byte(c.head), 0o644)
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		interp, arg, script := shebang(f)
+		f.Close()
+		if interp != c.interp || arg != c.arg || script != c.script {
+			t.Errorf("%q: %q %q %v; want %q %q %v", c.head, interp, arg, script, c.interp, c.arg, c.script)
+		}
+	}
+}

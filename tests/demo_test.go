@@ -395,6 +395,23 @@ func tail(s string, lines int) string {
 	return strings.Join(parts, "\n")
 }
 
+// textLines counts the lines of a command's human-readable output (handover status)
+// that contain every one of the substrings. Logs are never read this way: they are
+// parsed by key (package logs).
+func textLines(text string, substrs ...string) int {
+	n := 0
+	for _, line := range strings.Split(text, "\n") {
+		all := true
+		for _, s := range substrs {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
 // inflight is a request on a connection the test opened before an upgrade.
 type inflight struct {
 	resp  *rawhttp.Response

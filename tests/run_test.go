@@ -357,8 +357,10 @@ func reloadsUnderLoad(t *testing.T, m *master, n int, interval time.Duration) {
 // checkStoppedClean stops the master with SIGTERM: it exits 0 and leaves nothing.
 func checkStoppedClean(t *testing.T, m *master) {
 	t.Helper()
-	_, zombies := m.processes()
-	if len(zombies) > 0 {
+	// A child that just exited is a zombie until the master reaps it: only one that
+	// stays one was never reaped.
+	var zombies []int
+	if err := proc.WaitFor(func() bool { _, zombies = m.processes(); return len(zombies) == 0 }, 5*time.Second, "the master to reap its exited children"); err != nil {
 		t.Errorf("zombies under the master: %v", zombies)
 	}
 	before := proc.Descendants(m.host)

@@ -94,6 +94,9 @@ var Events = map[string]Spec{
 	"signal_failed":     {},
 	"start_failed":      {},
 	"subreaper_failed":  {},
+	"upgrade_died":      {},
+	"last_good":         {},
+	"build_reopened":    {},
 }
 
 // Line is one parsed slog text-handler line.

@@ -71,6 +71,7 @@ var Events = map[string]Spec{
 	"control_unsupported": {},
 	"too_many_draining":   {}, // MaxDraining (not yet in the design notes' list)
 	"drain_finish_now":    {},
+	"upgrade_deferred":    {}, // a SIGUSR2 before a new generation is ready runs once it is
 	"history_lost":        {},
 	"protocol":            {},
 	"exit":                {},

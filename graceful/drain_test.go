@@ -5,10 +5,13 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -1086,8 +1089,14 @@ func expectRefused(t testing.TB, addr string) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err == nil {
-		t.Logf("dial %s connected to %s from %s: the port was reused; not checking the refusal", addr, c.RemoteAddr(), c.LocalAddr())
 		c.Close()
+		// Connected: another process may have bound the port since (a reuse), or our
+		// own listener is still open. Only the second is a failure.
+		_, port, _ := net.SplitHostPort(addr)
+		if ownListening(t, port) {
+			t.Fatalf("dial %s connected, and this process still has a listening socket on port %s: the listener was left open", addr, port)
+		}
+		t.Logf("dial %s connected to another process's socket (the port was reused); ours is closed", addr)
 		return
 	}
 	// A reset instead of a refusal: a socket of another process in the port's
@@ -1095,6 +1104,37 @@ func expectRefused(t testing.TB, addr string) {
 	if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("dial %s: %v; want connection refused", addr, err)
 	}
+}
+
+// ownListening reports whether this process holds a TCP socket listening on port
+// (hex port and state 0A in /proc/net/tcp{,6}, with an inode among our fds).
+func ownListening(t testing.TB, port string) bool {
+	t.Helper()
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := map[string]bool{}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "socket:[") {
+			ours[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	hexPort := fmt.Sprintf(":%04X", n)
+	for _, f := range []string{"/proc/self/net/tcp", "/proc/self/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(line)
+			if len(fs) > 9 && strings.HasSuffix(fs[1], hexPort) && fs[3] == "0A" && ours[fs[9]] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // eventually polls cond, for state that has no event to wait on.

@@ -200,6 +200,17 @@ func TestCheckPIDFileReadOnlyDir(t *testing.T) {
 	}
 }
 
+// skipOrFail skips the test, or fails it when $CI is set, so that CI never skips a
+// test silently. (The tests/internal/sdns.SkipOrFail of the end-to-end tests, which
+// this package cannot import.)
+func skipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf(format+" (CI is set, so this is a failure, not a skip)", args...)
+	}
+	t.Skipf(format, args...)
+}
+
 // fsImmutableFL is FS_IMMUTABLE_FL of linux/fs.h (chattr +i).
 const fsImmutableFL = 0x10
 
@@ -224,7 +235,7 @@ func makeReadOnly(t *testing.T, dir string) {
 		err = unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags|fsImmutableFL))
 	}
 	if err != nil {
-		t.Skipf("running as root and cannot make %s immutable: %v", dir, err)
+		skipOrFail(t, "running as root and cannot make %s immutable (the file system must support chattr +i): %v", dir, err)
 	}
 	t.Cleanup(func() {
 		f, err := os.Open(dir)

@@ -176,7 +176,7 @@ func startProcess(spec childSpec) (child, error) {
 		}
 		return nil, fmt.Errorf("starting %s: %w", spec.path, err)
 	}
-	c := &proc{p: p, sibling: spec.sibling, exited: make(chan struct{})}
+	c := &proc{p: p, pid: p.Pid, sibling: spec.sibling, exited: make(chan struct{})}
 	if pidfd < 0 {
 		// No pidfd (an old kernel): a child of ours can still be waited for.
 		if spec.sibling {
@@ -197,6 +197,7 @@ func startProcess(spec childSpec) (child, error) {
 
 type proc struct {
 	p       *os.Process
+	pid     int // p.Pid at start: os.Process sets it to -1 once waited for or released
 	sibling bool
 	pidfd   *os.File
 	exited  chan struct{}
@@ -205,7 +206,7 @@ type proc struct {
 	status string
 }
 
-func (c *proc) Pid() int                { return c.p.Pid }
+func (c *proc) Pid() int                { return c.pid }
 func (c *proc) Exited() <-chan struct{} { return c.exited }
 
 func (c *proc) ExitStatus() string {

@@ -271,6 +271,7 @@ type Upgrader struct {
 	main     bool // the process systemd supervises (its notifications are accepted)
 	lastStat string
 	wdStop   chan struct{}
+	deferred bool // a SIGUSR2 came before this new generation was ready
 	history  history
 	above    int  // older generations still draining, as the upstream said
 	farewell bool // the drained/upstream messages to the successor are sent
@@ -639,6 +640,10 @@ func (u *Upgrader) becomeReady(upstream *handoff.Channel, child bool) {
 	}
 	u.onReadyExtra()
 	u.log.Info("ready", "event", "ready", "listeners", describeHeld(u.set.Held()))
+	if u.deferred {
+		u.deferred = false
+		u.beginUpgrade("SIGUSR2", nil)
+	}
 }
 
 // Exit returns a channel that is closed when the process stops accepting and
@@ -839,6 +844,16 @@ func (u *Upgrader) run() {
 func (u *Upgrader) onSignal(sig os.Signal) {
 	switch signalAction(sig) {
 	case actUpgrade:
+		if u.st == starting && u.set.Marker() != nil {
+			// A new generation that is not confirmed yet: the PID file names it
+			// already (the old one writes it as it hands over), so an operator's
+			// SIGUSR2 can come now. It runs once this process is ready.
+			if !u.deferred {
+				u.deferred = true
+				u.log.Info("upgrade requested before this generation is ready: it runs once it is", "event", "upgrade_deferred", "trigger", signalName(sig))
+			}
+			return
+		}
 		u.beginUpgrade(signalName(sig), nil)
 	case actIgnore:
 		u.log.Warn("signal ignored; send SIGUSR2 to upgrade, SIGTERM to stop", "event", "signal_ignored", "signal", signalName(sig))
@@ -1251,6 +1266,9 @@ func (u *Upgrader) failUpgrade(cause string, err error) {
 	attrs := []any{"event", "upgrade_failed", "cause", cause, "err", err}
 	if n.child != nil {
 		attrs = append(attrs, "child", n.child.Pid())
+		if n.exited {
+			attrs = append(attrs, "status", n.child.ExitStatus())
+		}
 	}
 	outcome := "failed"
 	if cause == "abandoned" {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 )
 
@@ -126,10 +127,10 @@ func TestMaxDraining(t *testing.T) {
 	if err := waitGone(gens[0], 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if n := countLines(d.log(), "event=drain_finish_now", fmt.Sprintf("pid=%d ", gens[0])); n != 1 {
+	if n := d.events().Count("drain_finish_now", logs.KV("pid", gens[0])); n != 1 {
 		t.Errorf("the oldest generation logged drain_finish_now %d times, want once", n)
 	}
-	if n := countLines(d.log(), "event=too_many_draining", fmt.Sprintf("pid=%d ", gens[2])); n != 1 {
+	if n := d.events().Count("too_many_draining", logs.KV("pid", gens[2])); n != 1 {
 		t.Errorf("the third generation logged too_many_draining %d times, want once", n)
 	}
 	for _, p := range gens[1:] {

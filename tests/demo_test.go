@@ -3,6 +3,8 @@ package tests
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 	"golang.org/x/sys/unix"
@@ -34,16 +37,83 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freePort returns a loopback address with a port nothing listens on right now.
+// Test ports. A port picked with ":0" comes from the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range, 32768-60999 by default), the same range the load's
+// thousands of outgoing connections take their source ports from: between the pick and
+// the server's bind, a client connection can take it. So the tests pick their ports
+// below that range: random ports in [portLow, portHigh], below the ephemeral range's
+// first port, until a bind succeeds.
+const (
+	portLow  = 20000
+	portHigh = 32000
+)
+
+// portRange returns the range test ports are picked from: [portLow, portHigh], cut
+// below the first ephemeral port if the machine's ephemeral range starts lower.
+func portRange(t testing.TB) (lo, hi int) {
+	t.Helper()
+	lo, hi = portLow, portHigh
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if first, err := strconv.Atoi(f[0]); err == nil && first <= hi {
+				hi = first - 1
+			}
+		}
+	}
+	if hi-lo < 1000 {
+		t.Fatalf("the ephemeral port range starts at %d: no room for test ports in [%d, %d]", hi+1, portLow, portHigh)
+	}
+	return lo, hi
+}
+
+// listenPort binds network ("tcp" or "udp") on 127.0.0.1 at a random port below the
+// ephemeral range (see portLow) and returns the bound listener or packet connection.
+func listenPort(t testing.TB, network string) io.Closer {
+	t.Helper()
+	lo, hi := portRange(t)
+	var err error
+	for i := 0; i < 200; i++ {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+rand.IntN(hi-lo+1)))
+		var c io.Closer
+		if network == "udp" {
+			c, err = net.ListenPacket("udp", addr)
+		} else {
+			c, err = net.Listen(network, addr)
+		}
+		if err == nil {
+			return c
+		}
+	}
+	t.Fatalf("no free %s port in [%d, %d] after 200 tries: %v", network, lo, hi, err)
+	return nil
+}
+
+// freePort returns a loopback address with a TCP port below the ephemeral range that
+// nothing listens on right now (see portLow).
 func freePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := listenPort(t, "tcp").(net.Listener)
 	addr := l.Addr().String()
 	l.Close()
 	return addr
+}
+
+// freeUDPPort is freePort for UDP.
+func freeUDPPort(t testing.TB) string {
+	t.Helper()
+	c := listenPort(t, "udp").(net.PacketConn)
+	addr := c.LocalAddr().String()
+	c.Close()
+	return addr
+}
+
+// listenLoopback returns a TCP listener on 127.0.0.1 at a port below the ephemeral
+// range, closed when the test ends.
+func listenLoopback(t testing.TB) net.Listener {
+	t.Helper()
+	l := listenPort(t, "tcp").(net.Listener)
+	t.Cleanup(func() { l.Close() })
+	return l
 }
 
 // copyFile copies src to dst atomically (temp file + rename), as a deploy does.
@@ -146,6 +216,29 @@ func (d *demo) log() string {
 	return string(b)
 }
 
+// events parses what the generations logged so far (see package logs: lines are
+// selected by event= and other keys, never by wording).
+func (d *demo) events() logs.Log { return logs.Parse(d.log()) }
+
+// waitEvent waits until more than before lines of event with every key=value of match
+// have been logged, and returns the last one.
+func (d *demo) waitEvent(before int, timeout time.Duration, event string, match ...string) logs.Line {
+	d.t.Helper()
+	var last logs.Line
+	err := proc.WaitFor(func() bool {
+		ls := d.events().Where(event, match...)
+		if len(ls) > before {
+			last = ls[len(ls)-1]
+			return true
+		}
+		return false
+	}, timeout, fmt.Sprintf("event=%s %v in the log", event, match))
+	if err != nil {
+		d.t.Fatalf("%v\nlog:\n%s", err, tail(d.log(), 30))
+	}
+	return last
+}
+
 // pidFromFile reads the PID file; 0 if absent or partial.
 func (d *demo) pidFromFile() int {
 	b, err := os.ReadFile(d.pidfile)
@@ -180,7 +273,8 @@ func (d *demo) signal(sig syscall.Signal) {
 }
 
 // upgrade sends SIGUSR2 to the current generation and waits until a new one has
-// taken over (the PID file names it). It returns the old and new PIDs.
+// taken over (the PID file names it, and it logged event=ready). It returns the old
+// and new PIDs.
 func (d *demo) upgrade() (old, cur int) {
 	d.t.Helper()
 	old = d.current()
@@ -194,6 +288,10 @@ func (d *demo) upgrade() (old, cur int) {
 	}
 	cur = d.pidFromFile()
 	d.pids = append(d.pids, cur)
+	// The old generation writes the PID file as it hands over, a moment before the
+	// new one hears it is the current generation: until then a SIGUSR2 to it is
+	// refused (reason=not_ready). The upgrade is complete once it says ready.
+	d.waitEvent(0, 20*time.Second, "ready", logs.KV("pid", cur))
 	return old, cur
 }
 
@@ -259,8 +357,21 @@ func (d *demo) cleanup() {
 			d.t.Errorf("cleanup: %v", err)
 		}
 	}
+	checkVocabulary(d.t, d.log())
 	if d.t.Failed() {
 		d.t.Logf("demo log:\n%s", tail(d.log(), 60))
+	}
+}
+
+// checkVocabulary fails the test if a line of the Upgrader in log has no event= or
+// one the tests do not know (logs.Events), or an enumerated attribute (cause=,
+// reason=, action=) with an unknown value. Every test runs it on its whole log, so
+// that a check that some event did NOT happen cannot pass because the library
+// renamed the event.
+func checkVocabulary(t testing.TB, log string) {
+	t.Helper()
+	if bad := logs.Parse(log).Check(); len(bad) > 0 {
+		t.Errorf("the log does not speak the event vocabulary the tests match (logs.Events):\n  %s", strings.Join(bad, "\n  "))
 	}
 }
 
@@ -284,10 +395,12 @@ func tail(s string, lines int) string {
 	return strings.Join(parts, "\n")
 }
 
-// countLines counts the log lines that contain every one of the substrings.
-func countLines(log string, substrs ...string) int {
+// textLines counts the lines of a command's human-readable output (handover status)
+// that contain every one of the substrings. Logs are never read this way: they are
+// parsed by key (package logs).
+func textLines(text string, substrs ...string) int {
 	n := 0
-	for _, line := range strings.Split(log, "\n") {
+	for _, line := range strings.Split(text, "\n") {
 		all := true
 		for _, s := range substrs {
 			all = all && strings.Contains(line, s)
@@ -371,4 +484,31 @@ func buildVariant(t testing.TB, pkgDir, mode string) string {
 		t.Fatalf("building %s (%s): %v\n%s", pkgDir, mode, err, stderr.String())
 	}
 	return out
+}
+
+// TestPortsBelowEphemeralRange: every port the tests pick for a server is below the
+// kernel's ephemeral range, where the load's own connections take their source ports.
+func TestPortsBelowEphemeralRange(t *testing.T) {
+	first := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			first, _ = strconv.Atoi(f[0])
+		}
+	}
+	port := func(addr string) int {
+		_, p, _ := net.SplitHostPort(addr)
+		n, _ := strconv.Atoi(p)
+		return n
+	}
+	for i := 0; i < 20; i++ {
+		for what, p := range map[string]int{
+			"freePort":       port(freePort(t)),
+			"freeUDPPort":    port(freeUDPPort(t)),
+			"listenLoopback": port(listenLoopback(t).Addr().String()),
+		} {
+			if p < portLow || p >= first {
+				t.Fatalf("%s picked port %d, outside [%d, %d)", what, p, portLow, first)
+			}
+		}
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/tests/internal/load"
+	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 	"github.com/seed-a7250cfa/handover/tests/internal/sdns"
@@ -103,6 +104,7 @@ func startProgram(t *testing.T, argv ...string) *program {
 			}
 			waitGone(pid, 10*time.Second)
 		}
+		checkVocabulary(t, p.log())
 		if t.Failed() {
 			t.Logf("log:\n%s", tail(p.log(), 40))
 		}
@@ -386,8 +388,9 @@ func TestExampleLines(t *testing.T) {
 	}
 	p.stop()
 	// The Upgrader logs the drain of a bare Drainer as it does a Server's.
+	ev := logs.Parse(p.log())
 	for _, pid := range p.pids {
-		if countLines(p.log(), "event=drain_start", fmt.Sprintf("pid=%d ", pid)) != 1 || countLines(p.log(), "event=drained", fmt.Sprintf("pid=%d ", pid)) != 1 {
+		if ev.Count("drain_start", logs.KV("pid", pid)) != 1 || ev.Count("drained", logs.KV("pid", pid)) != 1 {
 			t.Errorf("generation %d did not log the start and end of its drain once each", pid)
 		}
 	}

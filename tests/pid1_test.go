@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 	"github.com/seed-a7250cfa/handover/tests/internal/sdns"
@@ -54,8 +55,9 @@ func TestPID1RefusesUpgrade(t *testing.T) {
 		}
 		cmd.Process.Kill()
 		cmd.Wait()
+		b, _ := os.ReadFile(logPath)
+		checkVocabulary(t, string(b))
 		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
 			t.Logf("log:\n%s", b)
 		}
 	})
@@ -76,7 +78,7 @@ func TestPID1RefusesUpgrade(t *testing.T) {
 		}
 		if err := proc.WaitFor(func() bool {
 			b, _ := os.ReadFile(logPath)
-			return countLines(string(b), "event=upgrade_refused", "reason=pid1") == i
+			return logs.Parse(string(b)).Count("upgrade_refused", "reason=pid1", "pid=1") == i
 		}, 10*time.Second, "the upgrade to be refused"); err != nil {
 			t.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 )
@@ -49,7 +50,7 @@ func TestSuccessorDiesAfterServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := d.pidFromFile()
-	d.waitLog(0, 10*time.Second, "event=resumed")
+	d.waitEvent(0, 10*time.Second, "resumed", logs.KV("pid", old))
 	if got := d.pidFromFile(); got != old {
 		t.Errorf("PID file names %d after the bad build died, want %d", got, old)
 	}

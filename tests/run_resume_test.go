@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/graceful"
+	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 )
@@ -215,13 +216,13 @@ func TestRunLastGoodBuild(t *testing.T) {
 		t.Errorf("status last_error %q", st.LastError)
 	}
 	text := m.statusText()
-	if countLines(text, "control socket", "died", fmt.Sprintf("%d→%d", old, badPID)) != 1 ||
-		countLines(text, "replacement", "ok", fmt.Sprintf("%d→%d", badPID, cur)) != 1 || !strings.Contains(text, "last good build") {
+	if textLines(text, "control socket", "died", fmt.Sprintf("%d→%d", old, badPID)) != 1 ||
+		textLines(text, "replacement", "ok", fmt.Sprintf("%d→%d", badPID, cur)) != 1 || !strings.Contains(text, "last good build") {
 		t.Errorf("handover status does not show the died upgrade, the replacement and the last good build:\n%s", text)
 	}
 	log := m.log()
-	if countLines(log, "event=upgrade_died", fmt.Sprintf("child=%d", badPID)) != 1 ||
-		countLines(log, "event=child_started", fmt.Sprintf("child=%d", cur), "trigger=replacement", "build=last_good") != 1 {
+	if ev := logs.Parse(log); ev.Count("upgrade_died", logs.KV("child", badPID)) != 1 ||
+		ev.Count("child_started", logs.KV("child", cur), "trigger=replacement", "build=last_good") != 1 {
 		t.Errorf("the master's log lacks upgrade_died for %d or the replacement %d from the last good build:\n%s", badPID, cur, tail(log, 20))
 	}
 
@@ -276,7 +277,7 @@ func TestRunScriptLastGoodBuild(t *testing.T) {
 	if err != nil || resp.PID() != st.Child || !strings.Contains(string(resp.Body), "lang=edited") {
 		t.Errorf("the restarted script answered %v %q from %d; want the edited script from %d", err, respBody(resp), respPID(resp), st.Child)
 	}
-	if st.Restarts != 1 || countLines(m.log(), "event=child_started", "trigger=restart", "build=last_good") != 1 {
+	if st.Restarts != 1 || logs.Parse(m.log()).Count("child_started", "trigger=restart", "build=last_good") != 1 {
 		t.Errorf("status %+v; the restart was not from the last good build", st)
 	}
 	if got, want := inodeOfPath(t, fmt.Sprintf("/proc/%d/exe", st.Child)), inodeOfPath(t, fmt.Sprintf("/proc/%d/exe", m.host)); got == want {
@@ -403,7 +404,7 @@ func TestRunBackToBackUpgrades(t *testing.T) {
 	checkLoad(t, r.Stop())
 	m.waitSettled(10 * time.Second)
 	t.Logf("at most %d old children drained at once", most)
-	if n := countLines(m.log(), "event=too_many_draining"); n != 0 {
+	if n := logs.Parse(m.log()).Count("too_many_draining"); n != 0 {
 		t.Errorf("%d old children killed for -max-draining; none should have been", n)
 	}
 	st := m.status()
@@ -434,12 +435,12 @@ func TestRunMaxDraining(t *testing.T) {
 	if st := m.status(); st.OlderDraining != 2 {
 		t.Errorf("status older_draining %d, want 2", st.OlderDraining)
 	}
-	killed := logPIDs(m.log(), "event=too_many_draining", "child=")
+	killed := logs.Ints(logs.Parse(m.log()).Where("too_many_draining"), "child")
 	var want []int
 	for _, d := range opened[:3] {
 		want = append(want, d.child)
 	}
-	if !slices.Equal(killed, want) || countLines(m.log(), "event=too_many_draining", "max=2", "draining=3") != 3 {
+	if !slices.Equal(killed, want) || logs.Parse(m.log()).Count("too_many_draining", "max=2", "draining=3") != 3 {
 		t.Errorf("children killed for -max-draining %v, want the three oldest %v in order (max=2, draining=3)", killed, want)
 	}
 	for i, d := range opened {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/seed-a7250cfa/handover/graceful"
 	"github.com/seed-a7250cfa/handover/tests/internal/load"
+	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 	"github.com/seed-a7250cfa/handover/tests/internal/sdns"
@@ -356,8 +357,10 @@ func reloadsUnderLoad(t *testing.T, m *master, n int, interval time.Duration) {
 // checkStoppedClean stops the master with SIGTERM: it exits 0 and leaves nothing.
 func checkStoppedClean(t *testing.T, m *master) {
 	t.Helper()
-	_, zombies := m.processes()
-	if len(zombies) > 0 {
+	// A child that just exited is a zombie until the master reaps it: only one that
+	// stays one was never reaped.
+	var zombies []int
+	if err := proc.WaitFor(func() bool { _, zombies = m.processes(); return len(zombies) == 0 }, 5*time.Second, "the master to reap its exited children"); err != nil {
 		t.Errorf("zombies under the master: %v", zombies)
 	}
 	before := proc.Descendants(m.host)
@@ -396,7 +399,7 @@ func TestRunPythonPID1(t *testing.T) {
 	python := needTool(t, "python3", "/usr/bin/python3")
 	m := startMaster(t, masterSpec{ns: true, prog: []string{python, abs(t, pythonServer)}})
 	reloadsUnderLoad(t, m, 10, 500*time.Millisecond)
-	if n := countLines(m.log(), "event=child_ready", "via=notify"); n != 11 {
+	if n := logs.Parse(m.log()).Count("child_ready", "via=notify"); n != 11 {
 		t.Errorf("%d children were ready by READY=1, want 11", n)
 	}
 	checkStoppedClean(t, m)
@@ -408,7 +411,7 @@ func TestRunNodePID1(t *testing.T) {
 	node := needTool(t, "node", "/usr/bin/node")
 	m := startMaster(t, masterSpec{ns: true, prog: []string{node, abs(t, nodeServer)}, flags: []string{"-ready-after", "300ms"}})
 	reloadsUnderLoad(t, m, 10, 500*time.Millisecond)
-	if n := countLines(m.log(), "event=child_ready", "via=delay"); n != 11 {
+	if n := logs.Parse(m.log()).Count("child_ready", "via=delay"); n != 11 {
 		t.Errorf("%d children were ready after the delay, want 11", n)
 	}
 	checkStoppedClean(t, m)
@@ -480,11 +483,11 @@ func TestRunBadBuilds(t *testing.T) {
 		t.Errorf("status after the good upgrade: %+v", st)
 	}
 	checkLoad(t, r.Stop())
-	if n := countLines(m.log(), "event=upgrade_failed"); n != 3 {
+	if n := logs.Parse(m.log()).Count("upgrade_failed"); n != 3 {
 		t.Errorf("%d upgrade_failed events logged, want 3", n)
 	}
 	for _, cause := range []string{"cause=exited", "cause=timeout", "cause=start"} {
-		if countLines(m.log(), "event=upgrade_failed", cause) != 1 {
+		if logs.Parse(m.log()).Count("upgrade_failed", cause) != 1 {
 			t.Errorf("no upgrade_failed with %s", cause)
 		}
 	}
@@ -583,7 +586,7 @@ func TestRunSIGINTForwarded(t *testing.T) {
 	if !ws.Exited() || ws.ExitStatus() != 0 {
 		t.Errorf("the master: %v, want exit status 0", ws)
 	}
-	if countLines(m.log(), "event=forward", "signal=SIGINT", fmt.Sprintf("child=%d", child)) != 1 {
+	if logs.Parse(m.log()).Count("forward", "signal=SIGINT", logs.KV("child", child)) != 1 {
 		t.Errorf("the forward was not logged")
 	}
 	if err := waitGone(child, 5*time.Second); err != nil {
@@ -622,7 +625,7 @@ func TestRunOrphanReaped(t *testing.T) {
 		t.Fatal(err)
 	}
 	orphan := strings.TrimSpace(string(b))
-	err = proc.WaitFor(func() bool { return countLines(m.log(), "event=orphan_reaped", "child="+orphan+" ") > 0 }, 5*time.Second, "the master to reap the orphan "+orphan)
+	err = proc.WaitFor(func() bool { return logs.Parse(m.log()).Count("orphan_reaped", "child="+orphan) > 0 }, 5*time.Second, "the master to reap the orphan "+orphan)
 	if err != nil {
 		t.Error(err)
 	}
@@ -694,7 +697,7 @@ func TestRunChildEnvironment(t *testing.T) {
 			t.Errorf("pid %d (%s) outlived the master", p, proc.Cmdline(p))
 		}
 	}
-	if countLines(m.log(), "event=leftovers_killed") != 1 {
+	if logs.Parse(m.log()).Count("leftovers_killed") != 1 {
 		t.Errorf("the leftover was not logged")
 	}
 }
@@ -724,10 +727,10 @@ func TestRunControlSocketPermissions(t *testing.T) {
 			t.Errorf("handover %s as nobody: exit %d, %q; want 1 and the master's refusal", cmd, code, stderr)
 		}
 	}
-	if n := countLines(m.log(), "event=control_refused", "uid=65534"); n != 2 {
+	if n := logs.Parse(m.log()).Count("control_refused", "uid=65534"); n != 2 {
 		t.Errorf("%d refusals logged, want 2", n)
 	}
-	if st := m.status(); st.Child != child || st.Generation != 1 || countLines(m.log(), "event=upgrade_start") != 0 {
+	if st := m.status(); st.Child != child || st.Generation != 1 || logs.Parse(m.log()).Count("upgrade_start") != 0 {
 		t.Errorf("a refused reload started something: %+v", st)
 	}
 	if out, _, code := runAs(t, &syscall.Credential{Uid: 0, Gid: 0}, cli, "reload", "-control", ctl); code != 0 || !strings.HasPrefix(out, "upgraded: PID ") {
@@ -1082,7 +1085,7 @@ func TestSystemdRunStopDuringUpgrade(t *testing.T) {
 		if ps, _ := d.sd.Processes(); len(ps) != 1 {
 			t.Errorf("processes left in the namespace besides systemd: %v", ps)
 		}
-		if countLines(d.sd.ReadLog("demo.log"), "event=upgrade_failed", "cause=abandoned") != 1 {
+		if d.events().Count("upgrade_failed", "cause=abandoned") != 1 {
 			t.Errorf("the master did not abandon the upgrade:\n%s", tail(d.sd.ReadLog("demo.log"), 15))
 		}
 		if lines := d.sd.Grep("Killing process .* with signal SIGKILL|timed out|Failed with result"); len(lines) > 0 {

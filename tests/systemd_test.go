@@ -1,16 +1,17 @@
 package tests
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/seed-a7250cfa/handover/tests/internal/load"
+	"github.com/seed-a7250cfa/handover/graceful"
+	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 	"github.com/seed-a7250cfa/handover/tests/internal/sdns"
@@ -112,6 +113,8 @@ func startSystemdWith(t *testing.T, v sdns.Version, variant string, flags func(s
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		// Before sdns.New's cleanup removes the state directory.
+		checkVocabulary(t, sd.ReadLog("demo.log"))
 		if t.Failed() {
 			t.Logf("demo log:\n%s", tail(sd.ReadLog("demo.log"), 80))
 			t.Logf("systemd console:\n%s", tail(sd.ConsoleLog(), 80))
@@ -128,6 +131,65 @@ func (d *sdDemo) mainPID() int {
 		d.t.Fatal(err)
 	}
 	return pid
+}
+
+// events parses what the demo's processes (and ExecReload=) logged so far.
+func (d *sdDemo) events() logs.Log { return logs.Parse(d.sd.ReadLog("demo.log")) }
+
+// waitEvent waits until more than before lines of event with every key=value of match
+// have been logged, and returns the last one.
+func (d *sdDemo) waitEvent(before int, timeout time.Duration, event string, match ...string) logs.Line {
+	d.t.Helper()
+	var last logs.Line
+	err := proc.WaitFor(func() bool {
+		ls := d.events().Where(event, match...)
+		if len(ls) > before {
+			last = ls[len(ls)-1]
+			return true
+		}
+		return false
+	}, timeout, fmt.Sprintf("event=%s %v in the demo's log", event, match))
+	if err != nil {
+		d.t.Fatalf("%v\nlog:\n%s", err, tail(d.sd.ReadLog("demo.log"), 30))
+	}
+	return last
+}
+
+// status runs `handover status -json` inside the namespace (as root) and returns
+// the service's status.
+func (d *sdDemo) status() (graceful.Status, error) {
+	var st graceful.Status
+	out, code, err := d.sd.Exec(filepath.Join(d.bin, "handover"), "status", "-json", "-control", d.ctl)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("handover status: exit %d: %s", code, strings.TrimSpace(out))
+	}
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return st, fmt.Errorf("handover status -json: %v: %q", err, out)
+	}
+	return st, nil
+}
+
+// checkListenerFrom checks through the status that the service serves its http
+// listener on d.addr, from source ("systemd": a socket unit or the fd store).
+func (d *sdDemo) checkListenerFrom(source string) graceful.Status {
+	d.t.Helper()
+	st, err := d.status()
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	for _, l := range st.Listeners {
+		if l.Name == "http" {
+			if l.Network != "tcp" || l.Addr != d.addr || l.Source != source {
+				d.t.Errorf("pid %d serves http on %s:%s from %s, want tcp:%s from %s", st.PID, l.Network, l.Addr, l.Source, d.addr, source)
+			}
+			return st
+		}
+	}
+	d.t.Errorf("pid %d has no http listener: %+v", st.PID, st.Listeners)
+	return st
 }
 
 // answer makes one request and returns the PID that answered.
@@ -161,17 +223,27 @@ func (d *sdDemo) checkConsole() {
 	}
 }
 
-// demoProcesses lists the demo processes in the namespace (host PIDs).
+// demoProcesses lists the demo processes in the namespace (host PIDs), zombies
+// included: a zombie is a process nobody reaped, and counts as one left behind.
 func (d *sdDemo) demoProcesses() []int {
 	pids, _ := d.sd.Processes()
 	var out []int
 	for _, p := range pids {
 		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p))
-		if strings.TrimSpace(string(comm)) == "handover-demo" && !proc.Zombie(p) {
+		if strings.TrimSpace(string(comm)) == "handover-demo" {
 			out = append(out, p)
 		}
 	}
 	return out
+}
+
+// describe lists processes with their state, for messages ("123 (Z)" for a zombie).
+func describe(pids []int) string {
+	var parts []string
+	for _, p := range pids {
+		parts = append(parts, fmt.Sprintf("%d (%s)", p, proc.State(p)))
+	}
+	return "[" + strings.Join(parts, " ") + "]"
 }
 
 // reload runs `systemctl reload` and returns its output and exit code.
@@ -187,8 +259,8 @@ func (d *sdDemo) reload() (string, int) {
 // waitSingle waits until exactly one demo process is left (the old ones drained).
 func (d *sdDemo) waitSingle(timeout time.Duration) {
 	d.t.Helper()
-	if err := proc.WaitFor(func() bool { return len(d.demoProcesses()) == 1 }, timeout, "old generations to exit"); err != nil {
-		d.t.Errorf("%v: demo processes %v", err, d.demoProcesses())
+	if err := proc.WaitFor(func() bool { return len(d.demoProcesses()) == 1 }, timeout, "old generations to exit and be reaped"); err != nil {
+		d.t.Errorf("%v: demo processes %s", err, describe(d.demoProcesses()))
 	}
 }
 
@@ -203,9 +275,8 @@ func TestSystemdSocketActivation(t *testing.T) {
 		pid := d.answer()
 		d.checkState(pid)
 		d.checkConsole()
-		out, code, err := d.sd.Exec(filepath.Join(d.bin, "handover"), "status", "-control", d.ctl)
-		if err != nil || code != 0 || !strings.Contains(out, "http tcp:"+d.addr+" (from systemd)") {
-			t.Errorf("handover status: %v\n%s", err, out)
+		if st := d.checkListenerFrom("systemd"); st.PID != pid || st.State != "serving" || !st.Systemd {
+			t.Errorf("status %+v, want pid %d serving under systemd", st, pid)
 		}
 	})
 }
@@ -237,6 +308,7 @@ func TestSystemdReloadUnderLoad(t *testing.T) {
 		}
 		res := r.Stop()
 		checkLoad(t, res)
+		checkAnswered(t, res, "generation", pids...)
 		if n := len(res.PIDs()); n != 11 {
 			t.Errorf("answers came from %d PIDs, want 11", n)
 		}
@@ -245,74 +317,49 @@ func TestSystemdReloadUnderLoad(t *testing.T) {
 	})
 }
 
-// TestSystemdKillNewMain: after a reload, kill -9 of the new main process: systemd
-// notices and restarts the service from the socket unit; only requests in flight in
-// the killed process fail.
+// TestSystemdKillNewMain: kill -9 of the main process that took over in a reload:
+// systemd notices and restarts the service from the socket unit; only requests in
+// flight in the killed process fail. The load runs from before that reload to after
+// the next one, so that a drain that loses requests fails the test too.
 func TestSystemdKillNewMain(t *testing.T) {
 	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) {
 		d := startSystemd(t, v, "", "")
 		d.answer()
+		r := startLoad(t, d.addr, 0.5)
 		if out, code := d.reload(); code != 0 {
 			t.Fatalf("reload: exit %d\n%s", code, out)
 		}
 		victim := d.mainPID()
 		d.waitSingle(35 * time.Second)
-		r := startLoad(t, d.addr, 0.5)
-		host, err := d.sd.HostPID(victim)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := syscall.Kill(host, syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		if err := proc.WaitFor(func() bool {
-			p, _ := d.sd.MainPID(unit)
-			st, _ := d.sd.ActiveState(unit)
-			return p != 0 && p != victim && st == "active"
-		}, 30*time.Second, "systemd to restart the service"); err != nil {
-			t.Fatal(err)
-		}
-		restarted := d.mainPID()
+		w := openWindow(r, "the main process before the kill", victim)
+		w.close(t, r)
+		host := d.systemdChild(victim)
+		held, at := killCounted(t, host)
+		restarted := d.waitRestarted(30*time.Second, victim)
+		d.waitReaped(host, 10*time.Second)
 		// Let the load run on the restarted service.
-		if err := proc.WaitFor(func() bool { _, _, last := r.Progress(); return last == restarted }, 10*time.Second, "answers from the restarted service"); err != nil {
-			t.Error(err)
-		}
-		checkKilledInFlight(t, r.Stop())
-		if n := d.sd.Grep("Main process exited, code=killed"); len(n) == 0 {
-			t.Errorf("systemd did not log the main process's death")
+		after := openWindow(r, "the restarted service", restarted)
+		after.close(t, r)
+		// systemd restarted the unit because its main process died (Restart=on-failure).
+		if got := d.show("NRestarts"); got != "1" {
+			t.Errorf("NRestarts=%s, want 1", got)
 		}
 		d.checkState(restarted)
-		// The restarted service upgrades as before.
-		if out, code := d.reload(); code != 0 {
-			t.Errorf("reload after the restart: exit %d\n%s", code, out)
-		} else if pid := d.mainPID(); pid == restarted {
-			t.Errorf("reload after the restart: MainPID still %d", pid)
-		} else {
-			d.checkState(pid)
-		}
+		// The restarted service upgrades as before, under load.
+		d.checkNextReload()
+		next := openWindow(r, "the generation after the next reload", d.mainPID())
+		next.close(t, r)
+		res := r.Stop()
+		checkLoadAfterKill(t, res, held, at)
+		checkWindows(t, res, []*window{w, after, next})
 		d.checkConsole()
 	})
 }
 
-// checkKilledInFlight fails the test unless the only failed requests are resets and
-// EOFs of requests that were in flight in a killed process: at most one per client.
-// Nothing may be refused or time out while systemd restarts the service.
-func checkKilledInFlight(t testing.TB, res *load.Result) {
-	t.Helper()
-	t.Log(res.Summary())
-	for kind, n := range res.Failures() {
-		if kind != rawhttp.Reset && kind != rawhttp.EOF {
-			t.Errorf("%d failures of kind %s; only resets and EOFs of requests in flight in the killed process are expected", n, kind)
-		}
-	}
-	if n := res.FailureCount(); n > load.DefaultConcurrency {
-		t.Errorf("%d failed requests, more than the %d that could have been in flight", n, load.DefaultConcurrency)
-	}
-}
-
-// TestSystemdFailedUpgrade: a new binary that exits 1, or that never becomes ready,
-// makes `systemctl reload` fail; the unit stays active with the old main PID and no
-// request fails.
+// TestSystemdFailedUpgrade: a new binary that exits 1, that never becomes ready, or
+// that is missing makes `systemctl reload` fail; the unit stays active with the old
+// main PID, which answers the load after each failure; the failed process is gone
+// (no zombie) and no request fails.
 func TestSystemdFailedUpgrade(t *testing.T) {
 	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) {
 		d := startSystemd(t, v, "", "-upgrade-timeout 3s")
@@ -322,47 +369,71 @@ func TestSystemdFailedUpgrade(t *testing.T) {
 		saved := filepath.Join(d.sd.Dir(), "handover-demo.good")
 		copyFile(t, good, saved, 0o755)
 		r := startLoad(t, d.addr, 0.5)
+		var windows []*window
 		for _, c := range []struct {
-			name, want string
-			deploy     func()
+			name   string
+			deploy func()
+			want   failedUpgrade
 		}{
-			{"exits 1", "exit", func() { writeFile(t, good, []byte("#!/bin/sh\nexit 1\n"), 0o755) }},
-			{"hangs", "not ready within 3s", func() { copyFile(t, buildVariant(t, "testdata/brokendemo", "hang"), good, 0o755) }},
+			// (A new process is systemd's child, not the old main's: its exit
+			// status is systemd's to read, so err= cannot say how it ended.)
+			{"exits 1", func() { writeFile(t, good, []byte("#!/bin/sh\nexit 1\n"), 0o755) },
+				failedUpgrade{causes: []string{"exited"}}},
+			{"hangs", func() { copyFile(t, buildVariant(t, "testdata/brokendemo", "hang"), good, 0o755) },
+				failedUpgrade{causes: []string{"timeout"}}},
+			{"missing", func() {
+				if err := os.Remove(good); err != nil {
+					t.Fatal(err)
+				}
+			}, failedUpgrade{causes: []string{"start"}, facts: []string{good}}},
 		} {
 			c.deploy()
+			before := d.events().Count("upgrade_failed")
+			w := openWindow(r, c.name, main)
 			out, code := d.reload()
 			if code == 0 {
 				t.Errorf("%s: systemctl reload succeeded", c.name)
 			}
-			log := d.sd.ReadLog("demo.log")
-			if !strings.Contains(log, "upgrade failed") || !strings.Contains(log, c.want) {
-				t.Errorf("%s: the log does not say why (%q):\n%s\n%s", c.name, c.want, out, tail(log, 10))
-			}
+			got := d.waitEvent(before, 10*time.Second, "upgrade_failed", logs.KV("pid", main))
+			t.Logf("%s: systemctl reload exit %d: %s; logged %s", c.name, code, strings.TrimSpace(out), got)
+			c.want.check(t, c.name, got)
 			d.checkState(main)
 			if got := d.answer(); got != main {
 				t.Errorf("%s: answered by %d, want the old main %d", c.name, got, main)
 			}
-			if n := len(d.demoProcesses()); n != 1 {
-				t.Errorf("%s: %d demo processes, want 1 (the failed one killed)", c.name, n)
+			if ps := d.demoProcesses(); len(ps) != 1 {
+				t.Errorf("%s: demo processes %s, want only the old main (the failed one killed and reaped)", c.name, describe(ps))
 			}
+			w.close(t, r)
+			windows = append(windows, w)
 		}
 		copyFile(t, saved, good, 0o755)
 		if out, code := d.reload(); code != 0 {
 			t.Errorf("reload with the good binary: exit %d\n%s", code, out)
 		}
-		checkLoad(t, r.Stop())
+		next := openWindow(r, "the generation after the failures", d.mainPID())
+		next.close(t, r)
+		res := r.Stop()
+		checkLoad(t, res)
+		checkWindows(t, res, append(windows, next))
 		d.checkConsole()
 	})
 }
 
-// TestSystemdStop: `systemctl stop` while /slow requests are in flight: they complete,
-// the unit goes inactive within the drain deadline, and no process is left.
+// TestSystemdStop: `systemctl stop` while /slow requests are in flight: they complete
+// after the stop began; the unit goes inactive before the drain deadline the test set,
+// its main process having exited 0 by itself (not killed), and no process is left.
 func TestSystemdStop(t *testing.T) {
 	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) {
-		d := startSystemd(t, v, "", "-drain-timeout 10s")
+		const drain = 10 * time.Second
+		d := startSystemd(t, v, "", "-drain-timeout "+drain.String())
 		main := d.answer()
 		const n = 4
-		results := make(chan error, n)
+		type result struct {
+			err error
+			at  time.Time
+		}
+		results := make(chan result, n)
 		for i := 0; i < n; i++ {
 			c, err := rawhttp.Dial(d.addr, 5*time.Second)
 			if err != nil {
@@ -378,8 +449,15 @@ func TestSystemdStop(t *testing.T) {
 				if err == nil && (resp.Status != 200 || resp.PID() != main) {
 					err = fmt.Errorf("status %d from %d", resp.Status, resp.PID())
 				}
-				results <- err
+				results <- result{err, time.Now()}
 			}()
+		}
+		// Every slow request is in flight (its handler runs) before the stop.
+		if err := proc.WaitFor(func() bool {
+			st, err := d.status()
+			return err == nil && st.Connections.Active == n
+		}, 10*time.Second, "the slow requests to be in flight"); err != nil {
+			t.Fatal(err)
 		}
 		start := time.Now()
 		if out, code, err := d.sd.Ctl("stop", unit); err != nil || code != 0 {
@@ -387,21 +465,23 @@ func TestSystemdStop(t *testing.T) {
 		}
 		took := time.Since(start)
 		for i := 0; i < n; i++ {
-			if err := <-results; err != nil {
-				t.Errorf("in-flight request: %v", err)
+			r := <-results
+			if r.err != nil {
+				t.Errorf("in-flight request: %v", r.err)
+			} else if !r.at.After(start) {
+				t.Errorf("an in-flight request ended before the stop began; the test proves nothing")
 			}
 		}
 		if st, _ := d.sd.ActiveState(unit); st != "inactive" {
 			t.Errorf("after stop the unit is %s", st)
 		}
-		if took > 10*time.Second {
-			t.Errorf("stop took %s, beyond the drain deadline", took)
+		// The drain deadline (-drain-timeout 10s) is the test's own bound.
+		if took > drain {
+			t.Errorf("the stop ended after the drain deadline (%v)", drain)
 		}
+		d.checkExitedByItself()
 		if ps := d.demoProcesses(); len(ps) > 0 {
-			t.Errorf("demo processes left after stop: %v", ps)
-		}
-		if len(d.sd.Grep("Killing process")) > 0 {
-			t.Errorf("systemd had to kill processes:\n%s", strings.Join(d.sd.Grep("Killing process"), "\n"))
+			t.Errorf("demo processes left after stop: %s", describe(ps))
 		}
 		t.Logf("systemctl stop took %s with %d slow requests in flight", took.Round(time.Millisecond), n)
 		d.checkConsole()
@@ -409,37 +489,49 @@ func TestSystemdStop(t *testing.T) {
 }
 
 // TestSystemdRestart: `systemctl restart` with the socket unit: connections made
-// while no process runs wait in the backlog and are answered; nothing is refused.
+// while no process runs wait in the backlog and are answered; nothing is refused, and
+// every restarted process serves the load.
 func TestSystemdRestart(t *testing.T) {
 	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) {
 		d := startSystemd(t, v, "", "")
-		d.answer()
+		first := d.answer()
 		r := startLoad(t, d.addr, 0.5)
+		windows := []*window{openWindow(r, "the first process", first)}
+		pace(time.Second)
 		for i := 0; i < 3; i++ {
-			pace(time.Second)
 			before := d.mainPID()
+			windows[len(windows)-1].close(t, r)
 			if out, code, err := d.sd.Ctl("restart", unit); err != nil || code != 0 {
 				t.Fatalf("restart: %v %d\n%s", err, code, out)
 			}
-			if after := d.mainPID(); after == before || after == 0 {
+			after := d.mainPID()
+			if after == before || after == 0 {
 				t.Errorf("restart %d: MainPID %d → %d", i+1, before, after)
 			}
+			windows = append(windows, openWindow(r, fmt.Sprintf("restart %d", i+1), after))
+			pace(time.Second)
 		}
-		checkLoad(t, r.Stop())
+		windows[len(windows)-1].close(t, r)
+		res := r.Stop()
+		checkLoad(t, res)
+		checkWindows(t, res, windows)
 		d.checkConsole()
 	})
 }
 
 // fiveReloads runs five `systemctl reload` of the variant's unit, a second apart,
-// under load: each hands over to a new main process, and no request fails. When
-// waits is true, systemctl reload returns only once the new main has taken over;
-// otherwise (ExecReload=kill) it returns at once and the test waits for the handover.
+// under load: each hands over to a new main process, which serves the load, and no
+// request fails. When waits is true, systemctl reload returns only once the new main
+// has taken over; otherwise (ExecReload=kill) it returns at once and the test waits
+// for the handover.
 func fiveReloads(t *testing.T, v sdns.Version, variant string, waits bool) {
 	d := startSystemd(t, v, variant, "")
 	prev := d.answer()
 	r := startLoad(t, d.addr, 0.5)
+	windows := []*window{openWindow(r, "generation 1", prev)}
 	for i := 0; i < 5; i++ {
 		pace(time.Second)
+		windows[len(windows)-1].close(t, r)
 		if out, code := d.reload(); code != 0 {
 			t.Fatalf("reload %d: exit %d\n%s", i+1, code, out)
 		}
@@ -456,8 +548,12 @@ func fiveReloads(t *testing.T, v sdns.Version, variant string, waits bool) {
 		}
 		prev = d.mainPID()
 		d.checkState(prev)
+		windows = append(windows, openWindow(r, fmt.Sprintf("generation %d", i+2), prev))
 	}
-	checkLoad(t, r.Stop())
+	windows[len(windows)-1].close(t, r)
+	res := r.Stop()
+	checkLoad(t, res)
+	checkWindows(t, res, windows)
 	d.checkConsole()
 }
 
@@ -474,7 +570,8 @@ func TestSystemdNotifyReload(t *testing.T) {
 }
 
 // TestSystemdFDStore: without a socket unit, the service's own socket lives in
-// systemd's fd store: five restarts (and a reload) under load, nothing refused.
+// systemd's fd store: five restarts (and a reload) under load, nothing refused; each
+// restarted process got the socket back from systemd and served the load.
 func TestSystemdFDStore(t *testing.T) {
 	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) {
 		d := startSystemd(t, v, "fdstore", "")
@@ -484,9 +581,11 @@ func TestSystemdFDStore(t *testing.T) {
 		first := d.answer()
 		r := startLoad(t, d.addr, 0.5)
 		prev := first
+		windows := []*window{openWindow(r, "the first process", first)}
 		for i := 0; i < 5; i++ {
 			// systemd refuses more than 5 starts in 10s (StartLimitBurst=): pace them.
 			pace(2500 * time.Millisecond)
+			windows[len(windows)-1].close(t, r)
 			if out, code, err := d.sd.Ctl("restart", unit); err != nil || code != 0 {
 				t.Fatalf("restart %d: %v %d\n%s", i+1, err, code, out)
 			}
@@ -494,17 +593,21 @@ func TestSystemdFDStore(t *testing.T) {
 			if pid == prev {
 				t.Fatalf("restart %d: MainPID still %d", i+1, pid)
 			}
+			if st := d.checkListenerFrom("systemd"); st.PID != pid {
+				t.Errorf("restart %d: status from pid %d, MainPID %d", i+1, st.PID, pid)
+			}
 			prev = pid
+			windows = append(windows, openWindow(r, fmt.Sprintf("restart %d", i+1), pid))
 		}
+		windows[len(windows)-1].close(t, r)
 		if out, code := d.reload(); code != 0 {
 			t.Fatalf("reload: exit %d\n%s", code, out)
 		}
+		last := openWindow(r, "the generation after the reload", d.mainPID())
+		last.close(t, r)
 		res := r.Stop()
 		checkLoad(t, res)
-		log := d.sd.ReadLog("demo.log")
-		if n := countLines(log, "descriptors from systemd"); n < 5 {
-			t.Errorf("%d starts took their socket from systemd's fd store, want 5", n)
-		}
+		checkWindows(t, res, append(windows, last))
 		d.checkConsole()
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/tests/internal/load"
+	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 )
@@ -35,10 +37,14 @@ func startLoad(t testing.TB, addr string, keepAlive float64) *load.Runner {
 	return r
 }
 
-// checkLoad fails the test on any failed request and returns the result.
+// checkLoad fails the test on any failed request, and unless the load ran, with
+// answers, until the test stopped it: a load that ran out of time or of requests
+// earlier left the end of the test without traffic, and its "no failure" would
+// cover less than the test claims.
 func checkLoad(t testing.TB, res *load.Result) {
 	t.Helper()
 	t.Log(res.Summary())
+	checkLoadRan(t, res)
 	if n := res.FailureCount(); n > 0 {
 		var b strings.Builder
 		for _, f := range res.FailureSamples(20) {
@@ -48,27 +54,111 @@ func checkLoad(t testing.TB, res *load.Result) {
 	}
 }
 
+// checkLoadRan fails the test unless requests were answered and the load was still
+// running when the test stopped it.
+func checkLoadRan(t testing.TB, res *load.Result) {
+	t.Helper()
+	if ok := res.Total() - res.FailureCount(); ok == 0 {
+		t.Errorf("the load got no answer at all (%d requests sent)", res.Total())
+	}
+	if res.Ending != load.Stopped {
+		last := time.Duration(0)
+		if n := len(res.Records); n > 0 {
+			last = res.Records[n-1].Start
+		}
+		t.Errorf("the load %s %v into the run (last request at %v), before the test stopped it: the end of the test ran without traffic",
+			res.Ending, res.Elapsed.Round(time.Millisecond), last.Round(time.Millisecond))
+	}
+}
+
+// waitAnswers waits until pid has answered n more requests of the load than before
+// (a value of r.Answered(pid)).
+func waitAnswers(t testing.TB, r *load.Runner, pid int, before, n int64) {
+	t.Helper()
+	if err := proc.WaitFor(func() bool { return r.Answered(pid) >= before+n }, 20*time.Second, fmt.Sprintf("pid %d to answer %d requests of the load", pid, n)); err != nil {
+		t.Fatalf("%v (it answered %d)", err, r.Answered(pid)-before)
+	}
+}
+
+// window is a stretch of a run in which pid was expected to serve.
+type window struct {
+	name     string
+	pid      int
+	from, to time.Time
+	before   int64 // r.Answered(pid) at from
+}
+
+// openWindow starts a window for pid now.
+func openWindow(r *load.Runner, name string, pid int) *window {
+	w := &window{name: name, pid: pid, from: time.Now()}
+	w.before = r.Answered(pid) // read after from: see close
+	return w
+}
+
+// close waits until the window's pid has answered more requests than the load's
+// concurrency since the window opened, so that at least one of them was sent inside
+// it, then closes the window. (Of the requests answered after before was read, at
+// most one per worker was sent earlier.)
+func (w *window) close(t testing.TB, r *load.Runner) {
+	t.Helper()
+	waitAnswers(t, r, w.pid, w.before, int64(r.Config().Concurrency)+1)
+	w.to = time.Now()
+}
+
+// checkWindows fails the test unless, in each window, a request sent within it was
+// answered (200) by the window's pid: every generation, or every stretch around a
+// restart or a failed upgrade, saw traffic.
+func checkWindows(t testing.TB, res *load.Result, ws []*window) {
+	t.Helper()
+	for _, w := range ws {
+		from, to := w.from.Sub(res.Started), w.to.Sub(res.Started)
+		if w.to.IsZero() {
+			to = res.Elapsed
+		}
+		n := 0
+		for _, rec := range res.Records {
+			if rec.Kind == rawhttp.OK && int(rec.PID) == w.pid && rec.Start >= from && rec.Start < to {
+				n++
+			}
+		}
+		if n == 0 {
+			t.Errorf("%s: no request sent between %v and %v was answered by pid %d", w.name, from.Round(time.Millisecond), to.Round(time.Millisecond), w.pid)
+		}
+	}
+}
+
+// checkAnswered fails the test unless each of pids answered requests of the load.
+func checkAnswered(t testing.TB, res *load.Result, what string, pids ...int) {
+	t.Helper()
+	for i, pid := range pids {
+		if !slices.ContainsFunc(res.PIDs(), func(s load.PIDSeen) bool { return s.PID == pid && s.Count > 0 }) {
+			t.Errorf("%s %d (pid %d) never answered the load", what, i+1, pid)
+		}
+	}
+}
+
 // upgradesUnderLoad runs ten SIGUSR2 upgrades two seconds apart under load and checks
-// that nothing failed, every generation answered, every old one exited within the
-// drain deadline, and nothing leaked.
+// that nothing failed, every generation answered, every old one drained by itself
+// before the drain deadline the test set, and nothing leaked.
 func upgradesUnderLoad(t *testing.T, keepAlive float64) {
 	d := startDemo(t, demoOpts{drain: 10 * time.Second})
 	fds := proc.FDCount(d.current())
 	fdList := fdTargets(d.current())
 	r := startLoad(t, d.addr, keepAlive)
 	exited := make(chan error, 10)
+	var windows []*window
 	for i := 0; i < 10; i++ {
-		old, _ := d.upgrade()
+		old, cur := d.upgrade()
+		w := openWindow(r, fmt.Sprintf("generation %d", i+2), cur)
 		go func() {
-			start := time.Now()
-			err := waitGone(old, d.drain)
-			if err == nil && time.Since(start) > d.drain {
-				err = fmt.Errorf("pid %d took %s to exit, beyond the drain deadline", old, time.Since(start))
-			}
-			exited <- err
+			// The drain deadline (d.drain, from the handover) is the test's own
+			// bound: the old generation must be gone before it.
+			exited <- waitGone(old, d.drain)
 		}()
 		// Let the load run on the new generation before the next upgrade.
 		pace(2 * time.Second)
+		w.close(t, r)
+		windows = append(windows, w)
 	}
 	res := r.Stop()
 	checkLoad(t, res)
@@ -77,18 +167,10 @@ func upgradesUnderLoad(t *testing.T, keepAlive float64) {
 			t.Error(err)
 		}
 	}
-	seen := res.PIDs()
-	if len(seen) != 11 {
+	checkWindows(t, res, windows)
+	checkAnswered(t, res, "generation", d.pids...)
+	if seen := res.PIDs(); len(seen) != 11 {
 		t.Errorf("answers came from %d distinct PIDs, want 11 (one per generation): %v", len(seen), seen)
-	}
-	for i, pid := range d.pids {
-		found := false
-		for _, s := range seen {
-			found = found || s.PID == pid
-		}
-		if !found {
-			t.Errorf("generation %d (pid %d) never answered", i+1, pid)
-		}
 	}
 	// The serving process holds as many descriptors as the first generation did once
 	// the load's connections are gone.
@@ -106,8 +188,13 @@ func upgradesUnderLoad(t *testing.T, keepAlive float64) {
 	if err := proc.LeakCheck(); err != nil {
 		t.Error(err)
 	}
-	if n := countLines(d.log(), "handed over"); n != 10 {
-		t.Errorf("%d handovers logged, want 10", n)
+	ev := d.events()
+	if to := logs.Ints(ev.Where("handed_over"), "to"); !slices.Equal(to, d.pids[1:]) {
+		t.Errorf("handovers logged to %v, want one to each new generation %v", to, d.pids[1:])
+	}
+	// Each old generation drained by itself: nothing was force-closed.
+	if n := ev.Count("drain_deadline"); n > 0 {
+		t.Errorf("%d drains reached their deadline", n)
 	}
 }
 
@@ -161,9 +248,55 @@ func TestInFlightRequestsFinish(t *testing.T) {
 	d.stop()
 }
 
+// exitText is how Go's os.ProcessState (and so the Upgrader's err= attribute) writes
+// a child's end: "exit status N", or "signal: NAME" with the signal's own name.
+func exitText(code int, sig syscall.Signal) string {
+	if sig != 0 {
+		return "signal: " + sig.String()
+	}
+	return "exit status " + strconv.Itoa(code)
+}
+
+// failedUpgrade is what one failed upgrade must log: event=upgrade_failed with one of
+// causes (and child= for a process that was started), and, in err=, the facts the
+// test knows (an exit status, an errno's text, the binary's path), never wording.
+type failedUpgrade struct {
+	causes []string
+	facts  []string   // each must appear in err=...
+	alt    [][]string // ...or every one of one of these
+}
+
+// check fails the test unless l is such a line.
+func (f failedUpgrade) check(t testing.TB, name string, l logs.Line) {
+	t.Helper()
+	cause := l.Get("cause")
+	if !slices.Contains(f.causes, cause) {
+		t.Errorf("%s: upgrade_failed cause=%s, want one of %q: %s", name, cause, f.causes, l)
+	}
+	if cause != "start" && l.Int("child") <= 0 {
+		t.Errorf("%s: upgrade_failed names no child: %s", name, l)
+	}
+	err := l.Get("err")
+	if err == "" {
+		t.Errorf("%s: upgrade_failed gives no reason (err=): %s", name, l)
+	}
+	match := func(facts []string) bool {
+		for _, f := range facts {
+			if !strings.Contains(err, f) {
+				return false
+			}
+		}
+		return true
+	}
+	if !match(f.facts) && !slices.ContainsFunc(f.alt, match) {
+		t.Errorf("%s: upgrade_failed err=%q does not name %q (or any of %q)", name, err, f.facts, f.alt)
+	}
+}
+
 // TestFailedUpgrades: a new binary that exits at once, crashes after taking its
-// sockets, never becomes ready, or is missing leaves the old process serving, with a
-// logged reason; the next good upgrade succeeds. The load sees no failure throughout.
+// sockets, never becomes ready, or is missing leaves the old process serving under
+// load, with the cause logged; the next good upgrade succeeds. The load sees no
+// failure throughout, and each serving generation answers it after its failed upgrade.
 func TestFailedUpgrades(t *testing.T) {
 	d := startDemo(t, demoOpts{args: []string{"-upgrade-timeout", "3s"}})
 	r := startLoad(t, d.addr, 0.5)
@@ -171,62 +304,63 @@ func TestFailedUpgrades(t *testing.T) {
 	cases := []struct {
 		name   string
 		deploy func()
-		reason string
+		want   failedUpgrade
 	}{
 		{"exits 1 at start", func() {
 			writeFile(t, d.bin, []byte("#!/bin/sh\necho 'broken build' >&2\nexit 1\n"), 0o755)
-		}, "exited before it was ready (exit status 1)"},
+		}, failedUpgrade{causes: []string{"exited"}, facts: []string{exitText(1, 0)}}},
 		{"crashes after binding", func() {
 			copyFile(t, buildVariant(t, "testdata/brokendemo", "crash"), d.bin, 0o755)
-		}, "exit status 2"},
+		}, failedUpgrade{causes: []string{"exited"}, facts: []string{exitText(2, 0)}}}, // a Go panic exits 2
 		{"never ready", func() {
 			copyFile(t, buildVariant(t, "testdata/brokendemo", "hang"), d.bin, 0o755)
-		}, "was not ready within 3s"},
+		}, failedUpgrade{causes: []string{"timeout"}}},
 		{"missing binary", func() {
 			if err := os.Remove(d.bin); err != nil {
 				t.Fatal(err)
 			}
-		}, "does not exist"},
+		}, failedUpgrade{causes: []string{"start"}, facts: []string{d.bin}}},
 		{"not executable", func() {
 			copyFile(t, d.good, d.bin, 0o644)
-		}, "is not executable"},
+		}, failedUpgrade{causes: []string{"start"}, facts: []string{d.bin, syscall.EACCES.Error()}}},
 		{"garbage bytes", func() {
 			writeFile(t, d.bin, []byte("\x7fELF garbage, not a program\n"), 0o755)
-		}, "exec format error"},
+		}, failedUpgrade{causes: []string{"start"}, facts: []string{d.bin, syscall.ENOEXEC.Error()}}},
 	}
+	var windows []*window
 	for _, c := range cases {
 		serving := d.current()
 		c.deploy()
-		before := countLines(d.log(), "upgrade failed")
+		before := d.events().Count("upgrade_failed")
+		w := openWindow(r, c.name, serving)
 		d.signal(syscall.SIGUSR2)
-		if err := proc.WaitFor(func() bool { return countLines(d.log(), "upgrade failed") > before }, 15*time.Second, c.name+": upgrade to fail"); err != nil {
-			t.Fatalf("%v\n%s", err, tail(d.log(), 20))
-		}
-		lines := strings.Split(d.log(), "\n")
-		var got string
-		for _, l := range lines {
-			if strings.Contains(l, "upgrade failed") {
-				got = l
-			}
-		}
-		if !strings.Contains(got, c.reason) {
-			t.Errorf("%s: logged %q, want the reason %q", c.name, got, c.reason)
+		got := d.waitEvent(before, 15*time.Second, "upgrade_failed")
+		t.Logf("%s: %s", c.name, got)
+		c.want.check(t, c.name, got)
+		if got.Int("pid") != serving {
+			t.Errorf("%s: the failure was logged by pid %d, want the serving %d", c.name, got.Int("pid"), serving)
 		}
 		if p := d.pidFromFile(); p != serving {
 			t.Errorf("%s: PID file names %d, want the old %d", c.name, p, serving)
 		}
 		if resp, err := rawhttp.Get(d.addr, "/", 5*time.Second); err != nil || resp.PID() != serving {
-			t.Errorf("%s: after the failed upgrade: %v, pid %d, want %d", c.name, err, resp.PID(), serving)
+			t.Errorf("%s: after the failed upgrade: %v, pid %d, want %d", c.name, err, respPID(resp), serving)
 		}
 		// The failed child was killed and reaped by the old process.
 		if kids := proc.Children(serving); len(kids) > 0 {
 			t.Errorf("%s: the serving process still has children %v", c.name, kids)
 		}
+		// The old generation serves the load after its failed upgrade.
+		w.close(t, r)
+		windows = append(windows, w)
 		// A good build goes through.
 		copyFile(t, d.good, d.bin, 0o755)
 		d.upgradeAndDrain()
 	}
-	checkLoad(t, r.Stop())
+	res := r.Stop()
+	checkLoad(t, res)
+	checkWindows(t, res, windows)
+	checkAnswered(t, res, "generation", d.pids...)
 	d.stop()
 	if err := proc.LeakCheck(); err != nil {
 		t.Error(err)
@@ -275,18 +409,20 @@ func TestUpgradeFollowsSymlink(t *testing.T) {
 	serving := d.current()
 	retarget(4)
 	d.signal(syscall.SIGUSR2)
-	if err := proc.WaitFor(func() bool { return strings.Contains(d.log(), "does not exist") }, 10*time.Second, "the upgrade to fail"); err != nil {
-		t.Fatal(err)
-	}
+	failed := d.waitEvent(0, 10*time.Second, "upgrade_failed")
+	failedUpgrade{causes: []string{"start"}, facts: []string{d.bin}}.check(t, "dangling link", failed)
 	if resp, err := rawhttp.Get(d.addr, "/", 5*time.Second); err != nil || resp.PID() != serving {
 		t.Errorf("after the failed upgrade: %v, answered by %d, want %d", err, respPID(resp), serving)
 	}
-	checkLoad(t, r.Stop())
+	res := r.Stop()
+	checkLoad(t, res)
+	checkAnswered(t, res, "generation", d.pids...)
 	d.stop()
 }
 
 // TestSecondSignalIgnoredDuringUpgrade: a second SIGUSR2 while an upgrade is in
-// progress is logged and ignored; exactly one new generation results.
+// progress is refused (logged, reason=in_progress) and starts nothing: exactly one new
+// process results, and it is the one that times out.
 func TestSecondSignalIgnoredDuringUpgrade(t *testing.T) {
 	d := startDemo(t, demoOpts{args: []string{"-upgrade-timeout", "3s"}})
 	serving := d.current()
@@ -297,48 +433,47 @@ func TestSecondSignalIgnoredDuringUpgrade(t *testing.T) {
 	}
 	child := proc.Children(serving)[0]
 	d.signal(syscall.SIGUSR2)
-	if err := proc.WaitFor(func() bool { return countLines(d.log(), "event=upgrade_refused", "reason=in_progress") > 0 }, 10*time.Second, "the second signal to be refused"); err != nil {
-		t.Fatal(err)
-	}
+	d.waitEvent(0, 10*time.Second, "upgrade_refused", "reason=in_progress", logs.KV("pid", serving), logs.KV("child", child))
 	if kids := proc.Children(serving); len(kids) != 1 || kids[0] != child {
 		t.Errorf("children after the second signal: %v, want only %d", kids, child)
 	}
-	if err := proc.WaitFor(func() bool { return strings.Contains(d.log(), "not ready within 3s") }, 10*time.Second, "the hung upgrade to time out"); err != nil {
-		t.Fatal(err)
-	}
+	d.waitEvent(0, 10*time.Second, "upgrade_failed", "cause=timeout", logs.KV("child", child))
 	if proc.Alive(child) {
 		t.Errorf("the hung child %d is still alive", child)
+	}
+	if n := d.events().Count("upgrade_start"); n != 1 {
+		t.Errorf("%d upgrades started, want 1", n)
 	}
 	copyFile(t, d.good, d.bin, 0o755)
 	d.upgrade()
 	d.stop()
 }
 
-// TestStopDrains: SIGTERM lets an in-flight request finish, then the process exits 0
-// and removes its PID file.
+// TestStopDrains: SIGTERM while a request is in flight: the request (in flight before
+// the signal, as the status shows) is answered after the signal, in full, by the same
+// process; then the process exits 0 and removes its PID file.
 func TestStopDrains(t *testing.T) {
-	d := startDemo(t, demoOpts{})
+	ctl := filepath.Join(t.TempDir(), "control.sock")
+	d := startDemoSpec(t, demoSpec{control: ctl})
 	pid := d.current()
-	done := make(chan error, 1)
-	go func() {
-		resp, err := rawhttp.Get(d.addr, "/slow?ms=1500", 10*time.Second)
-		if err == nil && (resp.Status != 200 || resp.PID() != pid) {
-			err = fmt.Errorf("status %d from pid %d", resp.Status, resp.PID())
-		}
-		done <- err
-	}()
-	if err := proc.WaitFor(func() bool { return proc.FDCount(pid) > 0 && strings.Contains(d.log(), "ready") }, 5*time.Second, "ready"); err != nil {
+	slow := slowOn(t, d.addr, pid, "/slow?ms=2000", 20*time.Second)
+	// The request is in flight once its handler runs: the connection is active.
+	if err := proc.WaitFor(func() bool {
+		st, err := ctlStatus(t, ctl)
+		return err == nil && st.Connections.Active == 1
+	}, 10*time.Second, "the slow request to be in flight"); err != nil {
 		t.Fatal(err)
 	}
-	// Wait for the request to be accepted by the server: its connection shows up
-	// as one more descriptor.
-	base := proc.FDCount(pid)
-	proc.WaitFor(func() bool { return proc.FDCount(pid) > base }, 5*time.Second, "the slow request's connection")
+	signalled := time.Now()
 	d.signal(syscall.SIGTERM)
-	if err := <-done; err != nil {
-		t.Errorf("in-flight request during stop: %v", err)
+	r := <-slow
+	if r.err != nil || r.resp.Status != 200 || r.resp.PID() != pid {
+		t.Errorf("in-flight request during stop: err %v, status %d from pid %d; want 200 from %d", r.err, statusOf(r.resp), respPID(r.resp), pid)
 	}
-	st, err := proc.Reap(pid, 10*time.Second)
+	if !r.at.After(signalled) {
+		t.Errorf("the in-flight request ended before SIGTERM was sent; the test proves nothing")
+	}
+	st, err := proc.Reap(pid, d.drain+5*time.Second) // hang guard: past the drain deadline
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,34 +483,34 @@ func TestStopDrains(t *testing.T) {
 	if _, err := os.Stat(d.pidfile); !os.IsNotExist(err) {
 		t.Errorf("PID file still there after stop: %v", err)
 	}
+	ev := d.events()
+	if ev.Count("drain_start", logs.KV("pid", pid)) != 1 || ev.Count("drained", logs.KV("pid", pid)) != 1 || ev.Count("drain_deadline") != 0 {
+		t.Errorf("the stop did not drain by itself (drain_start, drained, no drain_deadline):\n%s", tail(d.log(), 10))
+	}
 }
 
 // TestSecondSIGTERMExitsAtOnce: a second SIGTERM during the drain ends the process
-// without waiting for the drain deadline.
+// without waiting for the request in flight or the drain deadline.
 func TestSecondSIGTERMExitsAtOnce(t *testing.T) {
 	d := startDemo(t, demoOpts{drain: 60 * time.Second})
 	pid := d.current()
-	c, err := rawhttp.Dial(d.addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	go c.Do("GET", "/slow?ms=50000", nil, 60*time.Second)
-	if err := proc.WaitFor(func() bool { return d.log() != "" && proc.FDCount(pid) > 0 }, 5*time.Second, "start"); err != nil {
-		t.Fatal(err)
-	}
+	slow := slowOn(t, d.addr, pid, "/slow?ms=50000", 60*time.Second)
 	d.signal(syscall.SIGTERM)
-	if err := proc.WaitFor(func() bool { return strings.Contains(d.log(), "draining") }, 5*time.Second, "draining"); err != nil {
-		t.Fatal(err)
-	}
+	d.waitEvent(0, 10*time.Second, "drain_start", logs.KV("pid", pid))
 	start := time.Now()
 	d.signal(syscall.SIGTERM)
-	st, err := proc.Reap(pid, 10*time.Second)
+	st, err := proc.Reap(pid, 10*time.Second) // hang guard, far below the request and the deadline
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !st.Signaled() || st.Signal() != syscall.SIGTERM {
 		t.Errorf("wait status %v, want killed by SIGTERM", st)
+	}
+	if s := <-slow; s.err == nil {
+		t.Errorf("the request in flight was answered (%d from %d): the process did not exit at once", statusOf(s.resp), respPID(s.resp))
+	}
+	if d.events().Count("exit_now", logs.KV("pid", pid)) != 1 {
+		t.Errorf("no event=exit_now logged:\n%s", tail(d.log(), 5))
 	}
 	t.Logf("exited %s after the second SIGTERM", time.Since(start))
 }

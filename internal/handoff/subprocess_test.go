@@ -13,6 +13,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// skipOrFail skips the test, or fails it when $CI is set, so that CI never skips a
+// test silently. (The tests/internal/sdns.SkipOrFail of the end-to-end tests, which
+// this package cannot import.)
+func skipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf(format+" (CI is set, so this is a failure, not a skip)", args...)
+	}
+	t.Skipf(format, args...)
+}
+
 // newSocket creates a socket in the test process, bound to address (port 0 picks
 // one) and listening if listen is set, and returns it with the address it is bound
 // to as Go prints it. network is tcp4, tcp6, udp4, udp6 or unix.
@@ -57,7 +68,7 @@ func newSocket(t *testing.T, network, address string, listen bool) (*os.File, st
 	t.Cleanup(func() { f.Close() })
 	if err := unix.Bind(fd, sa); err != nil {
 		if family == unix.AF_INET6 {
-			t.Skipf("IPv6 loopback unavailable: bind %s: %v", address, err)
+			skipOrFail(t, "IPv6 loopback unavailable: bind %s: %v", address, err)
 		}
 		t.Fatalf("bind %s %s: %v", network, address, err)
 	}

@@ -16,6 +16,7 @@ package load
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -128,19 +129,52 @@ func (f Failure) String() string {
 		f.Start.Round(time.Millisecond), f.Worker, f.KeepAlive, f.Reused, f.Slow, f.Kind, f.Status, f.Err)
 }
 
+// Ending says why a run stopped issuing requests.
+type Ending uint8
+
+// Why a run ended.
+const (
+	// Running: the run has not ended yet.
+	Running Ending = iota
+	// Stopped: Stop was called (or the parent context of Run was cancelled)
+	// before either bound was reached: the load ran as long as the test wanted.
+	Stopped
+	// DurationElapsed: Config.Duration passed before Stop.
+	DurationElapsed
+	// RequestsExhausted: Config.MaxRequests were issued before Stop.
+	RequestsExhausted
+)
+
+func (e Ending) String() string {
+	switch e {
+	case Running:
+		return "running"
+	case Stopped:
+		return "stopped by the test"
+	case DurationElapsed:
+		return "ran out of time (Config.Duration)"
+	case RequestsExhausted:
+		return "ran out of requests (Config.MaxRequests)"
+	}
+	return fmt.Sprintf("Ending(%d)", uint8(e))
+}
+
 // Runner is a load run in progress, created by Start.
 type Runner struct {
-	cfg     Config
-	start   time.Time
-	cancel  context.CancelFunc
-	done    chan struct{}
-	issued  atomic.Int64
-	ok      atomic.Int64
-	failed  atomic.Int64
-	lastPID atomic.Int64
-	workers []*worker
-	once    sync.Once
-	result  *Result
+	cfg       Config
+	start     time.Time
+	ctx       context.Context
+	cancel    context.CancelFunc
+	done      chan struct{}
+	issued    atomic.Int64
+	ok        atomic.Int64
+	failed    atomic.Int64
+	lastPID   atomic.Int64
+	exhausted atomic.Bool
+	answers   sync.Map // int32 PID -> *atomic.Int64: OK responses from it
+	workers   []*worker
+	once      sync.Once
+	result    *Result
 }
 
 type worker struct {
@@ -173,7 +207,7 @@ func start(parent context.Context, cfg Config) (*Runner, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(parent, cfg.Duration)
-	r := &Runner{cfg: cfg, start: time.Now(), cancel: cancel, done: make(chan struct{})}
+	r := &Runner{cfg: cfg, start: time.Now(), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	nKeep := int(math.Round(cfg.KeepAliveFraction * float64(cfg.Concurrency)))
 	var wg sync.WaitGroup
 	for i := 0; i < cfg.Concurrency; i++ {
@@ -202,8 +236,20 @@ func (r *Runner) Progress() (ok, failed int64, lastPID int) {
 	return r.ok.Load(), r.failed.Load(), int(r.lastPID.Load())
 }
 
+// Config returns the run's effective configuration (defaults applied).
+func (r *Runner) Config() Config { return r.cfg }
+
+// Answered returns how many OK responses carried X-Pid pid so far.
+func (r *Runner) Answered(pid int) int64 {
+	if c, ok := r.answers.Load(int32(pid)); ok {
+		return c.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
 // Stop stops issuing new requests, waits for in-flight ones (each bounded
-// by RequestTimeout) and returns the result. It may be called repeatedly.
+// by RequestTimeout) and returns the result. It may be called repeatedly;
+// Result.Ending tells whether the run was still going when it was first called.
 func (r *Runner) Stop() *Result {
 	r.cancel()
 	return r.Wait()
@@ -224,7 +270,11 @@ func (r *Runner) work(ctx context.Context, w *worker) {
 		}
 	}()
 	slowPath := fmt.Sprintf("/slow?ms=%d", r.cfg.SlowMS)
-	for i := 1; ctx.Err() == nil && r.issued.Add(1) <= int64(r.cfg.MaxRequests); i++ {
+	for i := 1; ctx.Err() == nil; i++ {
+		if r.issued.Add(1) > int64(r.cfg.MaxRequests) {
+			r.exhausted.Store(true)
+			break
+		}
 		rec := Record{Worker: uint16(w.id), KeepAlive: w.keepAlive}
 		path := r.cfg.Path
 		if r.cfg.SlowEvery > 0 && i%r.cfg.SlowEvery == 0 {
@@ -265,6 +315,11 @@ func (r *Runner) work(ctx context.Context, w *worker) {
 		}
 		w.records = append(w.records, rec)
 		if rec.Kind == rawhttp.OK {
+			c, ok := r.answers.Load(rec.PID)
+			if !ok {
+				c, _ = r.answers.LoadOrStore(rec.PID, new(atomic.Int64))
+			}
+			c.(*atomic.Int64).Add(1)
 			r.ok.Add(1)
 			r.lastPID.Store(int64(rec.PID))
 			continue
@@ -280,7 +335,7 @@ func (r *Runner) work(ctx context.Context, w *worker) {
 }
 
 func (r *Runner) collect() {
-	res := &Result{Config: r.cfg, Started: r.start, Elapsed: time.Since(r.start)}
+	res := &Result{Config: r.cfg, Started: r.start, Elapsed: time.Since(r.start), Ending: r.ending()}
 	n := 0
 	for _, w := range r.workers {
 		n += len(w.records)
@@ -296,11 +351,24 @@ func (r *Runner) collect() {
 	r.result = res
 }
 
+// ending says why the finished run ended: a bound reached first wins over a
+// later Stop.
+func (r *Runner) ending() Ending {
+	switch {
+	case r.exhausted.Load():
+		return RequestsExhausted
+	case errors.Is(r.ctx.Err(), context.DeadlineExceeded):
+		return DurationElapsed // a later cancel does not change the context's error
+	}
+	return Stopped
+}
+
 // Result holds every request of a finished run, sorted by start time.
 type Result struct {
 	Config   Config        // the effective configuration (defaults applied)
 	Started  time.Time     // wall-clock start of the run
 	Elapsed  time.Duration // from start until the last worker finished
+	Ending   Ending        // why the run ended
 	Records  []Record      // one per request, sorted by Start
 	failures []Failure     // error texts of the first failures of each worker
 }

@@ -216,6 +216,33 @@ func TestBoundedByDuration(t *testing.T) {
 	if res.Total() == 0 || res.Total() >= MaxRequestsLimit || res.FailureCount() != 0 {
 		t.Fatalf("total=%d failures=%v", res.Total(), res.Failures())
 	}
+	if res.Ending != DurationElapsed {
+		t.Fatalf("Ending = %v, want %v", res.Ending, DurationElapsed)
+	}
+}
+
+// TestEndingOutlivesStop: a run that ran out (of time or of requests) says so even
+// when the test calls Stop afterwards: the load did not cover the test's end.
+func TestEndingOutlivesStop(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	addr := srv.Listener.Addr().String()
+	r, err := Start(Config{Addr: addr, Concurrency: 2, MaxRequests: 30, Duration: time.Minute, SlowMS: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-r.Done()
+	if res := r.Stop(); res.Ending != RequestsExhausted || res.Total() != 30 {
+		t.Fatalf("Ending = %v, total %d; want %v, 30", res.Ending, res.Total(), RequestsExhausted)
+	}
+	r, err = Start(Config{Addr: addr, Concurrency: 2, MaxRequests: MaxRequestsLimit, Duration: 100 * time.Millisecond, SlowMS: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-r.Done()
+	if res := r.Stop(); res.Ending != DurationElapsed {
+		t.Fatalf("Ending = %v, want %v", res.Ending, DurationElapsed)
+	}
 }
 
 func TestStartStop(t *testing.T) {
@@ -238,6 +265,9 @@ func TestStartStop(t *testing.T) {
 	if _, _, pid := r.Progress(); pid != 5 {
 		t.Fatalf("lastPID = %d", pid)
 	}
+	if n := r.Answered(5); n < 50 || r.Answered(6) != 0 {
+		t.Fatalf("Answered(5) = %d, Answered(6) = %d", n, r.Answered(6))
+	}
 	stopAt := time.Now()
 	res := r.Stop()
 	if d := time.Since(stopAt); d > DefaultRequestTimeout {
@@ -245,6 +275,9 @@ func TestStartStop(t *testing.T) {
 	}
 	if res.Total() < 50 || res.FailureCount() != 0 || r.Stop() != res {
 		t.Fatalf("total=%d failures=%v", res.Total(), res.Failures())
+	}
+	if res.Ending != Stopped {
+		t.Fatalf("Ending = %v, want %v", res.Ending, Stopped)
 	}
 	select {
 	case <-r.Done():

@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,6 +33,110 @@ func TestBackportsSystemd254(t *testing.T) {
 		t.Fatalf("Backports returned systemd %d", v.Major)
 	}
 	testSocketActivation(t, v)
+}
+
+// TestSuspiciousPinned: every fragment of Suspicious that a service can provoke
+// matches a line of this systemd's console when provoked (a unit file with an unknown
+// key, an unknown section and a value that does not parse; a notification from a
+// process that is not the main one; MAINPID= naming a process that is not
+// systemd's child). The end-to-end tests assert that no console line matches
+// Suspicious: if systemd changed its wording, that check would pass silently; this
+// test fails instead. Not provoked: "does not belong to service" (systemd accepts a
+// foreign MAINPID= from a root service, and the state directory is root's only) and
+// the fragments of systemd's own crashes.
+func TestSuspiciousPinned(t *testing.T) {
+	for _, get := range []func(testing.TB) Version{RequireInstalled, RequireBackports} {
+		v := get(t)
+		t.Run(v.Name, func(t *testing.T) { testSuspiciousPinned(t, v) })
+	}
+}
+
+func testSuspiciousPinned(t *testing.T, v Version) {
+	s, err := New(t, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(s.Dir(), "bin", "suspicious")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./testdata/suspicious")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build suspicious: %v\n%s", err, b)
+	}
+	name := uniqueName(t)
+	logFile := s.LogPath(name + ".log")
+	units := map[string]string{
+		"test.target": "[Unit]\nDefaultDependencies=no\n",
+		name + "-bad.service": `[Unit]
+DefaultDependencies=no
+
+[Service]
+Type=oneshot
+ExecStart=/bin/true
+NoSuchKey=1
+Restart=no-such-value
+
+[NoSuchSection]
+Key=1
+`,
+		name + ".service": fmt.Sprintf(`[Unit]
+DefaultDependencies=no
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart=%[1]s
+StandardOutput=append:%[2]s
+StandardError=append:%[2]s
+TimeoutStartSec=20
+`, bin, logFile),
+	}
+	for n, u := range units {
+		if err := s.AddUnit(n, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Boot(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CtlOK("start", name+"-bad.service"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CtlOK("start", name+".service"); err != nil {
+		t.Fatalf("%v\nservice log: %s", err, s.ReadLog(name+".log"))
+	}
+	provoked := []string{"which is not our child", "Got notification message from PID",
+		"Failed to parse", "Unknown key", "Unknown section"}
+	var lines []string
+	err = waitFor(10*time.Second, func() bool {
+		lines = s.SuspiciousLines()
+		for _, frag := range provoked {
+			if !slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, frag) }) {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		t.Errorf("systemd %d's console does not match every fragment of Suspicious that was provoked %q; matching lines:\n%s\nconsole:\n%s",
+			v.Major, provoked, strings.Join(lines, "\n"), tail(s.ConsoleLog(), 40))
+	}
+	for _, l := range lines {
+		t.Logf("matched: %s", l)
+	}
+}
+
+// waitFor polls cond every 20ms until it holds or timeout passes.
+func waitFor(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v", timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
 }
 
 func TestCheckPrivateDir(t *testing.T) {
@@ -343,14 +449,23 @@ func uniqueName(t *testing.T) string {
 	return "sdns-test-" + hex.EncodeToString(b[:])
 }
 
+// freePort returns a TCP port on 127.0.0.1 nothing listens on now, below the
+// kernel's ephemeral range (32768 and up by default), where ":0" would pick one:
+// outgoing connections take their source ports there, and could take it before the
+// socket unit binds it. Random ports in 20000-32000 are tried until a bind succeeds.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var err error
+	for i := 0; i < 200; i++ {
+		port := 20000 + mrand.IntN(12001)
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
+			ln.Close()
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free port in 20000-32000: %v", err)
+	return 0
 }
 
 // get fetches http://127.0.0.1:port/ and returns the PID the service reports.

@@ -17,6 +17,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"strconv"
@@ -45,7 +46,8 @@ func main() {
 			}
 		}
 	}
-	cfg := graceful.Config{}
+	// The demo's log format (slog text), so that the tests read its events by key.
+	cfg := graceful.Config{Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 	if mode == "serve-die" {
 		cfg.PIDFile = pidfile // the others never become ready
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 )
@@ -62,7 +63,7 @@ func TestStateCounterAcrossUpgrades(t *testing.T) {
 	}
 	t.Logf("served=%d, %d requests answered", final, answered)
 	for _, final := range []string{"final=false", "final=true"} {
-		if n := countLines(d.log(), "event=state_loaded", "from=parent", final); n != 10 {
+		if n := d.events().Count("state_loaded", "from=parent", final); n != 10 {
 			t.Errorf("%d generations loaded their parent's state (%s), want 10", n, final)
 		}
 	}
@@ -83,16 +84,16 @@ func TestStateRefusedByNewBuild(t *testing.T) {
 		t.Error(err)
 	}
 	// The final hand-off arrives after the handover: wait for its refusal.
-	d.waitLog(1, 10*time.Second, "event=state_refused", "pid="+strconv.Itoa(cur)+" ")
+	d.waitEvent(1, 10*time.Second, "state_refused", logs.KV("pid", cur))
 	if served, pid := servedNow(t, d.addr); served != 1 || pid != cur {
 		t.Errorf("served=%d from %d; want 1 (a cold start) from %d", served, pid, cur)
 	}
 	for _, final := range []string{"final=false", "final=true"} {
-		if n := countLines(d.log(), "event=state_refused", "pid="+strconv.Itoa(cur)+" ", "version=1", final); n != 1 {
+		if n := d.events().Count("state_refused", logs.KV("pid", cur), "version=1", final); n != 1 {
 			t.Errorf("the new build refused version 1 (%s) %d times, want once", final, n)
 		}
 	}
-	if n := countLines(d.log(), "event=state_loaded"); n != 0 {
+	if n := d.events().Count("state_loaded"); n != 0 {
 		t.Errorf("%d state_loaded lines, want none", n)
 	}
 	d.stop()
@@ -114,11 +115,11 @@ func TestStateOversize(t *testing.T) {
 		t.Errorf("served=%d from %d; want 1 (no state) from %d", served, pid, cur)
 	}
 	for _, final := range []string{"final=false", "final=true"} {
-		if n := countLines(d.log(), "event=state_failed", "pid="+strconv.Itoa(old)+" ", "reason=too_large", final); n != 1 {
+		if n := d.events().Count("state_failed", logs.KV("pid", old), "reason=too_large", final); n != 1 {
 			t.Errorf("the old generation logged state_failed reason=too_large (%s) %d times, want once", final, n)
 		}
 	}
-	if n := countLines(d.log(), "event=state_loaded"); n != 0 {
+	if n := d.events().Count("state_loaded"); n != 0 {
 		t.Errorf("%d state_loaded lines, want none", n)
 	}
 	d.stop()

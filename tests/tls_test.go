@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 	"github.com/seed-a7250cfa/handover/tests/internal/sdns"
@@ -227,7 +228,7 @@ func TestTLSSessionsSurviveUpgrades(t *testing.T) {
 		_, cur := d.upgrade()
 		resumedOn(t, fmt.Sprintf("generation %d", gen), d.addr, sess, gc, cur)
 	}
-	if n := countLines(d.log(), "event=tls_keys ", "source=parent"); n != 10 {
+	if n := d.events().Count("tls_keys", "source=parent"); n != 10 {
 		t.Errorf("%d generations took the keys from their parent, want 10", n)
 	}
 	d.stop()
@@ -247,7 +248,7 @@ func TestTLSTicketKeyRotation(t *testing.T) {
 	_, cur := d.upgrade()
 	pace(time.Until(made.Add(1500 * time.Millisecond)))
 	resumedOn(t, "1.5s later, generation 2", d.addr, sess, gc, cur)
-	if n := countLines(d.log(), "event=tls_keys_rotated"); n == 0 {
+	if n := d.events().Count("tls_keys_rotated"); n == 0 {
 		t.Errorf("no key rotation logged in 1.5s (rotation 1s)")
 	}
 	pace(time.Until(made.Add(3200 * time.Millisecond)))
@@ -289,10 +290,10 @@ func TestTLSKeysCorruptHandoff(t *testing.T) {
 	old, cur := d.upgrade()
 	fullOn(t, "generation 2", d.addr, sess, gc, cur)
 	// Twice: the keys of the initial batch, and those of the final hand-off.
-	if n := countLines(d.log(), "event=tls_keys_lost", "pid="+strconv.Itoa(cur)+" ", "from=parent", "reason=corrupt"); n != 2 {
+	if n := d.events().Count("tls_keys_lost", logs.KV("pid", cur), "from=parent", "reason=corrupt"); n != 2 {
 		t.Errorf("generation 2 logged tls_keys_lost (from=parent, reason=corrupt) %d times, want 2", n)
 	}
-	if n := countLines(d.log(), "event=tls_keys ", "pid="+strconv.Itoa(cur)+" ", "source=new"); n != 1 {
+	if n := d.events().Count("tls_keys", logs.KV("pid", cur), "source=new"); n != 1 {
 		t.Errorf("generation 2 did not make new keys (tls_keys source=new)")
 	}
 	if err := waitGone(old, d.drain); err != nil {
@@ -380,7 +381,7 @@ func TestTLSKeyFile(t *testing.T) {
 	writeKeyFile(t, keys, 0o600, k2, k1)
 	_, cur := a.upgrade()
 	resumedOn(t, "host a, generation 2, rotated file", a.addr, sess, gc, cur)
-	if n := countLines(a.log(), "event=tls_keys ", "source=file", "keys=2"); n != 1 {
+	if n := a.events().Count("tls_keys", "source=file", "keys=2"); n != 1 {
 		t.Errorf("generation 2 did not read the two keys of the file (%d lines)", n)
 	}
 	// A session made now is encrypted with k2: a host with only k2 resumes it.
@@ -395,9 +396,9 @@ func TestTLSKeyFile(t *testing.T) {
 	if err := os.Chmod(keys, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	before := countLines(a.log(), "event=upgrade_failed")
+	before := a.events().Count("upgrade_failed")
 	a.signal(syscall.SIGUSR2)
-	a.waitLog(before, 15*time.Second, "event=upgrade_failed", "pid="+strconv.Itoa(cur)+" ")
+	a.waitEvent(before, 15*time.Second, "upgrade_failed", logs.KV("pid", cur))
 	if got := a.pidFromFile(); got != cur {
 		t.Errorf("after the failed upgrade the PID file names %d, want %d", got, cur)
 	}
@@ -425,7 +426,7 @@ func TestRunTLSSessions(t *testing.T) {
 		st = m.status()
 		resumedOn(t, fmt.Sprintf("child %d", i), m.addr, sess, gc, st.Child)
 	}
-	if n := countLines(m.log(), "event=tls_keys ", "source=store"); n != 10 {
+	if n := logs.Parse(m.log()).Count("tls_keys", "source=store"); n != 10 {
 		t.Errorf("%d children took the keys from the master's fd store, want 10", n)
 	}
 	m.waitSettled(15 * time.Second)
@@ -516,17 +517,19 @@ func TestSystemdFDStoreTLSAndState(t *testing.T) {
 		checkResumed(t, "reload", o, g, d.mainPID())
 		count("reload, openssl", o)
 		count("reload, Go", g)
-		log := d.sd.ReadLog("demo.log")
-		if n := countLines(log, "event=state_loaded", "from=store"); n != 2 {
+		log := d.events()
+		if n := log.Count("state_loaded", "from=store"); n != 2 {
 			t.Errorf("%d starts loaded the state from the fd store, want 2", n)
 		}
-		if n := countLines(log, "event=tls_keys ", "source=store"); n != 2 {
+		if n := log.Count("tls_keys", "source=store"); n != 2 {
 			t.Errorf("%d starts took the keys from the fd store, want 2", n)
 		}
 
 		// A crash: systemd restarts the service; the keys were in the store.
 		victim := d.mainPID()
-		d.sigkill(victim)
+		if err := syscall.Kill(d.hostPID(victim), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
 		restarted := d.waitRestarted(30*time.Second, victim)
 		o, g = openssl(t, d.addr, sess, false), gc.get(t, d.addr)
 		checkResumed(t, "after a crash", o, g, restarted)

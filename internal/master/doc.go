@@ -45,7 +45,8 @@
 // build_reopened, too_many_draining (child=, gen=, draining=, max=), drain_deadline,
 // restart_scheduled, restart_failed, ready_timeout, leftovers_killed, orphan_reaped,
 // forward, exit_now, stop, signal_failed, child_reloading, child_stopping,
-// child_errno, mainpid_ignored, notify_ignored, fdstore_ignored, notify_failed,
+// child_errno, mainpid_ignored, notify_ignored, fdstore (child=, name=, count=),
+// fdstore_removed (name=), fdstore_refused (reason=not_current|bad_name|full), notify_failed,
 // control_refused, listen_warning, subreaper_failed, exit.
 //
 // It is Linux-only (on other systems the package is empty). The state machine is in

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/control"
-	"golang.org/x/sys/unix"
 )
 
 // controlName is the name of the control socket among the passed descriptors: a
@@ -71,40 +70,13 @@ func (u *Upgrader) serveControl(ln net.Listener) {
 	}()
 }
 
-// peerAllowed reports whether the peer runs as our user or as root.
-func peerAllowed(c net.Conn) (uid int, ok bool, err error) {
-	if nc, isWrapped := c.(interface{ NetConn() net.Conn }); isWrapped {
-		c = nc.NetConn()
-	}
-	uc, isUnix := c.(*net.UnixConn)
-	if !isUnix {
-		return -1, false, errors.New("not a unix socket")
-	}
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return -1, false, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return -1, false, err
-	}
-	if cerr != nil {
-		return -1, false, cerr
-	}
-	uid = int(cred.Uid)
-	return uid, uid == 0 || uid == os.Geteuid(), nil
-}
-
 func (u *Upgrader) handleControl(c net.Conn) {
 	defer c.Close()
 	reply := func(r control.Response) {
 		c.SetWriteDeadline(time.Now().Add(controlWriteTimeout))
 		c.Write(control.Encode(r))
 	}
-	uid, ok, err := peerAllowed(c)
+	uid, ok, err := control.PeerAllowed(c)
 	if err != nil || !ok {
 		u.log.Warn("control socket: refused a peer", "event", "control_refused", "uid", uid, "err", err)
 		reply(control.Response{Error: fmt.Sprintf("permission denied: uid %d may not control this service (only uid %d or root)", uid, os.Geteuid())})

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/pidfile"
 )
 
 // What the state loop tells the service manager (sd_notify), writes to the PID
@@ -52,7 +53,7 @@ func (u *Upgrader) writePIDFile() {
 	if u.cfg.PIDFile == "" {
 		return
 	}
-	if err := writePIDFile(u.cfg.PIDFile, os.Getpid()); err != nil {
+	if err := pidfile.Write(u.cfg.PIDFile, os.Getpid()); err != nil {
 		u.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/pidfile"
 	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 )
 
@@ -468,7 +469,7 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 		u.cfg.Args = os.Args[1:]
 	}
 	if cfg.PIDFile != "" {
-		if err := checkPIDFile(cfg.PIDFile); err != nil {
+		if err := pidfile.Check(cfg.PIDFile); err != nil {
 			return u, err
 		}
 	}
@@ -1097,7 +1098,7 @@ func (u *Upgrader) onHandover(ev handoverEvent) {
 		// The new generation writes it too, once it hears "main"; written here as
 		// well, the file names it by the time whoever asked for the upgrade hears
 		// the outcome.
-		if err := writePIDFile(u.cfg.PIDFile, n.ready); err != nil {
+		if err := pidfile.Write(u.cfg.PIDFile, n.ready); err != nil {
 			u.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
 		}
 	}
@@ -1335,7 +1336,7 @@ func (u *Upgrader) stop(why string) {
 	}
 	u.stopWatchdog()
 	if u.cfg.PIDFile != "" {
-		removePIDFile(u.cfg.PIDFile, os.Getpid())
+		pidfile.Remove(u.cfg.PIDFile, os.Getpid())
 	}
 	u.closeExit()
 	u.startDrains(true)

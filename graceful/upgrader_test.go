@@ -608,3 +608,12 @@ func TestUpgradeUnderServiceManager(t *testing.T) {
 		t.Fatal("the new main process is still watched; systemd supervises it")
 	}
 }
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/seed-a7250cfa/handover/graceful"
 	"github.com/seed-a7250cfa/handover/internal/control"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/pidfile"
 	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 	"golang.org/x/sys/unix"
 )
@@ -191,10 +192,10 @@ func Run(cfg Config) (int, error) {
 	}
 
 	if cfg.PIDFile != "" {
-		if err := writePIDFile(cfg.PIDFile, os.Getpid()); err != nil {
+		if err := pidfile.Write(cfg.PIDFile, os.Getpid()); err != nil {
 			return 1, err
 		}
-		defer removePIDFile(cfg.PIDFile, os.Getpid())
+		defer pidfile.Remove(cfg.PIDFile, os.Getpid())
 	}
 
 	m := newMachine(cfg, log)
@@ -501,7 +502,7 @@ func handleControl(c net.Conn, post func(event) bool, done <-chan struct{}, upgr
 		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		c.Write(control.Encode(r))
 	}
-	uid, ok, err := peerAllowed(c)
+	uid, ok, err := control.PeerAllowed(c)
 	if err != nil || !ok {
 		log.Warn("control socket: refused a peer", "event", "control_refused", "uid", uid, "err", err)
 		reply(control.Response{Error: fmt.Sprintf("permission denied: uid %d may not control this service (only uid %d or root)", uid, os.Geteuid())})
@@ -556,31 +557,6 @@ func handleControl(c net.Conn, post func(event) bool, done <-chan struct{}, upgr
 			reply(gone)
 		}
 	}
-}
-
-// peerAllowed reports whether the peer runs as our user or as root (SO_PEERCRED), as
-// graceful's control socket checks it.
-func peerAllowed(c net.Conn) (uid int, ok bool, err error) {
-	uc, isUnix := c.(*net.UnixConn)
-	if !isUnix {
-		return -1, false, errors.New("not a unix socket")
-	}
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return -1, false, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return -1, false, err
-	}
-	if cerr != nil {
-		return -1, false, cerr
-	}
-	uid = int(cred.Uid)
-	return uid, uid == 0 || uid == os.Geteuid(), nil
 }
 
 // procEntry is one of the master's children as /proc shows it.

@@ -1,4 +1,8 @@
-package graceful
+// Package pidfile writes PID files the way handover's processes need them: checked
+// before a process starts serving, written atomically (a temporary file beside it,
+// synced, renamed over it), mode 0644, never through a symlink, and removed only by
+// the process it names. graceful's Upgrader and `handover run`'s master use it.
+package pidfile
 
 import (
 	"errors"
@@ -10,9 +14,9 @@ import (
 	"strings"
 )
 
-// checkPIDFile checks, at start-up, that path can be written: its directory exists
+// Check checks, at start-up, that path can be written: its directory exists
 // and is writable, and path is not a symlink or anything but a regular file.
-func checkPIDFile(path string) error {
+func Check(path string) error {
 	dir := filepath.Dir(path)
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -28,10 +32,11 @@ func checkPIDFile(path string) error {
 	}
 	probe.Close()
 	os.Remove(probe.Name())
-	return checkTarget(path)
+	return CheckTarget(path)
 }
 
-func checkTarget(path string) error {
+// CheckTarget checks that path, if it exists, is a regular file and not a symlink.
+func CheckTarget(path string) error {
 	st, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -48,10 +53,10 @@ func checkTarget(path string) error {
 	return nil
 }
 
-// writePIDFile atomically replaces path with pid: a new file of mode 0644 beside it,
+// Write atomically replaces path with pid: a new file of mode 0644 beside it,
 // synced, then renamed over path. A symlink at path is refused, not followed.
-func writePIDFile(path string, pid int) error {
-	if err := checkTarget(path); err != nil {
+func Write(path string, pid int) error {
+	if err := CheckTarget(path); err != nil {
 		return err
 	}
 	dir := filepath.Dir(path)
@@ -85,9 +90,9 @@ func writePIDFile(path string, pid int) error {
 	return nil
 }
 
-// removePIDFile removes path if it still names pid (a later generation may own it).
-func removePIDFile(path string, pid int) {
-	if checkTarget(path) != nil {
+// Remove removes path if it still names pid (a later generation may own it).
+func Remove(path string, pid int) {
+	if CheckTarget(path) != nil {
 		return
 	}
 	b, err := os.ReadFile(path)

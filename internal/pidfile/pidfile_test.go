@@ -1,6 +1,6 @@
 //go:build linux
 
-package graceful
+package pidfile
 
 import (
 	"errors"
@@ -48,7 +48,7 @@ func TestWritePIDFile(t *testing.T) {
 			old := syscall.Umask(mask)
 			defer syscall.Umask(old)
 			path := filepath.Join(dir, "app.pid")
-			if err := writePIDFile(path, 4242); err != nil {
+			if err := Write(path, 4242); err != nil {
 				t.Fatal(err)
 			}
 			syscall.Umask(old)
@@ -80,7 +80,7 @@ func TestWritePIDFileReplacesAtomically(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer old.Close()
-	if err := writePIDFile(path, 99999); err != nil {
+	if err := Write(path, 99999); err != nil {
 		t.Fatal(err)
 	}
 	if got := readFile(t, path); got != "99999\n" {
@@ -115,11 +115,11 @@ func TestWritePIDFileRefusesSymlink(t *testing.T) {
 			if err := os.Symlink(target, path); err != nil {
 				t.Fatal(err)
 			}
-			err := writePIDFile(path, 4242)
+			err := Write(path, 4242)
 			if err == nil || !strings.Contains(err.Error(), "symlink") {
 				t.Fatalf("writePIDFile through a symlink: %v; want a refusal", err)
 			}
-			if err := checkPIDFile(path); err == nil || !strings.Contains(err.Error(), "symlink") {
+			if err := Check(path); err == nil || !strings.Contains(err.Error(), "symlink") {
 				t.Fatalf("checkPIDFile of a symlink: %v; want a refusal", err)
 			}
 			if dest, err := os.Readlink(path); err != nil || dest != target {
@@ -149,37 +149,37 @@ func TestWritePIDFileRefusesNonRegular(t *testing.T) {
 	if err := os.Mkdir(path, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := writePIDFile(path, 1); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+	if err := Write(path, 1); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Fatalf("writePIDFile over a directory: %v", err)
 	}
-	if err := checkPIDFile(path); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+	if err := Check(path); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Fatalf("checkPIDFile of a directory: %v", err)
 	}
 }
 
 func TestCheckPIDFile(t *testing.T) {
 	dir := t.TempDir()
-	if err := checkPIDFile(filepath.Join(dir, "app.pid")); err != nil {
+	if err := Check(filepath.Join(dir, "app.pid")); err != nil {
 		t.Fatalf("fresh path in a writable directory: %v", err)
 	}
 	existing := filepath.Join(dir, "old.pid")
 	os.WriteFile(existing, []byte("1\n"), 0o644)
-	if err := checkPIDFile(existing); err != nil {
+	if err := Check(existing); err != nil {
 		t.Fatalf("existing regular file: %v", err)
 	}
 
 	missing := filepath.Join(dir, "no", "such", "dir", "app.pid")
-	err := checkPIDFile(missing)
+	err := Check(missing)
 	if err == nil || !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), filepath.Join(dir, "no", "such", "dir")) || !strings.Contains(err.Error(), "create it") {
 		t.Fatalf("missing directory: %v; want an error naming the directory and saying to create it", err)
 	}
-	if err := writePIDFile(missing, 1); err == nil {
+	if err := Write(missing, 1); err == nil {
 		t.Fatal("writePIDFile in a missing directory succeeded")
 	}
 
 	file := filepath.Join(dir, "file")
 	os.WriteFile(file, nil, 0o644)
-	if err := checkPIDFile(filepath.Join(file, "app.pid")); err == nil || !strings.Contains(err.Error(), "not a directory") {
+	if err := Check(filepath.Join(file, "app.pid")); err == nil || !strings.Contains(err.Error(), "not a directory") {
 		t.Fatalf("parent is a file: %v", err)
 	}
 }
@@ -191,11 +191,11 @@ func TestCheckPIDFileReadOnlyDir(t *testing.T) {
 	}
 	makeReadOnly(t, dir)
 	path := filepath.Join(dir, "app.pid")
-	err := checkPIDFile(path)
+	err := Check(path)
 	if err == nil || !strings.Contains(err.Error(), "not writable") || !strings.Contains(err.Error(), dir) {
 		t.Fatalf("read-only directory: %v; want an error saying %s is not writable", err, dir)
 	}
-	if err := writePIDFile(path, 1); err == nil {
+	if err := Write(path, 1); err == nil {
 		t.Fatal("writePIDFile in a read-only directory succeeded")
 	}
 }
@@ -253,25 +253,25 @@ func makeReadOnly(t *testing.T, dir string) {
 func TestRemovePIDFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "app.pid")
-	if err := writePIDFile(path, 4242); err != nil {
+	if err := Write(path, 4242); err != nil {
 		t.Fatal(err)
 	}
-	removePIDFile(path, 42) // a prefix of the PID is another PID
-	removePIDFile(path, 424242)
+	Remove(path, 42) // a prefix of the PID is another PID
+	Remove(path, 424242)
 	if got := readFile(t, path); got != "4242\n" {
 		t.Fatalf("removePIDFile of another PID touched the file: %q", got)
 	}
-	removePIDFile(path, 4242)
+	Remove(path, 4242)
 	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("removePIDFile of the PID it names: %v; want it removed", err)
 	}
-	removePIDFile(path, 4242) // gone already: nothing happens
+	Remove(path, 4242) // gone already: nothing happens
 
 	// A symlink whose target names the PID is left alone, as is its target.
 	target := filepath.Join(dir, "elsewhere")
 	os.WriteFile(target, []byte("4242\n"), 0o644)
 	os.Symlink(target, path)
-	removePIDFile(path, 4242)
+	Remove(path, 4242)
 	if _, err := os.Lstat(path); err != nil {
 		t.Fatalf("removePIDFile removed a symlink: %v", err)
 	}

@@ -1,12 +1,7 @@
 package graceful
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -107,30 +102,6 @@ func TestTicketRingRotation(t *testing.T) {
 	}
 }
 
-// ringCert makes a server certificate for 127.0.0.1 and a pool trusting it.
-func ringCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
-}
-
 // resumes makes one TLS 1.3 connection over loopback between a server with cfg and a
 // client with ccfg, reads a byte (so that the client takes the server's ticket), and
 // reports whether the session was resumed.
@@ -179,7 +150,7 @@ func resumes(t *testing.T, cfg, ccfg *tls.Config) bool {
 // the Config made after KeepTLSSessions, and after a rotation, but not with a ring
 // of other keys, nor once its key's lifetime is over.
 func TestTicketRingResumes(t *testing.T) {
-	cert, pool := ringCert(t)
+	cert, pool := testCert(t)
 	clock := &fakeNow{t: time.Now()}
 	gen1 := testRing(clock, time.Hour, 3*time.Hour)
 	cfg1 := &tls.Config{Certificates: []tls.Certificate{cert}}

@@ -7,6 +7,8 @@
 //	-pidfile PATH      write the current generation's PID here
 //	-control PATH      serve `handover reload` and `handover status` on this unix socket
 //	-drain-timeout D   how long a generation that handed over may finish its RPCs
+//	-max-draining N    at most N generations drain at once; past it the oldest
+//	                   force-closes its connections (graceful.Config.MaxDraining)
 //	-tick D            interval between the messages of a Count stream
 //	-via grpc|h2c      grpc-go's own transport (default; this file), or gRPC through a
 //	                   graceful.Server over h2c (the alternative; h2c.go)
@@ -75,6 +77,7 @@ func main() {
 	pidFile := flag.String("pidfile", "", "write the current generation's PID to this file")
 	control := flag.String("control", "", "path of the control socket for `handover reload` and `handover status`")
 	drainTimeout := flag.Duration("drain-timeout", 30*time.Second, "how long a generation that handed over may finish its RPCs")
+	maxDraining := flag.Int("max-draining", 3, "at most this many generations drain at once; past it the oldest force-closes its connections")
 	tick := flag.Duration("tick", 20*time.Millisecond, "interval between the messages of a Count stream")
 	via := flag.String("via", "grpc", "serve with grpc-go's own transport (grpc) or through a graceful.Server over h2c (h2c)")
 	flag.Parse()
@@ -84,6 +87,7 @@ func main() {
 		PIDFile:       *pidFile,
 		ControlSocket: *control,
 		DrainTimeout:  *drainTimeout,
+		MaxDraining:   *maxDraining,
 	}
 	serve := run
 	switch *via {

@@ -123,7 +123,11 @@ func testUpgradesUnderLoad(t *testing.T, via string) {
 	defer logf.Close()
 
 	cmd := exec.Command(bins.server, "-via", via, "-addr", addr, "-pidfile", pidFile, "-control", ctl,
-		"-drain-timeout", drainTimeout.String(), "-tick", tick.String())
+		"-drain-timeout", drainTimeout.String(), "-tick", tick.String(),
+		// Ten upgrades in five seconds with streams of three: up to seven generations
+		// drain at once, which is what this test is about (MaxDraining's own test is
+		// in the main module).
+		"-max-draining", "12")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

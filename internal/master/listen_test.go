@@ -144,7 +144,7 @@ func TestBindUnixStale(t *testing.T) {
 		t.Fatalf("over a stale socket file: %v", err)
 	}
 	// Live: the one just bound.
-	if _, err := bind(l); err == nil || !strings.Contains(err.Error(), "another process is listening") {
+	if _, err := bind(l); err == nil || !strings.Contains(err.Error(), "another process is serving it") {
 		t.Errorf("over a live socket: %v", err)
 	}
 	syscall.Close(k.fd)

@@ -465,8 +465,8 @@ func listenControl(path string) (net.Listener, error) {
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("control socket %s: directory %s does not exist (create it first)", path, dir)
 	}
-	if err := removeStale(path); err != nil {
-		return nil, fmt.Errorf("control socket %s", err)
+	if err := handoff.RemoveStaleSocket(path); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	ln, err := net.Listen("unix", path)
 	if err != nil {

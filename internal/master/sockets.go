@@ -10,9 +10,9 @@ import (
 	"os"
 	"strings"
 	"syscall"
-	"time"
 
 	sdactivation "github.com/coreos/go-systemd/v22/activation"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
 )
 
@@ -219,10 +219,8 @@ func bind(l Listen) (*socket, error) {
 		closer = c
 		k.addr = c.LocalAddr().String()
 	case "unix":
-		if !strings.HasPrefix(l.Address, "@") {
-			if err := removeStale(l.Address); err != nil {
-				return nil, fmt.Errorf("-listen %s: %w", l, err)
-			}
+		if err := handoff.RemoveStaleSocket(l.Address); err != nil {
+			return nil, fmt.Errorf("-listen %s: %w", l, err)
 		}
 		ln, err := net.Listen("unix", l.Address)
 		if err != nil {
@@ -261,30 +259,6 @@ func bind(l Listen) (*socket, error) {
 		return nil, fmt.Errorf("-listen %s: %w", l, err)
 	}
 	return k, nil
-}
-
-// removeStale removes a unix socket file at path that nothing listens on (left by a
-// master that was killed). A live socket, or anything else at path, is an error.
-func removeStale(path string) error {
-	st, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if st.Mode().Type() != fs.ModeSocket {
-		return fmt.Errorf("%s exists and is not a socket (%s); remove it or choose another path", path, fileType(st.Mode()))
-	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		c.Close()
-		return fmt.Errorf("%s: another process is listening on it (is this service already running?)", path)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return os.Remove(path)
 }
 
 func fileType(m fs.FileMode) string {

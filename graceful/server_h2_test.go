@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/seed-a7250cfa/handover/internal/testcert"
 )
 
 // Every HTTP/2 connection of a draining Server is told to go away (GOAWAY), for each
@@ -103,7 +105,7 @@ func serveCase(t *testing.T, tc h2Case, handler http.Handler, clock *fakeClock) 
 	errc := make(chan error, 1)
 	if tc.tls {
 		var cert tls.Certificate
-		cert, pool = testCert(t)
+		cert, pool = testcert.New(t)
 		s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 		go func() { errc <- s.ServeTLS(ln, "", "") }()
 	} else {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/seed-a7250cfa/handover/internal/testcert"
 )
 
 // fakeNow is a clock for a ring.
@@ -150,7 +152,7 @@ func resumes(t *testing.T, cfg, ccfg *tls.Config) bool {
 // the Config made after KeepTLSSessions, and after a rotation, but not with a ring
 // of other keys, nor once its key's lifetime is over.
 func TestTicketRingResumes(t *testing.T) {
-	cert, pool := testCert(t)
+	cert, pool := testcert.New(t)
 	clock := &fakeNow{t: time.Now()}
 	gen1 := testRing(clock, time.Hour, 3*time.Hour)
 	cfg1 := &tls.Config{Certificates: []tls.Certificate{cert}}

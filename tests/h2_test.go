@@ -6,24 +6,17 @@ package tests
 // would silently move to a new connection), and, for HTTP/1, rawhttp.
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/internal/testcert"
 	"github.com/seed-a7250cfa/handover/tests/internal/h2"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
@@ -36,49 +29,6 @@ const h2Drain = 10 * time.Second
 // h2Stream is the request held in flight across the upgrade: a first line at once,
 // which shows that the old generation is handling it, and the last 1.5s later.
 const h2Stream = "/stream?n=2&interval=1500"
-
-// selfSignedCert writes a certificate for 127.0.0.1 and its key to dir and returns
-// their paths and a pool that trusts it.
-func selfSignedCert(t testing.TB, dir string) (certFile, keyFile string, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "handover test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
-}
 
 // h2Get sends GET path on c and waits for the whole response.
 func h2Get(t testing.TB, c *h2.Conn, path string) *h2.Response {
@@ -134,7 +84,7 @@ func TestHTTP2GoAway(t *testing.T) {
 			var pool *x509.CertPool
 			if tc.tls {
 				var cert, key string
-				cert, key, pool = selfSignedCert(t, dir)
+				cert, key, pool = testcert.Files(t, dir)
 				spec.args = append(slices.Clone(spec.args), "-tls-cert", cert, "-tls-key", key)
 			}
 			d := startDemoSpec(t, spec)

@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/internal/testcert"
 	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
@@ -212,7 +213,7 @@ func fullOn(t testing.TB, what, addr, sess string, gc *tlsClient, pid int) {
 func startTLSDemo(t *testing.T, more ...string) (d *demo, pool *x509.CertPool, sess string) {
 	t.Helper()
 	dir := t.TempDir()
-	cert, key, pool := selfSignedCert(t, dir)
+	cert, key, pool := testcert.Files(t, dir)
 	d = startDemoSpec(t, demoSpec{dir: dir, addr: runPort(t), args: append([]string{"-tls-cert", cert, "-tls-key", key}, more...)})
 	return d, pool, filepath.Join(dir, "session.pem")
 }
@@ -282,7 +283,7 @@ func buildDemoLinked(t testing.TB, ldflags string) string {
 // a full handshake, and a session made with the new generation resumes.
 func TestTLSKeysCorruptHandoff(t *testing.T) {
 	dir := t.TempDir()
-	cert, key, pool := selfSignedCert(t, dir)
+	cert, key, pool := testcert.Files(t, dir)
 	d := startDemoSpec(t, demoSpec{dir: dir, addr: runPort(t), program: buildDemoLinked(t, "-X github.com/seed-a7250cfa/handover/graceful.corruptKeysForTest=1"), args: []string{"-tls-cert", cert, "-tls-key", key}})
 	sess := filepath.Join(dir, "session.pem")
 	gc := newTLSClient(pool)
@@ -336,7 +337,7 @@ func TestTLSKeyFile(t *testing.T) {
 		k2 = "2222222222222222222222222222222222222222222222222222222222222222"
 	)
 	dir := t.TempDir()
-	cert, key, pool := selfSignedCert(t, dir)
+	cert, key, pool := testcert.Files(t, dir)
 	keys := filepath.Join(dir, "ticket.keys")
 	tlsArgs := []string{"-tls-cert", cert, "-tls-key", key, "-tls-keys", keys}
 
@@ -413,7 +414,7 @@ func TestTLSKeyFile(t *testing.T) {
 // next ten (handover reload).
 func TestRunTLSSessions(t *testing.T) {
 	dir := t.TempDir()
-	cert, key, pool := selfSignedCert(t, dir)
+	cert, key, pool := testcert.Files(t, dir)
 	m := startMaster(t, masterSpec{prog: []string{proc.Binary(t, demoPkg), "-tls-cert", cert, "-tls-key", key}})
 	sess := filepath.Join(dir, "session.pem")
 	gc := newTLSClient(pool)
@@ -462,7 +463,7 @@ func startTLSSystemd(t *testing.T, v sdns.Version, variant string) (*sdDemo, *x5
 	var pool *x509.CertPool
 	d := startSystemdWith(t, v, variant, func(sd *sdns.Systemd) string {
 		var cert, key string
-		cert, key, pool = selfSignedCert(t, sd.Dir())
+		cert, key, pool = testcert.Files(t, sd.Dir())
 		return "-tls-cert " + cert + " -tls-key " + key
 	})
 	return d, pool

@@ -3,16 +3,11 @@ package h2
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -21,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/seed-a7250cfa/handover/internal/testcert"
 )
 
 const wait = 10 * time.Second
@@ -246,36 +243,13 @@ func server(t *testing.T, handler http.Handler, tlsCfg *tls.Config, conf *http.H
 	return srv, ln.Addr().String()
 }
 
-func certificate(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
-}
-
 // TestAgainstNetHTTP: against net/http's server, the client reads headers encoded with
 // the dynamic table and Huffman, bodies beyond the initial flow-control windows,
 // concurrent streams, and sees a graceful shutdown as one GOAWAY (NO_ERROR) that
 // names the stream still in flight, which then completes; the server closes the
 // connection once it is quiet, and no stream can be opened after the GOAWAY.
 func TestAgainstNetHTTP(t *testing.T) {
-	cert, pool := certificate(t)
+	cert, pool := testcert.New(t)
 	for _, tc := range []string{"h2c", "TLS"} {
 		t.Run(tc, func(t *testing.T) {
 			t.Parallel()
@@ -396,7 +370,7 @@ func TestPingAndSettingsAcks(t *testing.T) {
 
 // TestDialTLSRequiresH2: a TLS server without HTTP/2 is not taken for one.
 func TestDialTLSRequiresH2(t *testing.T) {
-	cert, pool := certificate(t)
+	cert, pool := testcert.New(t)
 	ln := listen(t)
 	tl := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
 	go func() {

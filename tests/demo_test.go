@@ -224,9 +224,17 @@ func (d *demo) events() logs.Log { return logs.Parse(d.log()) }
 // have been logged, and returns the last one.
 func (d *demo) waitEvent(before int, timeout time.Duration, event string, match ...string) logs.Line {
 	d.t.Helper()
+	return waitLogged(d.t, d.log, before, timeout, event, match...)
+}
+
+// waitLogged waits until the log that read returns has more than before lines of
+// event with every key=value of match, and returns the last one. It fails t, with the
+// log's tail, at timeout.
+func waitLogged(t testing.TB, read func() string, before int, timeout time.Duration, event string, match ...string) logs.Line {
+	t.Helper()
 	var last logs.Line
 	err := proc.WaitFor(func() bool {
-		ls := d.events().Where(event, match...)
+		ls := logs.Parse(read()).Where(event, match...)
 		if len(ls) > before {
 			last = ls[len(ls)-1]
 			return true
@@ -234,7 +242,7 @@ func (d *demo) waitEvent(before int, timeout time.Duration, event string, match 
 		return false
 	}, timeout, fmt.Sprintf("event=%s %v in the log", event, match))
 	if err != nil {
-		d.t.Fatalf("%v\nlog:\n%s", err, tail(d.log(), 30))
+		t.Fatalf("%v\nlog:\n%s", err, tail(read(), 30))
 	}
 	return last
 }

@@ -27,23 +27,7 @@ func TestSuccessorDiesAfterServing(t *testing.T) {
 	long := slowOn(t, d.addr, old, "/slow?ms=9000", 30*time.Second)
 	copyFile(t, buildVariant(t, "testdata/brokendemo", "serve-die"), d.bin, 0o755)
 
-	type answer struct {
-		pid int
-		err error
-		at  time.Time
-	}
-	answers := make(chan []answer, 1)
-	go func() {
-		var as []answer
-		for end := time.Now().Add(12 * time.Second); time.Now().Before(end); pace(100 * time.Millisecond) {
-			resp, err := rawhttp.Get(d.addr, "/", 2*time.Second)
-			if err == nil && resp.Status != 200 {
-				err = &rawhttp.StatusError{Code: resp.Status}
-			}
-			as = append(as, answer{respPID(resp), err, time.Now()})
-		}
-		answers <- as
-	}()
+	answers := probeEvery(d.addr, 100*time.Millisecond, 12*time.Second)
 
 	d.signal(syscall.SIGUSR2)
 	if err := proc.WaitFor(func() bool { p := d.pidFromFile(); return p != 0 && p != old }, 10*time.Second, "the bad build to take over"); err != nil {
@@ -56,15 +40,7 @@ func TestSuccessorDiesAfterServing(t *testing.T) {
 	}
 
 	as := <-answers
-	var failed []string
-	seen := map[int]int{}
-	for _, a := range as {
-		if a.err != nil {
-			failed = append(failed, a.at.Format("15:04:05.000")+" "+a.err.Error())
-			continue
-		}
-		seen[a.pid]++
-	}
+	failed, seen := tally(as)
 	t.Logf("%d requests: %v answered by pid; bad build %d, old %d", len(as), seen, bad, old)
 	if len(as) < 60 {
 		t.Errorf("only %d requests in 12 s; the client loop did not run", len(as))
@@ -94,4 +70,48 @@ func TestSuccessorDiesAfterServing(t *testing.T) {
 	if err := proc.LeakCheck(); err != nil {
 		t.Error(err)
 	}
+}
+
+// probeAnswer is what one request of probeEvery got: the answering PID and body, or
+// the error (a status other than 200 included), and when.
+type probeAnswer struct {
+	pid  int
+	body string
+	err  error
+	at   time.Time
+}
+
+// probeEvery sends GET / to addr every interval for dur, each request on a new
+// connection and never retried, and delivers every answer at the end.
+func probeEvery(addr string, interval, dur time.Duration) <-chan []probeAnswer {
+	answers := make(chan []probeAnswer, 1)
+	go func() {
+		var as []probeAnswer
+		for end := time.Now().Add(dur); time.Now().Before(end); pace(interval) {
+			resp, err := rawhttp.Get(addr, "/", 2*time.Second)
+			if err == nil && resp.Status != 200 {
+				err = &rawhttp.StatusError{Code: resp.Status}
+			}
+			a := probeAnswer{pid: respPID(resp), err: err, at: time.Now()}
+			if resp != nil {
+				a.body = string(resp.Body)
+			}
+			as = append(as, a)
+		}
+		answers <- as
+	}()
+	return answers
+}
+
+// tally lists the failed answers, each with its time, and counts the others by PID.
+func tally(as []probeAnswer) (failed []string, byPID map[int]int) {
+	byPID = map[int]int{}
+	for _, a := range as {
+		if a.err != nil {
+			failed = append(failed, a.at.Format("15:04:05.000")+" "+a.err.Error())
+			continue
+		}
+		byPID[a.pid]++
+	}
+	return failed, byPID
 }

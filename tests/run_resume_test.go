@@ -96,28 +96,7 @@ func TestRunLastGoodBuild(t *testing.T) {
 	long := slowOn(t, m.addr, old, "/slow?ms=9000", 30*time.Second)
 	copyFile(t, bad, app, 0o755)
 
-	type answer struct {
-		pid  int
-		body string
-		err  error
-		at   time.Time
-	}
-	answers := make(chan []answer, 1)
-	go func() {
-		var as []answer
-		for end := time.Now().Add(12 * time.Second); time.Now().Before(end); pace(100 * time.Millisecond) {
-			resp, err := rawhttp.Get(m.addr, "/", 2*time.Second)
-			if err == nil && resp.Status != 200 {
-				err = &rawhttp.StatusError{Code: resp.Status}
-			}
-			a := answer{pid: respPID(resp), err: err, at: time.Now()}
-			if resp != nil {
-				a.body = string(resp.Body)
-			}
-			as = append(as, a)
-		}
-		answers <- as
-	}()
+	answers := probeEvery(m.addr, 100*time.Millisecond, 12*time.Second)
 
 	start := time.Now()
 	out, code := m.reload()
@@ -154,15 +133,9 @@ func TestRunLastGoodBuild(t *testing.T) {
 	}
 
 	as := <-answers
-	var failed []string
-	seen := map[int]int{}
+	failed, seen := tally(as)
 	for _, a := range as {
-		if a.err != nil {
-			failed = append(failed, a.at.Format("15:04:05.000")+" "+a.err.Error())
-			continue
-		}
-		seen[a.pid]++
-		if a.pid == cur && !strings.Contains(a.body, "message=hello") {
+		if a.err == nil && a.pid == cur && !strings.Contains(a.body, "message=hello") {
 			t.Errorf("the last good build answered %q", a.body)
 		}
 	}

@@ -137,22 +137,10 @@ func (d *sdDemo) mainPID() int {
 func (d *sdDemo) events() logs.Log { return logs.Parse(d.sd.ReadLog("demo.log")) }
 
 // waitEvent waits until more than before lines of event with every key=value of match
-// have been logged, and returns the last one.
+// have been logged by the demo's processes, and returns the last one.
 func (d *sdDemo) waitEvent(before int, timeout time.Duration, event string, match ...string) logs.Line {
 	d.t.Helper()
-	var last logs.Line
-	err := proc.WaitFor(func() bool {
-		ls := d.events().Where(event, match...)
-		if len(ls) > before {
-			last = ls[len(ls)-1]
-			return true
-		}
-		return false
-	}, timeout, fmt.Sprintf("event=%s %v in the demo's log", event, match))
-	if err != nil {
-		d.t.Fatalf("%v\nlog:\n%s", err, tail(d.sd.ReadLog("demo.log"), 30))
-	}
-	return last
+	return waitLogged(d.t, func() string { return d.sd.ReadLog("demo.log") }, before, timeout, event, match...)
 }
 
 // status runs `handover status -json` inside the namespace (as root) and returns

@@ -198,7 +198,8 @@ type Config struct {
 	// characters), for a later build's LoadState to recognize the format.
 	StateVersion string
 
-	start startFunc // seam for tests; nil means startProcess
+	start    startFunc     // seam for tests; nil means startProcess
+	killWait time.Duration // seam for tests; 0 means killWait
 }
 
 // state is where a process is in its life; see the diagram above.
@@ -347,7 +348,10 @@ type (
 		err   error
 		stats drainStats
 	}
-	deadChildEvent        struct{ pid int }
+	deadChildEvent struct {
+		pid  int
+		then func() // run on the loop once the child is seen dead, or nil
+	}
 	tickEvent             struct{}
 	sentEvent             struct{}
 	successorSettledEvent struct{ n *nextGen }
@@ -423,6 +427,9 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	}
 	if u.start == nil {
 		u.start = startProcess
+	}
+	if u.cfg.killWait <= 0 {
+		u.cfg.killWait = killWait
 	}
 	if u.cfg.UpgradeTimeout <= 0 {
 		u.cfg.UpgradeTimeout = defaultUpgradeTimeout
@@ -674,7 +681,8 @@ func (u *Upgrader) Wait() error {
 }
 
 // Upgrade starts a new generation and waits until it has taken over (this process
-// then drains) or failed (this process goes on serving). It returns the new
+// then drains) or failed (this process goes on serving; a failed new process has
+// been killed and is dead by the time the failure is reported). It returns the new
 // process's PID. ctx bounds only the wait: an upgrade that is under way continues.
 // Upgrades are not supported on systems other than Linux: the error wraps
 // errors.ErrUnsupported.
@@ -775,7 +783,7 @@ func (u *Upgrader) run() {
 					ev.ch.Close()
 				}()
 				ev.child.Kill()
-				u.awaitDeath(ev.child)
+				u.awaitDeath(ev.child, nil)
 			}
 		case childMsgEvent:
 			if ev.n == u.next {
@@ -821,6 +829,9 @@ func (u *Upgrader) run() {
 				u.onDrainEnded(ev.t, ev.err, ev.stats)
 			}
 		case deadChildEvent:
+			if ev.then != nil {
+				ev.then()
+			}
 			u.dying = removeInt(u.dying, ev.pid)
 		case tickEvent:
 			u.notifyStatus()
@@ -1232,26 +1243,40 @@ func (u *Upgrader) resume(n *nextGen) {
 	u.log.Warn("serving again: the new generation died after taking over", "event", "resumed", "dead", n.child.Pid(), "status", n.child.ExitStatus())
 }
 
-// failUpgrade abandons the upgrade in progress: the child is killed (and reaped by
-// its watcher when it is our child), and this process goes on serving.
+// failUpgrade abandons the upgrade in progress: the child is killed, and this
+// process goes on serving. The failure is reported (logged, recorded, answered to
+// whoever asked for the upgrade) once the killed child is seen dead, at most
+// killWait later, so that a reported failure never leaves the failed build running
+// or unreaped.
 func (u *Upgrader) failUpgrade(cause string, err error) {
 	n := u.next
 	u.next = nil
 	if n.timer != nil {
 		n.timer.Stop()
 	}
+	if u.st == upgrading || u.st == handingOver {
+		u.st = serving
+	}
+	if n.child != nil && n.ch != nil {
+		ch, text := n.ch, err.Error()
+		go func() {
+			ch.Send(handoff.Message{Verb: handoff.Abort, Text: text}, lastWordsWait)
+			ch.Close()
+		}()
+	}
+	if n.child != nil && !n.exited {
+		n.child.Kill()
+		u.awaitDeath(n.child, func() { u.reportFailure(n, cause, err) })
+		return
+	}
+	u.reportFailure(n, cause, err)
+}
+
+// reportFailure logs and records the failed upgrade n, and answers its waiters.
+func (u *Upgrader) reportFailure(n *nextGen, cause string, err error) {
+	attrs := []any{"event", "upgrade_failed", "cause", cause}
 	if n.child != nil {
-		if n.ch != nil {
-			ch, text := n.ch, err.Error()
-			go func() {
-				ch.Send(handoff.Message{Verb: handoff.Abort, Text: text}, lastWordsWait)
-				ch.Close()
-			}()
-		}
-		if !n.exited {
-			n.child.Kill()
-			u.awaitDeath(n.child)
-		} else if st := n.child.ExitStatus(); st != "" {
+		if st := n.child.ExitStatus(); st != "" && n.exited {
 			err = fmt.Errorf("%w (%s)", err, st)
 		}
 		if n.said != "" {
@@ -1260,16 +1285,12 @@ func (u *Upgrader) failUpgrade(cause string, err error) {
 		if last := n.out.last(); last != "" {
 			err = fmt.Errorf("%w\nits last lines on stderr:\n  %s", err, strings.ReplaceAll(last, "\n", "\n  "))
 		}
-	}
-	if u.st == upgrading || u.st == handingOver {
-		u.st = serving
-	}
-	attrs := []any{"event", "upgrade_failed", "cause", cause, "err", err}
-	if n.child != nil {
-		attrs = append(attrs, "child", n.child.Pid())
-		if n.exited {
-			attrs = append(attrs, "status", n.child.ExitStatus())
+		attrs = append(attrs, "err", err, "child", n.child.Pid())
+		if st := n.child.ExitStatus(); st != "" {
+			attrs = append(attrs, "status", st)
 		}
+	} else {
+		attrs = append(attrs, "err", err)
 	}
 	outcome := "failed"
 	if cause == "abandoned" {
@@ -1285,7 +1306,9 @@ func (u *Upgrader) failUpgrade(cause string, err error) {
 	default:
 		u.lastErr = err.Error()
 		u.log.Error("upgrade failed; still serving", attrs...)
-		u.notify("READY=1\nSTATUS=" + u.statusLine())
+		if u.st == serving {
+			u.notify("READY=1\nSTATUS=" + u.statusLine())
+		}
 	}
 	for _, w := range n.waiters {
 		w(upgradeResult{err: err})
@@ -1294,17 +1317,17 @@ func (u *Upgrader) failUpgrade(cause string, err error) {
 
 // awaitDeath keeps the process from finishing until the killed child c is seen
 // dead (at most killWait): a sibling would otherwise outlive it, and systemd would
-// kill it itself.
-func (u *Upgrader) awaitDeath(c child) {
+// kill it itself. then, if not nil, runs on the loop at that moment.
+func (u *Upgrader) awaitDeath(c child, then func()) {
 	pid := c.Pid()
 	u.dying = append(u.dying, pid)
 	go func() {
 		select {
 		case <-c.Exited():
-		case <-time.After(killWait):
+		case <-time.After(u.cfg.killWait):
 		}
 		c.Release()
-		u.post(deadChildEvent{pid})
+		u.post(deadChildEvent{pid, then})
 	}()
 }
 

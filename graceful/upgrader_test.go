@@ -42,6 +42,8 @@ type fakeChild struct {
 	mu       sync.Mutex
 	killed   bool
 	released bool
+	// slowDeath, when set, keeps a killed child alive until the test calls exit.
+	slowDeath bool
 }
 
 func (c *fakeChild) Pid() int                { return c.pid }
@@ -52,8 +54,11 @@ func (c *fakeChild) exit()                   { c.exitOnce.Do(func() { close(c.ex
 func (c *fakeChild) Kill() {
 	c.mu.Lock()
 	c.killed = true
+	slow := c.slowDeath
 	c.mu.Unlock()
-	c.exit()
+	if !slow {
+		c.exit()
+	}
 }
 
 func (c *fakeChild) Release() {
@@ -395,6 +400,45 @@ func TestUpgradeTimeout(t *testing.T) {
 	}
 	if exitClosed(u) || u.Status().State != "serving" {
 		t.Fatalf("after a timeout: exit=%v status=%+v", exitClosed(u), u.Status())
+	}
+}
+
+// A failed upgrade is reported only once the killed child is dead: whoever reads
+// the failure (handover reload, a deploy script) never finds the failed build still
+// running, or unreaped.
+func TestUpgradeFailureReportedAfterDeath(t *testing.T) {
+	s := newFakeStarter(t)
+	u := newTestUpgrader(t, Config{UpgradeTimeout: 50 * time.Millisecond, killWait: waitBound}, s)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	res := upgradeAsync(u)
+	c := s.next(t)
+	c.mu.Lock()
+	c.slowDeath = true
+	c.mu.Unlock()
+	c.expect(t, "abort")
+	for deadline := time.Now().Add(waitBound); !c.wasKilled(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the child that was not ready in time was not killed")
+		}
+	}
+	// Status goes through the state loop, after the kill: had the failure been
+	// reported with the kill, it would show here.
+	if st := u.Status(); st.State != "serving" || st.LastError != "" || len(st.Upgrades) != 0 {
+		t.Fatalf("while the killed child still lives: state %q, last error %q, %d upgrades recorded; want serving and no failure reported yet", st.State, st.LastError, len(st.Upgrades))
+	}
+	select {
+	case r := <-res:
+		t.Fatalf("Upgrade returned %v while the killed child was still alive", r.err)
+	default:
+	}
+	c.exit()
+	if r := outcome(t, res); r.err == nil || !strings.Contains(r.err.Error(), "not ready within 50ms") {
+		t.Fatalf("Upgrade = %v; want a timeout", r.err)
+	}
+	if st := u.Status(); st.LastError == "" || len(st.Upgrades) != 1 || st.Upgrades[0].Outcome != "failed" {
+		t.Fatalf("after the killed child died: last error %q, upgrades %+v; want the failure recorded", st.LastError, st.Upgrades)
 	}
 }
 

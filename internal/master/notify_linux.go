@@ -137,18 +137,25 @@ func lineage(pid, ancestor int) []int {
 
 // parentOf reads the parent PID from /proc/PID/stat, 0 if it cannot.
 func parentOf(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
+	f := statFields(strconv.Itoa(pid))
 	if len(f) < 2 {
 		return 0
 	}
 	pp, _ := strconv.Atoi(f[1])
 	return pp
+}
+
+// statFields returns the fields of /proc/PID/stat after the command name (state,
+// ppid, pgrp, ...), or nil if it cannot read them. The name is in parentheses and
+// may itself hold spaces and parentheses, so the fields start after the last ')'.
+func statFields(pid string) []string {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return nil
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
 }

@@ -576,16 +576,7 @@ func directChildren() []procEntry {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		i := strings.LastIndexByte(string(b), ')')
-		if i < 0 {
-			continue
-		}
-		// After "(comm)": state ppid pgrp ...
-		f := strings.Fields(string(b[i+1:]))
+		f := statFields(e.Name()) // state ppid pgrp ...
 		if len(f) < 3 {
 			continue
 		}

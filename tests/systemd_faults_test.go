@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/tests/internal/load"
 	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
@@ -230,6 +231,48 @@ func (d *sdDemo) waitRestarted(timeout time.Duration, gone ...int) int {
 		d.t.Fatal(err)
 	}
 	return pid
+}
+
+// killNewMain reloads the service under the load r, waits (up to single) for the
+// new main process to be the only generation, kills it with SIGKILL, and waits for
+// systemd to restart the service and reap the killed process. It returns the
+// restarted main PID and the window in which the killed process served.
+func (d *sdDemo) killNewMain(r *load.Runner, single time.Duration) (restarted int, k killedMain) {
+	t := d.t
+	t.Helper()
+	if out, code := d.reload(); code != 0 {
+		t.Fatalf("reload: exit %d\n%s", code, out)
+	}
+	victim := d.mainPID()
+	d.waitSingle(single)
+	k.before = openWindow(r, "the main process before the kill", victim)
+	k.before.close(t, r)
+	host := d.systemdChild(victim)
+	k.held, k.at = killCounted(t, host)
+	restarted = d.waitRestarted(30*time.Second, victim)
+	d.waitReaped(host, 10*time.Second)
+	return restarted, k
+}
+
+// killedMain is what killNewMain's kill left for checkAfterKill.
+type killedMain struct {
+	before *window   // the killed process serving the load
+	held   int       // connections it held when it was killed
+	at     time.Time // when it was killed
+}
+
+// checkAfterKill checks that the restarted service upgrades as before under the
+// load r, stops the load, and checks that only requests in flight in the killed
+// process failed; windows are the test's own windows after the kill.
+func (d *sdDemo) checkAfterKill(r *load.Runner, k killedMain, windows ...*window) {
+	t := d.t
+	t.Helper()
+	d.checkNextReload()
+	next := openWindow(r, "the generation after the next reload", d.mainPID())
+	next.close(t, r)
+	res := r.Stop()
+	checkLoadAfterKill(t, res, k.held, k.at)
+	checkWindows(t, res, append(append([]*window{k.before}, windows...), next))
 }
 
 // checkNextReload asserts that a `systemctl reload` works and moves MainPID.
@@ -774,17 +817,7 @@ func TestSystemdFDStoreKillMain(t *testing.T) {
 		// The load runs from before the reload to after the next one: a drain that
 		// loses requests fails the test too.
 		r := startLoad(t, d.addr, 0.5)
-		if out, code := d.reload(); code != 0 {
-			t.Fatalf("reload: exit %d\n%s", code, out)
-		}
-		victim := d.mainPID()
-		d.waitSingle(15 * time.Second)
-		w := openWindow(r, "the main process before the kill", victim)
-		w.close(t, r)
-		host := d.systemdChild(victim)
-		held, at := killCounted(t, host)
-		restarted := d.waitRestarted(30*time.Second, victim)
-		d.waitReaped(host, 10*time.Second)
+		restarted, k := d.killNewMain(r, 15*time.Second)
 		after := openWindow(r, "the restarted service", restarted)
 		after.close(t, r)
 		// The restarted process got the socket back from systemd's fd store.
@@ -792,12 +825,7 @@ func TestSystemdFDStoreKillMain(t *testing.T) {
 			t.Errorf("status from pid %d, want the restarted %d", st.PID, restarted)
 		}
 		d.checkState(restarted)
-		d.checkNextReload()
-		next := openWindow(r, "the generation after the next reload", d.mainPID())
-		next.close(t, r)
-		res := r.Stop()
-		checkLoadAfterKill(t, res, held, at)
-		checkWindows(t, res, []*window{w, after, next})
+		d.checkAfterKill(r, k, after)
 		d.checkConsole()
 	})
 }

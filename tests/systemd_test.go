@@ -314,17 +314,7 @@ func TestSystemdKillNewMain(t *testing.T) {
 		d := startSystemd(t, v, "", "")
 		d.answer()
 		r := startLoad(t, d.addr, 0.5)
-		if out, code := d.reload(); code != 0 {
-			t.Fatalf("reload: exit %d\n%s", code, out)
-		}
-		victim := d.mainPID()
-		d.waitSingle(35 * time.Second)
-		w := openWindow(r, "the main process before the kill", victim)
-		w.close(t, r)
-		host := d.systemdChild(victim)
-		held, at := killCounted(t, host)
-		restarted := d.waitRestarted(30*time.Second, victim)
-		d.waitReaped(host, 10*time.Second)
+		restarted, k := d.killNewMain(r, 35*time.Second)
 		// Let the load run on the restarted service.
 		after := openWindow(r, "the restarted service", restarted)
 		after.close(t, r)
@@ -334,12 +324,7 @@ func TestSystemdKillNewMain(t *testing.T) {
 		}
 		d.checkState(restarted)
 		// The restarted service upgrades as before, under load.
-		d.checkNextReload()
-		next := openWindow(r, "the generation after the next reload", d.mainPID())
-		next.close(t, r)
-		res := r.Stop()
-		checkLoadAfterKill(t, res, held, at)
-		checkWindows(t, res, []*window{w, after, next})
+		d.checkAfterKill(r, k, after)
 		d.checkConsole()
 	})
 }

@@ -1,7 +1,6 @@
 package graceful
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -17,15 +16,8 @@ import (
 // other listeners.
 const controlName = "handover-control"
 
-// Timeouts of the control socket.
-const (
-	// controlReadTimeout bounds how long a client may take to send its request.
-	controlReadTimeout = 10 * time.Second
-	// controlWriteTimeout bounds the write of an answer.
-	controlWriteTimeout = 2 * time.Second
-	// controlUpgradeSlack is added to the upgrade timeout for an answer to reload.
-	controlUpgradeSlack = time.Minute
-)
+// controlUpgradeSlack is added to the upgrade timeout for an answer to reload.
+const controlUpgradeSlack = time.Minute
 
 // openControl claims or binds the control socket, if the process has one.
 func (u *Upgrader) openControl() (net.Listener, error) {
@@ -71,53 +63,33 @@ func (u *Upgrader) serveControl(ln net.Listener) {
 }
 
 func (u *Upgrader) handleControl(c net.Conn) {
-	defer c.Close()
-	reply := func(r control.Response) {
-		c.SetWriteDeadline(time.Now().Add(controlWriteTimeout))
-		c.Write(control.Encode(r))
-	}
-	uid, ok, err := control.PeerAllowed(c)
-	if err != nil || !ok {
-		u.log.Warn("control socket: refused a peer", "event", "control_refused", "uid", uid, "err", err)
-		reply(control.Response{Error: fmt.Sprintf("permission denied: uid %d may not control this service (only uid %d or root)", uid, os.Geteuid())})
-		return
-	}
-	c.SetReadDeadline(time.Now().Add(controlReadTimeout))
-	req, err := control.ReadRequest(c)
-	if err != nil {
-		reply(control.Response{Error: "bad request: " + err.Error()})
-		return
-	}
-	c.SetReadDeadline(time.Time{})
-	switch req {
-	case control.Status:
+	control.Serve(c, u.log, u.answerControl)
+}
+
+// answerControl answers a control request.
+func (u *Upgrader) answerControl(req string) control.Response {
+	if req == control.Status {
 		st := u.Status()
-		b, err := json.Marshal(st)
-		if err != nil {
-			reply(control.Response{Error: "encoding the status: " + err.Error()})
-			return
-		}
-		reply(control.Response{OK: true, PID: st.PID, Generation: st.Generation, Status: b})
-	case control.Upgrade:
-		res := make(chan upgradeResult, 1)
-		u.call(func() { u.beginUpgrade("control socket", func(r upgradeResult) { res <- r }) })
-		var r upgradeResult
-		select {
-		case r = <-res:
-		case <-u.done:
-			r.err = errStopping
-		case <-time.After(u.cfg.UpgradeTimeout + controlUpgradeSlack):
-			r.err = fmt.Errorf("no outcome within %s", u.cfg.UpgradeTimeout+controlUpgradeSlack)
-		}
-		switch {
-		case r.err == nil:
-			reply(control.Response{OK: true, PID: r.pid, Generation: u.gen + 1})
-		case r.moved != 0:
-			reply(control.Response{Moved: r.moved, Error: r.err.Error()})
-		default:
-			stopping := errors.Is(r.err, errStopping) || errors.Is(r.err, errAbandoned)
-			reply(control.Response{Error: r.err.Error(), Stopping: stopping})
-		}
+		return control.StatusResponse(st.PID, st.Generation, st)
+	}
+	res := make(chan upgradeResult, 1)
+	u.call(func() { u.beginUpgrade("control socket", func(r upgradeResult) { res <- r }) })
+	var r upgradeResult
+	select {
+	case r = <-res:
+	case <-u.done:
+		r.err = errStopping
+	case <-time.After(u.cfg.UpgradeTimeout + controlUpgradeSlack):
+		r.err = fmt.Errorf("no outcome within %s", u.cfg.UpgradeTimeout+controlUpgradeSlack)
+	}
+	switch {
+	case r.err == nil:
+		return control.Response{OK: true, PID: r.pid, Generation: u.gen + 1}
+	case r.moved != 0:
+		return control.Response{Moved: r.moved, Error: r.err.Error()}
+	default:
+		stopping := errors.Is(r.err, errStopping) || errors.Is(r.err, errAbandoned)
+		return control.Response{Error: r.err.Error(), Stopping: stopping}
 	}
 }
 

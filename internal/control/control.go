@@ -1,5 +1,6 @@
-// Package control is the protocol of handover's control socket, shared by the server
-// (package graceful) and the operator's tool (cmd/handover).
+// Package control is the protocol of handover's control socket, shared by the servers
+// (package graceful, and handover run's master in internal/master: Serve) and the
+// operator's tool (cmd/handover).
 //
 // A client connects to the unix socket, writes one request line ("upgrade" or
 // "status") and reads one response line: a JSON Response. The server answers only
@@ -85,6 +86,16 @@ func ReadResponse(r io.Reader) (Response, error) {
 		return resp, errors.New("malformed response from the control socket: neither ok nor an error")
 	}
 	return resp, nil
+}
+
+// StatusResponse is the answer to a status request from the process pid of
+// generation gen: st (a graceful.Status) in JSON.
+func StatusResponse(pid, gen int, st any) Response {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return Response{Error: "encoding the status: " + err.Error()}
+	}
+	return Response{OK: true, PID: pid, Generation: gen, Status: b}
 }
 
 // Encode formats resp as one line.

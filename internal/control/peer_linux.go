@@ -2,11 +2,48 @@ package control
 
 import (
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
+
+// Timeouts of a control socket's connection.
+const (
+	// readTimeout bounds how long a client may take to send its request.
+	readTimeout = 10 * time.Second
+	// writeTimeout bounds the write of an answer.
+	writeTimeout = 2 * time.Second
+)
+
+// Serve answers one connection c of a control socket, then closes it. A peer that
+// runs neither as this process's user nor as root is refused, and log says so
+// (event=control_refused). Otherwise the request is read (within 10 s) and the
+// Response answer gives for it is written.
+func Serve(c net.Conn, log *slog.Logger, answer func(req string) Response) {
+	defer c.Close()
+	reply := func(r Response) {
+		c.SetWriteDeadline(time.Now().Add(writeTimeout))
+		c.Write(Encode(r))
+	}
+	uid, ok, err := PeerAllowed(c)
+	if err != nil || !ok {
+		log.Warn("control socket: refused a peer", "event", "control_refused", "uid", uid, "err", err)
+		reply(Response{Error: fmt.Sprintf("permission denied: uid %d may not control this service (only uid %d or root)", uid, os.Geteuid())})
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(readTimeout))
+	req, err := ReadRequest(c)
+	if err != nil {
+		reply(Response{Error: "bad request: " + err.Error()})
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	reply(answer(req))
+}
 
 // PeerAllowed reports whether the peer of c, a unix socket connection (or one
 // wrapping it: NetConn), runs as this process's user or as root (SO_PEERCRED), the

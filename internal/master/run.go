@@ -3,7 +3,6 @@
 package master
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -497,65 +496,42 @@ func serveControl(ln net.Listener, post func(event) bool, done <-chan struct{}, 
 }
 
 func handleControl(c net.Conn, post func(event) bool, done <-chan struct{}, upgradeTimeout time.Duration, log *slog.Logger) {
-	defer c.Close()
-	reply := func(r control.Response) {
-		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		c.Write(control.Encode(r))
-	}
-	uid, ok, err := control.PeerAllowed(c)
-	if err != nil || !ok {
-		log.Warn("control socket: refused a peer", "event", "control_refused", "uid", uid, "err", err)
-		reply(control.Response{Error: fmt.Sprintf("permission denied: uid %d may not control this service (only uid %d or root)", uid, os.Geteuid())})
-		return
-	}
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	req, err := control.ReadRequest(c)
-	if err != nil {
-		reply(control.Response{Error: "bad request: " + err.Error()})
-		return
-	}
-	c.SetReadDeadline(time.Time{})
+	control.Serve(c, log, func(req string) control.Response {
+		return answerControl(req, post, done, upgradeTimeout)
+	})
+}
+
+// answerControl answers a control request through the master's state loop (post).
+func answerControl(req string, post func(event) bool, done <-chan struct{}, upgradeTimeout time.Duration) control.Response {
 	gone := control.Response{Error: "handover run is exiting", Stopping: true}
-	switch req {
-	case control.Status:
+	if req == control.Status {
 		ch := make(chan graceful.Status, 1)
 		if !post(statusRequest{reply: ch}) {
-			reply(gone)
-			return
+			return gone
 		}
-		var st graceful.Status
 		select {
-		case st = <-ch:
+		case st := <-ch:
+			return control.StatusResponse(st.PID, st.Generation, st)
 		case <-done:
-			reply(gone)
-			return
+			return gone
 		}
-		b, err := json.Marshal(st)
-		if err != nil {
-			reply(control.Response{Error: "encoding the status: " + err.Error()})
-			return
+	}
+	ch := make(chan result, 1)
+	if !post(upgradeRequest{trigger: "control socket", reply: ch}) {
+		return gone
+	}
+	t := time.NewTimer(upgradeTimeout + time.Minute)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		if r.err != "" {
+			return control.Response{Error: r.err, Stopping: r.stopping}
 		}
-		reply(control.Response{OK: true, PID: st.PID, Generation: st.Generation, Status: b})
-	case control.Upgrade:
-		ch := make(chan result, 1)
-		if !post(upgradeRequest{trigger: "control socket", reply: ch}) {
-			reply(gone)
-			return
-		}
-		t := time.NewTimer(upgradeTimeout + time.Minute)
-		defer t.Stop()
-		select {
-		case r := <-ch:
-			if r.err != "" {
-				reply(control.Response{Error: r.err, Stopping: r.stopping})
-				return
-			}
-			reply(control.Response{OK: true, PID: r.pid, Generation: r.gen})
-		case <-t.C:
-			reply(control.Response{Error: "no outcome from the master in time"})
-		case <-done:
-			reply(gone)
-		}
+		return control.Response{OK: true, PID: r.pid, Generation: r.gen}
+	case <-t.C:
+		return control.Response{Error: "no outcome from the master in time"}
+	case <-done:
+		return gone
 	}
 }
 

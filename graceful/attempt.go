@@ -329,9 +329,12 @@ func (p *phases) failure(cause string, err error) *upgradeError {
 	return &upgradeError{Cause: cause, Err: err}
 }
 
+// armLastWords starts the wait for a dying process's last words, once: from the
+// first of its exit and the end of its channel.
 func (p *phases) armLastWords() {
-	p.stopLastWords()
-	p.lastWords = p.env.clock.NewTimer(lastWordsWait)
+	if p.lastWords == nil {
+		p.lastWords = p.env.clock.NewTimer(lastWordsWait)
+	}
 }
 
 func (p *phases) stopLastWords() {

@@ -89,52 +89,70 @@ func (m *machine) watchSuccessor(g *generation, pid int) {
 
 // watch reads what s says until its channel ends, and judges its exit.
 func (s *successor) watch(post func(event), clk clock) {
-	msgs, exited := s.g.msgs, s.g.proc.Exited()
+	w := &successorWatch{s: s, post: post, msgs: s.g.msgs, exited: s.g.proc.Exited()}
 	if s.released {
-		exited = nil
+		w.exited = nil
 	}
-	var settle timer
-	retired, dead, judged := false, false, false
-	judge := func() {
-		if dead && !judged {
-			judged = true
-			post(successorExited{s, retired})
-		}
-	}
-	for msgs != nil || exited != nil {
+	for w.msgs != nil || w.exited != nil {
 		select {
-		case m, ok := <-msgs:
-			if !ok {
-				msgs = nil
-				judge()
-				continue
-			}
-			closeFiles(m.Files)
-			switch m.Verb {
-			case handoff.Done:
-				retired = true
-			case handoff.Current:
-				retired = false
-			case handoff.Finish:
-				post(successorFinish{s})
-			}
-		case <-exited:
-			exited, dead = nil, true
-			if msgs == nil {
-				judge()
+		case m, ok := <-w.msgs:
+			w.onMessage(m, ok)
+		case <-w.exited:
+			w.exited, w.dead = nil, true
+			if w.msgs == nil {
+				w.judge()
 			} else {
-				settle = clk.NewTimer(lastWordsWait) // a "done" may still be on its way
+				w.settle = clk.NewTimer(lastWordsWait) // a "done" may still be on its way
 			}
-		case <-timerC(settle):
-			settle = nil
-			judge()
+		case <-timerC(w.settle):
+			w.settle = nil
+			w.judge()
 		}
 	}
-	if settle != nil {
-		settle.Stop()
+	if w.settle != nil {
+		w.settle.Stop()
 	}
-	if !dead || retired {
+	if !w.died { // the machine closed the channel of one that died
 		post(successorGone{s})
+	}
+}
+
+// successorWatch is the local state of a successor's watch.
+type successorWatch struct {
+	s      *successor
+	post   func(event)
+	msgs   <-chan handoff.Message // until its channel ends
+	exited <-chan struct{}        // until it exits (nil if not ours to see)
+	settle timer                  // armed at its exit while its channel is open
+
+	retired bool // it said "done" (and not "current" since)
+	dead    bool
+	judged  bool // its exit was posted
+	died    bool // judged as a death: it had not retired
+}
+
+func (w *successorWatch) onMessage(m handoff.Message, ok bool) {
+	if !ok {
+		w.msgs = nil
+		w.judge()
+		return
+	}
+	closeFiles(m.Files)
+	switch m.Verb {
+	case handoff.Done:
+		w.retired = true
+	case handoff.Current:
+		w.retired = false
+	case handoff.Finish:
+		w.post(successorFinish{w.s})
+	}
+}
+
+// judge posts the exit of a dead successor, once.
+func (w *successorWatch) judge() {
+	if w.dead && !w.judged {
+		w.judged, w.died = true, !w.retired
+		w.post(successorExited{w.s, w.retired})
 	}
 }
 

@@ -26,11 +26,14 @@ type target struct {
 	ended  bool                    // its drain ended (not taken back)
 }
 
-// drain drains t until every connection has closed or ctx is done (see
-// Drainer.wait). final closes its listeners at once; otherwise they only stop
+// stopAccepting starts t's drain, on the machine (so that a resume that follows
+// finds it stopped). final closes its listeners at once; otherwise they only stop
 // accepting.
-func (t *target) drain(ctx context.Context, final bool) error {
-	t.d.stopAccepting(final)
+func (t *target) stopAccepting(final bool) { t.d.stopAccepting(final) }
+
+// drain drains t, once it stopped accepting, until every connection has closed or
+// ctx is done (see Drainer.wait).
+func (t *target) drain(ctx context.Context) error {
 	if t.s != nil {
 		t.s.startDrain() // after stopAccepting: see Server.startDrain
 	}
@@ -117,17 +120,18 @@ func (m *machine) startDrain(t *target) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	t.cancel = cancel
 	t.epoch++
-	epoch, final := t.epoch, m.final
+	epoch := t.epoch
 	log := m.log.With("addr", t.addr())
 	if !t.internal {
 		log.Info("draining", "event", "drain_start", "connections", t.counts().Total(), "deadline", d.String())
 	}
 	c0, f0, r0 := t.counts(), t.d.forced.Load(), t.d.requests.Load()
+	t.stopAccepting(m.final)
 	post := m.post
 	go func() {
 		defer cancelDeadline()
 		start := time.Now()
-		err := t.drain(ctx, final)
+		err := t.drain(ctx)
 		c1 := t.counts()
 		forced := int(t.d.forced.Load() - f0)
 		stats := drainStats{

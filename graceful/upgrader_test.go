@@ -483,8 +483,8 @@ func TestUpgradeUnderServiceManager(t *testing.T) {
 	if r := outcome(t, res); r.err != nil || r.pid != c.pid {
 		t.Fatalf("Upgrade = %d, %v", r.pid, r.err)
 	}
-	// Upgrade's result is sent before the state goroutine closes Exit (see the
-	// report on upgrader.go), so wait for it rather than check it at once.
+	// Upgrade's result is sent before the machine closes Exit (see
+	// machine.handedOver), so wait for it rather than check it at once.
 	select {
 	case <-u.Exit():
 	case <-time.After(waitBound):

@@ -18,6 +18,9 @@ const (
 	// lastWordsWait is how long a dead child's last message ("error ...") may still
 	// be on its way after its exit (or its channel's close) is seen.
 	lastWordsWait = 200 * time.Millisecond
+	// stderrWait bounds how long a new generation that took over may take to put
+	// its own standard error back; until then the old one relays it.
+	stderrWait = time.Second
 	// killWait bounds the wait for a killed sibling (systemd's child) to die before
 	// this process exits: systemd would otherwise find it in the unit and kill it.
 	killWait = time.Second

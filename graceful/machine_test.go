@@ -463,6 +463,7 @@ func (w *fakeWorld) takeOver(g *fakeGen) attemptEnded {
 	stepTo[attemptReady](w)
 	g.ch.expect(w.t, handoff.History)
 	g.ch.expect(w.t, handoff.Main)
+	g.stderr.Close() // it puts its own stderr back
 	e := stepTo[attemptEnded](w)
 	if e.err != nil {
 		w.t.Fatalf("the handover failed: %v", e.err)
@@ -579,12 +580,18 @@ func TestMachineUpgrade(t *testing.T) {
 	if !w.exitClosed() || g.proc.wasKilled() || !w.logged("handed_over", "replacement=false") {
 		t.Fatalf("after the handover: exit closed %v, killed %v", w.exitClosed(), g.proc.wasKilled())
 	}
-	// Nothing to drain: once "above" is sent, the farewell goes out, then the
-	// process is done.
+	// Nothing to drain: once "above" is sent, and the new generation has put its
+	// own stderr back (this process relays what it logs until then), the farewell
+	// goes out, then the process is done.
 	if a := g.ch.expect(t, handoff.Above); a.N != 1 {
 		t.Fatalf("above %d; want 1 (this process drains)", a.N)
 	}
 	stepTo[wakeEvent](w)
+	if w.m.line.farewell || w.m.st != draining {
+		t.Fatal("finished before the new generation put its stderr back")
+	}
+	g.stderr.Close()
+	w.stepUntil("the farewell", func() bool { return w.m.line.farewell })
 	if d := g.ch.expect(t, handoff.Drained); !strings.Contains(d.Text, fmt.Sprintf(`"To":%d`, g.pid())) {
 		t.Fatalf("drained %q", d.Text)
 	}
@@ -740,6 +747,7 @@ func TestMachineWaitsForBarrier(t *testing.T) {
 	close(w.sd.barrier)
 	g.ch.expect(t, handoff.History)
 	g.ch.expect(t, handoff.Main)
+	g.stderr.Close()
 	stepTo[attemptEnded](w)
 	if !g.proc.wasReleased() || w.m.nextPID != g.pid() {
 		t.Fatalf("after the handover: released %v, handed over to %d", g.proc.wasReleased(), w.m.nextPID)

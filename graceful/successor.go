@@ -28,6 +28,11 @@ import (
 //
 // Under a service manager, systemd supervises the new main process: its exit is not
 // ours to see, only what it says.
+//
+// A probation window (keeping this process, its listeners held but not accepting,
+// after its drain until the successor has served a while) fits here: a timer armed
+// in watchSuccessor, one more condition in machine.drained (the process does not
+// finish while its successor is on probation), and resume for a death within it.
 
 // successor is the generation this process handed over to.
 type successor struct {

@@ -194,6 +194,7 @@ func (m *machine) handedOver(e attemptEnded) {
 	m.stopWatchdog()
 	m.log.Info("handed over", "event", "handed_over", "to", a.ready, "took", m.clock.Now().Sub(a.started).Round(time.Microsecond).String(), "replacement", a.replacement)
 	m.reply(a, upgradeResult{pid: a.ready})
+	m.keepRelaying(e.g)
 	m.watchSuccessor(e.g, a.ready)
 	if a.replacement {
 		return // this process was draining already, and goes on
@@ -205,6 +206,27 @@ func (m *machine) handedOver(e attemptEnded) {
 	m.tellSuccessor(handoff.Message{Verb: handoff.Above, N: m.line.above + 1})
 	m.turn(carry.HandedOver)
 	m.checkDraining()
+}
+
+// keepRelaying keeps the process from finishing until g, which took over, has put
+// its own standard error back (the end of the pipe this process relays), at most
+// stderrWait: what g logs until then (its start, a SIGUSR2 it defers) would
+// otherwise be lost with this process.
+func (m *machine) keepRelaying(g *generation) {
+	ended := g.out.ended()
+	if ended == nil {
+		return
+	}
+	release, clk := m.hold(), m.clock
+	go func() {
+		t := clk.NewTimer(stderrWait)
+		select {
+		case <-ended:
+		case <-t.C():
+		}
+		t.Stop()
+		release()
+	}()
 }
 
 func (m *machine) reply(a *attempt, r upgradeResult) {

@@ -170,6 +170,7 @@ func (u *Upgrader) newMachine(s seams) *machine {
 	clk := m.clock
 	m.after = func(d time.Duration, ev event) func() bool {
 		t, stop := clk.NewTimer(d), make(chan struct{})
+		var once sync.Once
 		go func() {
 			select {
 			case <-t.C():
@@ -177,7 +178,10 @@ func (u *Upgrader) newMachine(s seams) *machine {
 			case <-stop:
 			}
 		}()
-		return func() bool { close(stop); return t.Stop() }
+		return func() bool {
+			once.Do(func() { close(stop) })
+			return t.Stop()
+		}
 	}
 	return m
 }

@@ -297,15 +297,22 @@ func (m *machine) refusal() (reason string, moved int, err error) {
 	case m.st == draining || m.st == stopping || m.st == exited:
 		return "stopping", 0, errStopping
 	}
+	reason, err = m.cannotUpgrade()
+	return reason, 0, err
+}
+
+// cannotUpgrade says why this process can never upgrade itself, or returns a nil
+// error.
+func (m *machine) cannotUpgrade() (reason string, err error) {
 	switch {
 	case runtime.GOOS != "linux":
-		return "unsupported", 0, fmt.Errorf("graceful: upgrading a process is not supported on %s (it serves, and drains on SIGINT/SIGTERM): %w", runtime.GOOS, errors.ErrUnsupported)
+		return "unsupported", fmt.Errorf("graceful: upgrading a process is not supported on %s (it serves, and drains on SIGINT/SIGTERM): %w", runtime.GOOS, errors.ErrUnsupported)
 	case m.set.Master() != 0:
-		return "master", 0, fmt.Errorf("graceful: this process runs under a `handover run` master (PID %d), which runs the upgrades: send it SIGHUP or SIGUSR2, or run `handover reload`", m.set.Master())
+		return "master", fmt.Errorf("graceful: this process runs under a `handover run` master (PID %d), which runs the upgrades: send it SIGHUP or SIGUSR2, or run `handover reload`", m.set.Master())
 	case os.Getpid() == 1 && m.notifier == nil:
-		return "pid1", 0, errors.New("graceful: this process is PID 1 of its PID namespace (a container started without an init): when it hands over and exits, the kernel ends the namespace and the new generation with it; run the server under `handover run`, which keeps one PID while generations change (an init such as tini does not help: it exits with its first child)")
+		return "pid1", errors.New("graceful: this process is PID 1 of its PID namespace (a container started without an init): when it hands over and exits, the kernel ends the namespace and the new generation with it; run the server under `handover run`, which keeps one PID while generations change (an init such as tini does not help: it exits with its first child)")
 	}
-	return "", 0, nil
+	return "", nil
 }
 
 // stop drains for good.

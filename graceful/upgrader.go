@@ -197,8 +197,8 @@ func (u *Upgrader) newCarried() carried {
 	return c
 }
 
-// setUp reads the rest of the process's environment (its executable, systemd's
-// variables), checks the Config, starts the carriers and opens the control socket.
+// setUp reads the rest of the process's environment (its executable, the service
+// manager), checks the Config, starts the carriers and opens the control socket.
 func (u *Upgrader) setUp() (err error) {
 	m := u.m
 	if m.exe = u.cfg.Executable; m.exe == "" {
@@ -211,18 +211,7 @@ func (u *Upgrader) setUp() (err error) {
 			return err
 		}
 	}
-	n, err := sdnotify.FromEnv()
-	if err != nil {
-		return err
-	}
-	if n != nil {
-		m.notifier = n
-	}
-	ours := []int{os.Getpid()}
-	if mk := u.set.Marker(); mk != nil {
-		ours = append(ours, mk.PID)
-	}
-	if m.svc.watchdog, err = readWatchdog(ours...); err != nil {
+	if err := u.readManager(); err != nil {
 		return err
 	}
 	if err := u.cfg.check(); err != nil {
@@ -238,6 +227,24 @@ func (u *Upgrader) setUp() (err error) {
 		m.control = func() *target { return u.serveControl(u.ctl) }
 	}
 	return nil
+}
+
+// readManager reads what the service manager says of itself: its notification
+// socket and its watchdog.
+func (u *Upgrader) readManager() error {
+	n, err := sdnotify.FromEnv()
+	if err != nil {
+		return err
+	}
+	if n != nil {
+		u.m.notifier = n
+	}
+	ours := []int{os.Getpid()}
+	if mk := u.set.Marker(); mk != nil {
+		ours = append(ours, mk.PID)
+	}
+	u.m.svc.watchdog, err = readWatchdog(ours...)
+	return err
 }
 
 // startCarriers starts the carriers, once the initial batch is read and the service

@@ -21,7 +21,9 @@
 //
 // A package outside graceful (even in a module of its own inside this repository)
 // registers its Carrier with Register before graceful.New runs, typically from an
-// init function.
+// init function. The verbs of its messages are declared in internal/handoff, like
+// every message of the handover channel: a message the other generation cannot
+// parse is an error that ends its reading of the channel.
 package carry
 
 import (

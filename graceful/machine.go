@@ -134,7 +134,7 @@ type machine struct {
 
 	exit  *exitSignal // closed when draining starts (Exit)
 	done  *doneSignal // closed when the process may exit (Wait)
-	holds atomic.Int64
+	holds atomic.Int64 // work beside the machine the process waits for (see hold)
 
 	att      *attempt // the upgrade attempt in progress, if any
 	next     successors

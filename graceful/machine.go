@@ -132,8 +132,8 @@ type machine struct {
 	final     bool  // the drain is final: listeners closed, no resuming
 	history   history
 
-	exit  *exitSignal // closed when draining starts (Exit)
-	done  *doneSignal // closed when the process may exit (Wait)
+	exit  *exitSignal  // closed when draining starts (Exit)
+	done  *doneSignal  // closed when the process may exit (Wait)
 	holds atomic.Int64 // work beside the machine the process waits for (see hold)
 
 	att      *attempt // the upgrade attempt in progress, if any

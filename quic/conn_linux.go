@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,18 +31,11 @@ type packetConn struct {
 	inboxSend *os.File
 	inboxRaw  syscall.RawConn
 
-	gen   uint64
-	tag   byte
-	codec *cidCodec
-	// routes is used by the reading goroutine while reading is set, and by
-	// setReading's caller (after the reader stopped, before it starts).
-	routes *routes
-	// peers maps a tag to an older live generation; swapped whole under mu.
-	peers atomic.Pointer[map[byte]*peer]
+	// router routes what is read from the shared socket; its peers are swapped
+	// whole under mu.
+	router
 	// gone is told the generation of a peer found dead (a forward failed).
 	gone func(gen uint64)
-
-	stats counters
 
 	mu       sync.Mutex
 	idle     *sync.Cond // signalled when inSock drops to 0
@@ -51,19 +43,6 @@ type packetConn struct {
 	inSock   int        // reads of the shared socket under way (0 or 1)
 	deadline time.Time  // the caller's read deadline
 	closed   bool
-}
-
-// peer is an older generation: the send end of its inbox.
-type peer struct {
-	gen  uint64
-	conn *net.UnixConn
-	raw  syscall.RawConn
-}
-
-// counters are a Socket's Stats, kept with atomics.
-type counters struct {
-	received, forwarded, injected                        atomic.Uint64
-	malformed, notOurs, unknownGen, forwardFailed, stale atomic.Uint64
 }
 
 // aLongTimeAgo wakes a blocked read at once.
@@ -84,13 +63,11 @@ func newPacketConn(sock *net.UDPConn, gen uint64, codec *cidCodec) (*packetConn,
 	}
 	c := &packetConn{
 		sock: sock, inbox: recv, inboxSend: send, inboxRaw: raw,
-		gen: gen, tag: tagOf(gen), codec: codec,
-		routes: newRoutes(time.Now),
-		gone:   func(uint64) {},
+		gone: func(uint64) {},
 	}
+	c.router.init(gen, codec)
+	c.router.send = c.forward
 	c.idle = sync.NewCond(&c.mu)
-	empty := map[byte]*peer{}
-	c.peers.Store(&empty)
 	return c, nil
 }
 
@@ -260,57 +237,6 @@ func (c *packetConn) readErr(err error) error {
 		return err
 	}
 	return &net.OpError{Op: "read", Net: "udp", Addr: c.sock.LocalAddr(), Err: err}
-}
-
-// route decides what becomes of a datagram read from the shared socket: true
-// delivers it to this generation's transport; otherwise it was forwarded or
-// dropped (and counted).
-func (c *packetConn) route(pkt []byte, from netip.AddrPort) bool {
-	h, err := parseHeader(pkt)
-	if err != nil {
-		c.stats.malformed.Add(1)
-		return false
-	}
-	switch h.kind {
-	case kindNotQUIC:
-		return true
-	case kindShort:
-		tag, ours := c.codec.tagOf(h.dcid)
-		if !ours {
-			c.stats.notOurs.Add(1)
-			return false
-		}
-		return c.toTag(tag, pkt, from)
-	}
-	if tag, ours := c.codec.tagOf(h.dcid); ours {
-		return c.toTag(tag, pkt, from)
-	}
-	// A connection ID the client chose: Initial and 0-RTT packets before the
-	// server's first Initial reached it.
-	if gen, ok := c.routes.lookup(h.dcid); ok && gen != c.gen {
-		if p := (*c.peers.Load())[tagOf(gen)]; p != nil && p.gen == gen {
-			c.forward(p, pkt, from)
-			return false
-		}
-	}
-	if h.kind == kindInitial && len(pkt) >= minInitialSize {
-		c.routes.record(h.dcid, c.gen)
-	}
-	return true
-}
-
-// toTag delivers a packet whose connection ID carries tag, or forwards it.
-func (c *packetConn) toTag(tag byte, pkt []byte, from netip.AddrPort) bool {
-	if tag == c.tag {
-		return true
-	}
-	p := (*c.peers.Load())[tag]
-	if p == nil {
-		c.stats.unknownGen.Add(1)
-		return false
-	}
-	c.forward(p, pkt, from)
-	return false
 }
 
 // forward sends a packet to an older generation.

@@ -83,8 +83,11 @@ func (p pki) clientTLS(cache tls.ClientSessionCache) *tls.Config {
 }
 
 // serveGen serves HTTP/3 on g's Socket until it finishes. Every answer carries
-// X-Gen: the generation that served it.
-func serveGen(t testing.TB, g *testGen, p pki) {
+// X-Gen: the generation that served it. prep, if any, sets up the transport first.
+func serveGen(t testing.TB, g *testGen, p pki, prep ...func(*quic.Transport)) {
+	for _, f := range prep {
+		f(g.sock.Transport())
+	}
 	tlsConf := p.serverTLS(t)
 	h := testHandler(g.gen)
 	errC := make(chan error, 1)
@@ -172,8 +175,13 @@ func dialH3(ctx context.Context, tr *quic.Transport, addr net.Addr, tlsConf *tls
 // left the client (its headers were written): a request that did not was never
 // seen by a server.
 func get(ctx context.Context, cc *http3.ClientConn, url string) (status int, gen int, body []byte, sent bool, err error) {
+	return do(ctx, cc, http.MethodGet, url)
+}
+
+// do is get with another method (http3.MethodGet0RTT sends in 0-RTT).
+func do(ctx context.Context, cc *http3.ClientConn, method, url string) (status int, gen int, body []byte, sent bool, err error) {
 	trace := &httptrace.ClientTrace{WroteHeaders: func() { sent = true }}
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), method, url, nil)
 	if err != nil {
 		return 0, 0, nil, false, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"time"
 
@@ -39,7 +40,7 @@ type h3app struct {
 
 // goAwayIdle is how long a connection must have had no request, once its
 // generation drains, before it is told to go away without waiting for one.
-const goAwayIdle = time.Second
+var goAwayIdle = time.Second
 
 func newH3App(ln *quic.EarlyListener, newServer func() *http3.Server, first *http3.Server, wake func()) *h3app {
 	return &h3app{ln: ln, newServer: newServer, first: first, wake: wake, conns: map[*h3conn]bool{}, idleC: make(chan struct{})}
@@ -177,10 +178,14 @@ func (c *h3conn) track(h http.Handler) http.Handler {
 		a := c.app
 		a.mu.Lock()
 		c.active++
-		if c.goingAway {
+		first := c.goingAway && !c.shut
+		if first {
 			c.shutdownLocked()
 		}
 		a.mu.Unlock()
+		if first {
+			c.awaitGoAway(r.Context())
+		}
 		defer func() {
 			a.mu.Lock()
 			c.active--
@@ -189,6 +194,22 @@ func (c *h3conn) track(h http.Handler) http.Handler {
 		}()
 		h.ServeHTTP(w, r)
 	})
+}
+
+// awaitGoAway holds the request that shuts the connection down until its server
+// has begun to shut down (its graceful context, the one it accepts with, is
+// cancelled), and lets the server's connection goroutine queue the GOAWAY: the
+// answer then leaves after the GOAWAY, and the client knows before it sends its
+// next request.
+func (c *h3conn) awaitGoAway(req context.Context) {
+	select {
+	case <-c.ln.graceful():
+	case <-req.Done():
+		return
+	}
+	for range 3 {
+		runtime.Gosched()
+	}
 }
 
 // goAwayLocked marks the connection to go away: at once if a request is under
@@ -260,7 +281,8 @@ type handoffListener struct {
 	mu        sync.Mutex
 	cond      *sync.Cond
 	queue     []*quic.Conn
-	accepting bool // an Accept waits on an empty queue
+	accepting bool            // an Accept waits on an empty queue
+	acceptCtx context.Context // the server's: cancelled when it shuts down
 	done      bool // ServeListener returned
 	closed    bool
 }
@@ -289,6 +311,10 @@ func (l *handoffListener) Accept(ctx context.Context) (*quic.Conn, error) {
 	defer stop()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.acceptCtx == nil {
+		l.acceptCtx = ctx
+		l.cond.Broadcast()
+	}
 	for {
 		switch {
 		case len(l.queue) > 0:
@@ -305,6 +331,22 @@ func (l *handoffListener) Accept(ctx context.Context) (*quic.Conn, error) {
 		l.cond.Wait()
 		l.accepting = false
 	}
+}
+
+// graceful returns a channel closed once the server's accept context is
+// cancelled: http3.Server.Shutdown began (or the server stopped serving).
+func (l *handoffListener) graceful() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.acceptCtx == nil && !l.done {
+		l.cond.Wait()
+	}
+	if l.acceptCtx == nil {
+		closed := make(chan struct{})
+		close(closed)
+		return closed
+	}
+	return l.acceptCtx.Done()
 }
 
 // stop waits until the server has taken every connection fed to it.

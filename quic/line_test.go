@@ -97,9 +97,12 @@ func (l *testLine) start() *testGen {
 	l.t.Helper()
 	l.mu.Lock()
 	g := &testGen{line: l, gen: uint64(len(l.gens) + 1), ev: make(chan event, 4), doneC: make(chan struct{})}
-	if n := len(l.gens); n > 0 {
-		g.prev = l.gens[n-1]
-		g.olds = g.prev.passedCopy(l.t)
+	for i := len(l.gens) - 1; i >= 0; i-- {
+		if !l.gens[i].isDead() {
+			g.prev = l.gens[i] // the newest live generation: the one that spawns g
+			g.olds = g.prev.passedCopy(l.t)
+			break
+		}
 	}
 	l.gens = append(l.gens, g)
 	l.mu.Unlock()
@@ -171,6 +174,12 @@ func closeInboxes(ins []inbox) {
 	for _, in := range ins {
 		in.send.Close()
 	}
+}
+
+func (g *testGen) isDead() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.dead
 }
 
 // passedCopy duplicates what g passed on, for its successor.

@@ -3,7 +3,6 @@
 package handoverquic
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"net"
@@ -19,13 +18,7 @@ import (
 // reset); the connections of the live generations carry on.
 func TestForgedPacketsDropped(t *testing.T) {
 	checkLeaks(t)
-	p := newPKI(t)
-	line := newTestLine(t, 20*time.Second)
-	g1 := line.start()
-	serveGen(t, g1, p)
-	waitFor(t, 5*time.Second, "generation 1 serving", g1.serving)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	line, g1, p, ctx := servingLine(t)
 	old := dialQuiet(ctx, t, line, p, nil)
 	if gen := old.ping(ctx, t, line); gen != 1 {
 		t.Fatalf("generation %d answered, want 1", gen)
@@ -33,10 +26,7 @@ func TestForgedPacketsDropped(t *testing.T) {
 	goAwayIdleWas := goAwayIdle
 	goAwayIdle = time.Minute // old stays on generation 1: its packets are forwarded
 	defer func() { goAwayIdle = goAwayIdleWas }()
-	g2 := line.start()
-	serveGen(t, g2, p)
-	line.handOver(g2)
-	waitFor(t, 5*time.Second, "generation 2 serving", g2.serving)
+	g2 := line.takeOver(t, p)
 
 	codec := newCIDCodec(&line.reset)
 	cid := func(tag byte) []byte {

@@ -384,6 +384,31 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// servingLine starts a line whose generation 1 serves HTTP/3, and a context
+// for the test's clients.
+func servingLine(t *testing.T) (*testLine, *testGen, pki, context.Context) {
+	t.Helper()
+	p := newPKI(t)
+	line := newTestLine(t, 20*time.Second)
+	g1 := line.start()
+	serveGen(t, g1, p)
+	waitFor(t, 5*time.Second, "generation 1 serving", g1.serving)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return line, g1, p, ctx
+}
+
+// takeOver starts the next generation, serving HTTP/3, and hands the socket over
+// to it.
+func (l *testLine) takeOver(t *testing.T, p pki, prep ...func(*quic.Transport)) *testGen {
+	t.Helper()
+	g := l.start()
+	serveGen(t, g, p, prep...)
+	l.handOver(g)
+	waitFor(t, 5*time.Second, fmt.Sprintf("generation %d serving", g.gen), g.serving)
+	return g
+}
+
 // serving reports whether g reads the shared socket.
 func (g *testGen) serving() bool {
 	g.sock.mu.Lock()

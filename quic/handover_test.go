@@ -61,14 +61,7 @@ func (e *corruptError) Error() string { return "body differs at byte " + strconv
 // connections opened after each handover reach the newest generation.
 func TestHandoverKeepsConnections(t *testing.T) {
 	checkLeaks(t)
-	p := newPKI(t)
-	line := newTestLine(t, 20*time.Second)
-	g1 := line.start()
-	serveGen(t, g1, p)
-	waitFor(t, 5*time.Second, "generation 1 serving", g1.serving)
-
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	line, g1, p, ctx := servingLine(t)
 	const clients = 16
 	const size, chunks = 8 << 20, 150 // 150 chunks 20 ms apart: 3 seconds
 	dl := startDownload(ctx, t, line, p, size, chunks)
@@ -79,10 +72,7 @@ func TestHandoverKeepsConnections(t *testing.T) {
 
 	handedAt := map[int]time.Time{}
 	for _, n := range []int{2, 3} {
-		g := line.start()
-		serveGen(t, g, p)
-		line.handOver(g)
-		waitFor(t, 5*time.Second, "generation "+strconv.Itoa(n)+" serving", g.serving)
+		line.takeOver(t, p)
 		handedAt[n] = time.Now()
 		waitFor(t, 10*time.Second, "requests on generation "+strconv.Itoa(n), func() bool { return l.okFrom(n) >= 5*clients })
 	}

@@ -77,7 +77,7 @@ func FuzzParseHeader(f *testing.F) {
 		if h.kind == kindNotQUIC {
 			return
 		}
-		if len(h.dcid) > 0 && (&h.dcid[0] == nil || !within(b, h.dcid)) {
+		if len(h.dcid) > 0 && !within(b, h.dcid) {
 			t.Fatalf("connection ID %x outside the datagram", h.dcid)
 		}
 		if h.kind == kindShort && len(h.dcid) != cidLen {

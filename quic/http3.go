@@ -283,7 +283,7 @@ type handoffListener struct {
 	queue     []*quic.Conn
 	accepting bool            // an Accept waits on an empty queue
 	acceptCtx context.Context // the server's: cancelled when it shuts down
-	done      bool // ServeListener returned
+	done      bool            // ServeListener returned
 	closed    bool
 }
 

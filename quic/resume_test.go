@@ -50,13 +50,7 @@ func TestSuccessorDiesPredecessorResumes(t *testing.T) {
 	old := goAwayIdle
 	goAwayIdle = time.Minute // the quiet connections are not told to go away before the crash
 	defer func() { goAwayIdle = old }()
-	p := newPKI(t)
-	line := newTestLine(t, 20*time.Second)
-	g1 := line.start()
-	serveGen(t, g1, p)
-	waitFor(t, 5*time.Second, "generation 1 serving", g1.serving)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	line, g1, p, ctx := servingLine(t)
 
 	const size, chunks = 4 << 20, 100 // 2 seconds
 	dl := startDownload(ctx, t, line, p, size, chunks)
@@ -69,10 +63,7 @@ func TestSuccessorDiesPredecessorResumes(t *testing.T) {
 		quiet = append(quiet, q)
 	}
 
-	g2 := line.start()
-	serveGen(t, g2, p)
-	line.handOver(g2)
-	waitFor(t, 5*time.Second, "generation 2 serving", g2.serving)
+	g2 := line.takeOver(t, p)
 	victim := dialQuiet(ctx, t, line, p, &quic.Config{MaxIdleTimeout: time.Second})
 	if gen := victim.ping(ctx, t, line); gen != 2 {
 		t.Fatalf("generation %d answered a new connection, want 2", gen)
@@ -112,10 +103,7 @@ func TestSuccessorDiesPredecessorResumes(t *testing.T) {
 
 	// Generation 1 hands over again, to generation 3.
 	goAwayIdle = old
-	g3 := line.start()
-	serveGen(t, g3, p)
-	line.handOver(g3)
-	waitFor(t, 5*time.Second, "generation 3 serving", g3.serving)
+	line.takeOver(t, p)
 	// Each connection is told to go away (at once: they have been idle for more
 	// than goAwayIdle) and its client moves to generation 3.
 	for i, q := range append(quiet, fresh) {

@@ -148,7 +148,11 @@ func (a *h3app) serveConn(conn *quic.Conn) {
 	srv := a.first
 	a.first = nil
 	if srv == nil {
-		srv = a.newServer()
+		if srv = a.newServer(); srv == nil {
+			// newServer broke its contract: the connection cannot be served.
+			_ = conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "no server")
+			return
+		}
 	}
 	c := &h3conn{app: a, srv: srv, ln: newHandoffListener(a.ln.Addr()), lastEnd: time.Now()}
 	c.ctx, c.cancel = context.WithCancel(context.Background())

@@ -1,0 +1,99 @@
+// Package handoverquic keeps QUIC connections (HTTP/3 and raw QUIC, on quic-go)
+// alive across the upgrades of a line of server generations run by package
+// graceful. It is a module of its own, so that graceful does not depend on
+// quic-go; its name differs from quic-go's quic so that both can be imported.
+//
+// # The problem
+//
+// A QUIC server has no accept queue to hand over and no kernel connection to
+// inherit: every packet of every connection arrives on the one UDP socket, and
+// only the process that made a connection can read it. When a new generation takes
+// the socket, it gets the old generation's packets, does not know their
+// connections, and drops them or answers with a stateless reset: the old
+// connections time out or are reset mid-request.
+//
+// # How it works
+//
+// Every generation holds a descriptor of the same UDP socket (inherited like the
+// TCP sockets: from systemd's ListenDatagram=, a `handover run` master, or the
+// previous generation), but only the newest reads it. Every connection ID a
+// generation issues carries its tag (its generation number modulo 256; see
+// cid.go for why a byte suffices, and for the check bytes that tell the line's
+// connection IDs from the ones clients choose). The newest generation reads each
+// datagram's header, no more, and:
+//
+//   - delivers to its own quic.Transport the packets whose connection ID carries
+//     its tag, new connections (Initial packets with a connection ID the client
+//     chose), and datagrams that are not QUIC;
+//   - forwards, with their client's address, the packets whose connection ID
+//     carries the tag of an older generation still alive, over that generation's
+//     inbox (a SOCK_SEQPACKET socketpair whose send end every newer generation
+//     received); the older generation's transport reads them from there, and
+//     writes its answers on its own descriptor of the shared socket;
+//   - sends a client's next Initial and 0-RTT packets, which still carry the
+//     connection ID the client chose, where its first Initial went (a table the
+//     generation that stops reading hands to the one that starts);
+//   - drops, and counts (Stats), whatever it cannot parse, short-header packets
+//     whose connection ID is not the line's, and packets of a generation that is
+//     not alive. No transport ever sees a short-header packet of a connection
+//     that is not its own: it would answer with a stateless reset, and since the
+//     stateless-reset key is the line's, that reset would be valid and kill the
+//     connection.
+//
+// The stateless-reset key, the address-validation token key and the TLS
+// session-ticket keys (graceful's Upgrader.KeepTLSSessions, on the tls.Config
+// given to quic-go) are the line's, the same in every generation: a client
+// resumes its TLS session, sends 0-RTT data and presents its token to any
+// generation.
+//
+// # What happens to a connection
+//
+// While its generation is the newest, a connection is served as by any quic-go
+// server (at the cost below).
+//
+// At the handover (a new generation is ready and takes over), the old generation
+// stops reading the shared socket and the new one starts; no datagram is read by
+// both, and those that arrive in between wait in the socket's buffer. The old
+// generation's connections stay with it: their packets are forwarded to it. With
+// ServeHTTP3, each connection is told to go away (an HTTP/3 GOAWAY, by
+// http3.Server.Shutdown) as its next request starts, or once it has been idle for
+// a second: requests under way and that one complete, and the client opens a new
+// connection, which reaches the new generation, for its next requests. A
+// connection ends when its client closes it, or at the drain deadline, when it is
+// closed with H3_NO_ERROR; the generation finishes when its last connection has
+// ended. A raw QUIC generation (no ServeHTTP3) cannot know its connections: it
+// keeps serving them, through forwarding, until the deadline, when the transport
+// is closed.
+//
+// If the successor dies during the drain (it crashed, or was killed), the old
+// generation takes the socket back: it reads the shared socket again, serves new
+// connections, and serves on those of its connections not yet told to go away;
+// those that were keep draining, now without a deadline. The dead generation's
+// connections are lost with it: their packets, whose tag no live generation
+// carries, are dropped, and their clients time out (they are not reset).
+//
+// At the drain deadline, or when too many generations drain at once, the old
+// generation closes its remaining connections (H3_NO_ERROR for HTTP/3; raw QUIC
+// connections without a word) and its descriptors; packets for them are then
+// dropped by the newest generation.
+//
+// # The cost
+//
+// quic-go gets a net.PacketConn that is not a *net.UDPConn, so it reads and
+// writes one datagram per system call: no recvmmsg batches, no GSO, no ECN bits,
+// and no packet-info control messages, so that a socket bound to a wildcard
+// address answers from the address the kernel's routing picks (bind the
+// service's address on a host with several). It still sets the Don't Fragment
+// bit (path MTU discovery) and the socket's buffer sizes through the shared
+// socket. A forwarded packet costs one sendmsg and one recvmsg more, and a copy;
+// BenchmarkReadForwarded against BenchmarkReadDirect measures it. An IPv6
+// link-local client's zone is not forwarded.
+//
+// # Status
+//
+// This is phase 1: the routing core, tested with two and three generations in one
+// process on one real socket. The lineage (what a generation receives from the
+// one before it and passes to the next) is behind an internal interface that
+// graceful's carrier will implement in phase 2, with the constructor taking an
+// Upgrader.
+package handoverquic

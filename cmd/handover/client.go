@@ -43,6 +43,9 @@ func explainDial(path string, err error) error {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("no control socket at %s: the service is not running, or it was started without this control socket", path)
+	case errors.Is(err, syscall.ECONNREFUSED) && !isSocket(path):
+		// (Linux refuses a connection to a file that is not a socket, too.)
+		return fmt.Errorf("%s is not a socket: check -control", path)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Errorf("nothing is listening on %s: the service is not running (the socket file is stale)", path)
 	case errors.Is(err, fs.ErrPermission):
@@ -51,6 +54,12 @@ func explainDial(path string, err error) error {
 		return fmt.Errorf("%s is not a control socket: check -control", path)
 	}
 	return fmt.Errorf("connecting to %s: %w", path, err)
+}
+
+// isSocket reports whether the file at path is a socket.
+func isSocket(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().Type() == fs.ModeSocket
 }
 
 // errTimedOut is what ask returns when the answer did not come in time.

@@ -15,14 +15,13 @@ import (
 )
 
 // This file holds the state machine of the master: its state, its events and the
-// loop's dispatch (handle). The machine's answers to them are in upgrade.go (an
-// upgrade, a new child taking over, a failure, a replacement), children.go (signals,
-// exits, stopping, restarts), notify.go (what children notify) and status.go. One
-// goroutine (Run's loop) owns the
-// state; signals, exits (from the one reaper loop), sd_notify datagrams, control
-// requests and timers reach it as typed events on one channel. Nothing it does waits:
-// exits, a dead child's last output and timers are awaited beside it and come back as
-// events.
+// loop's dispatch (handle); what it does for each is in upgrade.go (an upgrade, a new
+// child taking over, a failure, a replacement), children.go (signals, exits,
+// stopping, restarts), notify.go (what children notify) and status.go. One goroutine
+// (Run's loop) owns the state; signals, exits (from the one reaper loop), sd_notify
+// datagrams, control requests and timers reach it as typed events on one channel.
+// Nothing it does waits: exits, a dead child's last output and timers are awaited
+// beside it and come back as events.
 //
 //	starting ──child ready──► serving ──SIGHUP/SIGUSR2/reload──► upgrading
 //	  │  ▲                     ▲  │                                  │

@@ -246,8 +246,16 @@ func TestMachineUpgradeChildExits(t *testing.T) {
 	if !strings.Contains(errText(r.Err), "exited before it was ready (exit status 1)") || !strings.Contains(errText(r.Err), "config error: no such key") {
 		t.Errorf("result %v: want the exit status and the last stderr line", r.Err)
 	}
+	// The failure stays a value until printed: its cause, its message, its lines.
+	var pf *proc.Failure
+	if !errors.As(r.Err, &pf) || pf.Cause != "exited" || strings.Contains(pf.Err.Error(), "config error") || !slices.Equal(pf.Stderr, []string{"config error: no such key"}) || f.m.lastErr != error(pf) {
+		t.Errorf("the failure %#v (last error %v): want cause exited, the message, and the stderr line apart", pf, f.m.lastErr)
+	}
+	if rec := f.record(0); rec.Outcome != "failed" || rec.Reason != "exited" || rec.Error != pf.Err.Error() || rec.Stderr != "config error: no such key" {
+		t.Errorf("the failed upgrade's record: %+v", rec)
+	}
 	st := f.st()
-	if st.State != "serving" || st.Child != old.pid || st.Generation != 1 || st.LastError == "" || st.Upgrading != 0 {
+	if st.State != "serving" || st.Child != old.pid || st.Generation != 1 || st.LastError != pf.Error() || st.Upgrading != 0 {
 		t.Errorf("status after the failure: %+v", st)
 	}
 	if f.signaled(old.pid, syscall.SIGTERM) {

@@ -84,32 +84,6 @@ type Drainer struct {
 	adopted   bool // a target of the Upgrader
 }
 
-// ConnCounts is a snapshot of open connections by state.
-type ConnCounts struct {
-	// New connections have been accepted but have not sent a byte of a request.
-	New int `json:"new"`
-	// Active connections are reading or handling a request (raw-protocol
-	// connections are active unless reported idle).
-	Active int `json:"active"`
-	// Idle connections are kept alive between requests.
-	Idle int `json:"idle"`
-	// Hijacked connections were taken over by a handler (websockets).
-	Hijacked int `json:"hijacked"`
-	// Accepted counts every connection ever accepted.
-	Accepted uint64 `json:"accepted"`
-}
-
-// Total returns the number of open connections.
-func (c ConnCounts) Total() int { return c.New + c.Active + c.Idle + c.Hijacked }
-
-func (c *ConnCounts) add(o ConnCounts) {
-	c.New += o.New
-	c.Active += o.Active
-	c.Idle += o.Idle
-	c.Hijacked += o.Hijacked
-	c.Accepted += o.Accepted
-}
-
 func (d *Drainer) init() {
 	if d.conns == nil {
 		d.conns = make(map[*conn]struct{})

@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
@@ -210,7 +211,7 @@ func (u *Upgrader) initState() {
 	if len(files) == 0 {
 		return
 	}
-	if u.set.Source() != handoff.Systemd {
+	if u.set.Source() != fds.Systemd {
 		closeFiles(files) // only systemd's fd store keeps the state
 		return
 	}

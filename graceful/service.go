@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/pidfile"
 )
@@ -92,7 +93,7 @@ func (u *Upgrader) stopWatchdog() {
 	}
 }
 
-func describeHeld(hs []handoff.Held) string {
+func describeHeld(hs []fds.Held) string {
 	parts := make([]string, 0, len(hs))
 	for _, h := range hs {
 		name := h.Name

@@ -14,8 +14,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/pidfile"
+	"github.com/seed-a7250cfa/handover/internal/proc"
 	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 )
 
@@ -232,7 +234,7 @@ func (s state) String() string {
 type Upgrader struct {
 	cfg      Config
 	log      *slog.Logger
-	set      *handoff.Set
+	set      *fds.Set
 	exe      string
 	gen      int
 	notifier *sdnotify.Notifier
@@ -268,7 +270,7 @@ type Upgrader struct {
 	dying    []int // killed children not yet seen dead (siblings under systemd)
 	spawning int   // new generations being started beside the loop
 	sending  int   // messages on their way to the previous generation ("done", "current")
-	reserve  *handoff.Child
+	reserve  *fds.Child
 	replaced int
 	main     bool // the process systemd supervises (its notifications are accepted)
 	lastStat string
@@ -291,7 +293,7 @@ type nextGen struct {
 	waiters []func(upgradeResult)
 	child   child
 	ch      *handoff.Channel
-	out     *stderrTail // its standard error, until the handover
+	out     *proc.Tail // its standard error, until the handover
 	timer   *time.Timer
 	said    string // its last "error" message
 	ready   int    // PID it reported ready with
@@ -321,7 +323,7 @@ type (
 		n     *nextGen
 		child child
 		ch    *handoff.Channel
-		out   *stderrTail
+		out   *proc.Tail
 		err   error
 	}
 	childMsgEvent struct {
@@ -445,7 +447,7 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	if base == nil {
 		base = slog.Default()
 	}
-	set, err := handoff.Inherit()
+	set, err := fds.Inherit()
 	u.set = set
 	u.gen = set.Generation()
 	if m := set.Marker(); m != nil {
@@ -468,7 +470,7 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 		u.log.Warn("not adopting inherited descriptors", "event", "inherit_ignored", "reason", why)
 	}
 	if u.exe = cfg.Executable; u.exe == "" {
-		if u.exe, err = executablePath(os.Args[0]); err != nil {
+		if u.exe, err = proc.Find(os.Args[0]); err != nil {
 			return u, err
 		}
 	}
@@ -487,9 +489,7 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	if m := set.Marker(); m != nil {
 		ours = append(ours, m.PID)
 	}
-	u.watchdog, err = sdnotify.ParseWatchdog(os.Getenv("WATCHDOG_USEC"), os.Getenv("WATCHDOG_PID"), ours...)
-	os.Unsetenv("WATCHDOG_USEC")
-	os.Unsetenv("WATCHDOG_PID")
+	u.watchdog, err = sdnotify.WatchdogFromEnv(ours...)
 	if err != nil {
 		return u, err
 	}
@@ -501,7 +501,7 @@ func newUpgrader(cfg Config) (*Upgrader, error) {
 	}
 	notifySignals(u.sigs)
 	from := "nothing inherited"
-	if set.Source() != handoff.Bound {
+	if set.Source() != fds.Bound {
 		from = fmt.Sprintf("%d descriptors from %s", len(set.Files()), set.Source())
 	}
 	u.log.Info("starting", "event", "start", "executable", u.exe, "inherited", from, "notify", u.notifier != nil, "master", set.Master())
@@ -713,17 +713,10 @@ func (u *Upgrader) Status() Status {
 
 func (u *Upgrader) status() Status {
 	s := Status{PID: os.Getpid(), Generation: u.gen, State: u.st.String(), LastError: u.lastErr,
-		Executable: u.exe, Systemd: u.notifier != nil, Listeners: []Socket{}}
-	for _, h := range u.set.Held() {
-		l := Socket{Name: h.Name, Source: h.Source.String()}
-		if h.Addr != nil {
-			l.Network, l.Addr = h.Addr.Network(), h.Addr.String()
-		}
-		s.Listeners = append(s.Listeners, l)
-	}
+		Executable: u.exe, Systemd: u.notifier != nil, Listeners: u.set.Sockets()}
 	for _, t := range u.targets {
 		if !t.internal {
-			s.Connections.add(t.counts())
+			s.Connections.Add(t.counts())
 		}
 	}
 	if u.next != nil && !u.next.handed && u.next.child != nil {
@@ -954,7 +947,7 @@ func (u *Upgrader) onSpawned(ev spawnedEvent) {
 	if n.out != nil {
 		n.outOpen = true
 		go func() {
-			<-n.out.ended()
+			<-n.out.Done()
 			u.post(stderrEndedEvent{n})
 		}()
 	}
@@ -1282,7 +1275,7 @@ func (u *Upgrader) reportFailure(n *nextGen, cause string, err error) {
 		if n.said != "" {
 			err = fmt.Errorf("%w: %s", err, n.said)
 		}
-		if last := n.out.last(); last != "" {
+		if last := n.out.String(); last != "" {
 			err = fmt.Errorf("%w\nits last lines on stderr:\n  %s", err, strings.ReplaceAll(last, "\n", "\n  "))
 		}
 		attrs = append(attrs, "err", err, "child", n.child.Pid())

@@ -1,4 +1,4 @@
-package handoff
+package fds
 
 import (
 	"bufio"
@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"io"
 	"net"
 	"os"
@@ -146,7 +147,7 @@ func protocolVars(environ []string) []string {
 	for _, kv := range environ {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case ListenPIDEnv, ListenFDsEnv, ListenFDNamesEnv, MarkerEnv:
+		case handoff.ListenPIDEnv, handoff.ListenFDsEnv, handoff.ListenFDNamesEnv, handoff.MarkerEnv:
 			out = append(out, kv)
 		}
 	}
@@ -156,7 +157,7 @@ func protocolVars(environ []string) []string {
 func runHelperSpec(spec helperSpec) *helperResult {
 	res := &helperResult{PID: os.Getpid(), FDsBefore: fdStates()}
 	if spec.Systemd {
-		os.Setenv(ListenPIDEnv, fmt.Sprint(os.Getpid()))
+		os.Setenv(handoff.ListenPIDEnv, fmt.Sprint(os.Getpid()))
 	}
 	s, err := Inherit()
 	if err != nil {
@@ -340,7 +341,7 @@ func handToChild(s *Set, spec helperSpec, held []io.Closer) (*helperResult, []bo
 	if m := s.Marker(); m != nil {
 		gen = m.Generation
 	}
-	env := c.Env(specEnv(os.Environ(), spec), Marker{PID: os.Getpid(), PPID: os.Getpid(), Channel: ListenFDsStart + len(c.Files), Generation: gen + 1})
+	env := c.Env(specEnv(os.Environ(), spec), handoff.Marker{PID: os.Getpid(), PPID: os.Getpid(), Channel: handoff.ListenFDsStart + len(c.Files), Generation: gen + 1})
 	ours, theirs, err := channelPair()
 	if err != nil {
 		return nil, nb, err

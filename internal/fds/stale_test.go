@@ -1,4 +1,4 @@
-package handoff
+package fds
 
 import (
 	"net"
@@ -73,7 +73,7 @@ func TestListenAfterCloseUnclaimed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kind, err := inspect(dup)
+	kind, err := Inspect(dup)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package handoff
+package fds
 
 import (
 	"fmt"
@@ -46,22 +46,20 @@ func (k Kind) String() string {
 	return b.String()
 }
 
+// protocols names the kinds of socket a process may be passed.
+var protocols = map[[2]int]string{
+	{syscall.AF_UNIX, syscall.SOCK_STREAM}:    "unix stream",
+	{syscall.AF_UNIX, syscall.SOCK_DGRAM}:     "unix datagram",
+	{syscall.AF_UNIX, syscall.SOCK_SEQPACKET}: "unix seqpacket",
+	{syscall.AF_INET, syscall.SOCK_STREAM}:    "TCP/IPv4",
+	{syscall.AF_INET6, syscall.SOCK_STREAM}:   "TCP/IPv6",
+	{syscall.AF_INET, syscall.SOCK_DGRAM}:     "UDP/IPv4",
+	{syscall.AF_INET6, syscall.SOCK_DGRAM}:    "UDP/IPv6",
+}
+
 func (k Kind) proto() string {
-	switch {
-	case k.Family == syscall.AF_UNIX && k.Type == syscall.SOCK_STREAM:
-		return "unix stream"
-	case k.Family == syscall.AF_UNIX && k.Type == syscall.SOCK_DGRAM:
-		return "unix datagram"
-	case k.Family == syscall.AF_UNIX && k.Type == syscall.SOCK_SEQPACKET:
-		return "unix seqpacket"
-	case k.Type == syscall.SOCK_STREAM && k.Family == syscall.AF_INET:
-		return "TCP/IPv4"
-	case k.Type == syscall.SOCK_STREAM && k.Family == syscall.AF_INET6:
-		return "TCP/IPv6"
-	case k.Type == syscall.SOCK_DGRAM && k.Family == syscall.AF_INET:
-		return "UDP/IPv4"
-	case k.Type == syscall.SOCK_DGRAM && k.Family == syscall.AF_INET6:
-		return "UDP/IPv6"
+	if p, ok := protocols[[2]int{k.Family, k.Type}]; ok {
+		return p
 	}
 	return fmt.Sprintf("family %d type %d", k.Family, k.Type)
 }
@@ -96,29 +94,30 @@ func (w want) check(k Kind) error {
 	return nil
 }
 
+// networks are the networks a request may name (as net.Listen does): the socket type
+// and the address families each needs.
+var networks = map[string]struct {
+	typ      int
+	families []int
+}{
+	"tcp":        {syscall.SOCK_STREAM, []int{syscall.AF_INET, syscall.AF_INET6}},
+	"tcp4":       {syscall.SOCK_STREAM, []int{syscall.AF_INET}},
+	"tcp6":       {syscall.SOCK_STREAM, []int{syscall.AF_INET6}},
+	"udp":        {syscall.SOCK_DGRAM, []int{syscall.AF_INET, syscall.AF_INET6}},
+	"udp4":       {syscall.SOCK_DGRAM, []int{syscall.AF_INET}},
+	"udp6":       {syscall.SOCK_DGRAM, []int{syscall.AF_INET6}},
+	"unix":       {syscall.SOCK_STREAM, []int{syscall.AF_UNIX}},
+	"unixpacket": {syscall.SOCK_SEQPACKET, []int{syscall.AF_UNIX}},
+	"unixgram":   {syscall.SOCK_DGRAM, []int{syscall.AF_UNIX}},
+}
+
 // spec returns the socket type and families network needs.
 func (w want) spec() (typ int, families []int, err error) {
-	switch w.network {
-	case "tcp":
-		return syscall.SOCK_STREAM, []int{syscall.AF_INET, syscall.AF_INET6}, nil
-	case "tcp4":
-		return syscall.SOCK_STREAM, []int{syscall.AF_INET}, nil
-	case "tcp6":
-		return syscall.SOCK_STREAM, []int{syscall.AF_INET6}, nil
-	case "udp":
-		return syscall.SOCK_DGRAM, []int{syscall.AF_INET, syscall.AF_INET6}, nil
-	case "udp4":
-		return syscall.SOCK_DGRAM, []int{syscall.AF_INET}, nil
-	case "udp6":
-		return syscall.SOCK_DGRAM, []int{syscall.AF_INET6}, nil
-	case "unix":
-		return syscall.SOCK_STREAM, []int{syscall.AF_UNIX}, nil
-	case "unixpacket":
-		return syscall.SOCK_SEQPACKET, []int{syscall.AF_UNIX}, nil
-	case "unixgram":
-		return syscall.SOCK_DGRAM, []int{syscall.AF_UNIX}, nil
+	n, ok := networks[w.network]
+	if !ok {
+		return 0, nil, fmt.Errorf("network %q is not supported (use tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixpacket or unixgram)", w.network)
 	}
-	return 0, nil, fmt.Errorf("network %q is not supported (use tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixpacket or unixgram)", w.network)
+	return n.typ, n.families, nil
 }
 
 func (w want) describe() string {
@@ -134,6 +133,13 @@ func (w want) describe() string {
 		return proto + " socket"
 	}
 	return "a listening " + proto + " socket"
+}
+
+// Matches reports whether k is a socket of network bound to address, as Listen
+// matches an inherited socket to a request: a host name is resolved, and port 0
+// (any port) never matches.
+func Matches(network, address string, k Kind) bool {
+	return want{network: network, address: address, packet: packetNetwork(network)}.matches(k)
 }
 
 // matches reports whether k is bound to the address w asks for. Port 0 (any port)

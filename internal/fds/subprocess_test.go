@@ -1,7 +1,8 @@
-package handoff
+package fds
 
 import (
 	"fmt"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"net"
 	"os"
 	"os/exec"
@@ -128,9 +129,9 @@ func runHelper(t *testing.T, source Source, p passed, spec helperSpec) *helperRe
 		if fds == "" {
 			fds = fmt.Sprint(len(p.files))
 		}
-		env = append(env, ListenFDsEnv+"="+fds)
+		env = append(env, handoff.ListenFDsEnv+"="+fds)
 		if p.names != nil {
-			env = append(env, ListenFDNamesEnv+"="+strings.Join(p.names, ":"))
+			env = append(env, handoff.ListenFDNamesEnv+"="+strings.Join(p.names, ":"))
 		}
 	}
 	switch source {
@@ -143,8 +144,8 @@ func runHelper(t *testing.T, source Source, p passed, spec helperSpec) *helperRe
 		}
 		defer ours.Close()
 		defer theirs.Close()
-		m := Marker{PID: os.Getpid(), PPID: os.Getpid(), Channel: ListenFDsStart + len(files), Generation: 2, Owned: p.own}
-		env = append(env, MarkerEnv+"="+m.String())
+		m := handoff.Marker{PID: os.Getpid(), PPID: os.Getpid(), Channel: handoff.ListenFDsStart + len(files), Generation: 2, Owned: p.own}
+		env = append(env, handoff.MarkerEnv+"="+m.String())
 		files = append(files, theirs)
 	}
 	res, err := startHelper(specEnv(env, spec), files, nil)
@@ -524,7 +525,7 @@ func TestActivationStrayFD(t *testing.T) {
 		ignored string // what Ignored() must say; "" for nothing
 	}{
 		{"no variables", nil, ""},
-		{"LISTEN_FDS only", []string{ListenFDsEnv + "=1", ListenFDNamesEnv + "=http"}, "LISTEN_FDS is set but LISTEN_PID is not"},
+		{"LISTEN_FDS only", []string{handoff.ListenFDsEnv + "=1", handoff.ListenFDNamesEnv + "=http"}, "LISTEN_FDS is set but LISTEN_PID is not"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f, addr := newSocket(t, "tcp4", "127.0.0.1:0", true)
@@ -562,7 +563,7 @@ func TestActivationStrayFD(t *testing.T) {
 // reason is given, and they are close-on-exec afterwards.
 func TestActivationIgnoredLISTENPID(t *testing.T) {
 	f, _ := newSocket(t, "tcp4", "127.0.0.1:0", true)
-	env := append(baseEnv(), ListenPIDEnv+"=1", ListenFDsEnv+"=1")
+	env := append(baseEnv(), handoff.ListenPIDEnv+"=1", handoff.ListenFDsEnv+"=1")
 	res, err := startHelper(specEnv(env, helperSpec{Shell: true}), []*os.File{f}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -615,7 +616,7 @@ func TestActivationRoundTrip(t *testing.T) {
 		Claims: claims,
 		Child:  &helperSpec{Claims: claims, CloseClaimed: true},
 	}
-	env := c.Env(append(baseEnv(), ListenPIDEnv+"=1", MarkerEnv+"=stale"), Marker{PID: os.Getpid(), PPID: os.Getpid(), Channel: 6, Generation: 2})
+	env := c.Env(append(baseEnv(), handoff.ListenPIDEnv+"=1", handoff.MarkerEnv+"=stale"), handoff.Marker{PID: os.Getpid(), PPID: os.Getpid(), Channel: 6, Generation: 2})
 	if got := protocolVars(env); !slices.Equal(got, []string{
 		"LISTEN_FDS=3",
 		"LISTEN_FDNAMES=http:sock:unknown",

@@ -1,6 +1,6 @@
 //go:build linux
 
-package handoff
+package fds
 
 import (
 	"fmt"
@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// inspect asks the kernel what fd is. An fd that is not open is an error.
-func inspect(fd int) (Kind, error) {
+// Inspect asks the kernel what descriptor fd is. An fd that is not open is an error.
+func Inspect(fd int) (Kind, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return Kind{}, err

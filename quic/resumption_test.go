@@ -42,7 +42,7 @@ func (c *countingCache) got() bool {
 // generation 3 (the line's token key).
 func TestResumptionAcrossGenerations(t *testing.T) {
 	checkLeaks(t)
-	line, _, p, ctx := servingLine(t)
+	line, _, p, ctx := servingLine(t, 20*time.Second)
 
 	cache := &countingCache{ClientSessionCache: tls.NewLRUClientSessionCache(8)}
 	tlsConf := p.clientTLS(cache)

@@ -153,6 +153,18 @@ func TestRequestsCrossingGoAway(t *testing.T) {
 	}
 }
 
+// TestControlLayout: the quic-go in the build keeps its streams where
+// controlStream looks for the HTTP/3 control stream. A quic-go upgrade that
+// moves them fails here (and ServeHTTP3 refuses to serve).
+func TestControlLayout(t *testing.T) {
+	if _, err := checkControlLayout(); err != nil {
+		t.Fatal(err)
+	}
+	if b := goAwayFrame(goAwayAll); len(b) != 10 || b[0] != 0x07 || b[1] != 8 {
+		t.Errorf("GOAWAY frame % x: want type 7, length 8, an 8-byte identifier", b)
+	}
+}
+
 // finishedWhy says why the Socket finished ("" while it runs).
 func (s *Socket) finishedWhy() string {
 	s.mu.Lock()

@@ -32,7 +32,8 @@ import (
 // and told to go away at once. A connection ends when its client closes it (a
 // client closes it once its last request is answered), or when the generation
 // finishes (its drain deadline, or Close): then it is closed with H3_NO_ERROR,
-// and handlers still running have finishWait to return. If the generation takes
+// and handlers still running have two seconds to return before the transport
+// closes. If the generation takes
 // the socket back (its successor died), new connections are served here again;
 // those told to go away stay so.
 func (s *Socket) ServeHTTP3(srv *http3.Server) error {
@@ -104,7 +105,7 @@ type h3app struct {
 type h3conn struct {
 	conn *quic.Conn
 	ctrl *quic.SendStream // the control stream, for the GOAWAY
-	wg   sync.WaitGroup   // the accept loops, the handlers and the GOAWAY's write
+	wg   sync.WaitGroup   // the accept loops and the handlers
 	told bool             // guarded by h3app.mu: the GOAWAY was sent
 }
 
@@ -153,14 +154,15 @@ func (a *h3app) serveConn(conn *quic.Conn) {
 	}()
 }
 
-// goAwayLocked sends the GOAWAY, once. The write runs beside the caller: it waits
-// for flow control credit, and ends when the connection does.
+// goAwayLocked sends the GOAWAY, once. The write runs beside the caller (it may
+// wait for flow control credit) and returns at the latest when the connection
+// ends; it is not counted in wg, whose count may already have reached zero.
 func (c *h3conn) goAwayLocked() {
 	if c.told {
 		return
 	}
 	c.told = true
-	c.wg.Go(func() { _, _ = c.ctrl.Write(goAwayFrame(goAwayAll)) })
+	go func() { _, _ = c.ctrl.Write(goAwayFrame(goAwayAll)) }()
 }
 
 // remove forgets a connection that ended and whose handlers returned.

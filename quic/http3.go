@@ -21,7 +21,8 @@ import (
 // use it (Handler, TLSConfig (required), QUICConfig, EnableDatagrams, IdleTimeout,
 // MaxHeaderBytes, ConnContext, Logger), with an accept loop of the Socket's for
 // every connection (http3.Server.NewRawServerConn); srv.SetQUICHeaders advertises
-// the socket's port. Do not Shutdown or Close srv: the Socket ends its connections.
+// the socket's port. srv.Shutdown and srv.Close do not end these connections: the
+// Socket does, as follows.
 //
 // While this generation is the newest, connections are served as they come. At
 // the handover, every connection is told to go away (a GOAWAY frame whose
@@ -33,9 +34,8 @@ import (
 // client closes it once its last request is answered), or when the generation
 // finishes (its drain deadline, or Close): then it is closed with H3_NO_ERROR,
 // and handlers still running have two seconds to return before the transport
-// closes. If the generation takes
-// the socket back (its successor died), new connections are served here again;
-// those told to go away stay so.
+// closes. If the generation takes the socket back (its successor died), new
+// connections are served here again; those told to go away stay so.
 func (s *Socket) ServeHTTP3(srv *http3.Server) error {
 	if srv == nil || srv.TLSConfig == nil {
 		return errors.New("handoverquic: ServeHTTP3: the http3.Server needs a TLSConfig")

@@ -46,6 +46,19 @@
 // resumes its TLS session, sends 0-RTT data and presents its token to any
 // generation.
 //
+// # Serving
+//
+// A generation serves on its Socket in one of three ways:
+//
+//   - HTTP/3: Socket.ServeHTTP3 with the application's http3.Server;
+//   - raw QUIC through the Socket's listeners (Socket.Listen, Socket.ListenEarly),
+//     which keep count of the connections they accepted;
+//   - raw QUIC on the Socket's quic.Transport directly (Socket.Transport), whose
+//     connections the Socket does not know.
+//
+// Socket.Draining is closed when the generation starts to drain, as
+// graceful.Drainer.Draining is.
+//
 // # What happens to a connection
 //
 // While its generation is the newest, a connection is served as by any quic-go
@@ -53,29 +66,42 @@
 //
 // At the handover (a new generation is ready and takes over), the old generation
 // stops reading the shared socket and the new one starts; no datagram is read by
-// both, and those that arrive in between wait in the socket's buffer. The old
-// generation's connections stay with it: their packets are forwarded to it. With
-// ServeHTTP3, each connection is told to go away (an HTTP/3 GOAWAY, by
-// http3.Server.Shutdown) as its next request starts, or once it has been idle for
-// a second: requests under way and that one complete, and the client opens a new
-// connection, which reaches the new generation, for its next requests. A
-// connection ends when its client closes it, or at the drain deadline, when it is
-// closed with H3_NO_ERROR; the generation finishes when its last connection has
-// ended. A raw QUIC generation (no ServeHTTP3) cannot know its connections: it
-// keeps serving them, through forwarding, until the deadline, when the transport
-// is closed.
+// both, and those that arrive in between wait in the socket's buffer. New
+// connections reach the new generation. The old generation's connections stay
+// with it (their packets are forwarded to it), and so do those whose handshake
+// began before the handover, which its listeners still accept:
+//
+//   - HTTP/3 (ServeHTTP3): each connection is told to go away at once, with a
+//     GOAWAY frame whose identifier (2^62-4) rejects no request, and is served
+//     on: every request its client sent, even one sent before the client read
+//     the GOAWAY, is answered. The client sends no new request on it: it opens a
+//     new connection, which reaches the new generation, and closes this one once
+//     its last answer has come. (quic-go's own http3.Server.Shutdown rejects, with
+//     H3_REQUEST_REJECTED, the requests that cross its GOAWAY: see goaway.go for
+//     how this package sends its GOAWAY instead.)
+//   - raw QUIC through a Listener: served on. The application learns of the drain
+//     from Socket.Draining and tells its clients to move in its own protocol's
+//     way, as HTTP/3 does with GOAWAY.
+//   - raw QUIC on the Transport: served on, until the deadline.
+//
+// The old generation finishes as soon as every connection its listeners (and
+// ServeHTTP3) accepted has ended and the HTTP/3 handlers have returned, or at the
+// drain deadline (or when too many generations drain at once, or at Close). Then
+// the connections still open are closed: HTTP/3 ones with H3_NO_ERROR, a
+// Listener's with the application error code and reason of its
+// SetDeadlineError, both as a CONNECTION_CLOSE their clients see; those on the
+// bare Transport without a word, when the transport closes. A raw QUIC generation
+// with no Listener cannot know its connections: it always drains until the
+// deadline. Packets for a finished generation's connections are dropped by the
+// newest generation.
 //
 // If the successor dies during the drain (it crashed, or was killed), the old
 // generation takes the socket back: it reads the shared socket again, serves new
-// connections, and serves on those of its connections not yet told to go away;
-// those that were keep draining, now without a deadline. The dead generation's
-// connections are lost with it: their packets, whose tag no live generation
-// carries, are dropped, and their clients time out (they are not reset).
-//
-// At the drain deadline, or when too many generations drain at once, the old
-// generation closes its remaining connections (H3_NO_ERROR for HTTP/3; raw QUIC
-// connections without a word) and its descriptors; packets for them are then
-// dropped by the newest generation.
+// connections, and serves on its old ones, now without a deadline; HTTP/3
+// connections told to go away stay so (a GOAWAY cannot be taken back), and
+// Draining returns a new channel. The dead generation's connections are lost with
+// it: their packets, whose tag no live generation carries, are dropped, and their
+// clients time out (they are not reset).
 //
 // # The cost
 //
@@ -91,8 +117,9 @@
 //
 // # Status
 //
-// This is phase 1: the routing core, tested with two and three generations in one
-// process on one real socket. The lineage (what a generation receives from the
+// This is phase 1: the routing core and the drain of HTTP/3 and raw QUIC
+// connections, tested with two and three generations in one process on one real
+// socket. The lineage (what a generation receives from the
 // one before it and passes to the next) is behind an internal interface that
 // graceful's carrier will implement in phase 2, with the constructor taking an
 // Upgrader.

@@ -18,14 +18,11 @@ import (
 // reset); the connections of the live generations carry on.
 func TestForgedPacketsDropped(t *testing.T) {
 	checkLeaks(t)
-	line, g1, p, ctx := servingLine(t)
-	old := dialQuiet(ctx, t, line, p, nil)
+	line, g1, p, ctx := servingLine(t, 20*time.Second)
+	old := dialDeaf(ctx, t, line, p) // stays on generation 1: its packets are forwarded
 	if gen := old.ping(ctx, t, line); gen != 1 {
 		t.Fatalf("generation %d answered, want 1", gen)
 	}
-	goAwayIdleWas := goAwayIdle
-	goAwayIdle = time.Minute // old stays on generation 1: its packets are forwarded
-	defer func() { goAwayIdle = goAwayIdleWas }()
 	g2 := line.takeOver(t, p)
 
 	codec := newCIDCodec(&line.reset)

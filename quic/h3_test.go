@@ -92,9 +92,7 @@ func serveGen(t testing.TB, g *testGen, p pki, prep ...func(*quic.Transport)) {
 	h := testHandler(g.gen)
 	errC := make(chan error, 1)
 	go func() {
-		errC <- g.sock.ServeHTTP3(func() *http3.Server {
-			return &http3.Server{Handler: h, TLSConfig: tlsConf, QUICConfig: &quic.Config{Allow0RTT: true}}
-		})
+		errC <- g.sock.ServeHTTP3(&http3.Server{Handler: h, TLSConfig: tlsConf, QUICConfig: &quic.Config{Allow0RTT: true}})
 	}()
 	t.Cleanup(func() {
 		g.sock.Close()
@@ -260,41 +258,36 @@ func (l *load) fail(format string, args ...any) {
 	}
 }
 
-// runLoad starts n clients against addr, each sending at most max requests, one
-// every interval, until ctx ends. wait returns the tally once they all stopped.
-func runLoad(ctx context.Context, t testing.TB, addr net.Addr, p pki, n, max int, interval time.Duration) (l *load, wait func() *load) {
+// runLoad starts n clients against addr, each sending at most max rounds of
+// requests, one round every interval, until ctx ends: the even clients send one
+// request a round, the odd ones inflight at once on their connection. wait returns
+// the tally once they all stopped.
+func runLoad(ctx context.Context, t testing.TB, addr net.Addr, p pki, n, inflight, max int, interval time.Duration) (l *load, wait func() *load) {
 	l = &load{closes: map[closeKind]int{}, byGen: map[int]int{}}
 	var wg sync.WaitGroup
-	for range n {
+	for i := range n {
 		tr := clientTransport(t)
-		wg.Go(func() { l.client(ctx, tr, addr, p.clientTLS(nil), max, interval) })
+		k := 1
+		if i%2 == 1 {
+			k = inflight
+		}
+		wg.Go(func() { l.client(ctx, tr, addr, p.clientTLS(nil), k, max, interval) })
 	}
 	return l, func() *load { wg.Wait(); return l }
 }
 
-// client is one long-lived client.
-func (l *load) client(ctx context.Context, tr *quic.Transport, addr net.Addr, tlsConf *tls.Config, max int, interval time.Duration) {
-	url := "https://" + addr.String() + "/ping"
-	var conn *quic.Conn
-	var cc *http3.ClientConn
-	var dialed time.Time
-	first := false
-	closeConn := func() {
-		if conn == nil {
-			return
-		}
-		conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
-		<-conn.Context().Done()
-		kind, cause := classifyClose(conn)
-		l.note(func() {
-			l.closes[kind]++
-			if kind == closedReset || kind == closedIdle || kind == closedOther {
-				l.fail("connection closed: %v", cause)
-			}
-		})
-		conn = nil
-	}
-	defer closeConn()
+// loadConn is a load client's connection.
+type loadConn struct {
+	conn   *quic.Conn
+	cc     *http3.ClientConn
+	dialed time.Time
+	first  bool // no request answered on it yet
+}
+
+// client is one long-lived client, sending k requests at once each round.
+func (l *load) client(ctx context.Context, tr *quic.Transport, addr net.Addr, tlsConf *tls.Config, k, max int, interval time.Duration) {
+	var c *loadConn
+	defer func() { l.closeConn(c) }()
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for range max {
@@ -303,69 +296,118 @@ func (l *load) client(ctx context.Context, tr *quic.Transport, addr net.Addr, tl
 			return
 		case <-tick.C:
 		}
-		if conn != nil && conn.Context().Err() != nil {
-			closeConn()
+		if c != nil && c.conn.Context().Err() != nil {
+			l.closeConn(c)
+			c = nil
 		}
-		if conn == nil {
-			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			var err error
-			dialed = time.Now()
-			conn, cc, err = dialH3(dctx, tr, addr, tlsConf, false)
-			cancel()
-			if err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				l.note(func() { l.dialFails++; l.fail("dial: %v", err) })
+		if c == nil {
+			if c = l.dial(ctx, tr, addr, tlsConf); c == nil {
 				continue
 			}
-			first = true
-			l.note(func() { l.dials++ })
 		}
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		status, gen, body, sent, err := get(rctx, cc, url)
-		cancel()
-		if !sent {
+		if !l.round(ctx, c, "https://"+addr.String()+"/ping", k) {
 			if ctx.Err() != nil {
 				return
 			}
-			// Told to go away before sending: the next request goes on a new
+			// Told to go away before sending: the next requests go on a new
 			// connection.
-			l.note(func() { l.notSent++ })
-			closeConn()
-			continue
+			l.closeConn(c)
+			c = nil
 		}
-		l.note(func() {
-			l.sent++
-			var h3err *http3.Error
-			switch {
-			case err != nil && errors.As(err, &h3err) && h3err.ErrorCode == http3.ErrCodeRequestRejected:
-				l.failed++
-				l.rejected++
-				l.fail("request rejected: %v", err)
-			case err != nil:
-				if ctx.Err() == nil {
-					l.failed++
-					l.fail("request: %v", err)
-				} else {
-					l.sent-- // cut by the end of the test, not by a server
-				}
-			case status != http.StatusOK || string(body) != "ok":
-				l.failed++
-				l.fail("answer: %d %q", status, body)
-			default:
-				l.ok++
-				l.byGen[gen]++
-				if first {
-					l.newConns = append(l.newConns, connStart{at: dialed, gen: gen})
-					first = false
-				}
-			}
-		})
 	}
 }
 
-// snapshot returns a copy of the tally's counts.
+// dial opens a load client's connection, or returns nil.
+func (l *load) dial(ctx context.Context, tr *quic.Transport, addr net.Addr, tlsConf *tls.Config) *loadConn {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	dialed := time.Now()
+	conn, cc, err := dialH3(dctx, tr, addr, tlsConf, false)
+	if err != nil {
+		if ctx.Err() == nil {
+			l.note(func() { l.dialFails++; l.fail("dial: %v", err) })
+		}
+		return nil
+	}
+	l.note(func() { l.dials++ })
+	return &loadConn{conn: conn, cc: cc, dialed: dialed, first: true}
+}
+
+// closeConn closes a load client's connection and records how it ended.
+func (l *load) closeConn(c *loadConn) {
+	if c == nil {
+		return
+	}
+	c.conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+	<-c.conn.Context().Done()
+	kind, cause := classifyClose(c.conn)
+	l.note(func() {
+		l.closes[kind]++
+		if kind == closedReset || kind == closedIdle || kind == closedOther {
+			l.fail("connection closed: %v", cause)
+		}
+	})
+}
+
+// round sends k requests at once on c and tallies them. It reports false if one
+// was not sent: the connection is going away.
+func (l *load) round(ctx context.Context, c *loadConn, url string, k int) bool {
+	type result struct {
+		status, gen int
+		body        []byte
+		sent        bool
+		err         error
+	}
+	res := make([]result, k)
+	var wg sync.WaitGroup
+	for i := range k {
+		wg.Go(func() {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			r := &res[i]
+			r.status, r.gen, r.body, r.sent, r.err = get(rctx, c.cc, url)
+		})
+	}
+	wg.Wait()
+	allSent := true
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range res {
+		if !r.sent {
+			allSent = false
+			if ctx.Err() == nil {
+				l.notSent++
+			}
+			continue
+		}
+		l.sent++
+		var h3err *http3.Error
+		switch {
+		case r.err != nil && errors.As(r.err, &h3err) && h3err.ErrorCode == http3.ErrCodeRequestRejected:
+			l.failed++
+			l.rejected++
+			l.fail("request rejected: %v", r.err)
+		case r.err != nil && ctx.Err() != nil:
+			l.sent-- // cut by the end of the test, not by a server
+		case r.err != nil:
+			l.failed++
+			l.fail("request: %v", r.err)
+		case r.status != http.StatusOK || string(r.body) != "ok":
+			l.failed++
+			l.fail("answer: %d %q", r.status, r.body)
+		default:
+			l.ok++
+			l.byGen[r.gen]++
+			if c.first {
+				l.newConns = append(l.newConns, connStart{at: c.dialed, gen: r.gen})
+				c.first = false
+			}
+		}
+	}
+	return allSent
+}
+
+// okFrom returns how many requests generation gen answered.
 func (l *load) okFrom(gen int) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -384,12 +426,12 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// servingLine starts a line whose generation 1 serves HTTP/3, and a context
-// for the test's clients.
-func servingLine(t *testing.T) (*testLine, *testGen, pki, context.Context) {
+// servingLine starts a line whose generation 1 serves HTTP/3, each generation
+// draining for at most drain, and a context for the test's clients.
+func servingLine(t *testing.T, drain time.Duration) (*testLine, *testGen, pki, context.Context) {
 	t.Helper()
 	p := newPKI(t)
-	line := newTestLine(t, 20*time.Second)
+	line := newTestLine(t, drain)
 	g1 := line.start()
 	serveGen(t, g1, p)
 	waitFor(t, 5*time.Second, "generation 1 serving", g1.serving)

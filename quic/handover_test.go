@@ -54,20 +54,22 @@ type corruptError struct{ at int }
 
 func (e *corruptError) Error() string { return "body differs at byte " + strconv.Itoa(e.at) }
 
-// TestHandoverKeepsConnections: 16 long-lived HTTP/3 clients, a request every 20
-// ms each, never retried, while generation 1 hands over to 2 and 2 to 3; and a
-// long download started on generation 1. No request fails, no connection sees a
-// stateless reset or an idle timeout, the download completes intact, and the
-// connections opened after each handover reach the newest generation.
+// TestHandoverKeepsConnections: 16 long-lived HTTP/3 clients, a round of requests
+// every 20 ms each (one request for half of them, 4 at once for the others),
+// never retried, while generation 1 hands over to 2 and 2 to 3; and a long
+// download started on generation 1. No request fails (none is rejected), no
+// connection sees a stateless reset or an idle timeout, the download completes
+// intact, and the connections opened after each handover reach the newest
+// generation.
 func TestHandoverKeepsConnections(t *testing.T) {
 	checkLeaks(t)
-	line, g1, p, ctx := servingLine(t)
+	line, g1, p, ctx := servingLine(t, 20*time.Second)
 	const clients = 16
 	const size, chunks = 8 << 20, 150 // 150 chunks 20 ms apart: 3 seconds
 	dl := startDownload(ctx, t, line, p, size, chunks)
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
-	l, wait := runLoad(loadCtx, t, line.addr, p, clients, 3000, 20*time.Millisecond)
+	l, wait := runLoad(loadCtx, t, line.addr, p, clients, 4, 3000, 20*time.Millisecond)
 	waitFor(t, 10*time.Second, "requests on generation 1", func() bool { return l.okFrom(1) >= 5*clients })
 
 	handedAt := map[int]time.Time{}
@@ -87,8 +89,8 @@ func TestHandoverKeepsConnections(t *testing.T) {
 	for _, e := range l.errs {
 		t.Log(e)
 	}
-	if l.failed != 0 || l.dialFails != 0 {
-		t.Errorf("%d requests failed, %d dials failed", l.failed, l.dialFails)
+	if l.failed != 0 || l.rejected != 0 || l.dialFails != 0 {
+		t.Errorf("%d requests failed (%d rejected), %d dials failed", l.failed, l.rejected, l.dialFails)
 	}
 	if n := l.closes[closedReset]; n != 0 {
 		t.Errorf("%d connections saw a stateless reset", n)

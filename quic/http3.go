@@ -1,10 +1,14 @@
+//go:build linux
+
 package handoverquic
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
-	"runtime"
 	"sync"
 	"time"
 
@@ -12,93 +16,181 @@ import (
 	"github.com/quic-go/quic-go/http3"
 )
 
-// h3app serves HTTP/3 for a Socket, each connection with an http3.Server of its
-// own (from newServer), so that each can be told to go away at the right moment.
+// ServeHTTP3 serves HTTP/3 with srv on the Socket until the Socket finishes, then
+// returns http.ErrServerClosed. srv is used as http3.Server.ServeListener would
+// use it (Handler, TLSConfig (required), QUICConfig, EnableDatagrams, IdleTimeout,
+// MaxHeaderBytes, ConnContext, Logger), with an accept loop of the Socket's for
+// every connection (http3.Server.NewRawServerConn); srv.SetQUICHeaders advertises
+// the socket's port. srv.Shutdown and srv.Close do not end these connections: the
+// Socket does, as follows.
 //
-// quic-go's http3.Server.Shutdown sends one GOAWAY per connection and rejects
-// (H3_REQUEST_REJECTED) every request stream that arrives after it: a request the
-// client sends while the GOAWAY is on its way is rejected. RFC 9114 (section 5.2)
-// avoids that race with two GOAWAY frames, which quic-go does not send. So a
-// connection is shut down when the race cannot bite a client that sends one
-// request at a time: as a request starts on it (that request is served, and its
-// client reads the GOAWAY before it has the answer and sends its next request), or
-// once it has had no request for goAwayIdle. A client with several requests in
-// flight at once can still see one rejected, which HTTP/3 clients resend (the
-// server did not process it: RFC 9114 section 8.1).
-type h3app struct {
-	ln        *quic.EarlyListener
-	newServer func() *http3.Server
-	wake      func()
-
-	mu       sync.Mutex
-	first    *http3.Server // the first newServer's result, for the first connection
-	draining bool          // connections are told to go away
-	expired  bool          // the deadline passed
-	conns    map[*h3conn]bool
-	idleC    chan struct{} // closed and replaced when conns empties
-}
-
-// goAwayIdle is how long a connection must have had no request, once its
-// generation drains, before it is told to go away without waiting for one.
-var goAwayIdle = time.Second
-
-func newH3App(ln *quic.EarlyListener, newServer func() *http3.Server, first *http3.Server, wake func()) *h3app {
-	return &h3app{ln: ln, newServer: newServer, first: first, wake: wake, conns: map[*h3conn]bool{}, idleC: make(chan struct{})}
-}
-
-// h3conn is one connection and its server.
-type h3conn struct {
-	app *h3app
-	srv *http3.Server
-	ln  *handoffListener
-	// ctx is Shutdown's: cancelled at the deadline, when the server closes the
-	// connection (H3_NO_ERROR) whatever is under way.
-	ctx    context.Context
-	cancel context.CancelFunc
-
-	// Guarded by app.mu.
-	active    int       // requests under way
-	lastEnd   time.Time // when the last request ended (or the connection came)
-	goingAway bool      // to be shut down at its next request or once idle
-	shut      bool      // Shutdown was called
-	timer     *time.Timer
-}
-
-// serve makes new and draining connections normal again (a resume): those not
-// yet told to go away are not.
-func (a *h3app) serve() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.draining, a.expired = false, false
-	for c := range a.conns {
-		if !c.shut {
-			c.goingAway = false
-			if c.timer != nil {
-				c.timer.Stop()
-				c.timer = nil
-			}
+// While this generation is the newest, connections are served as they come. At
+// the handover, every connection is told to go away (a GOAWAY frame whose
+// identifier rejects no request), and keeps being served: every request its
+// client sent, even one that crossed the GOAWAY, is answered, and the client opens
+// a new connection, which reaches the newest generation, for its next requests. A
+// connection whose handshake began just before the handover is served here too,
+// and told to go away at once. A connection ends when its client closes it (a
+// client closes it once its last request is answered), or when the generation
+// finishes (its drain deadline, or Close): then it is closed with H3_NO_ERROR,
+// and handlers still running have two seconds to return before the transport
+// closes. If the generation takes the socket back (its successor died), new
+// connections are served here again; those told to go away stay so.
+func (s *Socket) ServeHTTP3(srv *http3.Server) error {
+	if srv == nil || srv.TLSConfig == nil {
+		return errors.New("handoverquic: ServeHTTP3: the http3.Server needs a TLSConfig")
+	}
+	if _, err := checkControlLayout(); err != nil {
+		return err
+	}
+	conf := &quic.Config{Allow0RTT: true}
+	if srv.QUICConfig != nil {
+		conf = srv.QUICConfig.Clone()
+	}
+	if srv.EnableDatagrams {
+		conf.EnableDatagrams = true
+	}
+	ln, err := s.ListenEarly(http3.ConfigureTLSConfig(srv.TLSConfig), conf)
+	if err != nil {
+		return fmt.Errorf("handoverquic: ServeHTTP3: %w", err)
+	}
+	ln.SetDeadlineError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+	app := &h3app{srv: srv, log: s.log, wake: s.wakeUp, conns: map[*h3conn]struct{}{}, idleC: make(chan struct{})}
+	if err := s.setApp(app); err != nil {
+		ln.Close()
+		return err
+	}
+	defer advertise(srv, ln.Addr())()
+	for {
+		conn, err := ln.Accept(context.Background())
+		if err != nil {
+			return http.ErrServerClosed
 		}
+		app.serveConn(conn)
 	}
 }
 
-// drain tells every connection to go away, as soon as that is safe.
+// setApp makes app the Socket's HTTP/3 server.
+func (s *Socket) setApp(app *h3app) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.app != nil:
+		return errors.New("handoverquic: ServeHTTP3 called twice")
+	case s.state == sockDone:
+		return http.ErrServerClosed
+	}
+	s.app = app
+	if s.state == sockDraining {
+		app.drain()
+	}
+	return nil
+}
+
+// h3app serves HTTP/3 on a Socket: each connection with an http3.RawServerConn
+// of srv's and an accept loop of its own, which serves every request stream that
+// arrives (quic-go's http3.Server, once shut down, rejects them: see goaway.go).
+type h3app struct {
+	srv  *http3.Server
+	log  *slog.Logger
+	wake func()
+
+	mu       sync.Mutex
+	draining bool // connections are told to go away
+	conns    map[*h3conn]struct{}
+	idleC    chan struct{} // closed and replaced when conns empties
+}
+
+// h3conn is one connection: its streams are served until it ends.
+type h3conn struct {
+	conn *quic.Conn
+	ctrl *quic.SendStream // the control stream, for the GOAWAY
+	wg   sync.WaitGroup   // the accept loops and the handlers
+	told bool             // guarded by h3app.mu: the GOAWAY was sent
+}
+
+// serveConn starts serving a connection the Listener accepted.
+func (a *h3app) serveConn(conn *quic.Conn) {
+	raw, err := a.srv.NewRawServerConn(conn)
+	if err != nil {
+		// The control stream could not be opened: the connection is closing.
+		_ = conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")
+		return
+	}
+	ctrl, err := controlStream(conn)
+	if err != nil {
+		a.log.Error("HTTP/3 connection refused: cannot tell it to go away", "event", "quic_h3_refused", "err", err)
+		_ = conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "")
+		return
+	}
+	c := &h3conn{conn: conn, ctrl: ctrl}
+	a.mu.Lock()
+	a.conns[c] = struct{}{}
+	if a.draining {
+		c.goAwayLocked()
+	}
+	a.mu.Unlock()
+	c.wg.Go(func() {
+		for {
+			str, err := conn.AcceptUniStream(context.Background())
+			if err != nil {
+				return
+			}
+			c.wg.Go(func() { raw.HandleUnidirectionalStream(str) })
+		}
+	})
+	c.wg.Go(func() {
+		for {
+			str, err := conn.AcceptStream(context.Background())
+			if err != nil {
+				return
+			}
+			c.wg.Go(func() { raw.HandleRequestStream(str) })
+		}
+	})
+	go func() {
+		c.wg.Wait()
+		a.remove(c)
+	}()
+}
+
+// goAwayLocked sends the GOAWAY, once. The write runs beside the caller (it may
+// wait for flow control credit) and returns at the latest when the connection
+// ends; it is not counted in wg, whose count may already have reached zero.
+func (c *h3conn) goAwayLocked() {
+	if c.told {
+		return
+	}
+	c.told = true
+	go func() { _, _ = c.ctrl.Write(goAwayFrame(goAwayAll)) }()
+}
+
+// remove forgets a connection that ended and whose handlers returned.
+func (a *h3app) remove(c *h3conn) {
+	a.mu.Lock()
+	delete(a.conns, c)
+	if len(a.conns) == 0 {
+		close(a.idleC)
+		a.idleC = make(chan struct{})
+	}
+	a.mu.Unlock()
+	a.wake()
+}
+
+// serve makes new connections normal again (a resume).
+func (a *h3app) serve() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.draining = false
+}
+
+// drain tells every connection to go away.
 func (a *h3app) drain() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.draining = true
 	for c := range a.conns {
 		c.goAwayLocked()
-	}
-}
-
-// expire makes every connection close now.
-func (a *h3app) expire() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.draining, a.expired = true, true
-	for c := range a.conns {
-		c.cancel()
-		c.shutdownLocked()
 	}
 }
 
@@ -128,262 +220,42 @@ func (a *h3app) waitIdle(d time.Duration) bool {
 	}
 }
 
-// acceptLoop serves every accepted connection, until the listener is closed.
-func (a *h3app) acceptLoop() {
-	for {
-		conn, err := a.ln.Accept(context.Background())
-		if err != nil {
-			return
-		}
-		a.serveConn(conn)
-	}
-}
-
-// serveConn starts a connection's server. A connection accepted while this
-// generation drains (its handshake began just before the handover) is served
-// too, and told to go away like the others.
-func (a *h3app) serveConn(conn *quic.Conn) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	srv := a.first
-	a.first = nil
-	if srv == nil {
-		if srv = a.newServer(); srv == nil {
-			// newServer broke its contract: the connection cannot be served.
-			_ = conn.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeInternalError), "no server")
-			return
-		}
-	}
-	c := &h3conn{app: a, srv: srv, ln: newHandoffListener(a.ln.Addr()), lastEnd: time.Now()}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
-	srv.Handler = c.track(srv.Handler)
-	a.conns[c] = true
-	c.ln.feed(conn)
+// advertise registers addr with srv, as its listener, so that srv.SetQUICHeaders
+// advertises its port (http3.Server learns its ports only from the listeners it
+// serves); the listener yields no connection. The function returned unregisters
+// it.
+func advertise(srv *http3.Server, addr net.Addr) (stop func()) {
+	pl := &portListener{addr: addr, closed: make(chan struct{})}
+	done := make(chan struct{})
 	go func() {
-		_ = srv.ServeListener(c.ln)
-		c.ln.served()
+		_ = srv.ServeListener(pl)
+		close(done)
 	}()
-	switch {
-	case a.expired:
-		c.cancel()
-		c.shutdownLocked()
-	case a.draining:
-		c.goAwayLocked()
+	return func() {
+		pl.Close()
+		<-done
 	}
 }
 
-// track wraps a connection's handler: it counts the requests under way, and the
-// first request of a connection that must go away shuts it down as it starts.
-func (c *h3conn) track(h http.Handler) http.Handler {
-	if h == nil {
-		h = http.DefaultServeMux
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a := c.app
-		a.mu.Lock()
-		c.active++
-		first := c.goingAway && !c.shut
-		if first {
-			c.shutdownLocked()
-		}
-		a.mu.Unlock()
-		if first {
-			c.awaitGoAway(r.Context())
-		}
-		defer func() {
-			a.mu.Lock()
-			c.active--
-			c.lastEnd = time.Now()
-			a.mu.Unlock()
-		}()
-		h.ServeHTTP(w, r)
-	})
+// portListener is a listener that yields no connection: see advertise.
+type portListener struct {
+	addr   net.Addr
+	once   sync.Once
+	closed chan struct{}
 }
 
-// awaitGoAway holds the request that shuts the connection down until its server
-// has begun to shut down (its graceful context, the one it accepts with, is
-// cancelled), and lets the server's connection goroutine queue the GOAWAY: the
-// answer then leaves after the GOAWAY, and the client knows before it sends its
-// next request.
-func (c *h3conn) awaitGoAway(req context.Context) {
+func (l *portListener) Accept(ctx context.Context) (*quic.Conn, error) {
 	select {
-	case <-c.ln.graceful():
-	case <-req.Done():
-		return
-	}
-	for range 3 {
-		runtime.Gosched()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-l.closed:
+		return nil, quic.ErrServerClosed
 	}
 }
 
-// goAwayLocked marks the connection to go away: at once if a request is under
-// way, else at its next request or once idle for goAwayIdle.
-func (c *h3conn) goAwayLocked() {
-	if c.shut || c.goingAway {
-		return
-	}
-	c.goingAway = true
-	if c.active > 0 {
-		c.shutdownLocked()
-		return
-	}
-	c.timer = time.AfterFunc(time.Until(c.lastEnd.Add(goAwayIdle)), c.idleCheck)
-}
+func (l *portListener) Addr() net.Addr { return l.addr }
 
-// idleCheck shuts an idle connection down, or waits again.
-func (c *h3conn) idleCheck() {
-	a := c.app
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if c.shut || !c.goingAway {
-		return
-	}
-	if c.active == 0 {
-		if wait := time.Until(c.lastEnd.Add(goAwayIdle)); wait > 0 {
-			c.timer = time.AfterFunc(wait, c.idleCheck)
-			return
-		}
-	}
-	c.shutdownLocked()
-}
-
-// shutdownLocked shuts the connection's server down beside the caller: GOAWAY,
-// then the connection ends when its client closes it, or when ctx is cancelled.
-func (c *h3conn) shutdownLocked() {
-	if c.shut {
-		return
-	}
-	c.shut = true
-	if c.timer != nil {
-		c.timer.Stop()
-	}
-	go func() {
-		c.ln.stop()
-		_ = c.srv.Shutdown(c.ctx)
-		c.ln.Close()
-		c.cancel()
-		a := c.app
-		a.mu.Lock()
-		delete(a.conns, c)
-		if len(a.conns) == 0 {
-			close(a.idleC)
-			a.idleC = make(chan struct{})
-		}
-		a.mu.Unlock()
-		a.wake()
-	}()
-}
-
-// handoffListener is the http3.QUICListener a connection's server serves: it
-// yields the one connection fed to it. stop waits until the server has taken it
-// and is back in Accept, so that Shutdown, called next, finds the connection
-// counted and tells it to go away: http3.Server.ServeListener drops a connection
-// it accepts after Shutdown began.
-type handoffListener struct {
-	addr net.Addr
-
-	mu        sync.Mutex
-	cond      *sync.Cond
-	queue     []*quic.Conn
-	accepting bool            // an Accept waits on an empty queue
-	acceptCtx context.Context // the server's: cancelled when it shuts down
-	done      bool            // ServeListener returned
-	closed    bool
-}
-
-func newHandoffListener(addr net.Addr) *handoffListener {
-	l := &handoffListener{addr: addr}
-	l.cond = sync.NewCond(&l.mu)
-	return l
-}
-
-// feed hands a connection to the server.
-func (l *handoffListener) feed(c *quic.Conn) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.queue = append(l.queue, c)
-	l.cond.Broadcast()
-}
-
-// Accept returns the next connection fed.
-func (l *handoffListener) Accept(ctx context.Context) (*quic.Conn, error) {
-	stop := context.AfterFunc(ctx, func() {
-		l.mu.Lock()
-		l.cond.Broadcast()
-		l.mu.Unlock()
-	})
-	defer stop()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.acceptCtx == nil {
-		l.acceptCtx = ctx
-		l.cond.Broadcast()
-	}
-	for {
-		switch {
-		case len(l.queue) > 0:
-			c := l.queue[0]
-			l.queue = l.queue[1:]
-			return c, nil
-		case l.closed:
-			return nil, quic.ErrServerClosed
-		case ctx.Err() != nil:
-			return nil, ctx.Err()
-		}
-		l.accepting = true
-		l.cond.Broadcast()
-		l.cond.Wait()
-		l.accepting = false
-	}
-}
-
-// graceful returns a channel closed once the server's accept context is
-// cancelled: http3.Server.Shutdown began (or the server stopped serving).
-func (l *handoffListener) graceful() <-chan struct{} {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for l.acceptCtx == nil && !l.done {
-		l.cond.Wait()
-	}
-	if l.acceptCtx == nil {
-		closed := make(chan struct{})
-		close(closed)
-		return closed
-	}
-	return l.acceptCtx.Done()
-}
-
-// stop waits until the server has taken every connection fed to it.
-func (l *handoffListener) stop() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for !l.done && !l.closed && (len(l.queue) > 0 || !l.accepting) {
-		l.cond.Wait()
-	}
-}
-
-// served records that ServeListener returned; a connection it never took is
-// closed.
-func (l *handoffListener) served() {
-	l.mu.Lock()
-	l.done = true
-	left := l.queue
-	l.queue = nil
-	l.cond.Broadcast()
-	l.mu.Unlock()
-	for _, c := range left {
-		_ = c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
-	}
-}
-
-// Close wakes Accept for good.
-func (l *handoffListener) Close() error {
-	l.mu.Lock()
-	l.closed = true
-	l.cond.Broadcast()
-	l.mu.Unlock()
+func (l *portListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
 	return nil
 }
-
-// Addr is the transport's address (http3.Server advertises its port in Alt-Svc).
-func (l *handoffListener) Addr() net.Addr { return l.addr }

@@ -14,8 +14,9 @@ import (
 
 // quietClient is a connection that sends a request now and then.
 type quietClient struct {
-	conn *quic.Conn
-	cc   *http3.ClientConn
+	conn    *quic.Conn
+	cc      *http3.ClientConn
+	goAways chan quic.StreamID // a deaf client's: see dialDeaf
 }
 
 func dialQuiet(ctx context.Context, t *testing.T, line *testLine, p pki, conf *quic.Config) *quietClient {
@@ -42,28 +43,28 @@ func (q *quietClient) ping(ctx context.Context, t *testing.T, line *testLine) in
 // TestSuccessorDiesPredecessorResumes: generation 2 takes the socket over, then
 // dies (its transport closed, its descriptors gone, no word to anyone). Generation
 // 1 takes the socket back: a download it was serving completes, its connections
-// not yet told to go away keep being served, new connections reach it, the dead
-// generation's connections are dropped (timed out, never reset), and it can hand
-// over again to a new successor.
+// keep being served (those of clients that did not act on the GOAWAY, here deaf
+// ones), new connections reach it, the dead generation's connections are dropped
+// (timed out, never reset), and it can hand over again to a new successor.
 func TestSuccessorDiesPredecessorResumes(t *testing.T) {
 	checkLeaks(t)
-	old := goAwayIdle
-	goAwayIdle = time.Minute // the quiet connections are not told to go away before the crash
-	defer func() { goAwayIdle = old }()
-	line, g1, p, ctx := servingLine(t)
+	line, g1, p, ctx := servingLine(t, 20*time.Second)
 
 	const size, chunks = 4 << 20, 100 // 2 seconds
 	dl := startDownload(ctx, t, line, p, size, chunks)
-	var quiet []*quietClient
+	var deaf []*quietClient
 	for range 4 {
-		q := dialQuiet(ctx, t, line, p, nil)
+		q := dialDeaf(ctx, t, line, p)
 		if gen := q.ping(ctx, t, line); gen != 1 {
 			t.Fatalf("generation %d answered, want 1", gen)
 		}
-		quiet = append(quiet, q)
+		deaf = append(deaf, q)
 	}
 
 	g2 := line.takeOver(t, p)
+	for _, q := range deaf {
+		q.awaitGoAway(ctx, t)
+	}
 	victim := dialQuiet(ctx, t, line, p, &quic.Config{MaxIdleTimeout: time.Second})
 	if gen := victim.ping(ctx, t, line); gen != 2 {
 		t.Fatalf("generation %d answered a new connection, want 2", gen)
@@ -71,10 +72,15 @@ func TestSuccessorDiesPredecessorResumes(t *testing.T) {
 
 	line.crash(g2)
 	waitFor(t, 5*time.Second, "generation 1 serving again", g1.serving)
-	for i, q := range quiet {
+	select {
+	case <-g1.sock.Draining():
+		t.Fatal("generation 1 serves again, but its Draining channel is closed")
+	default:
+	}
+	for i, q := range deaf {
 		for range 5 {
 			if gen := q.ping(ctx, t, line); gen != 1 {
-				t.Fatalf("quiet connection %d: generation %d answered, want 1", i, gen)
+				t.Fatalf("deaf connection %d: generation %d answered, want 1", i, gen)
 			}
 		}
 	}
@@ -101,25 +107,18 @@ func TestSuccessorDiesPredecessorResumes(t *testing.T) {
 		t.Errorf("download: generation %d, %d of %d bytes, error %v; want all from generation 1", res.gen, res.size, size, res.err)
 	}
 
-	// Generation 1 hands over again, to generation 3.
-	goAwayIdle = old
+	// Generation 1 hands over again, to generation 3. The fresh connection is
+	// told to go away: its client closes it, and its next request reaches 3.
 	line.takeOver(t, p)
-	// Each connection is told to go away (at once: they have been idle for more
-	// than goAwayIdle) and its client moves to generation 3.
-	for i, q := range append(quiet, fresh) {
-		status, gen, _, sent, err := get(ctx, q.cc, "https://"+line.addr.String()+"/ping")
-		if sent && (err != nil || status != http.StatusOK || gen != 1) {
-			t.Fatalf("connection %d: %d from generation %d, %v", i, status, gen, err)
-		}
-		if !sent {
-			if gen := dialQuiet(ctx, t, line, p, nil).ping(ctx, t, line); gen != 3 {
-				t.Fatalf("connection %d moved to generation %d, want 3", i, gen)
-			}
-		}
+	<-fresh.conn.Context().Done()
+	if kind, cause := classifyClose(fresh.conn); kind != closedByClient {
+		t.Errorf("the fresh connection ended with %v, want closed by its client after the GOAWAY", cause)
 	}
-	next := dialQuiet(ctx, t, line, p, nil)
-	if gen := next.ping(ctx, t, line); gen != 3 {
+	if gen := dialQuiet(ctx, t, line, p, nil).ping(ctx, t, line); gen != 3 {
 		t.Fatalf("a new connection reached generation %d, want 3", gen)
+	}
+	for _, q := range deaf {
+		q.conn.CloseWithError(0, "")
 	}
 	waitFor(t, 10*time.Second, "generation 1 drained", func() bool {
 		select {
@@ -129,4 +128,7 @@ func TestSuccessorDiesPredecessorResumes(t *testing.T) {
 			return false
 		}
 	})
+	if why := g1.sock.finishedWhy(); why != "drained" {
+		t.Errorf("generation 1 finished (%s), want drained before its deadline", why)
+	}
 }

@@ -1,16 +1,12 @@
 package handoverquic
 
 import (
-	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"github.com/quic-go/quic-go/http3"
 )
 
 // Socket is one generation's share of a line's UDP socket: a quic.Transport whose
@@ -22,14 +18,17 @@ type Socket struct {
 	conn *packetConn
 	tr   *quic.Transport
 	log  *slog.Logger
-	// wake tells run that a period of ServeHTTP3 ended (a drain may be done).
+	// wake tells run that a connection ended (a drain may be done).
 	wake    chan struct{}
 	closing chan struct{} // closed by Close
 	done    chan struct{} // closed once finished
 
-	mu    sync.Mutex
-	state sockState
-	app   *h3app
+	mu        sync.Mutex
+	state     sockState
+	drainC    chan struct{} // closed when the generation drains; see Draining
+	listeners []*Listener   // Listen's, ListenEarly's and ServeHTTP3's
+	app       *h3app
+	why       string // why the Socket finished
 	// closeOnce guards closing.
 	closeOnce sync.Once
 }
@@ -44,7 +43,7 @@ const (
 	sockDone                      // finished: everything closed
 )
 
-// finishWait bounds how long, past its deadline, a Socket waits for HTTP/3
+// finishWait bounds how long, when it finishes, a Socket waits for HTTP/3
 // handlers to return once it closed their connections, before it closes the
 // transport anyway.
 const finishWait = 2 * time.Second
@@ -96,6 +95,7 @@ func newSocket(line lineage, sock *net.UDPConn, log *slog.Logger) (*Socket, erro
 		wake:    make(chan struct{}, 1),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
+		drainC:  make(chan struct{}),
 	}
 	for _, in := range line.older() {
 		if err := conn.addPeer(in.gen, in.send); err != nil {
@@ -135,10 +135,22 @@ func (s *Socket) pass() {
 	s.line.pass(ins)
 }
 
-// Transport returns the generation's quic.Transport. Listen or ListenEarly on it
-// (or let ServeHTTP3 do it); close connections with CloseWithError, not the
-// transport: the Socket closes the transport when it finishes.
+// Transport returns the generation's quic.Transport, for what Listen,
+// ListenEarly and ServeHTTP3 do not cover (dialing out, say). The connections of
+// a listener made directly on it are not tracked: the generation cannot know when
+// they end, and drains until its deadline, when the transport closes them without
+// a word. Close connections with CloseWithError, not the transport: the Socket
+// closes the transport when it finishes.
 func (s *Socket) Transport() *quic.Transport { return s.tr }
+
+// Draining returns a channel that is closed when the generation starts to drain
+// (it handed the socket over to a newer generation) or finishes. If it takes the
+// socket back (the newer generation died), later calls return a new channel.
+func (s *Socket) Draining() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.drainC
+}
 
 // Stats returns the counters of the generation's packet handling.
 func (s *Socket) Stats() Stats {
@@ -154,13 +166,22 @@ func (s *Socket) Stats() Stats {
 // closed at the deadline, and its transport and descriptors are closed.
 func (s *Socket) Done() <-chan struct{} { return s.done }
 
-// Close ends this generation's share of the socket at once: HTTP/3 connections
-// are closed (H3_NO_ERROR), then the transport and the descriptors. Packets for
-// its connections are dropped from then on.
+// Close ends this generation's share of the socket at once, as the drain
+// deadline does: the connections of its listeners (and ServeHTTP3's) are closed
+// (see Listener and ServeHTTP3), then the transport and the descriptors. Packets
+// for its connections are dropped from then on.
 func (s *Socket) Close() error {
 	s.closeOnce.Do(func() { close(s.closing) })
 	<-s.done
 	return nil
+}
+
+// wakeUp tells run that a connection ended.
+func (s *Socket) wakeUp() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 // run follows the lineage's events until the Socket finishes.
@@ -218,6 +239,9 @@ func (s *Socket) serve(routes []byte) {
 	s.mu.Lock()
 	resumed := s.state == sockDraining
 	s.state = sockServing
+	if isClosed(s.drainC) {
+		s.drainC = make(chan struct{})
+	}
 	app := s.app
 	s.mu.Unlock()
 	if app != nil {
@@ -233,6 +257,7 @@ func (s *Socket) handOver() {
 	s.line.handOff(s.conn.routes.encode())
 	s.mu.Lock()
 	s.state = sockDraining
+	closeOnce(s.drainC)
 	app := s.app
 	s.mu.Unlock()
 	if app != nil {
@@ -241,27 +266,37 @@ func (s *Socket) handOver() {
 	s.log.Info("handed the shared socket over", "event", "quic_handed_over")
 }
 
-// drained reports whether a draining Socket has nothing left to wait for: its
-// HTTP/3 connections all ended. A Socket without ServeHTTP3 (raw QUIC) cannot
-// know its connections: it drains until the deadline.
+// drained reports whether a draining Socket has nothing left to wait for: every
+// connection its listeners accepted has ended, and ServeHTTP3's handlers have
+// returned. A Socket without listeners cannot know its connections: it drains
+// until the deadline.
 func (s *Socket) drained() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.state == sockDraining && s.app != nil && s.app.idle()
+	if s.state != sockDraining || len(s.listeners) == 0 {
+		return false
+	}
+	for _, l := range s.listeners {
+		if !l.idle() {
+			return false
+		}
+	}
+	return s.app == nil || s.app.idle()
 }
 
 // finish closes everything, once.
 func (s *Socket) finish(why string) {
 	s.mu.Lock()
-	app := s.app
 	s.state = sockDone
+	s.why = why
+	closeOnce(s.drainC)
+	listeners, app := s.listeners, s.app
 	s.mu.Unlock()
-	if app != nil {
-		app.expire()
-		if !app.waitIdle(finishWait) {
-			s.log.Warn("HTTP/3 handlers still running at the deadline", "event", "quic_handlers_left")
-		}
-		app.ln.Close()
+	for _, l := range listeners {
+		l.expire()
+	}
+	if app != nil && !app.waitIdle(finishWait) {
+		s.log.Warn("HTTP/3 handlers still running after their connections closed", "event", "quic_handlers_left")
 	}
 	s.tr.Close()
 	s.conn.Close()
@@ -270,56 +305,19 @@ func (s *Socket) finish(why string) {
 	s.log.Info("finished", "event", "quic_finished", "reason", why)
 }
 
-// ServeHTTP3 serves HTTP/3 on the Socket until it finishes, then returns
-// http.ErrServerClosed. newServer returns an http3.Server with the Handler,
-// TLSConfig (required) and QUICConfig (Allow0RTT for 0-RTT) to serve with;
-// ServeHTTP3 listens with the first one's TLSConfig and QUICConfig. It is called
-// for every connection (each connection has a server of its own, so that each can
-// be told to go away at its own moment): it must be cheap, and return a new
-// http3.Server each time. ServeHTTP3 sets the server's Handler to one that wraps
-// the Handler returned.
-//
-// While this generation is the newest, new connections are served as they come.
-// At the handover, every connection is told to go away (GOAWAY, by
-// http3.Server.Shutdown) as a request starts on it, or once it has had no request
-// for a second: that request and those under way complete, and the client sends
-// its next requests on a new connection, which reaches the newest generation. A
-// connection whose handshake began just before the handover is served here too,
-// and told to go away in the same way. Connections end when their clients close
-// them, or at the deadline, when they are closed with H3_NO_ERROR. If the
-// generation takes the socket back (its successor died), connections not yet told
-// to go away are served on as before, and new ones are served again.
-func (s *Socket) ServeHTTP3(newServer func() *http3.Server) error {
-	first := newServer()
-	if first == nil || first.TLSConfig == nil {
-		return errors.New("handoverquic: ServeHTTP3: newServer must return an http3.Server with a TLSConfig")
+// isClosed reports whether c is closed.
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
-	ln, err := s.tr.ListenEarly(http3.ConfigureTLSConfig(first.TLSConfig), first.QUICConfig)
-	if err != nil {
-		return fmt.Errorf("handoverquic: ServeHTTP3: %w", err)
+}
+
+// closeOnce closes c unless it is closed.
+func closeOnce(c chan struct{}) {
+	if !isClosed(c) {
+		close(c)
 	}
-	app := newH3App(ln, newServer, first, func() {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
-	})
-	s.mu.Lock()
-	switch {
-	case s.app != nil:
-		s.mu.Unlock()
-		ln.Close()
-		return errors.New("handoverquic: ServeHTTP3 called twice")
-	case s.state == sockDone:
-		s.mu.Unlock()
-		ln.Close()
-		return http.ErrServerClosed
-	}
-	s.app = app
-	if s.state == sockDraining {
-		app.drain()
-	}
-	s.mu.Unlock()
-	app.acceptLoop()
-	return http.ErrServerClosed
 }

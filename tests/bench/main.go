@@ -9,6 +9,7 @@
 //	cd tests/bench && go run . -quick -out /tmp/quick # 10 restarts per approach, about 4 minutes
 //	cd tests/bench && go run . -report results/bench.json   # tables and picture again from the JSON
 //	cd tests/bench && go run . -tls -out /tmp/tls     # TLS resumption after upgrades (tlsbench.go), about 2 minutes
+//	cd tests/bench && go run . -switch              # switch time on idle servers (switch.go), into results/switch
 //
 // For each approach it starts the server, puts it under the load of
 // tests/internal/load (16 clients, half keep-alive, half a new connection per
@@ -86,6 +87,10 @@ type options struct {
 	tlsWindow      time.Duration
 	tlsCalibration time.Duration
 	tlsKey         string
+
+	// The switch benchmark (switch.go).
+	switchMode bool
+	sw         switchOptions
 }
 
 func parseFlags() options {
@@ -118,6 +123,16 @@ func parseFlags() options {
 	flag.DurationVar(&o.tlsWindow, "tls-window", 10*time.Second, "with -tls: the window after each upgrade (and the steady window)")
 	flag.DurationVar(&o.tlsCalibration, "tls-calibration", 3*time.Second, "with -tls: the window with clients that present no ticket")
 	flag.StringVar(&o.tlsKey, "tls-key", "ecdsa", "with -tls: the certificate's key, ecdsa (P-256) or rsa (2048)")
+	flag.BoolVar(&o.switchMode, "switch", false, "run the switch benchmark instead: trigger → first answer from the new PID on idle servers (switch.json, switch.md in -out, default results/switch)")
+	flag.StringVar(&o.sw.approaches, "switch-approaches", strings.Join(switchApproachNames(), ","), "with -switch: the approaches, in this order")
+	flag.IntVar(&o.sw.rounds, "switch-rounds", 3, "with -switch: rounds; each approach starts a fresh server per round, the approaches taking turns")
+	flag.IntVar(&o.sw.upgrades, "switch-upgrades", 20, "with -switch: switches per approach and round")
+	flag.DurationVar(&o.sw.every, "switch-every", 200*time.Microsecond, "with -switch: the probe dials a new connection this often")
+	flag.DurationVar(&o.sw.lead, "switch-lead", 20*time.Millisecond, "with -switch: the probe runs this long before the trigger")
+	flag.DurationVar(&o.sw.gap, "switch-gap", 100*time.Millisecond, "with -switch: idle time between the old process's exit and the next switch")
+	flag.DurationVar(&o.sw.timeout, "switch-timeout", 10*time.Second, "with -switch: bound on one switch (trigger → an answer from the new PID)")
+	flag.DurationVar(&o.sw.reqTimeout, "switch-request-timeout", 2*time.Second, "with -switch: bound on one probe request, dial included")
+	flag.IntVar(&o.sw.maxInFlight, "switch-max-in-flight", 64, "with -switch: at most this many probe requests at once (a slot is skipped otherwise)")
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -128,6 +143,15 @@ func parseFlags() options {
 		if !set["rounds"] {
 			o.rounds = 2
 		}
+		if !set["switch-rounds"] {
+			o.sw.rounds = 2
+		}
+		if !set["switch-upgrades"] {
+			o.sw.upgrades = 5
+		}
+	}
+	if o.switchMode && !set["out"] {
+		o.out = filepath.Join("results", "switch")
 	}
 	return o
 }
@@ -136,6 +160,10 @@ func main() {
 	o := parseFlags()
 	if flag.NArg() > 0 {
 		fatalf("unexpected argument %q (flags only; see -help)", flag.Arg(0))
+	}
+	if o.switchMode {
+		runSwitchMain(o)
+		return
 	}
 	if o.tls {
 		if err := proc.SetSubreaper(); err != nil {
@@ -184,6 +212,34 @@ func main() {
 			fmt.Print(markdown(rep))
 			fmt.Fprintf(os.Stderr, "bench: wrote %s, %s and %s\n", filepath.Join(o.out, "bench.json"),
 				filepath.Join(o.out, "bench.svg"), filepath.Join(o.out, "bench.md"))
+		}
+	}
+	if lerr := proc.LeakCheck(); lerr != nil {
+		err = errors.Join(err, lerr)
+	}
+	if err != nil {
+		fatalf("%v", err)
+	}
+}
+
+// runSwitchMain runs the switch benchmark (-switch) and exits on failure.
+func runSwitchMain(o options) {
+	if err := checkSwitchOptions(o.sw); err != nil {
+		fatalf("%v", err)
+	}
+	if err := proc.SetSubreaper(); err != nil {
+		fatalf("%v", err)
+	}
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := runSwitch(ctx, o)
+	if rep != nil {
+		if werr := writeSwitchOutputs(o.out, rep); werr != nil {
+			err = errors.Join(err, werr)
+		} else {
+			fmt.Print(switchMarkdown(rep))
+			fmt.Fprintf(os.Stderr, "bench: wrote %s and %s\n", filepath.Join(o.out, "switch.json"), filepath.Join(o.out, "switch.md"))
 		}
 	}
 	if lerr := proc.LeakCheck(); lerr != nil {

@@ -1,0 +1,315 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/seed-a7250cfa/handover/tests/internal/proc"
+	"github.com/seed-a7250cfa/handover/tests/internal/sdns"
+)
+
+// The switch benchmark (-switch) times one thing, the way issue 18 measured it: from
+// the upgrade's trigger to the first answer from the new process, on an idle server
+// watched by a probe that dials a new connection every -switch-every. Each approach
+// starts a fresh server per round; the approaches take turns, round after round.
+
+// switchApproach is one way of switching a server to a new process.
+type switchApproach struct {
+	Name    string // flag and JSON name
+	Label   string // for tables
+	Server  string // what serves
+	Trigger string // what starts the switch
+	Systemd bool   // runs under a real systemd (needs root and namespaces)
+	new     func(e *env) (server, error)
+	// prepare, if set, runs before the clock starts and is not timed (e.g. a
+	// two-phase upgrade's prepare); it gets the serving PID.
+	prepare func(srv server, pid int) error
+	// trigger starts the switch; the clock starts just before it is called. It
+	// may return at once (a signal) or when a command has finished (systemctl
+	// reload). nil means srv.Restart.
+	trigger func(srv server, pid int) error
+}
+
+// switchApproaches reuse the servers of the load benchmark (approaches.go).
+var switchApproaches = []switchApproach{
+	fromLoadApproach("handover-usr2"),
+	fromLoadApproach("handover-run"),
+	fromLoadApproach("handover-reload"),
+	fromLoadApproach("tableflip"),
+	fromLoadApproach("gracehttp"),
+	fromLoadApproach("endless"),
+}
+
+// fromLoadApproach makes a switch approach of a load benchmark's approach: the same
+// server, its restart as the trigger.
+func fromLoadApproach(name string) switchApproach {
+	a, ok := approachByName(name)
+	if !ok {
+		panic("no approach " + name)
+	}
+	return switchApproach{Name: a.Name, Label: a.Label, Server: a.Server, Trigger: a.Restart, Systemd: a.Systemd, new: a.new}
+}
+
+func switchApproachNames() []string {
+	var out []string
+	for _, a := range switchApproaches {
+		out = append(out, a.Name)
+	}
+	return out
+}
+
+func switchApproachByName(name string) (switchApproach, bool) {
+	for _, a := range switchApproaches {
+		if a.Name == name {
+			return a, true
+		}
+	}
+	return switchApproach{}, false
+}
+
+// switchOptions are the -switch flags.
+type switchOptions struct {
+	approaches  string
+	rounds      int
+	upgrades    int // per approach and round
+	every       time.Duration
+	lead        time.Duration // probing before the trigger
+	gap         time.Duration // idle time between the old process's exit and the next switch
+	timeout     time.Duration // bound on one switch (trigger → new PID answering)
+	reqTimeout  time.Duration
+	maxInFlight int
+}
+
+func checkSwitchOptions(o switchOptions) error {
+	switch {
+	case o.rounds < 1 || o.rounds > 100:
+		return fmt.Errorf("-switch-rounds %d: want 1..100", o.rounds)
+	case o.upgrades < 1 || o.upgrades > 1000:
+		return fmt.Errorf("-switch-upgrades %d: want 1..1000", o.upgrades)
+	case o.every < 50*time.Microsecond || o.every > time.Second:
+		return fmt.Errorf("-switch-every %v: want 50µs..1s", o.every)
+	case o.timeout < time.Second || o.timeout > 5*time.Minute:
+		return fmt.Errorf("-switch-timeout %v: want 1s..5m", o.timeout)
+	case o.lead < 0 || o.gap < 0:
+		return errors.New("-switch-lead and -switch-gap cannot be negative")
+	case o.maxInFlight < 1 || o.maxInFlight > 1024:
+		return fmt.Errorf("-switch-max-in-flight %d: want 1..1024", o.maxInFlight)
+	case o.reqTimeout <= 0 || o.reqTimeout > time.Minute:
+		return fmt.Errorf("-switch-request-timeout %v: want up to 1m", o.reqTimeout)
+	}
+	for _, n := range splitList(o.approaches) {
+		if _, ok := switchApproachByName(n); !ok {
+			return fmt.Errorf("-switch-approaches: unknown approach %q (known: %s)", n, strings.Join(switchApproachNames(), ", "))
+		}
+	}
+	return nil
+}
+
+// runSwitch builds the servers and times the switches of every approach asked for,
+// the approaches taking turns in rounds.
+func runSwitch(ctx context.Context, o options) (*SwitchReport, error) {
+	began := time.Now()
+	repo, err := findRepo(o.repo)
+	if err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp("", "handover-switch-")
+	if err != nil {
+		return nil, err
+	}
+	if o.keep {
+		logf("keeping the work directory %s", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
+	e := &env{opts: o, repo: repo, bin: filepath.Join(work, "bin"), work: work}
+	logf("building the servers into %s", e.bin)
+	if err := build(repo, e.bin); err != nil {
+		return nil, err
+	}
+	names := splitList(o.sw.approaches)
+	var sdErr error
+	for _, name := range names {
+		if a, _ := switchApproachByName(name); a.Systemd {
+			if sdErr = sdns.Available(); sdErr == nil {
+				e.systemd, sdErr = sdns.Installed()
+			}
+			break
+		}
+	}
+	rep := &SwitchReport{Tool: "tests/bench -switch", Command: commandLine(), Started: began.UTC().Format(time.RFC3339),
+		Machine: machineInfo(e.systemd, e.bin), Config: switchConfigOf(o.sw), Definitions: switchDefinitions(o.sw)}
+	runs := map[string][]switchRun{}
+	var rounds = map[string][]string{}
+	errs := map[string][]string{}
+	for round := 1; round <= o.sw.rounds && ctx.Err() == nil; round++ {
+		for _, name := range names {
+			a, _ := switchApproachByName(name)
+			if ctx.Err() != nil || a.Systemd && sdErr != nil {
+				continue
+			}
+			logf("=== round %d/%d: %s (%s), %d switches", round, o.sw.rounds, a.Name, a.Label, o.sw.upgrades)
+			before := loadAvg()
+			rs, err := switchRound(ctx, e, a, round)
+			runs[name] = append(runs[name], rs...)
+			rounds[name] = append(rounds[name], before+" → "+loadAvg())
+			if err != nil {
+				logf("%s: round %d: %v", a.Name, round, err)
+				errs[name] = append(errs[name], fmt.Sprintf("round %d: %v", round, err))
+			}
+		}
+	}
+	for _, name := range names {
+		a, _ := switchApproachByName(name)
+		res := switchResultOf(a, runs[name], rounds[name], errs[name])
+		if a.Systemd && sdErr != nil {
+			res.Error = fmt.Sprintf("not run: %v", sdErr)
+		}
+		logf("%s: %s", a.Name, res.oneLine())
+		rep.Approaches = append(rep.Approaches, res)
+	}
+	rep.Finished = time.Now().UTC().Format(time.RFC3339)
+	logf("done in %v", time.Since(began).Round(time.Second))
+	if ctx.Err() != nil {
+		return rep, fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	return rep, nil
+}
+
+// switchRound starts a fresh server of a, switches it o.sw.upgrades times, and
+// stops it.
+func switchRound(ctx context.Context, e *env, a switchApproach, round int) (runs []switchRun, err error) {
+	srv, err := a.new(e)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			ab, ok := r.(tbAbort)
+			if !ok {
+				panic(r)
+			}
+			err = errors.Join(err, errors.New(ab.msg))
+		}
+		if serr := srv.Stop(); serr != nil {
+			err = errors.Join(err, fmt.Errorf("stopping the server: %w", serr))
+		}
+		if lerr := proc.LeakCheck(); lerr != nil {
+			err = errors.Join(err, lerr)
+			for _, p := range proc.Children(os.Getpid()) {
+				proc.KillAndReap(p, 5*time.Second)
+			}
+		}
+		if err != nil {
+			logf("%s: server log (last lines):\n%s", a.Name, srv.Log())
+		}
+	}()
+	cur, err := srv.Start()
+	if err != nil {
+		return nil, err
+	}
+	known := map[int]bool{cur: true}
+	for i := 1; i <= e.opts.sw.upgrades && ctx.Err() == nil; i++ {
+		sleep(ctx, e.opts.sw.gap)
+		r := switchOnce(ctx, e, a, srv, cur, known)
+		r.Round, r.Index = round, i
+		runs = append(runs, r)
+		if r.NewPID == 0 {
+			return runs, fmt.Errorf("switch %d: no new PID answered: %s", i, r.Err)
+		}
+		if r.ExitMS < 0 {
+			return runs, fmt.Errorf("switch %d: the old PID %d did not exit within %v", i, r.OldPID, e.opts.exitTimeout)
+		}
+		known[r.NewPID] = true
+		cur = r.NewPID
+	}
+	return runs, nil
+}
+
+// switchOnce switches srv, whose serving generation is pid, once, and waits for the
+// old generation to exit (and reaps it when it ends up this process's child).
+func switchOnce(ctx context.Context, e *env, a switchApproach, srv server, pid int, known map[int]bool) switchRun {
+	o := e.opts.sw
+	r := switchRun{OldPID: pid, SwitchMS: -1, ExitMS: -1, LoadAvg: loadAvg()}
+	host, err := srv.Host(pid)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	if a.prepare != nil {
+		if err := a.prepare(srv, pid); err != nil {
+			r.Err = "prepare: " + err.Error()
+			return r
+		}
+	}
+	trigger := a.trigger
+	if trigger == nil {
+		trigger = func(s server, pid int) error { return s.Restart(pid) }
+	}
+	isNew := func(p int) bool { return !known[p] }
+	max := int((o.lead+o.timeout)/o.every) + 1
+	p := newPacedProbe(srv.Addr(), o.every, o.reqTimeout, o.maxInFlight, max, isNew)
+	stop := make(chan struct{})
+	probed := make(chan struct{})
+	exited := watchExit(host, e.opts.exitTimeout)
+	go func() {
+		p.run(stop, time.Now().Add(o.lead+o.timeout))
+		close(probed)
+	}()
+	sleep(ctx, o.lead)
+	trigc := make(chan error, 1)
+	t0 := time.Now()
+	go func() {
+		err := trigger(srv, pid)
+		r.CommandMS = ms(time.Since(t0))
+		trigc <- err
+	}()
+	var terr error
+	select {
+	case <-p.found:
+		terr = <-trigc
+	case terr = <-trigc:
+		if terr != nil {
+			// A failed command may have switched anyway: a moment to see it.
+			sleep(ctx, 2*time.Second)
+			break
+		}
+		select {
+		case <-p.found:
+		case <-probed:
+		case <-ctx.Done():
+		}
+	case <-probed:
+		terr = <-trigc
+	case <-ctx.Done():
+		terr = <-trigc
+	}
+	close(stop)
+	<-probed
+	if terr != nil {
+		r.Err = terr.Error()
+	}
+	samples, skipped := p.result()
+	t := tallyProbe(samples, t0, isNew)
+	r.Requests, r.Skipped, r.Failures, r.OldAfter, r.NewPID = t.Requests, skipped, t.Failures, t.OldAfter, t.NewPID
+	if t.First >= 0 {
+		r.SwitchMS = ms(t.First)
+		r.OldLastMS = ms(t.OldLast)
+	} else if r.Err == "" {
+		r.Err = fmt.Sprintf("no answer from a new PID within %v (%d requests, %d answered by the old generation)", o.timeout, t.Requests, t.OldAfter)
+	}
+	if at := <-exited; !at.IsZero() {
+		r.ExitMS = ms(at.Sub(t0))
+		if srv.Reaps() {
+			if err := reapWhenOrphaned(host, e.opts.exitTimeout); err != nil {
+				r.Err = strings.TrimPrefix(r.Err+"; reaping: "+err.Error(), "; ")
+			}
+		}
+	}
+	return r
+}

@@ -35,6 +35,9 @@ type env struct {
 	bin     string // built binaries
 	work    string // logs of servers not run by systemd
 	systemd sdns.Version
+	// serverEnv is added to the environment of the servers the bench starts
+	// itself (-server-env), e.g. GODEBUG=inittrace=1.
+	serverEnv []string
 }
 
 // server is one approach's server, from start to stop.
@@ -256,7 +259,7 @@ func (s *procServer) spawn() (int, error) {
 	defer f.Close()
 	// An absolute path as argv[0]: the peers re-execute os.Args[0].
 	cmd := exec.Command(s.bin, s.args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), s.e.serverEnv...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = s.e.work
 	if err := cmd.Start(); err != nil {
@@ -394,7 +397,7 @@ func (s *runServer) Start() (int, error) {
 	defer f.Close()
 	cmd := exec.Command(filepath.Join(s.e.bin, "handover"), "run", "-listen", "http="+s.addr, "-drain-timeout", "30s",
 		"--", filepath.Join(s.e.bin, "handover-demo"), "-drain-timeout", "30s")
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), s.e.serverEnv...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = s.e.work
 	if err := cmd.Start(); err != nil {

@@ -133,6 +133,11 @@ func parseFlags() options {
 	flag.DurationVar(&o.sw.timeout, "switch-timeout", 10*time.Second, "with -switch: bound on one switch (trigger → an answer from the new PID)")
 	flag.DurationVar(&o.sw.reqTimeout, "switch-request-timeout", 2*time.Second, "with -switch: bound on one probe request, dial included")
 	flag.IntVar(&o.sw.maxInFlight, "switch-max-in-flight", 64, "with -switch: at most this many probe requests at once (a slot is skipped otherwise)")
+	flag.StringVar(&o.sw.bin, "switch-bin", "", "with -switch: use the servers built in this `directory` (handover-demo, handover, tableflip, gracehttp, endless; e.g. an instrumented build) instead of building them")
+	flag.Func("server-env", "with -switch: add `NAME=VALUE` to the environment of the servers the bench starts itself, not under systemd (repeatable; e.g. GODEBUG=inittrace=1)", func(v string) error {
+		o.sw.env = append(o.sw.env, v)
+		return nil
+	})
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })

@@ -83,6 +83,8 @@ type switchOptions struct {
 	timeout     time.Duration // bound on one switch (trigger → new PID answering)
 	reqTimeout  time.Duration
 	maxInFlight int
+	bin         string   // the servers are there already (not built)
+	env         []string // added to the servers' environment
 }
 
 func checkSwitchOptions(o switchOptions) error {
@@ -107,6 +109,18 @@ func checkSwitchOptions(o switchOptions) error {
 			return fmt.Errorf("-switch-approaches: unknown approach %q (known: %s)", n, strings.Join(switchApproachNames(), ", "))
 		}
 	}
+	for _, kv := range o.env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return fmt.Errorf("-server-env %q: want NAME=VALUE", kv)
+		}
+	}
+	if o.bin != "" {
+		for _, b := range []string{"handover-demo", "handover", "tableflip", "gracehttp", "endless"} {
+			if _, err := os.Stat(filepath.Join(o.bin, b)); err != nil {
+				return fmt.Errorf("-switch-bin %s: %w (build the servers there, or leave it out)", o.bin, err)
+			}
+		}
+	}
 	return nil
 }
 
@@ -127,10 +141,17 @@ func runSwitch(ctx context.Context, o options) (*SwitchReport, error) {
 	} else {
 		defer os.RemoveAll(work)
 	}
-	e := &env{opts: o, repo: repo, bin: filepath.Join(work, "bin"), work: work}
-	logf("building the servers into %s", e.bin)
-	if err := build(repo, e.bin); err != nil {
-		return nil, err
+	e := &env{opts: o, repo: repo, bin: filepath.Join(work, "bin"), work: work, serverEnv: o.sw.env}
+	if o.sw.bin != "" {
+		if e.bin, err = filepath.Abs(o.sw.bin); err != nil {
+			return nil, err
+		}
+		logf("using the servers in %s", e.bin)
+	} else {
+		logf("building the servers into %s", e.bin)
+		if err := build(repo, e.bin); err != nil {
+			return nil, err
+		}
 	}
 	names := splitList(o.sw.approaches)
 	var sdErr error

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+)
+
+// trace indexes the events of a recording.
+type trace struct {
+	byPid map[int][]event // each process's events (tgid), in time order
+	execs map[int][]event // each process's sched_process_exec events
+	forks []event         // every sched_process_fork (threads too)
+	gens  []event         // signal_generate events
+}
+
+func newTrace(evs []event) *trace {
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].t < evs[j].t })
+	tr := &trace{byPid: map[int][]event{}, execs: map[int][]event{}}
+	for _, e := range evs {
+		tr.byPid[e.pid] = append(tr.byPid[e.pid], e)
+		switch e.kind {
+		case evExec:
+			tr.execs[e.pid] = append(tr.execs[e.pid], e)
+		case evFork:
+			tr.forks = append(tr.forks, e)
+		case evGen:
+			tr.gens = append(tr.gens, e)
+		}
+	}
+	return tr
+}
+
+// first returns the first event of process pid in [from, to) that matches, or nil.
+func (tr *trace) first(pid int, from, to float64, match func(*event) bool) *event {
+	evs := tr.byPid[pid]
+	i := sort.Search(len(evs), func(i int) bool { return evs[i].t >= from })
+	for ; i < len(evs) && evs[i].t < to; i++ {
+		if match(&evs[i]) {
+			return &evs[i]
+		}
+	}
+	return nil
+}
+
+// last returns the last event of process pid in [from, to] that matches, or nil.
+func (tr *trace) last(pid int, from, to float64, match func(*event) bool) *event {
+	evs := tr.byPid[pid]
+	i := sort.Search(len(evs), func(i int) bool { return evs[i].t > to }) - 1
+	for ; i >= 0 && evs[i].t >= from; i-- {
+		if match(&evs[i]) {
+			return &evs[i]
+		}
+	}
+	return nil
+}
+
+// kills are the switch triggers: the signals (SIGHUP, SIGUSR2) the bench (process
+// bench) sent, in time order.
+func (tr *trace) kills(bench int) []event {
+	var out []event
+	for _, e := range tr.gens {
+		if e.pid == bench && (e.sig == 1 || e.sig == 12) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// markers are the times of named points of one switch, in ms since the trigger.
+type markers map[string]float64
+
+// switchMarks finds the markers of the switch triggered by kill; until bounds the
+// search (the next trigger). oldPID is the generation being replaced (the master's
+// child under handover run); switchMS is the bench's measure (-1 if none).
+func (tr *trace) switchMarks(kill event, until float64, oldPID int, switchMS float64) markers {
+	m := markers{"kill": 0}
+	t0 := kill.t
+	at := func(name string, e *event) {
+		if e != nil {
+			m[name] = round3((e.t - t0) * 1000)
+		}
+	}
+	target := kill.target
+	at("signal delivered", tr.first(target, t0, until, func(e *event) bool { return e.kind == evDeliver && e.sig == kill.sig }))
+	probes := func(pid int, from float64, prefix string, names ...string) {
+		for _, n := range names {
+			at(prefix+n, tr.first(pid, from, until, func(e *event) bool { return e.kind == evProbe && shortOf(e.probe) == n }))
+		}
+	}
+	probes(target, t0, "", "onSignal", "beginUpgrade", "initExtra", "spawnChild", "startProcess", "checkPidfd", "forkExec",
+		"mOnSignal", "mBeginUpgrade", "mStartCandidate", "mOpenBuild", "mSpawn", "doUpgrade",
+		"handOver", "onHandover", "startDrains", "mOnNotify", "mBecomeReady", "mStopChild")
+	child, fork := tr.childOf(target, t0, until)
+	if fork != nil {
+		at("clone", tr.last(target, t0, fork.t, func(e *event) bool {
+			return e.tid == fork.tid && e.kind == evEnter && (e.nr == sysClone || e.nr == sysClone3)
+		}))
+		tr.childMarks(m, child, fork.t, until, t0)
+	}
+	if switchMS >= 0 {
+		m["probe read"] = switchMS
+	}
+	if e := tr.first(oldPID, t0, until+60, func(e *event) bool { return e.kind == evExitP && e.dead }); e != nil {
+		at("old exit", e)
+	}
+	return m
+}
+
+// childOf returns the process that parent forked after from and that then ran a
+// program (an exec), and the fork event.
+func (tr *trace) childOf(parent int, from, until float64) (int, *event) {
+	for i := range tr.forks {
+		f := &tr.forks[i]
+		if f.pid != parent || f.t < from || f.t >= until {
+			continue
+		}
+		for _, x := range tr.execs[f.target] {
+			if x.t >= f.t && x.t < until {
+				return f.target, f
+			}
+		}
+	}
+	return 0, nil
+}
+
+// childMarks adds the new process's markers: each exec (a second one is the
+// program the `handover run` shim runs), the runtime's and main's start, the
+// library's steps, and its first answer.
+func (tr *trace) childMarks(m markers, child int, from, until, t0 float64) {
+	at := func(name string, e *event) {
+		if e != nil {
+			m[name] = round3((e.t - t0) * 1000)
+		}
+	}
+	var execs []event
+	for _, x := range tr.execs[child] {
+		if x.t >= from && x.t < until {
+			execs = append(execs, x)
+		}
+	}
+	start := from
+	for i, x := range execs {
+		suffix := ""
+		if i > 0 {
+			suffix = fmt.Sprintf("#%d", i+1)
+		}
+		end := until
+		if i+1 < len(execs) {
+			end = execs[i+1].t
+		}
+		at("execve"+suffix, tr.last(child, start, x.t, func(e *event) bool {
+			return e.kind == evEnter && (e.nr == sysExecve || e.nr == sysExecveat)
+		}))
+		at("exec"+suffix, &execs[i])
+		at("ld.so done"+suffix, tr.first(child, x.t, end, func(e *event) bool {
+			return e.tid == child && e.kind == evEnter && e.nr == sysRseq
+		}))
+		for _, n := range []string{"rtmain", "main"} {
+			at(n+suffix, tr.first(child, x.t, end, func(e *event) bool { return e.kind == evProbe && shortOf(e.probe) == n }))
+		}
+		start = x.t
+	}
+	if len(execs) == 0 {
+		return
+	}
+	last := execs[len(execs)-1].t
+	for _, n := range []string{"New", "readInit", "newExtra", "openControl", "Listen", "serve", "Ready", "peerReady"} {
+		at(n, tr.first(child, last, until, func(e *event) bool { return e.kind == evProbe && shortOf(e.probe) == n }))
+	}
+	loop := tr.first(child, last, until, func(e *event) bool {
+		return e.kind == evEnter && (e.nr == sysAccept4 || e.nr == sysAccept)
+	})
+	at("accept loop", loop)
+	if loop == nil {
+		return
+	}
+	acc := tr.first(child, loop.t, until, func(e *event) bool {
+		return e.kind == evExit && (e.nr == sysAccept4 || e.nr == sysAccept) && e.ret >= 0
+	})
+	at("accepted", acc)
+	if acc == nil {
+		return
+	}
+	fds := map[uint64]bool{}
+	at("answered", tr.first(child, acc.t, until, func(e *event) bool {
+		if e.kind == evExit && (e.nr == sysAccept4 || e.nr == sysAccept) && e.ret >= 0 {
+			fds[uint64(e.ret)] = true
+		}
+		return e.kind == evEnter && (e.nr == sysWrite || e.nr == sysWritev || e.nr == sysSendto) && len(e.args) > 0 && fds[e.args[0]]
+	}))
+}
+
+func shortOf(probe string) string {
+	_, s, _ := splitEvent(probe)
+	return s
+}
+
+func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
+
+// phase is the time between two markers of a switch.
+type phase struct {
+	From, To string
+	MS       []float64
+}
+
+// phases turns each switch's markers into the times between consecutive markers of
+// path that are present, pooled over the switches; ordered along the path.
+func phases(path []string, switches []markers) []*phase {
+	byKey := map[[2]string]*phase{}
+	var out []*phase
+	for _, m := range switches {
+		prev := ""
+		for _, name := range path {
+			v, ok := m[name]
+			if !ok {
+				continue
+			}
+			if prev != "" {
+				k := [2]string{prev, name}
+				p := byKey[k]
+				if p == nil {
+					p = &phase{From: prev, To: name}
+					byKey[k] = p
+					out = append(out, p)
+				}
+				p.MS = append(p.MS, round3(v-m[prev]))
+			}
+			prev = name
+		}
+	}
+	pos := map[string]int{}
+	for i, n := range path {
+		pos[n] = i
+	}
+	slices.SortStableFunc(out, func(a, b *phase) int {
+		if c := pos[a.From] - pos[b.From]; c != 0 {
+			return c
+		}
+		return pos[a.To] - pos[b.To]
+	})
+	return out
+}
+
+// stats summarizes ms values: n, median, p10, p90 (nearest rank).
+type stats struct {
+	N                int
+	Median, P10, P90 float64
+}
+
+func statsOf(vs []float64) stats {
+	s := stats{N: len(vs)}
+	if len(vs) == 0 {
+		return s
+	}
+	vs = slices.Clone(vs)
+	slices.Sort(vs)
+	rank := func(q float64) float64 {
+		i := int(math.Ceil(q*float64(len(vs)))) - 1
+		return vs[max(0, min(i, len(vs)-1))]
+	}
+	s.Median, s.P10, s.P90 = rank(0.5), rank(0.1), rank(0.9)
+	return s
+}

@@ -1,0 +1,295 @@
+// Command switchtrace finds where the time of a switch goes: it runs the switch
+// benchmark (tests/bench -switch) under `perf record`, with kernel tracepoints
+// (syscalls, signals, fork, exec, exit) and function-entry uprobes on the server
+// binaries (runtime.main, main.main, graceful.New, ..., no change to the code), and
+// splits each switch, from the trigger to the probe's first answer from the new
+// process, into phases: the old process's work before the fork, fork and exec, the
+// dynamic loader, the Go runtime's start, package inits, the library's start-up,
+// the first accept and the answer. It prints, per approach, the median, p10 and p90
+// of every phase over all switches, and writes them with every switch's markers.
+//
+//	cd tests/bench && go run ./switchtrace -out results/switch/trace            # as root
+//	cd tests/bench && go run ./switchtrace -static -out /tmp/static            # servers built with CGO_ENABLED=0
+//	cd tests/bench && go run ./switchtrace -startup 30 -out results/switch/startup   # each binary's start-up alone
+//
+// It needs root, perf (linux-perf), tracefs with uprobe events, and the servers'
+// binaries unstripped. The uprobes it adds (tracefs group hosw<pid>) are removed
+// when it ends. -startup instead times, N times each, `BIN -h` for every server
+// binary and for empty Go programs: exec → runtime.main → main.main → exit, and
+// the package inits (GODEBUG=inittrace=1).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	approaches string
+	rounds     int
+	upgrades   int
+	every      time.Duration
+	out        string
+	keep       bool
+	static     bool
+	startup    int
+	data       string
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.approaches, "approaches", "handover-usr2,handover-run,tableflip,gracehttp,endless", "the switch approaches to trace (no systemd ones)")
+	flag.IntVar(&o.rounds, "rounds", 2, "rounds (the approaches take turns)")
+	flag.IntVar(&o.upgrades, "upgrades", 10, "switches per approach and round")
+	flag.DurationVar(&o.every, "every", 200*time.Microsecond, "the probe dials a new connection this often")
+	flag.StringVar(&o.out, "out", filepath.Join("results", "switch", "trace"), "output directory")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (binaries, perf.data)")
+	flag.BoolVar(&o.static, "static", false, "build the servers with CGO_ENABLED=0 (static binaries: no dynamic loader)")
+	flag.IntVar(&o.startup, "startup", 0, "instead: run each binary's start-up (BIN -h) this many times")
+	flag.StringVar(&o.data, "data", "", "instead of recording: analyze this kept work directory again")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fatalf("unexpected argument %q (flags only; see -help)", flag.Arg(0))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch {
+	case o.startup > 0:
+		err = runStartup(ctx, o)
+	default:
+		err = runTrace(ctx, o)
+	}
+	if err != nil {
+		fatalf("%v", err)
+	}
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "switchtrace: %s\n", fmt.Sprintf(format, args...))
+	os.Exit(1)
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s switchtrace: %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+}
+
+// benchDir returns tests/bench (the working directory or above it).
+func benchDir() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := wd; d != filepath.Dir(d); d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "servers", "tableflip")); err == nil {
+			return d, nil
+		}
+		if _, err := os.Stat(filepath.Join(d, "tests", "bench", "servers")); err == nil {
+			return filepath.Join(d, "tests", "bench"), nil
+		}
+	}
+	return "", fmt.Errorf("run it in the handover repository's tests/bench (no servers/ above %s)", wd)
+}
+
+// buildAll builds the bench and the servers into work (servers in work/bin).
+func buildAll(bench string, work string, static bool) error {
+	repo := filepath.Dir(filepath.Dir(bench))
+	bin := filepath.Join(work, "bin")
+	env := os.Environ()
+	if static {
+		env = append(env, "CGO_ENABLED=0")
+	}
+	for _, b := range []struct {
+		dir, out string
+		pkgs     []string
+		env      []string
+	}{
+		{bench, work + "/", []string{"."}, os.Environ()},
+		{repo, bin + "/", []string{"./cmd/handover-demo", "./cmd/handover"}, env},
+		{bench, bin + "/", []string{"./servers/tableflip", "./servers/gracehttp", "./servers/endless"}, env},
+	} {
+		cmd := exec.Command("go", append([]string{"build", "-o", b.out}, b.pkgs...)...)
+		cmd.Dir, cmd.Env = b.dir, b.env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %v in %s: %v\n%s", b.pkgs, b.dir, err, out)
+		}
+	}
+	return nil
+}
+
+// serverBinaries are the binaries probed, by name.
+func serverBinaries(bin string) map[string]string {
+	out := map[string]string{}
+	for _, n := range []string{"handover-demo", "handover", "tableflip", "gracehttp", "endless"} {
+		out[n] = filepath.Join(bin, n)
+	}
+	return out
+}
+
+// perfEvents are the events recorded, with their kernel filters: the bench's own
+// syscalls (its probe) are left out (comm bench), its signals are not.
+func perfEvents(probes []string) []string {
+	ids := func(nrs []int) string {
+		var f []string
+		for _, n := range nrs {
+			f = append(f, fmt.Sprintf("id == %d", n))
+		}
+		return strings.Join(f, " || ")
+	}
+	args := []string{
+		"-e", "raw_syscalls:sys_enter", "--filter", `comm != "bench" && (` + ids(tracedSyscalls) + ")",
+		"-e", "raw_syscalls:sys_exit", "--filter", `comm != "bench" && (` + ids(tracedExits) + ")",
+		"-e", "signal:signal_generate", "--filter", "sig == 1 || sig == 12 || sig == 15",
+		"-e", "signal:signal_deliver", "--filter", "sig == 1 || sig == 12 || sig == 15",
+		"-e", "sched:sched_process_fork", "-e", "sched:sched_process_exec", "-e", "sched:sched_process_exit",
+	}
+	for _, p := range probes {
+		args = append(args, "-e", p)
+	}
+	return args
+}
+
+// runTrace records the switch benchmark under perf and analyzes it.
+func runTrace(ctx context.Context, o options) error {
+	bench, err := benchDir()
+	if err != nil {
+		return err
+	}
+	work := o.data
+	group := fmt.Sprintf("hosw%d", os.Getpid())
+	if work == "" {
+		if work, err = os.MkdirTemp("", "switchtrace-"); err != nil {
+			return err
+		}
+		if o.keep {
+			logf("keeping the work directory %s", work)
+		} else {
+			defer os.RemoveAll(work)
+		}
+		if err := record(ctx, o, bench, work, group); err != nil {
+			return err
+		}
+	} else if group, err = readGroup(work); err != nil {
+		return err
+	}
+	return analyzeWork(o, work, group)
+}
+
+// record builds everything, adds the uprobes, and runs the bench under perf.
+func record(ctx context.Context, o options, bench, work, group string) error {
+	if _, err := exec.LookPath("perf"); err != nil {
+		return errors.New("perf is not installed (apt-get install linux-perf)")
+	}
+	logf("building the bench and the servers into %s (static: %v)", work, o.static)
+	if err := buildAll(bench, work, o.static); err != nil {
+		return err
+	}
+	up, err := addProbes(group, serverBinaries(filepath.Join(work, "bin")), switchProbes)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := up.remove(); err != nil {
+			logf("removing the uprobes: %v", err)
+		}
+	}()
+	if len(up.missing) > 0 {
+		logf("not probed (no such function: inlined or absent): %s", strings.Join(up.missing, ", "))
+	}
+	if err := os.WriteFile(filepath.Join(work, "group"), []byte(group), 0o644); err != nil {
+		return err
+	}
+	args := append([]string{"record", "-q", "-k", "mono", "-o", filepath.Join(work, "perf.data")}, perfEvents(up.events())...)
+	args = append(args, "--", filepath.Join(work, "bench"), "-switch", "-switch-bin", filepath.Join(work, "bin"),
+		"-repo", filepath.Dir(filepath.Dir(bench)), "-switch-approaches", o.approaches,
+		"-switch-rounds", fmt.Sprint(o.rounds), "-switch-upgrades", fmt.Sprint(o.upgrades),
+		"-switch-every", o.every.String(), "-out", filepath.Join(work, "switch"))
+	logf("perf %s", strings.Join(args, " "))
+	cmd := exec.CommandContext(ctx, "perf", args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	return cmd.Run()
+}
+
+func readGroup(work string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(work, "group"))
+	return strings.TrimSpace(string(b)), err
+}
+
+// analyzeWork reads the recording and the bench's switch.json in work and writes
+// the breakdown.
+func analyzeWork(o options, work, group string) error {
+	sw, err := readSwitchJSON(filepath.Join(work, "switch", "switch.json"))
+	if err != nil {
+		return err
+	}
+	logf("reading the recording (perf script)")
+	cmd := exec.Command("perf", "script", "-i", filepath.Join(work, "perf.data"), "-F", "comm,pid,tid,time,event,trace")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = nil
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	evs, rerr := readEvents(out, group)
+	if werr := cmd.Wait(); rerr == nil && werr != nil {
+		rerr = fmt.Errorf("perf script: %w", werr)
+	}
+	if rerr != nil {
+		return rerr
+	}
+	logf("%d events", len(evs))
+	rep, err := breakdown(newTrace(evs), sw)
+	if err != nil {
+		return err
+	}
+	rep.Command = commandLine()
+	rep.Static = o.static
+	rep.Switch = sw.Command
+	rep.LoadAvg = sw.loadAvg()
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(rep, "", " ")
+	if err != nil {
+		return err
+	}
+	md := rep.markdown()
+	for name, data := range map[string][]byte{"trace.json": append(b, '\n'), "trace.md": []byte(md)} {
+		if err := os.WriteFile(filepath.Join(o.out, name), data, 0o644); err != nil {
+			return err
+		}
+	}
+	for _, name := range []string{"switch.json", "switch.md"} {
+		if b, err := os.ReadFile(filepath.Join(work, "switch", name)); err == nil {
+			os.WriteFile(filepath.Join(o.out, name), b, 0o644)
+		}
+	}
+	fmt.Print(md)
+	logf("wrote %s", o.out)
+	return nil
+}
+
+// commandLine is how this run was started, as a reader would rerun it.
+func commandLine() string {
+	args := []string{"go", "run", "./switchtrace"}
+	for _, a := range os.Args[1:] {
+		if strings.ContainsAny(a, " \t'\"$") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		args = append(args, a)
+	}
+	return "cd tests/bench && " + strings.Join(args, " ")
+}

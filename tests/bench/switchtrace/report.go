@@ -1,0 +1,289 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// switchJSON is what this tool reads of the bench's switch.json.
+type switchJSON struct {
+	Command string `json:"command"`
+	Config  struct {
+		Rounds int `json:"rounds"`
+	} `json:"config"`
+	Approaches []struct {
+		Name     string   `json:"name"`
+		Label    string   `json:"label"`
+		LoadAvg  []string `json:"loadavg"`
+		Switches []struct {
+			Round    int     `json:"round"`
+			Index    int     `json:"i"`
+			Old      int     `json:"old"`
+			New      int     `json:"new"`
+			SwitchMS float64 `json:"switch_ms"`
+		} `json:"switches"`
+	} `json:"approaches"`
+}
+
+func readSwitchJSON(path string) (*switchJSON, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var s switchJSON
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &s, nil
+}
+
+func (s *switchJSON) loadAvg() map[string][]string {
+	out := map[string][]string{}
+	for _, a := range s.Approaches {
+		out[a.Name] = a.LoadAvg
+	}
+	return out
+}
+
+// switchRef is one switch of the bench, in the order the bench triggered them.
+type switchRef struct {
+	approach string
+	old      int
+	switchMS float64
+}
+
+// chronological lists the switches in the order they happened: round by round,
+// the approaches taking turns.
+func (s *switchJSON) chronological() []switchRef {
+	var out []switchRef
+	for r := 1; r <= s.Config.Rounds; r++ {
+		for _, a := range s.Approaches {
+			for _, sw := range a.Switches {
+				if sw.Round == r {
+					out = append(out, switchRef{a.Name, sw.Old, sw.SwitchMS})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// kindOf says which path an approach takes.
+func kindOf(approach string) string {
+	switch approach {
+	case "handover-usr2":
+		return "lib"
+	case "handover-run":
+		return "run"
+	}
+	return "peer"
+}
+
+// paths are the markers on the way from the trigger to the first answer, in order.
+var paths = map[string][]string{
+	"lib": {"kill", "signal delivered", "onSignal", "beginUpgrade", "initExtra", "spawnChild", "startProcess", "checkPidfd",
+		"forkExec", "clone", "execve", "exec", "ld.so done", "rtmain", "main", "New", "readInit", "newExtra", "openControl",
+		"Listen", "serve", "accept loop", "accepted", "answered", "probe read"},
+	"run": {"kill", "signal delivered", "mOnSignal", "mBeginUpgrade", "mStartCandidate", "mOpenBuild", "mSpawn", "forkExec",
+		"clone", "execve", "exec", "ld.so done", "rtmain", "main", "execve#2", "exec#2", "ld.so done#2", "rtmain#2", "main#2",
+		"New", "newExtra", "openControl", "Listen", "serve", "accept loop", "accepted", "answered", "probe read"},
+	"peer": {"kill", "signal delivered", "doUpgrade", "forkExec", "clone", "execve", "exec", "ld.so done", "rtmain", "main",
+		"accept loop", "accepted", "answered", "probe read"},
+}
+
+// offPath are markers off the way to the first answer (timed from the trigger).
+var offPath = map[string][]string{
+	"lib":  {"Ready", "handOver", "onHandover", "startDrains", "old exit"},
+	"run":  {"Ready", "mOnNotify", "mBecomeReady", "mStopChild", "old exit"},
+	"peer": {"peerReady", "old exit"},
+}
+
+// what describes the phase that ends at a marker (when it follows its predecessor
+// on the path).
+var what = map[string]string{
+	"signal delivered": "kernel: the signal reaches the process",
+	"onSignal":         "old: signal → the Upgrader's loop",
+	"beginUpgrade":     "old: refusal checks",
+	"initExtra":        "old: RELOADING=1, history, spawn goroutine",
+	"spawnChild":       "old: initExtra: TLS keys and SaveState into sealed memfds",
+	"startProcess":     "old: spawnChild: resolve the executable, dup the sockets, socketpair, send the initial batch, stderr pipe",
+	"checkPidfd":       "old: os.StartProcess up to Go's pidfd check",
+	"forkExec":         "old: Go's one-time pidfd check (pidfd_open, waitid, pidfd_send_signal, a test clone+wait)",
+	"clone":            "old: syscall.forkExec up to clone",
+	"execve":           "child between clone and execve (vfork: descriptors)",
+	"exec":             "kernel: execve (maps the new binary)",
+	"ld.so done":       "dynamic loader, libc start (cgo binary)",
+	"rtmain":           "Go runtime bootstrap (up to runtime.main)",
+	"main":             "package inits (runtime.main → main.main)",
+	"New":              "main.main → graceful.New (flags, logger)",
+	"readInit":         "New: inherit the descriptors (handoff.Inherit)",
+	"newExtra":         "New: read the parent's initial batch (history, keys and state memfds)",
+	"openControl":      "New: TLS keys ring, LoadState",
+	"Listen":           "New's rest (control socket, sd_notify, watchdog, signals, log) and main → Listen",
+	"serve":            "Listen (net.FileListener) and main → Serve",
+	"accept loop":      "Serve → the first accept",
+	"accepted":         "waiting for / taking the first connection",
+	"answered":         "request read, answer written",
+	"probe read":       "the answer reaches the probe",
+	"mOnSignal":        "master: signal → its loop",
+	"mBeginUpgrade":    "master: checks",
+	"mStartCandidate":  "master: RELOADING=1, record",
+	"mOpenBuild":       "master: resolve the program",
+	"mSpawn":           "master: open and keep the build",
+	"execve#2":         "shim: main.main → Shim: LISTEN_PID, execve of the program",
+	"exec#2":           "kernel: execve of the program",
+	"ld.so done#2":     "dynamic loader, libc start (program)",
+	"rtmain#2":         "Go runtime bootstrap (program)",
+	"main#2":           "package inits (program)",
+	"doUpgrade":        "old: signal → tableflip's upgrade",
+}
+
+// PhaseStat is one phase's times over the switches, in ms.
+type PhaseStat struct {
+	From   string  `json:"from"`
+	To     string  `json:"to"`
+	What   string  `json:"what,omitempty"`
+	N      int     `json:"n"`
+	Median float64 `json:"median"`
+	P10    float64 `json:"p10"`
+	P90    float64 `json:"p90"`
+}
+
+func phaseStat(from, to string, ms []float64) PhaseStat {
+	s := statsOf(ms)
+	p := PhaseStat{From: from, To: to, N: s.N, Median: s.Median, P10: s.P10, P90: s.P90}
+	return p
+}
+
+// ApproachTrace is one approach's breakdown.
+type ApproachTrace struct {
+	Name     string      `json:"name"`
+	Label    string      `json:"label"`
+	Total    PhaseStat   `json:"total"`
+	Phases   []PhaseStat `json:"phases"`
+	OffPath  []PhaseStat `json:"off_path"` // from the trigger
+	Switches []markers   `json:"switches"` // every switch's markers, ms since the trigger
+}
+
+// Report is the breakdown of a traced run.
+type Report struct {
+	Command    string              `json:"command"`
+	Switch     string              `json:"switch_command"` // what ran under perf
+	Static     bool                `json:"static"`
+	LoadAvg    map[string][]string `json:"loadavg"`
+	Unmatched  string              `json:"unmatched,omitempty"`
+	Approaches []ApproachTrace     `json:"approaches"`
+}
+
+// breakdown matches the bench's switches with the triggers in the trace and sums
+// up each approach's phases.
+func breakdown(tr *trace, sw *switchJSON) (*Report, error) {
+	bench := 0
+	for pid, xs := range tr.execs {
+		for _, x := range xs {
+			if filepath.Base(x.file) == "bench" && (bench == 0 || x.t < tr.execs[bench][0].t) {
+				bench = pid
+			}
+		}
+	}
+	if bench == 0 {
+		return nil, fmt.Errorf("no bench process in the recording")
+	}
+	kills := tr.kills(bench)
+	refs := sw.chronological()
+	rep := &Report{}
+	if len(kills) != len(refs) {
+		rep.Unmatched = fmt.Sprintf("%d triggers in the trace, %d switches in switch.json: matched in order up to the shorter", len(kills), len(refs))
+	}
+	byName := map[string][]markers{}
+	for i := 0; i < min(len(kills), len(refs)); i++ {
+		until := kills[i].t + 10
+		if i+1 < len(kills) {
+			until = kills[i+1].t
+		}
+		byName[refs[i].approach] = append(byName[refs[i].approach], tr.switchMarks(kills[i], until, refs[i].old, refs[i].switchMS))
+	}
+	for _, a := range sw.Approaches {
+		ms := byName[a.Name]
+		at := ApproachTrace{Name: a.Name, Label: a.Label, Switches: ms}
+		kind := kindOf(a.Name)
+		for _, p := range phases(paths[kind], ms) {
+			ps := phaseStat(p.From, p.To, p.MS)
+			if prevOnPath(paths[kind], p.To) == p.From {
+				ps.What = what[p.To]
+			}
+			at.Phases = append(at.Phases, ps)
+		}
+		at.Total = phaseStat("kill", "probe read", values(ms, "probe read"))
+		for _, n := range offPath[kind] {
+			if v := values(ms, n); len(v) > 0 {
+				at.OffPath = append(at.OffPath, phaseStat("kill", n, v))
+			}
+		}
+		rep.Approaches = append(rep.Approaches, at)
+	}
+	return rep, nil
+}
+
+func prevOnPath(path []string, name string) string {
+	for i, n := range path {
+		if n == name && i > 0 {
+			return path[i-1]
+		}
+	}
+	return ""
+}
+
+func values(ms []markers, name string) []float64 {
+	var out []float64
+	for _, m := range ms {
+		if v, ok := m[name]; ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// markdown renders the breakdown.
+func (r *Report) markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Command: `%s`", r.Command)
+	if r.Static {
+		b.WriteString(" (servers built with CGO_ENABLED=0)")
+	}
+	fmt.Fprintf(&b, "; under perf: `%s`.\n\n", r.Switch)
+	if r.Unmatched != "" {
+		fmt.Fprintf(&b, "⚠ %s\n\n", r.Unmatched)
+	}
+	b.WriteString("Times in ms (median, p10, p90 over the switches; n switches had both markers). A row joins consecutive markers found in a switch; a marker missing in a switch (e.g. Go's pidfd check, done once per process) merges its two rows there.\n")
+	for _, a := range r.Approaches {
+		fmt.Fprintf(&b, "\n### %s\n\n", a.Label)
+		if la := r.LoadAvg[a.Name]; len(la) > 0 {
+			fmt.Fprintf(&b, "Load average (before → after each round): %s.\n\n", strings.Join(la, "; "))
+		}
+		b.WriteString("| from → to | what | median | p10 | p90 | n |\n|---|---|---|---|---|---|\n")
+		for _, p := range a.Phases {
+			fmt.Fprintf(&b, "| %s → %s | %s | %.2f | %.2f | %.2f | %d |\n", p.From, p.To, p.What, p.Median, p.P10, p.P90, p.N)
+		}
+		t := a.Total
+		fmt.Fprintf(&b, "| **kill → probe read** | **the switch (the bench's measure)** | **%.2f** | %.2f | %.2f | %d |\n", t.Median, t.P10, t.P90, t.N)
+		for _, p := range a.OffPath {
+			fmt.Fprintf(&b, "| kill → %s | off the path | %.2f | %.2f | %.2f | %d |\n", p.To, p.Median, p.P10, p.P90, p.N)
+		}
+	}
+	return b.String()
+}
+
+// sortedKeys is for stable output of maps.
+func sortedKeys[V any](m map[string]V) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}

@@ -73,9 +73,11 @@ type markers map[string]float64
 
 // switchMarks finds the markers of the switch triggered by kill; until bounds the
 // search (the next trigger). oldPID is the generation being replaced (the master's
-// child under handover run); switchMS is the bench's measure (-1 if none).
-func (tr *trace) switchMarks(kill event, until float64, oldPID int, switchMS float64) markers {
-	m := markers{"kill": 0}
+// child under handover run); switchMS is the bench's measure (-1 if none). faults
+// are the page faults of the new process ([0]) and of the signalled one ([1]), in ms
+// since the trigger.
+func (tr *trace) switchMarks(kill event, until float64, oldPID int, switchMS float64) (m markers, faults [2][]float64) {
+	m = markers{"kill": 0}
 	t0 := kill.t
 	at := func(name string, e *event) {
 		if e != nil {
@@ -105,7 +107,24 @@ func (tr *trace) switchMarks(kill event, until float64, oldPID int, switchMS flo
 	if e := tr.first(oldPID, t0, until+60, func(e *event) bool { return e.kind == evExitP && e.dead }); e != nil {
 		at("old exit", e)
 	}
-	return m
+	for i, pid := range []int{child, target} {
+		for _, t := range tr.faults(pid, t0, until) {
+			faults[i] = append(faults[i], round3((t-t0)*1000))
+		}
+	}
+	return m, faults
+}
+
+// faults returns the times of pid's page faults in [from, to).
+func (tr *trace) faults(pid int, from, to float64) []float64 {
+	var out []float64
+	evs := tr.byPid[pid]
+	for i := sort.Search(len(evs), func(i int) bool { return evs[i].t >= from }); i < len(evs) && evs[i].t < to; i++ {
+		if evs[i].kind == evFault {
+			out = append(out, evs[i].t)
+		}
+	}
+	return out
 }
 
 // childOf returns the process that parent forked after from and that then ran a
@@ -166,7 +185,8 @@ func (tr *trace) childMarks(m markers, child int, from, until, t0 float64) {
 		return
 	}
 	last := execs[len(execs)-1].t
-	for _, n := range []string{"New", "readInit", "newExtra", "openControl", "Listen", "serve", "Ready", "peerReady"} {
+	for _, n := range []string{"New", "readInit", "executablePath", "sdFromEnv", "newExtra", "openControl", "call", "status", "run",
+		"Listen", "serve", "Ready", "peerReady"} {
 		at(n, tr.first(child, last, until, func(e *event) bool { return e.kind == evProbe && shortOf(e.probe) == n }))
 	}
 	loop := tr.first(child, last, until, func(e *event) bool {
@@ -192,6 +212,21 @@ func (tr *trace) childMarks(m markers, child int, from, until, t0 float64) {
 	}))
 }
 
+// countIn counts the values of sorted vs in [from, to).
+func countIn(vs []float64, from, to float64) int {
+	return sort.SearchFloat64s(vs, to) - sort.SearchFloat64s(vs, from)
+}
+
+// outOfOrder reports whether a marker of later has a time before v.
+func outOfOrder(m markers, v float64, later []string) bool {
+	for _, n := range later {
+		if w, ok := m[n]; ok && w < v {
+			return true
+		}
+	}
+	return false
+}
+
 func shortOf(probe string) string {
 	_, s, _ := splitEvent(probe)
 	return s
@@ -199,22 +234,29 @@ func shortOf(probe string) string {
 
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
 
-// phase is the time between two markers of a switch.
+// phase is the time between two markers of a switch, and the page faults in it of
+// the new process ([0]) and of the old one ([1]).
 type phase struct {
 	From, To string
 	MS       []float64
+	Faults   [2][]float64
 }
 
 // phases turns each switch's markers into the times between consecutive markers of
-// path that are present, pooled over the switches; ordered along the path.
-func phases(path []string, switches []markers) []*phase {
+// path that are present, pooled over the switches; ordered along the path. A
+// marker later than one after it on the path is not on this switch's path (e.g. a
+// peer that checks pidfd support only after it forked) and is left out.
+//
+// faults, if not nil, holds each switch's page faults (sorted, ms since the
+// trigger) of the new process and of the old one, counted per phase.
+func phases(path []string, switches []markers, faults [][2][]float64) []*phase {
 	byKey := map[[2]string]*phase{}
 	var out []*phase
-	for _, m := range switches {
+	for si, m := range switches {
 		prev := ""
-		for _, name := range path {
+		for i, name := range path {
 			v, ok := m[name]
-			if !ok {
+			if !ok || outOfOrder(m, v, path[i+1:]) {
 				continue
 			}
 			if prev != "" {
@@ -226,6 +268,11 @@ func phases(path []string, switches []markers) []*phase {
 					out = append(out, p)
 				}
 				p.MS = append(p.MS, round3(v-m[prev]))
+				if faults != nil {
+					for k := range p.Faults {
+						p.Faults[k] = append(p.Faults[k], float64(countIn(faults[si][k], m[prev], v)))
+					}
+				}
 			}
 			prev = name
 		}

@@ -29,6 +29,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -152,6 +153,7 @@ func perfEvents(probes []string) []string {
 		"-e", "signal:signal_generate", "--filter", "sig == 1 || sig == 12 || sig == 15",
 		"-e", "signal:signal_deliver", "--filter", "sig == 1 || sig == 12 || sig == 15",
 		"-e", "sched:sched_process_fork", "-e", "sched:sched_process_exec", "-e", "sched:sched_process_exit",
+		"-e", "page-faults", "-c", "1",
 	}
 	for _, p := range probes {
 		args = append(args, "-e", p)
@@ -209,7 +211,7 @@ func record(ctx context.Context, o options, bench, work, group string) error {
 	if err := os.WriteFile(filepath.Join(work, "group"), []byte(group), 0o644); err != nil {
 		return err
 	}
-	args := append([]string{"record", "-q", "-k", "mono", "-o", filepath.Join(work, "perf.data")}, perfEvents(up.events())...)
+	args := append([]string{"record", "-q", "-k", "mono", "-m", "4096", "-o", filepath.Join(work, "perf.data")}, perfEvents(up.events())...)
 	args = append(args, "--", filepath.Join(work, "bench"), "-switch", "-switch-bin", filepath.Join(work, "bin"),
 		"-repo", filepath.Dir(filepath.Dir(bench)), "-switch-approaches", o.approaches,
 		"-switch-rounds", fmt.Sprint(o.rounds), "-switch-upgrades", fmt.Sprint(o.upgrades),
@@ -256,6 +258,7 @@ func analyzeWork(o options, work, group string) error {
 		return err
 	}
 	rep.Command = commandLine()
+	rep.Lost = lostEvents(filepath.Join(work, "perf.data"))
 	rep.Static = o.static
 	rep.Switch = sw.Command
 	rep.LoadAvg = sw.loadAvg()
@@ -281,6 +284,20 @@ func analyzeWork(o options, work, group string) error {
 	logf("wrote %s", o.out)
 	return nil
 }
+
+// lostEvents returns what `perf report --stats` says perf lost, or "".
+func lostEvents(data string) string {
+	out, _ := exec.Command("perf", "report", "--stats", "-i", data).CombinedOutput()
+	var lost []string
+	for _, m := range lostRE.FindAllStringSubmatch(string(out), -1) {
+		if m[2] != "0" {
+			lost = append(lost, m[1]+" "+m[2])
+		}
+	}
+	return strings.Join(lost, "; ")
+}
+
+var lostRE = regexp.MustCompile(`(?m)^\s*(LOST\w*) events:\s+(\d+)`)
 
 // commandLine is how this run was started, as a reader would rerun it.
 func commandLine() string {

@@ -44,6 +44,7 @@ const (
 	evExec           // sched:sched_process_exec
 	evExitP          // sched:sched_process_exit
 	evProbe          // a uprobe of ours
+	evFault          // a page fault (software event page-faults, every one: -c 1)
 )
 
 // event is one line of `perf script -F comm,pid,tid,time,event,trace`.
@@ -62,7 +63,7 @@ type event struct {
 	probe    string   // uprobe: "bin__short"
 }
 
-var lineRE = regexp.MustCompile(`^\s*(.+?)\s+(\d+)/(\d+)\s+(\d+\.\d+):\s+([\w:]+):\s*(.*)$`)
+var lineRE = regexp.MustCompile(`^\s*(.+?)\s+(\d+)/(\d+)\s+(\d+\.\d+):\s+(?:\d+\s+)?([\w:-]+):\s*(.*)$`)
 
 // parseLine parses one line; ok is false for lines of no interest.
 func parseLine(line, probeGroup string) (e event, ok bool) {
@@ -110,6 +111,8 @@ func parseLine(line, probeGroup string) (e event, ok bool) {
 	case name == "sched:sched_process_exit":
 		e.kind = evExitP
 		e.dead = fields(rest)["group_dead"] == "true"
+	case name == "page-faults":
+		e.kind = evFault
 	case strings.HasPrefix(name, probeGroup+":"):
 		e.kind = evProbe
 		e.probe = strings.TrimPrefix(name, probeGroup+":")

@@ -86,12 +86,13 @@ func kindOf(approach string) string {
 // paths are the markers on the way from the trigger to the first answer, in order.
 var paths = map[string][]string{
 	"lib": {"kill", "signal delivered", "onSignal", "beginUpgrade", "initExtra", "spawnChild", "startProcess", "checkPidfd",
-		"forkExec", "clone", "execve", "exec", "ld.so done", "rtmain", "main", "New", "readInit", "newExtra", "openControl",
-		"Listen", "serve", "accept loop", "accepted", "answered", "probe read"},
+		"forkExec", "clone", "execve", "exec", "ld.so done", "rtmain", "main", "New", "readInit", "executablePath", "sdFromEnv",
+		"newExtra", "openControl", "call", "status", "Listen", "serve", "accept loop", "accepted", "answered", "probe read"},
 	"run": {"kill", "signal delivered", "mOnSignal", "mBeginUpgrade", "mStartCandidate", "mOpenBuild", "mSpawn", "forkExec",
 		"clone", "execve", "exec", "ld.so done", "rtmain", "main", "execve#2", "exec#2", "ld.so done#2", "rtmain#2", "main#2",
-		"New", "newExtra", "openControl", "Listen", "serve", "accept loop", "accepted", "answered", "probe read"},
-	"peer": {"kill", "signal delivered", "doUpgrade", "forkExec", "clone", "execve", "exec", "ld.so done", "rtmain", "main",
+		"New", "executablePath", "sdFromEnv", "newExtra", "openControl", "call", "status", "Listen", "serve", "accept loop",
+		"accepted", "answered", "probe read"},
+	"peer": {"kill", "signal delivered", "doUpgrade", "checkPidfd", "forkExec", "clone", "execve", "exec", "ld.so done", "rtmain", "main",
 		"accept loop", "accepted", "answered", "probe read"},
 }
 
@@ -102,47 +103,59 @@ var offPath = map[string][]string{
 	"peer": {"peerReady", "old exit"},
 }
 
-// what describes the phase that ends at a marker (when it follows its predecessor
-// on the path).
+// what describes the phase between two markers.
 var what = map[string]string{
-	"signal delivered": "kernel: the signal reaches the process",
-	"onSignal":         "old: signal → the Upgrader's loop",
-	"beginUpgrade":     "old: refusal checks",
-	"initExtra":        "old: RELOADING=1, history, spawn goroutine",
-	"spawnChild":       "old: initExtra: TLS keys and SaveState into sealed memfds",
-	"startProcess":     "old: spawnChild: resolve the executable, dup the sockets, socketpair, send the initial batch, stderr pipe",
-	"checkPidfd":       "old: os.StartProcess up to Go's pidfd check",
-	"forkExec":         "old: Go's one-time pidfd check (pidfd_open, waitid, pidfd_send_signal, a test clone+wait)",
-	"clone":            "old: syscall.forkExec up to clone",
-	"execve":           "child between clone and execve (vfork: descriptors)",
-	"exec":             "kernel: execve (maps the new binary)",
-	"ld.so done":       "dynamic loader, libc start (cgo binary)",
-	"rtmain":           "Go runtime bootstrap (up to runtime.main)",
-	"main":             "package inits (runtime.main → main.main)",
-	"New":              "main.main → graceful.New (flags, logger)",
-	"readInit":         "New: inherit the descriptors (handoff.Inherit)",
-	"newExtra":         "New: read the parent's initial batch (history, keys and state memfds)",
-	"openControl":      "New: TLS keys ring, LoadState",
-	"Listen":           "New's rest (control socket, sd_notify, watchdog, signals, log) and main → Listen",
-	"serve":            "Listen (net.FileListener) and main → Serve",
-	"accept loop":      "Serve → the first accept",
-	"accepted":         "waiting for / taking the first connection",
-	"answered":         "request read, answer written",
-	"probe read":       "the answer reaches the probe",
-	"mOnSignal":        "master: signal → its loop",
-	"mBeginUpgrade":    "master: checks",
-	"mStartCandidate":  "master: RELOADING=1, record",
-	"mOpenBuild":       "master: resolve the program",
-	"mSpawn":           "master: open and keep the build",
-	"execve#2":         "shim: main.main → Shim: LISTEN_PID, execve of the program",
-	"exec#2":           "kernel: execve of the program",
-	"ld.so done#2":     "dynamic loader, libc start (program)",
-	"rtmain#2":         "Go runtime bootstrap (program)",
-	"main#2":           "package inits (program)",
-	"doUpgrade":        "old: signal → tableflip's upgrade",
+	"kill>signal delivered":         "kernel: the signal reaches the process",
+	"signal delivered>onSignal":     "old: signal → the Upgrader's loop",
+	"onSignal>beginUpgrade":         "old: refusal checks",
+	"beginUpgrade>initExtra":        "old: RELOADING=1, log, history, spawn goroutine",
+	"initExtra>spawnChild":          "old: initExtra: TLS keys and SaveState into sealed memfds",
+	"spawnChild>startProcess":       "old: spawnChild: resolve the executable, dup the sockets, socketpair, send the initial batch, stderr pipe",
+	"startProcess>checkPidfd":       "old: os.StartProcess up to Go's pidfd check",
+	"checkPidfd>forkExec":           "old: Go's one-time pidfd check (pidfd_open, waitid, pidfd_send_signal, a test clone and its wait)",
+	"startProcess>forkExec":         "old: os.StartProcess (pidfd check done before)",
+	"forkExec>clone":                "old: syscall.forkExec up to clone",
+	"clone>execve":                  "child between clone and execve (vfork: descriptors)",
+	"execve>exec":                   "kernel: execve (maps the new binary)",
+	"exec>ld.so done":               "dynamic loader, libc start (cgo binary)",
+	"ld.so done>rtmain":             "Go runtime bootstrap (up to runtime.main)",
+	"exec>rtmain":                   "Go runtime bootstrap (static binary)",
+	"rtmain>main":                   "package inits (runtime.main → main.main)",
+	"main>New":                      "main.main → graceful.New (flags, logger)",
+	"New>readInit":                  "New: handoff.Inherit (environment, descriptors)",
+	"readInit>executablePath":       "New: read the parent's initial batch (history, keys and state memfds)",
+	"New>executablePath":            "New: handoff.Inherit (environment, descriptors)",
+	"executablePath>sdFromEnv":      "New: executable path, PID file check",
+	"sdFromEnv>newExtra":            "New: sd_notify socket, watchdog",
+	"newExtra>openControl":          "New: TLS session-ticket keys, LoadState",
+	"openControl>call":              "New's rest (control socket, signals, log line, loop goroutine), main → Status",
+	"call>status":                   "Status: a round trip to the Upgrader's loop goroutine",
+	"status>Listen":                 "main → Listen",
+	"Listen>serve":                  "Listen (net.FileListener), Metrics, main → Serve",
+	"serve>accept loop":             "Serve → the first accept",
+	"main>accept loop":              "main.main → the first accept (the peer's set-up)",
+	"accept loop>accepted":          "waiting for / taking the first connection",
+	"accepted>answered":             "request read, answer written",
+	"answered>probe read":           "the answer reaches the probe",
+	"signal delivered>mOnSignal":    "master: signal → its loop",
+	"mOnSignal>mBeginUpgrade":       "master: checks",
+	"mBeginUpgrade>mStartCandidate": "master: RELOADING=1, record",
+	"mStartCandidate>mOpenBuild":    "master: resolve the program",
+	"mOpenBuild>mSpawn":             "master: open and keep the build",
+	"mSpawn>forkExec":               "master: pipe, environment, argv",
+	"main>execve#2":                 "shim: main.main → Shim: LISTEN_PID, execve of the program",
+	"execve#2>exec#2":               "kernel: execve of the program",
+	"exec#2>ld.so done#2":           "dynamic loader, libc start (the program)",
+	"ld.so done#2>rtmain#2":         "Go runtime bootstrap (the program)",
+	"exec#2>rtmain#2":               "Go runtime bootstrap (the program, static)",
+	"rtmain#2>main#2":               "package inits (the program)",
+	"main#2>New":                    "main.main → graceful.New (flags, logger)",
+	"signal delivered>doUpgrade":    "old: signal → tableflip's upgrade",
+	"doUpgrade>forkExec":            "old: tableflip: environment, files, os.StartProcess with its pidfd check",
+	"signal delivered>forkExec":     "old: signal → os.StartProcess, with its pidfd check",
 }
 
-// PhaseStat is one phase's times over the switches, in ms.
+// PhaseStat is one phase's times over the switches, in ms, and its page faults.
 type PhaseStat struct {
 	From   string  `json:"from"`
 	To     string  `json:"to"`
@@ -151,12 +164,16 @@ type PhaseStat struct {
 	Median float64 `json:"median"`
 	P10    float64 `json:"p10"`
 	P90    float64 `json:"p90"`
+	// FaultsNew and FaultsOld are the median counts of page faults in the phase,
+	// of the new process and of the signalled one (the master under handover run).
+	FaultsNew float64 `json:"faults_new_median"`
+	FaultsOld float64 `json:"faults_old_median"`
 }
 
-func phaseStat(from, to string, ms []float64) PhaseStat {
+func phaseStat(from, to string, ms []float64, faults [2][]float64) PhaseStat {
 	s := statsOf(ms)
-	p := PhaseStat{From: from, To: to, N: s.N, Median: s.Median, P10: s.P10, P90: s.P90}
-	return p
+	return PhaseStat{From: from, To: to, N: s.N, Median: s.Median, P10: s.P10, P90: s.P90,
+		FaultsNew: statsOf(faults[0]).Median, FaultsOld: statsOf(faults[1]).Median}
 }
 
 // ApproachTrace is one approach's breakdown.
@@ -176,6 +193,7 @@ type Report struct {
 	Static     bool                `json:"static"`
 	LoadAvg    map[string][]string `json:"loadavg"`
 	Unmatched  string              `json:"unmatched,omitempty"`
+	Lost       string              `json:"lost,omitempty"` // events perf lost (perf report --stats)
 	Approaches []ApproachTrace     `json:"approaches"`
 }
 
@@ -200,42 +218,42 @@ func breakdown(tr *trace, sw *switchJSON) (*Report, error) {
 		rep.Unmatched = fmt.Sprintf("%d triggers in the trace, %d switches in switch.json: matched in order up to the shorter", len(kills), len(refs))
 	}
 	byName := map[string][]markers{}
+	faults := map[string][][2][]float64{}
 	for i := 0; i < min(len(kills), len(refs)); i++ {
 		until := kills[i].t + 10
 		if i+1 < len(kills) {
 			until = kills[i+1].t
 		}
-		byName[refs[i].approach] = append(byName[refs[i].approach], tr.switchMarks(kills[i], until, refs[i].old, refs[i].switchMS))
+		m, f := tr.switchMarks(kills[i], until, refs[i].old, refs[i].switchMS)
+		byName[refs[i].approach] = append(byName[refs[i].approach], m)
+		faults[refs[i].approach] = append(faults[refs[i].approach], f)
 	}
 	for _, a := range sw.Approaches {
 		ms := byName[a.Name]
 		at := ApproachTrace{Name: a.Name, Label: a.Label, Switches: ms}
 		kind := kindOf(a.Name)
-		for _, p := range phases(paths[kind], ms) {
-			ps := phaseStat(p.From, p.To, p.MS)
-			if prevOnPath(paths[kind], p.To) == p.From {
-				ps.What = what[p.To]
-			}
+		for _, p := range phases(paths[kind], ms, faults[a.Name]) {
+			ps := phaseStat(p.From, p.To, p.MS, p.Faults)
+			ps.What = what[p.From+">"+p.To]
 			at.Phases = append(at.Phases, ps)
 		}
-		at.Total = phaseStat("kill", "probe read", values(ms, "probe read"))
+		var total [2][]float64
+		for i, m := range ms {
+			if v, ok := m["probe read"]; ok {
+				for k := range total {
+					total[k] = append(total[k], float64(countIn(faults[a.Name][i][k], 0, v)))
+				}
+			}
+		}
+		at.Total = phaseStat("kill", "probe read", values(ms, "probe read"), total)
 		for _, n := range offPath[kind] {
 			if v := values(ms, n); len(v) > 0 {
-				at.OffPath = append(at.OffPath, phaseStat("kill", n, v))
+				at.OffPath = append(at.OffPath, phaseStat("kill", n, v, [2][]float64{}))
 			}
 		}
 		rep.Approaches = append(rep.Approaches, at)
 	}
 	return rep, nil
-}
-
-func prevOnPath(path []string, name string) string {
-	for i, n := range path {
-		if n == name && i > 0 {
-			return path[i-1]
-		}
-	}
-	return ""
 }
 
 func values(ms []markers, name string) []float64 {
@@ -259,20 +277,23 @@ func (r *Report) markdown() string {
 	if r.Unmatched != "" {
 		fmt.Fprintf(&b, "⚠ %s\n\n", r.Unmatched)
 	}
-	b.WriteString("Times in ms (median, p10, p90 over the switches; n switches had both markers). A row joins consecutive markers found in a switch; a marker missing in a switch (e.g. Go's pidfd check, done once per process) merges its two rows there.\n")
+	if r.Lost != "" {
+		fmt.Fprintf(&b, "⚠ perf lost events (markers may be missing in some switches): %s\n\n", r.Lost)
+	}
+	b.WriteString("Times in ms (median, p10, p90 over the switches; n switches had both markers); faults: the median counts of page faults in the phase, of the new process / of the signalled one (the master under handover run). A row joins consecutive markers found in a switch; a marker missing in a switch (e.g. Go's pidfd check, done once per process) merges its two rows there.\n")
 	for _, a := range r.Approaches {
 		fmt.Fprintf(&b, "\n### %s\n\n", a.Label)
 		if la := r.LoadAvg[a.Name]; len(la) > 0 {
 			fmt.Fprintf(&b, "Load average (before → after each round): %s.\n\n", strings.Join(la, "; "))
 		}
-		b.WriteString("| from → to | what | median | p10 | p90 | n |\n|---|---|---|---|---|---|\n")
+		b.WriteString("| from → to | what | median | p10 | p90 | n | faults new / old |\n|---|---|---|---|---|---|---|\n")
 		for _, p := range a.Phases {
-			fmt.Fprintf(&b, "| %s → %s | %s | %.2f | %.2f | %.2f | %d |\n", p.From, p.To, p.What, p.Median, p.P10, p.P90, p.N)
+			fmt.Fprintf(&b, "| %s → %s | %s | %.2f | %.2f | %.2f | %d | %.0f / %.0f |\n", p.From, p.To, p.What, p.Median, p.P10, p.P90, p.N, p.FaultsNew, p.FaultsOld)
 		}
 		t := a.Total
-		fmt.Fprintf(&b, "| **kill → probe read** | **the switch (the bench's measure)** | **%.2f** | %.2f | %.2f | %d |\n", t.Median, t.P10, t.P90, t.N)
+		fmt.Fprintf(&b, "| **kill → probe read** | **the switch (the bench's measure)** | **%.2f** | %.2f | %.2f | %d | %.0f / %.0f |\n", t.Median, t.P10, t.P90, t.N, t.FaultsNew, t.FaultsOld)
 		for _, p := range a.OffPath {
-			fmt.Fprintf(&b, "| kill → %s | off the path | %.2f | %.2f | %.2f | %d |\n", p.To, p.Median, p.P10, p.P90, p.N)
+			fmt.Fprintf(&b, "| kill → %s | off the path | %.2f | %.2f | %.2f | %d | |\n", p.To, p.Median, p.P10, p.P90, p.N)
 		}
 	}
 	return b.String()

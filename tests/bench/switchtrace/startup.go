@@ -157,7 +157,7 @@ func recordStartup(ctx context.Context, work string, bins map[string]string, run
 	data := filepath.Join(work, "startup.data")
 	args := []string{"record", "-q", "-k", "mono", "-o", data,
 		"-e", "raw_syscalls:sys_enter", "--filter", fmt.Sprintf(`comm != "sh" && (id == %d || id == %d)`, sysRseq, sysExitGroup),
-		"-e", "sched:sched_process_exec"}
+		"-e", "sched:sched_process_exec", "-e", "page-faults", "-c", "1"}
 	for _, e := range up.events() {
 		args = append(args, "-e", e)
 	}
@@ -178,11 +178,17 @@ func recordStartup(ctx context.Context, work string, bins map[string]string, run
 	}
 	tr := newTrace(evs)
 	byBin := map[string][]markers{}
+	faults := map[string][][2][]float64{}
 	for pid, xs := range tr.execs {
 		for _, x := range xs {
 			for _, k := range keys {
 				if x.file == bins[k] {
 					byBin[k] = append(byBin[k], tr.startMarks(pid, x))
+					f := tr.faults(pid, x.t, x.t+10)
+					for i := range f {
+						f[i] = round3((f[i] - x.t) * 1000)
+					}
+					faults[k] = append(faults[k], [2][]float64{f})
 				}
 			}
 		}
@@ -195,10 +201,16 @@ func recordStartup(ctx context.Context, work string, bins map[string]string, run
 			row.Bytes = st.Size()
 		}
 		row.Dynamic = isDynamic(bins[k])
-		for _, p := range phases(startupPath, byBin[k]) {
-			row.Phases = append(row.Phases, phaseStat(p.From, p.To, p.MS))
+		for _, p := range phases(startupPath, byBin[k], faults[k]) {
+			row.Phases = append(row.Phases, phaseStat(p.From, p.To, p.MS, p.Faults))
 		}
-		row.Total = phaseStat("exec", "exit_group", values(byBin[k], "exit_group"))
+		var total [2][]float64
+		for i, m := range byBin[k] {
+			if v, ok := m["exit_group"]; ok {
+				total[0] = append(total[0], float64(countIn(faults[k][i][0], 0, v)))
+			}
+		}
+		row.Total = phaseStat("exec", "exit_group", values(byBin[k], "exit_group"), total)
 		rows = append(rows, row)
 	}
 	return rows, nil
@@ -302,13 +314,13 @@ func loadAvg() string {
 func (r *StartupReport) markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Command: `%s`; %d runs of each binary (`BIN -h`), interleaved; load average %s.\n\n", r.Command, r.Runs, strings.Join(r.LoadAvg, " → "))
-	b.WriteString("Medians in ms (p10–p90). Package inits: GODEBUG=inittrace=1, clock time summed over the packages (median of 5 runs), the slowest packages.\n\n")
+	b.WriteString("Medians in ms (p10–p90) [median page faults]. Package inits: GODEBUG=inittrace=1, clock time summed over the packages (median of 5 runs), the slowest packages.\n\n")
 	b.WriteString("| binary | build | size | exec → ld.so done | → runtime.main | → main.main (inits) | → exit | exec → exit | inits: packages, ms | slowest inits (ms) |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range r.Rows {
 		cell := func(from, to string) string {
 			for _, p := range row.Phases {
 				if p.From == from && p.To == to {
-					return fmt.Sprintf("%.2f (%.2f–%.2f)", p.Median, p.P10, p.P90)
+					return fmt.Sprintf("%.2f (%.2f–%.2f) [%.0f]", p.Median, p.P10, p.P90, p.FaultsNew)
 				}
 			}
 			return "–"
@@ -323,9 +335,9 @@ func (r *StartupReport) markdown() string {
 		if !row.Dynamic {
 			rt = cell("exec", "rtmain")
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.1f MB | %s | %s | %s | %s | %.2f (%.2f–%.2f) | %d, %.2f | %s |\n", row.Binary, build,
+		fmt.Fprintf(&b, "| %s | %s | %.1f MB | %s | %s | %s | %s | %.2f (%.2f–%.2f) [%.0f] | %d, %.2f | %s |\n", row.Binary, build,
 			float64(row.Bytes)/1e6, cell("exec", "ld.so done"), rt, cell("rtmain", "main"), cell("main", "exit_group"),
-			row.Total.Median, row.Total.P10, row.Total.P90, row.Inits, row.InitMS, strings.Join(row.TopInits, ", "))
+			row.Total.Median, row.Total.P10, row.Total.P90, row.Total.FaultsNew, row.Inits, row.InitMS, strings.Join(row.TopInits, ", "))
 	}
 	return b.String()
 }

@@ -25,6 +25,8 @@ func TestParseLine(t *testing.T) {
 			event{t: 3, comm: "handover-demo", pid: 11919, tid: 11919, kind: evExec, file: "/tmp/b/handover-demo"}},
 		{"   handover-demo 11916/11916   4.0: sched:sched_process_exit: comm=handover-demo pid=11916 prio=120 group_dead=true",
 			event{t: 4, comm: "handover-demo", pid: 11916, tid: 11916, kind: evExitP, dead: true}},
+		{"           empty 27855/27855  1743.950513: page-faults: ",
+			event{t: 1743.950513, comm: "empty", pid: 27855, tid: 27855, kind: evFault}},
 		{"   handover-demo 11919/11919   5.0:   hosw1:handover_demo__rtmain: (443c20)",
 			event{t: 5, comm: "handover-demo", pid: 11919, tid: 11919, kind: evProbe, probe: "handover_demo__rtmain"}},
 	} {
@@ -60,6 +62,10 @@ const synthetic = `
  handover-demo 102/102 2.002500: raw_syscalls:sys_enter: NR 59 (1, 2, 3, 0, 0, 0)
  handover-demo 102/102 2.003500: sched:sched_process_exec: filename=/w/bin/handover-demo pid=102 old_pid=102
  handover-demo 102/102 2.004000: raw_syscalls:sys_enter: NR 334 (1, 20, 0, 0, 0, 0)
+ handover-demo 102/102 2.004500: page-faults: 
+ handover-demo 102/102 2.004600: page-faults: 
+ handover-demo 100/104 2.004700: page-faults: 
+ handover-demo 99/99 2.004700: page-faults: 
  handover-demo 102/102 2.005000: hosw1:handover_demo__rtmain: (1)
  handover-demo 102/102 2.007000: hosw1:handover_demo__main: (1)
  handover-demo 102/102 2.007100: hosw1:handover_demo__New: (1)
@@ -83,14 +89,19 @@ func TestSwitchMarks(t *testing.T) {
 	if len(kills) != 1 || kills[0].target != 100 {
 		t.Fatalf("kills %+v", kills)
 	}
-	m := tr.switchMarks(kills[0], 3, 100, 10.5)
+	m, faults := tr.switchMarks(kills[0], 3, 100, 10.5)
 	want := markers{"kill": 0, "signal delivered": 0.1, "onSignal": 0.3, "spawnChild": 0.4, "startProcess": 1, "checkPidfd": 1.1,
 		"forkExec": 2, "clone": 2.1, "execve": 2.5, "exec": 3.5, "ld.so done": 4, "rtmain": 5, "main": 7, "New": 7.1,
 		"accept loop": 9, "accepted": 9.3, "answered": 9.4, "Ready": 9.5, "handOver": 10, "probe read": 10.5, "old exit": 30}
 	if !reflect.DeepEqual(m, want) {
 		t.Errorf("markers\n%v\nwant\n%v", m, want)
 	}
-	ps := phases(paths["lib"], []markers{m, {"kill": 0, "signal delivered": 0.2, "onSignal": 0.5, "spawnChild": 0.6, "startProcess": 1, "forkExec": 1.5}})
+	// The second switch had no pidfd check before its fork, but one after it.
+	if !reflect.DeepEqual(faults, [2][]float64{{4.5, 4.6}, {4.7}}) {
+		t.Errorf("faults %v", faults)
+	}
+	ps := phases(paths["lib"], []markers{m, {"kill": 0, "signal delivered": 0.2, "onSignal": 0.5, "spawnChild": 0.6, "startProcess": 1,
+		"forkExec": 1.5, "checkPidfd": 3}}, [][2][]float64{faults, {}})
 	var got []string
 	for _, p := range ps {
 		got = append(got, p.From+">"+p.To)
@@ -104,6 +115,13 @@ func TestSwitchMarks(t *testing.T) {
 	}
 	if ps[0].MS[0] != 0.1 || ps[0].MS[1] != 0.2 || len(ps[5].MS) != 1 || ps[5].MS[0] != 0.5 {
 		t.Errorf("phase values %v %v", ps[0].MS, ps[5].MS)
+	}
+	// ld.so done (4) → rtmain (5): the new process's two faults and the old one's;
+	// not those of another process (99).
+	for _, p := range ps {
+		if p.From == "ld.so done" && !reflect.DeepEqual(p.Faults, [2][]float64{{2}, {1}}) {
+			t.Errorf("faults of ld.so done → rtmain: %v", p.Faults)
+		}
 	}
 }
 

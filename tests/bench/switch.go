@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
@@ -35,14 +38,62 @@ type switchApproach struct {
 	trigger func(srv server, pid int) error
 }
 
-// switchApproaches reuse the servers of the load benchmark (approaches.go).
+// switchApproaches reuse the servers of the load benchmark (approaches.go), and add
+// the control socket's path.
 var switchApproaches = []switchApproach{
 	fromLoadApproach("handover-usr2"),
 	fromLoadApproach("handover-run"),
 	fromLoadApproach("handover-reload"),
+	{
+		Name:    "handover-ctl",
+		Label:   "handover: handover reload -control",
+		Server:  "cmd/handover-demo -control PATH -drain-timeout 30s",
+		Trigger: "handover reload -control PATH: the command's own start is timed; it returns once the new generation has taken over",
+		new:     func(e *env) (server, error) { return newCtlServer(e) },
+	},
 	fromLoadApproach("tableflip"),
 	fromLoadApproach("gracehttp"),
 	fromLoadApproach("endless"),
+}
+
+// ctlServer is handover-demo with a control socket, upgraded by the command
+// `handover reload -control PATH` (a later two-phase upgrade's prepare and commit
+// go through the same socket).
+type ctlServer struct {
+	*procServer
+	ctl string
+}
+
+func newCtlServer(e *env) (*ctlServer, error) {
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	ctl := filepath.Join(e.work, "ctl-"+port+".sock")
+	p, err := newProcServer(e, "handover-demo", syscall.SIGUSR2, false, "-drain-timeout", "30s", "-control", ctl)
+	if err != nil {
+		return nil, err
+	}
+	return &ctlServer{procServer: p, ctl: ctl}, nil
+}
+
+// Restart runs `handover reload -control PATH` and returns once it has exited.
+func (s *ctlServer) Restart(int) error {
+	return s.handover("reload")
+}
+
+// handover runs `handover VERB -control PATH`, bounded by the exit timeout.
+func (s *ctlServer) handover(verb string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.e.opts.exitTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(s.e.bin, "handover"), verb, "-control", s.ctl, "-timeout", "30s")
+	cmd.Env = cleanEnv()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("handover %s -control %s: %v: %s", verb, s.ctl, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // fromLoadApproach makes a switch approach of a load benchmark's approach: the same

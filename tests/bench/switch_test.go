@@ -192,3 +192,18 @@ func TestCheckSwitchOptions(t *testing.T) {
 		}
 	}
 }
+
+func TestSwitchApproaches(t *testing.T) {
+	seen := map[string]bool{}
+	for _, a := range switchApproaches {
+		if seen[a.Name] || a.Name == "" || a.Label == "" || a.Trigger == "" || a.new == nil {
+			t.Errorf("approach %+v: duplicate or incomplete", a)
+		}
+		seen[a.Name] = true
+	}
+	for _, n := range []string{"handover-usr2", "handover-run", "handover-reload", "handover-ctl", "tableflip", "gracehttp", "endless"} {
+		if !seen[n] {
+			t.Errorf("no switch approach %s", n)
+		}
+	}
+}

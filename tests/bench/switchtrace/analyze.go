@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"path/filepath"
 	"slices"
 	"sort"
 )
@@ -56,16 +57,37 @@ func (tr *trace) last(pid int, from, to float64, match func(*event) bool) *event
 	return nil
 }
 
-// kills are the switch triggers: the signals (SIGHUP, SIGUSR2) the bench (process
-// bench) sent, in time order.
-func (tr *trace) kills(bench int) []event {
-	var out []event
+// trigger is what started a switch: a signal the bench sent (SIGHUP, SIGUSR2), or
+// a `handover` command it ran (e.g. handover reload -control PATH).
+type trigger struct {
+	t      float64
+	sig    int // a signal: which
+	target int // a signal: the process signalled
+	cli    int // a command: its process
+}
+
+// triggers returns the bench's (process bench) signals and commands, in time
+// order. A command is a process the bench forked that ran a binary named handover
+// and started no program itself (a `handover run` master does).
+func (tr *trace) triggers(bench int) (signals, commands []trigger) {
 	for _, e := range tr.gens {
 		if e.pid == bench && (e.sig == 1 || e.sig == 12) {
-			out = append(out, e)
+			signals = append(signals, trigger{t: e.t, sig: e.sig, target: e.target})
 		}
 	}
-	return out
+	for _, f := range tr.forks {
+		if f.pid != bench {
+			continue
+		}
+		xs := tr.execs[f.target]
+		if len(xs) == 0 || filepath.Base(xs[0].file) != "handover" {
+			continue
+		}
+		if c, _ := tr.childOf(f.target, f.t, math.Inf(1)); c == 0 {
+			commands = append(commands, trigger{t: f.t, cli: f.target})
+		}
+	}
+	return signals, commands
 }
 
 // markers are the times of named points of one switch, in ms since the trigger.
@@ -76,23 +98,36 @@ type markers map[string]float64
 // child under handover run); switchMS is the bench's measure (-1 if none). faults
 // are the page faults of the new process ([0]) and of the signalled one ([1]), in ms
 // since the trigger.
-func (tr *trace) switchMarks(kill event, until float64, oldPID int, switchMS float64) (m markers, faults [2][]float64) {
+func (tr *trace) switchMarks(trig trigger, until float64, oldPID int, switchMS float64) (m markers, faults [2][]float64) {
 	m = markers{"kill": 0}
-	t0 := kill.t
+	t0 := trig.t
 	at := func(name string, e *event) {
 		if e != nil {
 			m[name] = round3((e.t - t0) * 1000)
 		}
 	}
-	target := kill.target
-	at("signal delivered", tr.first(target, t0, until, func(e *event) bool { return e.kind == evDeliver && e.sig == kill.sig }))
-	probes := func(pid int, from float64, prefix string, names ...string) {
+	probes := func(pid int, prefix string, names ...string) {
 		for _, n := range names {
-			at(prefix+n, tr.first(pid, from, until, func(e *event) bool { return e.kind == evProbe && shortOf(e.probe) == n }))
+			at(prefix+n, tr.first(pid, t0, until, func(e *event) bool { return e.kind == evProbe && shortOf(e.probe) == n }))
 		}
 	}
-	probes(target, t0, "", "onSignal", "beginUpgrade", "initExtra", "spawnChild", "startProcess", "checkPidfd", "forkExec",
-		"mOnSignal", "mBeginUpgrade", "mStartCandidate", "mOpenBuild", "mSpawn", "doUpgrade",
+	target := trig.target
+	if trig.cli != 0 {
+		target = oldPID
+		for _, x := range tr.execs[trig.cli] {
+			at("cli exec", &x)
+			at("cli ld.so done", tr.first(trig.cli, x.t, until, func(e *event) bool {
+				return e.tid == trig.cli && e.kind == evEnter && e.nr == sysRseq
+			}))
+			break
+		}
+		probes(trig.cli, "cli ", "rtmain", "main")
+		at("cli exit", tr.first(trig.cli, t0, until+60, func(e *event) bool { return e.kind == evExitP && e.dead }))
+	} else {
+		at("signal delivered", tr.first(target, t0, until, func(e *event) bool { return e.kind == evDeliver && e.sig == trig.sig }))
+	}
+	probes(target, "", "handleControl", "answerControl", "onSignal", "beginUpgrade", "initExtra", "spawnChild", "startProcess",
+		"checkPidfd", "forkExec", "mOnSignal", "mBeginUpgrade", "mStartCandidate", "mOpenBuild", "mSpawn", "doUpgrade",
 		"handOver", "onHandover", "startDrains", "mOnNotify", "mBecomeReady", "mStopChild")
 	child, fork := tr.childOf(target, t0, until)
 	if fork != nil {

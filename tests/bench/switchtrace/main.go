@@ -49,7 +49,7 @@ type options struct {
 
 func main() {
 	var o options
-	flag.StringVar(&o.approaches, "approaches", "handover-usr2,handover-run,tableflip,gracehttp,endless", "the switch approaches to trace (no systemd ones)")
+	flag.StringVar(&o.approaches, "approaches", "handover-usr2,handover-run,handover-ctl,tableflip,gracehttp,endless", "the switch approaches to trace (no systemd ones)")
 	flag.IntVar(&o.rounds, "rounds", 2, "rounds (the approaches take turns)")
 	flag.IntVar(&o.upgrades, "upgrades", 10, "switches per approach and round")
 	flag.DurationVar(&o.every, "every", 200*time.Microsecond, "the probe dials a new connection this often")

@@ -55,6 +55,8 @@ var binaryProbes = map[string][]probeSpec{
 		{lib + "(*Upgrader).Ready", "Ready"},
 		{lib + "(*Upgrader).becomeReady", "becomeReady"},
 		// The old generation, in order.
+		{lib + "(*Upgrader).handleControl", "handleControl"},
+		{lib + "(*Upgrader).answerControl", "answerControl"},
 		{lib + "(*Upgrader).onSignal", "onSignal"},
 		{lib + "(*Upgrader).beginUpgrade", "beginUpgrade"},
 		{lib + "(*Upgrader).initExtra", "initExtra"},

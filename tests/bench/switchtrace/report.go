@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -79,6 +80,8 @@ func kindOf(approach string) string {
 		return "lib"
 	case "handover-run":
 		return "run"
+	case "handover-ctl":
+		return "ctl"
 	}
 	return "peer"
 }
@@ -92,6 +95,10 @@ var paths = map[string][]string{
 		"clone", "execve", "exec", "ld.so done", "rtmain", "main", "execve#2", "exec#2", "ld.so done#2", "rtmain#2", "main#2",
 		"New", "executablePath", "sdFromEnv", "newExtra", "openControl", "call", "status", "Listen", "serve", "accept loop",
 		"accepted", "answered", "probe read"},
+	"ctl": {"kill", "cli exec", "cli ld.so done", "cli rtmain", "cli main", "handleControl", "answerControl", "beginUpgrade",
+		"initExtra", "spawnChild", "startProcess", "checkPidfd", "forkExec", "clone", "execve", "exec", "ld.so done", "rtmain",
+		"main", "New", "readInit", "executablePath", "sdFromEnv", "newExtra", "openControl", "call", "status", "Listen", "serve",
+		"accept loop", "accepted", "answered", "probe read"},
 	"peer": {"kill", "signal delivered", "doUpgrade", "checkPidfd", "forkExec", "clone", "execve", "exec", "ld.so done", "rtmain", "main",
 		"accept loop", "accepted", "answered", "probe read"},
 }
@@ -100,6 +107,7 @@ var paths = map[string][]string{
 var offPath = map[string][]string{
 	"lib":  {"Ready", "handOver", "onHandover", "startDrains", "old exit"},
 	"run":  {"Ready", "mOnNotify", "mBecomeReady", "mStopChild", "old exit"},
+	"ctl":  {"Ready", "handOver", "onHandover", "startDrains", "cli exit", "old exit"},
 	"peer": {"peerReady", "old exit"},
 }
 
@@ -211,20 +219,37 @@ func breakdown(tr *trace, sw *switchJSON) (*Report, error) {
 	if bench == 0 {
 		return nil, fmt.Errorf("no bench process in the recording")
 	}
-	kills := tr.kills(bench)
+	signals, commands := tr.triggers(bench)
 	refs := sw.chronological()
 	rep := &Report{}
-	if len(kills) != len(refs) {
-		rep.Unmatched = fmt.Sprintf("%d triggers in the trace, %d switches in switch.json: matched in order up to the shorter", len(kills), len(refs))
+	// Each switch, in order, takes the next trigger of its kind after the last one
+	// matched.
+	var trigs []trigger
+	last := math.Inf(-1)
+	for _, r := range refs {
+		pool := &signals
+		if kindOf(r.approach) == "ctl" {
+			pool = &commands
+		}
+		for len(*pool) > 0 && (*pool)[0].t <= last {
+			*pool = (*pool)[1:]
+		}
+		if len(*pool) == 0 {
+			rep.Unmatched = fmt.Sprintf("%d switches in switch.json, %d matched with a trigger in the trace", len(refs), len(trigs))
+			break
+		}
+		trigs = append(trigs, (*pool)[0])
+		last = (*pool)[0].t
+		*pool = (*pool)[1:]
 	}
 	byName := map[string][]markers{}
 	faults := map[string][][2][]float64{}
-	for i := 0; i < min(len(kills), len(refs)); i++ {
-		until := kills[i].t + 10
-		if i+1 < len(kills) {
-			until = kills[i+1].t
+	for i, trig := range trigs {
+		until := trig.t + 10
+		if i+1 < len(trigs) {
+			until = trigs[i+1].t
 		}
-		m, f := tr.switchMarks(kills[i], until, refs[i].old, refs[i].switchMS)
+		m, f := tr.switchMarks(trig, until, refs[i].old, refs[i].switchMS)
 		byName[refs[i].approach] = append(byName[refs[i].approach], m)
 		faults[refs[i].approach] = append(faults[refs[i].approach], f)
 	}

@@ -85,9 +85,9 @@ func TestSwitchMarks(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr := newTrace(evs)
-	kills := tr.kills(10)
-	if len(kills) != 1 || kills[0].target != 100 {
-		t.Fatalf("kills %+v", kills)
+	kills, cmds := tr.triggers(10)
+	if len(kills) != 1 || kills[0].target != 100 || len(cmds) != 0 {
+		t.Fatalf("triggers %+v %+v", kills, cmds)
 	}
 	m, faults := tr.switchMarks(kills[0], 3, 100, 10.5)
 	want := markers{"kill": 0, "signal delivered": 0.1, "onSignal": 0.3, "spawnChild": 0.4, "startProcess": 1, "checkPidfd": 1.1,
@@ -131,5 +131,40 @@ func TestStatsOf(t *testing.T) {
 	}
 	if s := statsOf(nil); s != (stats{}) {
 		t.Errorf("statsOf(nil) = %+v", s)
+	}
+}
+
+// TestCommandTriggers: a `handover` the bench runs is a trigger; a `handover run`
+// master (it starts a program) is not.
+func TestCommandTriggers(t *testing.T) {
+	const rec = `
+ bench 10/10 1.000000: sched:sched_process_exec: filename=/w/bench pid=10 old_pid=10
+ bench 10/12 2.000000: sched:sched_process_fork: comm=bench pid=12 child_comm=bench child_pid=300
+ handover 300/300 2.001000: sched:sched_process_exec: filename=/w/bin/handover pid=300 old_pid=300
+ handover 300/300 2.100000: sched:sched_process_fork: comm=handover pid=300 child_comm=handover child_pid=301
+ handover 301/301 2.101000: sched:sched_process_exec: filename=/w/bin/handover pid=301 old_pid=301
+ bench 10/12 3.000000: sched:sched_process_fork: comm=bench pid=12 child_comm=bench child_pid=200
+ handover 200/200 3.001000: sched:sched_process_exec: filename=/w/bin/handover pid=200 old_pid=200
+ handover 200/200 3.002000: raw_syscalls:sys_enter: NR 334 (1, 20, 0, 0, 0, 0)
+ handover 200/200 3.003000: hosw1:handover__rtmain: (1)
+ handover 200/200 3.005000: hosw1:handover__main: (1)
+ handover-demo 100/103 3.006000: hosw1:handover_demo__handleControl: (1)
+ handover 200/200 3.050000: sched:sched_process_exit: comm=handover pid=200 prio=120 group_dead=true
+ bench 10/12 4.000000: sched:sched_process_fork: comm=bench pid=12 child_comm=bench child_pid=400
+ tableflip 400/400 4.001000: sched:sched_process_exec: filename=/w/bin/tableflip pid=400 old_pid=400
+`
+	evs, err := readEvents(strings.NewReader(rec), "hosw1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTrace(evs)
+	sigs, cmds := tr.triggers(10)
+	if len(sigs) != 0 || len(cmds) != 1 || cmds[0].cli != 200 || cmds[0].t != 3 {
+		t.Fatalf("signals %+v, commands %+v", sigs, cmds)
+	}
+	m, _ := tr.switchMarks(cmds[0], 4, 100, -1)
+	want := markers{"kill": 0, "cli exec": 1, "cli ld.so done": 2, "cli rtmain": 3, "cli main": 5, "handleControl": 6, "cli exit": 50}
+	if !reflect.DeepEqual(m, want) {
+		t.Errorf("markers %v\nwant %v", m, want)
 	}
 }

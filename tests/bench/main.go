@@ -138,6 +138,17 @@ func parseFlags() options {
 		o.sw.env = append(o.sw.env, v)
 		return nil
 	})
+	flag.Func("switch-variant", "with -switch: `NAME=DIR`, servers of another build in the absolute directory DIR (all five binaries); APPROACH@NAME in -switch-approaches runs APPROACH with them (repeatable)", func(v string) error {
+		name, dir, ok := strings.Cut(v, "=")
+		if !ok || name == "" || strings.ContainsAny(name, "@,") {
+			return fmt.Errorf("want NAME=DIR, NAME without @ or commas")
+		}
+		if o.sw.variants == nil {
+			o.sw.variants = map[string]string{}
+		}
+		o.sw.variants[name] = dir
+		return nil
+	})
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })

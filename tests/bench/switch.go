@@ -123,6 +123,30 @@ func switchApproachByName(name string) (switchApproach, bool) {
 	return switchApproach{}, false
 }
 
+// approach returns the approach called name: one of switchApproaches, or
+// APPROACH@VARIANT, the same approach with the servers of the -switch-variant
+// VARIANT (another build: a static one, a patched one), so that a run compares two
+// builds turn by turn.
+func (o switchOptions) approach(name string) (switchApproach, bool) {
+	base, variant, ok := strings.Cut(name, "@")
+	if !ok {
+		return switchApproachByName(name)
+	}
+	dir, known := o.variants[variant]
+	a, found := switchApproachByName(base)
+	if !known || !found {
+		return switchApproach{}, false
+	}
+	a.Name, a.Label = name, a.Label+" ["+variant+"]"
+	newServer := a.new
+	a.new = func(e *env) (server, error) {
+		ve := *e
+		ve.bin = dir
+		return newServer(&ve)
+	}
+	return a, true
+}
+
 // switchOptions are the -switch flags.
 type switchOptions struct {
 	approaches  string
@@ -134,8 +158,9 @@ type switchOptions struct {
 	timeout     time.Duration // bound on one switch (trigger → new PID answering)
 	reqTimeout  time.Duration
 	maxInFlight int
-	bin         string   // the servers are there already (not built)
-	env         []string // added to the servers' environment
+	bin         string            // the servers are there already (not built)
+	env         []string          // added to the servers' environment
+	variants    map[string]string // -switch-variant: name → directory of servers
 }
 
 func checkSwitchOptions(o switchOptions) error {
@@ -156,8 +181,13 @@ func checkSwitchOptions(o switchOptions) error {
 		return fmt.Errorf("-switch-request-timeout %v: want up to 1m", o.reqTimeout)
 	}
 	for _, n := range splitList(o.approaches) {
-		if _, ok := switchApproachByName(n); !ok {
-			return fmt.Errorf("-switch-approaches: unknown approach %q (known: %s)", n, strings.Join(switchApproachNames(), ", "))
+		if _, ok := o.approach(n); !ok {
+			return fmt.Errorf("-switch-approaches: unknown approach %q (known: %s, each also as NAME@VARIANT with -switch-variant VARIANT=DIR)", n, strings.Join(switchApproachNames(), ", "))
+		}
+	}
+	for v, dir := range o.variants {
+		if err := checkServers(dir); err != nil {
+			return fmt.Errorf("-switch-variant %s=%s: %w", v, dir, err)
 		}
 	}
 	for _, kv := range o.env {
@@ -166,10 +196,21 @@ func checkSwitchOptions(o switchOptions) error {
 		}
 	}
 	if o.bin != "" {
-		for _, b := range []string{"handover-demo", "handover", "tableflip", "gracehttp", "endless"} {
-			if _, err := os.Stat(filepath.Join(o.bin, b)); err != nil {
-				return fmt.Errorf("-switch-bin %s: %w (build the servers there, or leave it out)", o.bin, err)
-			}
+		if err := checkServers(o.bin); err != nil {
+			return fmt.Errorf("-switch-bin %s: %w (build the servers there, or leave it out)", o.bin, err)
+		}
+	}
+	return nil
+}
+
+// checkServers checks that dir holds the servers' binaries.
+func checkServers(dir string) error {
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("%s is not an absolute path", dir)
+	}
+	for _, b := range []string{"handover-demo", "handover", "tableflip", "gracehttp", "endless"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -207,7 +248,7 @@ func runSwitch(ctx context.Context, o options) (*SwitchReport, error) {
 	names := splitList(o.sw.approaches)
 	var sdErr error
 	for _, name := range names {
-		if a, _ := switchApproachByName(name); a.Systemd {
+		if a, _ := o.sw.approach(name); a.Systemd {
 			if sdErr = sdns.Available(); sdErr == nil {
 				e.systemd, sdErr = sdns.Installed()
 			}
@@ -221,7 +262,7 @@ func runSwitch(ctx context.Context, o options) (*SwitchReport, error) {
 	errs := map[string][]string{}
 	for round := 1; round <= o.sw.rounds && ctx.Err() == nil; round++ {
 		for _, name := range names {
-			a, _ := switchApproachByName(name)
+			a, _ := o.sw.approach(name)
 			if ctx.Err() != nil || a.Systemd && sdErr != nil {
 				continue
 			}
@@ -237,7 +278,7 @@ func runSwitch(ctx context.Context, o options) (*SwitchReport, error) {
 		}
 	}
 	for _, name := range names {
-		a, _ := switchApproachByName(name)
+		a, _ := o.sw.approach(name)
 		res := switchResultOf(a, runs[name], rounds[name], errs[name])
 		if a.Systemd && sdErr != nil {
 			res.Error = fmt.Sprintf("not run: %v", sdErr)

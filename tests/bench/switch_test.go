@@ -3,6 +3,8 @@ package main
 import (
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -179,8 +181,25 @@ func TestCheckSwitchOptions(t *testing.T) {
 	if err := checkSwitchOptions(ok); err != nil {
 		t.Errorf("valid options refused: %v", err)
 	}
+	dir := t.TempDir()
+	for _, b := range []string{"handover-demo", "handover", "tableflip", "gracehttp", "endless"} {
+		if err := os.WriteFile(filepath.Join(dir, b), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := ok
+	v.approaches, v.variants = "handover-usr2,handover-usr2@static", map[string]string{"static": dir}
+	if err := checkSwitchOptions(v); err != nil {
+		t.Errorf("a variant refused: %v", err)
+	}
+	if a, found := v.approach("handover-usr2@static"); !found || a.Label != "handover: SIGUSR2 (no systemd) [static]" {
+		t.Errorf("variant approach %+v %v", a, found)
+	}
 	for _, bad := range []func(o *switchOptions){
 		func(o *switchOptions) { o.approaches = "handover-usr2,nope" },
+		func(o *switchOptions) { o.approaches = "handover-usr2@nope" },
+		func(o *switchOptions) { o.variants = map[string]string{"x": "relative/dir"} },
+		func(o *switchOptions) { o.variants = map[string]string{"x": t.TempDir()} },
 		func(o *switchOptions) { o.rounds = 0 },
 		func(o *switchOptions) { o.every = time.Microsecond },
 		func(o *switchOptions) { o.gap = -1 },

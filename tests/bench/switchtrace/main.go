@@ -45,6 +45,7 @@ type options struct {
 	static     bool
 	startup    int
 	data       string
+	variants   []string // NAME=DIR, passed to the bench as -switch-variant
 }
 
 func main() {
@@ -58,6 +59,13 @@ func main() {
 	flag.BoolVar(&o.static, "static", false, "build the servers with CGO_ENABLED=0 (static binaries: no dynamic loader)")
 	flag.IntVar(&o.startup, "startup", 0, "instead: run each binary's start-up (BIN -h) this many times")
 	flag.StringVar(&o.data, "data", "", "instead of recording: analyze this kept work directory again")
+	flag.Func("variant", "`NAME=DIR`: servers of another build, for APPROACH@NAME in -approaches (as the bench's -switch-variant; probed too)", func(v string) error {
+		if _, _, ok := strings.Cut(v, "="); !ok {
+			return errors.New("want NAME=DIR")
+		}
+		o.variants = append(o.variants, v)
+		return nil
+	})
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fatalf("unexpected argument %q (flags only; see -help)", flag.Arg(0))
@@ -196,7 +204,14 @@ func record(ctx context.Context, o options, bench, work, group string) error {
 	if err := buildAll(bench, work, o.static); err != nil {
 		return err
 	}
-	up, err := addProbes(group, serverBinaries(filepath.Join(work, "bin")), switchProbes)
+	bins := serverBinaries(filepath.Join(work, "bin"))
+	for _, v := range o.variants {
+		name, dir, _ := strings.Cut(v, "=")
+		for k, p := range serverBinaries(dir) {
+			bins[name+"/"+k] = p
+		}
+	}
+	up, err := addProbes(group, bins, switchProbes)
 	if err != nil {
 		return err
 	}
@@ -216,6 +231,9 @@ func record(ctx context.Context, o options, bench, work, group string) error {
 		"-repo", filepath.Dir(filepath.Dir(bench)), "-switch-approaches", o.approaches,
 		"-switch-rounds", fmt.Sprint(o.rounds), "-switch-upgrades", fmt.Sprint(o.upgrades),
 		"-switch-every", o.every.String(), "-out", filepath.Join(work, "switch"))
+	for _, v := range o.variants {
+		args = append(args, "-switch-variant", v)
+	}
 	logf("perf %s", strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, "perf", args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

@@ -123,8 +123,8 @@ func switchProbes(bin string) []probeSpec {
 	return append(append([]probeSpec(nil), everyBinary...), binaryProbes[bin]...)
 }
 
-// addProbes registers, for every binary in bins (name → path), the probes specs
-// gives.
+// addProbes registers, for every binary in bins (a key for the events' names →
+// path), the probes specs gives for its file name.
 func addProbes(group string, bins map[string]string, specs func(bin string) []probeSpec) (*uprobes, error) {
 	dir, err := tracefsDir()
 	if err != nil {
@@ -132,7 +132,7 @@ func addProbes(group string, bins map[string]string, specs func(bin string) []pr
 	}
 	u := &uprobes{tracefs: dir, group: group}
 	for name, path := range bins {
-		specs := specs(name)
+		specs := specs(filepath.Base(path))
 		offs, err := symbolOffsets(path, specs)
 		if err != nil {
 			u.remove()

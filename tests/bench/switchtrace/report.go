@@ -73,8 +73,9 @@ func (s *switchJSON) chronological() []switchRef {
 	return out
 }
 
-// kindOf says which path an approach takes.
+// kindOf says which path an approach takes (APPROACH@VARIANT: APPROACH's).
 func kindOf(approach string) string {
+	approach, _, _ = strings.Cut(approach, "@")
 	switch approach {
 	case "handover-usr2":
 		return "lib"

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -147,7 +148,7 @@ func serverBinaries(bin string) map[string]string {
 
 // perfEvents are the events recorded, with their kernel filters: the bench's own
 // syscalls (its probe) are left out (comm bench), its signals are not.
-func perfEvents(probes []string) []string {
+func perfEvents() []string {
 	ids := func(nrs []int) string {
 		var f []string
 		for _, n := range nrs {
@@ -163,10 +164,39 @@ func perfEvents(probes []string) []string {
 		"-e", "sched:sched_process_fork", "-e", "sched:sched_process_exec", "-e", "sched:sched_process_exit",
 		"-e", "page-faults", "-c", "1",
 	}
-	for _, p := range probes {
-		args = append(args, "-e", p)
-	}
 	return args
+}
+
+// recordSystemWide starts `perf record -a` of events into data and returns what
+// stops it (SIGINT, then waits).
+func recordSystemWide(data string, events []string) (stop func(), err error) {
+	args := []string{"record", "-q", "-k", "mono", "-a", "-o", data}
+	for _, e := range events {
+		args = append(args, "-e", e)
+	}
+	cmd := exec.Command("perf", args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	// perf creates the file once its events are set up.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if st, err := os.Stat(data); err == nil && st.Size() > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			return nil, fmt.Errorf("perf record -a did not start within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	return func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	}, nil
 }
 
 // runTrace records the switch benchmark under perf and analyzes it.
@@ -226,7 +256,15 @@ func record(ctx context.Context, o options, bench, work, group string) error {
 	if err := os.WriteFile(filepath.Join(work, "group"), []byte(group), 0o644); err != nil {
 		return err
 	}
-	args := append([]string{"record", "-q", "-k", "mono", "-m", "4096", "-o", filepath.Join(work, "perf.data")}, perfEvents(up.events())...)
+	// The uprobes in a system-wide session of their own: a per-task (inherited) uprobe
+	// event misses now and then a process started by a process started by the
+	// bench. They fire only in our binaries' processes anyway.
+	stopProbes, err := recordSystemWide(filepath.Join(work, "probes.data"), up.events())
+	if err != nil {
+		return err
+	}
+	defer stopProbes()
+	args := append([]string{"record", "-q", "-k", "mono", "-m", "4096", "-o", filepath.Join(work, "perf.data")}, perfEvents()...)
 	args = append(args, "--", filepath.Join(work, "bench"), "-switch", "-switch-bin", filepath.Join(work, "bin"),
 		"-repo", filepath.Dir(filepath.Dir(bench)), "-switch-approaches", o.approaches,
 		"-switch-rounds", fmt.Sprint(o.rounds), "-switch-upgrades", fmt.Sprint(o.upgrades),
@@ -254,21 +292,13 @@ func analyzeWork(o options, work, group string) error {
 		return err
 	}
 	logf("reading the recording (perf script)")
-	cmd := exec.Command("perf", "script", "-i", filepath.Join(work, "perf.data"), "-F", "comm,pid,tid,time,event,trace")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	cmd.Stderr = nil
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	evs, rerr := readEvents(out, group)
-	if werr := cmd.Wait(); rerr == nil && werr != nil {
-		rerr = fmt.Errorf("perf script: %w", werr)
-	}
-	if rerr != nil {
-		return rerr
+	var evs []event
+	for _, data := range []string{"perf.data", "probes.data"} {
+		e, err := script(filepath.Join(work, data), group)
+		if err != nil {
+			return err
+		}
+		evs = append(evs, e...)
 	}
 	logf("%d events", len(evs))
 	rep, err := breakdown(newTrace(evs), sw)
@@ -277,6 +307,9 @@ func analyzeWork(o options, work, group string) error {
 	}
 	rep.Command = commandLine()
 	rep.Lost = lostEvents(filepath.Join(work, "perf.data"))
+	if l := lostEvents(filepath.Join(work, "probes.data")); l != "" {
+		rep.Lost = strings.TrimPrefix(rep.Lost+"; uprobes: "+l, "; ")
+	}
 	rep.Static = o.static
 	rep.Switch = sw.Command
 	rep.LoadAvg = sw.loadAvg()
@@ -301,6 +334,26 @@ func analyzeWork(o options, work, group string) error {
 	fmt.Print(md)
 	logf("wrote %s", o.out)
 	return nil
+}
+
+// script reads a recording through perf script (none if data does not exist).
+func script(data, group string) ([]event, error) {
+	if _, err := os.Stat(data); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	cmd := exec.Command("perf", "script", "-i", data, "-F", "comm,pid,tid,time,event,trace")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	evs, rerr := readEvents(out, group)
+	if werr := cmd.Wait(); rerr == nil && werr != nil {
+		rerr = fmt.Errorf("perf script -i %s: %w", data, werr)
+	}
+	return evs, rerr
 }
 
 // lostEvents returns what `perf report --stats` says perf lost, or "".

@@ -160,8 +160,39 @@ var what = map[string]string{
 	"rtmain#2>main#2":               "package inits (the program)",
 	"main#2>New":                    "main.main → graceful.New (flags, logger)",
 	"signal delivered>doUpgrade":    "old: signal → tableflip's upgrade",
-	"doUpgrade>forkExec":            "old: tableflip: environment, files, os.StartProcess with its pidfd check",
+	"doUpgrade>forkExec":            "old: tableflip: environment, files, syscall.StartProcess (no pidfd check)",
+	"doUpgrade>checkPidfd":          "old: tableflip: environment, files, up to a pidfd check",
+	"signal delivered>checkPidfd":   "old: signal → os.StartProcess up to Go's pidfd check",
+	"kill>cli exec":                 "the bench forks, the command's execve",
+	"cli exec>cli ld.so done":       "the command: dynamic loader, libc start",
+	"cli ld.so done>cli rtmain":     "the command: Go runtime bootstrap",
+	"cli exec>cli rtmain":           "the command: Go runtime bootstrap (static)",
+	"cli rtmain>cli main":           "the command: package inits",
+	"cli main>handleControl":        "the command connects and asks; the control server takes the connection",
+	"cli main>answerControl":        "the command connects and asks; the control server reads the request",
+	"handleControl>answerControl":   "old: peer check, request read",
+	"answerControl>beginUpgrade":    "old: to the Upgrader's loop",
+	"openControl>status":            "New's rest (control socket, signals, log line, loop goroutine), main → Status and its round trip to the loop",
+	"Ready>handOver":                "the new generation says ready; the old one's loop hears it",
+	"handOver>onHandover":           "old: history and main sent (no systemd: no MAINPID/BARRIER)",
+	"onHandover>startDrains":        "old: PID file, reserve sockets, log, then stops accepting",
+	"startDrains>old exit":          "old: drain (idle: nothing in flight) and exit",
+	"Ready>mOnNotify":               "the program's READY=1 reaches the master's loop (notify socket)",
+	"mOnNotify>mBecomeReady":        "master: the notification handled",
+	"mBecomeReady>mStopChild":       "master: records, then the stop signal to the old child",
+	"mStopChild>old exit":           "old child: drain and exit",
+	"startDrains>cli exit":          "the command hears the outcome and exits",
+	"cli exit>old exit":             "old: drain and exit",
+	"peerReady>old exit":            "old: drain and exit",
 	"signal delivered>forkExec":     "old: signal → os.StartProcess, with its pidfd check",
+}
+
+// describe says what happens between two markers.
+func describe(from, to string) string {
+	if w, ok := what[from+">"+to]; ok {
+		return w
+	}
+	return "(in these switches the markers between were not seen)"
 }
 
 // PhaseStat is one phase's times over the switches, in ms, and its page faults.
@@ -191,8 +222,9 @@ type ApproachTrace struct {
 	Label    string      `json:"label"`
 	Total    PhaseStat   `json:"total"`
 	Phases   []PhaseStat `json:"phases"`
-	OffPath  []PhaseStat `json:"off_path"` // from the trigger
-	Switches []markers   `json:"switches"` // every switch's markers, ms since the trigger
+	OffPath  []PhaseStat `json:"off_path"`       // from the trigger
+	OffSteps []PhaseStat `json:"off_path_steps"` // between consecutive off-path markers
+	Switches []markers   `json:"switches"`       // every switch's markers, ms since the trigger
 }
 
 // Report is the breakdown of a traced run.
@@ -260,7 +292,7 @@ func breakdown(tr *trace, sw *switchJSON) (*Report, error) {
 		kind := kindOf(a.Name)
 		for _, p := range phases(paths[kind], ms, faults[a.Name]) {
 			ps := phaseStat(p.From, p.To, p.MS, p.Faults)
-			ps.What = what[p.From+">"+p.To]
+			ps.What = describe(p.From, p.To)
 			at.Phases = append(at.Phases, ps)
 		}
 		var total [2][]float64
@@ -276,6 +308,11 @@ func breakdown(tr *trace, sw *switchJSON) (*Report, error) {
 			if v := values(ms, n); len(v) > 0 {
 				at.OffPath = append(at.OffPath, phaseStat("kill", n, v, [2][]float64{}))
 			}
+		}
+		for _, p := range phases(offPath[kind], ms, nil) {
+			ps := phaseStat(p.From, p.To, p.MS, [2][]float64{})
+			ps.What = describe(p.From, p.To)
+			at.OffSteps = append(at.OffSteps, ps)
 		}
 		rep.Approaches = append(rep.Approaches, at)
 	}
@@ -320,6 +357,9 @@ func (r *Report) markdown() string {
 		fmt.Fprintf(&b, "| **kill → probe read** | **the switch (the bench's measure)** | **%.2f** | %.2f | %.2f | %d | %.0f / %.0f |\n", t.Median, t.P10, t.P90, t.N, t.FaultsNew, t.FaultsOld)
 		for _, p := range a.OffPath {
 			fmt.Fprintf(&b, "| kill → %s | off the path | %.2f | %.2f | %.2f | %d | |\n", p.To, p.Median, p.P10, p.P90, p.N)
+		}
+		for _, p := range a.OffSteps {
+			fmt.Fprintf(&b, "| %s → %s | off the path: %s | %.2f | %.2f | %.2f | %d | |\n", p.From, p.To, p.What, p.Median, p.P10, p.P90, p.N)
 		}
 	}
 	return b.String()

@@ -130,7 +130,7 @@ func parseFlags() options {
 	flag.DurationVar(&o.sw.every, "switch-every", 200*time.Microsecond, "with -switch: the probe dials a new connection this often")
 	flag.DurationVar(&o.sw.lead, "switch-lead", 20*time.Millisecond, "with -switch: the probe runs this long before the trigger")
 	flag.DurationVar(&o.sw.gap, "switch-gap", 100*time.Millisecond, "with -switch: idle time between the old process's exit and the next switch")
-	flag.DurationVar(&o.sw.timeout, "switch-timeout", 10*time.Second, "with -switch: bound on one switch (trigger → an answer from the new PID)")
+	flag.DurationVar(&o.sw.timeout, "switch-timeout", 10*time.Second, "with -switch: bound on one switch (trigger → an answer from the new PID), and on the wait for the old PID to exit")
 	flag.DurationVar(&o.sw.reqTimeout, "switch-request-timeout", 2*time.Second, "with -switch: bound on one probe request, dial included")
 	flag.IntVar(&o.sw.maxInFlight, "switch-max-in-flight", 64, "with -switch: at most this many probe requests at once (a slot is skipped otherwise)")
 	flag.StringVar(&o.sw.bin, "switch-bin", "", "with -switch: use the servers built in this `directory` (handover-demo, handover, tableflip, gracehttp, endless; e.g. an instrumented build) instead of building them")

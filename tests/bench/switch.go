@@ -327,21 +327,23 @@ func switchRound(ctx context.Context, e *env, a switchApproach, round int) (runs
 		return nil, err
 	}
 	known := map[int]bool{cur: true}
+	var lingering []error
 	for i := 1; i <= e.opts.sw.upgrades && ctx.Err() == nil; i++ {
 		sleep(ctx, e.opts.sw.gap)
 		r := switchOnce(ctx, e, a, srv, cur, known)
 		r.Round, r.Index = round, i
 		runs = append(runs, r)
 		if r.NewPID == 0 {
-			return runs, fmt.Errorf("switch %d: no new PID answered: %s", i, r.Err)
+			return runs, errors.Join(append(lingering, fmt.Errorf("switch %d: no new PID answered: %s", i, r.Err))...)
 		}
 		if r.ExitMS < 0 {
-			return runs, fmt.Errorf("switch %d: the old PID %d did not exit within %v", i, r.OldPID, e.opts.exitTimeout)
+			// It no longer serves (a new PID answered); stopping the server ends it.
+			lingering = append(lingering, fmt.Errorf("switch %d: the old PID %d did not exit within %v", i, r.OldPID, e.opts.sw.timeout))
 		}
 		known[r.NewPID] = true
 		cur = r.NewPID
 	}
-	return runs, nil
+	return runs, errors.Join(lingering...)
 }
 
 // switchOnce switches srv, whose serving generation is pid, once, and waits for the
@@ -369,7 +371,7 @@ func switchOnce(ctx context.Context, e *env, a switchApproach, srv server, pid i
 	p := newPacedProbe(srv.Addr(), o.every, o.reqTimeout, o.maxInFlight, max, isNew)
 	stop := make(chan struct{})
 	probed := make(chan struct{})
-	exited := watchExit(host, e.opts.exitTimeout)
+	exited := watchExit(host, o.timeout)
 	go func() {
 		p.run(stop, time.Now().Add(o.lead+o.timeout))
 		close(probed)
@@ -419,7 +421,7 @@ func switchOnce(ctx context.Context, e *env, a switchApproach, srv server, pid i
 	if at := <-exited; !at.IsZero() {
 		r.ExitMS = ms(at.Sub(t0))
 		if srv.Reaps() {
-			if err := reapWhenOrphaned(host, e.opts.exitTimeout); err != nil {
+			if err := reapWhenOrphaned(host, o.timeout); err != nil {
 				r.Err = strings.TrimPrefix(r.Err+"; reaping: "+err.Error(), "; ")
 			}
 		}

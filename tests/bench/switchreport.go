@@ -88,7 +88,7 @@ func switchDefinitions(o switchOptions) []string {
 			o.every, o.maxInFlight, o.lead, o.timeout),
 		"switch time: from just before the trigger (the kill, or the start of the command) to the first response read in full whose X-Pid is not a PID seen before",
 		"command: how long the trigger took to return (a kill returns at once; systemctl reload returns once handover reload has its answer)",
-		"exit: from the trigger to the old PID's exit (pidfd); the next switch starts " + o.gap.String() + " after it",
+		"exit: from the trigger to the old PID's exit (pidfd), waited for up to " + o.timeout.String() + "; the next switch starts " + o.gap.String() + " after it (or after that wait: an old process that did not exit no longer accepts, and stopping the server ends it)",
 		"statistics: nearest-rank percentiles over every switch of the approach (all rounds pooled)",
 	}
 }

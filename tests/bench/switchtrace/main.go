@@ -47,6 +47,7 @@ type options struct {
 	startup    int
 	data       string
 	variants   []string // NAME=DIR, passed to the bench as -switch-variant
+	report     string
 }
 
 func main() {
@@ -60,6 +61,7 @@ func main() {
 	flag.BoolVar(&o.static, "static", false, "build the servers with CGO_ENABLED=0 (static binaries: no dynamic loader)")
 	flag.IntVar(&o.startup, "startup", 0, "instead: run each binary's start-up (BIN -h) this many times")
 	flag.StringVar(&o.data, "data", "", "instead of recording: analyze this kept work directory again")
+	flag.StringVar(&o.report, "report", "", "instead: write trace.md again from this trace.json (into -out)")
 	flag.Func("variant", "`NAME=DIR`: servers of another build, for APPROACH@NAME in -approaches (as the bench's -switch-variant; probed too)", func(v string) error {
 		if _, _, ok := strings.Cut(v, "="); !ok {
 			return errors.New("want NAME=DIR")
@@ -75,6 +77,8 @@ func main() {
 	defer stop()
 	var err error
 	switch {
+	case o.report != "":
+		err = rewrite(o)
 	case o.startup > 0:
 		err = runStartup(ctx, o)
 	default:
@@ -334,6 +338,24 @@ func analyzeWork(o options, work, group string) error {
 	fmt.Print(md)
 	logf("wrote %s", o.out)
 	return nil
+}
+
+// rewrite writes trace.md again from a trace.json.
+func rewrite(o options) error {
+	b, err := os.ReadFile(o.report)
+	if err != nil {
+		return err
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return fmt.Errorf("%s: %w", o.report, err)
+	}
+	md := rep.markdown()
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	fmt.Print(md)
+	return os.WriteFile(filepath.Join(o.out, "trace.md"), []byte(md), 0o644)
 }
 
 // script reads a recording through perf script (none if data does not exist).

@@ -227,6 +227,55 @@ type ApproachTrace struct {
 	Switches []markers   `json:"switches"`       // every switch's markers, ms since the trigger
 }
 
+// bucket is a summary row: the time between two markers, each given as the first
+// of its names found in a switch (a program's markers after the shim's).
+type bucket struct {
+	name     string
+	from, to []string
+}
+
+// buckets sum the path up into a few rows, the same for every approach.
+var buckets = []bucket{
+	{"old process: trigger → fork", []string{"kill"}, []string{"clone"}},
+	{"  of which the command's start (handover reload)", []string{"kill"}, []string{"cli main"}},
+	{"  of which Go's one-time pidfd check", []string{"checkPidfd"}, []string{"forkExec"}},
+	{"fork → exec (clone, child, execve)", []string{"clone"}, []string{"exec"}},
+	{"re-exec shim (handover run): exec → the program's exec", []string{"exec"}, []string{"exec#2"}},
+	{"dynamic loader, libc", []string{"exec#2", "exec"}, []string{"ld.so done#2", "ld.so done"}},
+	{"Go runtime bootstrap", []string{"ld.so done#2", "exec#2", "ld.so done", "exec"}, []string{"rtmain#2", "rtmain"}},
+	{"package inits", []string{"rtmain#2", "rtmain"}, []string{"main#2", "main"}},
+	{"main → first accept (graceful.New, Listen, Serve; a peer's set-up)", []string{"main#2", "main"}, []string{"accept loop"}},
+	{"  of which graceful.New and the demo's Status call", []string{"New"}, []string{"status", "Listen"}},
+	{"first accept → answer written", []string{"accept loop"}, []string{"answered"}},
+	{"answer → the probe reads it", []string{"answered"}, []string{"probe read"}},
+	{"total: trigger → first answer from the new PID", []string{"kill"}, []string{"probe read"}},
+}
+
+func firstOf(m markers, names []string) (float64, bool) {
+	for _, n := range names {
+		if v, ok := m[n]; ok {
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+// summarize returns each bucket's times over the switches (nil when no switch has
+// it).
+func summarize(ms []markers) [][]float64 {
+	out := make([][]float64, len(buckets))
+	for i, b := range buckets {
+		for _, m := range ms {
+			from, ok1 := firstOf(m, b.from)
+			to, ok2 := firstOf(m, b.to)
+			if ok1 && ok2 && to >= from {
+				out[i] = append(out[i], round3(to-from))
+			}
+		}
+	}
+	return out
+}
+
 // Report is the breakdown of a traced run.
 type Report struct {
 	Command    string              `json:"command"`
@@ -236,6 +285,34 @@ type Report struct {
 	Unmatched  string              `json:"unmatched,omitempty"`
 	Lost       string              `json:"lost,omitempty"` // events perf lost (perf report --stats)
 	Approaches []ApproachTrace     `json:"approaches"`
+}
+
+// summaryMarkdown is the buckets side by side: median (n) per approach.
+func (r *Report) summaryMarkdown() string {
+	var b strings.Builder
+	b.WriteString("| phase: median ms (n) |")
+	sums := make([][][]float64, len(r.Approaches))
+	for i, a := range r.Approaches {
+		fmt.Fprintf(&b, " %s |", a.Label)
+		sums[i] = summarize(a.Switches)
+	}
+	b.WriteString("\n|---|" + strings.Repeat("---|", len(r.Approaches)) + "\n")
+	for k, bk := range buckets {
+		name := strings.TrimSpace(bk.name)
+		if strings.HasPrefix(bk.name, " ") {
+			name = "↳ " + name
+		}
+		fmt.Fprintf(&b, "| %s |", name)
+		for i := range r.Approaches {
+			if vs := sums[i][k]; len(vs) > 0 {
+				fmt.Fprintf(&b, " %.2f (%d) |", statsOf(vs).Median, len(vs))
+			} else {
+				b.WriteString(" – |")
+			}
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
 }
 
 // breakdown matches the bench's switches with the triggers in the trace and sums
@@ -343,7 +420,9 @@ func (r *Report) markdown() string {
 	if r.Lost != "" {
 		fmt.Fprintf(&b, "⚠ perf lost events (markers may be missing in some switches): %s\n\n", r.Lost)
 	}
-	b.WriteString("Times in ms (median, p10, p90 over the switches; n switches had both markers); faults: the median counts of page faults in the phase, of the new process / of the signalled one (the master under handover run). A row joins consecutive markers found in a switch; a marker missing in a switch (e.g. Go's pidfd check, done once per process) merges its two rows there.\n")
+	b.WriteString("Summary: the phases below summed up per switch, then the median over the switches (so the rows need not add up to the total).\n\n")
+	b.WriteString(r.summaryMarkdown())
+	b.WriteString("\nTimes in ms (median, p10, p90 over the switches; n switches had both markers); faults: the median counts of page faults in the phase, of the new process / of the signalled one (the master under handover run). A row joins consecutive markers found in a switch; a marker missing in a switch (e.g. Go's pidfd check, done once per process) merges its two rows there.\n")
 	for _, a := range r.Approaches {
 		fmt.Fprintf(&b, "\n### %s\n\n", a.Label)
 		if la := r.LoadAvg[a.Name]; len(la) > 0 {

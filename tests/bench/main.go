@@ -112,7 +112,7 @@ func parseFlags() options {
 	flag.DurationVar(&o.exitTimeout, "exit-timeout", 40*time.Second, "how long to wait for an old process to exit after a restart signal")
 	flag.StringVar(&o.approaches, "approaches", strings.Join(approachNames(), ","), "comma-separated approaches to run, in this order")
 	flag.BoolVar(&o.quick, "quick", false, "a short run: 10 restarts in 2 rounds, unless -restarts or -rounds are given")
-	flag.StringVar(&o.report, "report", "", "no run: read this bench.json and write its tables and picture into -out again")
+	flag.StringVar(&o.report, "report", "", "no run: read this bench.json (with -switch: switch.json) and write its tables (and picture) into -out again")
 	flag.StringVar(&o.repo, "repo", "", "the handover repository (default: found above the working directory)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (binaries and server logs)")
 	flag.BoolVar(&o.tls, "tls", false, "run the TLS benchmark instead: full versus resumed handshakes after upgrades (tls.json, tls.md in -out)")
@@ -238,8 +238,20 @@ func main() {
 	}
 }
 
-// runSwitchMain runs the switch benchmark (-switch) and exits on failure.
+// runSwitchMain runs the switch benchmark (-switch) and exits on failure; with
+// -report it writes switch.md again from a switch.json.
 func runSwitchMain(o options) {
+	if o.report != "" {
+		rep, err := readSwitchReport(o.report)
+		if err == nil {
+			err = writeSwitchOutputs(o.out, rep)
+		}
+		if err != nil {
+			fatalf("%v", err)
+		}
+		fmt.Print(switchMarkdown(rep))
+		return
+	}
 	if err := checkSwitchOptions(o.sw); err != nil {
 		fatalf("%v", err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -84,7 +85,7 @@ func switchConfigOf(o switchOptions) SwitchConfig {
 func switchDefinitions(o switchOptions) []string {
 	return []string{
 		fmt.Sprintf("server: idle (no load but the probe); a fresh server per approach and round; the approaches take turns, %d rounds of %d switches each", o.rounds, o.upgrades),
-		fmt.Sprintf("probe: GET / on a new connection every %v (raw HTTP/1.1, Connection: close, never retried; at most %d in flight, a slot is skipped rather than sent late), from %v before the trigger until the new PID answers (at most %v)",
+		fmt.Sprintf("probe: GET / on a new connection every %v (raw HTTP/1.1, Connection: close, never retried; at most %d in flight; a slot is skipped, and counted, rather than sent late when the prober itself was not scheduled in time), from %v before the trigger until the new PID answers (at most %v)",
 			o.every, o.maxInFlight, o.lead, o.timeout),
 		"switch time: from just before the trigger (the kill, or the start of the command) to the first response read in full whose X-Pid is not a PID seen before",
 		"command: how long the trigger took to return (a kill returns at once; systemctl reload returns once handover reload has its answer)",
@@ -143,7 +144,7 @@ func switchMarkdown(r *SwitchReport) string {
 	c := r.Config
 	fmt.Fprintf(&b, "Idle servers, a probe dialling every %.0f µs; %d rounds × %d switches per approach, the approaches taking turns. "+
 		"Switch: trigger → first response from the new PID.\n\n", c.EveryUS, c.Rounds, c.Upgrades)
-	b.WriteString("| approach | n | median | p10 | p90 | min | max | trigger returns (median) | old PID exits (median) | probe requests (failed) | load average (1 min) |\n")
+	b.WriteString("| approach | n | median | p10 | p90 | min | max | trigger returns (median) | old PID exits (median) | probe requests (failed; share of the slots sent) | load average (1 min) |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, a := range r.Approaches {
 		if a.SwitchMS.N == 0 {
@@ -155,9 +156,10 @@ func switchMarkdown(r *SwitchReport) string {
 		if a.Error != "" {
 			label += " ⚠"
 		}
-		fmt.Fprintf(&b, "| %s | %d | **%s** | %s | %s | %s | %s | %s | %s | %d (%d) | %s |\n", label, s.N,
+		fmt.Fprintf(&b, "| %s | %d | **%s** | %s | %s | %s | %s | %s | %s | %d (%d; %.0f%%) | %s |\n", label, s.N,
 			fmtMS(s.Median), fmtMS(s.P10), fmtMS(s.P90), fmtMS(s.Min), fmtMS(s.Max),
-			fmtMS(a.CommandMS.Median), fmtMS(a.ExitMS.Median), a.Requests, sumCounts(a.Failures), loadRange(a.LoadAvg))
+			fmtMS(a.CommandMS.Median), fmtMS(a.ExitMS.Median), a.Requests, sumCounts(a.Failures),
+			100*float64(a.Requests)/float64(max(1, a.Requests+a.Skipped)), loadRange(a.LoadAvg))
 	}
 	for _, a := range r.Approaches {
 		if a.Error != "" && a.SwitchMS.N > 0 {
@@ -191,6 +193,18 @@ func loadRange(entries []string) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.2f–%.2f", slices.Min(vs), slices.Max(vs))
+}
+
+func readSwitchReport(path string) (*SwitchReport, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r SwitchReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &r, nil
 }
 
 // writeSwitchOutputs writes switch.json and switch.md into dir.

@@ -182,19 +182,7 @@ func main() {
 		return
 	}
 	if o.tls {
-		if err := proc.SetSubreaper(); err != nil {
-			fatalf("%v", err)
-		}
-		unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		err := runTLS(ctx, o)
-		if lerr := proc.LeakCheck(); lerr != nil {
-			err = errors.Join(err, lerr)
-		}
-		if err != nil {
-			fatalf("%v", err)
-		}
+		runCommand(func(ctx context.Context) error { return runTLS(ctx, o) })
 		return
 	}
 	if o.report != "" {
@@ -211,25 +199,32 @@ func main() {
 	if err := checkOptions(o); err != nil {
 		fatalf("%v", err)
 	}
-	if err := proc.SetSubreaper(); err != nil {
-		fatalf("%v", err)
-	}
-	// Descriptors this process inherited must not reach the servers it starts, or
-	// their fd counts would compare unlike processes.
-	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	rep, err := run(ctx, o)
-	if rep != nil {
-		if werr := writeOutputs(o.out, rep); werr != nil {
-			err = errors.Join(err, werr)
-		} else {
+	runCommand(func(ctx context.Context) error {
+		rep, err := run(ctx, o)
+		if rep != nil {
+			if werr := writeOutputs(o.out, rep); werr != nil {
+				return errors.Join(err, werr)
+			}
 			fmt.Print(markdown(rep))
 			fmt.Fprintf(os.Stderr, "bench: wrote %s, %s and %s\n", filepath.Join(o.out, "bench.json"),
 				filepath.Join(o.out, "bench.svg"), filepath.Join(o.out, "bench.md"))
 		}
+		return err
+	})
+}
+
+// runCommand runs f as a child subreaper that passes no descriptor it inherited on
+// to the servers (their fd counts would compare unlike processes), under a context
+// that SIGINT and SIGTERM cancel; then it checks that no child is left, and exits
+// on any error.
+func runCommand(f func(ctx context.Context) error) {
+	if err := proc.SetSubreaper(); err != nil {
+		fatalf("%v", err)
 	}
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := f(ctx)
+	stop()
 	if lerr := proc.LeakCheck(); lerr != nil {
 		err = errors.Join(err, lerr)
 	}
@@ -255,27 +250,17 @@ func runSwitchMain(o options) {
 	if err := checkSwitchOptions(o.sw); err != nil {
 		fatalf("%v", err)
 	}
-	if err := proc.SetSubreaper(); err != nil {
-		fatalf("%v", err)
-	}
-	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	rep, err := runSwitch(ctx, o)
-	if rep != nil {
-		if werr := writeSwitchOutputs(o.out, rep); werr != nil {
-			err = errors.Join(err, werr)
-		} else {
+	runCommand(func(ctx context.Context) error {
+		rep, err := runSwitch(ctx, o)
+		if rep != nil {
+			if werr := writeSwitchOutputs(o.out, rep); werr != nil {
+				return errors.Join(err, werr)
+			}
 			fmt.Print(switchMarkdown(rep))
 			fmt.Fprintf(os.Stderr, "bench: wrote %s and %s\n", filepath.Join(o.out, "switch.json"), filepath.Join(o.out, "switch.md"))
 		}
-	}
-	if lerr := proc.LeakCheck(); lerr != nil {
-		err = errors.Join(err, lerr)
-	}
-	if err != nil {
-		fatalf("%v", err)
-	}
+		return err
+	})
 }
 
 func checkOptions(o options) error {

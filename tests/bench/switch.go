@@ -8,12 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/tests/bench/internal/runinfo"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
-	"github.com/seed-a7250cfa/handover/tests/internal/sdns"
 )
 
 // The switch benchmark (-switch) times one thing, the way issue 18 measured it: from
@@ -107,20 +108,11 @@ func fromLoadApproach(name string) switchApproach {
 }
 
 func switchApproachNames() []string {
-	var out []string
-	for _, a := range switchApproaches {
-		out = append(out, a.Name)
-	}
-	return out
+	return namesOf(switchApproaches, func(a switchApproach) string { return a.Name })
 }
 
 func switchApproachByName(name string) (switchApproach, bool) {
-	for _, a := range switchApproaches {
-		if a.Name == name {
-			return a, true
-		}
-	}
-	return switchApproach{}, false
+	return byName(switchApproaches, func(a switchApproach) string { return a.Name }, name)
 }
 
 // approach returns the approach called name: one of switchApproaches, or
@@ -220,43 +212,16 @@ func checkServers(dir string) error {
 // the approaches taking turns in rounds.
 func runSwitch(ctx context.Context, o options) (*SwitchReport, error) {
 	began := time.Now()
-	repo, err := findRepo(o.repo)
+	e, cleanup, err := setUp(o, "handover-switch-", o.sw.bin)
 	if err != nil {
 		return nil, err
 	}
-	work, err := os.MkdirTemp("", "handover-switch-")
-	if err != nil {
-		return nil, err
-	}
-	if o.keep {
-		logf("keeping the work directory %s", work)
-	} else {
-		defer os.RemoveAll(work)
-	}
-	e := &env{opts: o, repo: repo, bin: filepath.Join(work, "bin"), work: work, serverEnv: o.sw.env}
-	if o.sw.bin != "" {
-		if e.bin, err = filepath.Abs(o.sw.bin); err != nil {
-			return nil, err
-		}
-		logf("using the servers in %s", e.bin)
-	} else {
-		logf("building the servers into %s", e.bin)
-		if err := build(repo, e.bin); err != nil {
-			return nil, err
-		}
-	}
+	defer cleanup()
+	e.serverEnv = o.sw.env
 	names := splitList(o.sw.approaches)
-	var sdErr error
-	for _, name := range names {
-		if a, _ := o.sw.approach(name); a.Systemd {
-			if sdErr = sdns.Available(); sdErr == nil {
-				e.systemd, sdErr = sdns.Installed()
-			}
-			break
-		}
-	}
-	rep := &SwitchReport{Tool: "tests/bench -switch", Command: commandLine(), Started: began.UTC().Format(time.RFC3339),
-		Machine: machineInfo(e.systemd, e.bin), Config: switchConfigOf(o.sw), Definitions: switchDefinitions(o.sw)}
+	sdErr := checkSystemd(e, slices.ContainsFunc(names, func(n string) bool { a, _ := o.sw.approach(n); return a.Systemd }))
+	rep := &SwitchReport{RunHeader: newHeader("tests/bench -switch", began, machineInfo(e.systemd, e.bin)),
+		Config: switchConfigOf(o.sw), Definitions: switchDefinitions(o.sw)}
 	runs := map[string][]switchRun{}
 	var rounds = map[string][]string{}
 	errs := map[string][]string{}
@@ -267,10 +232,10 @@ func runSwitch(ctx context.Context, o options) (*SwitchReport, error) {
 				continue
 			}
 			logf("=== round %d/%d: %s (%s), %d switches", round, o.sw.rounds, a.Name, a.Label, o.sw.upgrades)
-			before := loadAvg()
+			before := runinfo.LoadAvg()
 			rs, err := switchRound(ctx, e, a, round)
 			runs[name] = append(runs[name], rs...)
-			rounds[name] = append(rounds[name], before+" → "+loadAvg())
+			rounds[name] = append(rounds[name], before+" → "+runinfo.LoadAvg())
 			if err != nil {
 				logf("%s: round %d: %v", a.Name, round, err)
 				errs[name] = append(errs[name], fmt.Sprintf("round %d: %v", round, err))
@@ -287,11 +252,7 @@ func runSwitch(ctx context.Context, o options) (*SwitchReport, error) {
 		rep.Approaches = append(rep.Approaches, res)
 	}
 	rep.Finished = time.Now().UTC().Format(time.RFC3339)
-	logf("done in %v", time.Since(began).Round(time.Second))
-	if ctx.Err() != nil {
-		return rep, fmt.Errorf("interrupted: %w", ctx.Err())
-	}
-	return rep, nil
+	return rep, finished(ctx, began)
 }
 
 // switchRound starts a fresh server of a, switches it o.sw.upgrades times, and
@@ -350,7 +311,7 @@ func switchRound(ctx context.Context, e *env, a switchApproach, round int) (runs
 // old generation to exit (and reaps it when it ends up this process's child).
 func switchOnce(ctx context.Context, e *env, a switchApproach, srv server, pid int, known map[int]bool) switchRun {
 	o := e.opts.sw
-	r := switchRun{OldPID: pid, SwitchMS: -1, ExitMS: -1, LoadAvg: loadAvg()}
+	r := switchRun{OldPID: pid, SwitchMS: -1, ExitMS: -1, LoadAvg: runinfo.LoadAvg()}
 	host, err := srv.Host(pid)
 	if err != nil {
 		r.Err = err.Error()

@@ -162,7 +162,7 @@ func TestSwitchMarkdown(t *testing.T) {
 		res.Requests != 5190 || res.Failures["EOF"] != 2 {
 		t.Errorf("result %+v", res)
 	}
-	md := switchMarkdown(&SwitchReport{Command: "cd tests/bench && go run . -switch", Config: SwitchConfig{EveryUS: 200, Rounds: 1, Upgrades: 3},
+	md := switchMarkdown(&SwitchReport{RunHeader: RunHeader{Command: "cd tests/bench && go run . -switch"}, Config: SwitchConfig{EveryUS: 200, Rounds: 1, Upgrades: 3},
 		Approaches: []SwitchResult{res, {Label: "Y", Error: "not run: no root"}}})
 	for _, want := range []string{
 		"| X <1> ⚠ | 2 | **10.0 ms** | 10.0 ms | 20.0 ms | 10.0 ms | 20.0 ms | 0.10 ms | 25.0 ms | 5190 (2; 100%) | 0.50–1.20 |",

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"math"
 	"runtime"
 	"slices"
 	"sync"
@@ -9,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed-a7250cfa/handover/tests/bench/internal/stats"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 )
 
@@ -190,12 +190,7 @@ func spread(vs []float64) Spread {
 	if len(vs) == 0 {
 		return s
 	}
-	vs = slices.Clone(vs)
-	slices.Sort(vs)
-	rank := func(q float64) float64 {
-		i := int(math.Ceil(q*float64(len(vs)))) - 1
-		return vs[max(0, min(i, len(vs)-1))]
-	}
-	s.Min, s.P10, s.Median, s.P90, s.Max = vs[0], rank(0.1), rank(0.5), rank(0.9), vs[len(vs)-1]
+	vs = stats.Sorted(vs)
+	s.Min, s.P10, s.Median, s.P90, s.Max = vs[0], stats.Quantile(vs, 0.1), stats.Quantile(vs, 0.5), stats.Quantile(vs, 0.9), vs[len(vs)-1]
 	return s
 }

@@ -1,8 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
+	"github.com/seed-a7250cfa/handover/tests/bench/internal/runinfo"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,11 +12,7 @@ import (
 
 // SwitchReport is everything a -switch run measured; it is written as switch.json.
 type SwitchReport struct {
-	Tool        string         `json:"tool"`
-	Command     string         `json:"command"`
-	Started     string         `json:"started"`
-	Finished    string         `json:"finished"`
-	Machine     Machine        `json:"machine"`
+	RunHeader
 	Config      SwitchConfig   `json:"config"`
 	Definitions []string       `json:"definitions"`
 	Approaches  []SwitchResult `json:"approaches"`
@@ -196,15 +192,7 @@ func loadRange(entries []string) string {
 }
 
 func readSwitchReport(path string) (*SwitchReport, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var r SwitchReport
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return &r, nil
+	return runinfo.ReadJSON[SwitchReport](path)
 }
 
 // writeSwitchOutputs writes switch.json and switch.md into dir.

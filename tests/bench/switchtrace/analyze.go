@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+
+	"github.com/seed-a7250cfa/handover/tests/bench/internal/stats"
 )
 
 // trace indexes the events of a recording.
@@ -325,23 +327,18 @@ func phases(path []string, switches []markers, faults [][2][]float64) []*phase {
 	return out
 }
 
-// stats summarizes ms values: n, median, p10, p90 (nearest rank).
-type stats struct {
+// summary is ms values summed up: n, median, p10, p90 (nearest rank).
+type summary struct {
 	N                int
 	Median, P10, P90 float64
 }
 
-func statsOf(vs []float64) stats {
-	s := stats{N: len(vs)}
+func statsOf(vs []float64) summary {
+	s := summary{N: len(vs)}
 	if len(vs) == 0 {
 		return s
 	}
-	vs = slices.Clone(vs)
-	slices.Sort(vs)
-	rank := func(q float64) float64 {
-		i := int(math.Ceil(q*float64(len(vs)))) - 1
-		return vs[max(0, min(i, len(vs)-1))]
-	}
-	s.Median, s.P10, s.P90 = rank(0.5), rank(0.1), rank(0.9)
+	vs = stats.Sorted(vs)
+	s.Median, s.P10, s.P90 = stats.Quantile(vs, 0.5), stats.Quantile(vs, 0.1), stats.Quantile(vs, 0.9)
 	return s
 }

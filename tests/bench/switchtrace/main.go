@@ -34,6 +34,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/seed-a7250cfa/handover/tests/bench/internal/runinfo"
 )
 
 type options struct {
@@ -309,7 +311,7 @@ func analyzeWork(o options, work, group string) error {
 	if err != nil {
 		return err
 	}
-	rep.Command = commandLine()
+	rep.Command = runinfo.CommandLine("./switchtrace")
 	rep.Lost = lostEvents(filepath.Join(work, "perf.data"))
 	if l := lostEvents(filepath.Join(work, "probes.data")); l != "" {
 		rep.Lost = strings.TrimPrefix(rep.Lost+"; uprobes: "+l, "; ")
@@ -317,18 +319,9 @@ func analyzeWork(o options, work, group string) error {
 	rep.Static = o.static
 	rep.Switch = sw.Command
 	rep.LoadAvg = sw.loadAvg()
-	if err := os.MkdirAll(o.out, 0o755); err != nil {
-		return err
-	}
-	b, err := json.MarshalIndent(rep, "", " ")
-	if err != nil {
-		return err
-	}
 	md := rep.markdown()
-	for name, data := range map[string][]byte{"trace.json": append(b, '\n'), "trace.md": []byte(md)} {
-		if err := os.WriteFile(filepath.Join(o.out, name), data, 0o644); err != nil {
-			return err
-		}
+	if err := writeOutputs(o.out, "trace", rep, md); err != nil {
+		return err
 	}
 	for _, name := range []string{"switch.json", "switch.md"} {
 		if b, err := os.ReadFile(filepath.Join(work, "switch", name)); err == nil {
@@ -338,6 +331,21 @@ func analyzeWork(o options, work, group string) error {
 	fmt.Print(md)
 	logf("wrote %s", o.out)
 	return nil
+}
+
+// writeOutputs writes v as NAME.json and md as NAME.md into dir.
+func writeOutputs(dir, name string, v any, md string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(v, "", " ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".json"), append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, name+".md"), []byte(md), 0o644)
 }
 
 // rewrite writes trace.md again from a trace.json.
@@ -391,15 +399,3 @@ func lostEvents(data string) string {
 }
 
 var lostRE = regexp.MustCompile(`(?m)^\s*(LOST\w*) events:\s+(\d+)`)
-
-// commandLine is how this run was started, as a reader would rerun it.
-func commandLine() string {
-	args := []string{"go", "run", "./switchtrace"}
-	for _, a := range os.Args[1:] {
-		if strings.ContainsAny(a, " \t'\"$") {
-			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-		args = append(args, a)
-	}
-	return "cd tests/bench && " + strings.Join(args, " ")
-}

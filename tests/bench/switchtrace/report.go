@@ -1,13 +1,13 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/seed-a7250cfa/handover/tests/bench/internal/runinfo"
 )
 
 // switchJSON is what this tool reads of the bench's switch.json.
@@ -30,17 +30,7 @@ type switchJSON struct {
 	} `json:"approaches"`
 }
 
-func readSwitchJSON(path string) (*switchJSON, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var s switchJSON
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return &s, nil
-}
+func readSwitchJSON(path string) (*switchJSON, error) { return runinfo.ReadJSON[switchJSON](path) }
 
 func (s *switchJSON) loadAvg() map[string][]string {
 	out := map[string][]string{}

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +14,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/seed-a7250cfa/handover/tests/bench/internal/runinfo"
 )
 
 // The start-up comparison (-startup N): every server binary, built with cgo (the
@@ -83,29 +84,19 @@ func runStartup(ctx context.Context, o options) error {
 			bins[v+"/"+n] = p
 		}
 	}
-	rep := &StartupReport{Command: commandLine(), Runs: o.startup, LoadAvg: []string{loadAvg()}}
+	rep := &StartupReport{Command: runinfo.CommandLine("./switchtrace"), Runs: o.startup, LoadAvg: []string{runinfo.LoadAvg()}}
 	rows, err := recordStartup(ctx, work, bins, o.startup)
 	if err != nil {
 		return err
 	}
-	rep.LoadAvg = append(rep.LoadAvg, loadAvg())
+	rep.LoadAvg = append(rep.LoadAvg, runinfo.LoadAvg())
 	for i := range rows {
 		inits, ms, top := initTrace(ctx, bins[rows[i].Variant+"/"+rows[i].Binary], 5)
 		rows[i].Inits, rows[i].InitMS, rows[i].TopInits = inits, ms, top
 	}
 	rep.Rows = rows
-	if err := os.MkdirAll(o.out, 0o755); err != nil {
-		return err
-	}
-	b, err := json.MarshalIndent(rep, "", " ")
-	if err != nil {
-		return err
-	}
 	md := rep.markdown()
-	if err := os.WriteFile(filepath.Join(o.out, "startup.json"), append(b, '\n'), 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(o.out, "startup.md"), []byte(md), 0o644); err != nil {
+	if err := writeOutputs(o.out, "startup", rep, md); err != nil {
 		return err
 	}
 	fmt.Print(md)
@@ -303,12 +294,6 @@ func initTrace(ctx context.Context, path string, runs int) (int, float64, []stri
 		top = append(top, fmt.Sprintf("%s %.3f", p.name, p.ms))
 	}
 	return n, round3(statsOf(totals).Median), top
-}
-
-func loadAvg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 func (r *StartupReport) markdown() string {

@@ -126,10 +126,10 @@ func TestSwitchMarks(t *testing.T) {
 }
 
 func TestStatsOf(t *testing.T) {
-	if s := statsOf([]float64{5, 1, 4, 2, 3}); s != (stats{N: 5, Median: 3, P10: 1, P90: 5}) {
+	if s := statsOf([]float64{5, 1, 4, 2, 3}); s != (summary{N: 5, Median: 3, P10: 1, P90: 5}) {
 		t.Errorf("statsOf = %+v", s)
 	}
-	if s := statsOf(nil); s != (stats{}) {
+	if s := statsOf(nil); s != (summary{}) {
 		t.Errorf("statsOf(nil) = %+v", s)
 	}
 }

@@ -35,6 +35,20 @@
 //
 // The peers are the small servers in servers/, with the demo's endpoints (GET / with
 // an X-Pid header, GET /slow?ms=N).
+//
+// With -switch (switch.go) it times only the switch, the way issue 18 measured it:
+// each approach starts a fresh idle server per round (the approaches taking turns,
+// -switch-rounds × -switch-upgrades), a probe dials a new connection every
+// -switch-every (200 µs; raw HTTP/1.1, never retried, bounded in time and count),
+// and the switch time runs from just before the trigger to the first response whose
+// X-Pid is a new PID. Approaches: handover-usr2, handover-run, handover-reload
+// (systemctl reload under systemd: run it under the systemd lock), handover-ctl
+// (`handover reload -control PATH`, the command's start timed), tableflip,
+// gracehttp, endless; APPROACH@NAME runs APPROACH with the servers of
+// -switch-variant NAME=DIR (another build), turn by turn with the stock one. An
+// approach's trigger is a function, and it may have an untimed preparation step (a
+// two-phase upgrade's prepare). It writes switch.json and switch.md. The command
+// ./switchtrace runs it under perf and splits each switch into phases.
 package main
 
 import (

@@ -37,8 +37,8 @@ var errResumed = errors.New("graceful: drain abandoned: serving again")
 //     accept queue stay there for whichever process shares the socket.
 //  2. HTTP keep-alive stops (Server): every HTTP/1 request whose handler starts from
 //     now on is answered with "Connection: close", and its connection is closed
-//     after the response; HTTP/2 connections are told to go away (GOAWAY) and finish
-//     the streams they have.
+//     after the response; HTTP/2 connections are told to go away (two GOAWAY frames:
+//     see Server) and finish the streams they have.
 //  3. A connection that is idle (between requests, as reported by ConnState) or new
 //     (accepted, no byte received yet; HTTP only, see ConnState) is closed once it has
 //     been so for the keep-alive grace period (one second), counted from the start of
@@ -205,6 +205,7 @@ func (d *Drainer) attach(srv *http.Server) {
 	d.mu.Unlock()
 	prevState := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		c = netConnOf(c) // what net/http gave the Server, for an HTTP/2 connection
 		d.ConnState(c, st)
 		if prevState != nil {
 			prevState(c, st)

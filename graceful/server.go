@@ -160,7 +160,8 @@ func (s *Server) listen(addr string) (net.Listener, error) {
 }
 
 // ServeTLS is Serve with TLS: l is tracked, then wrapped in TLS with s.TLSConfig and
-// the given certificate (either may be empty when TLSConfig has certificates).
+// the given certificate (either may be empty when TLSConfig has certificates, or
+// GetCertificate: the way to serve TLS with a tls.Config of one's own).
 // "h2" is offered when s.Protocols has HTTP/2 (the default). TLS sessions resume
 // across upgrades: the Upgrader's session-ticket keys are installed (see
 // Upgrader.KeepTLSSessions) unless TLSConfig disables session tickets or has
@@ -203,6 +204,21 @@ func (s *Server) ServeTLS(l net.Listener, certFile, keyFile string) error {
 // http.ErrServerClosed once the Server has drained (see Server) or Shutdown has
 // finished. Other errors are returned as they happen. The process's Upgrader is
 // the one New made, or one with the zero Config.
+//
+// l is a listener of the Upgrader, or a listener of the application's around one
+// (tls.NewListener, a struct that embeds it, any net.Listener whose Accept calls
+// its Accept): Serve returns http.ErrServerClosed once drained either way. A drain
+// after a handover stops the Upgrader's own listener without closing it, so that
+// it can be taken back if the new generation dies; a listener around it cannot be
+// stopped that way, so the drain closes it, and that drain cannot be taken back
+// (see Upgrader).
+//
+// To serve TLS with a tls.Config of one's own, set TLSConfig and call ServeTLS
+// with the Upgrader's listener and empty file names: the Server then offers HTTP/2,
+// keeps TLS sessions across upgrades, and handlers see r.TLS. Serve on
+// tls.NewListener(l, cfg) serves HTTP/1 only, with r.TLS set (net/http switches
+// to HTTP/2 only a connection that is a *tls.Conn, and the Server wraps the
+// connections it accepts to track them): leave "h2" out of cfg.NextProtos.
 func (s *Server) Serve(l net.Listener) error {
 	return s.serve(l, nil)
 }
@@ -214,9 +230,10 @@ func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) err
 		return err
 	}
 	s.init()
-	var tl net.Listener = s.drainer.Listener(l)
+	dl := s.drainer.Listener(l)
+	tl := dl
 	if wrap != nil {
-		tl = wrap(tl)
+		tl = wrap(dl)
 	}
 	u.adopt(&target{d: &s.drainer, s: s, timeout: s.DrainTimeout})
 	errc := make(chan error, 1)
@@ -227,12 +244,10 @@ func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) err
 		return err
 	}
 	err = <-errc
-	s.drainer.mu.Lock()
-	final := s.drainer.final
-	s.drainer.mu.Unlock()
-	if final {
-		// The listener was closed by a drain: return once it is over (whoever
-		// drains force-closes what is left at its deadline).
+	if s.drainer.closedByDrain(dl) {
+		// The listener was closed by a drain (for good, or because it cannot
+		// stop accepting otherwise): return once it is over (whoever drains
+		// force-closes what is left at its deadline).
 		s.drainer.wait(context.Background())
 		return http.ErrServerClosed
 	}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -140,8 +141,9 @@ type h2Conn struct {
 	rs       frameScanner
 	reported bool // rs.headers was reported (set.requested)
 
-	wmu sync.Mutex // net/http's writes and the injected frames, one at a time
-	ws  frameScanner
+	wmu     sync.Mutex // net/http's writes and the injected frames, one at a time
+	ws      frameScanner
+	pending atomic.Bool // inject holds frames: the fast path of Write skips c.mu
 
 	mu        sync.Mutex // the fields below; never held across I/O
 	state     h2State
@@ -208,7 +210,7 @@ func (c *h2Conn) Write(p []byte) (int, error) {
 	defer c.wmu.Unlock()
 	n := 0
 	for {
-		if c.ws.between() {
+		if c.pending.Load() && c.ws.between() {
 			if err := c.injectLocked(); err != nil {
 				return n, err
 			}
@@ -217,7 +219,7 @@ func (c *h2Conn) Write(p []byte) (int, error) {
 			return n, nil
 		}
 		k := len(p) - n
-		if c.queued() {
+		if c.pending.Load() {
 			s := c.ws
 			k = s.scan(p[n:], true, nil)
 		}
@@ -228,13 +230,6 @@ func (c *h2Conn) Write(p []byte) (int, error) {
 			return n, err
 		}
 	}
-}
-
-// queued reports whether injected frames wait to be written.
-func (c *h2Conn) queued() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.inject) > 0
 }
 
 // injectLocked writes the queued frames, if any. c.wmu is held, between frames.
@@ -255,6 +250,7 @@ func (c *h2Conn) injectLocked() error {
 	}
 	c.mu.Lock()
 	c.inject, c.midway = nil, false
+	c.pending.Store(false)
 	c.mu.Unlock()
 	return nil
 }
@@ -286,6 +282,7 @@ func (c *h2Conn) startLocked(timeout time.Duration) {
 	goAway[9], goAway[10], goAway[11], goAway[12] = 0x7f, 0xff, 0xff, 0xff // last stream 2^31-1, NO_ERROR
 	ping := [frameHeaderLen]byte{2: 8, 3: framePing}
 	c.inject = append(append(goAway[:], ping[:]...), c.opaque[:]...)
+	c.pending.Store(true)
 	if c.timer != nil {
 		c.timer.Stop()
 	}
@@ -333,6 +330,7 @@ func (c *h2Conn) answer() bool {
 	c.timer.Stop()
 	if !c.midway {
 		c.inject = nil
+		c.pending.Store(false)
 	}
 	return true
 }

@@ -28,7 +28,7 @@ package activation
 import (
 	"net"
 
-	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/fds"
 )
 
 // Listen returns a listener for name: the inherited socket with that name, else the
@@ -39,13 +39,13 @@ import (
 // every call fail with the reason: the process should exit rather than serve
 // without the sockets it was given.
 func Listen(name, network, address string) (net.Listener, error) {
-	s, _ := handoff.Inherit()
+	s, _ := fds.Inherit()
 	return s.Listen(name, network, address)
 }
 
 // ListenPacket is Listen for datagram sockets: network is "udp", "udp4", "udp6" or
 // "unixgram".
 func ListenPacket(name, network, address string) (net.PacketConn, error) {
-	s, _ := handoff.Inherit()
+	s, _ := fds.Inherit()
 	return s.ListenPacket(name, network, address)
 }

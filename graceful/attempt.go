@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/proc"
 )
 
 // One upgrade attempt is one goroutine (attempt.run) with a local select over the
@@ -143,12 +144,12 @@ type channel interface {
 type generation struct {
 	proc child
 	ch   channel
-	out  *stderrTail            // its standard error, until the handover
+	out  *proc.Tail             // its standard error, until the handover
 	msgs <-chan handoff.Message // what it says, read beside; closed when the channel ends
 }
 
 // newGeneration starts reading what p says on ch.
-func newGeneration(p child, ch channel, out *stderrTail) *generation {
+func newGeneration(p child, ch channel, out *proc.Tail) *generation {
 	msgs := make(chan handoff.Message)
 	go func() {
 		defer close(msgs)
@@ -203,7 +204,7 @@ func (a *attempt) run(env attemptEnv) {
 		return
 	}
 	env.post(attemptStarted{a, g.proc.Pid()})
-	p := &phases{a: a, env: env, g: g, msgs: g.msgs, exited: g.proc.Exited(), stderr: g.out.ended(),
+	p := &phases{a: a, env: env, g: g, msgs: g.msgs, exited: g.proc.Exited(), stderr: g.out.Done(),
 		timeout: env.clock.NewTimer(env.timeout)}
 	env.post(p.wait())
 }
@@ -352,7 +353,7 @@ func (p *phases) giveUp(e *upgradeError) attemptEnded {
 		e.Status = p.g.proc.ExitStatus()
 	}
 	status := p.g.end(e.Err.Error(), !p.dead, p.env.clock, p.env.killWait)
-	e.Stderr = p.g.out.last()
+	e.Stderr = p.g.out.String()
 	return attemptEnded{a: p.a, g: p.g, err: e, status: status}
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/seed-a7250cfa/handover/internal/carry"
+	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
@@ -40,7 +41,7 @@ type carried struct {
 // carryHost is the process as its carriers see it (carry.Host).
 type carryHost struct {
 	log   *slog.Logger
-	set   *handoff.Set
+	set   *fds.Set
 	store carry.Store
 	hold  func() (release func())
 }

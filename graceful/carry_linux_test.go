@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/seed-a7250cfa/handover/internal/carry"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
-	"golang.org/x/sys/unix"
 )
 
 // batchStarter is fakeStarter keeping each child's initial batch.

@@ -8,13 +8,8 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/control"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
-
-// controlName is the name of the control socket among the passed descriptors: a
-// socket unit's FileDescriptorName=handover-control, or the one the first generation
-// bound (Config.ControlSocket). It is passed on to every new generation like the
-// other listeners.
-const controlName = "handover-control"
 
 // controlUpgradeSlack is added to the upgrade timeout for an answer to reload.
 const controlUpgradeSlack = time.Minute
@@ -23,13 +18,13 @@ const controlUpgradeSlack = time.Minute
 func (u *Upgrader) openControl() (net.Listener, error) {
 	inherited := false
 	for _, f := range u.set.Files() {
-		inherited = inherited || f.Name == controlName
+		inherited = inherited || f.Name == handoff.ControlName
 	}
 	path := u.cfg.ControlSocket
 	if !inherited && path == "" {
 		return nil, nil
 	}
-	ln, err := u.set.Listen(controlName, "unix", path)
+	ln, err := u.set.Listen(handoff.ControlName, "unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
@@ -50,28 +45,18 @@ func (u *Upgrader) serveControl(ln net.Listener) *target {
 	d := &Drainer{server: true}
 	tl := d.Listener(ln)
 	t := &target{d: d, internal: true}
-	go func() {
-		for {
-			c, err := tl.Accept()
-			if err != nil {
-				return
-			}
-			go u.handleControl(c)
-		}
-	}()
+	go control.Accept(tl, u.log, controlServer{u})
 	return t
 }
 
-func (u *Upgrader) handleControl(c net.Conn) {
-	control.Serve(c, u.log, u.answerControl)
-}
+// controlServer is the Upgrader as its control socket answers for it.
+type controlServer struct{ u *Upgrader }
 
-// answerControl answers a control request.
-func (u *Upgrader) answerControl(req string) control.Response {
-	if req == control.Status {
-		st := u.Status()
-		return control.StatusResponse(st.PID, st.Generation, st)
-	}
+func (s controlServer) Status() (Status, error) { return s.u.Status(), nil }
+
+// Upgrade runs an upgrade for `handover reload` and waits for its outcome.
+func (s controlServer) Upgrade() control.Outcome {
+	u := s.u
 	var r upgradeResult
 	select {
 	case r = <-u.upgrade("control socket"):
@@ -80,15 +65,8 @@ func (u *Upgrader) answerControl(req string) control.Response {
 	case <-time.After(u.cfg.UpgradeTimeout + controlUpgradeSlack):
 		r.err = fmt.Errorf("no outcome within %s", u.cfg.UpgradeTimeout+controlUpgradeSlack)
 	}
-	switch {
-	case r.err == nil:
-		return control.Response{OK: true, PID: r.pid, Generation: u.gen + 1}
-	case r.moved != 0:
-		return control.Response{Moved: r.moved, Error: r.err.Error()}
-	default:
-		stopping := errors.Is(r.err, errStopping) || errors.Is(r.err, errAbandoned)
-		return control.Response{Error: r.err.Error(), Stopping: stopping}
-	}
+	stopping := errors.Is(r.err, errStopping) || errors.Is(r.err, errAbandoned)
+	return control.Outcome{PID: r.pid, Generation: u.gen + 1, Err: r.err, Moved: r.moved, Stopping: stopping}
 }
 
 // storeFDs hands the process's sockets to systemd's fd store (FDSTORE=1), so that
@@ -108,7 +86,7 @@ func (m *machine) storeFDs() {
 	stored := 0
 	for i, f := range kids.Files {
 		name := kids.Names[i]
-		if name == controlName {
+		if name == handoff.ControlName {
 			// Its file lives in the service's runtime directory, which a restart
 			// removes: a new one is bound instead.
 			continue

@@ -34,11 +34,14 @@ var errResumed = errors.New("graceful: drain abandoned: serving again")
 //  1. Draining is signalled (the channel returned by Draining, and the one the
 //     package-level Draining function returns for a request's context, are closed)
 //     and the Drainer's listeners stop accepting. Connections still in the kernel's
-//     accept queue stay there for whichever process shares the socket.
+//     accept queue stay there for whichever process shares the socket. A listener
+//     that cannot stop accepting without closing (one with no SetDeadline method,
+//     such as tls.NewListener's or a struct embedding a net.Listener) is closed,
+//     and the drain cannot be taken back.
 //  2. HTTP keep-alive stops (Server): every HTTP/1 request whose handler starts from
 //     now on is answered with "Connection: close", and its connection is closed
-//     after the response; HTTP/2 connections are told to go away (GOAWAY) and finish
-//     the streams they have.
+//     after the response; HTTP/2 connections are told to go away (two GOAWAY frames:
+//     see Server) and finish the streams they have.
 //  3. A connection that is idle (between requests, as reported by ConnState) or new
 //     (accepted, no byte received yet; HTTP only, see ConnState) is closed once it has
 //     been so for the keep-alive grace period (one second), counted from the start of
@@ -82,32 +85,6 @@ type Drainer struct {
 	accepting atomic.Int64
 	server    bool // a Server's own: the Server is the Upgrader's target
 	adopted   bool // a target of the Upgrader
-}
-
-// ConnCounts is a snapshot of open connections by state.
-type ConnCounts struct {
-	// New connections have been accepted but have not sent a byte of a request.
-	New int `json:"new"`
-	// Active connections are reading or handling a request (raw-protocol
-	// connections are active unless reported idle).
-	Active int `json:"active"`
-	// Idle connections are kept alive between requests.
-	Idle int `json:"idle"`
-	// Hijacked connections were taken over by a handler (websockets).
-	Hijacked int `json:"hijacked"`
-	// Accepted counts every connection ever accepted.
-	Accepted uint64 `json:"accepted"`
-}
-
-// Total returns the number of open connections.
-func (c ConnCounts) Total() int { return c.New + c.Active + c.Idle + c.Hijacked }
-
-func (c *ConnCounts) add(o ConnCounts) {
-	c.New += o.New
-	c.Active += o.Active
-	c.Idle += o.Idle
-	c.Hijacked += o.Hijacked
-	c.Accepted += o.Accepted
 }
 
 func (d *Drainer) init() {
@@ -172,11 +149,11 @@ func (d *Drainer) Listener(l net.Listener) net.Listener {
 	d.listeners = append(d.listeners, tl)
 	switch {
 	case d.final:
-		defer tl.Close()
+		defer tl.closeForDrain()
 	case d.draining.Load():
 		tl.paused = true
 		if !tl.stop() {
-			defer tl.Close()
+			defer tl.closeForDrain()
 		}
 	}
 	adopt := !d.server && !d.adopted
@@ -205,6 +182,7 @@ func (d *Drainer) attach(srv *http.Server) {
 	d.mu.Unlock()
 	prevState := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		c = netConnOf(c) // what net/http gave the Server, for an HTTP/2 connection
 		d.ConnState(c, st)
 		if prevState != nil {
 			prevState(c, st)
@@ -252,8 +230,11 @@ func Draining(ctx context.Context) <-chan struct{} {
 // never reports stays active until it closes or the deadline. Other connections are
 // ignored.
 func (d *Drainer) ConnState(c net.Conn, st http.ConnState) {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
+	switch cc := c.(type) {
+	case *tls.Conn:
+		c = cc.NetConn()
+	case tlsConn:
+		c = cc.conn
 	}
 	tc, ok := c.(*conn)
 	if !ok || tc.d != d || st == http.StateClosed {
@@ -337,7 +318,7 @@ func (d *Drainer) stopAccepting(hard bool) {
 	d.mu.Unlock()
 	for _, l := range lns {
 		if hard || !l.stop() {
-			l.Close()
+			l.closeForDrain()
 		}
 	}
 }
@@ -382,8 +363,15 @@ func (d *Drainer) closeListeners() {
 	lns := append([]*listener(nil), d.listeners...)
 	d.mu.Unlock()
 	for _, l := range lns {
-		l.Close()
+		l.closeForDrain()
 	}
+}
+
+// closedByDrain reports whether l, a listener of d, was closed by a drain (not by
+// the application).
+func (d *Drainer) closedByDrain(l net.Listener) bool {
+	tl, ok := l.(*listener)
+	return ok && tl.d == d && tl.byDrain.Load()
 }
 
 // wait waits for every connection to close, in the stages described on Drainer. When
@@ -471,13 +459,17 @@ func (d *Drainer) closeAll() {
 type deadliner interface{ SetDeadline(time.Time) error }
 
 // listener tracks the connections it accepts. While the Drainer drains it does not
-// accept: Accept waits until the drain is taken back or the listener is closed.
+// accept: Accept waits until the drain is taken back or the listener is closed. A
+// listener that cannot stop accepting without closing (one of the application's
+// that wraps a socket: tls.NewListener, a struct embedding a net.Listener) is
+// closed by the drain instead.
 type listener struct {
 	net.Listener
-	d      *Drainer
-	paused bool          // guarded by d.mu
-	wake   chan struct{} // closed and replaced by restart; guarded by d.mu
-	closed atomic.Bool   // closed for good (by the application or a drain)
+	d       *Drainer
+	paused  bool          // guarded by d.mu
+	wake    chan struct{} // closed and replaced by restart; guarded by d.mu
+	closed  atomic.Bool   // closed for good (by the application or a drain)
+	byDrain atomic.Bool   // closed by a drain; set before closed
 }
 
 // stop interrupts an Accept in progress without closing the socket; false if the
@@ -527,27 +519,40 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err != nil {
 			l.d.acceptEnded()
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && !l.closed.Load() {
+			switch {
+			case l.closed.Load():
+				// Whatever the wrapped listener says (an application's may
+				// return an error of its own), it was closed.
+				return nil, net.ErrClosed
+			case errors.As(err, &ne) && ne.Timeout():
 				continue // a drain interrupted it; the listener is open
 			}
 			return nil, err
 		}
 		tc := &conn{Conn: c, d: l.d}
 		l.d.add(tc)
+		if _, ok := c.(*tls.Conn); ok {
+			return tlsConn{tc}, nil
+		}
 		return tc, nil
 	}
 }
 
-// Close closes the listener for good; an Accept waiting out a drain returns
-// net.ErrClosed.
+// Close closes the listener for good; an Accept waiting out a drain, or in
+// progress, returns net.ErrClosed.
 func (l *listener) Close() error {
-	err := l.Listener.Close()
 	l.d.mu.Lock()
 	if l.closed.CompareAndSwap(false, true) {
 		close(l.wake) // for good: restart never runs on a closed listener
 	}
 	l.d.mu.Unlock()
-	return err
+	return l.Listener.Close()
+}
+
+// closeForDrain closes the listener for good at a drain.
+func (l *listener) closeForDrain() {
+	l.byDrain.Store(true)
+	l.Close()
 }
 
 // conn is a connection tracked by a Drainer: the one record the drain layer keeps per
@@ -573,7 +578,11 @@ func (c *conn) unused() bool {
 	if c.state != http.StateIdle && c.state != http.StateNew {
 		return false
 	}
-	return !c.reading.Load() && pending(c.Conn) == 0
+	nc := c.Conn
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn() // a TLS listener of the application's
+	}
+	return !c.reading.Load() && pending(nc) == 0
 }
 
 // Read reads from the connection and notes that the client has started a request.
@@ -613,3 +622,17 @@ func (c *conn) CloseWrite() error {
 
 // NetConn returns the wrapped connection.
 func (c *conn) NetConn() net.Conn { return c.Conn }
+
+// tlsConn is a tracked connection that a TLS listener of the application's
+// accepted (a *tls.Conn). net/http takes the TLS state of a connection that is not
+// a *tls.Conn from its ConnectionState method, for r.TLS.
+type tlsConn struct{ *conn }
+
+// ConnectionState returns the state of the TLS connection, after its handshake:
+// net/http asks before it reads the first request. A failed handshake leaves the
+// state empty; the first read returns its error.
+func (c tlsConn) ConnectionState() tls.ConnectionState {
+	tc := c.Conn.(*tls.Conn)
+	tc.Handshake()
+	return tc.ConnectionState()
+}

@@ -547,6 +547,137 @@ func TestDrainClosesListeners(t *testing.T) {
 	})
 }
 
+// TestDrainResumable: a drain that can be taken back (the Upgrader's, while the new
+// generation may still die) stops accepting without closing the listeners: a new
+// connection waits in the socket's accept queue, and so does one to a listener added
+// meanwhile; a request on a kept-alive connection is answered with "Connection:
+// close". Taken back, the Drainer accepts again (the waiting connections first),
+// Draining returns a new channel, and keep-alive is on again.
+func TestDrainResumable(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(okHandler))
+	kept := dialClient(t, h.addr)
+	if resp, _ := kept.get(t, "/"); resp.StatusCode != 200 || closesConn(resp) {
+		t.Fatalf("GET /: %d, close %v", resp.StatusCode, closesConn(resp))
+	}
+	draining := h.d.Draining()
+	h.d.stopAccepting(false)
+	select {
+	case <-draining:
+	default:
+		t.Fatal("Draining() not closed by a drain that can be taken back")
+	}
+	if !h.d.resumable() {
+		t.Fatal("a Drainer of TCP listeners is not resumable")
+	}
+	waiting := dialClient(t, h.addr) // the listener is open: the dial connects
+	eventually(t, "the connection to wait in the accept queue", func() bool { return acceptQueue(t, h.addr) == 1 })
+
+	// A listener added while the drain can be taken back does not accept either.
+	lnB := listenLoopback(t)
+	tlB := h.d.Listener(lnB)
+	acceptedB := make(chan net.Conn, 1)
+	go func() {
+		c, err := tlB.Accept()
+		if err != nil {
+			t.Errorf("Accept on the listener added while draining: %v", err)
+			close(acceptedB)
+			return
+		}
+		acceptedB <- c
+	}()
+	waitingB := dialClient(t, lnB.Addr().String())
+	eventually(t, "the connection to the added listener to wait in its accept queue", func() bool { return acceptQueue(t, lnB.Addr().String()) == 1 })
+	select {
+	case c := <-acceptedB:
+		t.Fatalf("the listener added while draining accepted %v", c)
+	default:
+	}
+	if got := h.d.Counts().Accepted; got != 1 {
+		t.Fatalf("Accepted = %d while draining, want 1", got)
+	}
+	if resp, _ := kept.get(t, "/"); resp.StatusCode != 200 || !closesConn(resp) {
+		t.Errorf("a request on a kept-alive connection while draining: %d, close %v; want 200 with Connection: close", resp.StatusCode, closesConn(resp))
+	}
+
+	h.d.resume()
+	select {
+	case <-h.d.Draining():
+		t.Fatal("Draining() closed after the drain was taken back")
+	default:
+	}
+	if resp, body := waiting.get(t, "/"); resp.StatusCode != 200 || body != "ok" || closesConn(resp) {
+		t.Errorf("the connection that waited: %d %q, close %v; want 200 \"ok\", kept alive", resp.StatusCode, body, closesConn(resp))
+	}
+	select {
+	case c := <-acceptedB:
+		if c == nil || c.RemoteAddr().String() != waitingB.LocalAddr().String() {
+			t.Errorf("the added listener accepted %v, want the connection from %s", c, waitingB.LocalAddr())
+		} else {
+			c.Close()
+		}
+	case <-time.After(waitBound):
+		t.Fatal("the listener added while draining did not accept once the drain was taken back")
+	}
+	if got := h.d.Counts().Accepted; got != 3 {
+		t.Errorf("Accepted = %d, want 3", got)
+	}
+}
+
+// TestDrainResumableClosesWhatCannotPause: a listener that cannot stop accepting
+// without closing (an application's that wraps a socket, without SetDeadline) is
+// closed by a drain that could otherwise be taken back: then it cannot be, and the
+// listener reports that a drain closed it.
+func TestDrainResumableClosesWhatCannotPause(t *testing.T) {
+	d := &Drainer{clock: newFakeClock()}
+	ln := listenLoopback(t)
+	tl := d.Listener(struct{ net.Listener }{ln})
+	d.stopAccepting(false)
+	if _, err := tl.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept: %v, want net.ErrClosed", err)
+	}
+	expectRefused(t, ln.Addr().String())
+	if d.resumable() {
+		t.Error("a drain that closed a listener is resumable")
+	}
+	if !d.closedByDrain(tl) {
+		t.Error("the listener does not say a drain closed it")
+	}
+	other := d.Listener(listenLoopback(t))
+	other.Close()
+	if d.closedByDrain(other) {
+		t.Error("a listener the application closed says a drain closed it")
+	}
+}
+
+// acceptQueue returns the number of connections waiting in the accept queue of
+// this process's TCP socket listening on addr (the rx_queue of a listening socket
+// in /proc/net/tcp).
+func acceptQueue(t testing.TB, addr string) int {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(addr)
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/proc/self/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		fs := strings.Fields(line)
+		if len(fs) > 4 && strings.HasSuffix(fs[1], fmt.Sprintf(":%04X", n)) && fs[3] == "0A" {
+			_, rx, _ := strings.Cut(fs[4], ":")
+			q, err := strconv.ParseInt(rx, 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return int(q)
+		}
+	}
+	t.Fatalf("no socket listening on %s", addr)
+	return 0
+}
+
 // A handler that started before the drain learns of it through its request context,
 // finishes, and its response arrives; Drain returns as soon as the last connection
 // is gone, without any grace period passing.

@@ -6,55 +6,7 @@ import (
 	"io"
 	"sort"
 	"strings"
-	"time"
 )
-
-// Upgrade is the record of one upgrade, as Status lists them. Each generation keeps
-// the records of the upgrades it took part in and hands them to the next, so that
-// the history survives upgrades.
-type Upgrade struct {
-	// Trigger is what asked for it: "SIGUSR2", "control socket" (handover reload),
-	// "API" (Upgrade), or "replacement" (a last good build started for a new
-	// generation that died).
-	Trigger string `json:"trigger"`
-	// Start is when it was asked for; End when the new generation took over, or the
-	// attempt failed.
-	Start time.Time `json:"start"`
-	End   time.Time `json:"end"`
-	// From and To are the old and the new generation's PIDs (To is 0 if none
-	// started); Generation is the new one's number.
-	From       int `json:"from"`
-	To         int `json:"to,omitempty"`
-	Generation int `json:"generation"`
-	// Outcome is "ok" (it took over), "failed" (it never did; the old one serves
-	// on), "abandoned" (a stop came first), or "died" (it took over, then died while
-	// the old one drained, which served again).
-	Outcome string `json:"outcome"`
-	// Reason says why it failed or died: "exited", "timeout", "start", ... (the
-	// cause of the upgrade_failed log line), with Error the whole message and
-	// Stderr the new process's last lines on its standard error.
-	Reason string `json:"reason,omitempty"`
-	Error  string `json:"error,omitempty"`
-	Stderr string `json:"stderr,omitempty"`
-	// HandoverSeconds is the time from the request to the new generation being
-	// ready and confirmed (MAINPID= under systemd).
-	HandoverSeconds float64 `json:"handover_seconds"`
-	// The old generation's drain, once it is over: how long it took, how many
-	// connections closed by themselves and how many were force-closed at the
-	// deadline, and how many HTTP requests it answered after the handover.
-	Drained       bool    `json:"drained"`
-	DrainSeconds  float64 `json:"drain_seconds,omitempty"`
-	ConnsClosed   int     `json:"conns_closed,omitempty"`
-	ConnsForced   int     `json:"conns_forced,omitempty"`
-	RequestsAfter uint64  `json:"requests_after,omitempty"`
-	// DrainKilled, under `handover run`, says why the master killed the old child
-	// before it exited by itself: "deadline" (SIGKILL at the drain timeout),
-	// "max_draining" (more old children drained than -max-draining: the oldest is
-	// killed at once) or "stop" (a second stop signal). The master cannot see
-	// connections: in its records the counts above stay 0 (a library child reports
-	// them in its own status).
-	DrainKilled string `json:"drain_killed,omitempty"`
-}
 
 // Bounds of the history a generation keeps and hands on.
 const (

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/carry"
+	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/pidfile"
 	"github.com/seed-a7250cfa/handover/internal/sdnotify"
@@ -118,7 +119,7 @@ type machine struct {
 	world
 	cfg Config
 	log *slog.Logger
-	set *handoff.Set
+	set *fds.Set
 	exe string // the executable an upgrade starts
 	gen int
 
@@ -144,7 +145,7 @@ type machine struct {
 	carriers []carry.Carrier
 }
 
-func newMachine(cfg Config, set *handoff.Set, log *slog.Logger) *machine {
+func newMachine(cfg Config, set *fds.Set, log *slog.Logger) *machine {
 	m := &machine{cfg: cfg, set: set, log: log, gen: 1, exit: newExitSignal(), done: newDoneSignal()}
 	m.history.Outcomes = map[string]int{}
 	m.clock = systemClock{}
@@ -393,16 +394,9 @@ func (m *machine) turn(role carry.Role) {
 
 func (m *machine) status() Status {
 	s := Status{PID: os.Getpid(), Generation: m.gen, State: m.st.String(),
-		Executable: m.exe, Systemd: m.notifier != nil, Listeners: []Socket{}}
+		Executable: m.exe, Systemd: m.notifier != nil, Listeners: m.set.Sockets()}
 	if m.lastErr != nil {
 		s.LastError = m.lastErr.Error()
-	}
-	for _, h := range m.set.Held() {
-		l := Socket{Name: h.Name, Source: h.Source.String()}
-		if h.Addr != nil {
-			l.Network, l.Addr = h.Addr.Network(), h.Addr.String()
-		}
-		s.Listeners = append(s.Listeners, l)
 	}
 	s.Connections = m.connections()
 	if a := m.att; a != nil && !a.abandoned {
@@ -427,8 +421,5 @@ func (m *machine) metrics() metricsSnapshot {
 // readWatchdog reads systemd's watchdog settings (ours are the PIDs that may ping
 // it), and unsets them: a process the application starts must not ping it.
 func readWatchdog(ours ...int) (*sdnotify.Watchdog, error) {
-	w, err := sdnotify.ParseWatchdog(os.Getenv("WATCHDOG_USEC"), os.Getenv("WATCHDOG_PID"), ours...)
-	os.Unsetenv("WATCHDOG_USEC")
-	os.Unsetenv("WATCHDOG_PID")
-	return w, err
+	return sdnotify.WatchdogFromEnv(ours...)
 }

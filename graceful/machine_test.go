@@ -19,10 +19,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/seed-a7250cfa/handover/internal/carry"
-	"github.com/seed-a7250cfa/handover/internal/handoff"
-	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 	"golang.org/x/sys/unix"
+
+	"github.com/seed-a7250cfa/handover/internal/carry"
+	"github.com/seed-a7250cfa/handover/internal/fds"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/proc"
+	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 )
 
 // The machines driven by hand, as internal/master's machine is in its tests: the
@@ -307,7 +310,7 @@ func newWorld(t *testing.T, mod func(*Config)) *fakeWorld {
 		tl.done = true
 		tl.mu.Unlock()
 	})
-	m := newMachine(cfg.withDefaults(), new(handoff.Set), slog.New(slog.NewTextHandler(io.MultiWriter(w.logs, tl), nil)))
+	m := newMachine(cfg.withDefaults(), new(fds.Set), slog.New(slog.NewTextHandler(io.MultiWriter(w.logs, tl), nil)))
 	m.exe = "/opt/app/current/app"
 	m.clock = w.clock
 	m.post = func(ev event) { w.events <- ev }
@@ -349,7 +352,7 @@ func (w *fakeWorld) spawn(s spawnSpec) (*generation, error) {
 		closeMessages(s.batch)
 	})
 	w.spawned <- g
-	return newGeneration(g.proc, g.ch, relayStderr(r, io.Discard)), nil
+	return newGeneration(g.proc, g.ch, proc.Relay(r, io.Discard)), nil
 }
 
 // step handles the next event posted to the machine, and returns it.

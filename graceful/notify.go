@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/pidfile"
 	"github.com/seed-a7250cfa/handover/internal/sdnotify"
@@ -103,7 +104,7 @@ func (m *machine) stopWatchdog() {
 	}
 }
 
-func describeHeld(hs []handoff.Held) string {
+func describeHeld(hs []fds.Held) string {
 	parts := make([]string, 0, len(hs))
 	for _, h := range hs {
 		name := h.Name

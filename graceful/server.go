@@ -24,8 +24,15 @@ import (
 //     golang/go#75591);
 //   - an idle keep-alive connection may send one more request for KeepAliveGrace,
 //     then it is closed;
-//   - every HTTP/2 connection, over TLS or unencrypted (h2c), is sent GOAWAY: the
-//     streams in flight finish, new ones go to a new connection (the new generation);
+//   - every HTTP/2 connection, over TLS or unencrypted (h2c), is told to go away in
+//     the two steps of RFC 9113 §6.8: a GOAWAY with stream 2^31-1 and a PING, then,
+//     once the client has answered the PING, net/http's GOAWAY with the last stream
+//     it processed. Every stream the client opened before it read the first GOAWAY
+//     is answered; the streams in flight finish; new ones go to a new connection
+//     (the new generation). A client that does not answer the PING within one second
+//     gets the second GOAWAY anyway. A connection on which the client has not sent a
+//     request yet gets the first GOAWAY once it sends one (or after one second): a
+//     client may not send, after a GOAWAY, requests it had already written;
 //   - hijacked connections (websockets) and long responses run on; their handlers
 //     learn of the drain through Draining(r.Context()) and should end politely;
 //   - at the drain deadline (DrainTimeout) every connection still open is
@@ -52,9 +59,11 @@ type Server struct {
 
 	once    sync.Once
 	drainer Drainer
-	h2      *http.Server // owns net/http's HTTP/2 connections, so that they get GOAWAY
-	mu      sync.Mutex
-	hooks   []func()
+	h2      *h2Conns // the HTTP/2 connections, told to go away in two steps
+	// goAwayAckTimeout, if set, replaces goAwayAckTimeout (tests).
+	goAwayAckTimeout time.Duration
+	mu               sync.Mutex
+	hooks            []func()
 }
 
 func (s *Server) init() {
@@ -63,47 +72,13 @@ func (s *Server) init() {
 		s.drainer.server = true
 		s.drainer.attach(&s.Server)
 		s.setupHTTP2()
-		if s.h2 != nil {
-			// The drain's GOAWAY reaches the HTTP/2 connections net/http knows at that
-			// moment. One it takes later (its TLS handshake or h2c preface came late)
-			// reports its first state once net/http knows it: it is sent a GOAWAY of
-			// its own. (s drains already when startDrain sends the first, so no
-			// connection falls between the two.)
-			next := s.Server.ConnState // the Drainer's, which calls the application's
-			s.Server.ConnState = func(c net.Conn, st http.ConnState) {
-				late := (st == http.StateActive || st == http.StateIdle) && s.drainer.draining.Load() && s.isNew(c)
-				next(c, st)
-				if late {
-					go s.goAway()
-				}
-			}
-		}
 	})
 }
 
-// isNew reports whether c, a connection of s, has reported no state but StateNew
-// yet. For an HTTP/2 connection, the first other report comes from net/http's HTTP/2
-// server once it has taken the connection; for an HTTP/1 connection, with its first
-// request (a GOAWAY then is a no-op: connections already told ignore it).
-func (s *Server) isNew(c net.Conn) bool {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	dc, ok := c.(*conn)
-	if !ok || dc.d != &s.drainer {
-		return false
-	}
-	s.drainer.mu.Lock()
-	defer s.drainer.mu.Unlock()
-	return dc.state == http.StateNew
-}
-
 // setupHTTP2 serves HTTP/2 (over TLS, and unencrypted when s.Protocols asks for it)
-// through net/http's own implementation, configured on a second, listener-less
-// http.Server. net/http tells HTTP/2 connections to go away (GOAWAY) only from
-// Shutdown, and Shutdown on s itself would drop HTTP/1 requests it has just read
-// (golang/go#75591); on the second server it touches nothing but the HTTP/2
-// connections. Requests still go to s's handler with s's settings.
+// through net/http's own implementation, each connection through an h2Conn on an
+// HTTP/2 server of its own (see h2goaway.go), so that a drain can tell it to go away
+// in two steps. Requests still go to s's handler with s's settings.
 //
 // The "h2" entry is always installed, also when only unencrypted HTTP/2 is on:
 // without it net/http configures HTTP/2 on s itself when s starts serving,
@@ -118,17 +93,15 @@ func (s *Server) setupHTTP2() {
 	if !p.HTTP2() && !p.UnencryptedHTTP2() {
 		return
 	}
-	h2 := &http.Server{IdleTimeout: s.IdleTimeout, ReadTimeout: s.ReadTimeout, HTTP2: s.HTTP2}
-	h2.Serve(failListener{}) // configures HTTP/2 on h2, then returns at once
-	proto, unencrypted := h2.TLSNextProto["h2"], h2.TLSNextProto["unencrypted_http2"]
-	if proto == nil {
+	h := newH2Conns(s)
+	if h == nil {
 		return // HTTP/2 disabled (GODEBUG=http2server=0)
 	}
-	s.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": proto}
-	if p.UnencryptedHTTP2() && unencrypted != nil {
-		s.TLSNextProto["unencrypted_http2"] = unencrypted
+	s.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": h.serveTLS}
+	if p.UnencryptedHTTP2() {
+		s.TLSNextProto["unencrypted_http2"] = h.serveUnencrypted
 	}
-	s.h2 = h2
+	s.h2 = h
 }
 
 // protocols returns the protocols s serves: s.Protocols, or HTTP/1 and HTTP/2 over
@@ -187,7 +160,8 @@ func (s *Server) listen(addr string) (net.Listener, error) {
 }
 
 // ServeTLS is Serve with TLS: l is tracked, then wrapped in TLS with s.TLSConfig and
-// the given certificate (either may be empty when TLSConfig has certificates).
+// the given certificate (either may be empty when TLSConfig has certificates, or
+// GetCertificate: the way to serve TLS with a tls.Config of one's own).
 // "h2" is offered when s.Protocols has HTTP/2 (the default). TLS sessions resume
 // across upgrades: the Upgrader's session-ticket keys are installed (see
 // Upgrader.KeepTLSSessions) unless TLSConfig disables session tickets or has
@@ -230,6 +204,21 @@ func (s *Server) ServeTLS(l net.Listener, certFile, keyFile string) error {
 // http.ErrServerClosed once the Server has drained (see Server) or Shutdown has
 // finished. Other errors are returned as they happen. The process's Upgrader is
 // the one New made, or one with the zero Config.
+//
+// l is a listener of the Upgrader, or a listener of the application's around one
+// (tls.NewListener, a struct that embeds it, any net.Listener whose Accept calls
+// its Accept): Serve returns http.ErrServerClosed once drained either way. A drain
+// after a handover stops the Upgrader's own listener without closing it, so that
+// it can be taken back if the new generation dies; a listener around it cannot be
+// stopped that way, so the drain closes it, and that drain cannot be taken back
+// (see Upgrader).
+//
+// To serve TLS with a tls.Config of one's own, set TLSConfig and call ServeTLS
+// with the Upgrader's listener and empty file names: the Server then offers HTTP/2,
+// keeps TLS sessions across upgrades, and handlers see r.TLS. Serve on
+// tls.NewListener(l, cfg) serves HTTP/1 only, with r.TLS set (net/http switches
+// to HTTP/2 only a connection that is a *tls.Conn, and the Server wraps the
+// connections it accepts to track them): leave "h2" out of cfg.NextProtos.
 func (s *Server) Serve(l net.Listener) error {
 	return s.serve(l, nil)
 }
@@ -241,9 +230,10 @@ func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) err
 		return err
 	}
 	s.init()
-	var tl net.Listener = s.drainer.Listener(l)
+	dl := s.drainer.Listener(l)
+	tl := dl
 	if wrap != nil {
-		tl = wrap(tl)
+		tl = wrap(dl)
 	}
 	u.adopt(&target{d: &s.drainer, s: s, timeout: s.DrainTimeout})
 	errc := make(chan error, 1)
@@ -254,12 +244,10 @@ func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) err
 		return err
 	}
 	err = <-errc
-	s.drainer.mu.Lock()
-	final := s.drainer.final
-	s.drainer.mu.Unlock()
-	if final {
-		// The listener was closed by a drain: return once it is over (whoever
-		// drains force-closes what is left at its deadline).
+	if s.drainer.closedByDrain(dl) {
+		// The listener was closed by a drain (for good, or because it cannot
+		// stop accepting otherwise): return once it is over (whoever drains
+		// force-closes what is left at its deadline).
 		s.drainer.wait(context.Background())
 		return http.ErrServerClosed
 	}
@@ -268,10 +256,10 @@ func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) err
 
 // startDrain tells HTTP/2 connections to go away and runs the RegisterOnShutdown
 // functions. The Drainer is draining already: an HTTP/2 connection that net/http
-// takes from now on is told to go away by itself (see init).
+// hands over from now on is told to go away by itself (see h2Conns.add).
 func (s *Server) startDrain() {
 	if s.h2 != nil {
-		s.goAway()
+		s.h2.goAway()
 	}
 	s.mu.Lock()
 	hooks := slices.Clone(s.hooks)
@@ -281,18 +269,8 @@ func (s *Server) startDrain() {
 	}
 }
 
-// goAway sends GOAWAY on every HTTP/2 connection net/http has taken (once per
-// connection): streams in flight finish, new ones go to a new connection (the new
-// generation), and net/http closes the connection once it is quiet. It returns at
-// once: s.h2 has no listener or HTTP/1 connections to wait for.
-func (s *Server) goAway() {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	s.h2.Shutdown(ctx)
-}
-
 // Shutdown drains the server as described on Server, now: it stops accepting (its
-// listeners are closed), turns keep-alive off, sends GOAWAY to HTTP/2 connections,
+// listeners are closed), turns keep-alive off, tells HTTP/2 connections to go away,
 // closes idle connections after the grace period and waits for the rest. When ctx
 // is done it force-closes every connection still open and returns
 // ErrDrainDeadline; otherwise it returns nil once all connections are closed. A

@@ -21,9 +21,11 @@ import (
 	"github.com/seed-a7250cfa/handover/internal/testcert"
 )
 
-// Every HTTP/2 connection of a draining Server is told to go away (GOAWAY), for each
-// way http.Server.Protocols can enable HTTP/2: issue 8 found that unencrypted HTTP/2
-// alone, or with HTTP/1, never was. The clients are real connections on loopback,
+// Every HTTP/2 connection of a draining Server is told to go away, for each way
+// http.Server.Protocols can enable HTTP/2 (issue 8 found that unencrypted HTTP/2
+// alone, or with HTTP/1, never was), in RFC 9113's two steps (issue 17): a GOAWAY
+// with stream 2^31-1 and a PING, then, once the PING is answered, net/http's GOAWAY
+// with the last stream it processed. The clients are real connections on loopback,
 // speaking HTTP/2 frame by frame (h2conn below), so that nothing retries or hides a
 // GOAWAY. The Servers' Drainers run on a fake clock: no keep-alive grace elapses,
 // so an HTTP/2 connection can only end because net/http closes it after its GOAWAY,
@@ -90,17 +92,28 @@ func holdHandler(release <-chan struct{}) http.Handler {
 		io.WriteString(w, "last\n")
 	})
 	mux.HandleFunc("/{$}", okHandler)
+	mux.HandleFunc("/who", func(w http.ResponseWriter, r *http.Request) {
+		local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+		tlsState := "none"
+		if r.TLS != nil {
+			tlsState = fmt.Sprintf("%v/%s", r.TLS.HandshakeComplete, r.TLS.NegotiatedProtocol)
+		}
+		fmt.Fprintf(w, "%s %s %s %v", r.Proto, tlsState, r.RemoteAddr, local)
+	})
 	return mux
 }
 
 // serveCase serves handler with tc's Protocols on a loopback listener (with TLS and
-// a new certificate if tc says so), the Server's Drainer on clock. pool trusts the
-// certificate (nil without TLS). Serve must return http.ErrServerClosed once the
-// test has drained the Server.
-func serveCase(t *testing.T, tc h2Case, handler http.Handler, clock *fakeClock) (s *Server, addr string, pool *x509.CertPool) {
+// a new certificate if tc says so), the Server's Drainer on clock, after the
+// configure functions ran on the Server. pool trusts the certificate (nil without
+// TLS). Serve must return http.ErrServerClosed once the test has drained the Server.
+func serveCase(t *testing.T, tc h2Case, handler http.Handler, clock *fakeClock, configure ...func(*Server)) (s *Server, addr string, pool *x509.CertPool) {
 	t.Helper()
 	s = &Server{Server: http.Server{Handler: handler, Protocols: tc.proto}, KeepAliveGrace: testGrace}
 	s.drainer.clock = clock
+	for _, f := range configure {
+		f(s)
+	}
 	ln := listenLoopback(t)
 	errc := make(chan error, 1)
 	if tc.tls {
@@ -140,8 +153,9 @@ func TestServerHTTP2GoAway(t *testing.T) {
 }
 
 // checkGoAway: a stream in flight when Shutdown starts; the connection gets exactly
-// one GOAWAY (NO_ERROR) that covers the stream, which completes; then net/http
-// closes the connection and Shutdown returns nil, not at its deadline.
+// two GOAWAY frames (NO_ERROR): the first with stream 2^31-1, then one that covers
+// the stream, which completes; then net/http closes the connection and Shutdown
+// returns nil, not at its deadline.
 func checkGoAway(t *testing.T, s *Server, addr string, pool *x509.CertPool, release chan struct{}) {
 	c := dialH2(t, addr, pool)
 	if r := c.roundTrip(t, "/"); r.status != 200 || string(r.body) != "ok" {
@@ -159,8 +173,12 @@ func checkGoAway(t *testing.T, s *Server, addr string, pool *x509.CertPool, rele
 	if len(gs) == 0 {
 		t.Fatalf("no GOAWAY: the connection ended (%v) when the drain deadline force-closed it; Shutdown: %v", c.readErr(), <-shut)
 	}
-	if g := gs[0]; g.code != 0 || g.last < hold || !slices.Equal(g.open, []uint32{hold}) {
-		t.Errorf("GOAWAY %+v; want NO_ERROR, last stream >= %d, stream %d open", g, hold, hold)
+	if g := gs[0]; g.code != 0 || g.last != maxStreamID || !slices.Equal(g.open, []uint32{hold}) {
+		t.Errorf("first GOAWAY %+v; want NO_ERROR, last stream 2^31-1, stream %d open", g, hold)
+	}
+	c.waitFor(t, "the second GOAWAY (or the connection's end)", func() bool { return len(c.goaways) > 1 || c.err != nil })
+	if gs := c.goAways(); len(gs) < 2 || gs[1].code != 0 || gs[1].last < hold {
+		t.Errorf("GOAWAY frames %+v; want a second one, NO_ERROR, last stream >= %d", gs, hold)
 	}
 	select {
 	case err := <-shut:
@@ -179,8 +197,8 @@ func checkGoAway(t *testing.T, s *Server, addr string, pool *x509.CertPool, rele
 	if err := <-shut; err != nil {
 		t.Errorf("Shutdown: %v, want nil (every connection closed before the deadline)", err)
 	}
-	if gs := c.goAways(); len(gs) != 1 {
-		t.Errorf("%d GOAWAY frames, want 1: %+v", len(gs), gs)
+	if gs := c.goAways(); len(gs) != 2 {
+		t.Errorf("%d GOAWAY frames, want 2: %+v", len(gs), gs)
 	}
 }
 
@@ -245,10 +263,9 @@ func checkHTTP1OverTLS(t *testing.T, s *Server, addr string, pool *x509.CertPool
 	}
 }
 
-// TestServerHTTP2LateConnection: a connection accepted before the drain that starts
-// HTTP/2 (TLS handshake, or h2c preface) only once the Server drains is told to go
-// away too. net/http's GOAWAY reaches only the connections it knows at that moment.
-func TestServerHTTP2LateConnection(t *testing.T) {
+// eachH2Case runs f in a parallel subtest for each Protocols combination that serves
+// HTTP/2, with a test Upgrader as the process's.
+func eachH2Case(t *testing.T, f func(t *testing.T, tc h2Case)) {
 	useTestUpgrader(t)
 	for _, tc := range h2Cases {
 		if !tc.h2 {
@@ -256,37 +273,169 @@ func TestServerHTTP2LateConnection(t *testing.T) {
 		}
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			s, addr, pool := serveCase(t, tc, holdHandler(nil), newFakeClock())
-			raw, err := net.Dial("tcp", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { raw.Close() })
-			eventually(t, "the connection to be accepted", func() bool { return s.drainer.Counts().New == 1 })
-			ctx, cancel := context.WithTimeout(context.Background(), drainDeadline)
-			defer cancel()
-			shut := make(chan error, 1)
-			go func() { shut <- s.Shutdown(ctx) }()
-			<-s.drainer.Draining()
-
-			h := newH2Conn(t, raw, pool)
-			id := h.get(t, "/")
-			h.waitFor(t, "a GOAWAY (or the connection's end)", func() bool { return len(h.goaways) > 0 || h.err != nil })
-			g := h.goAways()
-			if len(g) != 1 || g[0].code != 0 {
-				t.Fatalf("GOAWAY frames %+v, want one with NO_ERROR; the connection ended with %v; Shutdown: %v", g, h.readErr(), <-shut)
-			}
-			// The request was processed and answered, or it was not processed (above
-			// the last stream): a client sends it again on a new connection.
-			if r := h.wait(t, id); g[0].last >= id && (r.status != 200 || string(r.body) != "ok") {
-				t.Errorf("the request, processed (last stream %d), got %d %q", g[0].last, r.status, r.body)
-			}
-			h.Close() // as a client does once its streams are done
-			if err := <-shut; err != nil {
-				t.Errorf("Shutdown: %v", err)
-			}
+			f(t, tc)
 		})
 	}
+}
+
+// TestServerHTTP2RequestFields: served through the h2Conn that tells it to go away,
+// an HTTP/2 request still carries what net/http gives it: r.Proto, r.TLS (over TLS,
+// with the handshake complete and "h2" negotiated; nil for h2c), r.RemoteAddr and
+// the local address in the context.
+func TestServerHTTP2RequestFields(t *testing.T) {
+	eachH2Case(t, func(t *testing.T, tc h2Case) {
+		_, addr, pool := serveCase(t, tc, holdHandler(nil), newFakeClock())
+		c := dialH2(t, addr, pool)
+		tlsState := "none"
+		if tc.tls {
+			tlsState = "true/h2"
+		}
+		want := fmt.Sprintf("HTTP/2.0 %s %s %s", tlsState, c.LocalAddr(), c.RemoteAddr())
+		if r := c.roundTrip(t, "/who"); r.status != 200 || string(r.body) != want {
+			t.Errorf("GET /who: %d %q, want %q", r.status, r.body, want)
+		}
+	})
+}
+
+// TestServerHTTP2LateConnection: a connection accepted before the drain that starts
+// HTTP/2 (TLS handshake, or h2c preface) only once the Server drains is told to go
+// away too, in both steps, once it has sent its first request, which is answered.
+func TestServerHTTP2LateConnection(t *testing.T) {
+	eachH2Case(t, func(t *testing.T, tc h2Case) {
+		s, addr, pool := serveCase(t, tc, holdHandler(nil), newFakeClock())
+		raw, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { raw.Close() })
+		eventually(t, "the connection to be accepted", func() bool { return s.drainer.Counts().New == 1 })
+		ctx, cancel := context.WithTimeout(context.Background(), drainDeadline)
+		defer cancel()
+		shut := make(chan error, 1)
+		go func() { shut <- s.Shutdown(ctx) }()
+		<-s.drainer.Draining()
+
+		h := newH2Conn(t, raw, pool)
+		id := h.get(t, "/")
+		h.waitFor(t, "two GOAWAY frames (or the connection's end)", func() bool { return len(h.goaways) > 1 || h.err != nil })
+		g := h.goAways()
+		if len(g) != 2 || g[0].code != 0 || g[0].last != maxStreamID || g[1].code != 0 {
+			t.Fatalf("GOAWAY frames %+v, want two with NO_ERROR, the first with stream 2^31-1; the connection ended with %v; Shutdown: %v", g, h.readErr(), <-shut)
+		}
+		// The first GOAWAY waited for the request, so the second covers it.
+		if r := h.wait(t, id); g[1].last < id || r.status != 200 || string(r.body) != "ok" {
+			t.Errorf("the request: last stream %d, answered %d %q; want it covered and answered 200 \"ok\"", g[1].last, r.status, r.body)
+		}
+		h.Close() // as a client does once its streams are done
+		if err := <-shut; err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+}
+
+// TestServerHTTP2GoAwayTwoSteps: the drain's first GOAWAY (stream 2^31-1) comes with
+// a PING right behind it; a stream the client opens after that GOAWAY but before it
+// answers the PING (as a client does whose request crossed the GOAWAY on the wire)
+// is processed and answered; net/http's GOAWAY, which covers it, comes only once the
+// PING is answered. With a single GOAWAY (issue 17) the stream was above its last
+// stream and never answered.
+func TestServerHTTP2GoAwayTwoSteps(t *testing.T) {
+	eachH2Case(t, func(t *testing.T, tc h2Case) {
+		// The PING's ACK is the test's to send: the bound on the wait for it
+		// must not end the first step first.
+		c, shut := drainHoldingPings(t, tc, time.Hour)
+		c.mu.Lock()
+		gs, control, pings := slices.Clone(c.goaways), slices.Clone(c.control), slices.Clone(c.pings)
+		c.mu.Unlock()
+		if !slices.Equal(control, []string{"GOAWAY", "PING"}) || gs[0].code != 0 || gs[0].last != maxStreamID {
+			t.Fatalf("control frames %q, GOAWAY frames %+v (connection: %v); want a GOAWAY (NO_ERROR, last stream 2^31-1), then a PING", control, gs, c.readErr())
+		}
+		ping := pings[0]
+		late := c.get(t, "/") // opened after the first GOAWAY, before the ACK
+		if err := c.write(t, h2frame(0x6, 0x1, 0, ping)); err != nil {
+			t.Fatal(err)
+		}
+		c.waitFor(t, "the second GOAWAY (or the connection's end)", func() bool { return len(c.goaways) > 1 || c.err != nil })
+		if gs := c.goAways(); len(gs) != 2 || gs[1].code != 0 || gs[1].last != late {
+			t.Errorf("GOAWAY frames %+v; want a second one, NO_ERROR, last stream %d", gs, late)
+		}
+		if r := c.wait(t, late); r.status != 200 || string(r.body) != "ok" || r.reset {
+			t.Errorf("the stream opened after the first GOAWAY: %d %q (reset %v); want 200 \"ok\"", r.status, r.body, r.reset)
+		}
+		c.waitFor(t, "the server to close the connection", func() bool { return c.err != nil })
+		if err := <-shut; err != nil {
+			t.Errorf("Shutdown: %v, want nil", err)
+		}
+	})
+}
+
+// drainHoldingPings serves tc, with ackTimeout as the bound on the wait for a PING's
+// ACK, connects a client that leaves PINGs to the test to acknowledge, makes a
+// request, starts Shutdown, and returns once the client has received a PING (or its
+// connection has ended). Shutdown's result comes on the channel.
+func drainHoldingPings(t *testing.T, tc h2Case, ackTimeout time.Duration) (*h2conn, <-chan error) {
+	t.Helper()
+	s, addr, pool := serveCase(t, tc, holdHandler(nil), newFakeClock(), func(s *Server) { s.goAwayAckTimeout = ackTimeout })
+	c := dialH2(t, addr, pool)
+	c.mu.Lock()
+	c.holdPings = true
+	c.mu.Unlock()
+	if r := c.roundTrip(t, "/"); r.status != 200 || string(r.body) != "ok" {
+		t.Fatalf("GET /: %d %q", r.status, r.body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), drainDeadline)
+	t.Cleanup(cancel)
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(ctx) }()
+	c.waitFor(t, "a GOAWAY and a PING (or the connection's end)", func() bool { return len(c.pings) > 0 || c.err != nil })
+	return c, shut
+}
+
+// TestServerHTTP2GoAwayAckTimeout: a client that never answers the PING still gets
+// net/http's GOAWAY once the wait for the ACK is over, covering the stream it opened
+// meanwhile, which is answered; the drain then ends as usual.
+func TestServerHTTP2GoAwayAckTimeout(t *testing.T) {
+	eachH2Case(t, func(t *testing.T, tc h2Case) {
+		c, shut := drainHoldingPings(t, tc, 50*time.Millisecond)
+		late := c.get(t, "/")
+		c.waitFor(t, "the second GOAWAY (or the connection's end)", func() bool { return len(c.goaways) > 1 || c.err != nil })
+		gs := c.goAways()
+		if len(gs) != 2 || gs[0].last != maxStreamID || gs[1].code != 0 {
+			t.Fatalf("GOAWAY frames %+v; want two, NO_ERROR, the first with stream 2^31-1", gs)
+		}
+		// The stream reached the server before the bound was over (it is
+		// covered), or after (it is not, and a client sends it again elsewhere).
+		if r := c.wait(t, late); gs[1].last >= late && (r.status != 200 || string(r.body) != "ok") {
+			t.Errorf("the stream opened after the first GOAWAY, covered by the second: %d %q", r.status, r.body)
+		}
+		c.waitFor(t, "the server to close the connection", func() bool { return c.err != nil })
+		if err := <-shut; err != nil {
+			t.Errorf("Shutdown: %v, want nil", err)
+		}
+	})
+}
+
+// TestServerHTTP2ConnectionWithoutRequest: a connection that sends no request gets
+// its first GOAWAY once the wait for a first request is over, and net/http's, with
+// last stream 0, once it answers the PING; then it is closed and the drain ends.
+func TestServerHTTP2ConnectionWithoutRequest(t *testing.T) {
+	eachH2Case(t, func(t *testing.T, tc h2Case) {
+		s, addr, pool := serveCase(t, tc, holdHandler(nil), newFakeClock(), func(s *Server) { s.goAwayAckTimeout = 50 * time.Millisecond })
+		c := dialH2(t, addr, pool)
+		eventually(t, "the connection to be accepted", func() bool { return s.drainer.Counts().Accepted == 1 })
+		ctx, cancel := context.WithTimeout(context.Background(), drainDeadline)
+		defer cancel()
+		shut := make(chan error, 1)
+		go func() { shut <- s.Shutdown(ctx) }()
+		c.waitFor(t, "two GOAWAY frames (or the connection's end)", func() bool { return len(c.goaways) > 1 || c.err != nil })
+		if gs := c.goAways(); len(gs) != 2 || gs[0].last != maxStreamID || gs[1].last != 0 || gs[1].code != 0 {
+			t.Errorf("GOAWAY frames %+v; want two, NO_ERROR: stream 2^31-1, then 0", gs)
+		}
+		c.waitFor(t, "the server to close the connection", func() bool { return c.err != nil })
+		if err := <-shut; err != nil {
+			t.Errorf("Shutdown: %v, want nil", err)
+		}
+	})
 }
 
 // TestUpgraderDrainsEveryServer: the Upgrader's own drain (Stop, as on SIGTERM) tells
@@ -310,8 +459,8 @@ func TestUpgraderDrainsEveryServer(t *testing.T) {
 	u.Stop()
 	for i, h := range conns {
 		h.waitFor(t, "a GOAWAY (or the connection's end)", func() bool { return len(h.goaways) > 0 || h.err != nil })
-		if g := h.goAways(); len(g) == 0 || !slices.Equal(g[0].open, []uint32{holds[i]}) {
-			t.Errorf("%s: GOAWAY frames %+v, want one while stream %d was open", names[i], g, holds[i])
+		if g := h.goAways(); len(g) == 0 || g[0].last != maxStreamID || !slices.Equal(g[0].open, []uint32{holds[i]}) {
+			t.Errorf("%s: GOAWAY frames %+v, want one with stream 2^31-1 while stream %d was open", names[i], g, holds[i])
 		}
 	}
 	close(release)
@@ -320,8 +469,8 @@ func TestUpgraderDrainsEveryServer(t *testing.T) {
 			t.Errorf("%s: the stream in flight: %d %q", names[i], r.status, r.body)
 		}
 		h.waitFor(t, "the server to close the connection", func() bool { return h.err != nil })
-		if g := h.goAways(); len(g) != 1 {
-			t.Errorf("%s: %d GOAWAY frames, want 1", names[i], len(g))
+		if g := h.goAways(); len(g) != 2 || g[1].last < holds[i] {
+			t.Errorf("%s: GOAWAY frames %+v, want 2, the second covering stream %d", names[i], g, holds[i])
 		}
 	}
 	done := make(chan error, 1)
@@ -338,7 +487,8 @@ func TestUpgraderDrainsEveryServer(t *testing.T) {
 
 // h2conn is a bare HTTP/2 client connection (the tests' full client,
 // tests/internal/h2, is out of this package's reach): GET requests use static-table
-// indexes and literals; it acknowledges SETTINGS and PING and records every GOAWAY and
+// indexes and literals; it acknowledges SETTINGS and PING (unless holdPings is set:
+// then the test acknowledges them) and records every GOAWAY and PING, in order, and
 // each stream's status, body and end. Response statuses are read from the first
 // field of a header block, which net/http encodes as a static-table index.
 type h2conn struct {
@@ -347,11 +497,14 @@ type h2conn struct {
 	wmu    sync.Mutex
 	next   uint32 // guarded by wmu
 
-	mu      sync.Mutex
-	changed chan struct{}
-	goaways []h2goaway
-	streams map[uint32]*h2stream
-	err     error // why the reader ended
+	mu        sync.Mutex
+	changed   chan struct{}
+	goaways   []h2goaway
+	pings     [][]byte // the payloads of the PINGs received (not ACKs)
+	control   []string // "GOAWAY" and "PING", as received
+	holdPings bool     // PINGs are not acknowledged by the reader
+	streams   map[uint32]*h2stream
+	err       error // why the reader ended
 }
 
 type h2goaway struct {
@@ -527,7 +680,17 @@ func (h *h2conn) read() error {
 			}
 			continue
 		case 0x6: // PING
-			if flags&0x1 == 0 {
+			if flags&0x1 != 0 {
+				continue
+			}
+			h.mu.Lock()
+			h.pings = append(h.pings, p)
+			h.control = append(h.control, "PING")
+			hold := h.holdPings
+			close(h.changed)
+			h.changed = make(chan struct{})
+			h.mu.Unlock()
+			if !hold {
 				if err := h.write(nil, h2frame(0x6, 0x1, 0, p)); err != nil {
 					return err
 				}
@@ -548,6 +711,7 @@ func (h *h2conn) read() error {
 			}
 			slices.Sort(g.open)
 			h.goaways = append(h.goaways, g)
+			h.control = append(h.control, "GOAWAY")
 			for id, s := range h.streams {
 				s.ended = s.ended || id > g.last // not processed
 			}

@@ -1,17 +1,18 @@
 package graceful
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/signal"
 	"strconv"
-	"sync"
 	"syscall"
 
-	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
+
+	"github.com/seed-a7250cfa/handover/internal/fds"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/proc"
+	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 )
 
 // selfExecutable is this process's own executable, even if the file it was started
@@ -30,8 +31,8 @@ func (m *machine) childSpec(path string) childSpec {
 	}
 	if w := m.svc.watchdog; w != nil {
 		spec.env = append(spec.env,
-			"WATCHDOG_USEC="+strconv.FormatInt(w.Interval.Microseconds(), 10),
-			"WATCHDOG_PID="+strconv.Itoa(os.Getpid()))
+			sdnotify.WatchdogUSecEnv+"="+strconv.FormatInt(w.Interval.Microseconds(), 10),
+			sdnotify.WatchdogPIDEnv+"="+strconv.Itoa(os.Getpid()))
 	}
 	return spec
 }
@@ -43,8 +44,8 @@ func (m *machine) childSpec(path string) childSpec {
 //
 // batch is the initial batch of messages (see handoff.Message): it is written into
 // the channel before the child starts, then "end".
-func spawnChild(set *handoff.Set, reserve *handoff.Child, spec childSpec, start startFunc, batch []handoff.Message) (c child, ch *handoff.Channel, out *stderrTail, err error) {
-	if err := resolveExecutable(spec.path); err != nil {
+func spawnChild(set *fds.Set, reserve *fds.Child, spec childSpec, start startFunc, batch []handoff.Message) (c child, ch *handoff.Channel, out *proc.Tail, err error) {
+	if err := proc.Check("new binary", spec.path); err != nil {
 		return nil, nil, nil, err
 	}
 	kids := reserve
@@ -102,7 +103,7 @@ func spawnChild(set *handoff.Set, reserve *handoff.Child, spec childSpec, start 
 		parentEnd.Close()
 		return nil, nil, nil, err
 	}
-	return c, parentEnd, relayStderr(r, os.Stderr), nil
+	return c, parentEnd, proc.Relay(r, os.Stderr), nil
 }
 
 // childSpec is a process the upgrader starts: the new generation.
@@ -118,7 +119,8 @@ type childSpec struct {
 	stderr  *os.File // its fd 2; nil means ours
 }
 
-// child is a started process as the upgrader sees it.
+// child is a started process as the upgrader sees it (a *proc.Process, or a test's
+// fake).
 type child interface {
 	Pid() int
 	// Exited is closed when the process has exited.
@@ -136,130 +138,13 @@ type child interface {
 // startFunc starts a child; the seam tests replace.
 type startFunc func(childSpec) (child, error)
 
-// resolveExecutable checks, at upgrade time, that path names an executable regular
-// file (following symlinks, so that replacing the file or retargeting a link such as
-// /opt/app/current upgrades to the new build).
-func resolveExecutable(path string) error {
-	st, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("new binary %s does not exist (was it removed or renamed during the deploy?)", path)
-	}
-	if err != nil {
-		return fmt.Errorf("new binary %s: %w", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("new binary %s is not a regular file (%s)", path, st.Mode().Type())
-	}
-	if err := unix.Access(path, unix.X_OK); err != nil {
-		return fmt.Errorf("new binary %s is not executable (mode %s): %w", path, st.Mode().Perm(), err)
-	}
-	return nil
-}
-
 // startProcess is the real startFunc.
 func startProcess(spec childSpec) (child, error) {
-	pidfd := -1
-	sys := &syscall.SysProcAttr{PidFD: &pidfd}
-	if spec.sibling {
-		sys.Cloneflags = unix.CLONE_PARENT
-	}
-	stderr := spec.stderr
-	if stderr == nil {
-		stderr = os.Stderr
-	}
-	files := append([]*os.File{os.Stdin, os.Stdout, stderr}, spec.files...)
-	p, err := os.StartProcess(spec.path, spec.args, &os.ProcAttr{Env: spec.env, Files: files, Sys: sys})
+	p, err := proc.Start(proc.Spec{Path: spec.path, Args: spec.args, Env: spec.env, Files: spec.files, Stderr: spec.stderr, Sibling: spec.sibling})
 	if err != nil {
-		if _, serr := os.Stat(spec.path); serr == nil && errors.Is(err, fs.ErrNotExist) {
-			// execve's ENOENT for a file that exists: what is missing is what it names.
-			err = fmt.Errorf("%w (the file exists: the interpreter on its #! line, or its ELF loader, is missing)", err)
-		}
-		return nil, fmt.Errorf("starting %s: %w", spec.path, err)
+		return nil, err
 	}
-	c := &proc{p: p, pid: p.Pid, sibling: spec.sibling, exited: make(chan struct{})}
-	if pidfd < 0 {
-		// No pidfd (an old kernel): a child of ours can still be waited for.
-		if spec.sibling {
-			return c, fmt.Errorf("starting %s as a sibling needs pidfd support (Linux 5.4 or later)", spec.path)
-		}
-		go c.wait()
-		return c, nil
-	}
-	if err := unix.SetNonblock(pidfd, true); err != nil {
-		unix.Close(pidfd)
-		go c.wait()
-		return c, nil
-	}
-	c.pidfd = os.NewFile(uintptr(pidfd), "pidfd")
-	go c.watch()
-	return c, nil
-}
-
-type proc struct {
-	p       *os.Process
-	pid     int // p.Pid at start: os.Process sets it to -1 once waited for or released
-	sibling bool
-	pidfd   *os.File
-	exited  chan struct{}
-
-	mu     sync.Mutex
-	status string
-}
-
-func (c *proc) Pid() int                { return c.pid }
-func (c *proc) Exited() <-chan struct{} { return c.exited }
-
-func (c *proc) ExitStatus() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.status
-}
-
-// watch waits, through the runtime's poller, until the pidfd says the process exited.
-// Closing the pidfd (Release) ends it.
-func (c *proc) watch() {
-	rc, err := c.pidfd.SyscallConn()
-	if err != nil {
-		return
-	}
-	err = rc.Read(func(fd uintptr) bool {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, _ := unix.Poll(fds, 0)
-		return n > 0
-	})
-	if err != nil {
-		return // released
-	}
-	if !c.sibling {
-		c.reap()
-	}
-	close(c.exited)
-}
-
-// wait is watch without a pidfd.
-func (c *proc) wait() {
-	c.reap()
-	close(c.exited)
-}
-
-func (c *proc) reap() {
-	st, err := c.p.Wait()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err != nil {
-		c.status = err.Error()
-	} else {
-		c.status = st.String()
-	}
-}
-
-func (c *proc) Kill() { c.p.Kill() }
-
-func (c *proc) Release() {
-	if c.pidfd != nil {
-		c.pidfd.Close()
-	}
-	c.p.Release()
+	return p, nil
 }
 
 // holdStderr, in a new generation whose fd 2 is its parent's pipe (see

@@ -2,7 +2,11 @@
 
 package graceful
 
-import "github.com/seed-a7250cfa/handover/internal/handoff"
+import (
+	"github.com/seed-a7250cfa/handover/internal/fds"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/proc"
+)
 
 const selfExecutable = ""
 
@@ -23,7 +27,7 @@ func startProcess(childSpec) (child, error) { return nil, handoff.ErrUnsupported
 
 func (m *machine) childSpec(path string) childSpec { return childSpec{} }
 
-func spawnChild(*handoff.Set, *handoff.Child, childSpec, startFunc, []handoff.Message) (child, *handoff.Channel, *stderrTail, error) {
+func spawnChild(*fds.Set, *fds.Child, childSpec, startFunc, []handoff.Message) (child, *handoff.Channel, *proc.Tail, error) {
 	return nil, nil, nil, handoff.ErrUnsupported
 }
 

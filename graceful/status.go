@@ -1,56 +1,84 @@
 package graceful
 
-// Status is a snapshot of a server process, as Upgrader.Status returns it and as
-// `handover status -json` prints it: one type for the library, the control socket and
-// the command line. Under `handover run`, the master answers with the same type
-// (PID is the master's; Child names the serving child).
-type Status struct {
-	// PID is the process that answered: the current generation, or the master.
-	PID int `json:"pid"`
-	// Generation is 1 for the first process of a line, n+1 for one started by n.
-	Generation int `json:"generation"`
-	// State is one of "starting", "serving", "upgrading" (a new generation is
-	// starting), "draining" (a new generation took over; this one finishes its
-	// connections), "stopping" (draining after SIGTERM) and "exited" (drained;
-	// Wait has returned).
-	State string `json:"state"`
-	// Executable is the program the next upgrade starts.
-	Executable string `json:"executable"`
-	// Systemd is true when a service manager supervises the process
-	// ($NOTIFY_SOCKET was set).
-	Systemd bool `json:"systemd"`
-	// Listeners are the sockets the process holds and passes on at an upgrade.
-	Listeners []Socket `json:"listeners"`
-	// Connections counts the open connections of every Server and Drainer of the
-	// process, by state.
-	Connections ConnCounts `json:"connections"`
-	// Upgrading is the PID of the new generation being started, or 0.
-	Upgrading int `json:"upgrading,omitempty"`
-	// LastError is why the last upgrade failed, if it did (cleared by a successful
-	// one).
-	LastError string `json:"last_error,omitempty"`
-	// Child is the PID of the serving child, under `handover run`.
-	Child int `json:"child,omitempty"`
-	// ChildExecutable, under `handover run`, is the file the serving child runs, as
-	// the master keeps it open, and whether it is the last good build (the one
-	// restarts start, even once the file on disk was replaced).
-	ChildExecutable string `json:"child_executable,omitempty"`
-	// Restarts counts the serving children `handover run` restarted after a crash.
-	Restarts int `json:"restarts,omitempty"`
-	// OlderDraining counts the older generations still draining.
-	OlderDraining int `json:"older_draining,omitempty"`
-	// Upgrades are the last upgrades of the line, oldest first (at most 10).
-	Upgrades []Upgrade `json:"upgrades,omitempty"`
-}
+import "github.com/seed-a7250cfa/handover/internal/wire"
 
-// Socket describes one socket a process holds.
-type Socket struct {
-	// Name is the socket's name (systemd's FileDescriptorName=), "" if none.
-	Name string `json:"name"`
-	// Network is "tcp", "unix", "udp"...; Addr the local address.
-	Network string `json:"network"`
-	Addr    string `json:"addr"`
-	// Source is where the process got it: "systemd", "parent" (the previous
-	// generation), "master" (`handover run`) or "bound" (it bound it itself).
-	Source string `json:"source"`
-}
+// The types of Status are defined once, in internal/wire, for the library, the
+// `handover run` master and the command line: the names here are the same types.
+
+// Status is a snapshot of a server process, as Upgrader.Status returns it and as
+// `handover status -json` prints it. Its fields (JSON names in brackets):
+//
+//   - PID (pid): the process that answered.
+//   - Generation (generation): 1 for the first process of a line, n+1 for one
+//     started by n.
+//   - State (state): "starting", "serving", "upgrading" (a new generation is
+//     starting), "draining" (a new generation took over; this one finishes its
+//     connections), "stopping" (draining after SIGTERM) or "exited" (drained; Wait
+//     has returned).
+//   - Executable (executable): the program the next upgrade starts.
+//   - Systemd (systemd): a service manager supervises the process ($NOTIFY_SOCKET).
+//   - Listeners (listeners): the sockets the process holds and passes on, each a
+//     Socket.
+//   - Connections (connections): the open connections of every Server and Drainer,
+//     by state (ConnCounts).
+//   - Upgrading (upgrading): the PID of the new generation being started, or 0.
+//   - LastError (last_error): why the last upgrade failed, if it did (cleared by a
+//     successful one).
+//   - OlderDraining (older_draining): the older generations still draining.
+//   - Upgrades (upgrades): the last 10 upgrades of the line, oldest first, each an
+//     Upgrade.
+//
+// A `handover run` master answers `handover status` with the same type: its PID is
+// the master's, and it alone fills Child (the serving child's PID),
+// ChildExecutable (the build that child runs) and Restarts (children restarted
+// after a crash). An Upgrader leaves those three zero.
+type Status = wire.Status
+
+// Socket describes one socket a process holds:
+//
+//   - Name (name): systemd's FileDescriptorName=, "" if none.
+//   - Network (network): "tcp", "unix", "udp"...; Addr (addr): the local address.
+//   - Source (source): where the process got it: "systemd", "parent" (the previous
+//     generation), "master" (`handover run`) or "bound" (it bound it itself).
+type Socket = wire.Socket
+
+// ConnCounts is a snapshot of open connections by state:
+//
+//   - New (new): accepted, but not a byte of a request yet.
+//   - Active (active): reading or handling a request (raw-protocol connections are
+//     active unless reported idle).
+//   - Idle (idle): kept alive between requests.
+//   - Hijacked (hijacked): taken over by a handler (websockets).
+//   - Accepted (accepted): every connection ever accepted.
+//
+// Its Total method returns the number of open connections.
+type ConnCounts = wire.ConnCounts
+
+// Upgrade is the record of one upgrade, as Status lists them. Each generation keeps
+// the records of the upgrades it took part in and hands them to the next, so that
+// the history survives upgrades. Its fields:
+//
+//   - Trigger (trigger): what asked for it: "SIGUSR2", "control socket" (handover
+//     reload), "API" (Upgrade), or "replacement" (this build started again for a
+//     new generation that died).
+//   - Start, End (start, end): when it was asked for; when the new generation took
+//     over, or the attempt failed.
+//   - From, To (from, to): the old and the new generation's PIDs (To is 0 if none
+//     started); Generation (generation): the new one's number.
+//   - Outcome (outcome): "ok" (it took over), "failed" (it never did; the old one
+//     serves on), "abandoned" (a stop came first) or "died" (it took over, then died
+//     while the old one drained, which served again).
+//   - Reason (reason): why it failed or died: "exited", "timeout", "start"... (the
+//     cause of the upgrade_failed log line); Error (error): the whole message;
+//     Stderr (stderr): the new process's last lines on its standard error.
+//   - HandoverSeconds (handover_seconds): from the request to the new generation
+//     being ready and confirmed (MAINPID= under systemd).
+//   - The old generation's drain, once it is over (Drained, drained): how long it
+//     took (DrainSeconds, drain_seconds), how many connections closed by
+//     themselves (ConnsClosed, conns_closed) and how many were force-closed at the
+//     deadline (ConnsForced, conns_forced), and how many HTTP requests it answered
+//     after the handover (RequestsAfter, requests_after).
+//
+// DrainKilled (drain_killed) is set by a `handover run` master only: why it killed
+// an old child before it exited by itself.
+type Upgrade = wire.Upgrade

@@ -4,6 +4,7 @@ import (
 	"os"
 
 	"github.com/seed-a7250cfa/handover/internal/carry"
+	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
@@ -44,9 +45,9 @@ type successor struct {
 
 // successors is what this process keeps for the generations that follow it.
 type successors struct {
-	cur      *successor     // the one watched, if any
-	reserve  *handoff.Child // the sockets kept open while draining, for a replacement
-	replaced int            // replacements started
+	cur      *successor // the one watched, if any
+	reserve  *fds.Child // the sockets kept open while draining, for a replacement
+	replaced int        // replacements started
 }
 
 // Events of the successor watch.

@@ -248,7 +248,7 @@ func (m *machine) connections() ConnCounts {
 	var c ConnCounts
 	for _, t := range m.drains.targets {
 		if !t.internal {
-			c.add(t.counts())
+			c.Add(t.counts())
 		}
 	}
 	return c

@@ -308,23 +308,11 @@ func decodeKeys(b []byte) ([]ticketKey, error) {
 // loadKeyFile reads the operator's key file (see Config.TicketKeyFile). The keys
 // are stamped with the time they are read, in file order (the first encrypts).
 func loadKeyFile(path string) ([]ticketKey, error) {
-	f, err := os.Open(path)
+	f, err := openKeyFile(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	switch mode := st.Mode(); {
-	case !mode.IsRegular():
-		return nil, fmt.Errorf("%s is not a regular file (%s)", path, mode.Type())
-	case mode.Perm()&0o027 != 0:
-		return nil, fmt.Errorf("%s has mode %04o: others may read it or its group may write it; it holds secrets: chmod 600 %s", path, mode.Perm(), path)
-	case st.Size() > maxKeyFile:
-		return nil, fmt.Errorf("%s is %d bytes long; a key file has at most %d keys", path, st.Size(), maxTicketKeys)
-	}
 	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
 	defer clear(b)
 	if err != nil {
@@ -355,6 +343,58 @@ func loadKeyFile(path string) ([]ticketKey, error) {
 		return nil, fmt.Errorf("%s holds %d keys; at most %d", path, len(keys), maxTicketKeys)
 	}
 	return keys, nil
+}
+
+// openKeyFile opens the key file for reading and checks the file it opened (fstat
+// of the descriptor: what is checked is what is read, with no race between a check
+// of the path and the open): a regular file, which others cannot read and its group
+// cannot write, owned by this process's user or root. It never blocks: the open does
+// not wait for a writer (O_NONBLOCK, where the system has it), so a FIFO at the path
+// is refused at once instead of holding up the start for ever. A symlink is
+// followed, as for any file the process opens (Kubernetes mounts secrets through
+// symlinks): the checks apply to the file it leads to.
+func openKeyFile(path string) (*os.File, error) {
+	f, err := openNonBlocking(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err == nil {
+		err = checkKeyFile(path, st)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// checkKeyFile checks what openKeyFile opened; st is its status.
+func checkKeyFile(path string, st os.FileInfo) error {
+	switch mode := st.Mode(); {
+	case !mode.IsRegular():
+		return fmt.Errorf("%s is %s, not a regular file; the keys must be in one: install -m 600 /dev/null FILE, write the keys into it, and name FILE instead", path, fileKind(mode))
+	case mode.Perm()&0o027 != 0:
+		return fmt.Errorf("%s has mode %04o: others may read it or its group may write it; it holds secrets: chmod 600 %s", path, mode.Perm(), path)
+	case st.Size() > maxKeyFile:
+		return fmt.Errorf("%s is %d bytes long; a key file has at most %d keys", path, st.Size(), maxTicketKeys)
+	}
+	return checkKeyFileOwner(path, st)
+}
+
+// fileKind names the type of a file that is not a regular file, for errors.
+func fileKind(mode os.FileMode) string {
+	switch {
+	case mode&os.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case mode.IsDir():
+		return "a directory"
+	case mode&os.ModeSocket != 0:
+		return "a socket"
+	case mode&os.ModeDevice != 0:
+		return "a device"
+	}
+	return fmt.Sprintf("a file of type %v", mode.Type())
 }
 
 // KeepTLSSessions makes the TLS sessions of cfg resumable across upgrades: it

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/carry"
+	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/pidfile"
 	"github.com/seed-a7250cfa/handover/internal/sdnotify"
@@ -18,7 +19,7 @@ import (
 // spawnSpec is what a new generation is started with.
 type spawnSpec struct {
 	child   childSpec
-	reserve *handoff.Child    // the sockets kept for a replacement; nil: the process's own
+	reserve *fds.Child        // the sockets kept for a replacement; nil: the process's own
 	batch   []handoff.Message // the initial batch (see handoff.Message)
 }
 
@@ -128,7 +129,7 @@ func (m *machine) endLate(e attemptEnded) {
 	go func() {
 		err := &upgradeError{Cause: causeAbandoned, Err: errAbandoned, PID: g.proc.Pid()}
 		status := g.end(errAbandoned.Error(), true, clk, wait)
-		err.Stderr = g.out.last()
+		err.Stderr = g.out.String()
 		post(attemptEnded{a: a, g: g, err: err, status: status})
 	}()
 }
@@ -213,7 +214,7 @@ func (m *machine) handedOver(e attemptEnded) {
 // stderrWait: what g logs until then (its start, a SIGUSR2 it defers) would
 // otherwise be lost with this process.
 func (m *machine) keepRelaying(g *generation) {
-	ended := g.out.ended()
+	ended := g.out.Done()
 	if ended == nil {
 		return
 	}

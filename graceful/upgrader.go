@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/carry"
+	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/pidfile"
+	"github.com/seed-a7250cfa/handover/internal/proc"
 	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 )
 
@@ -34,7 +36,7 @@ import (
 type Upgrader struct {
 	cfg   Config // with its defaults
 	log   *slog.Logger
-	set   *handoff.Set
+	set   *fds.Set
 	gen   int
 	start startFunc
 	m     *machine
@@ -112,7 +114,7 @@ func newSingleton(cfg Config) (*Upgrader, error) {
 // a zero s). On an error it returns the Upgrader too, for its parent channel.
 func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
 	cfg = cfg.withDefaults()
-	set, inheritErr := handoff.Inherit()
+	set, inheritErr := fds.Inherit()
 	u := &Upgrader{cfg: cfg, set: set, gen: set.Generation(), start: s.start,
 		events: make(chan event), sigs: make(chan os.Signal, 32)}
 	if u.start == nil {
@@ -144,7 +146,7 @@ func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
 	}
 	notifySignals(u.sigs)
 	from := "nothing inherited"
-	if set.Source() != handoff.Bound {
+	if set.Source() != fds.Bound {
 		from = fmt.Sprintf("%d descriptors from %s", len(set.Files()), set.Source())
 	}
 	u.log.Info("starting", "event", "start", "executable", u.m.exe, "inherited", from, "notify", u.m.notifier != nil, "master", set.Master())
@@ -202,7 +204,7 @@ func (u *Upgrader) newCarried() carried {
 func (u *Upgrader) setUp() (err error) {
 	m := u.m
 	if m.exe = u.cfg.Executable; m.exe == "" {
-		if m.exe, err = executablePath(os.Args[0]); err != nil {
+		if m.exe, err = proc.Find(os.Args[0]); err != nil {
 			return err
 		}
 	}
@@ -256,7 +258,7 @@ func (u *Upgrader) startCarriers() error {
 		h.store = managerStore{n}
 	}
 	u.ext.state.keep = n != nil && u.cfg.FDStore && !master
-	if u.set.Source() == handoff.Systemd {
+	if u.set.Source() == fds.Systemd {
 		u.ext.state.stored = managerStore{n}
 	}
 	for _, c := range u.ext.carriers {

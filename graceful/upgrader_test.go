@@ -18,8 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
+
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
 // These tests run a whole Upgrader (newUpgrader) with fake children (seams.start):

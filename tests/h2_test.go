@@ -1,7 +1,8 @@
 package tests
 
 // HTTP/2 across an upgrade, for every way http.Server.Protocols enables it: the old
-// generation tells each HTTP/2 connection to go away (GOAWAY). Clients are
+// generation tells each HTTP/2 connection to go away, in RFC 9113's two steps: a
+// GOAWAY with stream 2^31-1 and a PING, then the GOAWAY with the last stream. Clients are
 // tests/internal/h2, which shows every frame and never retries (net/http's Transport
 // would silently move to a new connection), and, for HTTP/1, rawhttp.
 
@@ -21,6 +22,10 @@ import (
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 )
+
+// maxStreamID is the last-stream-id of a draining server's first GOAWAY (RFC 9113
+// §6.8: "stop opening streams", none refused).
+const maxStreamID = 1<<31 - 1
 
 // h2Drain is the drain deadline of the HTTP/2 tests: the old generation must exit
 // well before it, as soon as its last stream is done.
@@ -60,8 +65,8 @@ func h2Lines(body []byte, n, pid int) error {
 
 // TestHTTP2GoAway: for each Protocols combination of the demo, a client holds an
 // HTTP/2 connection to the old generation with a stream in flight; on the upgrade the
-// connection gets exactly one GOAWAY (NO_ERROR) while the stream is open, and that
-// covers it; the stream completes with 200 from the old PID; a new connection reaches
+// connection gets exactly two GOAWAY frames (NO_ERROR): the first, with stream
+// 2^31-1, while the stream is open, and the second, which covers it; the stream completes with 200 from the old PID; a new connection reaches
 // the new PID; the old generation closes the connection and exits before its drain
 // deadline. With TLS and HTTP/1 only, "h2" is not negotiated, and keep-alive
 // connections get "Connection: close" or are closed by the drain.
@@ -149,8 +154,8 @@ func checkGoAway(t *testing.T, d *demo, addrs []string, dial func(addr string) (
 			continue
 		}
 		t.Logf("%s: GOAWAY %v after SIGUSR2", h.c.RemoteAddr(), g.At.Sub(signalled).Round(time.Millisecond))
-		if g.Code != h2.ErrCodeNo || g.LastStreamID < h.s.ID || !slices.Contains(g.Open, h.s.ID) {
-			t.Errorf("%s: GOAWAY %+v; want NO_ERROR, last-stream-id >= %d, stream %d open", h.c.RemoteAddr(), g, h.s.ID, h.s.ID)
+		if g.Code != h2.ErrCodeNo || g.LastStreamID != maxStreamID || !slices.Contains(g.Open, h.s.ID) {
+			t.Errorf("%s: first GOAWAY %+v; want NO_ERROR, last-stream-id 2^31-1, stream %d open", h.c.RemoteAddr(), g, h.s.ID)
 		}
 	}
 	// New connections reach the new generation.
@@ -185,8 +190,8 @@ func checkGoAway(t *testing.T, d *demo, addrs []string, dial func(addr string) (
 		if err := h.c.WaitClosed(5 * time.Second); err != io.EOF {
 			t.Errorf("%s: the connection ended with %v, want EOF (closed by the old generation)", h.c.RemoteAddr(), err)
 		}
-		if gs := h.c.GoAways(); len(gs) != 1 {
-			t.Errorf("%s: %d GOAWAY frames, want 1:\n%s", h.c.RemoteAddr(), len(gs), strings.Join(h.c.Trace(), "\n"))
+		if gs := h.c.GoAways(); len(gs) != 2 || gs[1].Code != h2.ErrCodeNo || gs[1].LastStreamID < h.s.ID {
+			t.Errorf("%s: GOAWAY frames %+v, want 2, the second NO_ERROR with last-stream-id >= %d:\n%s", h.c.RemoteAddr(), gs, h.s.ID, strings.Join(h.c.Trace(), "\n"))
 		}
 	}
 }

@@ -406,11 +406,24 @@ func TestRunPythonPID1(t *testing.T) {
 }
 
 // TestRunNodePID1: a Node.js server (server.listen({fd: 3}), drains on SIGTERM, never
-// notifies: -ready-after) under the master as PID 1: as the demo.
+// notifies: -ready-after) under the master as PID 1: as the demo, with a second load
+// beside the standard one: POSTs with a body, every client on a keep-alive
+// connection, none retried. (With http.Server's close for a drain, which since Node
+// 19 closes idle keep-alive connections at once, POSTs on their way in are lost.)
 func TestRunNodePID1(t *testing.T) {
 	node := needTool(t, "node", "/usr/bin/node")
 	m := startMaster(t, masterSpec{ns: true, prog: []string{node, abs(t, nodeServer)}, flags: []string{"-ready-after", "300ms"}})
+	posts, err := load.Start(load.Config{Addr: m.addr, KeepAliveFraction: 1, Method: "POST", Body: []byte(`{"key":"k","value":"v"}`),
+		Duration: 90 * time.Second, MaxRequests: 1_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
 	reloadsUnderLoad(t, m, 10, 500*time.Millisecond)
+	res := posts.Stop()
+	checkLoad(t, res)
+	if n := res.PIDs(); len(n) != 11 {
+		t.Errorf("the POSTs were answered by %d children, want 11", len(n))
+	}
 	if n := logs.Parse(m.log()).Count("child_ready", "via=delay"); n != 11 {
 		t.Errorf("%d children were ready after the delay, want 11", n)
 	}

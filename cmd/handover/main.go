@@ -26,21 +26,14 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
-	"net"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
-
-	"github.com/seed-a7250cfa/handover/graceful"
-	"github.com/seed-a7250cfa/handover/internal/control"
 )
 
 const usage = `usage:
@@ -81,6 +74,9 @@ Without -ready-after, a child must send READY=1 (sd_notify) to be ready.
 
 Flags:
 `
+
+// controlEnv names the control socket when -control is not given.
+const controlEnv = "HANDOVER_CONTROL"
 
 func main() {
 	// First of all: a child of `handover run` passing through the re-exec shim execs
@@ -127,7 +123,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fl := flag.NewFlagSet("handover "+cmd, flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	path := fl.String("control", os.Getenv("HANDOVER_CONTROL"), "path of the service's control socket")
+	path := fl.String("control", os.Getenv(controlEnv), "path of the service's control socket")
 	var timeout *time.Duration
 	var asJSON *bool
 	if cmd == "reload" {
@@ -147,199 +143,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if *path == "" {
-		fmt.Fprintf(stderr, "handover %s: no control socket: pass -control PATH or set HANDOVER_CONTROL (the path the service was given, e.g. /run/handover-demo/control.sock)\n", cmd)
+		fmt.Fprintf(stderr, "handover %s: no control socket: pass -control PATH or set %s (the path the service was given, e.g. /run/handover-demo/control.sock)\n", cmd, controlEnv)
 		return 2
 	}
 	if cmd == "reload" {
 		return reload(*path, *timeout, stdout, stderr)
 	}
 	return status(*path, *timeout, *asJSON, stdout, stderr)
-}
-
-// ask sends one request and reads the answer.
-func ask(path, req string, timeout time.Duration) (control.Response, error) {
-	c, err := net.DialTimeout("unix", path, 5*time.Second)
-	if err != nil {
-		return control.Response{}, explainDial(path, err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	if _, err := io.WriteString(c, req+"\n"); err != nil {
-		// The service answers a peer it refuses at once and closes without reading
-		// the request: the answer may be waiting although the write failed.
-		if resp, rerr := control.ReadResponse(c); rerr == nil {
-			return resp, nil
-		}
-		return control.Response{}, fmt.Errorf("sending %q to %s: %w", req, path, err)
-	}
-	resp, err := control.ReadResponse(c)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return resp, errTimedOut
-	}
-	if errors.Is(err, io.EOF) {
-		return resp, fmt.Errorf("%s closed the connection without answering (did the service stop?)", path)
-	}
-	return resp, err
-}
-
-func explainDial(path string, err error) error {
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("no control socket at %s: the service is not running, or it was started without this control socket", path)
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Errorf("nothing is listening on %s: the service is not running (the socket file is stale)", path)
-	case errors.Is(err, fs.ErrPermission):
-		return fmt.Errorf("permission denied on %s: run as the service's user or as root", path)
-	case errors.Is(err, syscall.ENOTSOCK), errors.Is(err, syscall.EPROTOTYPE):
-		return fmt.Errorf("%s is not a control socket: check -control", path)
-	}
-	return fmt.Errorf("connecting to %s: %w", path, err)
-}
-
-// errTimedOut is what ask returns when the answer did not come in time.
-var errTimedOut = errors.New("timed out")
-
-func reload(path string, timeout time.Duration, stdout, stderr io.Writer) int {
-	deadline := time.Now().Add(timeout)
-	for attempt := 0; ; attempt++ {
-		resp, err := ask(path, control.Upgrade, time.Until(deadline))
-		if errors.Is(err, errTimedOut) {
-			fmt.Fprintf(stderr, "handover reload: no outcome within %s: the upgrade may still be in progress (see handover status -control %s); raise -timeout above the service's upgrade timeout\n", timeout.Round(time.Millisecond), path)
-			return 1
-		}
-		if err != nil {
-			fmt.Fprintf(stderr, "handover reload: %v\n", err)
-			return 1
-		}
-		if resp.Moved != 0 && attempt < 3 {
-			// We reached a generation that had just handed over; the next
-			// connection reaches the current one.
-			continue
-		}
-		if !resp.OK {
-			if resp.Stopping && os.Getenv("INVOCATION_ID") != "" {
-				// The service is stopping, under systemd: the unit is going down,
-				// and a failing ExecReload= would only mark it failed as well.
-				fmt.Fprintf(stderr, "handover reload: no upgrade: %s\n", resp.Error)
-				return 0
-			}
-			fmt.Fprintf(stderr, "handover reload: upgrade failed: %s\n", resp.Error)
-			return 1
-		}
-		fmt.Fprintf(stdout, "upgraded: PID %d, generation %d\n", resp.PID, resp.Generation)
-		return 0
-	}
-}
-
-func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.Writer) int {
-	resp, err := ask(path, control.Status, timeout)
-	if errors.Is(err, errTimedOut) {
-		err = fmt.Errorf("no answer from %s within %s", path, timeout.Round(time.Millisecond))
-	}
-	if err == nil && !resp.OK {
-		err = errors.New(resp.Error)
-	}
-	if err == nil && resp.Status == nil {
-		err = errors.New("malformed answer: no status")
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "handover status: %v\n", err)
-		return 1
-	}
-	var s graceful.Status
-	if err := json.Unmarshal(resp.Status, &s); err != nil {
-		fmt.Fprintf(stderr, "handover status: malformed status from %s: %v\n", path, err)
-		return 1
-	}
-	if asJSON {
-		b, _ := json.MarshalIndent(s, "", "  ")
-		fmt.Fprintf(stdout, "%s\n", b)
-		return 0
-	}
-	fmt.Fprintf(stdout, "PID:         %d\n", s.PID)
-	fmt.Fprintf(stdout, "Generation:  %d\n", s.Generation)
-	fmt.Fprintf(stdout, "State:       %s\n", s.State)
-	if s.Child != 0 {
-		fmt.Fprintf(stdout, "Child:       PID %d (handover run; restarts: %d)\n", s.Child, s.Restarts)
-		if s.ChildExecutable != "" {
-			fmt.Fprintf(stdout, "Child runs:  %s\n", s.ChildExecutable)
-		}
-	} else if s.Restarts != 0 {
-		fmt.Fprintf(stdout, "Restarts:    %d\n", s.Restarts)
-	}
-	if s.Upgrading != 0 {
-		fmt.Fprintf(stdout, "Upgrading:   new generation PID %d starting\n", s.Upgrading)
-	}
-	fmt.Fprintf(stdout, "Executable:  %s\n", s.Executable)
-	fmt.Fprintf(stdout, "Systemd:     %v\n", s.Systemd)
-	for i, l := range s.Listeners {
-		label := "Listeners:  "
-		if i > 0 {
-			label = "            "
-		}
-		name := l.Name
-		if name == "" {
-			name = "(unnamed)"
-		}
-		fmt.Fprintf(stdout, "%s %s %s:%s (from %s)\n", label, name, l.Network, l.Addr, l.Source)
-	}
-	master := s.Child != 0 || s.Restarts != 0
-	if !master {
-		// A handover run master does not see its child's connections.
-		c := s.Connections
-		fmt.Fprintf(stdout, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
-			c.New+c.Active+c.Idle+c.Hijacked, c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
-	}
-	switch {
-	case s.LastError != "" && master:
-		fmt.Fprintf(stdout, "Last error:  %s\n", strings.TrimSpace(s.LastError))
-	case s.LastError != "":
-		fmt.Fprintf(stdout, "Last upgrade failed: %s\n", strings.TrimSpace(s.LastError))
-	}
-	printUpgrades(stdout, s.Upgrades)
-	return 0
-}
-
-// printUpgrades lists the last upgrades of a status (the library's or a handover
-// run master's), one line each: when it was asked for, its trigger, its outcome, the
-// PIDs from and to, the handover and the old generation's drain in milliseconds, and
-// the reason when it failed or died (or why the drain was cut short).
-func printUpgrades(w io.Writer, ups []graceful.Upgrade) {
-	if len(ups) > 10 {
-		ups = ups[len(ups)-10:]
-	}
-	if len(ups) == 0 {
-		return
-	}
-	fmt.Fprintf(w, "Upgrades:    %d (oldest first)\n", len(ups))
-	fmt.Fprintf(w, "  %-12s  %-14s  %-9s  %-15s  %11s  %9s  %s\n", "TIME", "TRIGGER", "OUTCOME", "FROM→TO", "HANDOVER", "DRAIN", "REASON")
-	for _, u := range ups {
-		to := "-"
-		if u.To != 0 {
-			to = fmt.Sprint(u.To)
-		}
-		handover := "-"
-		if u.Outcome == "ok" || u.Outcome == "died" {
-			handover = fmt.Sprintf("%.1fms", u.HandoverSeconds*1000)
-		}
-		drain := "-"
-		if u.Drained {
-			drain = fmt.Sprintf("%.0fms", u.DrainSeconds*1000)
-		}
-		var reason []string
-		if u.Reason != "" {
-			reason = append(reason, u.Reason)
-		}
-		if line, _, _ := strings.Cut(u.Error, "\n"); line != "" {
-			reason = append(reason, line)
-		}
-		if u.DrainKilled != "" {
-			reason = append(reason, "old child killed ("+u.DrainKilled+")")
-		}
-		if u.ConnsForced > 0 {
-			reason = append(reason, fmt.Sprintf("%d connections force-closed", u.ConnsForced))
-		}
-		fmt.Fprintf(w, "  %-12s  %-14s  %-9s  %-15s  %11s  %9s  %s\n", u.Start.Local().Format("15:04:05.000"), u.Trigger, u.Outcome,
-			fmt.Sprintf("%d→%s", u.From, to), handover, drain, strings.Join(reason, ": "))
-	}
 }

@@ -1,6 +1,7 @@
-// Package control is the protocol of handover's control socket, shared by the servers
-// (package graceful, and handover run's master in internal/master: Serve) and the
-// operator's tool (cmd/handover).
+// Package control is handover's control socket: its protocol, shared by the servers
+// and the operator's tool (cmd/handover), and the one way the servers answer on it
+// (Accept, Serve, Answer), for a process built with package graceful and for
+// handover run's master alike: each is a Server.
 //
 // A client connects to the unix socket, writes one request line ("upgrade" or
 // "status") and reads one response line: a JSON Response. The server answers only
@@ -14,6 +15,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/seed-a7250cfa/handover/internal/wire"
 )
 
 // Requests.
@@ -46,9 +49,53 @@ type Response struct {
 	// PID and Generation name the process now serving (after an upgrade, the new one).
 	PID        int `json:"pid,omitempty"`
 	Generation int `json:"generation,omitempty"`
-	// Status is the answer to a status request: a graceful.Status in JSON (kept
-	// raw here so that this package does not depend on graceful).
-	Status json.RawMessage `json:"status,omitempty"`
+	// Status is the answer to a status request.
+	Status *wire.Status `json:"status,omitempty"`
+}
+
+// Server is what a control socket answers for: a process built with package
+// graceful, or handover run's master.
+type Server interface {
+	// Status returns the server's status, or why it cannot (it is exiting).
+	Status() (wire.Status, error)
+	// Upgrade starts an upgrade and returns its outcome, once the new generation
+	// has taken over or the upgrade has failed (or been refused).
+	Upgrade() Outcome
+}
+
+// Outcome is the outcome of an upgrade asked for on the control socket.
+type Outcome struct {
+	// PID and Generation name the process now serving: the new one. They are set
+	// when Err is nil.
+	PID, Generation int
+	// Err says why the upgrade failed, or was refused; nil when it succeeded.
+	Err error
+	// Moved is set when the process asked had already handed over to this PID:
+	// the request should be sent again (a new connection reaches the current
+	// process).
+	Moved int
+	// Stopping is set when the upgrade failed because the service is stopping (it
+	// was abandoned, or refused).
+	Stopping bool
+}
+
+// Answer answers request req (Upgrade or Status) for s.
+func Answer(req string, s Server) Response {
+	if req == Status {
+		st, err := s.Status()
+		if err != nil {
+			return Response{Error: err.Error(), Stopping: true}
+		}
+		return Response{OK: true, PID: st.PID, Generation: st.Generation, Status: &st}
+	}
+	o := s.Upgrade()
+	switch {
+	case o.Err == nil:
+		return Response{OK: true, PID: o.PID, Generation: o.Generation}
+	case o.Moved != 0:
+		return Response{Moved: o.Moved, Error: o.Err.Error()}
+	}
+	return Response{Error: o.Err.Error(), Stopping: o.Stopping}
 }
 
 // ParseRequest parses a request line (without its newline).
@@ -86,16 +133,6 @@ func ReadResponse(r io.Reader) (Response, error) {
 		return resp, errors.New("malformed response from the control socket: neither ok nor an error")
 	}
 	return resp, nil
-}
-
-// StatusResponse is the answer to a status request from the process pid of
-// generation gen: st (a graceful.Status) in JSON.
-func StatusResponse(pid, gen int, st any) Response {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return Response{Error: "encoding the status: " + err.Error()}
-	}
-	return Response{OK: true, PID: pid, Generation: gen, Status: b}
 }
 
 // Encode formats resp as one line.

@@ -17,13 +17,32 @@ const (
 	readTimeout = 10 * time.Second
 	// writeTimeout bounds the write of an answer.
 	writeTimeout = 2 * time.Second
+	// acceptPause is the wait before accepting again after a failed accept.
+	acceptPause = 10 * time.Millisecond
 )
+
+// Accept answers every connection of ln, the control socket, each in a goroutine of
+// its own (Serve), until ln is closed. An accept that fails otherwise (the process
+// is out of descriptors) is tried again after a pause.
+func Accept(ln net.Listener, log *slog.Logger, s Server) {
+	for {
+		c, err := ln.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			time.Sleep(acceptPause)
+			continue
+		}
+		go Serve(c, log, s)
+	}
+}
 
 // Serve answers one connection c of a control socket, then closes it. A peer that
 // runs neither as this process's user nor as root is refused, and log says so
-// (event=control_refused). Otherwise the request is read (within 10 s) and the
-// Response answer gives for it is written.
-func Serve(c net.Conn, log *slog.Logger, answer func(req string) Response) {
+// (event=control_refused). Otherwise the request is read (within 10 s) and s's
+// answer to it (Answer) is written.
+func Serve(c net.Conn, log *slog.Logger, s Server) {
 	defer c.Close()
 	reply := func(r Response) {
 		c.SetWriteDeadline(time.Now().Add(writeTimeout))
@@ -42,7 +61,7 @@ func Serve(c net.Conn, log *slog.Logger, answer func(req string) Response) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	reply(answer(req))
+	reply(Answer(req, s))
 }
 
 // PeerAllowed reports whether the peer of c, a unix socket connection (or one

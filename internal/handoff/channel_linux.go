@@ -145,4 +145,25 @@ func (c *Channel) SetDeadline(t time.Time) error { return c.conn.SetDeadline(t) 
 
 // File returns a duplicate of the channel's descriptor, to pass it on (the
 // "upstream" message); the caller owns it.
-func (c *Channel) File() (*os.File, error) { return dupFile(c.conn, "handover-channel") }
+func (c *Channel) File() (*os.File, error) { return DupFile(c.conn, "handover-channel") }
+
+// DupFile duplicates the descriptor of sc (a listener, a connection) as a new
+// close-on-exec file, without changing its blocking mode.
+func DupFile(sc syscall.Conn, name string) (*os.File, error) {
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var dup int
+	var derr error
+	err = rc.Control(func(fd uintptr) {
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	return os.NewFile(uintptr(dup), name), nil
+}

@@ -27,7 +27,7 @@ func FuzzParseListenFDs(f *testing.F) {
 			}
 			return
 		}
-		if n < 0 || n > maxListenFDs {
+		if n < 0 || n > MaxListenFDs {
 			t.Fatalf("ParseListenFDs(%q, ...) = %d, out of range", fds, n)
 		}
 		if !namesSet && list != nil {
@@ -37,7 +37,7 @@ func FuzzParseListenFDs(f *testing.F) {
 			t.Fatalf("ParseListenFDs(%q, %q, true) = %d with %d names", fds, names, n, len(list))
 		}
 		for _, name := range list {
-			if !validName(name) {
+			if !ValidName(name) {
 				t.Fatalf("ParseListenFDs(%q, %q, true) accepted name %q", fds, names, name)
 			}
 		}
@@ -68,7 +68,7 @@ func FuzzParseMarker(f *testing.F) {
 		}
 		seen := map[int]bool{}
 		for _, o := range m.Owned {
-			if o < 0 || o >= maxListenFDs || seen[o] {
+			if o < 0 || o >= MaxListenFDs || seen[o] {
 				t.Fatalf("ParseMarker(%q) accepted own list %v", s, m.Owned)
 			}
 			seen[o] = true

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"unsafe"
@@ -214,4 +215,38 @@ func execveat(fd int, argv, envv []string) error {
 	_, _, errno := syscall.RawSyscall6(unix.SYS_EXECVEAT, uintptr(fd), uintptr(unsafe.Pointer(empty)),
 		uintptr(unsafe.Pointer(&argvp[0])), uintptr(unsafe.Pointer(&envvp[0])), unix.AT_EMPTY_PATH, 0)
 	return errno
+}
+
+// dedupe returns the last good build instead of b when b is the same file (an
+// upgrade to the build already running keeps one descriptor).
+func (m *machine) dedupe(b *build) *build {
+	if g := m.lastGood; g != nil && b != g && b.ino != 0 && b.dev == g.dev && b.ino == g.ino && slices.Equal(b.prefix, g.prefix) {
+		b.close()
+		return g
+	}
+	return b
+}
+
+// hold and drop count the references to a build; the last drop closes it.
+func (m *machine) hold(b *build) {
+	b.refs++
+}
+
+func (m *machine) drop(b *build) {
+	if b == nil {
+		return
+	}
+	if b.refs--; b.refs <= 0 {
+		b.close()
+	}
+}
+
+// setLastGood makes b the last good build.
+func (m *machine) setLastGood(b *build) {
+	if b == m.lastGood {
+		return
+	}
+	m.hold(b)
+	m.drop(m.lastGood)
+	m.lastGood = b
 }

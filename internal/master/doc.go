@@ -28,11 +28,12 @@
 //
 // # Records
 //
-// Each upgrade (and each replacement) gets a graceful.Upgrade record once it has an
+// Each upgrade (and each replacement) gets a wire.Upgrade record once it has an
 // outcome (ok, failed, abandoned, died); the last 10 are in the status
-// (graceful.Status.Upgrades). An old child's drain (stop signal to exit, and why the
-// master killed it if it did: deadline, max_draining, stop) is added to the record
-// of the upgrade that replaced it. The master does not see connections: the
+// (wire.Status.Upgrades: the types package graceful exports as Status and Upgrade).
+// An old child's drain (stop signal to exit, and why the master killed it if it
+// did: deadline, max_draining, stop) is added to the record of the upgrade that
+// replaced it. The master does not see connections: the
 // connection counts of its records stay 0.
 //
 // # Log events
@@ -49,7 +50,15 @@
 // fdstore_removed (name=), fdstore_refused (reason=not_current|bad_name|full), notify_failed,
 // control_refused, listen_warning, subreaper_failed, exit.
 //
-// It is Linux-only (on other systems the package is empty). The state machine is in
-// master.go; Run (run.go) sets up the sockets, the notification socket, the control
-// socket, the signals and the reaper, and runs it.
+// # Files
+//
+// It is Linux-only (on other systems the package is empty). The state machine is
+// machine.go (its state, events and dispatch), upgrade.go (an upgrade, a new child
+// taking over or failing, a replacement), children.go (signals, exits, stopping,
+// restarts), notify.go (what children notify), fdstore.go and status.go; it is
+// driven by hand in master_test.go. Run (run.go) sets up the world around it: the
+// sockets (sockets.go, through internal/fds), the children's notification socket
+// (notify_linux.go), the control socket (control.go, through internal/control), the
+// signals and the reaper (proctree.go), and starts children through the re-exec shim
+// (spawn.go, shim.go) from the builds it keeps open (build.go).
 package master

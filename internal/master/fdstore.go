@@ -3,8 +3,7 @@
 package master
 
 import (
-	"strings"
-
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,7 +53,7 @@ func (m *machine) fdStore(c *child, fields []Field, fds []int) {
 		m.log.Warn("fd store: refused: only the serving child (or one starting) may change it", "event", "fdstore_refused", "child", c.pid, "reason", "not_current")
 		return
 	}
-	if named && !validStoredName(name) {
+	if named && (name == "" || !handoff.ValidName(name)) {
 		// systemd ignores such a name; so does the master, and the whole request.
 		m.log.Warn("fd store: refused: a name is printable ASCII without ':', at most 255 characters", "event", "fdstore_refused", "child", c.pid, "reason", "bad_name")
 		return
@@ -113,17 +112,4 @@ func (m *machine) stores(fd int) bool {
 		}
 	}
 	return false
-}
-
-// validStoredName is systemd's rule for FDNAME= (fdname_is_valid).
-func validStoredName(s string) bool {
-	if s == "" || len(s) > 255 || strings.ContainsRune(s, ':') {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < ' ' || s[i] > '~' {
-			return false
-		}
-	}
-	return true
 }

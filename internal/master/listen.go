@@ -9,12 +9,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-)
 
-// ControlName is the name a socket unit gives the control socket (the name the
-// library's generations look for too): a socket passed under that name is the
-// master's own control socket, not the child's.
-const ControlName = "handover-control"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
+)
 
 // Listen is one -listen NAME=ADDR: a socket the master holds and passes to every child
 // under NAME (in LISTEN_FDNAMES).
@@ -88,20 +85,18 @@ func ParseListen(s string) (Listen, error) {
 	return l, nil
 }
 
-// checkName checks a socket name as LISTEN_FDNAMES carries it.
+// checkName checks a socket name as LISTEN_FDNAMES carries it (and as a flag may
+// write it: without spaces).
 func checkName(name string) error {
 	switch {
 	case name == "":
 		return errors.New("the NAME before = is empty; name the socket, e.g. http=127.0.0.1:8080")
 	case len(name) > 255:
 		return fmt.Errorf("the name is %d bytes long; at most 255", len(name))
-	case name == ControlName:
+	case name == handoff.ControlName:
 		return fmt.Errorf("the name %q is reserved for the control socket (use -control PATH)", name)
-	}
-	for _, r := range name {
-		if r == ':' || r < 0x21 || r > 0x7e {
-			return fmt.Errorf("the name %q may hold only printable ASCII characters without spaces or ':' (LISTEN_FDNAMES separates names with ':')", name)
-		}
+	case !handoff.ValidName(name) || strings.Contains(name, " "):
+		return fmt.Errorf("the name %q may hold only printable ASCII characters without spaces or ':' (LISTEN_FDNAMES separates names with ':')", name)
 	}
 	return nil
 }

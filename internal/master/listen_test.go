@@ -12,6 +12,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/seed-a7250cfa/handover/internal/fds"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
 func TestParseListen(t *testing.T) {
@@ -123,74 +126,31 @@ func TestParseSignal(t *testing.T) {
 	}
 }
 
-// TestBindUnixStale: a stale unix socket file (nothing listens) is replaced; a live
-// socket or a regular file at the path is an error that says which.
-func TestBindUnixStale(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "s.sock")
-	l := Listen{Name: "s", Network: "unix", Address: path}
-
-	// Stale: a socket file whose listener is gone (closed without unlinking).
-	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
-		t.Fatal(err)
-	}
-	syscall.Close(fd)
-	k, err := bind(l)
-	if err != nil {
-		t.Fatalf("over a stale socket file: %v", err)
-	}
-	// Live: the one just bound.
-	if _, err := bind(l); err == nil || !strings.Contains(err.Error(), "another process is serving it") {
-		t.Errorf("over a live socket: %v", err)
-	}
-	syscall.Close(k.fd)
-	os.Remove(path)
-
-	if err := os.WriteFile(path, []byte("x"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bind(l); err == nil || !strings.Contains(err.Error(), "not a socket") {
-		t.Errorf("over a regular file: %v", err)
-	}
-	if b, _ := os.ReadFile(path); string(b) != "x" {
-		t.Errorf("the regular file was touched")
-	}
-}
-
-// TestBindDescribe: bound sockets are blocking, close-on-exec, and described as
-// status shows them.
-func TestBindDescribe(t *testing.T) {
+// TestDescribe: the sockets the master binds are described as status shows them;
+// a descriptor that is not a socket is an error.
+func TestDescribe(t *testing.T) {
 	for _, l := range []Listen{
 		{"t", "tcp", lowPort(t, "tcp")},
 		{"u", "udp", lowPort(t, "udp")},
 		{"x", "unix", filepath.Join(t.TempDir(), "x.sock")},
 	} {
-		k, err := bind(l)
+		f, err := fds.Bind(l.Network, l.Address)
 		if err != nil {
 			t.Fatalf("%v: %v", l, err)
 		}
-		network, addr, err := describe(k.fd)
-		if err != nil || network != l.Network || addr != k.addr || addr == "" {
-			t.Errorf("%v: describe = %q %q %v; bound %q", l, network, addr, err, k.addr)
+		k, err := describe(f, l.Name, fds.Bound)
+		if err != nil || k.network != l.Network || k.addr != l.Address || k.source != "bound" || k.name != l.Name {
+			t.Errorf("%v: described as %+v, %v", l, k, err)
 		}
-		flags, _ := fcntl(k.fd, syscall.F_GETFL)
-		fdflags, _ := fcntl(k.fd, syscall.F_GETFD)
-		if flags&syscall.O_NONBLOCK != 0 || fdflags&syscall.FD_CLOEXEC == 0 {
-			t.Errorf("%v: flags %#x fd flags %#x: want blocking and close-on-exec", l, flags, fdflags)
-		}
-		syscall.Close(k.fd)
+		f.Close()
 	}
 	f, err := os.CreateTemp(t.TempDir(), "f")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if _, _, err := describe(int(f.Fd())); err == nil {
-		t.Errorf("describe of a regular file succeeded")
+	if _, err := describe(f, "f", fds.Systemd); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("describe of a regular file: %v", err)
 	}
 }
 
@@ -216,14 +176,6 @@ func lowPort(t *testing.T, network string) string {
 	return ""
 }
 
-func fcntl(fd, cmd int) (int, error) {
-	r, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), uintptr(cmd), 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
-
 // passed makes *os.Files as go-systemd's activation.Files returns them: bound sockets
 // (and, for "file", a regular file) under the given names.
 func passed(t *testing.T, names ...string) []*os.File {
@@ -239,11 +191,12 @@ func passed(t *testing.T, names ...string) []*os.File {
 			fd, _ = syscall.Dup(int(f.Fd()))
 			f.Close()
 		} else {
-			k, err := bind(Listen{Name: name, Network: "tcp", Address: lowPort(t, "tcp")})
+			f, err := fds.Bind("tcp", lowPort(t, "tcp"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			fd = k.fd
+			fd, _ = syscall.Dup(int(f.Fd()))
+			f.Close()
 		}
 		out = append(out, os.NewFile(uintptr(fd), name))
 	}
@@ -255,7 +208,7 @@ func passed(t *testing.T, names ...string) []*os.File {
 // kept by the master; a missing name, or a descriptor that is not a socket, is an
 // error that says what to fix.
 func TestFromSystemd(t *testing.T) {
-	s, err := fromSystemd(passed(t, "http", "admin", ControlName), nil)
+	s, err := fromSystemd(passed(t, "http", "admin", handoff.ControlName), nil)
 	if err != nil || len(s.list) != 2 || s.list[0].name != "http" || s.list[1].name != "admin" || s.control == nil || !s.systemd {
 		t.Errorf("without -listen: %+v, %v", s, err)
 	} else {

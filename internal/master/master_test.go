@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/seed-a7250cfa/handover/graceful"
+	"github.com/seed-a7250cfa/handover/internal/control"
+	"github.com/seed-a7250cfa/handover/internal/proc"
+	"github.com/seed-a7250cfa/handover/internal/wire"
 )
 
 // The state machine driven by hand: fake processes, timers fired by the test,
@@ -61,8 +63,7 @@ func newFake(t *testing.T, mod func(*Config)) *fakeMaster {
 		}
 		f.nextPID++
 		c.pid = f.nextPID
-		c.out = newRing(ringLines)
-		c.outDone = make(chan struct{})
+		c.out = proc.NewTail()
 		return nil
 	}
 	m.signal = func(pid int, sig syscall.Signal) error {
@@ -139,6 +140,14 @@ func (f *fakeMaster) signaled(pid int, sig syscall.Signal) bool {
 	return false
 }
 
+// errText is err's text, "" for nil.
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
 func (f *fakeMaster) lastSD() string {
 	if len(f.sd) == 0 {
 		return ""
@@ -146,14 +155,14 @@ func (f *fakeMaster) lastSD() string {
 	return f.sd[len(f.sd)-1]
 }
 
-func (f *fakeMaster) upgrade() chan result {
-	ch := make(chan result, 1)
+func (f *fakeMaster) upgrade() chan control.Outcome {
+	ch := make(chan control.Outcome, 1)
 	f.m.handle(upgradeRequest{trigger: "test", reply: ch})
 	return ch
 }
 
-func (f *fakeMaster) st() graceful.Status {
-	ch := make(chan graceful.Status, 1)
+func (f *fakeMaster) st() wire.Status {
+	ch := make(chan wire.Status, 1)
 	f.m.handle(statusRequest{reply: ch})
 	return <-ch
 }
@@ -200,13 +209,13 @@ func TestMachineUpgrade(t *testing.T) {
 	}
 	// A second request while one runs is refused.
 	second := f.upgrade()
-	if r := <-second; !strings.Contains(r.err, "in progress") {
+	if r := <-second; !strings.Contains(errText(r.Err), "in progress") {
 		t.Errorf("second upgrade: %+v", r)
 	}
 	// A notification from a process the candidate started counts as the candidate's.
 	f.m.handle(notifyEvent{pids: []int{999, cand.pid}, fields: []Field{{"READY", "1"}}})
 	r := <-reply
-	if r.err != "" || r.pid != cand.pid || r.gen != 2 {
+	if r.Err != nil || r.PID != cand.pid || r.Generation != 2 {
 		t.Errorf("upgrade result %+v", r)
 	}
 	if !f.signaled(old.pid, syscall.SIGTERM) || f.pending(timerDrain, old) == nil {
@@ -231,14 +240,22 @@ func TestMachineUpgradeChildExits(t *testing.T) {
 	old := f.serving()
 	reply := f.upgrade()
 	cand := f.m.cand
-	cand.out.add("config error: no such key\n")
+	cand.out.Add("config error: no such key\n")
 	f.exit(cand, 1)
 	r := <-reply
-	if !strings.Contains(r.err, "exited before it was ready (exit status 1)") || !strings.Contains(r.err, "config error: no such key") {
-		t.Errorf("result %q: want the exit status and the last stderr line", r.err)
+	if !strings.Contains(errText(r.Err), "exited before it was ready (exit status 1)") || !strings.Contains(errText(r.Err), "config error: no such key") {
+		t.Errorf("result %v: want the exit status and the last stderr line", r.Err)
+	}
+	// The failure stays a value until printed: its cause, its message, its lines.
+	var pf *proc.Failure
+	if !errors.As(r.Err, &pf) || pf.Cause != "exited" || strings.Contains(pf.Err.Error(), "config error") || !slices.Equal(pf.Stderr, []string{"config error: no such key"}) || f.m.lastErr != error(pf) {
+		t.Errorf("the failure %#v (last error %v): want cause exited, the message, and the stderr line apart", pf, f.m.lastErr)
+	}
+	if rec := f.record(0); rec.Outcome != "failed" || rec.Reason != "exited" || rec.Error != pf.Err.Error() || rec.Stderr != "config error: no such key" {
+		t.Errorf("the failed upgrade's record: %+v", rec)
 	}
 	st := f.st()
-	if st.State != "serving" || st.Child != old.pid || st.Generation != 1 || st.LastError == "" || st.Upgrading != 0 {
+	if st.State != "serving" || st.Child != old.pid || st.Generation != 1 || st.LastError != pf.Error() || st.Upgrading != 0 {
 		t.Errorf("status after the failure: %+v", st)
 	}
 	if f.signaled(old.pid, syscall.SIGTERM) {
@@ -250,7 +267,7 @@ func TestMachineUpgradeChildExits(t *testing.T) {
 	// The next upgrade works, and clears the error.
 	reply = f.upgrade()
 	f.ready(f.m.cand)
-	if r := <-reply; r.err != "" || r.gen != 2 || f.st().LastError != "" {
+	if r := <-reply; r.Err != nil || r.Generation != 2 || f.st().LastError != "" {
 		t.Errorf("the next upgrade: %+v, status %+v", r, f.st())
 	}
 }
@@ -271,8 +288,8 @@ func TestMachineUpgradeTimeout(t *testing.T) {
 	}
 	f.killedBy(cand, syscall.SIGKILL)
 	r := <-reply
-	if !strings.Contains(r.err, "was not ready within 5s") {
-		t.Errorf("result %q", r.err)
+	if !strings.Contains(errText(r.Err), "was not ready within 5s") {
+		t.Errorf("result %v", r.Err)
 	}
 	if f.m.serving != old || f.m.state != stateServing || len(f.m.children) != 1 {
 		t.Errorf("after the timeout: serving %v state %s children %d", f.m.serving, f.m.state, len(f.m.children))
@@ -284,7 +301,7 @@ func TestMachineUpgradeMissingProgram(t *testing.T) {
 	old := f.serving()
 	f.missing = true
 	r := <-f.upgrade()
-	if !strings.Contains(r.err, "does not exist") || f.m.serving != old || f.m.state != stateServing || f.m.up != nil {
+	if !strings.Contains(errText(r.Err), "does not exist") || f.m.serving != old || f.m.state != stateServing || f.m.up != nil {
 		t.Errorf("result %+v, state %s", r, f.m.state)
 	}
 	if !strings.HasPrefix(f.lastSD(), "READY=1") {
@@ -323,7 +340,7 @@ func TestMachineCrashRestart(t *testing.T) {
 		t.Errorf("last error %q", st.LastError)
 	}
 	// Upgrades wait for a serving child.
-	if r := <-f.upgrade(); !strings.Contains(r.err, "no child is serving") {
+	if r := <-f.upgrade(); !strings.Contains(errText(r.Err), "no child is serving") {
 		t.Errorf("upgrade while restarting: %+v", r)
 	}
 	f.fire(timerRestart, nil)
@@ -361,7 +378,7 @@ func TestMachineStop(t *testing.T) {
 	if !f.signaled(c.pid, syscall.SIGTERM) || !strings.HasPrefix(f.lastSD(), "STOPPING=1") || f.m.done {
 		t.Fatalf("signals %v, sd %q, done %v", f.signals, f.lastSD(), f.m.done)
 	}
-	if r := <-f.upgrade(); !r.stopping {
+	if r := <-f.upgrade(); !r.Stopping {
 		t.Errorf("an upgrade while stopping: %+v", r)
 	}
 	f.exit(c, 0)
@@ -387,7 +404,7 @@ func TestMachineStopDuringUpgrade(t *testing.T) {
 	reply := f.upgrade()
 	cand := f.m.cand
 	f.m.handle(sigEvent{syscall.SIGTERM})
-	if r := <-reply; !r.stopping || r.err == "" {
+	if r := <-reply; !r.Stopping || r.Err == nil {
 		t.Errorf("upgrade result %+v; want abandoned, stopping", r)
 	}
 	if !f.signaled(-cand.pid, syscall.SIGKILL) || !f.signaled(old.pid, syscall.SIGTERM) {
@@ -450,16 +467,16 @@ func TestMachineFirstChildFails(t *testing.T) {
 	f := newFake(t, nil)
 	f.m.begin()
 	f.exit(f.m.cand, 3)
-	if !f.m.done || f.m.exitCode != 1 || !strings.Contains(f.m.lastErr, "exit status 3") {
-		t.Errorf("done %v, code %d, err %q", f.m.done, f.m.exitCode, f.m.lastErr)
+	if !f.m.done || f.m.exitCode != 1 || !strings.Contains(errText(f.m.lastErr), "exit status 3") {
+		t.Errorf("done %v, code %d, err %v", f.m.done, f.m.exitCode, f.m.lastErr)
 	}
 
 	f = newFake(t, nil)
 	f.m.begin()
 	f.fire(timerReadyTimeout, f.m.cand)
 	f.killedBy(f.m.cand, syscall.SIGKILL)
-	if !f.m.done || f.m.exitCode != 1 || !strings.Contains(f.m.lastErr, "-ready-after") {
-		t.Errorf("timeout: done %v, code %d, err %q", f.m.done, f.m.exitCode, f.m.lastErr)
+	if !f.m.done || f.m.exitCode != 1 || !strings.Contains(errText(f.m.lastErr), "-ready-after") {
+		t.Errorf("timeout: done %v, code %d, err %v", f.m.done, f.m.exitCode, f.m.lastErr)
 	}
 
 	f = newFake(t, nil)
@@ -478,7 +495,7 @@ func TestMachineCrashDuringUpgrade(t *testing.T) {
 		t.Fatalf("a restart was scheduled while a new child starts (state %s)", f.m.state)
 	}
 	f.ready(f.m.cand)
-	if r := <-reply; r.err != "" || f.m.serving == nil {
+	if r := <-reply; r.Err != nil || f.m.serving == nil {
 		t.Errorf("upgrade %+v", r)
 	}
 
@@ -488,7 +505,7 @@ func TestMachineCrashDuringUpgrade(t *testing.T) {
 	reply = f.upgrade()
 	f.exit(old, 2)
 	f.exit(f.m.cand, 1)
-	if r := <-reply; r.err == "" {
+	if r := <-reply; r.Err == nil {
 		t.Errorf("upgrade succeeded")
 	}
 	if f.pending(timerRestart, nil) == nil || f.m.state != stateStarting {
@@ -535,7 +552,7 @@ func TestMachineReadyThenDead(t *testing.T) {
 		t.Fatalf("a dead child became the serving one")
 	}
 	f.m.handle(goneEvent{cand})
-	if r := <-reply; r.err == "" {
+	if r := <-reply; r.Err == nil {
 		t.Errorf("the upgrade succeeded")
 	}
 }
@@ -583,7 +600,7 @@ func (f *fakeMaster) deploy() { f.ino++ }
 
 // upgradeTo runs an upgrade to a new build and makes its child ready; the old
 // serving child is then draining.
-func (f *fakeMaster) upgradeTo() (old, cur *child, reply chan result) {
+func (f *fakeMaster) upgradeTo() (old, cur *child, reply chan control.Outcome) {
 	f.t.Helper()
 	old = f.m.serving
 	f.deploy()
@@ -596,7 +613,7 @@ func (f *fakeMaster) upgradeTo() (old, cur *child, reply chan result) {
 	return old, cur, reply
 }
 
-func (f *fakeMaster) record(i int) graceful.Upgrade {
+func (f *fakeMaster) record(i int) wire.Upgrade {
 	f.t.Helper()
 	ups := f.st().Upgrades
 	if i < 0 {
@@ -631,11 +648,11 @@ func TestMachineUpgradeDied(t *testing.T) {
 	default:
 	}
 	opened := f.opened
-	bad.out.add("panic: nil map\n")
+	bad.out.Add("panic: nil map\n")
 	f.exit(bad, 2)
 	r := <-reply
-	if !strings.Contains(r.err, "died") || !strings.Contains(r.err, "after taking over (exit status 2)") || !strings.Contains(r.err, "panic: nil map") || !strings.Contains(r.err, "last good build") {
-		t.Errorf("reload's answer %q: want the death, its status, the stderr and the last good build", r.err)
+	if !strings.Contains(errText(r.Err), "died") || !strings.Contains(errText(r.Err), "after taking over (exit status 2)") || !strings.Contains(errText(r.Err), "panic: nil map") || !strings.Contains(errText(r.Err), "last good build") {
+		t.Errorf("reload's answer %v: want the death, its status, the stderr and the last good build", r.Err)
 	}
 	repl := f.m.cand
 	if repl == nil || !repl.kept || repl.build != good || repl.trigger != triggerReplacement || f.opened != opened {
@@ -675,7 +692,7 @@ func TestMachineUpgradeDied(t *testing.T) {
 	}
 	f.ready(f.m.cand)
 	f.fire(timerSettle, f.m.serving)
-	if r := <-reply; r.err != "" || r.pid != f.m.serving.pid {
+	if r := <-reply; r.Err != nil || r.PID != f.m.serving.pid {
 		t.Errorf("the next upgrade's answer %+v", r)
 	}
 }
@@ -684,7 +701,7 @@ func TestMachineProbation(t *testing.T) {
 	f := newFake(t, nil)
 	first := f.serving()
 	_, cur, reply := f.upgradeTo()
-	if r := <-reply; r.err != "" {
+	if r := <-reply; r.Err != nil {
 		t.Fatalf("without -settle the answer comes at takeover: %+v", r)
 	}
 	tm := f.pending(timerProbation, cur)
@@ -743,11 +760,11 @@ func TestMachineSettle(t *testing.T) {
 	}
 	// Replaced by another upgrade before -settle: the first upgrade did not die.
 	_, next, reply2 := f.upgradeTo()
-	if r := <-reply; r.err != "" || r.pid != cur.pid {
+	if r := <-reply; r.Err != nil || r.PID != cur.pid {
 		t.Errorf("the replaced upgrade's answer %+v", r)
 	}
 	f.fire(timerSettle, next)
-	if r := <-reply2; r.err != "" || r.pid != next.pid {
+	if r := <-reply2; r.Err != nil || r.PID != next.pid {
 		t.Errorf("answer %+v", r)
 	}
 	// A -settle longer than the probation extends it.

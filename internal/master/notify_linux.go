@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -117,45 +116,4 @@ func closeFDs(fds []int) {
 			unix.Close(fd)
 		}
 	}
-}
-
-// lineage returns pid and its ancestors, nearest first, stopping below ancestor (the
-// master): a child's helper process that notifies is attributed to the child. At most
-// 16 generations are followed.
-func lineage(pid, ancestor int) []int {
-	out := []int{pid}
-	for i := 0; i < 16; i++ {
-		pp := parentOf(pid)
-		if pp <= 1 || pp == ancestor {
-			break
-		}
-		out = append(out, pp)
-		pid = pp
-	}
-	return out
-}
-
-// parentOf reads the parent PID from /proc/PID/stat, 0 if it cannot.
-func parentOf(pid int) int {
-	f := statFields(strconv.Itoa(pid))
-	if len(f) < 2 {
-		return 0
-	}
-	pp, _ := strconv.Atoi(f[1])
-	return pp
-}
-
-// statFields returns the fields of /proc/PID/stat after the command name (state,
-// ppid, pgrp, ...), or nil if it cannot read them. The name is in parentheses and
-// may itself hold spaces and parentheses, so the fields start after the last ')'.
-func statFields(pid string) []string {
-	b, err := os.ReadFile("/proc/" + pid + "/stat")
-	if err != nil {
-		return nil
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return nil
-	}
-	return strings.Fields(string(b[i+1:]))
 }

@@ -5,7 +5,6 @@ package master
 import (
 	"os"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
@@ -126,39 +125,5 @@ func TestLineage(t *testing.T) {
 	}
 	if got := lineage(1<<30, 1); len(got) != 1 {
 		t.Errorf("lineage of a process that does not exist = %v", got)
-	}
-}
-
-func TestRing(t *testing.T) {
-	r := newRing(3)
-	if got := r.last(5); len(got) != 0 {
-		t.Errorf("empty ring: %q", got)
-	}
-	for _, l := range []string{"a\n", "b\r\n", "c", "d\n"} {
-		r.add(l)
-	}
-	if got := strings.Join(r.last(5), ","); got != "b,c,d" {
-		t.Errorf("last(5) = %q", got)
-	}
-	if got := strings.Join(r.last(2), ","); got != "c,d" {
-		t.Errorf("last(2) = %q", got)
-	}
-	r.add(strings.Repeat("x", 2000))
-	if got := r.last(1)[0]; len(got) > ringLineMax+4 {
-		t.Errorf("a long line is kept whole (%d bytes)", len(got))
-	}
-}
-
-func TestCopyOutput(t *testing.T) {
-	var out strings.Builder
-	r := newRing(ringLines)
-	long := strings.Repeat("y", 70<<10)
-	copyOutput(strings.NewReader("one\ntwo\n"+long+"\nlast without newline"), &out, r)
-	if want := "one\ntwo\n" + long + "\nlast without newline"; out.String() != want {
-		t.Errorf("copied %d bytes, want %d", out.Len(), len(want))
-	}
-	got := r.last(10)
-	if len(got) != 4 || got[0] != "one" || got[3] != "last without newline" || !strings.HasPrefix(got[2], "yyy") {
-		t.Errorf("kept %q", got)
 	}
 }

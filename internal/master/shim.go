@@ -5,11 +5,13 @@ package master
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"strconv"
 	"syscall"
 
+	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/proc"
+	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,9 +41,9 @@ func Shim() {
 	fdArg, viaFD := os.LookupEnv(ShimFDEnv)
 	os.Unsetenv(ShimFDEnv)
 	pid := strconv.Itoa(os.Getpid())
-	os.Setenv("LISTEN_PID", pid)
-	if os.Getenv("WATCHDOG_USEC") != "" {
-		os.Setenv("WATCHDOG_PID", pid)
+	os.Setenv(handoff.ListenPIDEnv, pid)
+	if os.Getenv(sdnotify.WatchdogUSecEnv) != "" {
+		os.Setenv(sdnotify.WatchdogPIDEnv, pid)
 	}
 	if viaFD {
 		err := execFD(fdArg, os.Args, os.Environ())
@@ -49,7 +51,7 @@ func Shim() {
 		os.Exit(127)
 	}
 	err := syscall.Exec(path, os.Args, os.Environ())
-	fmt.Fprintf(os.Stderr, "handover run: cannot execute %s: %v\n", path, explainExec(path, err))
+	fmt.Fprintf(os.Stderr, "handover run: cannot execute %s: %v\n", path, proc.ExplainExec(path, err))
 	os.Exit(127)
 }
 
@@ -77,14 +79,4 @@ func execFD(fdArg string, argv, envv []string) error {
 // exec of nothing (it fails with ENOENT at once) restores it, as before any exec.
 func restoreFileLimit() {
 	syscall.Exec("", []string{""}, nil)
-}
-
-// explainExec says what an ENOENT from execve means for a file that exists.
-func explainExec(path string, err error) error {
-	if errors.Is(err, fs.ErrNotExist) {
-		if _, serr := os.Stat(path); serr == nil {
-			return fmt.Errorf("%w (the file exists: the interpreter on its #! line, or its ELF loader, is missing)", err)
-		}
-	}
-	return err
 }

@@ -5,15 +5,11 @@ package master
 import (
 	"errors"
 	"fmt"
-	"io/fs"
-	"net"
 	"os"
 	"strings"
-	"syscall"
 
-	sdactivation "github.com/coreos/go-systemd/v22/activation"
+	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
-	"golang.org/x/sys/unix"
 )
 
 // socket is one socket the master holds for its children.
@@ -23,15 +19,16 @@ type socket struct {
 	network string
 	addr    string
 	source  string   // "bound" or "systemd"
+	kind    fds.Kind // what the kernel says it is
 	unlink  string   // a unix socket file the master created, removed at exit
-	file    *os.File // from systemd: holds fd (its finalizer would close it)
+	file    *os.File // holds fd
 }
 
 // sockets are what the master holds: the children's sockets and, from a socket unit,
 // its control socket.
 type sockets struct {
 	list    []*socket
-	control *os.File // passed by systemd under ControlName, or nil
+	control *os.File // passed by systemd under handoff.ControlName, or nil
 	systemd bool     // taken from LISTEN_FDS
 	warn    []string // things to log once the logger is set up
 }
@@ -39,11 +36,7 @@ type sockets struct {
 // close closes every socket and removes the unix socket files the master created.
 func (s *sockets) close() {
 	for _, k := range s.list {
-		if k.file != nil {
-			k.file.Close()
-		} else {
-			unix.Close(k.fd)
-		}
+		k.file.Close()
 		if k.unlink != "" {
 			os.Remove(k.unlink)
 		}
@@ -56,8 +49,11 @@ func (s *sockets) close() {
 // openSockets takes the sockets from systemd when LISTEN_PID names this process
 // (matched by name to ls, or all of them when ls is empty), else binds ls.
 func openSockets(ls []Listen) (*sockets, error) {
-	files := sdactivation.Files(true)
-	if len(files) > 0 {
+	set, err := fds.Inherit()
+	if err != nil {
+		return nil, fmt.Errorf("the sockets passed to handover run: %w", err)
+	}
+	if files := set.Take(); len(files) > 0 {
 		return fromSystemd(files, ls)
 	}
 	if len(ls) == 0 {
@@ -65,14 +61,39 @@ func openSockets(ls []Listen) (*sockets, error) {
 	}
 	s := &sockets{}
 	for _, l := range ls {
-		k, err := bind(l)
+		f, err := fds.Bind(l.Network, l.Address)
 		if err != nil {
 			s.close()
-			return nil, err
+			return nil, fmt.Errorf("-listen %s: %w", l, err)
+		}
+		k, err := describe(f, l.Name, fds.Bound)
+		if err != nil {
+			f.Close()
+			s.close()
+			return nil, fmt.Errorf("-listen %s: %w", l, err)
+		}
+		if l.Network == "unix" && !strings.HasPrefix(l.Address, "@") {
+			k.unlink = l.Address
 		}
 		s.list = append(s.list, k)
 	}
 	return s, nil
+}
+
+// describe makes f, a socket the master got from src, one of its sockets under name.
+// The descriptor number is taken here, once: (*os.File).Fd switches a socket to
+// blocking mode, which a child serving on it must not see change later.
+func describe(f *os.File, name string, src fds.Source) (*socket, error) {
+	fd := int(f.Fd())
+	kind, err := fds.Inspect(fd)
+	if err == nil && !kind.Socket {
+		err = fmt.Errorf("not a socket (it is a %s)", kind)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d := fds.Describe(name, src, kind.Addr)
+	return &socket{name: name, fd: fd, network: d.Network, addr: d.Addr, source: d.Source, kind: kind, file: f}, nil
 }
 
 // fromSystemd matches the descriptors systemd passed to the -listen names.
@@ -87,7 +108,7 @@ func fromSystemd(files []*os.File, ls []Listen) (*sockets, error) {
 		return nil, err
 	}
 	for _, f := range files {
-		if f.Name() == ControlName {
+		if f.Name() == handoff.ControlName {
 			s.control = f
 			continue
 		}
@@ -98,15 +119,14 @@ func fromSystemd(files []*os.File, ls []Listen) (*sockets, error) {
 		order = append(order, f)
 	}
 	take := func(f *os.File, want *Listen) error {
-		fd := int(f.Fd())
-		network, addr, err := describe(fd)
+		k, err := describe(f, f.Name(), fds.Systemd)
 		if err != nil {
-			return fmt.Errorf("fd %d (%q, from systemd): %w", fd, f.Name(), err)
+			return fmt.Errorf("fd %d (%q, from systemd): %w", f.Fd(), f.Name(), err)
 		}
-		if want != nil && !sameAddress(*want, network, addr) {
-			s.warn = append(s.warn, fmt.Sprintf("-listen %s: systemd passed %s:%s under that name; using systemd's socket", want, network, addr))
+		if want != nil && !fds.Matches(want.Network, want.Address, k.kind) {
+			s.warn = append(s.warn, fmt.Sprintf("-listen %s: systemd passed %s:%s under that name; using systemd's socket", want, k.network, k.addr))
 		}
-		s.list = append(s.list, &socket{name: f.Name(), fd: fd, network: network, addr: addr, source: "systemd", file: f})
+		s.list = append(s.list, k)
 		delete(byName, f.Name())
 		return nil
 	}
@@ -139,136 +159,4 @@ func fromSystemd(files []*os.File, ls []Listen) (*sockets, error) {
 		f.Close()
 	}
 	return s, nil
-}
-
-// sameAddress reports whether a -listen address matches what a socket is bound to
-// (only when it can tell: a host name is not resolved).
-func sameAddress(l Listen, network, addr string) bool {
-	if !strings.HasPrefix(network, l.Network) {
-		return false
-	}
-	if l.Network == "unix" {
-		return addr == l.Address
-	}
-	host, port, err := net.SplitHostPort(l.Address)
-	if err != nil {
-		return true
-	}
-	h2, p2, err := net.SplitHostPort(addr)
-	if err != nil || port != p2 {
-		return false
-	}
-	ip := net.ParseIP(host)
-	if ip == nil || host == "" {
-		return true
-	}
-	return ip.Equal(net.ParseIP(h2))
-}
-
-// describe checks that fd is a socket and returns its network and local address.
-func describe(fd int) (network, addr string, err error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return "", "", err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return "", "", errors.New("not a socket")
-	}
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil {
-		return "", "", err
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return "", "", err
-	}
-	stream := typ == unix.SOCK_STREAM || typ == unix.SOCK_SEQPACKET
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), fmt.Sprint(a.Port))
-		network = map[bool]string{true: "tcp", false: "udp"}[stream]
-	case *unix.SockaddrInet6:
-		addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), fmt.Sprint(a.Port))
-		network = map[bool]string{true: "tcp", false: "udp"}[stream]
-	case *unix.SockaddrUnix:
-		addr = a.Name
-		network = map[bool]string{true: "unix", false: "unixgram"}[stream]
-		if typ == unix.SOCK_SEQPACKET {
-			network = "unixpacket"
-		}
-	default:
-		network, addr = "socket", "?"
-	}
-	return network, addr, nil
-}
-
-// bind binds l and returns a close-on-exec, blocking descriptor for it (as systemd
-// passes sockets; a child that wants non-blocking I/O sets it itself).
-func bind(l Listen) (*socket, error) {
-	k := &socket{name: l.Name, network: l.Network, source: "bound"}
-	var rc syscall.RawConn
-	var closer interface{ Close() error }
-	switch l.Network {
-	case "udp":
-		pc, err := net.ListenPacket("udp", l.Address)
-		if err != nil {
-			return nil, fmt.Errorf("-listen %s: %w", l, err)
-		}
-		c := pc.(*net.UDPConn)
-		rc, _ = c.SyscallConn()
-		closer = c
-		k.addr = c.LocalAddr().String()
-	case "unix":
-		if err := handoff.RemoveStaleSocket(l.Address); err != nil {
-			return nil, fmt.Errorf("-listen %s: %w", l, err)
-		}
-		ln, err := net.Listen("unix", l.Address)
-		if err != nil {
-			return nil, fmt.Errorf("-listen %s: %w", l, err)
-		}
-		ul := ln.(*net.UnixListener)
-		ul.SetUnlinkOnClose(false)
-		rc, _ = ul.SyscallConn()
-		closer = ul
-		k.addr = l.Address
-		if !strings.HasPrefix(l.Address, "@") {
-			k.unlink = l.Address
-		}
-	default:
-		ln, err := net.Listen("tcp", l.Address)
-		if err != nil {
-			return nil, fmt.Errorf("-listen %s: %w", l, err)
-		}
-		tl := ln.(*net.TCPListener)
-		rc, _ = tl.SyscallConn()
-		closer = tl
-		k.addr = tl.Addr().String()
-	}
-	defer closer.Close()
-	var derr error
-	if err := rc.Control(func(fd uintptr) {
-		k.fd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
-	}); err != nil {
-		derr = err
-	}
-	if derr != nil {
-		return nil, fmt.Errorf("-listen %s: %w", l, derr)
-	}
-	if err := unix.SetNonblock(k.fd, false); err != nil {
-		unix.Close(k.fd)
-		return nil, fmt.Errorf("-listen %s: %w", l, err)
-	}
-	return k, nil
-}
-
-func fileType(m fs.FileMode) string {
-	switch {
-	case m.IsRegular():
-		return "a regular file"
-	case m.IsDir():
-		return "a directory"
-	case m&fs.ModeSymlink != 0:
-		return "a symlink"
-	}
-	return m.Type().String()
 }

@@ -11,6 +11,7 @@ package sdnotify
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +47,12 @@ func Parse(addr string) (*Notifier, error) {
 // in time.
 var ErrBarrierTimeout = errors.New("sd_notify: BARRIER=1 not confirmed in time")
 
+// The variables of the service watchdog (sd_watchdog_enabled(3)).
+const (
+	WatchdogUSecEnv = "WATCHDOG_USEC"
+	WatchdogPIDEnv  = "WATCHDOG_PID"
+)
+
 // Watchdog is the service watchdog the manager asked for.
 type Watchdog struct {
 	// Interval is WATCHDOG_USEC: the manager's timeout. Ping at half of it.
@@ -62,15 +69,15 @@ func ParseWatchdog(usec, pidValue string, ours ...int) (*Watchdog, error) {
 	}
 	u, err := strconv.ParseUint(usec, 10, 64)
 	if err != nil || strings.HasPrefix(usec, "+") {
-		return nil, fmt.Errorf("WATCHDOG_USEC=%q is not a number of microseconds", clip(usec))
+		return nil, fmt.Errorf("%s=%q is not a number of microseconds", WatchdogUSecEnv, clip(usec))
 	}
 	if u == 0 || u > uint64((1<<63-1)/int64(time.Microsecond)) {
-		return nil, fmt.Errorf("WATCHDOG_USEC=%d is out of range", u)
+		return nil, fmt.Errorf("%s=%d is out of range", WatchdogUSecEnv, u)
 	}
 	if pidValue != "" {
 		pid, err := strconv.Atoi(pidValue)
 		if err != nil || pid <= 0 || strings.HasPrefix(pidValue, "+") {
-			return nil, fmt.Errorf("WATCHDOG_PID=%q is not a process ID", clip(pidValue))
+			return nil, fmt.Errorf("%s=%q is not a process ID", WatchdogPIDEnv, clip(pidValue))
 		}
 		mine := false
 		for _, p := range ours {
@@ -81,6 +88,15 @@ func ParseWatchdog(usec, pidValue string, ours ...int) (*Watchdog, error) {
 		}
 	}
 	return &Watchdog{Interval: time.Duration(u) * time.Microsecond}, nil
+}
+
+// WatchdogFromEnv is ParseWatchdog of this process's environment, whose watchdog
+// variables it then clears, so that no program the process starts inherits them.
+func WatchdogFromEnv(ours ...int) (*Watchdog, error) {
+	w, err := ParseWatchdog(os.Getenv(WatchdogUSecEnv), os.Getenv(WatchdogPIDEnv), ours...)
+	os.Unsetenv(WatchdogUSecEnv)
+	os.Unsetenv(WatchdogPIDEnv)
+	return w, err
 }
 
 func clip(s string) string {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/tests/bench/internal/stats"
 	"github.com/seed-a7250cfa/handover/tests/internal/load"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 )
@@ -203,13 +204,8 @@ func dist(vs []float64) Dist {
 	if len(vs) == 0 {
 		return d
 	}
-	vs = slices.Clone(vs)
-	slices.Sort(vs)
-	rank := func(q float64) float64 {
-		i := int(math.Ceil(q*float64(len(vs)))) - 1
-		return vs[max(0, min(i, len(vs)-1))]
-	}
-	d.Min, d.Median, d.P90, d.Max = vs[0], rank(0.5), rank(0.9), vs[len(vs)-1]
+	vs = stats.Sorted(vs)
+	d.Min, d.Median, d.P90, d.Max = vs[0], stats.Quantile(vs, 0.5), stats.Quantile(vs, 0.9), vs[len(vs)-1]
 	return d
 }
 

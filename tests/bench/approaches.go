@@ -3,11 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -35,6 +37,9 @@ type env struct {
 	bin     string // built binaries
 	work    string // logs of servers not run by systemd
 	systemd sdns.Version
+	// serverEnv is added to the environment of the servers the bench starts
+	// itself (-server-env), e.g. GODEBUG=inittrace=1.
+	serverEnv []string
 }
 
 // server is one approach's server, from start to stop.
@@ -152,31 +157,45 @@ var approaches = []approach{
 	},
 }
 
-func approachNames() []string {
+func approachNames() []string { return namesOf(approaches, func(a approach) string { return a.Name }) }
+
+func approachByName(name string) (approach, bool) {
+	return byName(approaches, func(a approach) string { return a.Name }, name)
+}
+
+// namesOf lists the names of list's items.
+func namesOf[T any](list []T, name func(T) string) []string {
 	var out []string
-	for _, a := range approaches {
-		out = append(out, a.Name)
+	for _, a := range list {
+		out = append(out, name(a))
 	}
 	return out
 }
 
-func approachByName(name string) (approach, bool) {
-	for _, a := range approaches {
-		if a.Name == name {
+// byName returns the item of list called n.
+func byName[T any](list []T, name func(T) string, n string) (T, bool) {
+	for _, a := range list {
+		if name(a) == n {
 			return a, true
 		}
 	}
-	return approach{}, false
+	var zero T
+	return zero, false
 }
 
-// freePort returns a loopback address nothing listens on right now.
+// freePort returns a loopback address nothing listens on right now, with a port
+// below 32768: outside the kernel's range of ephemeral ports, so that no
+// connection a client opens meanwhile (the switch probe opens thousands) takes it
+// before the server binds it.
 func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+	for i := 0; i < 100; i++ {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+mrand.IntN(12000)))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return "", errors.New("no free port between 20000 and 32000 on 127.0.0.1")
 }
 
 // cleanEnv is the environment of the servers the bench starts: nothing of its own
@@ -256,7 +275,7 @@ func (s *procServer) spawn() (int, error) {
 	defer f.Close()
 	// An absolute path as argv[0]: the peers re-execute os.Args[0].
 	cmd := exec.Command(s.bin, s.args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), s.e.serverEnv...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = s.e.work
 	if err := cmd.Start(); err != nil {
@@ -394,7 +413,7 @@ func (s *runServer) Start() (int, error) {
 	defer f.Close()
 	cmd := exec.Command(filepath.Join(s.e.bin, "handover"), "run", "-listen", "http="+s.addr, "-drain-timeout", "30s",
 		"--", filepath.Join(s.e.bin, "handover-demo"), "-drain-timeout", "30s")
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), s.e.serverEnv...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = s.e.work
 	if err := cmd.Start(); err != nil {

@@ -103,8 +103,8 @@ func sampleReport() *Report {
 	a := ApproachResult{Name: "handover-usr2", Label: "handover: SIGUSR2 <&>", RestartsAsked: 1}
 	analyze(&a, lr, runs, options{window: 500 * time.Millisecond})
 	b := ApproachResult{Name: "naive", Label: "naive", RestartsAsked: 1, Error: "not run: no root"}
-	return &Report{Command: "cd tests/bench && go run .", Config: Config{Restarts: 1, Concurrency: 16, KeepAlive: 0.5, SlowEvery: 10, SlowMS: 300},
-		Machine: Machine{CPUs: 2, Modules: map[string]string{"github.com/cloudflare/tableflip": "v1.2.3"}}, Approaches: []ApproachResult{a, b}}
+	return &Report{RunHeader: RunHeader{Command: "cd tests/bench && go run .", Machine: Machine{CPUs: 2, Modules: map[string]string{"github.com/cloudflare/tableflip": "v1.2.3"}}},
+		Config: Config{Restarts: 1, Concurrency: 16, KeepAlive: 0.5, SlowEvery: 10, SlowMS: 300}, Approaches: []ApproachResult{a, b}}
 }
 
 func TestSVGWellFormed(t *testing.T) {

@@ -9,6 +9,7 @@
 //	cd tests/bench && go run . -quick -out /tmp/quick # 10 restarts per approach, about 4 minutes
 //	cd tests/bench && go run . -report results/bench.json   # tables and picture again from the JSON
 //	cd tests/bench && go run . -tls -out /tmp/tls     # TLS resumption after upgrades (tlsbench.go), about 2 minutes
+//	cd tests/bench && go run . -switch              # switch time on idle servers (switch.go), into results/switch
 //
 // For each approach it starts the server, puts it under the load of
 // tests/internal/load (16 clients, half keep-alive, half a new connection per
@@ -34,6 +35,20 @@
 //
 // The peers are the small servers in servers/, with the demo's endpoints (GET / with
 // an X-Pid header, GET /slow?ms=N).
+//
+// With -switch (switch.go) it times only the switch, the way issue 18 measured it:
+// each approach starts a fresh idle server per round (the approaches taking turns,
+// -switch-rounds × -switch-upgrades), a probe dials a new connection every
+// -switch-every (200 µs; raw HTTP/1.1, never retried, bounded in time and count),
+// and the switch time runs from just before the trigger to the first response whose
+// X-Pid is a new PID. Approaches: handover-usr2, handover-run, handover-reload
+// (systemctl reload under systemd: run it under the systemd lock), handover-ctl
+// (`handover reload -control PATH`, the command's start timed), tableflip,
+// gracehttp, endless; APPROACH@NAME runs APPROACH with the servers of
+// -switch-variant NAME=DIR (another build), turn by turn with the stock one. An
+// approach's trigger is a function, and it may have an untimed preparation step (a
+// two-phase upgrade's prepare). It writes switch.json and switch.md. The command
+// ./switchtrace runs it under perf and splits each switch into phases.
 package main
 
 import (
@@ -86,6 +101,10 @@ type options struct {
 	tlsWindow      time.Duration
 	tlsCalibration time.Duration
 	tlsKey         string
+
+	// The switch benchmark (switch.go).
+	switchMode bool
+	sw         switchOptions
 }
 
 func parseFlags() options {
@@ -107,7 +126,7 @@ func parseFlags() options {
 	flag.DurationVar(&o.exitTimeout, "exit-timeout", 40*time.Second, "how long to wait for an old process to exit after a restart signal")
 	flag.StringVar(&o.approaches, "approaches", strings.Join(approachNames(), ","), "comma-separated approaches to run, in this order")
 	flag.BoolVar(&o.quick, "quick", false, "a short run: 10 restarts in 2 rounds, unless -restarts or -rounds are given")
-	flag.StringVar(&o.report, "report", "", "no run: read this bench.json and write its tables and picture into -out again")
+	flag.StringVar(&o.report, "report", "", "no run: read this bench.json (with -switch: switch.json) and write its tables (and picture) into -out again")
 	flag.StringVar(&o.repo, "repo", "", "the handover repository (default: found above the working directory)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (binaries and server logs)")
 	flag.BoolVar(&o.tls, "tls", false, "run the TLS benchmark instead: full versus resumed handshakes after upgrades (tls.json, tls.md in -out)")
@@ -118,6 +137,32 @@ func parseFlags() options {
 	flag.DurationVar(&o.tlsWindow, "tls-window", 10*time.Second, "with -tls: the window after each upgrade (and the steady window)")
 	flag.DurationVar(&o.tlsCalibration, "tls-calibration", 3*time.Second, "with -tls: the window with clients that present no ticket")
 	flag.StringVar(&o.tlsKey, "tls-key", "ecdsa", "with -tls: the certificate's key, ecdsa (P-256) or rsa (2048)")
+	flag.BoolVar(&o.switchMode, "switch", false, "run the switch benchmark instead: trigger → first answer from the new PID on idle servers (switch.json, switch.md in -out, default results/switch)")
+	flag.StringVar(&o.sw.approaches, "switch-approaches", strings.Join(switchApproachNames(), ","), "with -switch: the approaches, in this order")
+	flag.IntVar(&o.sw.rounds, "switch-rounds", 3, "with -switch: rounds; each approach starts a fresh server per round, the approaches taking turns")
+	flag.IntVar(&o.sw.upgrades, "switch-upgrades", 20, "with -switch: switches per approach and round")
+	flag.DurationVar(&o.sw.every, "switch-every", 200*time.Microsecond, "with -switch: the probe dials a new connection this often")
+	flag.DurationVar(&o.sw.lead, "switch-lead", 20*time.Millisecond, "with -switch: the probe runs this long before the trigger")
+	flag.DurationVar(&o.sw.gap, "switch-gap", 100*time.Millisecond, "with -switch: idle time between the old process's exit and the next switch")
+	flag.DurationVar(&o.sw.timeout, "switch-timeout", 10*time.Second, "with -switch: bound on one switch (trigger → an answer from the new PID), and on the wait for the old PID to exit")
+	flag.DurationVar(&o.sw.reqTimeout, "switch-request-timeout", 2*time.Second, "with -switch: bound on one probe request, dial included")
+	flag.IntVar(&o.sw.maxInFlight, "switch-max-in-flight", 64, "with -switch: at most this many probe requests at once (a slot is skipped otherwise)")
+	flag.StringVar(&o.sw.bin, "switch-bin", "", "with -switch: use the servers built in this `directory` (handover-demo, handover, tableflip, gracehttp, endless; e.g. an instrumented build) instead of building them")
+	flag.Func("server-env", "with -switch: add `NAME=VALUE` to the environment of the servers the bench starts itself, not under systemd (repeatable; e.g. GODEBUG=inittrace=1)", func(v string) error {
+		o.sw.env = append(o.sw.env, v)
+		return nil
+	})
+	flag.Func("switch-variant", "with -switch: `NAME=DIR`, servers of another build in the absolute directory DIR (all five binaries); APPROACH@NAME in -switch-approaches runs APPROACH with them (repeatable)", func(v string) error {
+		name, dir, ok := strings.Cut(v, "=")
+		if !ok || name == "" || strings.ContainsAny(name, "@,") {
+			return fmt.Errorf("want NAME=DIR, NAME without @ or commas")
+		}
+		if o.sw.variants == nil {
+			o.sw.variants = map[string]string{}
+		}
+		o.sw.variants[name] = dir
+		return nil
+	})
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -128,6 +173,15 @@ func parseFlags() options {
 		if !set["rounds"] {
 			o.rounds = 2
 		}
+		if !set["switch-rounds"] {
+			o.sw.rounds = 2
+		}
+		if !set["switch-upgrades"] {
+			o.sw.upgrades = 5
+		}
+	}
+	if o.switchMode && !set["out"] {
+		o.out = filepath.Join("results", "switch")
 	}
 	return o
 }
@@ -137,20 +191,12 @@ func main() {
 	if flag.NArg() > 0 {
 		fatalf("unexpected argument %q (flags only; see -help)", flag.Arg(0))
 	}
+	if o.switchMode {
+		runSwitchMain(o)
+		return
+	}
 	if o.tls {
-		if err := proc.SetSubreaper(); err != nil {
-			fatalf("%v", err)
-		}
-		unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		err := runTLS(ctx, o)
-		if lerr := proc.LeakCheck(); lerr != nil {
-			err = errors.Join(err, lerr)
-		}
-		if err != nil {
-			fatalf("%v", err)
-		}
+		runCommand(func(ctx context.Context) error { return runTLS(ctx, o) })
 		return
 	}
 	if o.report != "" {
@@ -167,31 +213,68 @@ func main() {
 	if err := checkOptions(o); err != nil {
 		fatalf("%v", err)
 	}
-	if err := proc.SetSubreaper(); err != nil {
-		fatalf("%v", err)
-	}
-	// Descriptors this process inherited must not reach the servers it starts, or
-	// their fd counts would compare unlike processes.
-	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	rep, err := run(ctx, o)
-	if rep != nil {
-		if werr := writeOutputs(o.out, rep); werr != nil {
-			err = errors.Join(err, werr)
-		} else {
+	runCommand(func(ctx context.Context) error {
+		rep, err := run(ctx, o)
+		if rep != nil {
+			if werr := writeOutputs(o.out, rep); werr != nil {
+				return errors.Join(err, werr)
+			}
 			fmt.Print(markdown(rep))
 			fmt.Fprintf(os.Stderr, "bench: wrote %s, %s and %s\n", filepath.Join(o.out, "bench.json"),
 				filepath.Join(o.out, "bench.svg"), filepath.Join(o.out, "bench.md"))
 		}
+		return err
+	})
+}
+
+// runCommand runs f as a child subreaper that passes no descriptor it inherited on
+// to the servers (their fd counts would compare unlike processes), under a context
+// that SIGINT and SIGTERM cancel; then it checks that no child is left, and exits
+// on any error.
+func runCommand(f func(ctx context.Context) error) {
+	if err := proc.SetSubreaper(); err != nil {
+		fatalf("%v", err)
 	}
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := f(ctx)
+	stop()
 	if lerr := proc.LeakCheck(); lerr != nil {
 		err = errors.Join(err, lerr)
 	}
 	if err != nil {
 		fatalf("%v", err)
 	}
+}
+
+// runSwitchMain runs the switch benchmark (-switch) and exits on failure; with
+// -report it writes switch.md again from a switch.json.
+func runSwitchMain(o options) {
+	if o.report != "" {
+		rep, err := readSwitchReport(o.report)
+		if err == nil {
+			err = writeSwitchOutputs(o.out, rep)
+		}
+		if err != nil {
+			fatalf("%v", err)
+		}
+		fmt.Print(switchMarkdown(rep))
+		return
+	}
+	if err := checkSwitchOptions(o.sw); err != nil {
+		fatalf("%v", err)
+	}
+	runCommand(func(ctx context.Context) error {
+		rep, err := runSwitch(ctx, o)
+		if rep != nil {
+			if werr := writeSwitchOutputs(o.out, rep); werr != nil {
+				return errors.Join(err, werr)
+			}
+			fmt.Print(switchMarkdown(rep))
+			fmt.Fprintf(os.Stderr, "bench: wrote %s and %s\n", filepath.Join(o.out, "switch.json"), filepath.Join(o.out, "switch.md"))
+		}
+		return err
+	})
 }
 
 func checkOptions(o options) error {

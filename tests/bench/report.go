@@ -3,23 +3,34 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
+	"github.com/seed-a7250cfa/handover/tests/bench/internal/runinfo"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Report is everything one run measured; it is written as bench.json, and the
 // tables and the picture are made from it alone.
 type Report struct {
-	Tool        string           `json:"tool"`
-	Command     string           `json:"command"`
-	Started     string           `json:"started"`
-	Finished    string           `json:"finished"`
-	Machine     Machine          `json:"machine"`
+	RunHeader
 	Config      Config           `json:"config"`
 	Definitions []string         `json:"definitions"`
 	Approaches  []ApproachResult `json:"approaches"`
+}
+
+// RunHeader says which command ran, when and where (the start of every report).
+type RunHeader struct {
+	Tool     string  `json:"tool"`
+	Command  string  `json:"command"` // as a reader would run it again
+	Started  string  `json:"started"`
+	Finished string  `json:"finished"`
+	Machine  Machine `json:"machine"`
+}
+
+// newHeader starts a report's header.
+func newHeader(tool string, began time.Time, m Machine) RunHeader {
+	return RunHeader{Tool: tool, Command: runinfo.CommandLine("."), Started: began.UTC().Format(time.RFC3339), Machine: m}
 }
 
 // Machine describes where the run happened.
@@ -170,17 +181,7 @@ type Series struct {
 	Fail  []int     `json:"fail"`
 }
 
-func readReport(path string) (*Report, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var r Report
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return &r, nil
-}
+func readReport(path string) (*Report, error) { return runinfo.ReadJSON[Report](path) }
 
 // writeOutputs writes bench.json, bench.svg and bench.md into dir.
 func writeOutputs(dir string, r *Report) error {

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed-a7250cfa/handover/tests/bench/internal/runinfo"
 	"github.com/seed-a7250cfa/handover/tests/internal/load"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
@@ -23,39 +24,15 @@ import (
 // run builds the servers and runs every approach asked for, one after the other.
 func run(ctx context.Context, o options) (*Report, error) {
 	began := time.Now()
-	repo, err := findRepo(o.repo)
+	e, cleanup, err := setUp(o, "handover-bench-", "")
 	if err != nil {
 		return nil, err
 	}
-	work, err := os.MkdirTemp("", "handover-bench-")
-	if err != nil {
-		return nil, err
-	}
-	if o.keep {
-		logf("keeping the work directory %s", work)
-	} else {
-		defer os.RemoveAll(work)
-	}
-	e := &env{opts: o, repo: repo, bin: filepath.Join(work, "bin"), work: work}
-	logf("building the servers into %s", e.bin)
-	if err := build(repo, e.bin); err != nil {
-		return nil, err
-	}
+	defer cleanup()
 	names := splitList(o.approaches)
-	var sdErr error
-	for _, name := range names {
-		if a, _ := approachByName(name); a.Systemd {
-			if sdErr = sdns.Available(); sdErr == nil {
-				e.systemd, sdErr = sdns.Installed()
-			}
-			break
-		}
-	}
+	sdErr := checkSystemd(e, slices.ContainsFunc(names, func(n string) bool { a, _ := approachByName(n); return a.Systemd }))
 	rep := &Report{
-		Tool:        "tests/bench",
-		Command:     commandLine(),
-		Started:     began.UTC().Format(time.RFC3339),
-		Machine:     machineInfo(e.systemd, e.bin),
+		RunHeader:   newHeader("tests/bench", began, machineInfo(e.systemd, e.bin)),
 		Config:      configOf(o),
 		Definitions: definitions(o),
 	}
@@ -96,11 +73,62 @@ func run(ctx context.Context, o options) (*Report, error) {
 		rep.Approaches = append(rep.Approaches, res)
 	}
 	rep.Finished = time.Now().UTC().Format(time.RFC3339)
+	return rep, finished(ctx, began)
+}
+
+// finished logs how long the run took and says whether it was interrupted.
+func finished(ctx context.Context, began time.Time) error {
 	logf("done in %v", time.Since(began).Round(time.Second))
 	if ctx.Err() != nil {
-		return rep, fmt.Errorf("interrupted: %w", ctx.Err())
+		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
-	return rep, nil
+	return nil
+}
+
+// setUp finds the repository, makes a work directory (removed by cleanup unless
+// -keep) and builds the servers into it, or takes those already built in bin.
+func setUp(o options, prefix, bin string) (e *env, cleanup func(), err error) {
+	repo, err := findRepo(o.repo)
+	if err != nil {
+		return nil, nil, err
+	}
+	work, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	cleanup = func() { os.RemoveAll(work) }
+	if o.keep {
+		logf("keeping the work directory %s", work)
+		cleanup = func() {}
+	}
+	e = &env{opts: o, repo: repo, bin: filepath.Join(work, "bin"), work: work}
+	if bin != "" {
+		if e.bin, err = filepath.Abs(bin); err != nil {
+			cleanup()
+			return nil, nil, err
+		}
+		logf("using the servers in %s", e.bin)
+		return e, cleanup, nil
+	}
+	logf("building the servers into %s", e.bin)
+	if err := build(repo, e.bin); err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return e, cleanup, nil
+}
+
+// checkSystemd, when needed (an approach runs under systemd), finds the systemd
+// to run, into e; its error says why those approaches cannot run.
+func checkSystemd(e *env, needed bool) error {
+	if !needed {
+		return nil
+	}
+	err := sdns.Available()
+	if err == nil {
+		e.systemd, err = sdns.Installed()
+	}
+	return err
 }
 
 // build compiles handover-demo and handover (in the library's module) and the
@@ -120,18 +148,6 @@ func build(repo, dir string) error {
 		}
 	}
 	return nil
-}
-
-// commandLine is how this run was started, as a reader would rerun it.
-func commandLine() string {
-	args := []string{"go", "run", "."}
-	for _, a := range os.Args[1:] {
-		if strings.ContainsAny(a, " \t'\"$") {
-			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-		args = append(args, a)
-	}
-	return "cd tests/bench && " + strings.Join(args, " ")
 }
 
 func configOf(o options) Config {
@@ -215,7 +231,7 @@ func runSegment(ctx context.Context, e *env, a approach, restarts int) (seg segm
 			logf("%s: server log (last lines):\n%s", a.Name, srv.Log())
 		}
 	}
-	before := loadAvg()
+	before := runinfo.LoadAvg()
 	defer func() {
 		if r := recover(); r != nil {
 			ab, ok := r.(tbAbort)
@@ -224,7 +240,7 @@ func runSegment(ctx context.Context, e *env, a approach, restarts int) (seg segm
 			}
 			fail(errors.New(ab.msg))
 		}
-		seg.loadavg = before + " → " + loadAvg()
+		seg.loadavg = before + " → " + runinfo.LoadAvg()
 		if srv == nil {
 			return
 		}
@@ -619,11 +635,4 @@ func oneLine(r ApproachResult) string {
 		s += "; error: " + r.Error
 	}
 	return s
-}
-
-// loadAvg returns the first three fields of /proc/loadavg.
-func loadAvg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	return strings.Join(f[:min(3, len(f))], " ")
 }

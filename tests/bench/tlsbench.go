@@ -33,7 +33,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"math/big"
 	mrand "math/rand/v2"
@@ -50,6 +49,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed-a7250cfa/handover/tests/bench/internal/runinfo"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
 	"github.com/seed-a7250cfa/handover/tests/internal/sdns"
@@ -387,19 +387,6 @@ func tlsCert(dir, kind string) (certFile, keyFile string, pool *x509.CertPool, e
 	return certFile, keyFile, pool, nil
 }
 
-// lowPort returns a loopback address whose port, below 32768 (outside the ephemeral
-// range), is free right now.
-func lowPort() (string, error) {
-	for i := 0; i < 100; i++ {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+mrand.IntN(12000)))
-		if l, err := net.Listen("tcp", addr); err == nil {
-			l.Close()
-			return addr, nil
-		}
-	}
-	return "", errors.New("no free port below 32768")
-}
-
 func keyName(k string) string {
 	switch k {
 	case "rsa":
@@ -412,25 +399,17 @@ func keyName(k string) string {
 
 // runTLS runs the TLS benchmark and writes tls.json and tls.md into o.out.
 func runTLS(ctx context.Context, o options) error {
-	repo, err := findRepo(o.repo)
+	e, cleanup, err := setUp(o, "handover-bench-tls-", "")
 	if err != nil {
 		return err
 	}
-	work, err := os.MkdirTemp("", "handover-bench-tls-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(work)
-	bin := filepath.Join(work, "bin")
-	logf("building the servers into %s", bin)
-	if err := build(repo, bin); err != nil {
-		return err
-	}
+	defer cleanup()
+	bin, work := e.bin, e.work
 	cert, key, pool, err := tlsCert(work, o.tlsKey)
 	if err != nil {
 		return err
 	}
-	rep := &TLSReport{Tool: "tests/bench -tls", Command: commandLine(), Started: time.Now().UTC().Format(time.RFC3339),
+	rep := &TLSReport{Tool: "tests/bench -tls", Command: runinfo.CommandLine("."), Started: time.Now().UTC().Format(time.RFC3339),
 		Machine: machineInfo(sdns.Version{}, bin), Key: o.tlsKey, Clients: o.tlsClients, PauseMS: float64(o.tlsPause) / 1e6,
 		WindowS: o.tlsWindow.Seconds(), Upgrades: o.tlsUpgrades}
 	for _, name := range splitList(o.tlsApproaches) {
@@ -467,7 +446,7 @@ func runTLS(ctx context.Context, o options) error {
 // runTLSApproach runs one approach: start, calibration, steady window, upgrades, stop.
 func runTLSApproach(ctx context.Context, o options, a tlsApproach, bin, work, cert, key string, pool *x509.CertPool) (res TLSApproachResult) {
 	res = TLSApproachResult{Name: a.Name, Label: a.Label, Server: a.Server, Restart: a.Restart}
-	addr, err := lowPort()
+	addr, err := freePort()
 	if err != nil {
 		res.Error = err.Error()
 		return res
@@ -526,7 +505,7 @@ func runTLSApproach(ctx context.Context, o options, a tlsApproach, bin, work, ce
 		}
 		c1 := meter.total()
 		w := summarize(rec.between(from, from.Add(d)), old)
-		w.Kind, w.Index, w.Seconds, w.ServerCPU, w.LoadAvg = kind, index, d.Seconds(), c1-c0, loadAvg()
+		w.Kind, w.Index, w.Seconds, w.ServerCPU, w.LoadAvg = kind, index, d.Seconds(), c1-c0, runinfo.LoadAvg()
 		res.Windows = append(res.Windows, w)
 		logf("%s %s %d: %d handshakes, %d full, %d resumed, %d failed, server CPU %.3fs, PIDs %v", a.Name, kind, index, w.Handshakes, w.Full, w.Resumed, w.Failed, w.ServerCPU, w.PIDs)
 		return true

@@ -70,6 +70,10 @@ type Config struct {
 	RequestTimeout time.Duration
 	// Path of normal requests (default "/").
 	Path string
+	// Method of every request, slow ones included (default GET), and Body, sent
+	// with each (with its Content-Length). A POST is what no client may retry.
+	Method string
+	Body   []byte
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -100,6 +104,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Path == "" {
 		c.Path = "/"
+	}
+	if c.Method == "" {
+		c.Method = http.MethodGet
 	}
 	return c, nil
 }
@@ -300,7 +307,7 @@ func (r *Runner) work(ctx context.Context, w *worker) {
 			if !w.keepAlive {
 				h = rawhttp.CloseHeader()
 			}
-			resp, err = conn.Do(http.MethodGet, path, h, time.Until(deadline))
+			resp, err = conn.Send(r.cfg.Method, path, h, r.cfg.Body, time.Until(deadline))
 		}
 		if !w.keepAlive && conn != nil {
 			conn.Close()

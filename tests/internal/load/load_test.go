@@ -137,6 +137,28 @@ func dropServer(t *testing.T) (addr string, dropped func() int64) {
 	return ln.Addr().String(), drops.Load
 }
 
+// TestMethodAndBody: Config.Method and Body go with every request, slow ones too.
+func TestMethodAndBody(t *testing.T) {
+	var bad atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b, err := io.ReadAll(r.Body); err != nil || r.Method != http.MethodPost || string(b) != "v=1" {
+			bad.Add(1)
+		}
+		io.WriteString(w, "ok\n")
+	}))
+	defer srv.Close()
+	res, err := Run(context.Background(), Config{
+		Addr: srv.Listener.Addr().String(), Concurrency: 2, MaxRequests: 40, SlowEvery: 4, SlowMS: 1,
+		Duration: 20 * time.Second, Method: http.MethodPost, Body: []byte("v=1"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Total() != 40 || res.FailureCount() != 0 || bad.Load() != 0 {
+		t.Fatalf("total=%d failures=%v, %d requests not POST v=1", res.Total(), res.Failures(), bad.Load())
+	}
+}
+
 func TestFailuresCountedNotRetried(t *testing.T) {
 	addr, dropped := dropServer(t)
 	res, err := Run(context.Background(), Config{Addr: addr, Concurrency: 4, MaxRequests: 200, SlowEvery: -1})

@@ -171,11 +171,17 @@ func (c *Conn) Close() error {
 // (EOF or Reset per Classify) is returned. After any error the underlying
 // connection is closed.
 func (c *Conn) Do(method, path string, header http.Header, timeout time.Duration) (*Response, error) {
+	return c.Send(method, path, header, nil, timeout)
+}
+
+// Send is Do with a request body, sent with its Content-Length right after the
+// header (a POST or PUT as clients send them, in one write). It never retries
+// either: a POST on a keep-alive connection the server closed fails.
+func (c *Conn) Send(method, path string, header http.Header, body []byte, timeout time.Duration) (*Response, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	deadline := time.Now().Add(timeout)
-	return c.exchange(method, path, header, deadline, func() {}, nil)
+	return c.exchange(method, path, header, body, time.Now().Add(timeout), func() {}, nil)
 }
 
 // Stream is like Do but delivers the body incrementally: fn is called with
@@ -192,20 +198,20 @@ func (c *Conn) Stream(method, path string, header http.Header, idle time.Duratio
 		idle = DefaultTimeout
 	}
 	bump := func() { _ = c.nc.SetReadDeadline(time.Now().Add(idle)) }
-	return c.exchange(method, path, header, time.Now().Add(idle), bump, fn)
+	return c.exchange(method, path, header, nil, time.Now().Add(idle), bump, fn)
 }
 
 // exchange writes a request and reads a response. deadline is set once on
 // the connection; bump is called before each body read (to extend a read
 // deadline when streaming). lineFn, if non-nil, receives body lines.
-func (c *Conn) exchange(method, path string, header http.Header, deadline time.Time, bump func(), lineFn func([]byte) error) (*Response, error) {
+func (c *Conn) exchange(method, path string, header http.Header, body []byte, deadline time.Time, bump func(), lineFn func([]byte) error) (*Response, error) {
 	if !c.Reusable() {
 		return nil, ErrNotReusable
 	}
 	// Pessimistic: only a clean keep-alive exchange makes c reusable again.
 	c.reusable = false
 	start := time.Now()
-	resp, reqClose, err := c.roundTrip(method, path, header, deadline, bump, lineFn)
+	resp, reqClose, err := c.roundTrip(method, path, header, body, deadline, bump, lineFn)
 	if err != nil {
 		c.Close()
 		return nil, err
@@ -220,11 +226,11 @@ func (c *Conn) exchange(method, path string, header http.Header, deadline time.T
 	return resp, nil
 }
 
-func (c *Conn) roundTrip(method, path string, header http.Header, deadline time.Time, bump func(), lineFn func([]byte) error) (*Response, bool, error) {
+func (c *Conn) roundTrip(method, path string, header http.Header, body []byte, deadline time.Time, bump func(), lineFn func([]byte) error) (*Response, bool, error) {
 	if err := c.nc.SetDeadline(deadline); err != nil {
 		return nil, false, err
 	}
-	req, reqClose := buildRequest(c.addr, method, path, header)
+	req, reqClose := buildRequest(c.addr, method, path, header, body)
 	if _, err := c.nc.Write(req); err != nil {
 		return nil, reqClose, fmt.Errorf("rawhttp: write request: %w", err)
 	}
@@ -267,7 +273,7 @@ func (c *Conn) roundTrip(method, path string, header http.Header, deadline time.
 	return resp, reqClose, nil
 }
 
-func buildRequest(host, method, path string, header http.Header) ([]byte, bool) {
+func buildRequest(host, method, path string, header http.Header, body []byte) ([]byte, bool) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, path, host)
 	keys := make([]string, 0, len(header))
@@ -290,10 +296,11 @@ func buildRequest(host, method, path string, header http.Header) ([]byte, bool) 
 			}
 		}
 	}
-	if !hasLen && method != http.MethodGet && method != http.MethodHead {
-		b.WriteString("Content-Length: 0\r\n")
+	if !hasLen && (len(body) > 0 || method != http.MethodGet && method != http.MethodHead) {
+		fmt.Fprintf(&b, "Content-Length: %d\r\n", len(body))
 	}
 	b.WriteString("\r\n")
+	b.Write(body)
 	return b.Bytes(), reqClose
 }
 

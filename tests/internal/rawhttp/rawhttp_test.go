@@ -148,6 +148,30 @@ func TestChunked(t *testing.T) {
 	}
 }
 
+// TestSendBody: Send's body arrives whole with its Content-Length, and the keep-alive
+// connection stays in sync for the next request.
+func TestSendBody(t *testing.T) {
+	srv, _ := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %d %q %v", r.Method, r.ContentLength, b, err)
+	})
+	c := dial(t, addrOf(srv))
+	for i, body := range []string{"key=value", "", "second"} {
+		resp, err := c.Send("POST", "/", nil, []byte(body), testTimeout)
+		want := fmt.Sprintf("POST %d %q <nil>", len(body), body)
+		if err != nil || string(resp.Body) != want {
+			t.Fatalf("request %d: %v, %q; want %q", i, err, respBody(resp), want)
+		}
+	}
+}
+
+func respBody(r *Response) []byte {
+	if r == nil {
+		return nil
+	}
+	return r.Body
+}
+
 func TestKeepAliveReuse(t *testing.T) {
 	srv, remotes := newServer(t, func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, r.URL.Path)

@@ -7,14 +7,15 @@
 //   -ready-after;
 // - on SIGTERM it drains: stops accepting, answers the requests it has with
 //   "Connection: close", closes idle keep-alive connections after a grace, exits 0.
+//   Not with server.close(): since Node 19 that also closes idle keep-alive
+//   connections at once, and a request a client is sending on one at that moment
+//   is lost (a POST is not retried); deploy/README.md shows the drain below.
 //
-// GET / answers "pid=P lang=node" with header X-Pid; GET /slow?ms=N after N ms.
+// Any method: it reads the request's body, then answers "pid=P lang=node bytes=N"
+// with header X-Pid; /slow?ms=N answers after N ms.
 'use strict';
 const http = require('http');
 const net = require('net');
-
-const GRACE = 1000; // ms idle keep-alive connections may still send a request
-const DRAIN = 10000; // ms before exiting anyway
 
 if (process.env.LISTEN_PID !== String(process.pid)) {
   console.error(`server.js: LISTEN_PID=${process.env.LISTEN_PID} is not this process (${process.pid})`);
@@ -32,16 +33,20 @@ const server = http.createServer((req, res) => {
   const sock = req.socket;
   inflight.set(sock, (inflight.get(sock) || 0) + 1);
   res.on('finish', () => inflight.set(sock, inflight.get(sock) - 1));
-  const url = new URL(req.url, 'http://localhost');
-  const reply = () => {
-    const body = `pid=${process.pid} lang=node\n`;
-    const headers = { 'X-Pid': String(process.pid), 'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body) };
-    if (draining) headers.Connection = 'close';
-    res.writeHead(200, headers);
-    res.end(body);
-  };
-  if (url.pathname === '/slow') setTimeout(reply, Number(url.searchParams.get('ms') || 100));
-  else reply();
+  let bytes = 0;
+  req.on('data', (chunk) => { bytes += chunk.length; });
+  req.on('end', () => {
+    const url = new URL(req.url, 'http://localhost');
+    const reply = () => {
+      const body = `pid=${process.pid} lang=node bytes=${bytes}\n`;
+      const headers = { 'X-Pid': String(process.pid), 'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body) };
+      if (draining) headers.Connection = 'close'; // the client's next request goes to a new connection
+      res.writeHead(200, headers);
+      res.end(body);
+    };
+    if (url.pathname === '/slow') setTimeout(reply, Number(url.searchParams.get('ms') || 100));
+    else reply();
+  });
 });
 server.keepAliveTimeout = 30000;
 server.on('connection', (sock) => {
@@ -50,13 +55,16 @@ server.on('connection', (sock) => {
 });
 server.listen({ fd: 3 });
 
+// The drain (deploy/README.md quotes this block).
 process.on('SIGTERM', () => {
-  draining = true;
-  // Stop accepting. net.Server's close, not http.Server's: that one also closes idle
-  // keep-alive connections at once, racing with requests already on their way.
+  draining = true; // from now on, every response says "Connection: close"
+  // Stop accepting: net.Server's close, not http.Server's, which since Node 19 also
+  // closes idle keep-alive connections at once, losing a request on its way in.
   net.Server.prototype.close.call(server, () => process.exit(0));
+  // Connections still idle after a grace (1s) get no more requests: close them.
   setTimeout(() => {
     for (const [sock, n] of inflight) if (n === 0) sock.destroy();
-  }, GRACE).unref();
-  setTimeout(() => process.exit(0), DRAIN).unref();
+  }, 1000).unref();
+  // Exit at the drain deadline anyway (below handover run's -drain-timeout).
+  setTimeout(() => process.exit(0), 10000).unref();
 });

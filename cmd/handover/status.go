@@ -1,0 +1,128 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/seed-a7250cfa/handover/internal/control"
+	"github.com/seed-a7250cfa/handover/internal/wire"
+)
+
+func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.Writer) int {
+	resp, err := ask(path, control.Status, timeout)
+	if errors.Is(err, errTimedOut) {
+		err = fmt.Errorf("no answer from %s within %s", path, timeout.Round(time.Millisecond))
+	}
+	if err == nil && !resp.OK {
+		err = errors.New(resp.Error)
+	}
+	if err == nil && resp.Status == nil {
+		err = errors.New("malformed answer: no status")
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "handover status: %v\n", err)
+		return 1
+	}
+	if asJSON {
+		b, _ := json.MarshalIndent(resp.Status, "", "  ")
+		fmt.Fprintf(stdout, "%s\n", b)
+		return 0
+	}
+	printStatus(stdout, resp.Status)
+	return 0
+}
+
+// printStatus prints s for a person: a library process's (its connections) or a
+// handover run master's (its child, the build it runs and its restarts), then its
+// last upgrades.
+func printStatus(w io.Writer, s *wire.Status) {
+	fmt.Fprintf(w, "PID:         %d\n", s.PID)
+	fmt.Fprintf(w, "Generation:  %d\n", s.Generation)
+	fmt.Fprintf(w, "State:       %s\n", s.State)
+	if s.Child != 0 {
+		fmt.Fprintf(w, "Child:       PID %d (handover run; restarts: %d)\n", s.Child, s.Restarts)
+		if s.ChildExecutable != "" {
+			fmt.Fprintf(w, "Child runs:  %s\n", s.ChildExecutable)
+		}
+	} else if s.Restarts != 0 {
+		fmt.Fprintf(w, "Restarts:    %d\n", s.Restarts)
+	}
+	if s.Upgrading != 0 {
+		fmt.Fprintf(w, "Upgrading:   new generation PID %d starting\n", s.Upgrading)
+	}
+	fmt.Fprintf(w, "Executable:  %s\n", s.Executable)
+	fmt.Fprintf(w, "Systemd:     %v\n", s.Systemd)
+	for i, l := range s.Listeners {
+		label := "Listeners:  "
+		if i > 0 {
+			label = "            "
+		}
+		name := l.Name
+		if name == "" {
+			name = "(unnamed)"
+		}
+		fmt.Fprintf(w, "%s %s %s:%s (from %s)\n", label, name, l.Network, l.Addr, l.Source)
+	}
+	master := s.Child != 0 || s.Restarts != 0
+	if !master {
+		// A handover run master does not see its child's connections.
+		c := s.Connections
+		fmt.Fprintf(w, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
+			c.Total(), c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
+	}
+	switch {
+	case s.LastError != "" && master:
+		fmt.Fprintf(w, "Last error:  %s\n", strings.TrimSpace(s.LastError))
+	case s.LastError != "":
+		fmt.Fprintf(w, "Last upgrade failed: %s\n", strings.TrimSpace(s.LastError))
+	}
+	printUpgrades(w, s.Upgrades)
+}
+
+// printUpgrades lists the last upgrades of a status (the library's or a handover
+// run master's), one line each: when it was asked for, its trigger, its outcome, the
+// PIDs from and to, the handover and the old generation's drain in milliseconds, and
+// the reason when it failed or died (or why the drain was cut short).
+func printUpgrades(w io.Writer, ups []wire.Upgrade) {
+	if len(ups) > 10 {
+		ups = ups[len(ups)-10:]
+	}
+	if len(ups) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "Upgrades:    %d (oldest first)\n", len(ups))
+	fmt.Fprintf(w, "  %-12s  %-14s  %-9s  %-15s  %11s  %9s  %s\n", "TIME", "TRIGGER", "OUTCOME", "FROM→TO", "HANDOVER", "DRAIN", "REASON")
+	for _, u := range ups {
+		to := "-"
+		if u.To != 0 {
+			to = fmt.Sprint(u.To)
+		}
+		handover := "-"
+		if u.Outcome == "ok" || u.Outcome == "died" {
+			handover = fmt.Sprintf("%.1fms", u.HandoverSeconds*1000)
+		}
+		drain := "-"
+		if u.Drained {
+			drain = fmt.Sprintf("%.0fms", u.DrainSeconds*1000)
+		}
+		var reason []string
+		if u.Reason != "" {
+			reason = append(reason, u.Reason)
+		}
+		if line, _, _ := strings.Cut(u.Error, "\n"); line != "" {
+			reason = append(reason, line)
+		}
+		if u.DrainKilled != "" {
+			reason = append(reason, "old child killed ("+u.DrainKilled+")")
+		}
+		if u.ConnsForced > 0 {
+			reason = append(reason, fmt.Sprintf("%d connections force-closed", u.ConnsForced))
+		}
+		fmt.Fprintf(w, "  %-12s  %-14s  %-9s  %-15s  %11s  %9s  %s\n", u.Start.Local().Format("15:04:05.000"), u.Trigger, u.Outcome,
+			fmt.Sprintf("%d→%s", u.From, to), handover, drain, strings.Join(reason, ": "))
+	}
+}

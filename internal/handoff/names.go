@@ -1,0 +1,56 @@
+package handoff
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+)
+
+// The names that travel between handover's processes, each defined here once: the
+// environment variables and descriptor names that the library, handover run's
+// master and the processes they start read and write. (NOTIFY_SOCKET and the
+// watchdog variables, the service manager's, are in internal/sdnotify.)
+
+// Environment variables of the socket-passing protocol. The LISTEN_* variables are
+// systemd's (sd_listen_fds(3)); the HANDOVER_* ones are handover's own.
+const (
+	ListenPIDEnv     = "LISTEN_PID"
+	ListenFDsEnv     = "LISTEN_FDS"
+	ListenFDNamesEnv = "LISTEN_FDNAMES"
+
+	// MarkerEnv is set by a handover parent for the child it starts. A parent cannot
+	// set LISTEN_PID to a PID it does not know before fork, so it names itself and the
+	// PID the child's parent will have instead; the child adopts LISTEN_FDS only when
+	// its real parent matches. Format: "pid=P,ppid=Q,chan=FD,gen=N[,err=FD][,own=I+J]"
+	// (see Marker).
+	MarkerEnv = "HANDOVER_PARENT"
+
+	// MasterEnv is set by `handover run` for the child it starts, to its own PID.
+	// The child adopts LISTEN_FDS as from systemd (the master sets LISTEN_PID through
+	// a re-exec shim) and, when its real parent is that PID, leaves upgrades to the
+	// master.
+	MasterEnv = "HANDOVER_MASTER"
+
+	// GenerationEnv is set by `handover run` for the child it starts: the child's
+	// generation (1 for the first child, n+1 for the one that replaces n).
+	GenerationEnv = "HANDOVER_GENERATION"
+)
+
+// ListenFDsStart is the first passed file descriptor (SD_LISTEN_FDS_START).
+const ListenFDsStart = 3
+
+// MaxListenFDs bounds LISTEN_FDS. systemd itself refuses more than this many fds in
+// a socket unit plus fd store; a larger number is a corrupt environment, not a
+// request.
+const MaxListenFDs = 4096
+
+// ControlName is the name of the control socket among the passed descriptors (a
+// socket unit's FileDescriptorName=handover-control, or the one the first
+// generation bound): a library process serves `handover reload` and `handover
+// status` on it and passes it on to every new generation; under handover run it
+// is the master's own, never passed to the child.
+const ControlName = "handover-control"
+
+// ErrUnsupported is returned where passing sockets to another process is not
+// implemented: on every system but Linux.
+var ErrUnsupported = fmt.Errorf("handing sockets to a new process is not supported on %s: %w", runtime.GOOS, errors.ErrUnsupported)

@@ -1,0 +1,142 @@
+//go:build linux
+
+package master
+
+import (
+	"bufio"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/seed-a7250cfa/handover/internal/proc"
+	"golang.org/x/sys/unix"
+)
+
+// startSh starts sh -c script with extra files at fd 3 and up, and returns its PID.
+// The process is not waited for: the reaper under test reaps it.
+func startSh(t *testing.T, script string, stdout *os.File, extra ...*os.File) int {
+	t.Helper()
+	files := append([]*os.File{nil, stdout, os.Stderr}, extra...)
+	p, err := os.StartProcess("/bin/sh", []string{"sh", "-c", script}, &os.ProcAttr{Files: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := p.Pid
+	p.Release()
+	return pid
+}
+
+// TestReap: the master's one reaper collects the exit status of every child: several
+// that exited before it looked (behind one SIGCHLD, which is not queued), and an
+// orphan reparented to the master (a child subreaper) once its parent is gone; it
+// posts each once, and returns when the loop is done.
+//
+// It waits for any child of this test process: no other test of the package runs
+// beside it (none is parallel) or leaves children behind.
+func TestReap(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	sigchld := make(chan os.Signal, 1)
+	signal.Notify(sigchld, syscall.SIGCHLD)
+	defer signal.Stop(sigchld)
+
+	exits := map[int]string{
+		startSh(t, "exit 3", nil):     "exit status 3",
+		startSh(t, "kill -9 $$", nil): "signal: killed",
+		startSh(t, "exit 0", nil):     "exit status 0",
+	}
+	// All three are zombies before the reaper runs: their SIGCHLDs are one.
+	for pid := range exits {
+		if err := waitFor(func() bool { f := statFields(strconv.Itoa(pid)); return len(f) > 0 && f[0] == "Z" }); err != nil {
+			t.Fatalf("child %d never exited", pid)
+		}
+	}
+	reaped := make(chan reapedEvent, 16)
+	post := func(ev event) bool { reaped <- ev.(reapedEvent); return true }
+	done := make(chan struct{})
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		reap(sigchld, post, done)
+	}()
+	got := map[int]string{}
+	for len(got) < len(exits) {
+		select {
+		case ev := <-reaped:
+			got[ev.pid] = proc.Describe(ev.status)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("reaped %v; want %v", got, exits)
+		}
+	}
+	for pid, want := range exits {
+		if got[pid] != want {
+			t.Errorf("child %d: reaped as %q, want %q", pid, got[pid], want)
+		}
+	}
+
+	// An orphan: a subshell that outlives its parent, blocked on a pipe the test
+	// holds, then told to exit 7.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	out, in, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := startSh(t, "(read line; exit 7) <&3 & echo $!; exit 0", in, r)
+	in.Close()
+	r.Close()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	out.Close()
+	orphan, _ := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || orphan <= 0 {
+		t.Fatalf("the orphan's PID: %q, %v", line, err)
+	}
+	expect := func(pid int, want string) {
+		t.Helper()
+		select {
+		case ev := <-reaped:
+			if ev.pid != pid || proc.Describe(ev.status) != want {
+				t.Errorf("reaped %d (%s); want %d (%s)", ev.pid, proc.Describe(ev.status), pid, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d was not reaped", pid)
+		}
+	}
+	expect(parent, "exit status 0")
+	if pp := parentOf(orphan); pp != os.Getpid() {
+		t.Errorf("the orphan's parent is %d, want this process %d (a child subreaper)", pp, os.Getpid())
+	}
+	w.Write([]byte("exit\n"))
+	expect(orphan, "exit status 7")
+
+	close(done)
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reaper did not return when done was closed")
+	}
+	select {
+	case ev := <-reaped:
+		t.Errorf("reaped %d twice, or something else", ev.pid)
+	default:
+	}
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(cond func() bool) error {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return nil
+		}
+	}
+	return os.ErrDeadlineExceeded
+}

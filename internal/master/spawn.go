@@ -1,0 +1,102 @@
+//go:build linux
+
+package master
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/proc"
+	"github.com/seed-a7250cfa/handover/internal/sdnotify"
+)
+
+// protocolVars are the variables of socket passing and service managers; the
+// master's own values must not reach a child.
+var protocolVars = []string{
+	handoff.ListenPIDEnv, handoff.ListenFDsEnv, handoff.ListenFDNamesEnv, handoff.MarkerEnv, handoff.MasterEnv, handoff.GenerationEnv,
+	sdnotify.Env, sdnotify.WatchdogUSecEnv, sdnotify.WatchdogPIDEnv, ShimEnv, ShimFDEnv,
+}
+
+// childEnv is the environment of every child, but LISTEN_FDS and LISTEN_FDNAMES,
+// which spawn adds (the shim adds LISTEN_PID): the master's own without the
+// protocol variables, then the master's notification socket, its PID, and the
+// watchdog's interval (the shim adds WATCHDOG_PID).
+func childEnv(environ []string, notifyPath string, wd *sdnotify.Watchdog) []string {
+	var env []string
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		drop := false
+		for _, p := range protocolVars {
+			drop = drop || k == p
+		}
+		if !drop {
+			env = append(env, kv)
+		}
+	}
+	env = append(env,
+		sdnotify.Env+"="+notifyPath,
+		handoff.MasterEnv+"="+strconv.Itoa(os.Getpid()))
+	if wd != nil {
+		env = append(env, sdnotify.WatchdogUSecEnv+"="+strconv.FormatInt(wd.Interval.Microseconds(), 10))
+	}
+	return env
+}
+
+// spawn starts c through the re-exec shim: this binary, with ShimEnv naming the
+// program, execs it in place once it has set LISTEN_PID to its own PID. The child
+// gets /dev/null as stdin, the master's stdout, a pipe as stderr (relayed to
+// Config.Stderr, its last lines kept: c.out), the sockets at fd 3 and up, then the
+// fd store's descriptors (c.stored), its own process group, and SIGKILL if the
+// master dies. A child started from the kept build (c.kept) also gets that build's
+// descriptor after those, named by ShimFDEnv: the shim runs that file, not the one
+// now at the path, and the program does not inherit it.
+func (h *host) spawn(c *child) error {
+	if h.devnull == nil {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			return err
+		}
+		h.devnull = f
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer pw.Close()
+	files := []uintptr{h.devnull.Fd(), os.Stdout.Fd(), pw.Fd()}
+	var names []string
+	for _, k := range h.socks.list {
+		files = append(files, uintptr(k.fd))
+		names = append(names, k.name)
+	}
+	for _, s := range c.stored {
+		files = append(files, uintptr(s.fd))
+		names = append(names, s.name)
+	}
+	env := append(append([]string(nil), h.env...),
+		handoff.ListenFDsEnv+"="+strconv.Itoa(len(names)),
+		handoff.ListenFDNamesEnv+"="+strings.Join(names, ":"),
+		ShimEnv+"="+c.exe, handoff.GenerationEnv+"="+strconv.Itoa(c.gen))
+	argv := append([]string{h.cfg.Prog}, h.cfg.Args...)
+	if c.kept && c.build.f != nil {
+		env = append(env, ShimFDEnv+"="+strconv.Itoa(len(files)))
+		files = append(files, c.build.f.Fd())
+		argv = c.build.argv(h.cfg.Prog, h.cfg.Args)
+	}
+	pid, err := syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
+		Env:   env,
+		Files: files,
+		Sys:   &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
+	})
+	if err != nil {
+		pr.Close()
+		return fmt.Errorf("starting %s: %w", c.exe, err)
+	}
+	c.pid = pid
+	c.out = proc.Relay(pr, h.cfg.Stderr)
+	return nil
+}

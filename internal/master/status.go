@@ -1,0 +1,116 @@
+//go:build linux
+
+package master
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/seed-a7250cfa/handover/internal/wire"
+)
+
+// What the master shows: its status for `handover status`, its status line for
+// systemd, and the records of its upgrades.
+
+// record lists rec, now that it has an outcome.
+func (m *machine) record(rec *wire.Upgrade) {
+	m.records = append(m.records, rec)
+	if len(m.records) > recordsKept {
+		m.records = m.records[len(m.records)-recordsKept:]
+	}
+}
+
+// status is what handover status shows.
+func (m *machine) status() wire.Status {
+	st := wire.Status{
+		PID:        m.pid,
+		Generation: m.gen,
+		State:      m.state,
+		Executable: m.cfg.Prog,
+		Systemd:    m.systemd,
+		Listeners:  m.sockets,
+		Restarts:   m.restarts,
+	}
+	if m.lastErr != nil {
+		st.LastError = m.lastErr.Error()
+	}
+	if exe, err := m.resolve(m.cfg.Prog); err == nil {
+		st.Executable = exe
+	}
+	if m.serving != nil {
+		st.Child = m.serving.pid
+		st.ChildExecutable = m.childExecutable()
+	}
+	if m.up != nil && m.cand != nil {
+		st.Upgrading = m.cand.pid
+	}
+	for _, c := range m.children {
+		if c.role == roleOld && c != m.serving {
+			st.OlderDraining++
+		}
+	}
+	for _, r := range m.records {
+		st.Upgrades = append(st.Upgrades, *r)
+	}
+	return st
+}
+
+// childExecutable says what the serving child runs, and whether it is the last good
+// build, for status.
+func (m *machine) childExecutable() string {
+	c := m.serving
+	if c.build == nil {
+		return ""
+	}
+	s := c.build.String()
+	switch {
+	case c.build == m.lastGood && c.build.replaced():
+		s += " (the last good build, run from the descriptor the master keeps: the file now at " + c.build.exe + " is another)"
+	case c.build == m.lastGood:
+		s += " (the last good build)"
+	case c.onProbation:
+		s += fmt.Sprintf(" (a new build, on probation for %s; the last good build is %s)", m.probation(), m.lastGood)
+	}
+	return s
+}
+
+// statusLine is the one-line status for systemd (systemctl status).
+func (m *machine) statusLine() string {
+	var b strings.Builder
+	switch m.state {
+	case stateStarting:
+		if m.cand != nil {
+			fmt.Fprintf(&b, "starting: child PID %d, generation %d", m.cand.pid, m.cand.gen)
+		} else {
+			fmt.Fprintf(&b, "restarting (restart %d)", m.restarts+1)
+		}
+	case stateServing:
+		fmt.Fprintf(&b, "serving: child PID %d, generation %d", m.serving.pid, m.serving.gen)
+	case stateUpgrading:
+		if m.cand != nil {
+			fmt.Fprintf(&b, "upgrading: starting generation %d", m.gen+1)
+		} else {
+			b.WriteString("upgrading")
+		}
+		if m.serving != nil {
+			fmt.Fprintf(&b, "; child PID %d, generation %d serving", m.serving.pid, m.serving.gen)
+		}
+	case stateStopping:
+		fmt.Fprintf(&b, "stopping: %d children left", len(m.children))
+	}
+	if m.serving != nil && m.serving.text != "" && m.state == stateServing {
+		fmt.Fprintf(&b, " (%s)", m.serving.text)
+	}
+	if m.restarts > 0 {
+		fmt.Fprintf(&b, "; %d restarts", m.restarts)
+	}
+	if m.lastErr != nil {
+		fmt.Fprintf(&b, "; last error: %s", firstLine(m.lastErr.Error()))
+	}
+	return strings.ReplaceAll(b.String(), "\n", " ")
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}

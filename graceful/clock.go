@@ -2,8 +2,10 @@ package graceful
 
 import "time"
 
-// clock is the time source of a Drainer (nil: the system clock). Tests inject a fake
-// one so that grace periods run deterministically.
+// clock is the time source of a Drainer (nil: the system clock) and of the
+// Upgrader's machines (an upgrade attempt's timers, the successor watch, the
+// watchdog, SaveState's bound). Tests inject a fake one so that grace periods and
+// timeouts run deterministically.
 //
 // A clock may also have a method NewTimerAt(t time.Time) timer, returning a timer
 // that fires once the clock reads t or later. The Drainer then asks for its timers
@@ -37,3 +39,9 @@ type sysTimer struct{ t *time.Timer }
 
 func (t sysTimer) C() <-chan time.Time { return t.t.C }
 func (t sysTimer) Stop() bool          { return t.t.Stop() }
+
+// systemClock is the clock of the machines when no other is given.
+type systemClock struct{}
+
+func (systemClock) Now() time.Time                 { return time.Now() }
+func (systemClock) NewTimer(d time.Duration) timer { return sysTimer{time.NewTimer(d)} }

@@ -38,15 +38,15 @@ func (u *Upgrader) openControl() (net.Listener, error) {
 	return ln, nil
 }
 
-// serveControl answers control requests until the process has drained. The socket
-// is drained with the servers (and taken back with them).
-//
-// It runs on the loop (becomeReady): the target is added directly.
-func (u *Upgrader) serveControl(ln net.Listener) {
+// serveControl answers control requests until the process has drained, and
+// returns the socket's drain target: it is drained with the servers (and taken back
+// with them). The machine calls it once the process is ready.
+func (u *Upgrader) serveControl(ln net.Listener) *target {
 	d := &Drainer{server: true}
 	tl := d.Listener(ln)
-	u.targets = append(u.targets, &target{d: d, internal: true})
+	t := &target{d: d, internal: true}
 	go control.Accept(tl, u.log, controlServer{u})
+	return t
 }
 
 // controlServer is the Upgrader as its control socket answers for it.
@@ -57,12 +57,10 @@ func (s controlServer) Status() (Status, error) { return s.u.Status(), nil }
 // Upgrade runs an upgrade for `handover reload` and waits for its outcome.
 func (s controlServer) Upgrade() control.Outcome {
 	u := s.u
-	res := make(chan upgradeResult, 1)
-	u.call(func() { u.beginUpgrade("control socket", func(r upgradeResult) { res <- r }) })
 	var r upgradeResult
 	select {
-	case r = <-res:
-	case <-u.done:
+	case r = <-u.upgrade("control socket"):
+	case <-u.done.ch:
 		r.err = errStopping
 	case <-time.After(u.cfg.UpgradeTimeout + controlUpgradeSlack):
 		r.err = fmt.Errorf("no outcome within %s", u.cfg.UpgradeTimeout+controlUpgradeSlack)
@@ -75,13 +73,13 @@ func (s controlServer) Upgrade() control.Outcome {
 // they survive `systemctl restart` and crashes. systemd ignores a socket it already
 // stores. Under a `handover run` master, which holds the sockets itself, nothing is
 // stored.
-func (u *Upgrader) storeFDs() {
-	if !u.cfg.FDStore || u.notifier == nil || u.set.Master() != 0 {
+func (m *machine) storeFDs() {
+	if !m.cfg.FDStore || m.notifier == nil || m.set.Master() != 0 {
 		return
 	}
-	kids, err := u.set.ForChild()
+	kids, err := m.set.ForChild()
 	if err != nil {
-		u.log.Warn("fd store: could not duplicate the sockets", "event", "fdstore_failed", "err", err)
+		m.log.Warn("fd store: could not duplicate the sockets", "event", "fdstore_failed", "err", err)
 		return
 	}
 	defer kids.Close()
@@ -96,11 +94,11 @@ func (u *Upgrader) storeFDs() {
 		if name == "" {
 			name = "unknown"
 		}
-		if err := u.notifier.Send("FDSTORE=1\nFDNAME="+name, int(f.Fd())); err != nil {
-			u.log.Warn("fd store: systemd refused a socket", "event", "fdstore_failed", "name", name, "err", err)
+		if err := m.notifier.Send("FDSTORE=1\nFDNAME="+name, int(f.Fd())); err != nil {
+			m.log.Warn("fd store: systemd refused a socket", "event", "fdstore_failed", "name", name, "err", err)
 			continue
 		}
 		stored++
 	}
-	u.log.Info("stored sockets in systemd's fd store", "event", "fdstore", "count", stored)
+	m.log.Info("stored sockets in systemd's fd store", "event", "fdstore", "count", stored)
 }

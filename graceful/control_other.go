@@ -13,6 +13,6 @@ func (u *Upgrader) openControl() (net.Listener, error) {
 	return nil, nil
 }
 
-func (u *Upgrader) serveControl(net.Listener) {}
+func (u *Upgrader) serveControl(net.Listener) *target { return nil }
 
-func (u *Upgrader) storeFDs() {}
+func (m *machine) storeFDs() {}

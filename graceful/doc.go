@@ -17,7 +17,9 @@
 //     parent or to systemd (READY=1, MAINPID=, BARRIER=1, STATUS=, watchdog, fd
 //     store), upgrades on SIGUSR2, Upgrade or the control socket (`handover reload`),
 //     and Exit, which closes once a new generation has taken over or the process was
-//     asked to stop. The whole upgrade state machine is in upgrader.go.
+//     asked to stop. Its machines are in machine.go (the process's life),
+//     attempt.go (one upgrade attempt), successor.go (the generation it handed over
+//     to) and lineage.go (the older generations still draining).
 //
 // A failed upgrade (the new binary missing, crashing, hanging, or reporting an error)
 // leaves the old process serving and is reported to whoever asked.

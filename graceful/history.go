@@ -4,11 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
-	"os"
 	"sort"
 	"strings"
-	"time"
 )
 
 // Bounds of the history a generation keeps and hands on.
@@ -146,34 +143,6 @@ func keepLast(s []float64, n int) []float64 {
 	return s
 }
 
-// Metrics returns an http.Handler that serves the Upgrader's counters in the
-// Prometheus text format (version 0.0.4), for the application to mount where its
-// monitoring scrapes it:
-//
-//	handover_generation                     the serving generation's number
-//	handover_upgrades_total{outcome}        upgrades by outcome (ok, failed, abandoned, died)
-//	handover_handover_seconds               summary: request to takeover, of ok upgrades
-//	handover_drain_seconds                  summary: how long old generations drained
-//	handover_connections{state}             open connections by state
-//	handover_draining_generations           older generations still draining
-//
-// The counters are the line's: each generation hands them to the next. It does not
-// need the Prometheus client library.
-func (u *Upgrader) Metrics() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var h history
-		var st Status
-		var above int
-		u.call(func() {
-			h = u.history.clone()
-			st = u.status()
-			above = u.above
-		})
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		writeMetrics(w, h, st, above)
-	})
-}
-
 func copyCounts(m map[string]int) map[string]int {
 	out := make(map[string]int, len(m))
 	for k, v := range m {
@@ -235,26 +204,4 @@ func contains(s []string, v string) bool {
 		}
 	}
 	return false
-}
-
-// record makes the record of the upgrade to n.
-func (u *Upgrader) record(n *nextGen, outcome, reason string, err error) Upgrade {
-	r := Upgrade{
-		Trigger: n.trigger, Start: n.started, End: time.Now(), From: os.Getpid(),
-		Generation: u.gen + 1, Outcome: outcome, Reason: reason,
-	}
-	if n.child != nil {
-		r.To = n.child.Pid()
-	}
-	if n.ready != 0 {
-		r.To = n.ready
-	}
-	if outcome == "ok" {
-		r.HandoverSeconds = r.End.Sub(r.Start).Seconds()
-	}
-	if err != nil {
-		r.Error = err.Error()
-		r.Stderr = n.out.String()
-	}
-	return r
 }

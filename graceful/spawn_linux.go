@@ -7,11 +7,12 @@ import (
 	"strconv"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/proc"
 	"github.com/seed-a7250cfa/handover/internal/sdnotify"
-	"golang.org/x/sys/unix"
 )
 
 // selfExecutable is this process's own executable, even if the file it was started
@@ -20,17 +21,17 @@ const selfExecutable = "/proc/self/exe"
 
 // childSpec builds what a new generation is started with, but its sockets and
 // channel (spawnChild adds them).
-func (u *Upgrader) childSpec(path string) childSpec {
+func (m *machine) childSpec(path string) childSpec {
 	spec := childSpec{
 		path:    path,
-		args:    append([]string{u.exe}, u.cfg.Args...),
+		args:    append([]string{m.exe}, m.cfg.Args...),
 		env:     os.Environ(),
-		sibling: u.notifier != nil,
-		gen:     u.gen + 1,
+		sibling: m.notifier != nil,
+		gen:     m.gen + 1,
 	}
-	if u.watchdog != nil {
+	if w := m.svc.watchdog; w != nil {
 		spec.env = append(spec.env,
-			sdnotify.WatchdogUSecEnv+"="+strconv.FormatInt(u.watchdog.Interval.Microseconds(), 10),
+			sdnotify.WatchdogUSecEnv+"="+strconv.FormatInt(w.Interval.Microseconds(), 10),
 			sdnotify.WatchdogPIDEnv+"="+strconv.Itoa(os.Getpid()))
 	}
 	return spec

@@ -25,7 +25,7 @@ type startFunc func(childSpec) (child, error)
 
 func startProcess(childSpec) (child, error) { return nil, handoff.ErrUnsupported }
 
-func (u *Upgrader) childSpec(path string) childSpec { return childSpec{} }
+func (m *machine) childSpec(path string) childSpec { return childSpec{} }
 
 func spawnChild(*fds.Set, *fds.Child, childSpec, startFunc, []handoff.Message) (child, *handoff.Channel, *proc.Tail, error) {
 	return nil, nil, nil, handoff.ErrUnsupported

@@ -18,14 +18,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
+
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
-// These tests drive the upgrade state machine through newUpgrader with fake
-// children (Config.start): no process is started. newUpgrader still reads the
-// process's inherited sockets (activation.Inherit, nothing here), registers signal
-// handlers (stopped at cleanup) and starts a state goroutine that outlives the test.
+// These tests run a whole Upgrader (newUpgrader) with fake children (seams.start):
+// no process is started, but the handover channel is a real socket pair, so that
+// what a new generation is started with (its arguments, environment, descriptors and
+// initial batch) is checked as a child would see it. newUpgrader still reads the
+// process's inherited sockets (nothing here), registers signal handlers (stopped at
+// cleanup) and starts the machine's goroutine, which outlives the test. The machine
+// itself, driven by hand with a fake clock, is tested in machine_test.go.
 
 // fakeChild is a started "process": the test plays the new generation on the
 // child's end of the handover channel, which stays open after the "process" exits
@@ -42,8 +46,6 @@ type fakeChild struct {
 	mu       sync.Mutex
 	killed   bool
 	released bool
-	// slowDeath, when set, keeps a killed child alive until the test calls exit.
-	slowDeath bool
 }
 
 func (c *fakeChild) Pid() int                { return c.pid }
@@ -54,11 +56,8 @@ func (c *fakeChild) exit()                   { c.exitOnce.Do(func() { close(c.ex
 func (c *fakeChild) Kill() {
 	c.mu.Lock()
 	c.killed = true
-	slow := c.slowDeath
 	c.mu.Unlock()
-	if !slow {
-		c.exit()
-	}
+	c.exit()
 }
 
 func (c *fakeChild) Release() {
@@ -174,8 +173,7 @@ func newTestUpgrader(t *testing.T, cfg Config, s *fakeStarter) *Upgrader {
 	if cfg.Args == nil {
 		cfg.Args = []string{"-test.run=^$", "serve"}
 	}
-	cfg.start = s.start
-	u, err := newUpgrader(cfg)
+	u, err := newUpgrader(cfg, seams{start: s.start})
 	if err != nil {
 		t.Fatalf("newUpgrader: %v", err)
 	}
@@ -264,8 +262,8 @@ func TestUpgradeHandsOver(t *testing.T) {
 	c := s.next(t)
 
 	// What the new generation is started with.
-	if want := append([]string{u.exe}, "-flag", "value"); c.spec.path != u.exe || !slices.Equal(c.spec.args, want) {
-		t.Fatalf("started %q %q; want %q %q", c.spec.path, c.spec.args, u.exe, want)
+	if want := append([]string{u.m.exe}, "-flag", "value"); c.spec.path != u.m.exe || !slices.Equal(c.spec.args, want) {
+		t.Fatalf("started %q %q; want %q %q", c.spec.path, c.spec.args, u.m.exe, want)
 	}
 	if c.spec.sibling {
 		t.Fatal("started as a sibling without a service manager")
@@ -331,157 +329,10 @@ func TestUpgradeHandsOver(t *testing.T) {
 	c.exit()
 }
 
-func TestUpgradeChildFails(t *testing.T) {
-	s := newFakeStarter(t)
-	u := newTestUpgrader(t, Config{}, s)
-	if err := u.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	res := upgradeAsync(u)
-	c := s.next(t)
-	if err := c.ch.Send(handoff.Message{Verb: "error", Text: "listen tcp :80: bind: permission denied"}, time.Second); err != nil {
-		t.Fatal(err)
-	}
-	// Wait until the parent has read the error, then die as the real child does.
-	eventually(t, "the parent records the child's error", func() bool {
-		var said string
-		u.call(func() {
-			if u.next != nil {
-				said = u.next.said
-			}
-		})
-		return said != ""
-	})
-	c.exit()
-	r := outcome(t, res)
-	if r.err == nil || !strings.Contains(r.err.Error(), "exited before it was ready") || !strings.Contains(r.err.Error(), "bind: permission denied") {
-		t.Fatalf("Upgrade = %d, %v; want the exit and the child's reason", r.pid, r.err)
-	}
-	if exitClosed(u) {
-		t.Fatal("Exit closed after a failed upgrade")
-	}
-	if st := u.Status(); st.State != "serving" || st.Upgrading != 0 || !strings.Contains(st.LastError, "permission denied") {
-		t.Fatalf("Status after a failed upgrade = %+v", st)
-	}
-
-	// The next attempt may succeed.
-	res = upgradeAsync(u)
-	c2 := s.next(t)
-	c2.ch.Send(handoff.Message{Verb: "ready", PID: c2.pid}, time.Second)
-	c2.expect(t, "main")
-	if r := outcome(t, res); r.err != nil || r.pid != c2.pid {
-		t.Fatalf("second Upgrade = %d, %v", r.pid, r.err)
-	}
-	if st := u.Status(); st.LastError != "" {
-		t.Fatalf("LastError after a successful upgrade: %q", st.LastError)
-	}
-	c2.ch.Send(handoff.Message{Verb: "done"}, time.Second)
-	c2.exit()
-}
-
-func TestUpgradeTimeout(t *testing.T) {
-	s := newFakeStarter(t)
-	u := newTestUpgrader(t, Config{UpgradeTimeout: 50 * time.Millisecond}, s)
-	if err := u.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	res := upgradeAsync(u)
-	c := s.next(t)
-	m := c.expect(t, "abort")
-	if !strings.Contains(m.Text, "not ready within 50ms") {
-		t.Fatalf("abort says %q", m.Text)
-	}
-	r := outcome(t, res)
-	if r.err == nil || !strings.Contains(r.err.Error(), "not ready within 50ms") {
-		t.Fatalf("Upgrade = %v; want a timeout", r.err)
-	}
-	if !c.wasKilled() {
-		t.Fatal("the child that was not ready in time was not killed")
-	}
-	if exitClosed(u) || u.Status().State != "serving" {
-		t.Fatalf("after a timeout: exit=%v status=%+v", exitClosed(u), u.Status())
-	}
-}
-
-// A failed upgrade is reported only once the killed child is dead: whoever reads
-// the failure (handover reload, a deploy script) never finds the failed build still
-// running, or unreaped.
-func TestUpgradeFailureReportedAfterDeath(t *testing.T) {
-	s := newFakeStarter(t)
-	u := newTestUpgrader(t, Config{UpgradeTimeout: 50 * time.Millisecond, killWait: waitBound}, s)
-	if err := u.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	res := upgradeAsync(u)
-	c := s.next(t)
-	c.mu.Lock()
-	c.slowDeath = true
-	c.mu.Unlock()
-	c.expect(t, "abort")
-	for deadline := time.Now().Add(waitBound); !c.wasKilled(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the child that was not ready in time was not killed")
-		}
-	}
-	// Status goes through the state loop, after the kill: had the failure been
-	// reported with the kill, it would show here.
-	if st := u.Status(); st.State != "serving" || st.LastError != "" || len(st.Upgrades) != 0 {
-		t.Fatalf("while the killed child still lives: state %q, last error %q, %d upgrades recorded; want serving and no failure reported yet", st.State, st.LastError, len(st.Upgrades))
-	}
-	select {
-	case r := <-res:
-		t.Fatalf("Upgrade returned %v while the killed child was still alive", r.err)
-	default:
-	}
-	c.exit()
-	if r := outcome(t, res); r.err == nil || !strings.Contains(r.err.Error(), "not ready within 50ms") {
-		t.Fatalf("Upgrade = %v; want a timeout", r.err)
-	}
-	if st := u.Status(); st.LastError == "" || len(st.Upgrades) != 1 || st.Upgrades[0].Outcome != "failed" {
-		t.Fatalf("after the killed child died: last error %q, upgrades %+v; want the failure recorded", st.LastError, st.Upgrades)
-	}
-}
-
-func TestUpgradeUnexpectedMessage(t *testing.T) {
-	s := newFakeStarter(t)
-	u := newTestUpgrader(t, Config{}, s)
-	if err := u.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	res := upgradeAsync(u)
-	c := s.next(t)
-	c.ch.Send(handoff.Message{Verb: "main"}, time.Second) // a child does not say that
-	c.expect(t, "abort")
-	if r := outcome(t, res); r.err == nil || !strings.Contains(r.err.Error(), "unexpected message") {
-		t.Fatalf("Upgrade = %v", r.err)
-	}
-	if !c.wasKilled() {
-		t.Fatal("child not killed")
-	}
-}
-
-func TestUpgradeStartFails(t *testing.T) {
-	s := newFakeStarter(t)
-	s.err = errors.New("fork/exec: resource temporarily unavailable")
-	u := newTestUpgrader(t, Config{}, s)
-	if err := u.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	if r := outcome(t, upgradeAsync(u)); r.err == nil || !strings.Contains(r.err.Error(), "resource temporarily unavailable") {
-		t.Fatalf("Upgrade = %v", r.err)
-	}
-	if st := u.Status(); st.State != "serving" || !strings.Contains(st.LastError, "resource temporarily unavailable") {
-		t.Fatalf("Status = %+v", st)
-	}
-	if exitClosed(u) {
-		t.Fatal("Exit closed")
-	}
-}
-
 func TestUpgradeMissingExecutable(t *testing.T) {
 	s := newFakeStarter(t)
 	u := newTestUpgrader(t, Config{}, s)
-	u.exe = filepath.Join(t.TempDir(), "gone")
+	u.m.exe = filepath.Join(t.TempDir(), "gone")
 	if err := u.Ready(); err != nil {
 		t.Fatal(err)
 	}
@@ -619,13 +470,8 @@ func TestUpgradeUnderServiceManager(t *testing.T) {
 		}
 		mainc <- err
 	}()
-	// Nothing to wait for while the parent (correctly) waits on the barrier: give
-	// a broken one a moment to tell the child too early.
-	select {
-	case err := <-mainc:
-		t.Fatalf("the child was told it is main (%v) before the manager confirmed the barrier", err)
-	case <-time.After(50 * time.Millisecond):
-	}
+	// That the child hears "main" only once the barrier is confirmed is checked by
+	// hand, without waiting, in TestMachineWaitsForBarrier.
 	unix.Close(barrier.fds[0])
 	select {
 	case err := <-mainc:
@@ -638,8 +484,8 @@ func TestUpgradeUnderServiceManager(t *testing.T) {
 	if r := outcome(t, res); r.err != nil || r.pid != c.pid {
 		t.Fatalf("Upgrade = %d, %v", r.pid, r.err)
 	}
-	// Upgrade's result is sent before the state goroutine closes Exit (see the
-	// report on upgrader.go), so wait for it rather than check it at once.
+	// Upgrade's result is sent before the machine closes Exit (see
+	// machine.handedOver), so wait for it rather than check it at once.
 	select {
 	case <-u.Exit():
 	case <-time.After(waitBound):

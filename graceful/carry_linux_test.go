@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
+
+	"github.com/seed-a7250cfa/handover/internal/carry"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
 // batchStarter is fakeStarter keeping each child's initial batch.
@@ -174,10 +176,15 @@ func TestHandoffCarriesKeysAndState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u2.call(func() {
-		u2.onUpstreamMessage(handoff.Message{Verb: handoff.Keys, Files: []*os.File{kf}})
-		u2.onUpstreamMessage(handoff.Message{Verb: handoff.State, Text: "final " + finalVersion, Files: []*os.File{sf}})
-	})
+	// What the machine does with a message from its upstream that is not its own.
+	for _, m := range []handoff.Message{
+		{Verb: handoff.Keys, Files: []*os.File{kf}},
+		{Verb: handoff.State, Text: "final " + finalVersion, Files: []*os.File{sf}},
+	} {
+		if !takeCarried(u2.ext.carriers, m, carry.Final) {
+			t.Fatalf("no carrier took %q", m.Verb)
+		}
+	}
 	merged, _ := u2.ext.keys.snapshot()
 	for _, k := range finalKeys {
 		found := false

@@ -4,41 +4,52 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/pidfile"
+	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 )
 
-// What the state loop tells the service manager (sd_notify), writes to the PID
-// file, and logs about the sockets: helpers of upgrader.go, run on the loop.
+// What the machine tells the service manager (sd_notify: STATUS=, the watchdog, the
+// sockets for its fd store) and writes to the PID file.
+
+// service is the machine's part of the service manager's protocol.
+type service struct {
+	lastStat string // the last STATUS= sent
+	watchdog *sdnotify.Watchdog
+	wdStop   chan struct{} // closed to stop the pings
+	wdDone   chan struct{} // closed once the pings stopped
+}
 
 // notify sends state to the service manager, if there is one.
-func (u *Upgrader) notify(state string) {
-	if err := u.notifier.Send(state); err != nil {
-		u.log.Warn("sd_notify failed", "event", "notify_failed", "err", err)
+func (m *machine) notify(state string) {
+	if m.notifier == nil {
+		return
+	}
+	if err := m.notifier.Send(state); err != nil {
+		m.log.Warn("sd_notify failed", "event", "notify_failed", "err", err)
 	}
 }
 
-func (u *Upgrader) notifyStatus() {
+func (m *machine) notifyStatus() {
 	// After a handover this process is no longer the main one: systemd would
 	// reject (and log) its notifications.
-	if u.notifier == nil || !u.main {
+	if m.notifier == nil || !m.main {
 		return
 	}
-	if line := u.statusLine(); line != u.lastStat {
-		u.lastStat = line
-		u.notify("STATUS=" + line)
+	if line := m.statusLine(); line != m.svc.lastStat {
+		m.svc.lastStat = line
+		m.notify("STATUS=" + line)
 	}
 }
 
 // statusLine is the one-line status systemctl status shows.
-func (u *Upgrader) statusLine() string {
-	s := u.status()
+func (m *machine) statusLine() string {
+	s := m.status()
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: generation %d, PID %d", s.State, s.Generation, s.PID)
-	switch u.st {
+	switch m.st {
 	case draining, stopping:
 		fmt.Fprintf(&b, ", draining %d connections", s.Connections.Total())
 	default:
@@ -50,46 +61,46 @@ func (u *Upgrader) statusLine() string {
 	return handoff.OneLine(b.String())
 }
 
-func (u *Upgrader) writePIDFile() {
-	if u.cfg.PIDFile == "" {
+func (m *machine) writePIDFile() {
+	if m.cfg.PIDFile == "" {
 		return
 	}
-	if err := pidfile.Write(u.cfg.PIDFile, os.Getpid()); err != nil {
-		u.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
+	if err := pidfile.Write(m.cfg.PIDFile, os.Getpid()); err != nil {
+		m.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
 	}
 }
 
 // startWatchdog pings the service manager's watchdog at half its interval while this
 // process is the main one.
-func (u *Upgrader) startWatchdog() {
-	if u.watchdog == nil || u.notifier == nil || u.wdStop != nil {
+func (m *machine) startWatchdog() {
+	if m.svc.watchdog == nil || m.notifier == nil || m.svc.wdStop != nil {
 		return
 	}
-	stop := make(chan struct{})
-	u.wdStop = stop
-	every := u.watchdog.Interval / 2
-	n := u.notifier
-	log := u.log
+	stop, done := make(chan struct{}), make(chan struct{})
+	m.svc.wdStop, m.svc.wdDone = stop, done
+	every := m.svc.watchdog.Interval / 2
+	n, clk, log := m.notifier, m.clock, m.log
 	go func() {
-		t := time.NewTicker(every)
-		defer t.Stop()
+		defer close(done)
 		for {
 			if err := n.Send("WATCHDOG=1"); err != nil {
 				log.Warn("sd_notify failed", "event", "notify_failed", "err", err)
 			}
+			t := clk.NewTimer(every)
 			select {
-			case <-t.C:
+			case <-t.C():
 			case <-stop:
+				t.Stop()
 				return
 			}
 		}
 	}()
 }
 
-func (u *Upgrader) stopWatchdog() {
-	if u.wdStop != nil {
-		close(u.wdStop)
-		u.wdStop = nil
+func (m *machine) stopWatchdog() {
+	if m.svc.wdStop != nil {
+		close(m.svc.wdStop)
+		m.svc.wdStop = nil
 	}
 }
 
@@ -119,14 +130,4 @@ func closeFiles(fs []*os.File) {
 	for _, f := range fs {
 		f.Close()
 	}
-}
-
-func removeInt(s []int, v int) []int {
-	out := s[:0]
-	for _, x := range s {
-		if x != v {
-			out = append(out, x)
-		}
-	}
-	return out
 }

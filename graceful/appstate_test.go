@@ -47,10 +47,12 @@ func TestStateEncoding(t *testing.T) {
 
 // TestSaveState: what the old generation makes of SaveState's outcome: a blob
 // tagged with the version, or a reason (an error or a panic: "save"; over
-// MaxStateSize: "too_large"; no answer in time: "timeout").
+// MaxStateSize: "too_large"; no answer in time: "timeout"). The bound is on the
+// carrier's clock: a hanging SaveState times out when the test moves the clock.
 func TestSaveState(t *testing.T) {
 	block := make(chan struct{})
 	defer close(block)
+	const bound = 100 * time.Millisecond
 	for _, c := range []struct {
 		name   string
 		save   func(bool) ([]byte, error)
@@ -62,17 +64,38 @@ func TestSaveState(t *testing.T) {
 		{"too large", func(bool) ([]byte, error) { return make([]byte, MaxStateSize+1), nil }, "too_large"},
 		{"hangs", func(bool) ([]byte, error) { <-block; return nil, nil }, "timeout"},
 	} {
-		u := &Upgrader{cfg: Config{SaveState: c.save, StateVersion: "v7"}}
-		blob, size, reason, err := u.saveState(true, 100*time.Millisecond)
-		if reason != c.reason || (err == nil) != (c.reason == "") {
-			t.Errorf("%s: reason %q, %v; want %q", c.name, reason, err, c.reason)
+		clock := newFakeClock()
+		sc := &stateCarrier{save: c.save, version: "v7", timeout: bound, clock: clock}
+		type saved struct {
+			blob   []byte
+			size   int
+			reason string
+			err    error
+		}
+		res := make(chan saved, 1)
+		go func() {
+			blob, size, reason, err := sc.saveState(true)
+			res <- saved{blob, size, reason, err}
+		}()
+		if c.reason == "timeout" {
+			clock.waitTimer(t, epoch.Add(bound), 1)
+			clock.Advance(bound)
+		}
+		var r saved
+		select {
+		case r = <-res:
+		case <-time.After(waitBound):
+			t.Fatalf("%s: saveState did not return", c.name)
+		}
+		if r.reason != c.reason || (r.err == nil) != (c.reason == "") {
+			t.Errorf("%s: reason %q, %v; want %q", c.name, r.reason, r.err, c.reason)
 			continue
 		}
-		if c.reason == "too_large" && size != MaxStateSize+1 {
-			t.Errorf("%s: size %d", c.name, size)
+		if c.reason == "too_large" && r.size != MaxStateSize+1 {
+			t.Errorf("%s: size %d", c.name, r.size)
 		}
 		if c.reason == "" {
-			if v, d, err := decodeState(blob); err != nil || v != "v7" || string(d) != "state" {
+			if v, d, err := decodeState(r.blob); err != nil || v != "v7" || string(d) != "state" {
 				t.Errorf("%s: the blob decodes to %q, %q, %v", c.name, v, d, err)
 			}
 		}
@@ -84,7 +107,7 @@ func TestSaveState(t *testing.T) {
 func TestLoadState(t *testing.T) {
 	var log bytes.Buffer
 	var got []string
-	u := &Upgrader{log: slog.New(slog.NewTextHandler(&log, nil)), cfg: Config{LoadState: func(version string, data []byte, final bool) error {
+	sc := &stateCarrier{log: slog.New(slog.NewTextHandler(&log, nil)), load: func(version string, data []byte, final bool) error {
 		got = append(got, version)
 		switch version {
 		case "old":
@@ -93,10 +116,10 @@ func TestLoadState(t *testing.T) {
 			panic("bad state")
 		}
 		return nil
-	}}}
-	u.loadState("v1", []byte("x"), false, "parent")
-	u.loadState("old", []byte("x"), true, "parent")
-	u.loadState("boom", []byte("x"), true, "store")
+	}}
+	sc.loadState("v1", []byte("x"), false, "parent")
+	sc.loadState("old", []byte("x"), true, "parent")
+	sc.loadState("boom", []byte("x"), true, "store")
 	if strings.Join(got, ",") != "v1,old,boom" {
 		t.Errorf("LoadState saw %q", got)
 	}

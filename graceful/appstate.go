@@ -1,0 +1,350 @@
+package graceful
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+	"unicode"
+
+	"github.com/seed-a7250cfa/handover/internal/carry"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
+)
+
+// The application's state, handed from generation to generation (Config.SaveState,
+// LoadState, StateVersion; the order is documented on Config.LoadState), as a
+// carrier:
+//
+//   - The initial batch: "state <version>" with a sealed memfd of SaveState(false).
+//     The new generation reads it in New; Start runs LoadState(version, data, false).
+//   - Once this process has handed over and stopped accepting: "state final
+//     <version>" with SaveState(true). The successor runs LoadState(version, data,
+//     true) in a goroutine of its own, concurrently with requests.
+//   - Under systemd with Config.FDStore, on a clean stop: the state goes to the fd
+//     store (FDNAME=handover-state); the next start takes it out (and removes it)
+//     when no previous generation passed one.
+
+// MaxStateSize is the largest state blob SaveState may return: 64 MiB. A larger one
+// is not handed on (event=state_failed reason=too_large on the old generation) and
+// the upgrade goes on without it.
+const MaxStateSize = 64 << 20
+
+// stateName names the state's memfd and its fd store entry.
+const stateName = "handover-state"
+
+// stateMagic starts an encoded state blob (see encodeState).
+const stateMagic = "handover-state/1\n"
+
+// stateOverhead bounds what encodeState adds to the blob.
+const stateOverhead = len(stateMagic) + 2 + 255 + 8 + sha256.Size
+
+// checkStateVersion validates Config.StateVersion.
+func checkStateVersion(v string) error {
+	if len(v) > 255 {
+		return fmt.Errorf("graceful: Config.StateVersion is %d bytes long; at most 255", len(v))
+	}
+	for _, r := range v {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("graceful: Config.StateVersion %q has a character that is not printable", v)
+		}
+	}
+	return nil
+}
+
+// encodeState encodes a blob and its version for a memfd: stateMagic, the version's
+// length (big-endian uint16) and bytes, the data's length (big-endian uint64) and
+// bytes, then the SHA-256 of all that.
+func encodeState(version string, data []byte) []byte {
+	b := make([]byte, 0, len(stateMagic)+2+len(version)+8+len(data)+sha256.Size)
+	b = append(b, stateMagic...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(version)))
+	b = append(b, version...)
+	b = binary.BigEndian.AppendUint64(b, uint64(len(data)))
+	b = append(b, data...)
+	sum := sha256.Sum256(b)
+	return append(b, sum[:]...)
+}
+
+// decodeState decodes what encodeState made; any damage is an error. data shares
+// b's memory.
+func decodeState(b []byte) (version string, data []byte, err error) {
+	if len(b) < len(stateMagic)+2+8+sha256.Size || !bytes.HasPrefix(b, []byte(stateMagic)) {
+		return "", nil, errors.New("not a state blob (bad header)")
+	}
+	if sum := sha256.Sum256(b[:len(b)-sha256.Size]); !bytes.Equal(sum[:], b[len(b)-sha256.Size:]) {
+		return "", nil, errors.New("checksum mismatch (the state is corrupt)")
+	}
+	p := b[len(stateMagic) : len(b)-sha256.Size]
+	n := int(binary.BigEndian.Uint16(p))
+	if len(p) < 2+n+8 {
+		return "", nil, errors.New("truncated state blob")
+	}
+	version = string(p[2 : 2+n])
+	p = p[2+n:]
+	if m := binary.BigEndian.Uint64(p); m != uint64(len(p)-8) {
+		return "", nil, fmt.Errorf("state blob says %d bytes of data, holds %d", m, len(p)-8)
+	}
+	return version, p[8:], nil
+}
+
+// stateCarrier hands the application's state on.
+type stateCarrier struct {
+	save    func(final bool) ([]byte, error)
+	load    func(version string, data []byte, final bool) error
+	version string
+	timeout time.Duration // bounds SaveState (Config.UpgradeTimeout)
+	clock   clock
+	log     *slog.Logger
+	h       carry.Host
+	// keep: on a clean stop the state goes to the fd store (Config.FDStore under
+	// systemd, not under a master).
+	keep bool
+	// stored is where a state kept by systemd's fd store came from (LISTEN_FDS
+	// from systemd), to be removed once taken out; nil when the descriptors came
+	// from elsewhere (only systemd's fd store keeps the state).
+	stored carry.Store
+
+	// From the initial batch (Take) until Start.
+	in    []byte
+	inErr error
+}
+
+func (c *stateCarrier) Take(m handoff.Message, at carry.Phase) bool {
+	if m.Verb != handoff.State {
+		return false
+	}
+	if at == carry.Initial {
+		clear(c.in)
+		c.in, c.inErr = readMemfd(m.Files, MaxStateSize+int64(stateOverhead))
+		return true
+	}
+	c.takeFinal(m)
+	return true
+}
+
+// Start hands the previous generation's state, or the fd store's, to LoadState.
+func (c *stateCarrier) Start(h carry.Host) error {
+	c.h = h
+	files := h.Inherited(stateName)
+	in, inErr := c.in, c.inErr
+	c.in, c.inErr = nil, nil
+	defer clear(in)
+	if in == nil && inErr == nil {
+		c.fromStore(files)
+		return nil
+	}
+	closeFiles(files)
+	version, data, err := "", []byte(nil), inErr
+	if err == nil {
+		version, data, err = decodeState(in)
+	}
+	switch {
+	case err != nil:
+		c.log.Warn("the previous generation's state cannot be read; starting without it", "event", "state_lost", "from", "parent", "reason", lostReason(err), "err", err)
+	case c.load != nil:
+		c.loadState(version, data, false, "parent")
+	}
+	return nil
+}
+
+// fromStore takes the state out of systemd's fd store, if it kept one: consumed (out
+// of the store), then wiped.
+func (c *stateCarrier) fromStore(files []*os.File) {
+	if len(files) == 0 {
+		return
+	}
+	if c.stored == nil {
+		closeFiles(files) // only systemd's fd store keeps the state
+		return
+	}
+	if err := c.stored.Remove(stateName); err != nil {
+		c.log.Warn("fd store: could not remove the state", "event", "fdstore_failed", "name", stateName, "err", err)
+	}
+	var version string
+	var data, blob []byte
+	defer func() { clear(blob) }()
+	for _, f := range files {
+		b, err := handoff.ReadSealed(f, MaxStateSize+int64(stateOverhead))
+		if err != nil {
+			err = fmt.Errorf("%w: %v", errUnreadable, err)
+		} else {
+			var v string
+			var d []byte
+			if v, d, err = decodeState(b); err == nil {
+				clear(blob)
+				version, data, blob = v, d, b
+			}
+		}
+		if err != nil {
+			clear(b)
+			c.log.Warn("the state in the fd store cannot be read; ignored", "event", "state_lost", "from", "store", "reason", lostReason(err), "err", err)
+		}
+		handoff.Wipe(f)
+		f.Close()
+	}
+	if blob != nil && c.load != nil {
+		c.loadState(version, data, true, "store")
+	}
+}
+
+// Batch: SaveState(false), for the new generation's initial batch.
+func (c *stateCarrier) Batch() []handoff.Message {
+	if c.save == nil {
+		return nil
+	}
+	if m, ok := c.message(false); ok {
+		return []handoff.Message{m}
+	}
+	return nil
+}
+
+func (c *stateCarrier) Turn(t carry.Turn) {
+	switch {
+	case c.save == nil:
+	case t.Role == carry.HandedOver:
+		c.h.Go(func() { c.handedOver(t.Successor) })
+	case t.Role == carry.Stopping && c.keep && t.Main:
+		c.h.Go(c.storeFinal)
+	}
+}
+
+// handedOver sends SaveState(true), the final state, to the successor.
+func (c *stateCarrier) handedOver(to carry.Peer) {
+	m, ok := c.message(true)
+	if !ok {
+		return
+	}
+	if err := to.Send(m); err != nil {
+		handoff.Wipe(m.Files[0])
+	}
+	closeFiles(m.Files)
+}
+
+// message runs SaveState(final) and makes a "state" message of its blob; false
+// when there is none (logged).
+func (c *stateCarrier) message(final bool) (handoff.Message, bool) {
+	blob, size, reason, err := c.saveState(final)
+	if err == nil {
+		var f *os.File
+		f, err = handoff.SealedFile(stateName, blob)
+		clear(blob)
+		if err == nil {
+			text := c.version
+			if final {
+				text = "final " + text
+			}
+			return handoff.Message{Verb: handoff.State, Text: text, Files: []*os.File{f}}, true
+		}
+		reason = "memfd"
+	}
+	c.log.Error("the application's state is not handed on; the upgrade goes on without it", "event", "state_failed", "reason", reason, "final", final, "bytes", size, "max", MaxStateSize, "err", err)
+	return handoff.Message{}, false
+}
+
+// storeFinal puts SaveState(true) in systemd's fd store, so that `systemctl
+// restart` starts warm.
+func (c *stateCarrier) storeFinal() {
+	blob, size, reason, err := c.saveState(true)
+	var f *os.File
+	if err == nil {
+		f, err = handoff.SealedFile(stateName, blob)
+		reason = "memfd"
+	}
+	clear(blob)
+	if err != nil {
+		c.log.Error("the application's state is not stored", "event", "state_failed", "reason", reason, "final", true, "bytes", size, "max", MaxStateSize, "err", err)
+		return
+	}
+	defer f.Close() // not wiped: the store keeps it
+	if err := c.h.Store().Put(stateName, f); err != nil {
+		c.log.Warn("fd store: the state was refused", "event", "fdstore_failed", "name", stateName, "err", err)
+		handoff.Wipe(f)
+		return
+	}
+	c.log.Info("stored the application's state in the fd store", "event", "fdstore", "name", stateName, "bytes", size)
+}
+
+// takeFinal loads the state the previous generation sent after the handover, in a
+// goroutine of its own.
+func (c *stateCarrier) takeFinal(m handoff.Message) {
+	b, err := readMemfd(m.Files, MaxStateSize+int64(stateOverhead))
+	var version string
+	var data []byte
+	if err == nil {
+		version, data, err = decodeState(b)
+	}
+	if err != nil {
+		clear(b)
+		c.log.Warn("the previous generation's last state cannot be read; ignored", "event", "state_lost", "from", "parent", "final", true, "reason", lostReason(err), "err", err)
+		return
+	}
+	if c.load == nil {
+		clear(b)
+		return
+	}
+	go func() {
+		defer clear(b)
+		c.loadState(version, data, true, "parent")
+	}()
+}
+
+// errStateTimeout: SaveState did not return in time.
+var errStateTimeout = errors.New("SaveState did not return in time")
+
+// saveState runs the application's SaveState(final), bounded by c.timeout (a
+// SaveState that never returns is left running), and returns the encoded blob, or
+// why there is none: reason is "save" (an error or a panic), "timeout" or
+// "too_large".
+func (c *stateCarrier) saveState(final bool) (blob []byte, size int, reason string, err error) {
+	type result struct {
+		data []byte
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				res <- result{err: fmt.Errorf("SaveState panicked: %v", p)}
+			}
+		}()
+		data, err := c.save(final)
+		res <- result{data, err}
+	}()
+	t := c.clock.NewTimer(c.timeout)
+	defer t.Stop()
+	var r result
+	select {
+	case r = <-res:
+	case <-t.C():
+		return nil, 0, "timeout", fmt.Errorf("%w (%s)", errStateTimeout, c.timeout)
+	}
+	switch {
+	case r.err != nil:
+		return nil, 0, "save", r.err
+	case len(r.data) > MaxStateSize:
+		return nil, len(r.data), "too_large", fmt.Errorf("the state is %d bytes, more than MaxStateSize (%d): not handed on", len(r.data), MaxStateSize)
+	}
+	return encodeState(c.version, r.data), len(r.data), "", nil
+}
+
+// loadState hands a state blob to the application's LoadState and logs the outcome.
+func (c *stateCarrier) loadState(version string, data []byte, final bool, from string) {
+	start := time.Now()
+	err := func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("LoadState panicked: %v", p)
+			}
+		}()
+		return c.load(version, data, final)
+	}()
+	if err != nil {
+		c.log.Warn("the application refused the previous generation's state; starting without it", "event", "state_refused", "version", version, "bytes", len(data), "final", final, "from", from, "err", err)
+		return
+	}
+	c.log.Info("loaded the previous generation's state", "event", "state_loaded", "version", version, "bytes", len(data), "final", final, "from", from, "took", time.Since(start).Round(time.Microsecond).String())
+}

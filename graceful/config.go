@@ -1,0 +1,176 @@
+package graceful
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+)
+
+// Timeouts and bounds of the machines.
+const (
+	defaultUpgradeTimeout = 30 * time.Second
+	defaultDrainTimeout   = 30 * time.Second
+	// barrierTimeout bounds the wait for systemd to confirm MAINPID= (BARRIER=1).
+	barrierTimeout = 5 * time.Second
+	// sendTimeout bounds a write on the handover channel.
+	sendTimeout = 5 * time.Second
+	// lastWordsWait is how long a dead child's last message ("error ...") may still
+	// be on its way after its exit (or its channel's close) is seen.
+	lastWordsWait = 200 * time.Millisecond
+	// stderrWait bounds how long a new generation that took over may take to put
+	// its own standard error back; until then the old one relays it.
+	stderrWait = time.Second
+	// killWait bounds the wait for a killed sibling (systemd's child) to die before
+	// this process exits: systemd would otherwise find it in the unit and kill it.
+	killWait = time.Second
+	// statusEvery is how often systemd's STATUS= is refreshed.
+	statusEvery = 2 * time.Second
+	// maxReplacements bounds how many last-good-build replacements a draining
+	// process starts for successors that died.
+	maxReplacements = 3
+	// initTimeout bounds how long a new generation waits for its parent's initial
+	// batch of messages.
+	initTimeout = 5 * time.Second
+	// defaultMaxDraining is Config.MaxDraining's default.
+	defaultMaxDraining = 3
+)
+
+// Config configures the process's Upgrader. The zero Config is usable.
+type Config struct {
+	// Logger receives the Upgrader's logs; every line carries "gen", "pid" and
+	// "event" (a stable name: start, ready, upgrade_start, handed_over, drain_start,
+	// drained, ...). nil means slog.Default().
+	Logger *slog.Logger
+	// PIDFile, if set, is written (atomically, mode 0644, never through a symlink)
+	// with the PID of the current generation once it is ready, and removed when the
+	// current generation stops.
+	PIDFile string
+	// UpgradeTimeout bounds how long a new generation may take to become ready.
+	// Zero means 30 seconds.
+	UpgradeTimeout time.Duration
+	// DrainTimeout is the drain deadline, after which connections still open are
+	// force-closed (a Server may set its own). Zero means 30 seconds.
+	DrainTimeout time.Duration
+	// Executable is the program an upgrade starts. It is resolved at upgrade time,
+	// so replacing the file, or retargeting a symlink to it, upgrades to the new
+	// build. Empty means the path this process was started as (argv[0], made
+	// absolute but with symlinks left unresolved).
+	Executable string
+	// Args are the new generation's arguments (without argv[0]); nil means this
+	// process's own.
+	Args []string
+	// ControlSocket is the path of a unix socket on which `handover reload` and
+	// `handover status` reach the service. It is used only when no socket named
+	// "handover-control" was passed (from a socket unit, FileDescriptorName=, or the
+	// previous generation); then the first generation binds it with mode 0600,
+	// replacing a stale socket file left by a killed generation. Only peers running
+	// as the service's user or root are answered. Empty means no control socket
+	// unless one is passed. Linux only: elsewhere it is ignored (logged).
+	ControlSocket string
+	// FDStore, under systemd, hands the process's sockets to systemd's file
+	// descriptor store once it is ready (needs FileDescriptorStoreMax= in the unit),
+	// so that sockets the service bound itself survive `systemctl restart` and
+	// crashes: systemd passes them back through LISTEN_FDS. The TLS session-ticket
+	// keys go there too (FDNAME=handover-tls-keys, see KeepTLSSessions), and, on a
+	// clean stop, the application's state (FDNAME=handover-state, see SaveState),
+	// which the next start takes out. (Under a `handover run` master the keys
+	// always go to the master's fd store, whatever FDStore says.)
+	FDStore bool
+	// MaxDraining bounds how many generations may drain at once: when an upgrade
+	// would make one more than that, the oldest draining generation stops waiting
+	// for its connections and force-closes them (as at its deadline). A deploy is
+	// not refused because of a long-lived connection (tableflip refuses upgrades
+	// while a generation drains: its issue #52); those connections would be cut at
+	// their deadline anyway, the oldest first. Zero means 3.
+	MaxDraining int
+
+	// TicketKeyFile names a file of TLS session-ticket keys shared by a fleet (see
+	// KeepTLSSessions): one key per line, 64 hex digits (32 bytes, e.g. `openssl rand
+	// -hex 32`), the first line's key making new tickets, every key accepted; blank
+	// lines and lines starting with # are skipped. It must be a regular file that
+	// others cannot access (mode 0600 or 0640): New fails otherwise, as it does when
+	// the file is missing or malformed. Every generation reads it as it starts, so an
+	// upgrade installs a rotated file; the keys are not rotated otherwise. Empty
+	// means keys of the line's own: made by the first generation, rotated, and handed
+	// from generation to generation.
+	TicketKeyFile string
+	// TicketKeyRotation is how long a session-ticket key of the line's own makes new
+	// tickets before a new one replaces it. Zero means 24 hours (crypto/tls's own).
+	TicketKeyRotation time.Duration
+	// TicketKeyLifetime is how long a key of the line's own is kept, from its
+	// creation, to accept tickets made with it; it must exceed TicketKeyRotation.
+	// Zero means 7 days (crypto/tls's own).
+	TicketKeyLifetime time.Duration
+
+	// SaveState, if set, returns the application's state for the next generation:
+	// an opaque blob of at most MaxStateSize bytes, tagged with StateVersion. It is
+	// called beside the Upgrader's loop (never on a request's goroutine), with
+	// final false when an upgrade starts (the blob reaches the new generation
+	// before it is ready), and with final true once this process has handed over
+	// and stopped accepting (a second, last blob, for state that changed while
+	// both generations ran), and, with FDStore under systemd, when it stops (the
+	// blob waits in systemd's fd store for the next start). An error, or a blob
+	// over MaxStateSize, is logged (event=state_failed) and the upgrade goes on
+	// without state. See LoadState for the order.
+	SaveState func(final bool) ([]byte, error)
+	// LoadState, if set, receives the state the previous generation saved, with
+	// the version it was tagged with. The order, in the new generation:
+	//
+	//  1. In New, before it returns (so before Ready): the blob the old generation
+	//     saved when the upgrade started (final false), or, after `systemctl
+	//     restart` with FDStore, the blob the stopped process left in systemd's
+	//     fd store (final true: nothing follows). Requests are not served yet.
+	//  2. After Ready, once the old generation has stopped accepting: its last
+	//     blob (final true), in a goroutine of its own, concurrently with the
+	//     requests this process already serves.
+	//
+	// LoadState decides whether it understands version: an error refuses the
+	// blob, which is logged (event=state_refused) and ignored; the process starts
+	// cold and the upgrade goes on. No call at all means no state came (the first
+	// generation, a cold start, or the old generation could not save it).
+	LoadState func(version string, data []byte, final bool) error
+	// StateVersion tags the blobs SaveState returns (at most 255 printable
+	// characters), for a later build's LoadState to recognize the format.
+	StateVersion string
+}
+
+// withDefaults returns cfg with its zero values replaced by the defaults.
+func (cfg Config) withDefaults() Config {
+	if cfg.UpgradeTimeout <= 0 {
+		cfg.UpgradeTimeout = defaultUpgradeTimeout
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = defaultDrainTimeout
+	}
+	if cfg.MaxDraining <= 0 {
+		cfg.MaxDraining = defaultMaxDraining
+	}
+	if cfg.TicketKeyRotation <= 0 {
+		cfg.TicketKeyRotation = defaultTicketKeyRotation
+	}
+	if cfg.TicketKeyLifetime <= 0 {
+		cfg.TicketKeyLifetime = defaultTicketKeyLifetime
+	}
+	if cfg.Args == nil {
+		cfg.Args = os.Args[1:]
+	}
+	return cfg
+}
+
+// check says what is wrong with a Config (with its defaults), or returns nil.
+func (cfg Config) check() error {
+	if cfg.TicketKeyLifetime <= cfg.TicketKeyRotation {
+		return fmt.Errorf("graceful: Config.TicketKeyLifetime (%s) must exceed TicketKeyRotation (%s)", cfg.TicketKeyLifetime, cfg.TicketKeyRotation)
+	}
+	return checkStateVersion(cfg.StateVersion)
+}
+
+// seams are how an Upgrader reaches the world outside the process: the real ones by
+// default; unit tests pass fakes to newUpgrader (the machine's own seams, built
+// from these, are in machine.go).
+type seams struct {
+	start    startFunc     // starts a new generation's process; nil means startProcess
+	clock    clock         // timers and time; nil means the system clock
+	killWait time.Duration // how long a killed new process may take to die; 0 means killWait
+}

@@ -1,0 +1,217 @@
+package graceful
+
+import (
+	"os"
+
+	"github.com/seed-a7250cfa/handover/internal/carry"
+	"github.com/seed-a7250cfa/handover/internal/fds"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
+)
+
+// After the handover, the successor: the generation this process handed over to.
+// One goroutine (successor.watch) reads what it says and, without a service manager,
+// watches its exit, for as long as this process lives:
+//
+//	"done"     it is no longer the current generation (it handed over in turn, or
+//	           stops): its exit will be no crash
+//	"current"  it is the current generation again (it resumed): watch it again
+//	"finish"   too many generations drain: passed up the line (lineage.go)
+//	its exit   judged once its channel is read to the end (a "done" may be on its
+//	           way), at most lastWordsWait after it: the machine hears
+//	           successorExited, with whether it had retired
+//
+// A successor that dies without having retired leaves nothing serving unless this
+// process acts: it resumes (takes its drains back) if it can, else starts its own
+// build again (the last good build, /proc/self/exe) on the sockets it kept open, a
+// replacement, at most maxReplacements times. One that retired may have passed its
+// end of the channel on to its own successor, which then talks to this process: the
+// channel is kept until nobody holds the other end (successorGone).
+//
+// Under a service manager, systemd supervises the new main process: its exit is not
+// ours to see, only what it says.
+//
+// A probation window (keeping this process, its listeners held but not accepting,
+// after its drain until the successor has served a while) fits here: a timer armed
+// in watchSuccessor, one more condition in machine.drained (the process does not
+// finish while its successor is on probation), and resume for a death within it.
+
+// successor is the generation this process handed over to.
+type successor struct {
+	g        *generation
+	pid      int     // the PID it said it is ready as
+	released bool    // supervised by the service manager: its exit is not ours to see
+	out      *outbox // what this process tells it
+}
+
+// successors is what this process keeps for the generations that follow it.
+type successors struct {
+	cur      *successor // the one watched, if any
+	reserve  *fds.Child // the sockets kept open while draining, for a replacement
+	replaced int        // replacements started
+}
+
+// Events of the successor watch.
+type (
+	successorFinish struct{ s *successor }
+	successorExited struct {
+		s       *successor
+		retired bool // it had said "done" (and not "current" since)
+	}
+	successorGone struct{ s *successor } // its channel ended, after its exit was judged
+)
+
+func (e successorFinish) handle(m *machine) {
+	if e.s == m.next.cur {
+		m.passFinish()
+	}
+}
+func (e successorExited) handle(m *machine) { m.onSuccessorExit(e.s, e.retired) }
+func (e successorGone) handle(m *machine) {
+	if e.s == m.next.cur {
+		e.s.g.ch.Close() // nobody holds the other end any more
+		m.next.cur = nil
+	}
+}
+
+// watchSuccessor starts watching g, which took over as pid.
+func (m *machine) watchSuccessor(g *generation, pid int) {
+	s := &successor{g: g, pid: pid, released: m.notifier != nil, out: &outbox{ch: g.ch, track: m.hold}}
+	if s.released {
+		// systemd supervises the new main process from now on; the channel stays,
+		// for what this process says as it drains.
+		g.proc.Release()
+	} else if m.next.reserve == nil {
+		// Keep the sockets open while draining, whatever the application does with
+		// its listeners: a successor that dies may need them.
+		if r, err := m.set.ForChild(); err != nil {
+			m.log.Warn("could not keep the sockets open while draining", "event", "reserve_failed", "err", err)
+		} else {
+			m.next.reserve = r
+		}
+	}
+	m.next.cur = s
+	go s.watch(m.post, m.clock)
+}
+
+// watch reads what s says until its channel ends, and judges its exit.
+func (s *successor) watch(post func(event), clk clock) {
+	w := &successorWatch{s: s, post: post, msgs: s.g.msgs, exited: s.g.proc.Exited()}
+	if s.released {
+		w.exited = nil
+	}
+	for w.msgs != nil || w.exited != nil {
+		select {
+		case m, ok := <-w.msgs:
+			w.onMessage(m, ok)
+		case <-w.exited:
+			w.exited, w.dead = nil, true
+			if w.msgs == nil {
+				w.judge()
+			} else {
+				w.settle = clk.NewTimer(lastWordsWait) // a "done" may still be on its way
+			}
+		case <-timerC(w.settle):
+			w.settle = nil
+			w.judge()
+		}
+	}
+	if w.settle != nil {
+		w.settle.Stop()
+	}
+	if !w.died { // the machine closed the channel of one that died
+		post(successorGone{s})
+	}
+}
+
+// successorWatch is the local state of a successor's watch.
+type successorWatch struct {
+	s      *successor
+	post   func(event)
+	msgs   <-chan handoff.Message // until its channel ends
+	exited <-chan struct{}        // until it exits (nil if not ours to see)
+	settle timer                  // armed at its exit while its channel is open
+
+	retired bool // it said "done" (and not "current" since)
+	dead    bool
+	judged  bool // its exit was posted
+	died    bool // judged as a death: it had not retired
+}
+
+func (w *successorWatch) onMessage(m handoff.Message, ok bool) {
+	if !ok {
+		w.msgs = nil
+		w.judge()
+		return
+	}
+	closeFiles(m.Files)
+	switch m.Verb {
+	case handoff.Done:
+		w.retired = true
+	case handoff.Current:
+		w.retired = false
+	case handoff.Finish:
+		w.post(successorFinish{w.s})
+	}
+}
+
+// judge posts the exit of a dead successor, once.
+func (w *successorWatch) judge() {
+	if w.dead && !w.judged {
+		w.judged, w.died = true, !w.retired
+		w.post(successorExited{w.s, w.retired})
+	}
+}
+
+// onSuccessorExit handles the exit of the successor s, while this process drains or
+// after (see finish).
+func (m *machine) onSuccessorExit(s *successor, retired bool) {
+	if s != m.next.cur {
+		return
+	}
+	status := s.g.proc.ExitStatus()
+	if retired {
+		m.log.Info("the new generation exited after handing over or stopping; nothing to do", "event", "successor_retired", "child", s.g.proc.Pid(), "status", status)
+		return // its channel is kept until it ends (successorGone)
+	}
+	s.g.ch.Close()
+	m.next.cur = nil
+	attrs := []any{"event", "successor_died", "child", s.g.proc.Pid(), "status", status}
+	switch {
+	case m.final:
+		m.log.Error("the new generation died while this process was draining; it is stopping, so nothing is done", append(attrs, "action", "none")...)
+	case m.st == draining && m.resumable():
+		m.log.Error("the new generation died while this process was draining; serving again", append(attrs, "action", "resume")...)
+		m.resume(s, status)
+	case m.next.reserve == nil || m.next.replaced >= maxReplacements:
+		m.log.Error("the new generation died after taking over; this process cannot resume, and no replacement is left", append(attrs, "action", "none", "replacements", m.next.replaced)...)
+	default:
+		m.next.replaced++
+		m.log.Error("the new generation died after taking over; starting this process's own build on the sockets kept open", append(attrs, "action", "replace", "attempt", m.next.replaced)...)
+		m.startAttempt(&attempt{trigger: "replacement", started: m.clock.Now(), replacement: true}, selfExecutable, nil)
+	}
+}
+
+// resume takes the drains back after the successor s died: this process is the
+// current generation again.
+func (m *machine) resume(s *successor, status string) {
+	m.history.died(os.Getpid(), s.pid, status)
+	m.st = serving
+	m.nextPID = 0
+	m.takeBackDrains()
+	m.exit.reopen()
+	m.main = true
+	m.writePIDFile()
+	m.tellUpstream(handoff.Current)
+	m.turn(carry.Serving)
+	m.log.Warn("serving again: the new generation died after taking over", "event", "resumed", "dead", s.g.proc.Pid(), "status", status)
+}
+
+// tellSuccessor sends msg to the successor, beside the machine (its files are
+// closed once sent); the process does not finish before it is sent.
+func (m *machine) tellSuccessor(msg handoff.Message) {
+	if m.next.cur == nil {
+		closeFiles(msg.Files)
+		return
+	}
+	m.next.cur.out.tell(msg)
+}

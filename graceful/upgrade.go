@@ -1,0 +1,256 @@
+package graceful
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"github.com/seed-a7250cfa/handover/internal/carry"
+	"github.com/seed-a7250cfa/handover/internal/fds"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/pidfile"
+	"github.com/seed-a7250cfa/handover/internal/sdnotify"
+)
+
+// The machine's side of an upgrade (attempt.go has the attempt's own): it starts an
+// attempt, answers its "ready" with the go-ahead, and takes its outcome. A failure
+// is reported; a handover makes this process drain.
+
+// spawnSpec is what a new generation is started with.
+type spawnSpec struct {
+	child   childSpec
+	reserve *fds.Child        // the sockets kept for a replacement; nil: the process's own
+	batch   []handoff.Message // the initial batch (see handoff.Message)
+}
+
+// beginUpgrade starts an upgrade, or says why it cannot. reply, if not nil, is
+// called on the machine with the outcome.
+func (m *machine) beginUpgrade(trigger string, reply func(upgradeResult)) {
+	if reason, moved, err := m.refusal(); err != nil {
+		attrs := []any{"event", "upgrade_refused", "reason", reason, "trigger", trigger}
+		if a := m.att; a != nil && !a.abandoned && a.pid != 0 {
+			attrs = append(attrs, "child", a.pid)
+		}
+		if moved != 0 {
+			attrs = append(attrs, "current", moved)
+		}
+		m.log.Warn("upgrade refused: "+err.Error(), attrs...)
+		if reply != nil {
+			reply(upgradeResult{err: err, moved: moved})
+		}
+		return
+	}
+	m.log.Info("upgrade starting", "event", "upgrade_start", "trigger", trigger, "executable", m.exe)
+	m.notify("RELOADING=1\n" + sdnotify.MonotonicUsec() + "\nSTATUS=upgrading: starting a new generation")
+	m.st = upgrading
+	m.turn(carry.Upgrading)
+	m.startAttempt(&attempt{trigger: trigger, started: m.clock.Now()}, m.exe, reply)
+}
+
+// startAttempt starts a: its new generation runs path, with the process's sockets
+// or with those kept for a replacement.
+func (m *machine) startAttempt(a *attempt, path string, reply func(upgradeResult)) {
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.goAhead = make(chan string, 1)
+	if reply != nil {
+		a.waiters = append(a.waiters, reply)
+	}
+	m.att = a
+	spec := spawnSpec{child: m.childSpec(path), reserve: m.next.reserve, batch: m.initBatch()}
+	spawn, carriers := m.spawn, m.carriers
+	go a.run(attemptEnv{
+		spawn: func() (*generation, error) {
+			// Beside the machine: a carrier may take its time (SaveState).
+			spec.batch = append(spec.batch, carrierBatch(carriers)...)
+			return spawn(spec)
+		},
+		post: m.post, log: m.log, clock: m.clock, notifier: m.notifier,
+		timeout: m.cfg.UpgradeTimeout, killWait: m.killWait,
+	})
+}
+
+// initBatch is the machine's part of a new generation's initial batch: the history,
+// and how many generations drain above it. The carriers' parts follow.
+func (m *machine) initBatch() []handoff.Message {
+	return []handoff.Message{
+		{Verb: handoff.History, Text: m.history.encode()},
+		{Verb: handoff.Above, N: m.line.above + 1},
+	}
+}
+
+// abandonAttempt cancels the attempt in progress: its outcome comes once its new
+// process is dead.
+func (m *machine) abandonAttempt() {
+	if a := m.att; a != nil && !a.abandoned {
+		a.abandoned = true
+		a.cancel()
+	}
+}
+
+func (m *machine) onAttemptStarted(a *attempt, pid int) {
+	a.pid = pid
+	m.log.Info("new generation started", "event", "child_started", "child", pid, "sibling", m.notifier != nil, "replacement", a.replacement)
+}
+
+// onAttemptReady gives the go-ahead to the new generation, which says it is ready
+// as pid: the history it keeps, with this upgrade in it.
+func (m *machine) onAttemptReady(a *attempt, pid int) {
+	if a.abandoned {
+		return
+	}
+	if pid != a.pid {
+		m.log.Warn("the new generation reports a different PID than the one started (a wrapper?)", "event", "child_pid_differs", "started", a.pid, "ready", pid)
+	}
+	a.ready = pid
+	h := m.history.clone()
+	h.add(m.record(a, "ok", nil))
+	a.goAhead <- h.encode()
+}
+
+func (m *machine) onAttemptEnded(e attemptEnded) {
+	switch {
+	case e.err != nil:
+		e.a.cancel()
+		m.attemptFailed(e)
+	case e.a.abandoned:
+		m.endLate(e)
+	default:
+		e.a.cancel()
+		m.handedOver(e)
+	}
+}
+
+// endLate ends a new generation that took over just as a stop abandoned its
+// attempt: it is killed, as it would have been a moment earlier, and the attempt
+// ends once it is dead.
+func (m *machine) endLate(e attemptEnded) {
+	a, g := e.a, e.g
+	clk, wait, post := m.clock, m.killWait, m.post
+	go func() {
+		err := &upgradeError{Cause: causeAbandoned, Err: errAbandoned, PID: g.proc.Pid()}
+		status := g.end(errAbandoned.Error(), true, clk, wait)
+		err.Stderr = g.out.String()
+		post(attemptEnded{a: a, g: g, err: err, status: status})
+	}()
+}
+
+// attemptFailed reports a failed attempt (logged, recorded, answered); its new
+// process is dead.
+func (m *machine) attemptFailed(e attemptEnded) {
+	a, err := e.a, e.err
+	m.att = nil
+	if m.st == upgrading {
+		m.st = serving
+	}
+	attrs := []any{"event", "upgrade_failed", "cause", err.Cause, "err", err}
+	if err.PID != 0 {
+		attrs = append(attrs, "child", err.PID)
+		if e.status != "" {
+			attrs = append(attrs, "status", e.status)
+		}
+	}
+	outcome := "failed"
+	if err.Cause == causeAbandoned {
+		outcome = "abandoned"
+	}
+	m.history.add(m.record(a, outcome, err))
+	switch {
+	case a.replacement:
+		m.log.Error("replacement failed", attrs...)
+	case err.Cause == causeAbandoned:
+		m.lastErr = err
+		m.log.Warn("upgrade abandoned: the process is stopping", attrs...)
+	default:
+		m.lastErr = err
+		m.log.Error("upgrade failed; still serving", attrs...)
+		if m.st == serving {
+			m.notify("READY=1\nSTATUS=" + m.statusLine())
+			m.turn(carry.Serving)
+		}
+	}
+	m.reply(a, upgradeResult{err: err})
+}
+
+// handedOver: the new generation of attempt e took over. This process drains
+// (unless it drained already: a replacement) and watches its successor.
+func (m *machine) handedOver(e attemptEnded) {
+	a := e.a
+	if e.barrier != nil {
+		m.log.Warn("systemd did not confirm MAINPID in time; handing over anyway", "event", "barrier_timeout", "err", e.barrier)
+	}
+	m.att = nil
+	m.nextPID = a.ready
+	m.lastErr = nil
+	m.history.add(m.record(a, "ok", nil))
+	if m.cfg.PIDFile != "" {
+		// The new generation writes it too, once it hears "main"; written here as
+		// well, the file names it by the time whoever asked for the upgrade hears
+		// the outcome.
+		if err := pidfile.Write(m.cfg.PIDFile, a.ready); err != nil {
+			m.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
+		}
+	}
+	m.main = false
+	m.set.KeepFiles()
+	m.stopWatchdog()
+	m.log.Info("handed over", "event", "handed_over", "to", a.ready, "took", m.clock.Now().Sub(a.started).Round(time.Microsecond).String(), "replacement", a.replacement)
+	m.reply(a, upgradeResult{pid: a.ready})
+	m.keepRelaying(e.g)
+	m.watchSuccessor(e.g, a.ready)
+	if a.replacement {
+		return // this process was draining already, and goes on
+	}
+	m.st = draining
+	m.retire()
+	m.exit.close()
+	m.startDrains(m.notifier != nil)
+	m.tellSuccessor(handoff.Message{Verb: handoff.Above, N: m.line.above + 1})
+	m.turn(carry.HandedOver)
+	m.checkDraining()
+}
+
+// keepRelaying keeps the process from finishing until g, which took over, has put
+// its own standard error back (the end of the pipe this process relays), at most
+// stderrWait: what g logs until then (its start, a SIGUSR2 it defers) would
+// otherwise be lost with this process.
+func (m *machine) keepRelaying(g *generation) {
+	ended := g.out.Done()
+	if ended == nil {
+		return
+	}
+	release, clk := m.hold(), m.clock
+	go func() {
+		t := clk.NewTimer(stderrWait)
+		select {
+		case <-ended:
+		case <-t.C():
+		}
+		t.Stop()
+		release()
+	}()
+}
+
+func (m *machine) reply(a *attempt, r upgradeResult) {
+	for _, w := range a.waiters {
+		w(r)
+	}
+	a.waiters = nil
+}
+
+// record makes the record of the upgrade a; e says why it failed, if it did.
+func (m *machine) record(a *attempt, outcome string, e *upgradeError) Upgrade {
+	r := Upgrade{
+		Trigger: a.trigger, Start: a.started, End: m.clock.Now(), From: os.Getpid(),
+		Generation: m.gen + 1, Outcome: outcome, To: a.pid,
+	}
+	if a.ready != 0 {
+		r.To = a.ready
+	}
+	if outcome == "ok" {
+		r.HandoverSeconds = r.End.Sub(r.Start).Seconds()
+	}
+	if e != nil {
+		r.Reason, r.Error, r.Stderr = e.Cause, e.Error(), e.Stderr
+	}
+	return r
+}

@@ -136,15 +136,7 @@ func TestControlOutOfDescriptors(t *testing.T) {
 	t.Run("examples/lines", func(t *testing.T) {
 		addr := freePort(t)
 		p := startProgram(t, proc.Binary(t, examplesPkg+"lines"), "-listen", addr)
-		if err := proc.WaitFor(func() bool {
-			c, err := net.DialTimeout("tcp", addr, time.Second)
-			if err == nil {
-				c.Close()
-			}
-			return err == nil
-		}, 10*time.Second, "the server to listen"); err != nil {
-			t.Fatal(err)
-		}
+		waitListening(t, addr)
 		restore := lowerFileLimit(t, p.current())
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {

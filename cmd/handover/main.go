@@ -74,10 +74,10 @@ and HANDOVER_MASTER (the master's PID).
             (handover status says so).
   crash:    a serving child that exits is restarted, from the last good build, with
             backoff; the sockets stay open, clients wait in the backlog.
-  leftovers: processes a child leaves behind that no live child owns (by process
-            group, or by HANDOVER_GENERATION in their environment: a helper that
-            called setsid too) are killed at its drain deadline; a failed new
-            child's at once. A starting child's fd-store changes (FDSTORE=1) are held
+  leftovers: processes a child leaves behind (in its process group, with its
+            HANDOVER_GENERATION in their environment, as a helper that called setsid,
+            or holding the master's sockets) that no live child owns are killed at its
+            drain deadline; a failed new child's at once. A starting child's fd-store changes (FDSTORE=1) are held
             until it is ready: a build that fails first leaves the store as it was.
   stop:     SIGTERM: the child gets -stop-signal and drains; the master exits with its
             status. SIGINT and SIGQUIT are forwarded to the child; when it exits, so

@@ -228,10 +228,10 @@ type machine struct {
 	ran     func(b *build, pid int) *build                       // what child pid runs, if not b (ranBuild)
 	sd      func(state string)                                   // tell systemd, if it listens
 	// leftovers kills (SIGKILL) the processes reparented to the master that no live
-	// managed child owns (killLeftovers: what dead children left, in their process
-	// group or out of it), at an event of child c (nil: the master's end), and
-	// returns their PIDs; orphans lists the master's children that are not managed
-	// children.
+	// managed child owns and that a child left behind (killLeftovers: in c's process
+	// group, or out of it), at an event of child c (nil: the master's end: every
+	// orphan), and returns their PIDs; orphans lists the master's children that are
+	// not managed children.
 	leftovers func(c *child) []int
 	orphans   func() []int
 

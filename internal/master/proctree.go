@@ -168,18 +168,44 @@ func owned(p procEntry, children map[int]*child) bool {
 	return false
 }
 
+// holds reports whether process pid has open one of the sockets whose inodes are
+// in socks (the master's listening sockets).
+func holds(pid int, socks map[uint64]bool) bool {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		link, _ := os.Readlink(dir + "/" + e.Name())
+		if ino, ok := strings.CutPrefix(link, "socket:["); ok {
+			n, _ := strconv.ParseUint(strings.TrimSuffix(ino, "]"), 10, 64)
+			if socks[n] {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // killLeftovers kills (SIGKILL) the processes reparented to the master that no live
-// managed child of children owns (owned): what dead or draining-out children left
-// behind, in their process group or out of it. Each one's process group goes with
-// it (unless it is the master's own). It returns their PIDs. The whole runs under
-// reapMu: none of them can be reaped, and its PID reused, before it is killed.
-func killLeftovers(children map[int]*child) []int {
+// managed child of children owns (owned) and that a child left behind: those in
+// dead's process group (dead, a child that exited or whose drain deadline came),
+// those whose environment names a generation (HANDOVER_GENERATION: a dead child's
+// helper that left its process group, with setsid say), and those that hold one of
+// the master's sockets (socks, by inode: whatever they are, they would serve on
+// them). Other orphans (a `docker exec` command's, of a master that is PID 1) are
+// left alone. With dead nil (the master's end), every orphan no live child owns is
+// killed. Each one's process group goes with it (unless it is the master's own). It
+// returns their PIDs. The whole runs under reapMu: none of them can be reaped, and
+// its PID reused, before it is killed.
+func killLeftovers(dead *child, children map[int]*child, socks map[uint64]bool) []int {
 	reapMu.Lock()
 	defer reapMu.Unlock()
 	self := unix.Getpgrp()
 	var killed []int
 	for _, p := range directChildren() {
 		if children[p.pid] != nil || p.zombie || owned(p, children) {
+			continue
+		}
+		if dead != nil && p.pgrp != dead.pid && genOf(p.pid) == 0 && !holds(p.pid, socks) {
 			continue
 		}
 		unix.Kill(p.pid, syscall.SIGKILL)

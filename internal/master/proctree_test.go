@@ -4,6 +4,7 @@ package master
 
 import (
 	"bufio"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -145,21 +146,41 @@ func waitFor(cond func() bool) error {
 
 // TestKillLeftovers: of the processes reparented to the master (a subreaper), those
 // a live managed child owns are kept, by its process group or by the generation in
-// their environment; the others are killed, with their process groups, and named.
-// A child of generation 1 leaves three helpers: one in its process group, one in a
-// session of its own (setsid) that inherited its environment, one in a session of
-// its own with an empty environment. While the child lives, only the last is killed;
-// once it is reaped, the other two. (Before, only the processes in the dead child's
-// process group were killed: a helper that called setsid served on for ever.)
+// their environment; those a child left behind are killed, with their process
+// groups, and named. A child of generation 1, holding a listening socket of the
+// master's, leaves four helpers: one in its process group, one in a session of its
+// own (setsid) that inherited its environment, one in a session of its own with an
+// empty environment but the socket, and one with neither (a stranger: what a
+// `docker exec` may leave under a master that is PID 1). While the child lives,
+// only the third is killed (it would serve on the socket); once it is reaped, the
+// first two; the stranger only at the master's end. (Before, only the processes in
+// the dead child's process group were killed: a helper that called setsid served
+// on for ever.)
 func TestKillLeftovers(t *testing.T) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-	script := `(sleep 300 &); (setsid sleep 301 &); (env -i /usr/bin/setsid /bin/sleep 302 &); exec sleep 303`
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sock, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(sock.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	socks := map[uint64]bool{st.Ino: true}
+	script := `(sleep 300 &); (setsid sleep 301 &); (env -i /usr/bin/setsid /bin/sleep 302 &);` +
+		` (env -i /usr/bin/setsid /bin/sleep 304 3>&- &); exec sleep 303`
 	p, err := os.StartProcess("/bin/sh", []string{"sh", "-c", script}, &os.ProcAttr{
 		Env:   []string{handoff.GenerationEnv + "=1", "PATH=/usr/bin:/bin"},
-		Files: []*os.File{nil, nil, os.Stderr},
+		Files: []*os.File{nil, nil, os.Stderr, sock},
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
 	})
 	if err != nil {
@@ -184,33 +205,37 @@ func TestKillLeftovers(t *testing.T) {
 			// (Once each has executed its sleep: before, it may not have left
 			// the child's process group yet.)
 			switch cmd := cmdline(e.pid); cmd {
-			case "sleep 300", "sleep 301", "/bin/sleep 302":
+			case "sleep 300", "sleep 301", "/bin/sleep 302", "/bin/sleep 304":
 				helpers[cmd[len(cmd)-3:]] = e.pid
 			}
 		}
-		return len(helpers) == 3 && cmdline(c.pid) == "sleep 303"
+		return len(helpers) == 4 && cmdline(c.pid) == "sleep 303"
 	}); err != nil {
 		t.Fatalf("the child's helpers reparented to this process: %v", helpers)
 	}
 
-	killed := killLeftovers(children)
+	killed := killLeftovers(c, children, socks)
 	if len(killed) != 1 || killed[0] != helpers["302"] {
-		t.Errorf("while the child lives: killed %v, want only the stranger %d (helpers %v)", killed, helpers["302"], helpers)
+		t.Errorf("while the child lives: killed %v, want only the one holding the socket, %d (helpers %v)", killed, helpers["302"], helpers)
 	}
 	reapKilled(t, killed)
 
 	p.Kill()
 	p.Wait()
 	c.reaped = true
-	killed = killLeftovers(children)
+	killed = killLeftovers(c, children, socks)
 	slices.Sort(killed)
 	want := []int{helpers["300"], helpers["301"]}
 	slices.Sort(want)
 	if !slices.Equal(killed, want) {
-		t.Errorf("once the child is reaped: killed %v, want its helpers %v", killed, want)
+		t.Errorf("once the child is reaped: killed %v, want its helpers %v (not the stranger %d)", killed, want, helpers["304"])
 	}
 	reapKilled(t, killed)
-	if left := killLeftovers(nil); len(left) != 0 {
+	if killed = killLeftovers(nil, nil, socks); len(killed) != 1 || killed[0] != helpers["304"] {
+		t.Errorf("at the master's end: killed %v, want the stranger %d", killed, helpers["304"])
+	}
+	reapKilled(t, killed)
+	if left := killLeftovers(nil, nil, socks); len(left) != 0 {
 		t.Errorf("killed %v, once nothing was left", left)
 	}
 }

@@ -160,7 +160,14 @@ func (h *host) machine() *machine {
 	m.open = openBuild
 	m.launch = func(b *build) launch { return resolveLaunch(h.cfg.Args, h.cfg.Dir, b) }
 	m.ran = ranBuild
-	m.leftovers = func(*child) []int { return killLeftovers(m.children) }
+	socks := map[uint64]bool{}
+	for _, k := range h.socks.list {
+		var st unix.Stat_t
+		if unix.Fstat(k.fd, &st) == nil {
+			socks[st.Ino] = true
+		}
+	}
+	m.leftovers = func(c *child) []int { return killLeftovers(c, m.children, socks) }
 	m.orphans = func() []int { return orphans(m.children) }
 	m.sd = func(state string) {
 		if err := h.notifier.Send(state); err != nil {

@@ -42,15 +42,15 @@ func (l launch) equal(o launch) bool {
 
 // resolveLaunch returns the launch of a child of build b started from disk now,
 // with PROG's arguments args and the working directory dir (Config.Dir): dir with
-// its symlinks resolved; each argument that names an existing file (relative to dir
+// its symlinks resolved ("", the master's own, if it cannot be); each argument that names an existing file (relative to dir
 // if it is relative) reached through a symlink, by its resolved path (a relative one
 // left as it is when the resolved dir alone pins it); any other argument as it is.
 func resolveLaunch(args []string, dir string, b *build) launch {
-	l := launch{dir: dir}
+	var l launch
 	if dir != "" {
-		if real, err := filepath.EvalSymlinks(dir); err == nil {
-			l.dir = real
-		}
+		// A directory that is gone (a release removed under the master) is not
+		// chdir-ed into: the child inherits the master's, as it is.
+		l.dir, _ = filepath.EvalSymlinks(dir)
 	}
 	for _, a := range args {
 		p := a
@@ -88,7 +88,7 @@ func (l launch) describe(dir string) string {
 	if len(l.args) > 0 {
 		s = " " + strings.Join(l.args, " ")
 	}
-	if l.dir != dir {
+	if l.dir != "" && l.dir != dir {
 		s += " (in " + l.dir + ")"
 	}
 	return s

@@ -15,7 +15,8 @@ import (
 // arguments that name files are resolved through their symlinks (a release layout,
 // current -> releases/1), so that a restart runs the same release whatever current
 // names later; an argument that is no file is left alone; a file reached without a
-// symlink (edited in place) is named loose, as is a #! script reached without one.
+// symlink (edited in place) is named loose, as is a #! script reached without one. A
+// working directory that is gone is not resolved: the child gets the master's.
 func TestResolveLaunch(t *testing.T) {
 	base, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
@@ -55,6 +56,8 @@ func TestResolveLaunch(t *testing.T) {
 			wantDir: base, wantLoose: []string{base + "/inplace.py"}},
 		{name: "a #! script through the symlink", dir: base, script: current + "/app.py", prefix: rel + "/app.py",
 			wantDir: base},
+		{name: "a working directory that is gone", dir: base + "/releases/0", args: []string{"app.py"},
+			wantDir: "", wantArgs: []string{"app.py"}},
 	} {
 		b := bin
 		if c.script != "" {

@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/control"
+	"github.com/seed-a7250cfa/handover/internal/fds"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
@@ -30,7 +30,7 @@ func (u *Upgrader) openControl() (net.Listener, error) {
 	}
 	if !inherited {
 		// Only the service's user (and root) may connect; peers are also checked.
-		if err := os.Chmod(path, 0o600); err != nil {
+		if err := fds.SetSocketMode(path, 0o600); err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("control socket: %w", err)
 		}

@@ -326,15 +326,7 @@ func TestExampleLines(t *testing.T) {
 			pace(5 * time.Millisecond)
 		}
 	}
-	if err := proc.WaitFor(func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}, 10*time.Second, "the server to listen"); err != nil {
-		t.Fatal(err)
-	}
+	waitListening(t, addr)
 	for i := 0; i < 8; i++ {
 		wg.Add(1)
 		go client(i)
@@ -393,6 +385,20 @@ func TestExampleLines(t *testing.T) {
 		if ev.Count("drain_start", logs.KV("pid", pid)) != 1 || ev.Count("drained", logs.KV("pid", pid)) != 1 {
 			t.Errorf("generation %d did not log the start and end of its drain once each", pid)
 		}
+	}
+}
+
+// waitListening waits until a TCP connection to addr is accepted (by the kernel).
+func waitListening(t *testing.T, addr string) {
+	t.Helper()
+	if err := proc.WaitFor(func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, 10*time.Second, "the server to listen"); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -99,6 +99,7 @@ type masterSpec struct {
 	env     []string // added to its environment
 	drain   time.Duration
 	control string // the control socket's path, default in the test's directory
+	cwd     string // the master's working directory, also in $PWD; default its test directory
 }
 
 // startMaster starts `handover run` and waits until its first child serves.
@@ -137,6 +138,10 @@ func launchMaster(t testing.TB, s masterSpec) *master {
 	// directory even when the master is killed.
 	cmd.Env = cleanEnv(append([]string{"TMPDIR=" + dir}, s.env...)...)
 	cmd.Dir = dir
+	if s.cwd != "" {
+		cmd.Dir = s.cwd
+		cmd.Env = append(cmd.Env, "PWD="+s.cwd)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

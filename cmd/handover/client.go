@@ -7,10 +7,12 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/control"
+	"github.com/seed-a7250cfa/handover/internal/proc"
 )
 
 // ask sends one request and reads the answer.
@@ -86,13 +88,24 @@ func reload(path string, timeout time.Duration, stdout, stderr io.Writer) int {
 			if resp.Stopping && os.Getenv("INVOCATION_ID") != "" {
 				// The service is stopping, under systemd: the unit is going down,
 				// and a failing ExecReload= would only mark it failed as well.
-				fmt.Fprintf(stderr, "handover reload: no upgrade: %s\n", resp.Error)
+				fmt.Fprintf(stderr, "handover reload: no upgrade: %s\n", printableLines(resp.Error))
 				return 0
 			}
-			fmt.Fprintf(stderr, "handover reload: upgrade failed: %s\n", resp.Error)
+			fmt.Fprintf(stderr, "handover reload: upgrade failed: %s\n", printableLines(resp.Error))
 			return 1
 		}
 		fmt.Fprintf(stdout, "upgraded: PID %d, generation %d\n", resp.PID, resp.Generation)
 		return 0
 	}
+}
+
+// printableLines is s with each line proc.Printable: what a service answers (its
+// error, a failed process's stderr lines) cannot act on the operator's terminal,
+// whatever version of handover the service runs.
+func printableLines(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = proc.Printable(l)
+	}
+	return strings.Join(lines, "\n")
 }

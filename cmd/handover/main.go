@@ -22,7 +22,11 @@
 //	    runs, restarts), and the last 10 upgrades, one line each.
 //
 // The control socket's path comes from -control or $HANDOVER_CONTROL. Only the
-// service's own user and root may use it.
+// service's own user and root may use it. A client sends one request line, ended by
+// a newline, within 2s; a service serves at most 16 control connections at once
+// (one more is answered "busy"), and does not run an upgrade whose client has gone
+// before its request was read. What a service answers (a failed build's stderr
+// lines) is printed with control characters escaped (\x1b).
 package main
 
 import (
@@ -61,9 +65,20 @@ and HANDOVER_MASTER (the master's PID).
             dies within 10s of taking over (or -settle, if longer) is replaced at once
             by the last good build, run from that descriptor even if the file on disk
             is now the bad build; with -settle, handover reload waits that long and
-            exits 1 with the reason. (For a script, the build kept is its interpreter.)
+            exits 1 with the reason. For a script the file kept is its interpreter:
+            deploy releases behind a symlink (current -> releases/N) and reach the code
+            through it (python3 /srv/app/current/app.py, or python3 app.py from
+            /srv/app/current); each child is started with the symlinks of its working
+            directory and file arguments resolved, and the last good build keeps them.
+            Code not reached through a symlink is read from disk again at every start
+            (handover status says so).
   crash:    a serving child that exits is restarted, from the last good build, with
             backoff; the sockets stay open, clients wait in the backlog.
+  leftovers: processes a child leaves behind (in its process group, with its
+            HANDOVER_GENERATION in their environment, as a helper that called setsid,
+            or holding the master's sockets) that no live child owns are killed at its
+            drain deadline; a failed new child's at once. A starting child's fd-store changes (FDSTORE=1) are held
+            until it is ready: a build that fails first leaves the store as it was.
   stop:     SIGTERM: the child gets -stop-signal and drains; the master exits with its
             status. SIGINT and SIGQUIT are forwarded to the child; when it exits, so
             does the master. A second SIGTERM kills the children at once.

@@ -24,7 +24,7 @@ func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.W
 		err = errors.New("malformed answer: no status")
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "handover status: %v\n", err)
+		fmt.Fprintf(stderr, "handover status: %s\n", printableLines(err.Error()))
 		return 1
 	}
 	if asJSON {
@@ -32,7 +32,9 @@ func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.W
 		fmt.Fprintf(stdout, "%s\n", b)
 		return 0
 	}
-	printStatus(stdout, resp.Status)
+	var text strings.Builder
+	printStatus(&text, resp.Status)
+	io.WriteString(stdout, printableLines(text.String()))
 	return 0
 }
 

@@ -6,6 +6,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/seed-a7250cfa/handover/graceful"
 )
@@ -33,11 +35,21 @@ func main() {
 	var d graceful.Drainer
 	ln = d.Listener(ln)
 	go func() {
+		var pause time.Duration
 		for {
-			c, err := ln.Accept() // waits while draining; fails once the drain is over
-			if err != nil {
+			c, err := ln.Accept() // waits while draining; closed once the drain is over
+			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			if err != nil {
+				// Out of descriptors, say: try again, after a pause that grows from
+				// 5 ms to 1 s, as net/http's Server does. (A loop that returned here
+				// would stop serving for good while the process lives on.)
+				pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+				time.Sleep(pause)
+				continue
+			}
+			pause = 0
 			go serve(c, &d)
 		}
 	}()

@@ -4,12 +4,13 @@
 // handover run's master alike: each is a Server.
 //
 // A client connects to the unix socket, writes one request line ("upgrade" or
-// "status") and reads one response line: a JSON Response. The server answers only
-// peers running as its own user or as root (SO_PEERCRED).
+// "status", ended by a newline) and reads one response line: a JSON Response. The
+// server answers only peers running as its own user or as root (SO_PEERCRED).
 package control
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -110,7 +111,9 @@ func ParseRequest(line string) (string, error) {
 	return "", fmt.Errorf("unknown request %q (want %q or %q)", line, Upgrade, Status)
 }
 
-// ReadRequest reads one request line of at most MaxRequest bytes.
+// ReadRequest reads one request line of at most MaxRequest bytes. The line must end
+// with a newline: bytes the peer sends without one, before it closes its end or
+// stops sending, are not a request.
 func ReadRequest(r io.Reader) (string, error) {
 	line, err := readLine(bufio.NewReaderSize(r, 64), MaxRequest)
 	if err != nil {
@@ -141,22 +144,36 @@ func Encode(resp Response) []byte {
 	return append(b, '\n')
 }
 
+// errNoNewline is why a line a peer ended (closed its end) without a newline is
+// refused: a request or an answer cut short is not taken for a whole one.
+var errNoNewline = fmt.Errorf("%w: the line ends without a newline", io.ErrUnexpectedEOF)
+
+// readLine reads one line ended by "\n" (or "\r\n") and returns it without its end.
+// A line longer than max bytes is an error, found after reading at most max plus
+// two of br's buffers; so is a line the reader ends (EOF, a deadline) before its
+// newline.
 func readLine(br *bufio.Reader, max int) (string, error) {
 	var line []byte
 	for {
-		part, isPrefix, err := br.ReadLine()
-		if err != nil {
-			if errors.Is(err, io.EOF) && len(line) > 0 {
-				err = io.ErrUnexpectedEOF
-			}
-			return "", err
-		}
+		part, err := br.ReadSlice('\n')
 		line = append(line, part...)
-		if len(line) > max {
+		if len(line) > max+2 {
 			return "", fmt.Errorf("line longer than %d bytes", max)
 		}
-		if !isPrefix {
+		switch {
+		case err == nil:
+			line = bytes.TrimSuffix(line[:len(line)-1], []byte("\r"))
+			if len(line) > max {
+				return "", fmt.Errorf("line longer than %d bytes", max)
+			}
 			return string(line), nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case len(line) > 0 && errors.Is(err, io.EOF):
+			return "", errNoNewline
+		case len(line) > 0:
+			return "", fmt.Errorf("%d bytes without a newline, then: %w", len(line), err)
 		}
+		return "", err
 	}
 }

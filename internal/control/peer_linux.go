@@ -2,80 +2,18 @@ package control
 
 import (
 	"errors"
-	"fmt"
-	"log/slog"
 	"net"
 	"os"
-	"time"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
-
-// Timeouts of a control socket's connection.
-const (
-	// readTimeout bounds how long a client may take to send its request.
-	readTimeout = 10 * time.Second
-	// writeTimeout bounds the write of an answer.
-	writeTimeout = 2 * time.Second
-	// acceptPause is the wait before accepting again after a failed accept.
-	acceptPause = 10 * time.Millisecond
-)
-
-// Accept answers every connection of ln, the control socket, each in a goroutine of
-// its own (Serve), until ln is closed. An accept that fails otherwise (the process
-// is out of descriptors) is tried again after a pause.
-func Accept(ln net.Listener, log *slog.Logger, s Server) {
-	for {
-		c, err := ln.Accept()
-		if errors.Is(err, net.ErrClosed) {
-			return
-		}
-		if err != nil {
-			time.Sleep(acceptPause)
-			continue
-		}
-		go Serve(c, log, s)
-	}
-}
-
-// Serve answers one connection c of a control socket, then closes it. A peer that
-// runs neither as this process's user nor as root is refused, and log says so
-// (event=control_refused). Otherwise the request is read (within 10 s) and s's
-// answer to it (Answer) is written.
-func Serve(c net.Conn, log *slog.Logger, s Server) {
-	defer c.Close()
-	reply := func(r Response) {
-		c.SetWriteDeadline(time.Now().Add(writeTimeout))
-		c.Write(Encode(r))
-	}
-	uid, ok, err := PeerAllowed(c)
-	if err != nil || !ok {
-		log.Warn("control socket: refused a peer", "event", "control_refused", "uid", uid, "err", err)
-		reply(Response{Error: fmt.Sprintf("permission denied: uid %d may not control this service (only uid %d or root)", uid, os.Geteuid())})
-		return
-	}
-	c.SetReadDeadline(time.Now().Add(readTimeout))
-	req, err := ReadRequest(c)
-	if err != nil {
-		reply(Response{Error: "bad request: " + err.Error()})
-		return
-	}
-	c.SetReadDeadline(time.Time{})
-	reply(Answer(req, s))
-}
 
 // PeerAllowed reports whether the peer of c, a unix socket connection (or one
 // wrapping it: NetConn), runs as this process's user or as root (SO_PEERCRED), the
 // only peers a control socket answers; uid is the peer's.
 func PeerAllowed(c net.Conn) (uid int, ok bool, err error) {
-	if nc, isWrapped := c.(interface{ NetConn() net.Conn }); isWrapped {
-		c = nc.NetConn()
-	}
-	uc, isUnix := c.(*net.UnixConn)
-	if !isUnix {
-		return -1, false, errors.New("not a unix socket")
-	}
-	rc, err := uc.SyscallConn()
+	rc, err := unixConn(c)
 	if err != nil {
 		return -1, false, err
 	}
@@ -91,4 +29,37 @@ func PeerAllowed(c net.Conn) (uid int, ok bool, err error) {
 	}
 	uid = int(cred.Uid)
 	return uid, uid == 0 || uid == os.Geteuid(), nil
+}
+
+// unixConn returns the descriptor of c, a unix socket connection (or one wrapping
+// it: NetConn).
+func unixConn(c net.Conn) (syscall.RawConn, error) {
+	if nc, isWrapped := c.(interface{ NetConn() net.Conn }); isWrapped {
+		c = nc.NetConn()
+	}
+	uc, isUnix := c.(*net.UnixConn)
+	if !isUnix {
+		return nil, errors.New("not a unix socket")
+	}
+	return uc.SyscallConn()
+}
+
+// peerGone reports whether the peer of c, a unix socket connection, has closed its
+// end: POLLHUP, which Linux reports on a unix stream socket once the peer's socket
+// is released (closed, or its process gone). A peer that only shut down its writing
+// side (shutdown(SHUT_WR), as socat does at the end of its input) can still read an
+// answer: it has not gone.
+func peerGone(c net.Conn) bool {
+	rc, err := unixConn(c)
+	if err != nil {
+		return false
+	}
+	gone := false
+	rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
+			gone = fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return gone
 }

@@ -241,12 +241,27 @@ func (m *machine) drop(b *build) {
 	}
 }
 
-// setLastGood makes b the last good build.
-func (m *machine) setLastGood(b *build) {
-	if b == m.lastGood {
+// setLastGood makes c's build and launch the last good ones.
+func (m *machine) setLastGood(c *child) {
+	m.goodLaunch = c.launch
+	if c.build == m.lastGood {
 		return
 	}
-	m.hold(b)
+	m.hold(c.build)
 	m.drop(m.lastGood)
-	m.lastGood = b
+	m.lastGood = c.build
+}
+
+// isLastGood reports whether c runs the last good build with its launch.
+func (m *machine) isLastGood(c *child) bool {
+	return c.build == m.lastGood && c.launch.equal(m.goodLaunch)
+}
+
+// lastGoodString describes the last good build and its launch, "none" if there is
+// none yet.
+func (m *machine) lastGoodString() string {
+	if m.lastGood == nil {
+		return "none"
+	}
+	return m.lastGood.String() + m.goodLaunch.describe(m.cfg.Dir)
 }

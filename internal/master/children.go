@@ -28,7 +28,7 @@ func (m *machine) stopChild(c *child, sig syscall.Signal) {
 	c.stoppedAt = time.Now()
 	c.stopTimers()
 	m.settled(c)
-	if err := m.signal(c.pid, sig); err != nil {
+	if err := m.signal(c, sig, false); err != nil {
 		m.log.Warn("could not signal a child", "event", "signal_failed", "child", c.pid, "signal", signalName(sig), "err", err)
 	}
 	c.timers = append(c.timers, m.after(m.cfg.DrainTimeout, timerEvent{timerDrain, c}))
@@ -41,8 +41,16 @@ func (m *machine) kill(c *child) {
 		return
 	}
 	c.killed = true
-	if err := m.signal(-c.pid, syscall.SIGKILL); err != nil {
-		m.signal(c.pid, syscall.SIGKILL)
+	if err := m.signal(c, syscall.SIGKILL, true); err != nil {
+		m.signal(c, syscall.SIGKILL, false)
+	}
+}
+
+// clearLeftovers kills what c (a child that exited, or whose drain deadline came)
+// and other dead children left behind (leftovers), and logs event with how many.
+func (m *machine) clearLeftovers(c *child, event string) {
+	if pids := m.leftovers(c); len(pids) > 0 {
+		m.log.Warn("killed what the children left behind", "event", event, "child", c.pid, "gen", c.gen, "leftovers", len(pids), "pids", fmt.Sprint(pids))
 	}
 }
 
@@ -66,7 +74,7 @@ func (m *machine) onSignal(sig syscall.Signal) {
 		sent := false
 		for _, c := range targets {
 			if c != nil && !c.reaped {
-				m.signal(c.pid, sig)
+				m.signal(c, sig, false)
 				m.log.Info("signal forwarded", "event", "forward", "signal", signalName(sig), "child", c.pid)
 				sent = true
 			}
@@ -163,8 +171,19 @@ func (m *machine) onReaped(pid int, ws syscall.WaitStatus) {
 func (m *machine) onGone(c *child) {
 	delete(m.children, c.pid)
 	defer m.drop(c.build)
+	if c.pidfd != nil {
+		c.pidfd.Close()
+	}
+	m.dropHeld(c)
 	if r := c.drainRec; r != nil && c.role == roleOld {
 		r.Drained, r.DrainSeconds, r.DrainKilled = true, c.reapedAt.Sub(c.stoppedAt).Seconds(), c.killWhy
+	}
+	if c.role == roleOld && c.killWhy != "" {
+		// Its drain was cut short (its deadline, -max-draining, a second stop
+		// signal): so is that of what it left behind. (Otherwise they go at its
+		// drain deadline, which stays pending after its exit.)
+		c.stopTimers()
+		m.clearLeftovers(c, "leftovers_killed")
 	}
 	level := slog.LevelInfo
 	if c.role == roleServing || c.role == roleCandidate && !m.stopping {

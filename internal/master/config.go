@@ -28,6 +28,12 @@ type Config struct {
 	Prog string
 	// Args are its arguments (without argv[0], which is Prog).
 	Args []string
+	// Dir is the working directory of the children, as the master was given it: the
+	// directory it was started in, by the path in $PWD when that names it (os.Getwd),
+	// so that a symlink such as /srv/app/current is kept. Its symlinks (and those of
+	// the arguments that name files) are resolved for each child started from disk
+	// (see launch). "" means the master's working directory, as it is.
+	Dir string
 	// Listen are the sockets to bind (or, under a socket unit, to take from systemd
 	// by name). Under a socket unit an empty Listen passes every socket on.
 	Listen []Listen
@@ -99,6 +105,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ReadyAfter >= c.UpgradeTimeout {
 		return fmt.Errorf("-ready-after %s is not below -upgrade-timeout %s: a child that does not notify would never be ready in time", c.ReadyAfter, c.UpgradeTimeout)
+	}
+	if c.Dir == "" {
+		c.Dir, _ = os.Getwd()
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

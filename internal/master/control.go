@@ -38,7 +38,8 @@ func openControl(socks *sockets, path string) (net.Listener, error) {
 	return listenControl(path)
 }
 
-// listenControl binds the control socket at path (mode 0600), replacing a stale one.
+// listenControl binds the control socket at path (mode 0600, set without following a
+// symlink: fds.SetSocketMode), replacing a stale one.
 func listenControl(path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
@@ -51,7 +52,7 @@ func listenControl(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	if err := fds.SetSocketMode(path, 0o600); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}

@@ -30,9 +30,24 @@ type storedFD struct {
 	fd   int
 }
 
+// A child that is starting (a candidate) may change the store too, but its changes
+// are held aside (child.held) until it is ready and takes over: a new build that
+// fails before that (it exits, hangs, is abandoned) leaves the store as it was, and
+// the descriptors it stored are closed. Its changes are applied, in order, when it
+// takes over, on top of what the serving child may have changed meanwhile.
+
+// storeOp is one change of the fd store: a removal of every descriptor named name,
+// or the store of fds under name.
+type storeOp struct {
+	remove bool
+	name   string
+	fds    []int
+}
+
 // fdStore handles the FDSTORE=1 and FDSTOREREMOVE=1 of a notification from c (a
-// removal first, then the store, when a datagram has both). The descriptors it
-// stores are taken from fds (set to -1); the caller closes the rest.
+// removal first, then the store, when a datagram has both): applied at once for the
+// serving child, held aside for one that is starting. The descriptors it stores or
+// holds are taken from fds (set to -1); the caller closes the rest.
 func (m *machine) fdStore(c *child, fields []Field, fds []int) {
 	var store, remove bool
 	name, named := "", false
@@ -58,10 +73,82 @@ func (m *machine) fdStore(c *child, fields []Field, fds []int) {
 		m.log.Warn("fd store: refused: a name is printable ASCII without ':', at most 255 characters", "event", "fdstore_refused", "child", c.pid, "reason", "bad_name")
 		return
 	}
+	var ops []storeOp
 	if remove && named {
+		ops = append(ops, storeOp{remove: true, name: name})
+	}
+	if store {
+		if !named {
+			name = defaultStoredName
+		}
+		op := storeOp{name: name}
+		for i, fd := range fds {
+			if fd >= 0 {
+				op.fds = append(op.fds, fd)
+				fds[i] = -1
+			}
+		}
+		ops = append(ops, op)
+	}
+	if c.role == roleCandidate {
+		m.holdStore(c, ops)
+		return
+	}
+	for _, op := range ops {
+		m.applyStore(c, op)
+	}
+}
+
+// holdStore keeps ops, changes of the store by c (a child that is starting), until
+// c takes over (applyHeld) or fails (dropHeld). It holds at most maxStored
+// descriptors; more are closed.
+func (m *machine) holdStore(c *child, ops []storeOp) {
+	n := 0
+	for _, op := range c.held {
+		n += len(op.fds)
+	}
+	for _, op := range ops {
+		if extra := n + len(op.fds) - maxStored; extra > 0 {
+			closeFDs(op.fds[len(op.fds)-extra:])
+			op.fds = op.fds[:len(op.fds)-extra]
+			m.log.Warn("fd store: full; descriptors closed", "event", "fdstore_refused", "child", c.pid, "reason", "full", "name", op.name, "count", extra, "max", maxStored)
+		}
+		n += len(op.fds)
+		c.held = append(c.held, op)
+		m.log.Info("fd store: change held until the child is ready", "event", "fdstore_held", "child", c.pid, "name", op.name, "remove", op.remove, "count", len(op.fds))
+	}
+}
+
+// applyHeld applies the changes c held aside, now that it takes over.
+func (m *machine) applyHeld(c *child) {
+	for _, op := range c.held {
+		m.applyStore(c, op)
+	}
+	c.held = nil
+}
+
+// dropHeld discards the changes c held aside (it failed before it was ready) and
+// closes the descriptors it stored.
+func (m *machine) dropHeld(c *child) {
+	if len(c.held) == 0 {
+		return
+	}
+	n := 0
+	for _, op := range c.held {
+		closeFDs(op.fds)
+		n += len(op.fds)
+	}
+	m.log.Info("fd store: the changes of a child that was never ready are discarded", "event", "fdstore_discarded", "child", c.pid, "changes", len(c.held), "closed", n)
+	c.held = nil
+}
+
+// applyStore applies op to the store, for c; the descriptors of op it does not
+// store (the same file stored already, the store full) are closed.
+func (m *machine) applyStore(c *child, op storeOp) {
+	if op.remove {
 		kept, removed := m.store[:0], 0
 		for _, s := range m.store {
-			if s.name == name {
+			if s.name == op.name {
 				unix.Close(s.fd)
 				removed++
 				continue
@@ -70,32 +157,28 @@ func (m *machine) fdStore(c *child, fields []Field, fds []int) {
 		}
 		clear(m.store[len(kept):])
 		m.store = kept
-		m.log.Info("fd store: removed", "event", "fdstore_removed", "child", c.pid, "name", name, "count", removed)
-	}
-	if !store {
+		m.log.Info("fd store: removed", "event", "fdstore_removed", "child", c.pid, "name", op.name, "count", removed)
 		return
 	}
-	if !named {
-		name = defaultStoredName
-	}
 	added, full := 0, 0
-	for i, fd := range fds {
+	for _, fd := range op.fds {
 		switch {
-		case fd < 0 || m.stores(fd):
+		case m.stores(fd):
+			unix.Close(fd)
 			continue
 		case len(m.store) >= maxStored:
+			unix.Close(fd)
 			full++
 			continue
 		}
-		m.store = append(m.store, storedFD{name: name, fd: fd})
-		fds[i] = -1
+		m.store = append(m.store, storedFD{name: op.name, fd: fd})
 		added++
 	}
 	if full > 0 {
-		m.log.Warn("fd store: full; descriptors closed", "event", "fdstore_refused", "child", c.pid, "reason", "full", "name", name, "count", full, "max", maxStored)
+		m.log.Warn("fd store: full; descriptors closed", "event", "fdstore_refused", "child", c.pid, "reason", "full", "name", op.name, "count", full, "max", maxStored)
 	}
 	if added > 0 {
-		m.log.Info("fd store: stored", "event", "fdstore", "child", c.pid, "name", name, "count", added, "stored", len(m.store))
+		m.log.Info("fd store: stored", "event", "fdstore", "child", c.pid, "name", op.name, "count", added, "stored", len(m.store))
 	}
 }
 

@@ -4,6 +4,7 @@ package master
 
 import (
 	"slices"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -79,14 +80,18 @@ func TestMachineFDStore(t *testing.T) {
 	if len(cand.stored) != 2 || cand.stored[0].fd != keys || cand.stored[0].name != "handover-tls-keys" {
 		t.Fatalf("the new child was started with %+v", cand.stored)
 	}
-	// A starting child may replace an entry: removed (closed), then stored.
+	// A starting child may replace an entry: removed (closed), then stored; held
+	// until it is ready, then applied.
 	keys2 := memfd(t)
 	f.notifyFDs(cand, []Field{{"FDSTOREREMOVE", "1"}, {"FDNAME", "handover-tls-keys"}})
 	f.notifyFDs(cand, storeFields("handover-tls-keys"), keys2)
-	if isOpen(keys) || !slices.Equal(f.storedNames(), []string{"stored", "handover-tls-keys"}) {
-		t.Errorf("after the replacement: the old one open %v, store %q", isOpen(keys), f.storedNames())
+	if !isOpen(keys) || !isOpen(keys2) || !slices.Equal(f.storedNames(), []string{"handover-tls-keys", "stored"}) {
+		t.Errorf("before the new child is ready: the old keys open %v, the new ones %v, store %q", isOpen(keys), isOpen(keys2), f.storedNames())
 	}
 	f.ready(cand)
+	if isOpen(keys) || !slices.Equal(f.storedNames(), []string{"stored", "handover-tls-keys"}) || f.m.store[1].fd != keys2 {
+		t.Errorf("after the replacement: the old one open %v, store %q", isOpen(keys), f.storedNames())
+	}
 	// The old child drains: it may not change the store.
 	late := memfd(t)
 	f.notifyFDs(c, storeFields("late"), late)
@@ -108,6 +113,80 @@ func TestMachineFDStore(t *testing.T) {
 	f.notifyFDs(cand, storeFields("over"), over)
 	if isOpen(over) || len(f.m.store) != maxStored {
 		t.Errorf("a full store took one more (%d stored, the descriptor open %v)", len(f.m.store), isOpen(over))
+	}
+	for _, s := range f.m.store {
+		unix.Close(s.fd)
+	}
+}
+
+// TestMachineFDStoreHeldAside: the changes a starting child makes to the fd store
+// are held aside until it is ready. A new build that removes the TLS keys, stores a
+// socket of its own and tries to fill the store, then fails (exits before it is
+// ready, or hangs and is killed at the timeout), leaves the store as it was: the
+// next child gets exactly the keys, and what the failed one stored is closed. A
+// child that becomes ready has its changes applied in order, after those the
+// serving child made meanwhile. (Before, a starting child's changes applied at
+// once and stayed when it failed.)
+func TestMachineFDStoreHeldAside(t *testing.T) {
+	f := newFake(t, nil)
+	c := f.serving()
+	keys := memfd(t)
+	f.notifyFDs(c, storeFields("keys"), keys)
+
+	for _, fail := range []string{"exits", "timeout"} {
+		reply := f.upgrade()
+		bad := f.m.cand
+		if len(bad.stored) != 1 || bad.stored[0].fd != keys {
+			t.Fatalf("%s: the new child was started with %+v", fail, bad.stored)
+		}
+		f.notifyFDs(bad, []Field{{"FDSTOREREMOVE", "1"}, {"FDNAME", "keys"}})
+		own := memfd(t)
+		f.notifyFDs(bad, storeFields("evil"), own)
+		var filler []int
+		for i := 0; i < maxStored+4; i++ {
+			filler = append(filler, memfd(t))
+		}
+		f.notifyFDs(bad, storeFields("filler"), filler...)
+		if !slices.Equal(f.storedNames(), []string{"keys"}) || !isOpen(keys) {
+			t.Errorf("%s: while the new child starts: store %q, the keys open %v", fail, f.storedNames(), isOpen(keys))
+		}
+		if fail == "exits" {
+			f.exit(bad, 1)
+		} else {
+			f.fire(timerReadyTimeout, bad)
+			f.killedBy(bad, syscall.SIGKILL)
+		}
+		if r := <-reply; r.Err == nil {
+			t.Fatalf("%s: the upgrade succeeded", fail)
+		}
+		if !slices.Equal(f.storedNames(), []string{"keys"}) || f.m.store[0].fd != keys || !isOpen(keys) {
+			t.Errorf("%s: after the failed child: store %q, the keys open %v", fail, f.storedNames(), isOpen(keys))
+		}
+		for _, fd := range append(filler, own) {
+			if isOpen(fd) {
+				t.Errorf("%s: descriptor %d the failed child stored is still open", fail, fd)
+			}
+		}
+	}
+
+	// The next child gets the keys; its own changes apply once it is ready, after
+	// the serving child's.
+	f.upgrade()
+	cand := f.m.cand
+	if len(cand.stored) != 1 || cand.stored[0].fd != keys {
+		t.Fatalf("the next child was started with %+v", cand.stored)
+	}
+	mine := memfd(t)
+	f.notifyFDs(cand, storeFields("mine"), mine)
+	f.notifyFDs(cand, []Field{{"FDSTOREREMOVE", "1"}, {"FDNAME", "served"}})
+	served := memfd(t)
+	f.notifyFDs(c, storeFields("served"), served)
+	if !slices.Equal(f.storedNames(), []string{"keys", "served"}) {
+		t.Errorf("the serving child's change: store %q", f.storedNames())
+	}
+	f.ready(cand)
+	if !slices.Equal(f.storedNames(), []string{"keys", "mine"}) || isOpen(served) || !isOpen(mine) {
+		t.Errorf("once the new child is ready: store %q (the serving child's removed: %v)", f.storedNames(), !isOpen(served))
 	}
 	for _, s := range f.m.store {
 		unix.Close(s.fd)

@@ -109,6 +109,7 @@ type child struct {
 	readyAt time.Time
 	exe     string // the resolved program
 	build   *build // the file it runs, kept open (a reference held until it is gone)
+	launch  launch // its arguments and working directory, symlinks resolved
 	kept    bool   // started from the last good build's descriptor, not from disk
 	// upgrade is set for a child started by an upgrade the operator asked for; it is
 	// on probation from its readiness until it has served probation: its exit then
@@ -138,6 +139,8 @@ type child struct {
 	lastPing  time.Time
 
 	stored []storedFD // the fd store when it was started: passed after the sockets
+	held   []storeOp  // its changes of the fd store while it starts, applied when it takes over
+	pidfd  *os.File   // the pidfd it was started with (nil in the state machine's tests)
 }
 
 // event is what the state goroutine consumes.
@@ -215,18 +218,21 @@ type machine struct {
 	pid int // the master's PID
 
 	// Seams: the real implementations are in run.go; tests replace them.
-	spawn   func(c *child) error                               // start c (sets pid and out)
-	signal  func(pid int, sig syscall.Signal) error            // pid < 0: a process group
-	after   func(d time.Duration, ev event) (stop func() bool) // post ev after d
-	settle  func(c *child)                                     // post goneEvent once c's output settled
-	resolve func(prog string) (string, error)                  // find PROG on disk now (resolveProg)
-	open    func(path string) (*build, error)                  // open the build at path (openBuild)
-	ran     func(b *build, pid int) *build                     // what child pid runs, if not b (ranBuild)
-	sd      func(state string)                                 // tell systemd, if it listens
-	// leftovers kills (SIGKILL) the processes of process group pgid that were
-	// reparented to the master (a dead child's helpers) and returns how many;
-	// orphans lists the master's children that are not managed children.
-	leftovers func(pgid int) int
+	spawn   func(c *child) error                                 // start c (sets pid, pidfd and out)
+	signal  func(c *child, sig syscall.Signal, group bool) error // c, or its process group (signalChild)
+	after   func(d time.Duration, ev event) (stop func() bool)   // post ev after d
+	settle  func(c *child)                                       // post goneEvent once c's output settled
+	resolve func(prog string) (string, error)                    // find PROG on disk now (resolveProg)
+	open    func(path string) (*build, error)                    // open the build at path (openBuild)
+	launch  func(b *build) launch                                // how to start b from disk now (resolveLaunch)
+	ran     func(b *build, pid int) *build                       // what child pid runs, if not b (ranBuild)
+	sd      func(state string)                                   // tell systemd, if it listens
+	// leftovers kills (SIGKILL) the processes reparented to the master that no live
+	// managed child owns and that a child left behind (killLeftovers: in c's process
+	// group, or out of it), at an event of child c (nil: the master's end: every
+	// orphan), and returns their PIDs; orphans lists the master's children that are
+	// not managed children.
+	leftovers func(c *child) []int
 	orphans   func() []int
 
 	systemd  bool // NOTIFY_SOCKET was set for the master
@@ -253,8 +259,10 @@ type machine struct {
 	// cleared is set once the processes left over when every child has exited (a
 	// child's helpers, reparented to the master) were killed, when the master stops.
 	cleared bool
-	// lastGood is the last good build: restarts and replacements start from it.
-	lastGood *build
+	// lastGood is the last good build, and goodLaunch the launch of the child that
+	// made it good: restarts and replacements start from them.
+	lastGood   *build
+	goodLaunch launch
 	// records are the last upgrades with an outcome, oldest first.
 	records []*wire.Upgrade
 	store   []storedFD // the fd store (fdstore.go)
@@ -319,10 +327,7 @@ func (m *machine) finish() {
 		m.done = true
 	case !m.cleared:
 		m.cleared = true
-		m.log.Warn("killing processes the children left behind", "event", "leftovers_killed", "pids", fmt.Sprint(left))
-		for _, pid := range left {
-			m.signal(pid, syscall.SIGKILL)
-		}
+		m.log.Warn("killing processes the children left behind", "event", "leftovers_killed", "pids", fmt.Sprint(m.leftovers(nil)))
 		// Their exits come back from the reaper; should one not (a process stuck in
 		// the kernel), the master exits anyway.
 		m.after(time.Second, timerEvent{kind: timerFinish})
@@ -364,11 +369,10 @@ func (m *machine) onTimer(kind timerKind, c *child) {
 		m.takeOver(c, "delay")
 	case timerDrain:
 		if c.reaped {
-			// The child exited; processes it started and left in its process group
-			// (still serving on the sockets) get what it would have got.
-			if n := m.leftovers(c.pid); n > 0 {
-				m.log.Warn("drain deadline: killing what the child left behind", "event", "drain_deadline", "child", c.pid, "gen", c.gen, "leftovers", n)
-			}
+			// The child exited; processes it started and left behind (still serving
+			// on the sockets, perhaps), in its process group or out of it, get what
+			// it would have got.
+			m.clearLeftovers(c, "drain_deadline")
 			return
 		}
 		if c.killed {
@@ -388,9 +392,9 @@ func (m *machine) onTimer(kind timerKind, c *child) {
 			return
 		}
 		c.onProbation = false
-		if c.build != m.lastGood {
-			m.setLastGood(c.build)
-			m.log.Info("the new build served its probation: it is the last good build", "event", "last_good", "child", c.pid, "gen", c.gen, "exe", c.build.String())
+		if !m.isLastGood(c) {
+			m.setLastGood(c)
+			m.log.Info("the new build served its probation: it is the last good build", "event", "last_good", "child", c.pid, "gen", c.gen, "exe", m.lastGoodString())
 		}
 	case timerRestart:
 		m.restartT = nil

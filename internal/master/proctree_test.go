@@ -4,14 +4,17 @@ package master
 
 import (
 	"bufio"
+	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/proc"
 	"golang.org/x/sys/unix"
 )
@@ -139,4 +142,118 @@ func waitFor(cond func() bool) error {
 		}
 	}
 	return os.ErrDeadlineExceeded
+}
+
+// TestKillLeftovers: of the processes reparented to the master (a subreaper), those
+// a live managed child owns are kept, by its process group or by the generation in
+// their environment; those a child left behind are killed, with their process
+// groups, and named. A child of generation 1, holding a listening socket of the
+// master's, leaves four helpers: one in its process group, one in a session of its
+// own (setsid) that inherited its environment, one in a session of its own with an
+// empty environment but the socket, and one with neither (a stranger: what a
+// `docker exec` may leave under a master that is PID 1). While the child lives,
+// only the third is killed (it would serve on the socket); once it is reaped, the
+// first two; the stranger only at the master's end. (Before, only the processes in
+// the dead child's process group were killed: a helper that called setsid served
+// on for ever.)
+func TestKillLeftovers(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sock, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(sock.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	socks := map[uint64]bool{st.Ino: true}
+	script := `(sleep 300 &); (setsid sleep 301 &); (env -i /usr/bin/setsid /bin/sleep 302 &);` +
+		` (env -i /usr/bin/setsid /bin/sleep 304 3>&- &); exec sleep 303`
+	p, err := os.StartProcess("/bin/sh", []string{"sh", "-c", script}, &os.ProcAttr{
+		Env:   []string{handoff.GenerationEnv + "=1", "PATH=/usr/bin:/bin"},
+		Files: []*os.File{nil, nil, os.Stderr, sock},
+		Sys:   &syscall.SysProcAttr{Setpgid: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &child{pid: p.Pid, gen: 1}
+	children := map[int]*child{c.pid: c}
+	helpers := map[string]int{} // by their sleep's argument
+	defer func() {
+		// Whatever is left of them (this process's children: reaped here).
+		p.Kill()
+		p.Wait()
+		for _, e := range directChildren() {
+			if strings.Contains(cmdline(e.pid), "sleep 30") {
+				unix.Kill(e.pid, syscall.SIGKILL)
+				unix.Wait4(e.pid, nil, 0, nil)
+			}
+		}
+	}()
+	if err := waitFor(func() bool {
+		for _, e := range directChildren() {
+			// (Once each has executed its sleep: before, it may not have left
+			// the child's process group yet.)
+			switch cmd := cmdline(e.pid); cmd {
+			case "sleep 300", "sleep 301", "/bin/sleep 302", "/bin/sleep 304":
+				helpers[cmd[len(cmd)-3:]] = e.pid
+			}
+		}
+		return len(helpers) == 4 && cmdline(c.pid) == "sleep 303"
+	}); err != nil {
+		t.Fatalf("the child's helpers reparented to this process: %v", helpers)
+	}
+
+	killed := killLeftovers(c, children, socks)
+	if len(killed) != 1 || killed[0] != helpers["302"] {
+		t.Errorf("while the child lives: killed %v, want only the one holding the socket, %d (helpers %v)", killed, helpers["302"], helpers)
+	}
+	reapKilled(t, killed)
+
+	p.Kill()
+	p.Wait()
+	c.reaped = true
+	killed = killLeftovers(c, children, socks)
+	slices.Sort(killed)
+	want := []int{helpers["300"], helpers["301"]}
+	slices.Sort(want)
+	if !slices.Equal(killed, want) {
+		t.Errorf("once the child is reaped: killed %v, want its helpers %v (not the stranger %d)", killed, want, helpers["304"])
+	}
+	reapKilled(t, killed)
+	if killed = killLeftovers(nil, nil, socks); len(killed) != 1 || killed[0] != helpers["304"] {
+		t.Errorf("at the master's end: killed %v, want the stranger %d", killed, helpers["304"])
+	}
+	reapKilled(t, killed)
+	if left := killLeftovers(nil, nil, socks); len(left) != 0 {
+		t.Errorf("killed %v, once nothing was left", left)
+	}
+}
+
+// cmdline is pid's command line, its arguments separated by spaces.
+func cmdline(pid int) string {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+}
+
+// reapKilled reaps the processes killLeftovers killed, and checks that SIGKILL
+// ended them.
+func reapKilled(t *testing.T, pids []int) {
+	t.Helper()
+	for _, pid := range pids {
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+			t.Errorf("%d: %v, %v; want killed by SIGKILL", pid, proc.Describe(syscall.WaitStatus(ws)), err)
+		}
+	}
 }

@@ -151,15 +151,23 @@ func (h *host) machine() *machine {
 		m.sockets = append(m.sockets, wire.Socket{Name: k.name, Network: k.network, Addr: k.addr, Source: k.source})
 	}
 	m.spawn = h.spawn
-	m.signal = func(pid int, sig syscall.Signal) error { return unix.Kill(pid, sig) }
+	m.signal = signalChild
 	m.after = func(d time.Duration, ev event) func() bool {
 		return time.AfterFunc(d, func() { h.post(ev) }).Stop
 	}
 	m.settle = h.settle
 	m.resolve = resolveProg
 	m.open = openBuild
+	m.launch = func(b *build) launch { return resolveLaunch(h.cfg.Args, h.cfg.Dir, b) }
 	m.ran = ranBuild
-	m.leftovers = killLeftovers
+	socks := map[uint64]bool{}
+	for _, k := range h.socks.list {
+		var st unix.Stat_t
+		if unix.Fstat(k.fd, &st) == nil {
+			socks[st.Ino] = true
+		}
+	}
+	m.leftovers = func(c *child) []int { return killLeftovers(c, m.children, socks) }
 	m.orphans = func() []int { return orphans(m.children) }
 	m.sd = func(state string) {
 		if err := h.notifier.Send(state); err != nil {

@@ -51,7 +51,7 @@ func childEnv(environ []string, notifyPath string, wd *sdnotify.Watchdog) []stri
 // gets /dev/null as stdin, the master's stdout, a pipe as stderr (relayed to
 // Config.Stderr, its last lines kept: c.out), the sockets at fd 3 and up, then the
 // fd store's descriptors (c.stored), its own process group, and SIGKILL if the
-// master dies. A child started from the kept build (c.kept) also gets that build's
+// master dies; c.pidfd is its pidfd, through which the master signals it. A child started from the kept build (c.kept) also gets that build's
 // descriptor after those, named by ShimFDEnv: the shim runs that file, not the one
 // now at the path, and the program does not inherit it.
 func (h *host) spawn(c *child) error {
@@ -81,22 +81,34 @@ func (h *host) spawn(c *child) error {
 		handoff.ListenFDsEnv+"="+strconv.Itoa(len(names)),
 		handoff.ListenFDNamesEnv+"="+strings.Join(names, ":"),
 		ShimEnv+"="+c.exe, handoff.GenerationEnv+"="+strconv.Itoa(c.gen))
-	argv := append([]string{h.cfg.Prog}, h.cfg.Args...)
+	argv := append([]string{h.cfg.Prog}, c.launch.args...)
 	if c.kept && c.build.f != nil {
 		env = append(env, ShimFDEnv+"="+strconv.Itoa(len(files)))
 		files = append(files, c.build.f.Fd())
-		argv = c.build.argv(h.cfg.Prog, h.cfg.Args)
+		argv = c.build.argv(h.cfg.Prog, c.launch.args)
 	}
-	pid, err := syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
-		Env:   env,
-		Files: files,
-		Sys:   &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
-	})
+	c.pid, c.pidfd, err = forkExec("/proc/self/exe", argv, &syscall.ProcAttr{Dir: c.launch.dir, Env: env, Files: files})
 	if err != nil {
 		pr.Close()
 		return fmt.Errorf("starting %s: %w", c.exe, err)
 	}
-	c.pid = pid
 	c.out = proc.Relay(pr, h.cfg.Stderr)
 	return nil
+}
+
+// forkExec starts path as a child of the master (syscall.ForkExec), in a process
+// group of its own, killed if the master dies, and returns its PID and its pidfd
+// (nil on a kernel without CLONE_PIDFD, before Linux 5.2).
+func forkExec(path string, argv []string, attr *syscall.ProcAttr) (int, *os.File, error) {
+	pidfd := -1
+	attr.Sys = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, PidFD: &pidfd}
+	pid, err := syscall.ForkExec(path, argv, attr)
+	if err != nil {
+		return 0, nil, err
+	}
+	var f *os.File
+	if pidfd >= 0 {
+		f = os.NewFile(uintptr(pidfd), "pidfd")
+	}
+	return pid, f, nil
 }

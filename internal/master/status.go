@@ -62,14 +62,18 @@ func (m *machine) childExecutable() string {
 	if c.build == nil {
 		return ""
 	}
-	s := c.build.String()
+	s := c.build.String() + c.launch.describe(m.cfg.Dir)
+	good := m.isLastGood(c)
 	switch {
-	case c.build == m.lastGood && c.build.replaced():
+	case good && len(c.launch.loose) > 0:
+		// The interpreter is kept, not the code: not the last good build.
+		s += fmt.Sprintf(" (the last good build's executable; %s, not reached through a symlink, is read from disk again at every start, not kept: a restart runs what is there then. To keep a last good build, deploy releases behind a symlink, current -> releases/N)", strings.Join(c.launch.loose, ", "))
+	case good && c.build.replaced():
 		s += " (the last good build, run from the descriptor the master keeps: the file now at " + c.build.exe + " is another)"
-	case c.build == m.lastGood:
+	case good:
 		s += " (the last good build)"
 	case c.onProbation:
-		s += fmt.Sprintf(" (a new build, on probation for %s; the last good build is %s)", m.probation(), m.lastGood)
+		s += fmt.Sprintf(" (a new build, on probation for %s; the last good build is %s)", m.probation(), m.lastGoodString())
 	}
 	return s
 }

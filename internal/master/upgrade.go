@@ -45,6 +45,11 @@ func (m *machine) startCandidate(trigger string, rec *wire.Upgrade) error {
 	m.hold(b)
 	c := &child{gen: m.gen + 1, role: roleCandidate, trigger: trigger, started: time.Now(), exe: b.path, build: b, kept: kept, rec: rec,
 		upgrade: trigger != triggerStart && trigger != triggerRestart && trigger != triggerReplacement, stored: slices.Clone(m.store)}
+	if kept {
+		c.launch = m.goodLaunch
+	} else {
+		c.launch = m.launch(b)
+	}
 	if err := m.spawn(c); err != nil {
 		m.drop(b)
 		return err
@@ -59,7 +64,8 @@ func (m *machine) startCandidate(trigger string, rec *wire.Upgrade) error {
 	if kept {
 		from = "last_good"
 	}
-	m.log.Info("child started", "event", "child_started", "child", c.pid, "gen", c.gen, "trigger", trigger, "exe", b.String(), "build", from)
+	m.log.Info("child started", "event", "child_started", "child", c.pid, "gen", c.gen, "trigger", trigger, "exe", b.String(), "build", from,
+		"args", strings.Join(c.launch.args, " "), "dir", c.launch.dir)
 	return nil
 }
 
@@ -80,6 +86,7 @@ func (m *machine) takeOver(c *child, via string) {
 	}
 	m.serving, m.gen = c, c.gen
 	m.state = stateServing
+	m.applyHeld(c)
 	took := c.readyAt.Sub(c.started).Round(time.Microsecond).String()
 	m.log.Info("child ready", "event", "child_ready", "child", c.pid, "gen", c.gen, "via", via, "took", took)
 	switch {
@@ -88,7 +95,7 @@ func (m *machine) takeOver(c *child, via string) {
 		c.onProbation = true
 		c.timers = append(c.timers, m.after(m.probation(), timerEvent{timerProbation, c}))
 	case m.lastGood == nil:
-		m.setLastGood(c.build) // the first child: nothing else to fall back on
+		m.setLastGood(c) // the first child: nothing else to fall back on
 	}
 	if old != nil {
 		m.stopChild(old, m.cfg.StopSignal)
@@ -235,9 +242,7 @@ func (m *machine) recordFailure(rec *wire.Upgrade, f *proc.Failure) {
 // candidateFailed handles a candidate that exited (or was killed and reaped) before it
 // was ready.
 func (m *machine) candidateFailed(c *child) {
-	if n := m.leftovers(c.pid); n > 0 {
-		m.log.Warn("killed what the failed child left behind", "event", "leftovers_killed", "child", c.pid, "leftovers", n)
-	}
+	m.clearLeftovers(c, "leftovers_killed")
 	cause, reason := c.failCause, c.failReason
 	if cause == "" {
 		cause, reason = "exited", fmt.Sprintf("exited before it was ready (%s)", proc.Describe(c.status))
@@ -274,7 +279,7 @@ func (m *machine) upgradeDied(c *child) {
 	what := fmt.Sprintf("new child PID %d (%s, generation %d) died %s after taking over (%s)", c.pid, c.build, c.gen, after, proc.Describe(c.status))
 	good := "no last good build is kept"
 	if m.lastGood != nil {
-		good = "the last good build (" + m.lastGood.String() + ") is started again"
+		good = "the last good build (" + m.lastGoodString() + ") is started again"
 	}
 	f := &proc.Failure{Cause: "died", Err: fmt.Errorf("%s; %s", what, good), Stderr: c.out.Lines()}
 	m.lastErr = f
@@ -282,7 +287,7 @@ func (m *machine) upgradeDied(c *child) {
 		r.Outcome, r.Reason, r.Error, r.Stderr = wire.Died, f.Cause, what, strings.Join(f.Stderr, "\n")
 	}
 	m.log.Error("the new child died after taking over; starting the last good build", "event", "upgrade_died",
-		"child", c.pid, "gen", c.gen, "after", after.String(), "status", proc.Describe(c.status), "last_good", fmt.Sprint(m.lastGood))
+		"child", c.pid, "gen", c.gen, "after", after.String(), "status", proc.Describe(c.status), "last_good", m.lastGoodString())
 	answer(c.waiters, control.Outcome{Err: f})
 	c.waiters = nil
 	if m.up != nil {

@@ -3,9 +3,12 @@ package proc
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Bounds of what a Tail keeps. Ten lines hold a Go panic's message and the top of
@@ -20,7 +23,9 @@ const (
 )
 
 // Tail keeps the last lines a process wrote on its standard error, for the report
-// of its failure. Its methods may be called on a nil Tail (a process whose stderr
+// of its failure. They reach logs, `handover reload`, `handover status` and the
+// upgrade records, so each is kept Printable: a line with terminal escapes cannot
+// act on the terminal of the operator who reads it. Its methods may be called on a nil Tail (a process whose stderr
 // is not read): it has no lines and never ends.
 type Tail struct {
 	mu    sync.Mutex
@@ -67,11 +72,12 @@ func (t *Tail) copy(r io.Reader, w io.Writer) {
 	}
 }
 
-// Add keeps line (without its line end), cut to TailLineMax bytes.
+// Add keeps line (without its line end), Printable, cut to TailLineMax bytes ("..."
+// marks the cut).
 func (t *Tail) Add(line string) {
-	line = strings.TrimRight(line, "\r\n")
-	if len(line) > TailLineMax {
-		line = line[:TailLineMax] + "..."
+	line, cut := escape(strings.TrimRight(line, "\r\n"), TailLineMax)
+	if cut {
+		line += "..."
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -103,4 +109,54 @@ func (t *Tail) Done() <-chan struct{} {
 		return nil
 	}
 	return t.done
+}
+
+// Printable returns s with whatever a terminal would act on written as visible
+// escapes: control characters (C0 such as ESC, DEL, C1; tab, CR and LF) as \x1b,
+// \x7f, \u009b, \t, \r, \n; other characters that are not printable (Unicode format characters such as
+// the bidirectional overrides, non-ASCII spaces) as \u202e...; bytes that are not
+// UTF-8 as \xff. Printable text, UTF-8 included, and backslashes are kept as they are.
+func Printable(s string) string {
+	out, _ := escape(s, -1)
+	return out
+}
+
+// escape is Printable, stopping before the escaped text would exceed max bytes
+// (max < 0: no bound); cut says it stopped.
+func escape(s string, max int) (out string, cut bool) {
+	clean := true
+	for _, r := range s {
+		clean = clean && r != utf8.RuneError && unicode.IsPrint(r)
+	}
+	if clean && (max < 0 || len(s) <= max) {
+		return s, false
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		piece := s[i : i+n]
+		switch {
+		case r == utf8.RuneError && n == 1:
+			piece = fmt.Sprintf(`\x%02x`, s[i])
+		case r == '\t':
+			piece = `\t`
+		case r == '\r':
+			piece = `\r`
+		case r == '\n':
+			piece = `\n`
+		case unicode.IsPrint(r):
+		case r < utf8.RuneSelf:
+			piece = fmt.Sprintf(`\x%02x`, r)
+		case r <= 0xffff:
+			piece = fmt.Sprintf(`\u%04x`, r)
+		default:
+			piece = fmt.Sprintf(`\U%08x`, r)
+		}
+		if max >= 0 && b.Len()+len(piece) > max {
+			return b.String(), true
+		}
+		b.WriteString(piece)
+		i += n
+	}
+	return b.String(), false
 }

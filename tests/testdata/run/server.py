@@ -11,7 +11,10 @@ by the tests under `handover run`:
 GET / answers "pid=P lang=python" with header X-Pid; GET /slow?ms=N after N ms.
 With --orphan FILE it first starts a process that it orphans at once (the process
 exits 300 ms later, reparented to the master, which must reap it) and writes that
-process's PID to FILE.
+process's PID to FILE. With --escape FILE it first starts a helper that leaves its
+process group and session (fork, setsid, fork: reparented to the master) and serves
+on the socket too, ignoring SIGTERM, until it is killed; FILE.G (G is its
+generation, $HANDOVER_GENERATION) gets the helper's PID.
 """
 
 import http.server
@@ -101,6 +104,25 @@ def orphan(path):
     os.waitpid(mid, 0)
 
 
+def escape(path):
+    mid = os.fork()
+    if mid == 0:
+        os.setsid()
+        helper = os.fork()
+        if helper == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            sock = socket.socket(fileno=3)
+            sock.setblocking(False)
+            Server(sock).serve_forever(poll_interval=0.05)
+            os._exit(0)
+        path += "." + os.environ.get("HANDOVER_GENERATION", "0")
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{helper}\n")
+        os.rename(path + ".tmp", path)
+        os._exit(0)  # the helper is orphaned now
+    os.waitpid(mid, 0)
+
+
 def main():
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         sys.exit(f"server.py: LISTEN_PID={os.environ.get('LISTEN_PID')!r} is not this process ({os.getpid()})")
@@ -108,6 +130,8 @@ def main():
         sys.exit("server.py: want one socket named http (LISTEN_FDS=1, LISTEN_FDNAMES=http)")
     if len(sys.argv) == 3 and sys.argv[1] == "--orphan":
         orphan(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] == "--escape":
+        escape(sys.argv[2])
     sock = socket.socket(fileno=3)
     # The socket is shared with the other children: another one may accept a
     # connection this one was told about.

@@ -115,7 +115,7 @@ func (l *testLine) start() *testGen {
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	g.sock, err = newSocket(g, pc.(*net.UDPConn), l.log)
+	g.sock, err = newSocket(g, pc.(*net.UDPConn), l.log.With("gen", g.gen))
 	if err != nil {
 		l.t.Fatal(err)
 	}
@@ -165,12 +165,6 @@ func (l *testLine) close() {
 		g.olds = nil
 	}
 	l.sock.Close()
-}
-
-func closeInboxes(ins []inbox) {
-	for _, in := range ins {
-		in.send.Close()
-	}
 }
 
 func (g *testGen) isDead() bool {

@@ -48,6 +48,13 @@ type inbox struct {
 	send *os.File
 }
 
+// closeInboxes closes the send ends of ins.
+func closeInboxes(ins []inbox) {
+	for _, in := range ins {
+		in.send.Close()
+	}
+}
+
 // eventKind says what happened to a generation.
 type eventKind int
 

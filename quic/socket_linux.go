@@ -91,7 +91,7 @@ func newSocket(line lineage, sock *net.UDPConn, log *slog.Logger) (*Socket, erro
 	}
 	s := &Socket{
 		line: line, conn: conn,
-		log:     log.With("gen", gen),
+		log:     log,
 		wake:    make(chan struct{}, 1),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),

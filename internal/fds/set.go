@@ -319,19 +319,18 @@ func (s *Set) Holds(ln net.Listener) bool {
 	return false
 }
 
-// Listeners returns the stream listeners handed out, and whether datagram sockets
-// were too.
-func (s *Set) Listeners() (lns []net.Listener, packets bool) {
+// Listeners returns the stream listeners and the datagram sockets handed out.
+func (s *Set) Listeners() (lns []net.Listener, pcs []net.PacketConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, h := range s.held {
 		if h.ln != nil {
 			lns = append(lns, h.ln)
 		} else {
-			packets = true
+			pcs = append(pcs, h.pc)
 		}
 	}
-	return lns, packets
+	return lns, pcs
 }
 
 // KeepFiles stops the process's unix listeners from unlinking their socket files when

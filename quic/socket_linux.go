@@ -349,9 +349,9 @@ func (s *Socket) finish(why string) {
 	}
 	s.tr.Close()
 	s.conn.Close()
+	s.log.Info("finished", "event", "quic_finished", "reason", why)
 	close(s.done)
 	s.line.drained()
-	s.log.Info("finished", "event", "quic_finished", "reason", why)
 }
 
 // isClosed reports whether c is closed.

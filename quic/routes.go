@@ -40,6 +40,9 @@ const (
 	maxRoutes = 1 << 16
 	// minInitialSize is the least size of a datagram carrying a client's Initial.
 	minInitialSize = 1200
+	// maxRoutesRecord bounds the table as it travels (cut to fit): a record of a
+	// SOCK_SEQPACKET socket must fit in its send buffer.
+	maxRoutesRecord = 60 << 10
 )
 
 func newRoutes(now func() time.Time) *routes {

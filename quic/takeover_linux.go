@@ -40,9 +40,6 @@ const (
 	ctlTakeover  = 1 // with the sender's inbox send end (SCM_RIGHTS); no payload
 	ctlRoutes    = 2 // payload: the routes table
 	ctlHeaderLen = 10
-	// maxRoutesRecord bounds a routes record (the table is cut to fit): a record
-	// of a SOCK_SEQPACKET socket must fit in its send buffer.
-	maxRoutesRecord = 60 << 10
 )
 
 // control is a control record read from an inbox.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command handover-h3demo is handover-demo's HTTP/3 build: an HTTPS server that
 // serves HTTP/1.1 and HTTP/2 on TCP and HTTP/3 on UDP at the same address, and
 // upgrades itself without dropping a connection of either kind (SIGUSR2, `handover

@@ -150,7 +150,13 @@ func (c *lineCarrier) Batch() []handoff.Message {
 
 // encodeFiles makes the memfd of the line and copies of ins's send ends; c.mu is
 // held.
-func (c *lineCarrier) encodeFiles(ins []inbox) ([]*os.File, error) {
+func (c *lineCarrier) encodeFiles(all []inbox) ([]*os.File, error) {
+	var ins []inbox
+	for _, in := range all {
+		if inboxAlive(in.send) {
+			ins = append(ins, in)
+		}
+	}
 	if len(ins) > maxInboxes {
 		ins = ins[len(ins)-maxInboxes:]
 	}

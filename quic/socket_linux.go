@@ -127,6 +127,9 @@ func (s *Socket) pass() {
 	peers := s.conn.livePeers()
 	ins := make([]inbox, 0, len(peers)+1)
 	for _, p := range peers {
+		if !peerAlive(p) {
+			continue // ended, and no packet for it came since: not passed on
+		}
 		f, err := p.conn.File()
 		if err != nil {
 			continue // closed meanwhile: gone

@@ -283,3 +283,30 @@ func (c *packetConn) watchInbox() {
 		}
 	}()
 }
+
+// inboxAlive reports whether the generation whose inbox send end is f is alive:
+// its receive end is open (once it closes, the send end reads end-of-file).
+func inboxAlive(f *os.File) bool {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := false
+	err = raw.Control(func(fd uintptr) {
+		var b [1]byte
+		_, _, rerr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		alive = rerr == unix.EAGAIN
+	})
+	return err == nil && alive
+}
+
+// peerAlive is inboxAlive for a peer.
+func peerAlive(p *peer) bool {
+	alive := false
+	err := p.raw.Control(func(fd uintptr) {
+		var b [1]byte
+		_, _, rerr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		alive = rerr == unix.EAGAIN
+	})
+	return err == nil && alive
+}

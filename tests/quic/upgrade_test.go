@@ -133,7 +133,7 @@ func upgrades(t *testing.T, s *server, pid int, upgrade func(pid int) int, stop 
 		t.Fatalf("generation %d answered, want 1", gen)
 	}
 	const clients = 16
-	const size, chunks = 8 << 20, 150 // 150 chunks 20 ms apart: 3 seconds
+	const size, chunks = 8 << 20, 250 // 250 chunks 20 ms apart: 5 seconds, past most of the upgrades
 	dl := startDownload(ctx, t, s, size, chunks)
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"slices"
+	"sync"
 
 	"github.com/seed-a7250cfa/handover/internal/carry"
 	"github.com/seed-a7250cfa/handover/internal/fds"
@@ -44,11 +47,34 @@ type carryHost struct {
 	set   *fds.Set
 	store carry.Store
 	hold  func() (release func())
+	taken *takenBack
 }
 
 func (h *carryHost) Logger() *slog.Logger             { return h.log }
 func (h *carryHost) Inherited(name string) []*os.File { return h.set.ClaimFiles(name) }
 func (h *carryHost) Store() carry.Store               { return h.store }
+func (h *carryHost) Generation() int                  { return h.set.Generation() }
+func (h *carryHost) UnderMaster() bool                { return h.set.Master() != 0 }
+func (h *carryHost) TakesBack(pc net.PacketConn)      { h.taken.add(pc) }
+
+// takenBack are the datagram sockets a carrier takes back itself when the process
+// resumes (carry.Host.TakesBack).
+type takenBack struct {
+	mu  sync.Mutex
+	pcs []net.PacketConn
+}
+
+func (t *takenBack) add(pc net.PacketConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pcs = append(t.pcs, pc)
+}
+
+func (t *takenBack) has(pc net.PacketConn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Contains(t.pcs, pc)
+}
 
 func (h *carryHost) Go(f func()) {
 	release := h.hold()
@@ -62,14 +88,22 @@ func (h *carryHost) Go(f func()) {
 // (none: nothing is stored).
 type managerStore struct{ n notifier }
 
-// Put replaces what is stored under name with f, and waits until the manager has
-// processed it (BARRIER=1).
-func (s managerStore) Put(name string, f *os.File) error {
+// Put replaces what is stored under name with files, and waits until the manager
+// has processed it (BARRIER=1).
+func (s managerStore) Put(name string, files ...*os.File) error {
 	if s.n == nil {
 		return nil
 	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fd, err := handoff.RawFD(f)
+		if err != nil {
+			return err
+		}
+		fds[i] = fd
+	}
 	s.n.Send("FDSTOREREMOVE=1\nFDNAME=" + name)
-	if err := s.n.Send("FDSTORE=1\nFDPOLL=0\nFDNAME="+name, int(f.Fd())); err != nil {
+	if err := s.n.Send("FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds...); err != nil {
 		return err
 	}
 	s.n.Barrier(barrierTimeout)

@@ -164,6 +164,7 @@ func (m *machine) finishNow() {
 	}
 	m.log.Warn("finishing the drain now: too many generations drain, and this is the oldest", "event", "drain_finish_now")
 	m.cutDrains(errFinishNow)
+	m.turn(carry.Finishing)
 }
 
 // sayFarewell, once this generation has drained, tells its successor how the drain

@@ -143,6 +143,7 @@ type machine struct {
 	drains   drains
 	svc      service
 	carriers []carry.Carrier
+	taken    takenBack // the datagram sockets carriers take back (carry.Host.TakesBack)
 }
 
 func newMachine(cfg Config, set *fds.Set, log *slog.Logger) *machine {
@@ -386,6 +387,9 @@ func (m *machine) turn(role carry.Role) {
 	t := carry.Turn{Role: role, Main: m.main}
 	if role == carry.HandedOver && m.next.cur != nil {
 		t.Successor = m.next.cur.out
+	}
+	if role == carry.HandedOver || role == carry.Stopping {
+		t.Deadline = m.clock.Now().Add(m.cfg.DrainTimeout)
 	}
 	for _, c := range m.carriers {
 		c.Turn(t)

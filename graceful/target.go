@@ -215,14 +215,17 @@ func (m *machine) takeBackDrains() {
 }
 
 // resumable reports whether every socket the process holds is served by a target
-// that can take its drain back, and the application did not take Exit.
+// that can take its drain back (a datagram socket: by a carrier that takes it
+// back, carry.Host.TakesBack), and the application did not take Exit.
 func (m *machine) resumable() bool {
 	if m.exit.taken() {
 		return false
 	}
-	lns, packets := m.set.Listeners()
-	if packets {
-		return false
+	lns, pcs := m.set.Listeners()
+	for _, pc := range pcs {
+		if !m.taken.has(pc) {
+			return false
+		}
 	}
 	for _, ln := range lns {
 		t := m.targetOf(ln)

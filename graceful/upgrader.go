@@ -253,7 +253,7 @@ func (u *Upgrader) readManager() error {
 // manager is known.
 func (u *Upgrader) startCarriers() error {
 	n, master := u.m.notifier, u.set.Master() != 0
-	h := &carryHost{log: u.log, set: u.set, hold: u.m.hold}
+	h := &carryHost{log: u.log, set: u.set, hold: u.m.hold, taken: &u.m.taken}
 	if n != nil && (master || u.cfg.FDStore) {
 		h.store = managerStore{n}
 	}

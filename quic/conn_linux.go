@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,11 +38,24 @@ type packetConn struct {
 	// gone is told the generation of a peer found dead (a forward failed).
 	gone func(gen uint64)
 
-	mu       sync.Mutex
-	idle     *sync.Cond // signalled when inSock drops to 0
-	reading  bool       // the shared socket is the source
-	inSock   int        // reads of the shared socket under way (0 or 1)
-	deadline time.Time  // the caller's read deadline
+	// The takeover (takeover_linux.go).
+	ctlBuf     []byte        // the payload of control records past the caller's buffer
+	offers     chan []byte   // the predecessor's routes (or nil: it hung up)
+	knock      chan struct{} // something came to the inbox (watchInbox)
+	pred       *peer         // the generation asked for the socket
+	watching   atomic.Bool   // watchHangUp runs
+	inboxWatch atomic.Bool   // watchInbox runs
+
+	mu      sync.Mutex
+	idle    *sync.Cond // signalled when inSock drops to 0
+	reading bool       // the shared socket is the source
+	// waiting: neither is, yet: the generation waits for its predecessor to hand
+	// the socket over (awaitRoutes reads the inbox meanwhile); ReadFrom waits
+	// until changed is closed.
+	waiting  bool
+	changed  chan struct{}
+	inSock   int       // reads of the shared socket under way (0 or 1)
+	deadline time.Time // the caller's read deadline
 	closed   bool
 }
 
@@ -63,7 +77,11 @@ func newPacketConn(sock *net.UDPConn, gen uint64, codec *cidCodec) (*packetConn,
 	}
 	c := &packetConn{
 		sock: sock, inbox: recv, inboxSend: send, inboxRaw: raw,
-		gone: func(uint64) {},
+		gone:    func(uint64) {},
+		ctlBuf:  make([]byte, maxRoutesRecord),
+		offers:  make(chan []byte, 1),
+		waiting: true, changed: make(chan struct{}),
+		knock: make(chan struct{}, 1),
 	}
 	c.router.init(gen, codec)
 	c.router.send = c.forward
@@ -142,7 +160,12 @@ func (c *packetConn) setReading(on bool) {
 	}
 	c.reading = on
 	if on {
+		// Wake awaitRoutes, or a read of the inbox.
 		_ = c.inbox.SetReadDeadline(aLongTimeAgo)
+		if c.waiting {
+			c.waiting = false
+			c.change()
+		}
 		return
 	}
 	_ = c.sock.SetReadDeadline(aLongTimeAgo)
@@ -151,18 +174,54 @@ func (c *packetConn) setReading(on bool) {
 	}
 }
 
-// begin picks the source of the next read and arms its deadline.
-func (c *packetConn) begin() (fromSock bool, err error) {
+// isReading reports whether the shared socket is the source.
+func (c *packetConn) isReading() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reading
+}
+
+// change wakes the reads that wait (c.mu is held).
+func (c *packetConn) change() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// errWait tells ReadFrom to wait until wait is closed, or its deadline.
+var errWait = errors.New("waiting for the socket")
+
+// begin picks the source of the next read and arms its deadline; errWait if
+// there is none yet.
+func (c *packetConn) begin() (fromSock bool, wait <-chan struct{}, deadline time.Time, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return false, net.ErrClosed
+		return false, nil, time.Time{}, net.ErrClosed
+	}
+	if c.waiting {
+		return false, c.changed, c.deadline, errWait
 	}
 	if c.reading {
 		c.inSock++
-		return true, c.sock.SetReadDeadline(c.deadline)
+		return true, nil, time.Time{}, c.sock.SetReadDeadline(c.deadline)
 	}
-	return false, c.inbox.SetReadDeadline(c.deadline)
+	return false, nil, time.Time{}, c.inbox.SetReadDeadline(c.deadline)
+}
+
+// wait waits until the source may have changed, or deadline passes.
+func wait(changed <-chan struct{}, deadline time.Time) error {
+	if deadline.IsZero() {
+		<-changed
+		return nil
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-changed:
+		return nil
+	case <-t.C:
+		return os.ErrDeadlineExceeded
+	}
 }
 
 // endSock ends a read of the shared socket.
@@ -192,7 +251,13 @@ func (c *packetConn) interrupted(err error) bool {
 // ReadFrom returns the next packet for this generation's transport.
 func (c *packetConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	for {
-		fromSock, err := c.begin()
+		fromSock, changed, deadline, err := c.begin()
+		if err == errWait {
+			err = wait(changed, deadline)
+			if err == nil {
+				continue
+			}
+		}
 		if err != nil {
 			return 0, nil, c.readErr(err)
 		}
@@ -209,11 +274,14 @@ func (c *packetConn) ReadFrom(p []byte) (int, net.Addr, error) {
 			}
 			return 0, nil, c.readErr(err)
 		}
-		n, ap, err := receiveForwarded(c.inboxRaw, p)
+		rec, err := receiveForwarded(c.inboxRaw, p, c.ctlBuf)
 		switch {
+		case err == nil && rec.ctl != nil:
+			c.onControl(rec.ctl)
+			continue
 		case err == nil:
 			c.stats.injected.Add(1)
-			return n, net.UDPAddrFromAddrPort(ap), nil
+			return rec.n, net.UDPAddrFromAddrPort(rec.from), nil
 		case errors.Is(err, errBadForward):
 			c.stats.malformed.Add(1)
 			continue
@@ -271,6 +339,7 @@ func (c *packetConn) Close() error {
 		return nil
 	}
 	c.closed = true
+	c.change()
 	c.mu.Unlock()
 	err := c.sock.Close()
 	c.inbox.Close()
@@ -300,6 +369,7 @@ func (c *packetConn) SetReadDeadline(t time.Time) error {
 		return net.ErrClosed
 	}
 	c.deadline = t
+	c.change()
 	if c.reading {
 		return c.sock.SetReadDeadline(t)
 	}

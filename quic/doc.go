@@ -115,12 +115,24 @@
 // BenchmarkReadForwarded against BenchmarkReadDirect measures it. An IPv6
 // link-local client's zone is not forwarded.
 //
-// # Status
+// # Use
 //
-// This is phase 1: the routing core and the drain of HTTP/3 and raw QUIC
-// connections, tested with two and three generations in one process on one real
-// socket. The lineage (what a generation receives from the
-// one before it and passes to the next) is behind an internal interface that
-// graceful's carrier will implement in phase 2, with the constructor taking an
-// Upgrader.
+// One call on the process's graceful.Upgrader, before it is ready, gives the
+// generation's Socket:
+//
+//	sock, err := handoverquic.Listen(u, "quic", "udp", "127.0.0.1:8443")
+//	go sock.ServeHTTP3(&http3.Server{TLSConfig: tlsConf, Handler: h})
+//
+// The UDP socket comes through Upgrader.ListenPacket (from systemd's
+// ListenDatagram=, a `handover run` master, the previous generation, or bound);
+// the Socket drains with the Upgrader (the process does not finish before it), and
+// takes the socket back if the Upgrader resumes. Give the tls.Config the line's
+// session-ticket keys (Upgrader.KeepTLSSessions) for resumption and 0-RTT across
+// generations. quic/cmd/handover-h3demo is a complete program.
+//
+// The generations settle which one reads the shared socket between themselves,
+// through their inboxes (takeover_linux.go), the same under graceful's own
+// upgrades and under a master; the keys and the inboxes of the live generations
+// travel in the new generation's initial batch and wait in the fd store
+// (carrier_linux.go).
 package handoverquic

@@ -120,33 +120,74 @@ func forwardTo(raw syscall.RawConn, ap netip.AddrPort, pkt []byte) error {
 	return serr
 }
 
-// receiveForwarded reads one record from the receive end into p (the packet) and
-// returns the packet's length and its client address. It waits as the
+// record is what one read of an inbox got: a forwarded packet (its length in
+// the caller's buffer and its client's address) or a control record (see
+// takeover_linux.go).
+type record struct {
+	n    int
+	from netip.AddrPort
+	ctl  *control
+}
+
+// receiveForwarded reads one record from the receive end: a forwarded packet into
+// p, or a control record (whose payload goes to ctlBuf). It waits as the
 // connection's read deadline allows.
-func receiveForwarded(raw syscall.RawConn, p []byte) (int, netip.AddrPort, error) {
+func receiveForwarded(raw syscall.RawConn, p, ctlBuf []byte) (record, error) {
 	var hdr [fwdHeaderLen]byte
-	var n, flags int
+	oob := make([]byte, unix.CmsgSpace(4))
+	var n, oobn, flags int
 	var rerr error
 	err := raw.Read(func(fd uintptr) bool {
-		n, _, flags, _, rerr = unix.RecvmsgBuffers(int(fd), [][]byte{hdr[:], p}, nil, unix.MSG_DONTWAIT)
+		n, oobn, flags, _, rerr = unix.RecvmsgBuffers(int(fd), [][]byte{hdr[:], p, ctlBuf}, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
 		return rerr != unix.EAGAIN
 	})
 	if err != nil {
-		return 0, netip.AddrPort{}, err
+		return record{}, err
 	}
 	if rerr != nil {
-		return 0, netip.AddrPort{}, rerr
+		return record{}, rerr
 	}
+	files := receivedFiles(oob[:oobn])
 	if n == 0 {
 		// Every send end is closed, this generation's own included: it is closing.
-		return 0, netip.AddrPort{}, io.EOF
+		closeAll(files)
+		return record{}, io.EOF
 	}
-	if n < fwdHeaderLen || flags&unix.MSG_TRUNC != 0 {
-		return 0, netip.AddrPort{}, errBadForward
+	if hdr[0] == ctlFamily {
+		return record{ctl: parseControl(hdr[:], n, flags, p, ctlBuf, files)}, nil
+	}
+	closeAll(files)
+	if n < fwdHeaderLen || n > fwdHeaderLen+len(p) || flags&unix.MSG_TRUNC != 0 {
+		return record{}, errBadForward
 	}
 	ap, err := getAddr(hdr[:])
 	if err != nil {
-		return 0, netip.AddrPort{}, err
+		return record{}, err
 	}
-	return n - fwdHeaderLen, ap, nil
+	return record{n: n - fwdHeaderLen, from: ap}, nil
+}
+
+// receivedFiles returns the descriptors that came with a record.
+func receivedFiles(oob []byte) []*os.File {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var out []*os.File
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			out = append(out, os.NewFile(uintptr(fd), "quic-inbox-send"))
+		}
+	}
+	return out
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }

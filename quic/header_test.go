@@ -149,7 +149,7 @@ func FuzzRoutesMerge(f *testing.F) {
 	r := newRoutes(time.Now)
 	r.record([]byte{1, 2, 3, 4, 5, 6, 7, 8}, 3)
 	r.record(bytes.Repeat([]byte{9}, 20), 4)
-	f.Add(r.encode())
+	f.Add(r.encode(maxRoutesRecord))
 	f.Add([]byte{routesVersion, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := newRoutes(time.Now)
@@ -157,7 +157,7 @@ func FuzzRoutesMerge(f *testing.F) {
 			return
 		}
 		again := newRoutes(time.Now)
-		if err := again.merge(r.encode()); err != nil || len(again.m) != len(r.m) {
+		if err := again.merge(r.encode(maxRoutesRecord)); err != nil || len(again.m) != len(r.m) {
 			t.Fatalf("re-merging %d entries: %d, %v", len(r.m), len(again.m), err)
 		}
 	})
@@ -221,7 +221,7 @@ func TestRoutesTable(t *testing.T) {
 	now = now.Add(4 * time.Second)
 	r.record(b, 2)
 	next := newRoutes(func() time.Time { return now })
-	if err := next.merge(r.encode()); err != nil {
+	if err := next.merge(r.encode(maxRoutesRecord)); err != nil {
 		t.Fatal(err)
 	}
 	if g, ok := next.lookup(a); !ok || g != 1 {

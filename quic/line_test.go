@@ -115,19 +115,16 @@ func (l *testLine) start() *testGen {
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	g.sock, err = newSocket(g, pc.(*net.UDPConn), l.log)
+	g.sock, err = newSocket(g, pc.(*net.UDPConn), l.log.With("gen", g.gen))
 	if err != nil {
 		l.t.Fatal(err)
-	}
-	if g.prev == nil {
-		g.ev <- event{kind: evServe}
 	}
 	return g
 }
 
 // handOver makes g's predecessor hand the socket over to g, as graceful does once
-// g is ready: the predecessor stops reading and hands its routes to g, which then
-// reads.
+// g is ready: the predecessor stops reading and hands its routes to g (through
+// g's inbox), which then reads.
 func (l *testLine) handOver(g *testGen) {
 	g.prev.next = g
 	g.prev.ev <- event{kind: evHandedOver, deadline: time.Now().Add(l.drain)}
@@ -168,12 +165,6 @@ func (l *testLine) close() {
 		g.olds = nil
 	}
 	l.sock.Close()
-}
-
-func closeInboxes(ins []inbox) {
-	for _, in := range ins {
-		in.send.Close()
-	}
 }
 
 func (g *testGen) isDead() bool {
@@ -234,11 +225,5 @@ func (g *testGen) pass(ins []inbox) {
 }
 
 func (g *testGen) events() <-chan event { return g.ev }
-
-func (g *testGen) handOff(routes []byte) {
-	if n := g.next; n != nil {
-		n.ev <- event{kind: evServe, routes: routes}
-	}
-}
 
 func (g *testGen) drained() { close(g.doneC) }

@@ -31,12 +31,11 @@ type lineage interface {
 	// is made, and again whenever an older generation is found to have ended. The
 	// files stay the caller's: the lineage duplicates what it keeps.
 	pass(inboxes []inbox)
-	// events delivers what happens to this generation, in order.
+	// events delivers what happens to this generation, in order. (When this
+	// generation starts to read the shared socket is not the lineage's to say:
+	// the generations settle it between themselves, through their inboxes; see
+	// takeover_linux.go.)
 	events() <-chan event
-	// handOff is called once this generation, told evHandedOver, has stopped
-	// reading the shared socket; routes (an encoded routes table) go to the
-	// generation that takes the socket, as its evServe.
-	handOff(routes []byte)
 	// drained is called once, when this generation's Socket is done: its
 	// connections ended (or its deadline passed) and its descriptors are closed.
 	drained()
@@ -49,17 +48,23 @@ type inbox struct {
 	send *os.File
 }
 
+// closeInboxes closes the send ends of ins.
+func closeInboxes(ins []inbox) {
+	for _, in := range ins {
+		in.send.Close()
+	}
+}
+
 // eventKind says what happened to a generation.
 type eventKind int
 
 const (
-	// evServe: read the shared socket. The first generation gets it at once; a
-	// later one when its predecessor has stopped reading (with the predecessor's
-	// routes); a draining one when its successor died and it takes the socket
-	// back (a resume).
+	// evServe: read the shared socket again: the successor died and this
+	// draining generation takes the socket back (a resume).
 	evServe eventKind = iota
-	// evHandedOver: a successor took over. Stop reading, call handOff, drain
-	// until the deadline.
+	// evHandedOver: a successor took over, or the process stops: hand the socket
+	// to the generation that asked for it, if one did, and drain until the
+	// deadline.
 	evHandedOver
 	// evFinish: end now, whatever the deadline said (more generations drain than
 	// allowed, or the process stops).
@@ -69,7 +74,7 @@ const (
 // event is one thing that happened to a generation.
 type event struct {
 	kind eventKind
-	// routes is the predecessor's routes table (evServe, from handOff).
+	// routes is a routes table to merge (evServe).
 	routes []byte
 	// deadline is when the drain ends at the latest (evHandedOver).
 	deadline time.Time

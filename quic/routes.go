@@ -40,6 +40,9 @@ const (
 	maxRoutes = 1 << 16
 	// minInitialSize is the least size of a datagram carrying a client's Initial.
 	minInitialSize = 1200
+	// maxRoutesRecord bounds the table as it travels (cut to fit): a record of a
+	// SOCK_SEQPACKET socket must fit in its send buffer.
+	maxRoutesRecord = 60 << 10
 )
 
 func newRoutes(now func() time.Time) *routes {
@@ -91,13 +94,14 @@ func (r *routes) forget(gen uint64) {
 // length (1) and the connection ID.
 const routesVersion = 1
 
-// encode snapshots the live entries.
-func (r *routes) encode() []byte {
+// encode snapshots the live entries, in at most max bytes (the entries past it
+// are left out: their clients' handshakes start over on the next generation).
+func (r *routes) encode(max int) []byte {
 	now := r.now()
 	b := []byte{routesVersion}
 	for k, e := range r.m {
 		age := now.Sub(e.seen)
-		if age > routeTTL {
+		if age > routeTTL || len(b)+13+len(k) > max {
 			continue
 		}
 		b = binary.BigEndian.AppendUint64(b, e.gen)

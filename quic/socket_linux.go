@@ -91,7 +91,7 @@ func newSocket(line lineage, sock *net.UDPConn, log *slog.Logger) (*Socket, erro
 	}
 	s := &Socket{
 		line: line, conn: conn,
-		log:     log.With("gen", gen),
+		log:     log,
 		wake:    make(chan struct{}, 1),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
@@ -109,6 +109,9 @@ func newSocket(line lineage, sock *net.UDPConn, log *slog.Logger) (*Socket, erro
 		s.pass()
 	}
 	s.pass()
+	if !conn.askTakeover() {
+		s.serve(nil) // no older generation alive: the first of its line
+	}
 	s.tr = &quic.Transport{
 		Conn:                  conn,
 		ConnectionIDGenerator: &cidGenerator{codec: codec, tag: tagOf(gen)},
@@ -124,6 +127,9 @@ func (s *Socket) pass() {
 	peers := s.conn.livePeers()
 	ins := make([]inbox, 0, len(peers)+1)
 	for _, p := range peers {
+		if !peerAlive(p) {
+			continue // ended, and no packet for it came since: not passed on
+		}
 		f, err := p.conn.File()
 		if err != nil {
 			continue // closed meanwhile: gone
@@ -197,6 +203,17 @@ func (s *Socket) run() {
 	defer stopTimer()
 	for {
 		select {
+		case routes := <-s.conn.offers:
+			// The predecessor handed the socket over (or hung up): unless this
+			// generation was given up meanwhile.
+			if s.waiting() {
+				s.serve(routes)
+			}
+		case <-s.conn.knock:
+			// A takeover came to a generation that drains while it reads.
+			if s.readingWhileDraining() {
+				s.handOver()
+			}
 		case ev := <-s.line.events():
 			switch ev.kind {
 			case evServe:
@@ -250,20 +267,55 @@ func (s *Socket) serve(routes []byte) {
 	s.log.Info("reading the shared socket", "event", "quic_serve", "resumed", resumed)
 }
 
-// handOver stops reading the shared socket, hands the routes on and starts the
-// drain.
+// handOver hands the shared socket to the generation that asked for it (see
+// takeover_linux.go) and starts the drain. With no takeover waiting, the
+// generation drains while it keeps reading the socket, until one comes.
 func (s *Socket) handOver() {
-	s.conn.setReading(false)
-	s.line.handOff(s.conn.routes.encode())
+	handed := false
+	if succ := s.conn.pendingTakeover(); succ != nil {
+		s.conn.setReading(false)
+		err := handRoutes(succ, s.conn.gen, s.conn.routes.encode(maxRoutesRecord-ctlHeaderLen))
+		succ.Close()
+		if err != nil {
+			// The generation that asked is gone.
+			s.log.Warn("the generation that asked for the shared socket is gone; reading on", "event", "quic_takeover_lost", "err", err)
+			s.conn.setReading(true)
+		} else {
+			handed = true
+		}
+	}
+	if !handed {
+		s.conn.watchInbox()
+	}
 	s.mu.Lock()
+	first := s.state != sockDraining
 	s.state = sockDraining
 	closeOnce(s.drainC)
 	app := s.app
 	s.mu.Unlock()
-	if app != nil {
+	if app != nil && first {
 		app.drain()
 	}
-	s.log.Info("handed the shared socket over", "event", "quic_handed_over")
+	if handed {
+		s.log.Info("handed the shared socket over", "event", "quic_handed_over")
+	} else if first {
+		s.log.Info("draining; reading the shared socket until a newer generation asks for it", "event", "quic_draining_reading")
+	}
+}
+
+// waiting reports whether the generation has not read the shared socket yet.
+func (s *Socket) waiting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state == sockWaiting
+}
+
+// readingWhileDraining reports whether the generation drains while it still reads
+// the shared socket (nobody asked for it).
+func (s *Socket) readingWhileDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state == sockDraining && s.conn.isReading()
 }
 
 // drained reports whether a draining Socket has nothing left to wait for: every
@@ -300,9 +352,9 @@ func (s *Socket) finish(why string) {
 	}
 	s.tr.Close()
 	s.conn.Close()
+	s.log.Info("finished", "event", "quic_finished", "reason", why)
 	close(s.done)
 	s.line.drained()
-	s.log.Info("finished", "event", "quic_finished", "reason", why)
 }
 
 // isClosed reports whether c is closed.

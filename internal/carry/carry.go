@@ -28,8 +28,10 @@ package carry
 
 import (
 	"log/slog"
+	"net"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
@@ -58,7 +60,12 @@ const (
 	// successor listens on Turn.Successor.
 	HandedOver
 	// Stopping: the process stops for good (SIGTERM, Stop); only a restart follows.
+	// Under a `handover run` master it is also how a process hears that a newer
+	// generation is ready: the master stops the old one (Host.UnderMaster).
 	Stopping
+	// Finishing: the drain must end now, as at its deadline: more generations
+	// drain than Config.MaxDraining, and this is the oldest.
+	Finishing
 )
 
 // Turn is a change of the process's role, as a Carrier hears of it.
@@ -69,6 +76,11 @@ type Turn struct {
 	Main bool
 	// Successor is the new generation, for HandedOver.
 	Successor Peer
+	// Deadline, for HandedOver and Stopping, is when the process's drain ends at
+	// the latest (Config.DrainTimeout from now). A Carrier that drains something
+	// of its own (connections the Servers do not see) runs that drain in Host.Go:
+	// the process does not finish before it ends, and finishes once it has.
+	Deadline time.Time
 }
 
 // Peer is another generation at the other end of the handover channel.
@@ -82,9 +94,10 @@ type Peer interface {
 // Store is the service manager's file descriptor store (systemd's, or a `handover
 // run` master's), which keeps descriptors across a restart or a crash.
 type Store interface {
-	// Put replaces what is stored under name with a copy of f (f stays the
-	// caller's), and returns once the manager has processed it.
-	Put(name string, f *os.File) error
+	// Put replaces what is stored under name with copies of files, in order (they
+	// stay the caller's, and keep their blocking mode), and returns once the
+	// manager has processed it.
+	Put(name string, files ...*os.File) error
 	// Remove removes what is stored under name.
 	Remove(name string) error
 }
@@ -101,6 +114,18 @@ type Host interface {
 	// Store is the fd store the process keeps things in, or nil: systemd's with
 	// graceful.Config.FDStore, a `handover run` master's under a master.
 	Store() Store
+	// Generation is the process's number in its line: 1 for the first, one more
+	// than its parent's (or, under a master, the master's count).
+	Generation() int
+	// UnderMaster reports whether a `handover run` master runs the process: no
+	// handover channel joins it to the other generations, and it never hears
+	// HandedOver (the master stops it once a newer generation is ready).
+	UnderMaster() bool
+	// TakesBack says that the Carrier serves pc, a datagram socket of the
+	// process's (Upgrader.ListenPacket), and takes it back itself when the process
+	// resumes (Serving after HandedOver): pc does not keep the process from
+	// resuming, as a datagram socket served by the application does.
+	TakesBack(pc net.PacketConn)
 }
 
 // A Carrier hands something from one generation to the next beside the sockets.

@@ -31,6 +31,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/wire"
@@ -211,12 +212,15 @@ func (s *Set) Files() []File {
 	return out
 }
 
-// ClaimFiles claims every inherited descriptor named name that is not a socket (a
-// memfd a service manager kept in its fd store, for example) and returns them, oldest
-// first; the caller owns them. A claimed descriptor is not closed by CloseUnclaimed,
+// ClaimFiles claims every inherited descriptor named name that is not a socket to
+// serve on (a memfd a service manager kept in its fd store, or a connected socket
+// such as one end of a socketpair; not a listening socket nor a datagram socket)
+// and returns them, oldest first; the caller owns them. A claimed descriptor is not closed by CloseUnclaimed,
 // and is not passed to the next generation.
 func (s *Set) ClaimFiles(name string) []*os.File {
-	return s.take(func(f *File) bool { return f.Name == name && !f.Kind.Socket })
+	return s.take(func(f *File) bool {
+		return f.Name == name && !f.Kind.Listening && f.Kind.Type != syscall.SOCK_DGRAM
+	})
 }
 
 // Take claims every inherited descriptor not claimed yet and returns its file, in
@@ -319,19 +323,18 @@ func (s *Set) Holds(ln net.Listener) bool {
 	return false
 }
 
-// Listeners returns the stream listeners handed out, and whether datagram sockets
-// were too.
-func (s *Set) Listeners() (lns []net.Listener, packets bool) {
+// Listeners returns the stream listeners and the datagram sockets handed out.
+func (s *Set) Listeners() (lns []net.Listener, pcs []net.PacketConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, h := range s.held {
 		if h.ln != nil {
 			lns = append(lns, h.ln)
 		} else {
-			packets = true
+			pcs = append(pcs, h.pc)
 		}
 	}
-	return lns, packets
+	return lns, pcs
 }
 
 // KeepFiles stops the process's unix listeners from unlinking their socket files when

@@ -62,7 +62,11 @@ func (c *Channel) Send(m Message, timeout time.Duration) error {
 	if len(m.Files) > 0 {
 		fds := make([]int, len(m.Files))
 		for i, f := range m.Files {
-			fds[i] = int(f.Fd())
+			fd, err := RawFD(f)
+			if err != nil {
+				return fmt.Errorf("handover channel: %s: %w", f.Name(), err)
+			}
+			fds[i] = fd
 		}
 		oob = unix.UnixRights(fds...)
 	}

@@ -18,6 +18,8 @@ import (
 //	                   "keys" + memfd     TLS session ticket keys (sealed memfd)
 //	                   "state <version>" + memfd   the application's state
 //	                                      (SaveState(false), sealed memfd)
+//	                   "quic-line" + memfd, inboxes   the QUIC line's keys, and the
+//	                                      inboxes of its live generations (module quic)
 //	                 "end"
 //	child → parent   "ready <pid>"    serving on the inherited sockets
 //	child → parent   "error <text>"   cannot start; about to exit
@@ -61,6 +63,10 @@ const (
 	Drained  = "drained"
 	Upstream = "upstream"
 	Finish   = "finish"
+	// QUICLine is the QUIC line's part of the initial batch (package
+	// handoverquic, in the quic module): a sealed memfd of the line's keys and
+	// the generations of the inboxes that follow it.
+	QUICLine = "quic-line"
 )
 
 // Message is one message of the handover channel.
@@ -104,7 +110,7 @@ func ParseMessage(line string) (Message, error) {
 		return Message{Verb: verb, N: n}, nil
 	case Error, Abort, History, State, Drained:
 		return Message{Verb: verb, Text: rest}, nil
-	case Main, Done, Current, End, Keys, Finish:
+	case Main, Done, Current, End, Keys, Finish, QUICLine:
 		if rest != "" {
 			return Message{}, fmt.Errorf("handover channel: %q: %s takes no argument", clip(line), verb)
 		}

@@ -271,6 +271,11 @@ func TestSystemdSocketActivation(t *testing.T) {
 			t.Fatalf("service is %s before any connection, want inactive", st)
 		}
 		pid := d.answer()
+		// The service answers as it tells systemd it is ready (READY=1): the unit
+		// is active once systemd has read that.
+		if err := d.sd.WaitActive(unit, 10*time.Second); err != nil {
+			t.Error(err)
+		}
 		d.checkState(pid)
 		d.checkConsole()
 		if st := d.checkListenerFrom("systemd"); st.PID != pid || st.State != "serving" || !st.Systemd {

@@ -74,8 +74,6 @@ type Config struct {
 	// process starts. env is added to every test process's environment; done,
 	// if not nil, runs after the last one ended.
 	Setup func() (env []string, done func(), err error)
-	// Out receives the tests' output (default os.Stdout).
-	Out io.Writer
 }
 
 // Main runs the tests as Config says and returns the exit code for os.Exit.
@@ -87,18 +85,11 @@ func Main(c Config) int {
 	co, why := plan(c)
 	if co == nil {
 		if why != "" && testVerbose() {
-			fmt.Fprintf(outOf(c), "shard: running the tests in one process: %s\n", why)
+			fmt.Printf("shard: running the tests in one process: %s\n", why)
 		}
 		return c.Run()
 	}
 	return co.run()
-}
-
-func outOf(c Config) io.Writer {
-	if c.Out != nil {
-		return c.Out
-	}
-	return os.Stdout
 }
 
 func testVerbose() bool {
@@ -153,7 +144,7 @@ func plan(c Config) (*coordinator, string) {
 	if jobs == 1 {
 		return nil, JobsEnv + "=1"
 	}
-	co := &coordinator{out: outOf(c), jobs: jobs, setup: c.Setup, running: map[int]string{}}
+	co := &coordinator{out: os.Stdout, jobs: jobs, setup: c.Setup, running: map[int]string{}}
 	if why := co.takeFlags(); why != "" {
 		return nil, why
 	}

@@ -310,9 +310,10 @@ func (m *master) cleanup() {
 }
 
 // reloadsUnderLoad runs n `handover reload` under the standard load, one every
-// interval: each exits 0 and names a new child; the master's PID never changes; no
-// request fails; every child answers; the old ones drain and are reaped.
-func reloadsUnderLoad(t *testing.T, m *master, n int, interval time.Duration) {
+// interval and once the new child has answered the load (and each load of also):
+// each exits 0 and names a new child; the master's PID never changes; no request
+// fails; every child answers; the old ones drain and are reaped.
+func reloadsUnderLoad(t *testing.T, m *master, n int, interval time.Duration, also ...*load.Runner) {
 	first := m.status()
 	// (The control connection of that status request may still be open a moment.)
 	fds := proc.FDCount(m.host)
@@ -336,6 +337,9 @@ func reloadsUnderLoad(t *testing.T, m *master, n int, interval time.Duration) {
 		}
 		children = append(children, st.Child)
 		pace(interval)
+		for _, l := range append([]*load.Runner{r}, also...) {
+			waitAnswers(t, l, st.Child, 0, 1)
+		}
 	}
 	res := r.Stop()
 	checkLoad(t, res)
@@ -423,7 +427,7 @@ func TestRunNodePID1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reloadsUnderLoad(t, m, 10, 500*time.Millisecond)
+	reloadsUnderLoad(t, m, 10, 500*time.Millisecond, posts)
 	res := posts.Stop()
 	checkLoad(t, res)
 	if n := res.PIDs(); len(n) != 11 {

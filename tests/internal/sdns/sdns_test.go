@@ -488,3 +488,25 @@ func get(t *testing.T, port int) int {
 	}
 	return n
 }
+
+// TestTestPrefix: with TestPrefix set, a test whose top-level name lacks it may not
+// boot a systemd (New, Require* fail it); its subtests are judged by that name.
+func TestTestPrefix(t *testing.T) {
+	defer func(p string) { TestPrefix = p }(TestPrefix)
+	TestPrefix = ""
+	if err := testNameError("TestAnything/252"); err != nil {
+		t.Errorf("no prefix required: %v", err)
+	}
+	TestPrefix = "TestSystemd"
+	for name, ok := range map[string]bool{
+		"TestSystemdReload":      true,
+		"TestSystemdReload/254":  true,
+		"TestReload":             false,
+		"TestReload/TestSystemd": false,
+	} {
+		err := testNameError(name)
+		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "must start with TestSystemd")) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 	"unicode"
 
@@ -21,12 +22,21 @@ import (
 //
 //   - The initial batch: "state <version>" with a sealed memfd of SaveState(false).
 //     The new generation reads it in New; Start runs LoadState(version, data, false).
-//   - Once this process has handed over and stopped accepting: "state final
-//     <version>" with SaveState(true). The successor runs LoadState(version, data,
-//     true) in a goroutine of its own, concurrently with requests.
-//   - Under systemd with Config.FDStore, on a clean stop: the state goes to the fd
-//     store (FDNAME=handover-state); the next start takes it out (and removes it)
-//     when no previous generation passed one.
+//   - Once this process has handed over and its drain has ended (its last request
+//     is answered; carry.Drained): "state final <version>" with SaveState(true).
+//     The successor reads it and runs LoadState(version, data, true) in a
+//     goroutine of its own, concurrently with requests.
+//   - A final state from an older generation (its drain outlasted this one's
+//     handover) is loaded here if this process's own final state is still to be
+//     saved (SaveState(true) waits for that LoadState to return, so that it holds
+//     it), else passed on to the successor as it came.
+//   - Under systemd with Config.FDStore, on a clean stop, once drained: the state
+//     goes to the fd store (FDNAME=handover-state); the next start takes it out
+//     (and removes it) when no previous generation passed one.
+//
+// The blob travels as stateParts lays it out: only a header and a checksum are
+// added, the application's bytes are written to the memfd as they are (no copy);
+// the reader reads it whole, checks it, and wipes the memfd.
 
 // MaxStateSize is the largest state blob SaveState may return: 64 MiB. A larger one
 // is not handed on (event=state_failed reason=too_large on the old generation) and
@@ -55,18 +65,25 @@ func checkStateVersion(v string) error {
 	return nil
 }
 
-// encodeState encodes a blob and its version for a memfd: stateMagic, the version's
-// length (big-endian uint16) and bytes, the data's length (big-endian uint64) and
-// bytes, then the SHA-256 of all that.
+// stateParts encodes a blob and its version for a memfd, in three parts: the header
+// (stateMagic, the version's length (big-endian uint16) and bytes, the data's
+// length (big-endian uint64)), data itself (not copied), then the SHA-256 of the
+// two.
+func stateParts(version string, data []byte) [][]byte {
+	h := make([]byte, 0, len(stateMagic)+2+len(version)+8)
+	h = append(h, stateMagic...)
+	h = binary.BigEndian.AppendUint16(h, uint16(len(version)))
+	h = append(h, version...)
+	h = binary.BigEndian.AppendUint64(h, uint64(len(data)))
+	sum := sha256.New()
+	sum.Write(h)
+	sum.Write(data)
+	return [][]byte{h, data, sum.Sum(nil)}
+}
+
+// encodeState is stateParts in one piece.
 func encodeState(version string, data []byte) []byte {
-	b := make([]byte, 0, len(stateMagic)+2+len(version)+8+len(data)+sha256.Size)
-	b = append(b, stateMagic...)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(version)))
-	b = append(b, version...)
-	b = binary.BigEndian.AppendUint64(b, uint64(len(data)))
-	b = append(b, data...)
-	sum := sha256.Sum256(b)
-	return append(b, sum[:]...)
+	return bytes.Join(stateParts(version, data), nil)
 }
 
 // decodeState decodes what encodeState made; any damage is an error. data shares
@@ -109,8 +126,13 @@ type stateCarrier struct {
 	stored carry.Store
 
 	// From the initial batch (Take) until Start.
-	in    []byte
-	inErr error
+	in     []byte
+	inErr  error
+	inRead time.Duration // how long reading it took
+
+	// Owned by the machine's goroutine (Take, Turn).
+	sealed carry.Peer     // this process's own final state is being saved: older ones go on to this successor
+	loads  sync.WaitGroup // final states being loaded
 }
 
 func (c *stateCarrier) Take(m handoff.Message, at carry.Phase) bool {
@@ -118,8 +140,10 @@ func (c *stateCarrier) Take(m handoff.Message, at carry.Phase) bool {
 		return false
 	}
 	if at == carry.Initial {
+		start := time.Now()
 		clear(c.in)
 		c.in, c.inErr = readMemfd(m.Files, MaxStateSize+int64(stateOverhead))
+		c.inRead = time.Since(start)
 		return true
 	}
 	c.takeFinal(m)
@@ -138,6 +162,7 @@ func (c *stateCarrier) Start(h carry.Host) error {
 		return nil
 	}
 	closeFiles(files)
+	start := time.Now()
 	version, data, err := "", []byte(nil), inErr
 	if err == nil {
 		version, data, err = decodeState(in)
@@ -146,7 +171,7 @@ func (c *stateCarrier) Start(h carry.Host) error {
 	case err != nil:
 		c.log.Warn("the previous generation's state cannot be read; starting without it", "event", "state_lost", "from", "parent", "reason", lostReason(err), "err", err)
 	case c.load != nil:
-		c.loadState(version, data, false, "parent")
+		c.loadState(version, data, false, "parent", c.inRead+time.Since(start))
 	}
 	return nil
 }
@@ -167,6 +192,7 @@ func (c *stateCarrier) fromStore(files []*os.File) {
 	var version string
 	var data, blob []byte
 	defer func() { clear(blob) }()
+	start := time.Now()
 	for _, f := range files {
 		b, err := handoff.ReadSealed(f, MaxStateSize+int64(stateOverhead))
 		if err != nil {
@@ -187,7 +213,7 @@ func (c *stateCarrier) fromStore(files []*os.File) {
 		f.Close()
 	}
 	if blob != nil && c.load != nil {
-		c.loadState(version, data, true, "store")
+		c.loadState(version, data, true, "store", time.Since(start))
 	}
 }
 
@@ -204,16 +230,25 @@ func (c *stateCarrier) Batch() []handoff.Message {
 
 func (c *stateCarrier) Turn(t carry.Turn) {
 	switch {
-	case c.save == nil:
-	case t.Role == carry.HandedOver:
-		c.h.Go(func() { c.handedOver(t.Successor) })
-	case t.Role == carry.Stopping && c.keep && t.Main:
-		c.h.Go(c.storeFinal)
+	case t.Role == carry.Serving:
+		c.sealed = nil // it serves again (it resumed): it loads what comes
+	case c.save == nil || t.Role != carry.Drained:
+	case t.Successor != nil:
+		c.sealed = t.Successor
+		c.h.Go(func() {
+			c.loads.Wait()
+			c.sendFinal(t.Successor)
+		})
+	case c.keep && t.Main:
+		c.h.Go(func() {
+			c.loads.Wait()
+			c.storeFinal()
+		})
 	}
 }
 
-// handedOver sends SaveState(true), the final state, to the successor.
-func (c *stateCarrier) handedOver(to carry.Peer) {
+// sendFinal sends SaveState(true), the final state, to the successor.
+func (c *stateCarrier) sendFinal(to carry.Peer) {
 	m, ok := c.message(true)
 	if !ok {
 		return
@@ -227,36 +262,43 @@ func (c *stateCarrier) handedOver(to carry.Peer) {
 // message runs SaveState(final) and makes a "state" message of its blob; false
 // when there is none (logged).
 func (c *stateCarrier) message(final bool) (handoff.Message, bool) {
-	blob, size, reason, err := c.saveState(final)
-	if err == nil {
-		var f *os.File
-		f, err = handoff.SealedFile(stateName, blob)
-		clear(blob)
-		if err == nil {
-			text := c.version
-			if final {
-				text = "final " + text
-			}
-			return handoff.Message{Verb: handoff.State, Text: text, Files: []*os.File{f}}, true
-		}
-		reason = "memfd"
+	f, _, err := c.sealedState(final)
+	if err != nil {
+		return handoff.Message{}, false
 	}
-	c.log.Error("the application's state is not handed on; the upgrade goes on without it", "event", "state_failed", "reason", reason, "final", final, "bytes", size, "max", MaxStateSize, "err", err)
-	return handoff.Message{}, false
+	text := c.version
+	if final {
+		text = "final " + text
+	}
+	return handoff.Message{Verb: handoff.State, Text: text, Files: []*os.File{f}}, true
+}
+
+// sealedState runs SaveState(final) and puts its blob in a sealed memfd; an error
+// is logged (state_failed), a success too (state_saved: how long SaveState took,
+// and the whole).
+func (c *stateCarrier) sealedState(final bool) (f *os.File, size int, err error) {
+	start := time.Now()
+	parts, size, reason, err := c.saveState(final)
+	saved := time.Since(start)
+	if err == nil {
+		if f, err = handoff.SealedFile(stateName, parts...); err != nil {
+			reason = "memfd"
+		}
+	}
+	if err != nil {
+		c.log.Error("the application's state is not handed on", "event", "state_failed", "reason", reason, "final", final, "bytes", size, "max", MaxStateSize, "err", err)
+		return nil, size, err
+	}
+	c.log.Info("saved the application's state", "event", "state_saved", "final", final, "bytes", size,
+		"save", saved.Round(time.Microsecond).String(), "took", time.Since(start).Round(time.Microsecond).String())
+	return f, size, nil
 }
 
 // storeFinal puts SaveState(true) in systemd's fd store, so that `systemctl
 // restart` starts warm.
 func (c *stateCarrier) storeFinal() {
-	blob, size, reason, err := c.saveState(true)
-	var f *os.File
-	if err == nil {
-		f, err = handoff.SealedFile(stateName, blob)
-		reason = "memfd"
-	}
-	clear(blob)
+	f, size, err := c.sealedState(true)
 	if err != nil {
-		c.log.Error("the application's state is not stored", "event", "state_failed", "reason", reason, "final", true, "bytes", size, "max", MaxStateSize, "err", err)
 		return
 	}
 	defer f.Close() // not wiped: the store keeps it
@@ -268,38 +310,54 @@ func (c *stateCarrier) storeFinal() {
 	c.log.Info("stored the application's state in the fd store", "event", "fdstore", "name", stateName, "bytes", size)
 }
 
-// takeFinal loads the state the previous generation sent after the handover, in a
-// goroutine of its own.
+// takeFinal takes a final state an older generation sent after the handover: it is
+// loaded beside the machine (read, checked, then LoadState, concurrently with
+// requests), or passed on to the successor once this process's own final state is
+// being saved.
 func (c *stateCarrier) takeFinal(m handoff.Message) {
+	if to := c.sealed; to != nil {
+		c.h.Go(func() {
+			if err := to.Send(m); err != nil && len(m.Files) > 0 {
+				handoff.Wipe(m.Files[0])
+			}
+			closeFiles(m.Files)
+		})
+		return
+	}
+	c.loads.Add(1)
+	c.h.Go(func() {
+		defer c.loads.Done()
+		c.loadFinal(m)
+	})
+}
+
+// loadFinal reads a final state and hands it to LoadState.
+func (c *stateCarrier) loadFinal(m handoff.Message) {
+	start := time.Now()
 	b, err := readMemfd(m.Files, MaxStateSize+int64(stateOverhead))
+	defer clear(b)
 	var version string
 	var data []byte
 	if err == nil {
 		version, data, err = decodeState(b)
 	}
 	if err != nil {
-		clear(b)
 		c.log.Warn("the previous generation's last state cannot be read; ignored", "event", "state_lost", "from", "parent", "final", true, "reason", lostReason(err), "err", err)
 		return
 	}
-	if c.load == nil {
-		clear(b)
-		return
+	if c.load != nil {
+		c.loadState(version, data, true, "parent", time.Since(start))
 	}
-	go func() {
-		defer clear(b)
-		c.loadState(version, data, true, "parent")
-	}()
 }
 
 // errStateTimeout: SaveState did not return in time.
 var errStateTimeout = errors.New("SaveState did not return in time")
 
 // saveState runs the application's SaveState(final), bounded by c.timeout (a
-// SaveState that never returns is left running), and returns the encoded blob, or
-// why there is none: reason is "save" (an error or a panic), "timeout" or
-// "too_large".
-func (c *stateCarrier) saveState(final bool) (blob []byte, size int, reason string, err error) {
+// SaveState that never returns is left running), and returns the encoded blob (in
+// parts: stateParts), or why there is none: reason is "save" (an error or a
+// panic), "timeout" or "too_large".
+func (c *stateCarrier) saveState(final bool) (blob [][]byte, size int, reason string, err error) {
 	type result struct {
 		data []byte
 		err  error
@@ -328,11 +386,12 @@ func (c *stateCarrier) saveState(final bool) (blob []byte, size int, reason stri
 	case len(r.data) > MaxStateSize:
 		return nil, len(r.data), "too_large", fmt.Errorf("the state is %d bytes, more than MaxStateSize (%d): not handed on", len(r.data), MaxStateSize)
 	}
-	return encodeState(c.version, r.data), len(r.data), "", nil
+	return stateParts(c.version, r.data), len(r.data), "", nil
 }
 
-// loadState hands a state blob to the application's LoadState and logs the outcome.
-func (c *stateCarrier) loadState(version string, data []byte, final bool, from string) {
+// loadState hands a state blob to the application's LoadState and logs the outcome;
+// read is how long reading and checking the blob took.
+func (c *stateCarrier) loadState(version string, data []byte, final bool, from string, read time.Duration) {
 	start := time.Now()
 	err := func() (err error) {
 		defer func() {
@@ -346,5 +405,6 @@ func (c *stateCarrier) loadState(version string, data []byte, final bool, from s
 		c.log.Warn("the application refused the previous generation's state; starting without it", "event", "state_refused", "version", version, "bytes", len(data), "final", final, "from", from, "err", err)
 		return
 	}
-	c.log.Info("loaded the previous generation's state", "event", "state_loaded", "version", version, "bytes", len(data), "final", final, "from", from, "took", time.Since(start).Round(time.Microsecond).String())
+	c.log.Info("loaded the previous generation's state", "event", "state_loaded", "version", version, "bytes", len(data), "final", final, "from", from,
+		"read", read.Round(time.Microsecond).String(), "took", time.Since(start).Round(time.Microsecond).String())
 }

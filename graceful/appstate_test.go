@@ -74,8 +74,8 @@ func TestSaveState(t *testing.T) {
 		}
 		res := make(chan saved, 1)
 		go func() {
-			blob, size, reason, err := sc.saveState(true)
-			res <- saved{blob, size, reason, err}
+			parts, size, reason, err := sc.saveState(true)
+			res <- saved{bytes.Join(parts, nil), size, reason, err}
 		}()
 		if c.reason == "timeout" {
 			clock.waitTimer(t, epoch.Add(bound), 1)
@@ -117,9 +117,9 @@ func TestLoadState(t *testing.T) {
 		}
 		return nil
 	}}
-	sc.loadState("v1", []byte("x"), false, "parent")
-	sc.loadState("old", []byte("x"), true, "parent")
-	sc.loadState("boom", []byte("x"), true, "store")
+	sc.loadState("v1", []byte("x"), false, "parent", 0)
+	sc.loadState("old", []byte("x"), true, "parent", 0)
+	sc.loadState("boom", []byte("x"), true, "store", 0)
 	if strings.Join(got, ",") != "v1,old,boom" {
 		t.Errorf("LoadState saw %q", got)
 	}

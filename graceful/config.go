@@ -34,6 +34,10 @@ const (
 	initTimeout = 5 * time.Second
 	// defaultMaxDraining is Config.MaxDraining's default.
 	defaultMaxDraining = 3
+	// defaultProbation is Config.Probation's default: a handover run master's
+	// probation, so that a build that dies moments after taking over is caught
+	// the same way whichever way the process runs.
+	defaultProbation = 10 * time.Second
 )
 
 // Config configures the process's Upgrader. The zero Config is usable.
@@ -84,6 +88,23 @@ type Config struct {
 	// while a generation drains: its issue #52); those connections would be cut at
 	// their deadline anyway, the oldest first. Zero means 3.
 	MaxDraining int
+	// Probation is how long a new generation that took over is on probation:
+	// until then, without a service manager, this process does not exit once it
+	// has drained. It holds its copies of the sockets, not accepting, and watches
+	// the new generation: if that dies (without having handed over in turn or
+	// stopped), this process takes its drain back and serves again (or, if it
+	// cannot, starts its own build on the sockets, as when the new generation dies
+	// while this one drains; see Upgrader). Wait, and so Server.Serve on the
+	// Upgrader's own listener, returns only once the probation is over, the new
+	// generation has handed over in turn or stopped, or this process was asked to
+	// stop. A new generation that dies after its probation is not this process's
+	// business. Zero means 10 seconds (a `handover run` master's probation);
+	// negative, none: the process exits once drained.
+	//
+	// Under systemd it does not apply: the new process is the unit's main process,
+	// which only systemd watches (see the README's "A new build that dies after
+	// taking over" for what the unit does).
+	Probation time.Duration
 
 	// TicketKeyFile names a file of TLS session-ticket keys shared by a fleet (see
 	// KeepTLSSessions): one key per line, 64 hex digits (32 bytes, e.g. `openssl rand
@@ -145,6 +166,9 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.MaxDraining <= 0 {
 		cfg.MaxDraining = defaultMaxDraining
+	}
+	if cfg.Probation == 0 {
+		cfg.Probation = defaultProbation
 	}
 	if cfg.TicketKeyRotation <= 0 {
 		cfg.TicketKeyRotation = defaultTicketKeyRotation

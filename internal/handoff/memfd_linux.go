@@ -25,8 +25,8 @@ import (
 const sealsRequired = unix.F_SEAL_GROW | unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL
 
 // SealedFile returns a new sealed memfd named name (as /proc shows it: "memfd:name")
-// holding data. The caller owns it.
-func SealedFile(name string, data []byte) (*os.File, error) {
+// holding the parts of data, one after the other. The caller owns it.
+func SealedFile(name string, data ...[]byte) (*os.File, error) {
 	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_NOEXEC_SEAL)
 	if errors.Is(err, unix.EINVAL) {
 		// A kernel older than 6.3 has no MFD_NOEXEC_SEAL.
@@ -43,8 +43,12 @@ func SealedFile(name string, data []byte) (*os.File, error) {
 	if err := unix.Fchmod(fd, 0o600); err != nil {
 		return fail("fchmod", err)
 	}
-	if err := writeAllAt(f, data); err != nil {
-		return fail("write", err)
+	off := 0
+	for _, part := range data {
+		if err := writeAllAt(f, part, off); err != nil {
+			return fail("write", err)
+		}
+		off += len(part)
 	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, sealsRequired); err != nil {
 		return fail("sealing", err)
@@ -52,9 +56,10 @@ func SealedFile(name string, data []byte) (*os.File, error) {
 	return f, nil
 }
 
-func writeAllAt(f *os.File, data []byte) error {
+// writeAllAt writes data to f at base.
+func writeAllAt(f *os.File, data []byte, base int) error {
 	for off := 0; off < len(data); {
-		n, err := f.WriteAt(data[off:], int64(off))
+		n, err := f.WriteAt(data[off:], int64(base+off))
 		if err != nil {
 			return err
 		}

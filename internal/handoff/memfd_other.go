@@ -6,7 +6,7 @@ import "os"
 
 // SealedFile fails: there are no memfds on this system (and no generation to pass
 // one to).
-func SealedFile(name string, data []byte) (*os.File, error) { return nil, ErrUnsupported }
+func SealedFile(name string, data ...[]byte) (*os.File, error) { return nil, ErrUnsupported }
 
 // ReadSealed fails: there are no memfds on this system.
 func ReadSealed(f *os.File, max int64) ([]byte, error) { return nil, ErrUnsupported }

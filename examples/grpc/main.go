@@ -44,8 +44,11 @@
 // grpc.Server by itself), cannot take its drain back: if the new generation dies
 // while this one drains, the Upgrader starts this process's own build again (its last
 // good build, on the sockets it kept open) rather than serving on. It watches the
-// new generation only while something of the process still drains: here the
-// Drainer's connections. Without a Drainer its part ends at the handover.
+// new generation while something of the process still drains (here the Drainer's
+// connections), then until the new generation's probation is over
+// (graceful.Config.Probation, 10 s from the handover by default): u.Wait returns
+// only then, so that a new build that dies moments after taking over is replaced
+// even when the RPCs here ended at once.
 //
 // The alternative, gRPC over h2c through graceful.Server: a grpc.Server is also an
 // http.Handler (ServeHTTP), so a graceful.Server whose Protocols allow unencrypted

@@ -56,8 +56,9 @@ var errResumed = errors.New("graceful: drain abandoned: serving again")
 // A Drainer whose listener came from the process's Upgrader (Upgrader.Listen) belongs
 // to the Upgrader: it drains when a new generation has taken over or the process is
 // asked to stop, and if the new generation dies while this process is still
-// draining, its listeners accept again and Draining returns a new channel: the
-// process serves on. Upgrader.Wait waits for its drain. Any other Drainer is drained
+// draining, or stands by for the new generation's probation once drained (see
+// Config.Probation), its listeners accept again and Draining returns a new channel:
+// the process serves on. Upgrader.Wait waits for its drain. Any other Drainer is drained
 // by calling Drain.
 //
 // The zero Drainer is ready to use.

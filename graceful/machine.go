@@ -40,8 +40,10 @@ import (
 //	     │      resumable⁴ ──────┘ └──────────────────────► stopping   │      │ successor died, not
 //	     │                                                     │       │      │ resumable⁴: start the
 //	     └─────────── stop³ ────────────────────────────────►  │       │      │ last good build (a
-//	                                                           ▼       ▼      │ replacement, at most 3)
-//	                                                         exited ◄── every drain ended
+//	                                                           │       │      │ replacement, at most 3)
+//	                                                           ▼       ▼
+//	                                                         exited ◄── every drain ended, and the
+//	                                                                    successor's probation⁵ is over
 //
 //	¹ SIGUSR2, Upgrade, or `handover reload` on the control socket. Refused (logged,
 //	  returned) unless serving; refused as PID 1 of a PID namespace without a service
@@ -59,9 +61,15 @@ import (
 //	  held, and the application never took Exit; then the drains are taken back and
 //	  this process is the current generation again. Otherwise the last good build
 //	  (this process's own executable) is started on the sockets kept open.
+//	⁵ Config.Probation from the handover (successor.go): until then a process that
+//	  drained stands by in draining, its listeners stopped but open, so that a death
+//	  is met as one during the drain. It ends early when the successor hands over in
+//	  turn or stops ("done"), or on a stop; there is none under a service manager, or
+//	  when the process can neither resume nor start a replacement.
 //
 // Without a service manager the drain stops accepting but keeps the sockets, and the
-// successor is watched for as long as this process lives.
+// successor is watched until the end of its probation; one that dies later (the
+// process lived on after Wait) is not met.
 
 // state is where a process is in its life; see the diagram above.
 type state int

@@ -54,9 +54,9 @@
 // PUT answered by either generation is in the new one's state once the old one's
 // last hand-off is loaded. The state is tagged with the build's state version ("2";
 // a build made with -ldflags "-X main.stateVersion=V" refuses the state of another
-// version and starts cold). Its format: a line of JSON, then the -state-pad bytes
-// as they are (a JSON decoder reads every byte of a string at some 50 MB/s: the
-// padding would cost more than the hand-off itself).
+// version and starts cold). Its format: the -state-pad zero bytes, then a line of
+// JSON (a JSON decoder reads every byte of a string at some 50 MB/s: padding
+// inside the JSON would cost more than the hand-off itself).
 //
 // Under socket activation it serves on the passed socket named "http", or on the only
 // stream socket passed when none is named; if what was passed cannot serve, it exits
@@ -181,6 +181,12 @@ func run(cfg graceful.Config, o options) error {
 	listen, message := o.listen, o.message
 	d := &demo{pid: os.Getpid(), message: message, pad: o.statePad}
 	d.id = fmt.Sprintf("%d-%d", d.pid, time.Now().UnixNano())
+	// A state of that size, in memory from the start as an application's would be
+	// (its pages written, not left to fault in at the first hand-off).
+	d.padded = make([]byte, d.pad, d.pad+4<<10)
+	for i := 0; i < len(d.padded); i += os.Getpagesize() {
+		d.padded[i] = 0
+	}
 	cfg.SaveState, cfg.LoadState, cfg.StateVersion = d.saveState, d.loadState, stateVersion
 	u, err := graceful.New(cfg)
 	if err != nil {
@@ -241,6 +247,7 @@ type demo struct {
 	mu        sync.Mutex
 	counts    map[string]int64  // requests the other generations of the line answered, by id
 	kv        map[string]string // PUT /kv/KEY
+	padded    []byte            // -state-pad zero bytes, then room for the line of JSON
 }
 
 // stateVersion tags the demo's state; a build with another refuses it.
@@ -261,12 +268,17 @@ func (d *demo) saveState(final bool) ([]byte, error) {
 		s.Served[id] = n
 	}
 	d.mu.Unlock()
-	b, err := json.Marshal(s)
+	line, err := json.Marshal(s)
 	if err != nil {
 		return nil, err
 	}
-	b = append(b, '\n')
-	return append(b, make([]byte, d.pad)...), nil
+	// The padding first, the line after it: the padding is allocated (and its
+	// pages touched) once, not at every call; the blob is used before the next
+	// call (the Upgrader never runs two SaveStates at once).
+	if cap(d.padded) < d.pad+len(line) {
+		d.padded = make([]byte, d.pad, d.pad+len(line)+4<<10)
+	}
+	return append(d.padded[:d.pad], line...), nil
 }
 
 // loadState is Config.LoadState: it merges what came (see the package doc), the
@@ -275,10 +287,8 @@ func (d *demo) loadState(version string, data []byte, final bool) error {
 	if version != stateVersion {
 		return fmt.Errorf("state version %q: this build reads version %q", version, stateVersion)
 	}
-	line, _, ok := bytes.Cut(data, []byte("\n"))
-	if !ok {
-		return errors.New("the state has no line of JSON")
-	}
+	// The line of JSON follows the padding (zero bytes, which JSON text never has).
+	line := data[bytes.LastIndexByte(data, 0)+1:]
 	var s demoState
 	if err := json.Unmarshal(line, &s); err != nil {
 		return err

@@ -11,5 +11,8 @@ func SealedFile(name string, data ...[]byte) (*os.File, error) { return nil, Err
 // ReadSealed fails: there are no memfds on this system.
 func ReadSealed(f *os.File, max int64) ([]byte, error) { return nil, ErrUnsupported }
 
+// MapSealed fails: there are no memfds on this system.
+func MapSealed(f *os.File, max int64) ([]byte, func(), error) { return nil, nil, ErrUnsupported }
+
 // Wipe fails: there are no memfds on this system.
 func Wipe(f *os.File) error { return ErrUnsupported }

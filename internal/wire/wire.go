@@ -148,10 +148,13 @@ type Upgrade struct {
 	// ready and confirmed (MAINPID= under systemd).
 	HandoverSeconds float64 `json:"handover_seconds"`
 	// The old generation's drain, once it is over: how long it took, how many
-	// connections closed by themselves and how many were force-closed at the
-	// deadline, and how many HTTP requests it answered after the handover. A
-	// master cannot see connections: in its records the counts stay 0 (a library
-	// child reports them in its own status).
+	// connections closed by themselves and how many were force-closed, and how
+	// many HTTP requests its Servers answered after the handover (requests whose
+	// handler returned; not those whose handler hijacked the connection). A
+	// library process completes the record of every upgrade of its line, however
+	// many followed (each generation passes older drains on). A master cannot see
+	// connections: in its records the counts stay 0 (a library child reports them
+	// in its own status).
 	Drained       bool    `json:"drained"`
 	DrainSeconds  float64 `json:"drain_seconds,omitempty"`
 	ConnsClosed   int     `json:"conns_closed,omitempty"`

@@ -126,8 +126,8 @@ func run(cfg graceful.Config, addr string, tick time.Duration) error {
 	// Optional, and worth its line: a Drainer counts the connections (`handover
 	// status` shows them) and belongs to the Upgrader, so u.Wait waits until gRPC
 	// has closed them, and the Upgrader goes on watching the new generation
-	// meanwhile. At the drain deadline it force-closes what is left. Without it, the
-	// Upgrader's part ends as soon as it hands over.
+	// meanwhile. At the drain deadline it force-closes what is left. Without it,
+	// u.Wait waits only for the new generation's probation.
 	ln = (&graceful.Drainer{}).Listener(ln)
 	// gRPC serves on a gate, so that no connection accepted at the handover is
 	// dropped by GracefulStop (see gate.go).

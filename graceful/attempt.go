@@ -93,9 +93,10 @@ type attempt struct {
 
 	// Owned by the machine.
 	waiters   []func(upgradeResult)
-	pid       int  // the new process, once started
-	ready     int  // the PID it said it is ready as
-	abandoned bool // cancelled by a stop
+	pid       int       // the new process, once started
+	ready     int       // the PID it said it is ready as
+	probation time.Time // set at the go-ahead: when its probation ends (zero: none)
+	abandoned bool      // cancelled by a stop
 }
 
 // attemptEnv is what an attempt's goroutine uses, fixed when it starts.

@@ -150,6 +150,25 @@ func lostReason(err error) string {
 	return "corrupt"
 }
 
+// mapMemfd maps the sealed memfd a message carries (its first file; see
+// handoff.MapSealed): release wipes it, drops the mapping and closes every file of
+// the message. On an error they are wiped and closed already.
+func mapMemfd(files []*os.File, max int64) (b []byte, release func(), err error) {
+	if len(files) == 0 {
+		return nil, nil, fmt.Errorf("%w: no descriptor came with the message", errUnreadable)
+	}
+	b, rel, err := handoff.MapSealed(files[0], max)
+	if err != nil {
+		handoff.Wipe(files[0])
+		closeFiles(files)
+		return nil, nil, fmt.Errorf("%w: %v", errUnreadable, err)
+	}
+	return b, func() {
+		rel()
+		closeFiles(files)
+	}, nil
+}
+
 // readMemfd reads the sealed memfd a message carries (its first file), wipes it and
 // closes every file of the message.
 func readMemfd(files []*os.File, max int64) ([]byte, error) {

@@ -22,7 +22,10 @@
 //     to) and lineage.go (the older generations still draining).
 //
 // A failed upgrade (the new binary missing, crashing, hanging, or reporting an error)
-// leaves the old process serving and is reported to whoever asked.
+// leaves the old process serving and is reported to whoever asked. So does a new
+// generation that dies after taking over, within its probation (Config.Probation, 10
+// s by default, without a service manager): the old process, drained or not, stands
+// by until then and serves again.
 //
 // Beside the sockets, each generation hands the next what would otherwise start cold:
 // its TLS session-ticket keys, so that clients resume their sessions with the new

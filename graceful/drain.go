@@ -56,8 +56,9 @@ var errResumed = errors.New("graceful: drain abandoned: serving again")
 // A Drainer whose listener came from the process's Upgrader (Upgrader.Listen) belongs
 // to the Upgrader: it drains when a new generation has taken over or the process is
 // asked to stop, and if the new generation dies while this process is still
-// draining, its listeners accept again and Draining returns a new channel: the
-// process serves on. Upgrader.Wait waits for its drain. Any other Drainer is drained
+// draining, or stands by for the new generation's probation once drained (see
+// Config.Probation), its listeners accept again and Draining returns a new channel:
+// the process serves on. Upgrader.Wait waits for its drain. Any other Drainer is drained
 // by calling Drain.
 //
 // The zero Drainer is ready to use.
@@ -76,7 +77,7 @@ type Drainer struct {
 	http      bool
 	changed   chan struct{} // closed and replaced on every change while draining
 	accepted  atomic.Uint64
-	requests  atomic.Uint64 // HTTP requests answered (Server)
+	requests  atomic.Uint64 // HTTP requests answered (Server), not those whose handler hijacked the connection
 	forced    atomic.Uint64 // connections force-closed at a deadline
 	// accepting counts the Accept calls between the start of the underlying Accept
 	// and the tracking of the connection it returned, so that a drain does not report
@@ -197,8 +198,20 @@ func (d *Drainer) attach(srv *http.Server) {
 			w.Header().Set("Connection", "close")
 		}
 		h.ServeHTTP(w, r)
-		d.requests.Add(1)
+		if c, ok := r.Context().Value(connKey{}).(*conn); !ok || !c.hijacked.Load() {
+			d.requests.Add(1) // answered: not a connection a handler took over
+		}
 	})
+	prevConn := srv.ConnContext
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if prevConn != nil {
+			ctx = prevConn(ctx, c)
+		}
+		if tc := d.tracked(c); tc != nil {
+			ctx = context.WithValue(ctx, connKey{}, tc)
+		}
+		return ctx
+	}
 	prevBase := srv.BaseContext
 	srv.BaseContext = func(l net.Listener) context.Context {
 		ctx := context.Background()
@@ -210,6 +223,23 @@ func (d *Drainer) attach(srv *http.Server) {
 }
 
 type drainerKey struct{}
+
+// connKey is the context key of a request's tracked connection.
+type connKey struct{}
+
+// tracked returns the tracked connection of d that c is (or wraps), or nil.
+func (d *Drainer) tracked(c net.Conn) *conn {
+	switch cc := c.(type) {
+	case *tls.Conn:
+		c = cc.NetConn()
+	case tlsConn:
+		c = cc.conn
+	}
+	if tc, ok := c.(*conn); ok && tc.d == d {
+		return tc
+	}
+	return nil
+}
 
 // Draining returns a channel that is closed when the Server that received the request
 // whose context is ctx starts draining, or nil (a channel that never closes) when ctx
@@ -230,19 +260,16 @@ func Draining(ctx context.Context) <-chan struct{} {
 // never reports stays active until it closes or the deadline. Other connections are
 // ignored.
 func (d *Drainer) ConnState(c net.Conn, st http.ConnState) {
-	switch cc := c.(type) {
-	case *tls.Conn:
-		c = cc.NetConn()
-	case tlsConn:
-		c = cc.conn
-	}
-	tc, ok := c.(*conn)
-	if !ok || tc.d != d || st == http.StateClosed {
+	tc := d.tracked(c)
+	if tc == nil || st == http.StateClosed {
 		return
 	}
 	d.mu.Lock()
 	if _, open := d.conns[tc]; open {
 		tc.state = st
+		if st == http.StateHijacked {
+			tc.hijacked.Store(true)
+		}
 		if st == http.StateIdle {
 			tc.idleSince = d.now()
 			tc.reading.Store(false)
@@ -567,8 +594,9 @@ type conn struct {
 	// connection goes idle, so that a request still being read (net/http calls the
 	// connection new or idle until the whole header is in) is not mistaken for an
 	// unused connection.
-	reading atomic.Bool
-	closed  atomic.Bool
+	reading  atomic.Bool
+	closed   atomic.Bool
+	hijacked atomic.Bool // a handler took it over (its requests are not counted)
 }
 
 // unused reports whether c carries no request: it is new or idle, no byte of a

@@ -88,6 +88,7 @@ type drainStats struct {
 	Closed        int
 	Forced        int
 	RequestsAfter uint64
+	Killed        string // why the drain was cut short: "deadline", "max_draining"; "" if not
 }
 
 // drained records the drain of the generation that handed over from, to to.
@@ -98,6 +99,7 @@ func (h *history) drained(d drainStats) {
 	}
 	r.Drained = true
 	r.DrainSeconds, r.ConnsClosed, r.ConnsForced, r.RequestsAfter = d.Seconds, d.Closed, d.Forced, d.RequestsAfter
+	r.DrainKilled = d.Killed
 	h.DrainTimes = keepLast(append(h.DrainTimes, d.Seconds), quantileKeeps)
 	h.DrainSum += d.Seconds
 	h.DrainCount++

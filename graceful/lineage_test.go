@@ -49,7 +49,8 @@ func TestLineageAbove(t *testing.T) {
 }
 
 // TestLineageFarewell: a generation that has drained tells its successor how the
-// drain went, and passes on its channel to the older generation still draining.
+// drain went, and that it no longer drains; as it finishes (after the successor's
+// probation), it passes on its channel to the older generation still draining.
 func TestLineageFarewell(t *testing.T) {
 	w := newWorld(t, nil)
 	up := newFakeChannel()
@@ -59,11 +60,18 @@ func TestLineageFarewell(t *testing.T) {
 	g := w.upgradeTo()
 	up.expect(t, handoff.Done)
 	g.ch.expect(t, handoff.Above)
-	w.stepUntil("the farewell", func() bool { return w.m.line.farewell })
+	w.stepUntil("the end of the drain", func() bool { return w.m.line.drained })
 	var d drainStats
 	if err := json.Unmarshal([]byte(g.ch.expect(t, handoff.Drained).Text), &d); err != nil || d.To != g.pid() || d.From == 0 {
 		t.Fatalf("drained %+v, %v", d, err)
 	}
+	if a := g.ch.expect(t, handoff.Above); a.N != 1 {
+		t.Fatalf("above %d once drained; want 1 (only the older generation drains)", a.N)
+	}
+	if w.m.line.farewell || up.isClosed() {
+		t.Fatal("the channel to the older generation was passed on during the probation")
+	}
+	w.passProbation(10 * time.Second)
 	if m := g.ch.expect(t, handoff.Upstream); m.N != 1 || len(m.Files) != 1 {
 		t.Fatalf("upstream %d with %d files; want 1 and the channel", m.N, len(m.Files))
 	}
@@ -108,6 +116,11 @@ func TestLineageMaxDraining(t *testing.T) {
 	if !oldest.logged("drain_finish_now") {
 		t.Fatal("the oldest generation did not finish")
 	}
+	oldest.stepUntil("the end of the drain", func() bool { return oldest.m.line.drained })
+	if r := oldest.m.status().Upgrades[0]; !r.Drained || r.DrainKilled != "max_draining" || r.ConnsForced != 1 {
+		t.Fatalf("the record of the cut drain: %+v", r)
+	}
+	oldest.passProbation(10 * time.Second)
 	oldest.stepUntil("the process is done", func() bool { return oldest.m.st == exited })
 	if err := oldest.waitDone(); !errors.Is(err, ErrDrainDeadline) {
 		t.Fatalf("Wait: %v; want ErrDrainDeadline", err)

@@ -40,8 +40,10 @@ import (
 //	     │      resumable⁴ ──────┘ └──────────────────────► stopping   │      │ successor died, not
 //	     │                                                     │       │      │ resumable⁴: start the
 //	     └─────────── stop³ ────────────────────────────────►  │       │      │ last good build (a
-//	                                                           ▼       ▼      │ replacement, at most 3)
-//	                                                         exited ◄── every drain ended
+//	                                                           │       │      │ replacement, at most 3)
+//	                                                           ▼       ▼
+//	                                                         exited ◄── every drain ended, and the
+//	                                                                    successor's probation⁵ is over
 //
 //	¹ SIGUSR2, Upgrade, or `handover reload` on the control socket. Refused (logged,
 //	  returned) unless serving; refused as PID 1 of a PID namespace without a service
@@ -59,9 +61,15 @@ import (
 //	  held, and the application never took Exit; then the drains are taken back and
 //	  this process is the current generation again. Otherwise the last good build
 //	  (this process's own executable) is started on the sockets kept open.
+//	⁵ Config.Probation from the handover (successor.go): until then a process that
+//	  drained stands by in draining, its listeners stopped but open, so that a death
+//	  is met as one during the drain. It ends early when the successor hands over in
+//	  turn or stops ("done"), or on a stop; there is none under a service manager, or
+//	  when the process can neither resume nor start a replacement.
 //
 // Without a service manager the drain stops accepting but keeps the sockets, and the
-// successor is watched for as long as this process lives.
+// successor is watched until the end of its probation; one that dies later (the
+// process lived on after Wait) is not met.
 
 // state is where a process is in its life; see the diagram above.
 type state int
@@ -326,6 +334,7 @@ func (m *machine) stop(why string) {
 		// This process drains already; the stop only makes the drain final.
 		m.log.Info("stop requested while draining after a handover: the drain goes on, and is final", "event", "stop_ignored", "why", why)
 		m.makeFinal()
+		m.endProbation("stop")
 		return
 	case upgrading:
 		m.abandonAttempt()
@@ -346,10 +355,18 @@ func (m *machine) stop(why string) {
 }
 
 // settle finishes the process once it is done: it drains (after a handover or a
-// stop), every drain has ended, no upgrade attempt runs, and nothing it waits for
-// is on its way. Its farewell to the successor goes first.
+// stop), every drain has ended, no upgrade attempt runs, nothing it waits for is
+// on its way, and it does not stand by for its successor's probation. As the
+// drains end, the successor hears how they went (and the carriers send the
+// application's last state); as the process finishes, its farewell goes first.
 func (m *machine) settle() {
 	if m.st == exited || !m.drained() {
+		return
+	}
+	if !m.line.drained {
+		m.sayDrained()
+	}
+	if m.holds.Load() > 0 || m.standingBy() {
 		return
 	}
 	if !m.line.farewell {
@@ -370,13 +387,19 @@ func (m *machine) drained() bool {
 	return m.drainsEnded()
 }
 
-// finish ends the drains: every listener is closed for good, and Wait returns. The
-// machine goes on (signals, the successor) for as long as the process lives: one
-// that drains servers of its own after Exit may outlive Wait, and keeps the sockets
-// it reserved for a successor that dies meanwhile.
+// finish ends the drains: every listener is closed for good, the copies of the
+// sockets kept for a replacement too, and Wait returns. The machine goes on
+// (signals, the successor's messages) for as long as the process lives (one that
+// drains servers of its own after Exit may outlive Wait), but a successor that dies
+// from now on is past its probation: nothing is done.
 func (m *machine) finish() {
 	m.st = exited
+	m.endProbation("")
 	m.closeListeners()
+	if m.next.reserve != nil {
+		m.next.reserve.Close()
+		m.next.reserve = nil
+	}
 	m.stopWatchdog()
 	m.log.Info("drained; the process may exit", "event", "done")
 	m.done.close(m.drains.err)
@@ -385,7 +408,7 @@ func (m *machine) finish() {
 // turn tells the carriers that the process's role changed.
 func (m *machine) turn(role carry.Role) {
 	t := carry.Turn{Role: role, Main: m.main}
-	if role == carry.HandedOver && m.next.cur != nil {
+	if (role == carry.HandedOver || role == carry.Drained) && m.nextPID != 0 && m.next.cur != nil {
 		t.Successor = m.next.cur.out
 	}
 	if role == carry.HandedOver || role == carry.Stopping {
@@ -408,6 +431,7 @@ func (m *machine) status() Status {
 	}
 	s.OlderDraining = m.line.above
 	s.Upgrades = m.history.shown()
+	s.ProbationUntil = m.probationUntil()
 	return s
 }
 

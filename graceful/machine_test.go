@@ -522,6 +522,28 @@ func (w *fakeWorld) logged(ev string, attrs ...string) bool {
 	return false
 }
 
+// probationTimer returns the pending timer of the successor's probation, or nil.
+func (w *fakeWorld) probationTimer() *pendingAfter {
+	for _, p := range w.afters {
+		if _, ok := p.ev.(probationOver); ok && !p.stopped {
+			return p
+		}
+	}
+	return nil
+}
+
+// passProbation fires the timer that ends the successor's probation, which must be
+// pending, for d.
+func (w *fakeWorld) passProbation(d time.Duration) {
+	w.t.Helper()
+	p := w.probationTimer()
+	if p == nil || p.d != d {
+		w.t.Fatalf("the probation timer: %+v; want one pending for %s", p, d)
+	}
+	p.stopped = true
+	w.m.handle(p.ev)
+}
+
 func (w *fakeWorld) exitClosed() bool {
 	select {
 	case <-w.m.exit.ch:
@@ -584,24 +606,33 @@ func TestMachineUpgrade(t *testing.T) {
 		t.Fatalf("after the handover: exit closed %v, killed %v", w.exitClosed(), g.proc.wasKilled())
 	}
 	// Nothing to drain: once "above" is sent, and the new generation has put its
-	// own stderr back (this process relays what it logs until then), the farewell
-	// goes out, then the process is done.
+	// own stderr back (this process relays what it logs until then), "drained"
+	// goes out, then the process stands by until the probation is over, then it is
+	// done.
 	if a := g.ch.expect(t, handoff.Above); a.N != 1 {
 		t.Fatalf("above %d; want 1 (this process drains)", a.N)
 	}
 	stepTo[wakeEvent](w)
-	if w.m.line.farewell || w.m.st != draining {
+	if w.m.line.drained || w.m.st != draining {
 		t.Fatal("finished before the new generation put its stderr back")
 	}
 	g.stderr.Close()
-	w.stepUntil("the farewell", func() bool { return w.m.line.farewell })
+	w.stepUntil("the end of the drain", func() bool { return w.m.line.drained })
 	if d := g.ch.expect(t, handoff.Drained); !strings.Contains(d.Text, fmt.Sprintf(`"To":%d`, g.pid())) {
 		t.Fatalf("drained %q", d.Text)
 	}
 	if a := g.ch.expect(t, handoff.Above); a.N != 0 {
-		t.Fatalf("farewell: above %d; want 0 (no older generation drains)", a.N)
+		t.Fatalf("drained: above %d; want 0 (no older generation drains, this one no more)", a.N)
 	}
+	w.stepUntil("the messages are sent", func() bool { return w.m.holds.Load() == 0 })
+	if w.m.st != draining || !w.m.standingBy() {
+		t.Fatalf("state %s; want it standing by", w.m.st)
+	}
+	w.passProbation(10 * time.Second)
 	w.stepUntil("the process is done", func() bool { return w.m.st == exited })
+	if !w.logged("probation_over", "reason=passed") {
+		t.Fatalf("after the probation: %s", w.m.st)
+	}
 	if err := w.waitDone(); err != nil {
 		t.Fatalf("Wait: %v, state %s", err, w.m.st)
 	}
@@ -830,14 +861,15 @@ func TestMachineCarriers(t *testing.T) {
 	}
 	close(c.work)
 	g.ch.expect(t, handoff.Keys)
-	w.stepUntil("the farewell", func() bool { return w.m.line.farewell })
+	w.stepUntil("the end of the drain", func() bool { return w.m.line.drained })
 	g.ch.expect(t, handoff.Drained)
 	g.ch.expect(t, handoff.Above)
+	w.passProbation(10 * time.Second)
 	w.stepUntil("the process is done", func() bool { return w.m.st == exited })
 	w.m.onUpstreamMessage(handoff.Message{Verb: handoff.Keys})
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if want := []carry.Role{carry.Serving, carry.Upgrading, carry.HandedOver}; !slices.Equal(c.turns, want) || c.sent != nil {
+	if want := []carry.Role{carry.Serving, carry.Upgrading, carry.HandedOver, carry.Drained}; !slices.Equal(c.turns, want) || c.sent != nil {
 		t.Fatalf("turns %v (want %v), send %v", c.turns, want, c.sent)
 	}
 	if len(c.took) != 1 {

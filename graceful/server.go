@@ -38,7 +38,8 @@ import (
 //   - at the drain deadline (DrainTimeout) every connection still open is
 //     force-closed.
 //
-// If the new generation dies while this one drains (without a service manager), the
+// If the new generation dies while this one drains, or stands by once drained for
+// the new generation's probation (Config.Probation; without a service manager), the
 // drain is taken back: the Server accepts again and keep-alive is on again.
 //
 // Configure the embedded http.Server as usual, but do not call its Shutdown: the
@@ -207,11 +208,16 @@ func (s *Server) ServeTLS(l net.Listener, certFile, keyFile string) error {
 //
 // l is a listener of the Upgrader, or a listener of the application's around one
 // (tls.NewListener, a struct that embeds it, any net.Listener whose Accept calls
-// its Accept): Serve returns http.ErrServerClosed once drained either way. A drain
-// after a handover stops the Upgrader's own listener without closing it, so that
-// it can be taken back if the new generation dies; a listener around it cannot be
-// stopped that way, so the drain closes it, and that drain cannot be taken back
-// (see Upgrader).
+// its Accept): Serve returns http.ErrServerClosed either way, but not at the same
+// moment. A drain after a handover stops the Upgrader's own listener without
+// closing it, so that it can be taken back if the new generation dies: on it, Serve
+// returns when the Upgrader is done (Upgrader.Wait would return: the drain is over,
+// and so is the new generation's probation), and goes on serving if the drain is
+// taken back. A listener around it cannot be stopped that way, so the drain closes
+// it, and that drain cannot be taken back: Serve returns once the Server's
+// connections have drained, and the process should then call Upgrader.Wait, which
+// returns after the probation (during which a new generation that dies is replaced
+// by this process's own build, on the sockets it kept; see Upgrader).
 //
 // To serve TLS with a tls.Config of one's own, set TLSConfig and call ServeTLS
 // with the Upgrader's listener and empty file names: the Server then offers HTTP/2,

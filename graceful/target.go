@@ -1,6 +1,7 @@
 package graceful
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net"
@@ -71,6 +72,7 @@ type drains struct {
 	err     error      // ErrDrainDeadline once a drain had to force-close
 	stats   drainStats // of this process's drain after the handover (for the record)
 	at      time.Time  // when it started
+	cut     string     // why the drains are being cut short ("max_draining"), if they are
 }
 
 // drainEnded: the drain of t (its epoch-th) ended.
@@ -103,6 +105,7 @@ func (m *machine) startDrains(final bool) {
 	m.final = m.final || final
 	m.drains.stats = drainStats{}
 	m.drains.at = m.clock.Now()
+	m.drains.cut = ""
 	for _, t := range m.drains.targets {
 		m.startDrain(t)
 	}
@@ -159,6 +162,9 @@ func (m *machine) onDrainEnded(t *target, err error, d drainStats) {
 	t.ended = true
 	if errors.Is(err, ErrDrainDeadline) {
 		m.drains.err = err
+		if !t.internal && m.drains.stats.Killed == "" {
+			m.drains.stats.Killed = cmp.Or(m.drains.cut, "deadline")
+		}
 	}
 	if !t.internal {
 		m.drains.stats.Closed += d.Closed

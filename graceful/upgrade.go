@@ -102,6 +102,7 @@ func (m *machine) onAttemptReady(a *attempt, pid int) {
 		m.log.Warn("the new generation reports a different PID than the one started (a wrapper?)", "event", "child_pid_differs", "started", a.pid, "ready", pid)
 	}
 	a.ready = pid
+	a.probation = m.probationWindow()
 	h := m.history.clone()
 	h.add(m.record(a, "ok", nil))
 	a.goAhead <- h.encode()
@@ -139,6 +140,7 @@ func (m *machine) endLate(e attemptEnded) {
 func (m *machine) attemptFailed(e attemptEnded) {
 	a, err := e.a, e.err
 	m.att = nil
+	m.line.relay = nil // in this process's history already; no new generation needs them
 	if m.st == upgrading {
 		m.st = serving
 	}
@@ -197,6 +199,11 @@ func (m *machine) handedOver(e attemptEnded) {
 	m.reply(a, upgradeResult{pid: a.ready})
 	m.keepRelaying(e.g)
 	m.watchSuccessor(e.g, a.ready)
+	m.startProbation(a)
+	for _, d := range m.line.relay {
+		m.tellDrained(d) // older drains that ended after its history was handed over
+	}
+	m.line.relay = nil
 	if a.replacement {
 		return // this process was draining already, and goes on
 	}
@@ -248,6 +255,7 @@ func (m *machine) record(a *attempt, outcome string, e *upgradeError) Upgrade {
 	}
 	if outcome == "ok" {
 		r.HandoverSeconds = r.End.Sub(r.Start).Seconds()
+		r.ProbationUntil = a.probation
 	}
 	if e != nil {
 		r.Reason, r.Error, r.Stderr = e.Cause, e.Error(), e.Stderr

@@ -31,6 +31,20 @@ import (
 // asked to stop (SIGTERM, SIGINT, Stop), and says through Wait when the process may
 // exit.
 //
+// A new generation that dies after it took over, while this process drains or, once
+// drained, stands by for the new generation's probation (Config.Probation; without a
+// service manager: under systemd the new process is the unit's main process, which
+// systemd watches and restarts), is met by this process. If it can take its drains
+// back (every listener it holds is served by a Server or a Drainer of the Upgrader on
+// the Upgrader's own listener, not one the application wrapped, which the drain
+// closes; no datagram socket; the application never took Exit), it serves again:
+// its listeners accept (connections that waited in their queues meanwhile first),
+// keep-alive is on again, Exit and Draining return new channels, the PID file names
+// it, and the upgrade's record says "died". Otherwise it starts its own build (the
+// last good build: the executable this process runs, whatever is on disk now) on the
+// copies of the sockets it kept, as a new generation, at most three times. After the
+// probation a death is not this process's business (it may have exited).
+//
 // A process has one Upgrader: New makes it, and a Server or ListenAndServe uses it
 // (or makes one with the zero Config if New was not called).
 type Upgrader struct {
@@ -412,7 +426,8 @@ func (e *exitSignal) reopen() {
 // does not need it (they drain by themselves; Wait says when they are done). A
 // process that takes Exit, to stop a server of its own kind (a grpc.Server, a
 // datagram loop), cannot take back a drain: if the new generation dies while this
-// one drains, this process starts its own build again instead (see Upgrader).
+// one drains or stands by for its probation (see Wait), this process starts its own
+// build again instead (see Upgrader).
 func (u *Upgrader) Exit() <-chan struct{} {
 	return u.exit.take()
 }
@@ -431,10 +446,17 @@ func (d *doneSignal) close(err error) {
 }
 
 // Wait blocks until the process may exit: it has handed over to a new generation or
-// was asked to stop, and every Server and Drainer of the process has drained (each
-// within its deadline). It returns ErrDrainDeadline if some connections had to be
+// was asked to stop, every Server and Drainer of the process has drained (each
+// within its deadline), and, after a handover without a service manager, the new
+// generation's probation is over (Config.Probation, 10 s from the handover by
+// default; it ends early if the new generation hands over in turn or stops, or this
+// process is asked to stop). Until then the process stands by: if the new generation
+// dies, it serves again (Wait goes on waiting), or starts its own build in its place
+// when it cannot (see Upgrader). A process that can do neither does not wait for the
+// probation. Wait returns ErrDrainDeadline if some connections had to be
 // force-closed. main returns after Wait, so that no connection is cut by the
-// process's end.
+// process's end, and no new build that dies moments after taking over leaves
+// nothing serving.
 func (u *Upgrader) Wait() error {
 	<-u.done.ch
 	return u.done.err

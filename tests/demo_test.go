@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -234,6 +235,7 @@ func startDemo(t testing.TB, o demoOpts) *demo {
 	}
 	defer logf.Close()
 	args := append([]string{"-listen", d.addr, "-pidfile", d.pidfile, "-drain-timeout", o.drain.String()}, o.args...)
+	args = append(args, testProbation(o.args)...)
 	cmd := exec.Command(d.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -245,6 +247,18 @@ func startDemo(t testing.TB, o demoOpts) *demo {
 	t.Cleanup(d.cleanup)
 	d.waitPID(pid)
 	return d
+}
+
+// testProbation is the -probation the tests give the servers they start (the demo
+// and the test programs), unless args has one: half a second, not the library's 10 s
+// (graceful.Config.Probation), so that a test that waits for an old generation to
+// exit does not wait out the default. The tests of the probation itself
+// (probation_test.go) give their own.
+func testProbation(args []string) []string {
+	if slices.Contains(args, "-probation") {
+		return nil
+	}
+	return []string{"-probation", "500ms"}
 }
 
 // log returns everything the generations logged so far.

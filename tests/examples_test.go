@@ -119,6 +119,19 @@ func (p *program) log() string {
 
 func (p *program) current() int { return p.pids[len(p.pids)-1] }
 
+// waitOld checks that every old generation has exited. Each one stands by for its
+// successor's probation once drained (graceful.Config.Probation: the examples keep
+// the default, 10 s) until that one hands over in turn or stops: after stop, every
+// one has exited or is about to.
+func (p *program) waitOld() {
+	p.t.Helper()
+	for _, pid := range p.pids[:len(p.pids)-1] {
+		if err := waitGone(pid, 10*time.Second); err != nil {
+			p.t.Error(err)
+		}
+	}
+}
+
 // stop sends SIGTERM to the current generation and checks that it exits 0.
 func (p *program) stop() {
 	p.t.Helper()
@@ -126,7 +139,9 @@ func (p *program) stop() {
 	if err := syscall.Kill(last, syscall.SIGTERM); err != nil {
 		p.t.Fatal(err)
 	}
-	st, err := proc.Reap(last, 30*time.Second)
+	// Its parent, the previous generation, stands by until it stops: it is the
+	// test's child once that one has exited.
+	st, err := reapStatus(last, 30*time.Second)
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -184,9 +199,6 @@ func TestExampleOneWord(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.pids = append(p.pids, next)
-		if err := waitGone(cur, 30*time.Second); err != nil {
-			t.Error(err)
-		}
 		pace(time.Second)
 	}
 	res := r.Stop()
@@ -195,6 +207,7 @@ func TestExampleOneWord(t *testing.T) {
 		t.Errorf("generations %v never answered the load (all: %v)", missing, p.pids)
 	}
 	p.stop()
+	p.waitOld()
 }
 
 // TestExampleServers: examples/servers, two servers (TCP and unix socket) with a PID
@@ -242,9 +255,10 @@ func TestExampleServers(t *testing.T) {
 		if s.err != nil || s.resp.Status != 200 || s.resp.PID() != old {
 			t.Errorf("the slow request in flight on %d: %v, status %d from %d", old, s.err, statusOf(s.resp), respPID(s.resp))
 		}
-		// Its main returned after Wait: only after the slow request was answered.
-		if err := waitGone(old, 30*time.Second); err != nil {
-			t.Error(err)
+		// Its main returns after Wait: after the slow request was answered, and the
+		// new generation's probation (p.waitOld below).
+		if !proc.Alive(old) {
+			t.Errorf("generation %d exited before its successor's probation was over", old)
 		}
 	}
 	res := r.Stop()
@@ -253,6 +267,7 @@ func TestExampleServers(t *testing.T) {
 		t.Errorf("generations %v never answered the load (all: %v)", missing, p.pids)
 	}
 	p.stop()
+	p.waitOld()
 	if _, err := os.Stat(pidfile); !os.IsNotExist(err) {
 		t.Errorf("PID file after the stop: %v; want it removed", err)
 	}
@@ -359,9 +374,6 @@ func TestExampleLines(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.pids = append(p.pids, next)
-		if err := waitGone(old, 30*time.Second); err != nil {
-			t.Error(err)
-		}
 	}
 	pace(500 * time.Millisecond)
 	close(stop)
@@ -379,6 +391,7 @@ func TestExampleLines(t *testing.T) {
 		t.Error("no answer said bye: the drain never asked a client to reconnect")
 	}
 	p.stop()
+	p.waitOld()
 	// The Upgrader logs the drain of a bare Drainer as it does a Server's.
 	ev := logs.Parse(p.log())
 	for _, pid := range p.pids {

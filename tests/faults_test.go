@@ -112,7 +112,7 @@ func launchDemo(t testing.TB, s demoSpec) *demo {
 	if s.control != "" {
 		args = append(args, "-control", s.control)
 	}
-	args = append(args, s.args...)
+	args = append(append(args, s.args...), testProbation(s.args)...)
 	argv := append(append(slices.Clone(s.wrap), d.bin), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = cleanEnv(s.env...)

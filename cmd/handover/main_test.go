@@ -189,9 +189,11 @@ var fullStatus = wire.Status{
 	Listeners:   []wire.Socket{{Name: "http", Network: "tcp", Addr: "127.0.0.1:8080", Source: "systemd"}},
 	Connections: wire.ConnCounts{New: 1, Active: 2, Idle: 3, Hijacked: 4, Accepted: 50},
 	Upgrading:   12, LastError: "new child exited", Child: 11, ChildExecutable: "/srv/app (the last good build)", Restarts: 2, OlderDraining: 1,
+	ProbationUntil: time.Date(2026, 1, 2, 3, 4, 16, 0, time.UTC),
 	Upgrades: []wire.Upgrade{{
 		Trigger: "control socket", Start: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), End: time.Date(2026, 1, 2, 3, 4, 6, 0, time.UTC),
 		From: 9, To: 11, Generation: 3, Outcome: "ok", HandoverSeconds: 1, Drained: true, DrainSeconds: 2, ConnsClosed: 5, ConnsForced: 1, RequestsAfter: 7, DrainKilled: "deadline",
+		ProbationUntil: time.Date(2026, 1, 2, 3, 4, 16, 0, time.UTC),
 	}},
 }
 
@@ -224,6 +226,7 @@ const wantJSON = `{
   "child_executable": "/srv/app (the last good build)",
   "restarts": 2,
   "older_draining": 1,
+  "probation_until": "2026-01-02T03:04:16Z",
   "upgrades": [
     {
       "trigger": "control socket",
@@ -239,7 +242,8 @@ const wantJSON = `{
       "conns_closed": 5,
       "conns_forced": 1,
       "requests_after": 7,
-      "drain_killed": "deadline"
+      "drain_killed": "deadline",
+      "probation_until": "2026-01-02T03:04:16Z"
     }
   ]
 }
@@ -272,13 +276,14 @@ func TestStatusText(t *testing.T) {
 	lib.Child, lib.ChildExecutable, lib.Restarts = 0, "", 0
 	out, _, code := handover(t, "status", "-control", serve(t, &fakeService{status: lib}))
 	for _, want := range []string{"PID:         10\n", "Listeners:   http tcp:127.0.0.1:8080 (from systemd)\n", "Connections: 10 open (2 active, 3 idle, 1 new, 4 hijacked), 50 accepted\n",
-		"Last upgrade failed: new child exited\n", "Upgrading:   new generation PID 12 starting\n", "Upgrades:    1 (oldest first)\n", "old child killed (deadline): 1 connections force-closed"} {
+		"Last upgrade failed: new child exited\n", "Upgrading:   new generation PID 12 starting\n", "Upgrades:    1 (oldest first)\n", "drain cut short (deadline): 1 connections force-closed",
+		"Probation:   until " + lib.ProbationUntil.Local().Format("15:04:05.000") + ": the old generation"} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("library status: exit %d, no %q in:\n%s", code, want, out)
 		}
 	}
 	out, _, code = handover(t, "status", "-control", serve(t, &fakeService{status: fullStatus}))
-	for _, want := range []string{"Child:       PID 11 (handover run; restarts: 2)\n", "Child runs:  /srv/app (the last good build)\n", "Last error:  new child exited\n"} {
+	for _, want := range []string{"Child:       PID 11 (handover run; restarts: 2)\n", "Child runs:  /srv/app (the last good build)\n", "Last error:  new child exited\n", "old child killed (deadline)"} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("master status: exit %d, no %q in:\n%s", code, want, out)
 		}

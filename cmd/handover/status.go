@@ -76,20 +76,25 @@ func printStatus(w io.Writer, s *wire.Status) {
 		fmt.Fprintf(w, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
 			c.Total(), c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
 	}
+	if !s.ProbationUntil.IsZero() {
+		fmt.Fprintf(w, "Probation:   until %s: the old generation, drained, stands by to serve again if the new one dies\n",
+			s.ProbationUntil.Local().Format("15:04:05.000"))
+	}
 	switch {
 	case s.LastError != "" && master:
 		fmt.Fprintf(w, "Last error:  %s\n", strings.TrimSpace(s.LastError))
 	case s.LastError != "":
 		fmt.Fprintf(w, "Last upgrade failed: %s\n", strings.TrimSpace(s.LastError))
 	}
-	printUpgrades(w, s.Upgrades)
+	printUpgrades(w, s.Upgrades, master)
 }
 
 // printUpgrades lists the last upgrades of a status (the library's or a handover
 // run master's), one line each: when it was asked for, its trigger, its outcome, the
 // PIDs from and to, the handover and the old generation's drain in milliseconds, and
-// the reason when it failed or died (or why the drain was cut short).
-func printUpgrades(w io.Writer, ups []wire.Upgrade) {
+// the reason when it failed or died (or why the drain was cut short: a master
+// killed the old child, a library process force-closed its connections).
+func printUpgrades(w io.Writer, ups []wire.Upgrade, master bool) {
 	if len(ups) > 10 {
 		ups = ups[len(ups)-10:]
 	}
@@ -118,8 +123,11 @@ func printUpgrades(w io.Writer, ups []wire.Upgrade) {
 		if line, _, _ := strings.Cut(u.Error, "\n"); line != "" {
 			reason = append(reason, line)
 		}
-		if u.DrainKilled != "" {
+		switch {
+		case u.DrainKilled != "" && master:
 			reason = append(reason, "old child killed ("+u.DrainKilled+")")
+		case u.DrainKilled != "":
+			reason = append(reason, "drain cut short ("+u.DrainKilled+")")
 		}
 		if u.ConnsForced > 0 {
 			reason = append(reason, fmt.Sprintf("%d connections force-closed", u.ConnsForced))

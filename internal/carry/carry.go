@@ -10,7 +10,8 @@
 //     into the handover channel before the new process starts.
 //   - The changes of the process's role (Turn): it serves as the current
 //     generation, an upgrade starts, it has handed over (its successor listens:
-//     Turn.Successor), or it stops for good.
+//     Turn.Successor), it stops for good, or its drain has ended (its last request
+//     is answered).
 //   - What the previous generation sends after the handover (Take with Final).
 //   - The service manager's file descriptor store (Host.Store), which keeps what a
 //     restart or a crash would lose.
@@ -66,6 +67,11 @@ const (
 	// Finishing: the drain must end now, as at its deadline: more generations
 	// drain than Config.MaxDraining, and this is the oldest.
 	Finishing
+	// Drained: every drain of the process has ended, after a handover (the
+	// successor listens on Turn.Successor) or a stop (Successor is nil): no request
+	// is answered any more. A process that handed over may still stand by for its
+	// successor's probation, and serve again if that dies (Serving follows).
+	Drained
 )
 
 // Turn is a change of the process's role, as a Carrier hears of it.
@@ -74,7 +80,8 @@ type Turn struct {
 	// Main is true while the service manager supervises this process: it takes
 	// the process's changes to the fd store.
 	Main bool
-	// Successor is the new generation, for HandedOver.
+	// Successor is the new generation, for HandedOver and Drained after a
+	// handover.
 	Successor Peer
 	// Deadline, for HandedOver and Stopping, is when the process's drain ends at
 	// the latest (Config.DrainTimeout from now). A Carrier that drains something

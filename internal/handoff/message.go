@@ -30,13 +30,17 @@ import (
 //	                                  accepting (they may have rotated meanwhile),
 //	                                  then the copies of the fd store's key memfds
 //	                                  the parent held: the child owns them now
-//	parent → child   "state final <version>" + memfd   the state once this one
-//	                                  stopped accepting (SaveState(true))
+//	parent → child   "state final <version>" + memfd   the state once this one's
+//	                                  drain has ended (SaveState(true)), or an older
+//	                                  generation's, passed on
 //	parent → child   "above <n>"      the count of older draining generations changed
-//	parent → child   "drained <json>" how the parent's drain went
-//	parent → child   "upstream <n>" + channel   the parent is done and exits: here is
-//	                                  its own channel to an older generation still
-//	                                  draining; n older generations drain
+//	                                  (the parent counts itself until its drain ended)
+//	parent → child   "drained <json>" how the parent's drain went, or an older
+//	                                  generation's, passed on down the line
+//	parent → child   "upstream <n>" + channel   the parent is done and exits (its
+//	                                  drain ended, and the child's probation): here
+//	                                  is its own channel to an older generation
+//	                                  still draining; n older generations drain
 //	child → parent   "done"           no longer the current generation (it handed
 //	                                  over in turn, or is stopping): its exit is no
 //	                                  crash

@@ -56,6 +56,12 @@ type Status struct {
 	// OlderDraining counts the older generations (a master: the old children)
 	// still draining.
 	OlderDraining int `json:"older_draining,omitempty"`
+	// ProbationUntil, a library process's only, is the end of the probation of
+	// the last handover it took part in, while it lasts: until then the old
+	// generation, drained, stands by to serve again should the new one die (see
+	// graceful.Config.Probation). The new generation reports it as the old one
+	// promised it at the handover; the old one, its own.
+	ProbationUntil time.Time `json:"probation_until,omitzero"`
 	// Upgrades are the last upgrades of the line, oldest first (at most 10).
 	Upgrades []Upgrade `json:"upgrades,omitempty"`
 }
@@ -107,9 +113,9 @@ const (
 	Failed = "failed"
 	// Abandoned: a stop came first.
 	Abandoned = "abandoned"
-	// Died: it took over, then died while the old one drained (which served
-	// again), or, under a master, during its probation (the last good build was
-	// started in its place).
+	// Died: it took over, then died during its probation (ProbationUntil) or
+	// while the old one drained: the old one served again, or started the last
+	// good build in its place (a master always does the latter).
 	Died = "died"
 )
 
@@ -142,18 +148,30 @@ type Upgrade struct {
 	// ready and confirmed (MAINPID= under systemd).
 	HandoverSeconds float64 `json:"handover_seconds"`
 	// The old generation's drain, once it is over: how long it took, how many
-	// connections closed by themselves and how many were force-closed at the
-	// deadline, and how many HTTP requests it answered after the handover. A
-	// master cannot see connections: in its records the counts stay 0 (a library
-	// child reports them in its own status).
+	// connections closed by themselves and how many were force-closed, and how
+	// many HTTP requests its Servers answered after the handover (requests whose
+	// handler returned; not those whose handler hijacked the connection). A
+	// library process completes the record of every upgrade of its line, however
+	// many followed (each generation passes older drains on). A master cannot see
+	// connections: in its records the counts stay 0 (a library child reports them
+	// in its own status).
 	Drained       bool    `json:"drained"`
 	DrainSeconds  float64 `json:"drain_seconds,omitempty"`
 	ConnsClosed   int     `json:"conns_closed,omitempty"`
 	ConnsForced   int     `json:"conns_forced,omitempty"`
 	RequestsAfter uint64  `json:"requests_after,omitempty"`
-	// DrainKilled, a master's only, says why it killed the old child before it
-	// exited by itself: "deadline" (SIGKILL at the drain timeout), "max_draining"
-	// (more old children drained than -max-draining: the oldest is killed at once)
-	// or "stop" (a second stop signal).
+	// DrainKilled says why the old generation's drain was cut short. A master's:
+	// why it killed the old child before it exited by itself: "deadline" (SIGKILL
+	// at the drain timeout), "max_draining" (more old children drained than
+	// -max-draining: the oldest is killed at once) or "stop" (a second stop
+	// signal). A library process's: why it force-closed connections (ConnsForced
+	// counts them): "deadline" (Config.DrainTimeout) or "max_draining" (more
+	// generations drained than Config.MaxDraining: the oldest finishes at once).
 	DrainKilled string `json:"drain_killed,omitempty"`
+	// ProbationUntil, a library process's only, is when the new generation's
+	// probation ends (or ended): until then the old generation, once drained,
+	// stands by to serve again should the new one die (graceful.Config.Probation).
+	// Zero when there is none (under systemd, or Probation negative). A new
+	// generation that dies before it makes the upgrade Died.
+	ProbationUntil time.Time `json:"probation_until,omitzero"`
 }

@@ -56,6 +56,7 @@ var Events = map[string]Spec{
 	"reserve_failed":        {},
 	"successor_retired":     {},
 	"successor_died":        {Enums: map[string][]string{"action": {"none", "replace", "resume"}}},
+	"probation_over":        {Enums: map[string][]string{"reason": {"passed", "retired", "stop"}}}, // the new generation's probation (Config.Probation)
 	"replace_failed":        {},
 	"resumed":               {},
 	"stop":                  {},
@@ -88,6 +89,7 @@ var Events = map[string]Spec{
 	"state_refused":    {Enums: map[string][]string{"from": {"parent", "store"}}},
 	"state_failed":     {Enums: map[string][]string{"reason": {"save", "timeout", "too_large", "memfd"}}},
 	"state_lost":       {Enums: map[string][]string{"from": {"parent", "store"}, "reason": {"unreadable", "corrupt"}}},
+	"state_saved":      {},
 	// handover run's master (internal/master), beside the ones it shares above.
 	"child_errno":       {},
 	"child_exited":      {},

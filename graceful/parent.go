@@ -46,9 +46,12 @@ func (u *Upgrader) openParent() {
 	}
 }
 
-// readInit reads the parent's initial batch, up to "end" (see handoff.Message).
+// readInit reads the parent's initial batch, up to "end" (see handoff.Message). The
+// parent makes it once this process has started (its SaveState may take up to its
+// UpgradeTimeout): it is waited for as long as this process's own UpgradeTimeout,
+// and at least initTimeout.
 func (u *Upgrader) readInit(p *handoff.Channel) error {
-	p.SetDeadline(time.Now().Add(initTimeout))
+	p.SetDeadline(time.Now().Add(max(initTimeout, u.cfg.UpgradeTimeout)))
 	defer p.SetDeadline(time.Time{})
 	for {
 		m, err := p.Receive()
@@ -59,11 +62,9 @@ func (u *Upgrader) readInit(p *handoff.Channel) error {
 		case handoff.End:
 			return nil
 		case handoff.History:
-			if h, err := decodeHistory(m.Text); err != nil {
-				u.log.Warn("the history of upgrades is lost", "event", "history_lost", "err", err)
-			} else {
-				u.m.history = h
-			}
+			// Decoded when first needed, not on the way to the first answer: the
+			// parent sends the history again with this upgrade in it.
+			u.m.historyIn = &m.Text
 		case handoff.Above:
 			u.m.line.above = m.N
 		default:

@@ -5,7 +5,6 @@ package graceful
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -38,6 +37,8 @@ type fakeChild struct {
 	pid  int
 	spec childSpec
 	ch   *handoff.Channel // the child's end
+	// batch is the initial batch the parent sent (up to "end").
+	batch []handoff.Message
 	// history is the last "history" the parent sent.
 	history string
 
@@ -103,25 +104,33 @@ func (s *fakeStarter) start(spec childSpec) (child, error) {
 		return nil, err
 	}
 	ch.SetDeadline(time.Now().Add(waitBound))
-	// The initial batch is queued before the start, as for a real child.
-	for {
-		m, err := ch.Receive()
-		if err != nil {
-			return nil, fmt.Errorf("fake start: reading the initial batch: %w", err)
-		}
-		if m.Verb == handoff.End {
-			break
-		}
-	}
 	s.mu.Lock()
 	s.nextPID++
 	c := &fakeChild{pid: s.nextPID, spec: spec, ch: ch, exited: make(chan struct{})}
 	s.mu.Unlock()
+	read := make(chan struct{})
 	s.t.Cleanup(func() {
 		c.exit()
 		c.ch.Close()
+		<-read
+		closeMessages(c.batch)
 	})
-	s.started <- c
+	// The initial batch comes once the child has started, as for a real child: the
+	// test gets the child once it is read (next fails if it never comes).
+	go func() {
+		defer close(read)
+		for {
+			m, err := ch.Receive()
+			if err != nil {
+				return
+			}
+			if m.Verb == handoff.End {
+				break
+			}
+			c.batch = append(c.batch, m)
+		}
+		s.started <- c
+	}()
 	return c, nil
 }
 

@@ -29,7 +29,7 @@ func TestLineageAbove(t *testing.T) {
 		t.Fatalf("OlderDraining %d; want 2", st.OlderDraining)
 	}
 	g := w.upgradeTo()
-	if b := g.spec.batch; b[1].Verb != handoff.Above || b[1].N != 3 {
+	if b := g.batch; b[1].Verb != handoff.Above || b[1].N != 3 {
 		t.Fatalf("initial batch %v; want above 3", b)
 	}
 	up.expect(t, handoff.Done)

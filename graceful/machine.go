@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -140,6 +141,7 @@ type machine struct {
 	nextPID   int   // the generation this one handed over to
 	final     bool  // the drain is final: listeners closed, no resuming
 	history   history
+	historyIn *string // the initial batch's history, until needed (takeHistoryIn)
 
 	exit  *exitSignal  // closed when draining starts (Exit)
 	done  *doneSignal  // closed when the process may exit (Wait)
@@ -244,6 +246,10 @@ func (m *machine) onReady(ev readyEvent) {
 	if ev.upstream != nil {
 		m.listenUpstream(ev.upstream)
 	}
+	if slices.ContainsFunc(ev.said, func(msg handoff.Message) bool { return msg.Verb == handoff.History }) {
+		m.historyIn = nil // replaced by the history with this upgrade in it
+	}
+	m.takeHistoryIn()
 	for _, msg := range ev.said {
 		m.onUpstreamMessage(msg)
 	}
@@ -419,7 +425,23 @@ func (m *machine) turn(role carry.Role) {
 	}
 }
 
+// takeHistoryIn decodes the history of the initial batch, if it was not yet.
+func (m *machine) takeHistoryIn() {
+	text := m.historyIn
+	if text == nil {
+		return
+	}
+	m.historyIn = nil
+	h, err := decodeHistory(*text)
+	if err != nil {
+		m.log.Warn("the history of upgrades is lost", "event", "history_lost", "err", err)
+		return
+	}
+	m.history = h
+}
+
 func (m *machine) status() Status {
+	m.takeHistoryIn()
 	s := Status{PID: os.Getpid(), Generation: m.gen, State: m.st.String(),
 		Executable: m.exe, Systemd: m.notifier != nil, Listeners: m.set.Sockets()}
 	if m.lastErr != nil {
@@ -443,6 +465,7 @@ type metricsSnapshot struct {
 }
 
 func (m *machine) metrics() metricsSnapshot {
+	m.takeHistoryIn()
 	return metricsSnapshot{history: m.history.clone(), status: m.status(), above: m.line.above}
 }
 

@@ -198,7 +198,8 @@ type fakeGen struct {
 	proc   *fakeProc
 	ch     *fakeChannel // the parent's end
 	spec   spawnSpec
-	stderr *os.File // the write end of its stderr pipe
+	batch  []handoff.Message // its initial batch, as spec.batch made it
+	stderr *os.File          // the write end of its stderr pipe
 }
 
 func (g *fakeGen) pid() int { return g.proc.pid }
@@ -346,10 +347,11 @@ func (w *fakeWorld) spawn(s spawnSpec) (*generation, error) {
 		return nil, err
 	}
 	g := &fakeGen{proc: &fakeProc{pid: pid, exited: make(chan struct{}), slow: slow}, ch: newFakeChannel(), spec: s, stderr: wr}
+	g.batch = s.batch()
 	w.t.Cleanup(func() {
 		g.stderr.Close()
 		g.proc.exit("")
-		closeMessages(s.batch)
+		closeMessages(g.batch)
 	})
 	w.spawned <- g
 	return newGeneration(g.proc, g.ch, proc.Relay(r, io.Discard)), nil
@@ -579,7 +581,7 @@ func TestMachineUpgrade(t *testing.T) {
 	if g.spec.child.path != w.m.exe || g.spec.child.gen != 2 || g.spec.child.sibling {
 		t.Fatalf("started %+v", g.spec.child)
 	}
-	if b := g.spec.batch; len(b) != 2 || b[0].Verb != handoff.History || b[1].Verb != handoff.Above || b[1].N != 1 {
+	if b := g.batch; len(b) != 2 || b[0].Verb != handoff.History || b[1].Verb != handoff.Above || b[1].N != 1 {
 		t.Fatalf("initial batch %v", b)
 	}
 	if st := w.m.status(); st.State != "upgrading" || st.Upgrading != g.pid() {
@@ -669,6 +671,59 @@ func TestMachineDefersSIGUSR2(t *testing.T) {
 	first.m.handle(signalEvent{syscall.SIGUSR2})
 	if !first.logged("upgrade_refused", "reason=not_ready", "trigger=SIGUSR2") {
 		t.Fatal("a first generation's SIGUSR2 before Ready was not refused")
+	}
+}
+
+// TestMachineInitialHistory: the history of a new generation's initial batch is
+// decoded only when needed, not on the way to its first answer: by a status
+// request before Ready; at Ready it gives way to the history with this upgrade in
+// it, which the parent sent before "main", or, if none came, is decoded then (a bad
+// one is logged as lost).
+func TestMachineInitialHistory(t *testing.T) {
+	var inherited history
+	inherited.add(Upgrade{Trigger: "SIGUSR2", From: 10, To: 11, Generation: 2, Outcome: "ok"})
+	text := inherited.encode()
+	var withThis history
+	withThis.add(Upgrade{Trigger: "SIGUSR2", From: 10, To: 11, Generation: 2, Outcome: "ok"})
+	withThis.add(Upgrade{Trigger: "SIGUSR2", From: 11, To: 12, Generation: 3, Outcome: "ok"})
+	ready := func(w *fakeWorld, said ...handoff.Message) {
+		done := make(chan struct{})
+		w.m.handle(readyEvent{done: done, child: true, upstream: newFakeChannel(), said: said})
+	}
+	for _, c := range []struct {
+		name    string
+		in      string
+		said    []handoff.Message
+		records int
+		lost    bool
+	}{
+		{"replaced", text, []handoff.Message{{Verb: handoff.History, Text: withThis.encode()}}, 2, false},
+		{"kept", text, nil, 1, false},
+		{"bad", "{not json", nil, 0, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := newWorld(t, nil)
+			w.m.hasParent = true
+			in := c.in
+			w.m.historyIn = &in
+			w.m.handle(adoptEvent{&target{d: new(Drainer)}})
+			if len(w.m.history.Records) != 0 || w.m.historyIn == nil {
+				t.Fatal("the initial history was decoded before it was needed")
+			}
+			ready(w, c.said...)
+			if w.m.historyIn != nil || len(w.m.history.Records) != c.records || w.logged("history_lost") != c.lost {
+				t.Fatalf("after Ready: %d records, pending %v, history_lost %v; want %d, nil, %v", len(w.m.history.Records), w.m.historyIn, w.logged("history_lost"), c.records, c.lost)
+			}
+		})
+	}
+	// Status before Ready shows the inherited history.
+	w := newWorld(t, nil)
+	w.m.hasParent = true
+	w.m.historyIn = &text
+	reply := make(chan Status, 1)
+	w.m.handle(statusRequest{reply})
+	if st := <-reply; len(st.Upgrades) != 1 || st.Upgrades[0].To != 11 || w.m.historyIn != nil {
+		t.Fatalf("Status before Ready: upgrades %+v", st.Upgrades)
 	}
 }
 
@@ -847,7 +902,7 @@ func TestMachineCarriers(t *testing.T) {
 	w.ready()
 	rep := w.upgrade()
 	g := w.child()
-	if b := g.spec.batch; len(b) != 3 || b[2].Verb != handoff.Keys {
+	if b := g.batch; len(b) != 3 || b[2].Verb != handoff.Keys {
 		t.Fatalf("initial batch %v", b)
 	}
 	w.takeOver(g)

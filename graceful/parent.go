@@ -1,7 +1,9 @@
 package graceful
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -46,24 +48,34 @@ func (u *Upgrader) openParent() {
 	}
 }
 
-// readInit reads the parent's initial batch, up to "end" (see handoff.Message).
+// readInit reads the parent's initial batch, up to "end" (see handoff.Message). The
+// parent makes it once this process has started (its SaveState may take up to its
+// UpgradeTimeout): it is waited for as long as this process's own UpgradeTimeout,
+// and at least initTimeout. A parent that went away meanwhile (the channel ends)
+// leaves this process to carry on without the rest, as one that goes away before
+// it confirms the handover does (see confirmWithParent); one that abandons the
+// upgrade ("abort") makes it fail.
 func (u *Upgrader) readInit(p *handoff.Channel) error {
-	p.SetDeadline(time.Now().Add(initTimeout))
+	p.SetDeadline(time.Now().Add(max(initTimeout, u.cfg.UpgradeTimeout)))
 	defer p.SetDeadline(time.Time{})
 	for {
 		m, err := p.Receive()
+		if errors.Is(err, io.EOF) {
+			u.log.Warn("the parent generation went away before its first messages were all sent; carrying on without the rest", "event", "parent_lost")
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("the parent generation's first messages: %w", err)
 		}
 		switch m.Verb {
 		case handoff.End:
 			return nil
+		case handoff.Abort:
+			return fmt.Errorf("graceful: the parent generation abandoned the upgrade: %s", m.Text)
 		case handoff.History:
-			if h, err := decodeHistory(m.Text); err != nil {
-				u.log.Warn("the history of upgrades is lost", "event", "history_lost", "err", err)
-			} else {
-				u.m.history = h
-			}
+			// Decoded when first needed, not on the way to the first answer: the
+			// parent sends the history again with this upgrade in it.
+			u.m.historyIn = &m.Text
 		case handoff.Above:
 			u.m.line.above = m.N
 		default:

@@ -19,8 +19,11 @@ import (
 // spawnSpec is what a new generation is started with.
 type spawnSpec struct {
 	child   childSpec
-	reserve *fds.Child        // the sockets kept for a replacement; nil: the process's own
-	batch   []handoff.Message // the initial batch (see handoff.Message)
+	reserve *fds.Child // the sockets kept for a replacement; nil: the process's own
+	// batch makes the initial batch (see handoff.Message). It is called once the
+	// new process has been started, while it starts: nothing in the batch is
+	// needed before the new process reads it in New, after its runtime's start.
+	batch func() []handoff.Message
 }
 
 // beginUpgrade starts an upgrade, or says why it cannot. reply, if not nil, is
@@ -56,25 +59,31 @@ func (m *machine) startAttempt(a *attempt, path string, reply func(upgradeResult
 		a.waiters = append(a.waiters, reply)
 	}
 	m.att = a
-	spec := spawnSpec{child: m.childSpec(path), reserve: m.next.reserve, batch: m.initBatch()}
-	spawn, carriers := m.spawn, m.carriers
+	machinePart, carriers := m.initBatch(), m.carriers
+	spec := spawnSpec{child: m.childSpec(path), reserve: m.next.reserve, batch: func() []handoff.Message {
+		// Beside the machine, once the new process started: a carrier may take its
+		// time (SaveState).
+		return append(machinePart(), carrierBatch(carriers)...)
+	}}
+	spawn := m.spawn
 	go a.run(attemptEnv{
-		spawn: func() (*generation, error) {
-			// Beside the machine: a carrier may take its time (SaveState).
-			spec.batch = append(spec.batch, carrierBatch(carriers)...)
-			return spawn(spec)
-		},
-		post: m.post, log: m.log, clock: m.clock, notifier: m.notifier,
+		spawn: func() (*generation, error) { return spawn(spec) },
+		post:  m.post, log: m.log, clock: m.clock, notifier: m.notifier,
 		timeout: m.cfg.UpgradeTimeout, killWait: m.killWait,
 	})
 }
 
-// initBatch is the machine's part of a new generation's initial batch: the history,
-// and how many generations drain above it. The carriers' parts follow.
-func (m *machine) initBatch() []handoff.Message {
-	return []handoff.Message{
-		{Verb: handoff.History, Text: m.history.encode()},
-		{Verb: handoff.Above, N: m.line.above + 1},
+// initBatch returns what makes the machine's part of a new generation's initial
+// batch: the history, and how many generations drain above it. The carriers' parts
+// follow. The history is copied now and encoded when the batch is made, beside the
+// machine.
+func (m *machine) initBatch() func() []handoff.Message {
+	h, above := m.history.clone(), m.line.above+1
+	return func() []handoff.Message {
+		return []handoff.Message{
+			{Verb: handoff.History, Text: h.encode()},
+			{Verb: handoff.Above, N: above},
+		}
 	}
 }
 

@@ -287,7 +287,6 @@ func (u *Upgrader) startCarriers() error {
 func (u *Upgrader) spawnGeneration(s spawnSpec) (*generation, error) {
 	c, ch, out, err := spawnChild(u.set, s.reserve, s.child, u.start, s.batch)
 	if err != nil {
-		closeMessages(s.batch)
 		return nil, err
 	}
 	return newGeneration(c, ch, out), nil

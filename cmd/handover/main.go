@@ -6,7 +6,8 @@
 //	    upgraded (SIGHUP, SIGUSR2, handover reload), restarted after a crash, or
 //	    stopped (SIGTERM: the child drains, the master exits with its status). PROG,
 //	    in any language, gets the sockets as systemd passes them: fds 3 and up,
-//	    LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID (its own PID), and a NOTIFY_SOCKET for
+//	    LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID (its own PID; a program built with
+//	    handover's library is started without it, directly), and a NOTIFY_SOCKET for
 //	    READY=1. For containers (as PID 1 it reaps every zombie and forwards SIGINT
 //	    and SIGQUIT), PID-tracking supervisors and systemd (Type=notify, a stable
 //	    MAINPID). See handover run -h for the flags.
@@ -53,7 +54,9 @@ const runUsage = `usage: handover run [flags] -- PROG [ARGS...]
 Holds the sockets and runs PROG as its child, keeping its own PID while children are
 upgraded, restarted after a crash, or stopped. PROG gets the sockets at fd 3 and up with
 LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (its own PID), NOTIFY_SOCKET (the master's),
-and HANDOVER_MASTER (the master's PID).
+and HANDOVER_MASTER (the master's PID). A program built with handover's library is
+started directly, with HANDOVER_DIRECT instead of LISTEN_PID (any other goes through
+a re-exec of this binary that sets LISTEN_PID).
 
   upgrade:  SIGHUP, SIGUSR2, or handover reload -control PATH (which waits and exits 1,
             with the child's last stderr lines, when the new child fails). PROG is

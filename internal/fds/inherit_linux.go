@@ -25,7 +25,7 @@ func inheritProcess() (*Set, error) {
 func systemdFiles() []*os.File { return sdactivation.Files(true) }
 
 // inheritedVars are the variables inherit reads, and clears.
-var inheritedVars = []string{handoff.ListenPIDEnv, handoff.ListenFDsEnv, handoff.ListenFDNamesEnv, handoff.MarkerEnv, handoff.MasterEnv, handoff.GenerationEnv}
+var inheritedVars = []string{handoff.ListenPIDEnv, handoff.ListenFDsEnv, handoff.ListenFDNamesEnv, handoff.MarkerEnv, handoff.MasterEnv, handoff.GenerationEnv, handoff.DirectEnv}
 
 // inherit reads what e describes. take returns the descriptors of the systemd
 // protocol once the environment has been validated.
@@ -47,6 +47,9 @@ func inherit(e env, take func() []*os.File) (*Set, error) {
 		if s.source == Parent {
 			by = handoff.MarkerEnv
 		}
+		if s.direct {
+			by = handoff.MasterEnv
+		}
 		return s, fmt.Errorf("%s is set but %s is not", by, handoff.ListenFDsEnv)
 	}
 	names, namesSet := vars[handoff.ListenFDNamesEnv]
@@ -63,6 +66,10 @@ func inherit(e env, take func() []*os.File) (*Set, error) {
 	}
 	if s.marker != nil {
 		return s, s.openParentFiles()
+	}
+	if s.direct {
+		s.wrapFiles()
+		return s, nil
 	}
 	// systemd's protocol (from systemd itself or from a master's shim): go-systemd
 	// takes the descriptors.
@@ -110,10 +117,37 @@ func (s *Set) adopt(e env, vars map[string]string) (bool, error) {
 		s.marker = &m
 		return true, nil
 	}
+	if version, ok := vars[handoff.DirectEnv]; ok {
+		return s.adoptDirect(e, version, vars)
+	}
 	if _, ok := vars[handoff.ListenFDsEnv]; ok {
 		s.ignored = fmt.Sprintf("%s is set but %s is not; not adopting inherited descriptors", handoff.ListenFDsEnv, handoff.ListenPIDEnv)
 	}
 	return false, nil
+}
+
+// adoptDirect adopts the sockets of a `handover run` master that started this
+// program directly, without LISTEN_PID, for it carries handoff.DirectMark: version
+// (HANDOVER_DIRECT) must be the mark's, and the master (HANDOVER_MASTER) this
+// process's real parent.
+func (s *Set) adoptDirect(e env, version string, vars map[string]string) (bool, error) {
+	if ours := handoff.DirectVersion(); version != ours {
+		s.ignored = fmt.Sprintf("%s=%.64q: this program's direct start is version %q; not adopting inherited descriptors", handoff.DirectEnv, version, ours)
+		return false, nil
+	}
+	master, ok := vars[handoff.MasterEnv]
+	if !ok {
+		return false, fmt.Errorf("%s is set but %s is not", handoff.DirectEnv, handoff.MasterEnv)
+	}
+	if err := s.adoptMaster(e, vars); err != nil {
+		return false, err
+	}
+	if s.source != Master {
+		s.ignored = fmt.Sprintf("%s=%s is not this process's parent (%d); not adopting the descriptors of its direct start", handoff.MasterEnv, master, e.Getppid())
+		return false, nil
+	}
+	s.direct = true
+	return true, nil
 }
 
 // adoptMaster makes the source Master when a `handover run` master, this process's
@@ -204,9 +238,15 @@ func (s *Set) openParentFiles() error {
 		unix.CloseOnExec(e)
 		s.stderr = os.NewFile(uintptr(e), "parent-stderr")
 	}
+	s.wrapFiles()
+	return nil
+}
+
+// wrapFiles makes *os.Files of the passed descriptors, close-on-exec, as go-systemd
+// does for systemd's protocol.
+func (s *Set) wrapFiles() {
 	for _, f := range s.files {
 		unix.CloseOnExec(f.Fd)
 		f.file = os.NewFile(uintptr(f.Fd), f.Name)
 	}
-	return nil
 }

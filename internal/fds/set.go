@@ -101,7 +101,8 @@ type Set struct {
 	source  Source
 	marker  *handoff.Marker
 	master  int
-	gen     int // the generation a master gave, or 0
+	gen     int  // the generation a master gave, or 0
+	direct  bool // the master started this process without LISTEN_PID
 	channel *os.File
 	stderr  *os.File
 	files   []*File

@@ -26,37 +26,58 @@ type spawnSpec struct {
 // beginUpgrade starts an upgrade, or says why it cannot. reply, if not nil, is
 // called on the machine with the outcome.
 func (m *machine) beginUpgrade(trigger string, reply func(upgradeResult)) {
+	m.startUpgrade(&attempt{trigger: trigger}, reply)
+}
+
+// startUpgrade starts a, an upgrade or a two-phase upgrade's prepare (a.prepare),
+// or says why it cannot.
+func (m *machine) startUpgrade(a *attempt, reply func(upgradeResult)) {
 	if reason, moved, err := m.refusal(); err != nil {
-		attrs := []any{"event", "upgrade_refused", "reason", reason, "trigger", trigger}
-		if a := m.att; a != nil && !a.abandoned && a.pid != 0 {
-			attrs = append(attrs, "child", a.pid)
-		}
-		if moved != 0 {
-			attrs = append(attrs, "current", moved)
-		}
-		m.log.Warn("upgrade refused: "+err.Error(), attrs...)
-		if reply != nil {
-			reply(upgradeResult{err: err, moved: moved})
-		}
+		m.refuse(a.trigger, reason, moved, err, reply)
 		return
 	}
-	m.log.Info("upgrade starting", "event", "upgrade_start", "trigger", trigger, "executable", m.exe)
-	m.notify("RELOADING=1\n" + sdnotify.MonotonicUsec() + "\nSTATUS=upgrading: starting a new generation")
+	m.log.Info("upgrade starting", "event", "upgrade_start", "trigger", a.trigger, "executable", m.exe, "prepare", a.prepare)
+	if a.prepare {
+		// Not RELOADING=1: the service manager hears of the upgrade at the commit.
+		m.notify("STATUS=upgrading: preparing a new generation")
+	} else {
+		m.notify("RELOADING=1\n" + sdnotify.MonotonicUsec() + "\nSTATUS=upgrading: starting a new generation")
+	}
 	m.st = upgrading
 	m.turn(carry.Upgrading)
-	m.startAttempt(&attempt{trigger: trigger, started: m.clock.Now()}, m.exe, reply)
+	a.started = m.clock.Now()
+	m.startAttempt(a, m.exe, reply)
+}
+
+// refuse logs why a request of an upgrade's (reason names it) cannot run and
+// answers it.
+func (m *machine) refuse(trigger, reason string, moved int, err error, reply func(upgradeResult)) {
+	attrs := []any{"event", "upgrade_refused", "reason", reason, "trigger", trigger}
+	if a := m.att; a != nil && !a.abandoned && a.pid != 0 {
+		attrs = append(attrs, "child", a.pid)
+	}
+	if moved != 0 {
+		attrs = append(attrs, "current", moved)
+	}
+	m.log.Warn("upgrade refused: "+err.Error(), attrs...)
+	if reply != nil {
+		reply(upgradeResult{err: err, moved: moved})
+	}
 }
 
 // startAttempt starts a: its new generation runs path, with the process's sockets
 // or with those kept for a replacement.
 func (m *machine) startAttempt(a *attempt, path string, reply func(upgradeResult)) {
-	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.ctx, a.cancel = context.WithCancelCause(context.Background())
 	a.goAhead = make(chan string, 1)
 	if reply != nil {
 		a.waiters = append(a.waiters, reply)
 	}
 	m.att = a
 	spec := spawnSpec{child: m.childSpec(path), reserve: m.next.reserve, batch: m.initBatch()}
+	if a.prepare {
+		spec.batch = append(spec.batch, handoff.Message{Verb: handoff.Prepare})
+	}
 	spawn, carriers := m.spawn, m.carriers
 	go a.run(attemptEnv{
 		spawn: func() (*generation, error) {
@@ -83,7 +104,7 @@ func (m *machine) initBatch() []handoff.Message {
 func (m *machine) abandonAttempt() {
 	if a := m.att; a != nil && !a.abandoned {
 		a.abandoned = true
-		a.cancel()
+		a.cancel(nil)
 	}
 }
 
@@ -93,7 +114,7 @@ func (m *machine) onAttemptStarted(a *attempt, pid int) {
 }
 
 // onAttemptReady gives the go-ahead to the new generation, which says it is ready
-// as pid: the history it keeps, with this upgrade in it.
+// as pid, unless it is a prepared one: that waits for its commit.
 func (m *machine) onAttemptReady(a *attempt, pid int) {
 	if a.abandoned {
 		return
@@ -102,20 +123,33 @@ func (m *machine) onAttemptReady(a *attempt, pid int) {
 		m.log.Warn("the new generation reports a different PID than the one started (a wrapper?)", "event", "child_pid_differs", "started", a.pid, "ready", pid)
 	}
 	a.ready = pid
+	if a.prepare {
+		m.onPrepared(a)
+		return
+	}
+	m.goAhead(a)
+}
+
+// goAhead lets a's new generation take over: the history it keeps, with this
+// upgrade in it.
+func (m *machine) goAhead(a *attempt) {
 	h := m.history.clone()
 	h.add(m.record(a, "ok", nil))
 	a.goAhead <- h.encode()
 }
 
 func (m *machine) onAttemptEnded(e attemptEnded) {
+	if e.a.stopTimer != nil {
+		e.a.stopTimer()
+	}
 	switch {
 	case e.err != nil:
-		e.a.cancel()
+		e.a.cancel(nil)
 		m.attemptFailed(e)
 	case e.a.abandoned:
 		m.endLate(e)
 	default:
-		e.a.cancel()
+		e.a.cancel(nil)
 		m.handedOver(e)
 	}
 }
@@ -139,7 +173,7 @@ func (m *machine) endLate(e attemptEnded) {
 func (m *machine) attemptFailed(e attemptEnded) {
 	a, err := e.a, e.err
 	m.att = nil
-	if m.st == upgrading {
+	if m.st == upgrading || m.st == prepared {
 		m.st = serving
 	}
 	attrs := []any{"event", "upgrade_failed", "cause", err.Cause, "err", err}
@@ -150,8 +184,11 @@ func (m *machine) attemptFailed(e attemptEnded) {
 		}
 	}
 	outcome := "failed"
-	if err.Cause == causeAbandoned {
+	switch err.Cause {
+	case causeAbandoned:
 		outcome = "abandoned"
+	case causeAborted, causePrepareTime:
+		outcome = "aborted"
 	}
 	m.history.add(m.record(a, outcome, err))
 	switch {
@@ -160,13 +197,18 @@ func (m *machine) attemptFailed(e attemptEnded) {
 	case err.Cause == causeAbandoned:
 		m.lastErr = err
 		m.log.Warn("upgrade abandoned: the process is stopping", attrs...)
+	case err.Cause == causeAborted:
+		m.log.Info("prepared generation aborted; still serving", append([]any{"event", "upgrade_aborted"}, attrs[2:]...)...)
+	case err.Cause == causePrepareTime:
+		m.lastErr = err
+		m.log.Warn("the prepared generation waited too long for its commit: aborted; still serving", append([]any{"event", "upgrade_aborted"}, attrs[2:]...)...)
 	default:
 		m.lastErr = err
 		m.log.Error("upgrade failed; still serving", attrs...)
-		if m.st == serving {
-			m.notify("READY=1\nSTATUS=" + m.statusLine())
-			m.turn(carry.Serving)
-		}
+	}
+	if m.st == serving && !a.replacement && err.Cause != causeAbandoned {
+		m.notify("READY=1\nSTATUS=" + m.statusLine())
+		m.turn(carry.Serving)
 	}
 	m.reply(a, upgradeResult{err: err})
 }
@@ -248,6 +290,13 @@ func (m *machine) record(a *attempt, outcome string, e *upgradeError) Upgrade {
 	}
 	if outcome == "ok" {
 		r.HandoverSeconds = r.End.Sub(r.Start).Seconds()
+	}
+	if !a.prepared.IsZero() {
+		// A two-phase upgrade: its handover is the commit's.
+		r.Prepared, r.PrepareSeconds, r.Committed = a.prepared, a.prepared.Sub(a.started).Seconds(), a.committed
+		if outcome == "ok" {
+			r.HandoverSeconds = r.End.Sub(a.committed).Seconds()
+		}
 	}
 	if e != nil {
 		r.Reason, r.Error, r.Stderr = e.Cause, e.Error(), e.Stderr

@@ -50,6 +50,10 @@ type Upgrader struct {
 	parent  parentLink     // until Ready
 	pipeSig chan os.Signal // SIGPIPE, while fd 2 is the parent's pipe
 	ctl     net.Listener   // the control socket, served once ready
+	// A prepared generation's (prepare.go): held is closed once it is committed
+	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
+	held       chan struct{}
+	commitPipe *os.File
 }
 
 var (
@@ -130,6 +134,7 @@ func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
 	u.exit, u.done = u.m.exit, u.m.done
 	u.ext = u.newCarried()
 	u.holdStderr()
+	u.openPrepare()
 	if p := u.parent.get(); p != nil {
 		if err := u.readInit(p); err != nil {
 			return u, err
@@ -359,7 +364,13 @@ func (u *Upgrader) Ready() error {
 		if upstream != nil {
 			ev.upstream = upstream
 		}
+	} else if u.commitPipe != nil {
+		if err := u.awaitCommit(); err != nil {
+			u.ready.err = err
+			return err
+		}
 	}
+	u.release() // a prepared generation was committed: it accepts
 	done := make(chan struct{})
 	ev.done = done
 	u.post(ev)
@@ -447,19 +458,7 @@ func (u *Upgrader) Wait() error {
 // Upgrades are not supported on systems other than Linux: the error wraps
 // errors.ErrUnsupported.
 func (u *Upgrader) Upgrade(ctx context.Context) (int, error) {
-	select {
-	case r := <-u.upgrade("API"):
-		return r.pid, r.err
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-}
-
-// upgrade asks the machine for an upgrade; the outcome comes on the channel.
-func (u *Upgrader) upgrade(trigger string) <-chan upgradeResult {
-	res := make(chan upgradeResult, 1)
-	u.post(upgradeRequest{trigger: trigger, reply: func(r upgradeResult) { res <- r }})
-	return res
+	return u.wait(ctx, u.ask(stepUpgrade, "API"))
 }
 
 // Stop makes the process stop as on SIGTERM: it stops accepting and drains, and

@@ -67,16 +67,32 @@ func isSocket(path string) bool {
 // errTimedOut is what ask returns when the answer did not come in time.
 var errTimedOut = errors.New("timed out")
 
-func reload(path string, timeout time.Duration, stdout, stderr io.Writer) int {
+// steps are the commands that run an upgrade or one of its steps, and their
+// requests.
+var steps = map[string]string{"reload": control.Upgrade, "prepare": control.Prepare, "commit": control.Commit, "abort": control.Abort}
+
+// what names what failed, in an error.
+var what = map[string]string{"reload": "upgrade", "prepare": "prepare", "commit": "commit", "abort": "abort"}
+
+// done says what a step did, on success.
+var done = map[string]string{
+	"reload":  "upgraded: PID %d, generation %d\n",
+	"prepare": "prepared: PID %d, generation %d (ready, not accepting: handover commit makes it serve, handover abort ends it)\n",
+	"commit":  "committed: PID %d, generation %d\n",
+	"abort":   "aborted: PID %d, generation %d\n",
+}
+
+// upgradeStep runs cmd, which asks for req (see steps), and waits for the outcome.
+func upgradeStep(cmd, req, path string, timeout time.Duration, stdout, stderr io.Writer) int {
 	deadline := time.Now().Add(timeout)
 	for attempt := 0; ; attempt++ {
-		resp, err := ask(path, control.Upgrade, time.Until(deadline))
+		resp, err := ask(path, req, time.Until(deadline))
 		if errors.Is(err, errTimedOut) {
-			fmt.Fprintf(stderr, "handover reload: no outcome within %s: the upgrade may still be in progress (see handover status -control %s); raise -timeout above the service's upgrade timeout\n", timeout.Round(time.Millisecond), path)
+			fmt.Fprintf(stderr, "handover %s: no outcome within %s: the %s may still be in progress (see handover status -control %s); raise -timeout above the service's upgrade timeout\n", cmd, timeout.Round(time.Millisecond), what[cmd], path)
 			return 1
 		}
 		if err != nil {
-			fmt.Fprintf(stderr, "handover reload: %v\n", err)
+			fmt.Fprintf(stderr, "handover %s: %v\n", cmd, err)
 			return 1
 		}
 		if resp.Moved != 0 && attempt < 3 {
@@ -88,13 +104,13 @@ func reload(path string, timeout time.Duration, stdout, stderr io.Writer) int {
 			if resp.Stopping && os.Getenv("INVOCATION_ID") != "" {
 				// The service is stopping, under systemd: the unit is going down,
 				// and a failing ExecReload= would only mark it failed as well.
-				fmt.Fprintf(stderr, "handover reload: no upgrade: %s\n", printableLines(resp.Error))
+				fmt.Fprintf(stderr, "handover %s: no upgrade: %s\n", cmd, printableLines(resp.Error))
 				return 0
 			}
-			fmt.Fprintf(stderr, "handover reload: upgrade failed: %s\n", printableLines(resp.Error))
+			fmt.Fprintf(stderr, "handover %s: %s failed: %s\n", cmd, what[cmd], printableLines(resp.Error))
 			return 1
 		}
-		fmt.Fprintf(stdout, "upgraded: PID %d, generation %d\n", resp.PID, resp.Generation)
+		fmt.Fprintf(stdout, done[cmd], resp.PID, resp.Generation)
 		return 0
 	}
 }

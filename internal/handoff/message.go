@@ -18,6 +18,8 @@ import (
 //	                   "keys" + memfd     TLS session ticket keys (sealed memfd)
 //	                   "state <version>" + memfd   the application's state
 //	                                      (SaveState(false), sealed memfd)
+//	                   "prepare"          a two-phase upgrade's: do not accept
+//	                                      before "main" (the parent's commit)
 //	                 "end"
 //	child → parent   "ready <pid>"    serving on the inherited sockets
 //	child → parent   "error <text>"   cannot start; about to exit
@@ -61,6 +63,7 @@ const (
 	Drained  = "drained"
 	Upstream = "upstream"
 	Finish   = "finish"
+	Prepare  = "prepare"
 )
 
 // Message is one message of the handover channel.
@@ -104,7 +107,7 @@ func ParseMessage(line string) (Message, error) {
 		return Message{Verb: verb, N: n}, nil
 	case Error, Abort, History, State, Drained:
 		return Message{Verb: verb, Text: rest}, nil
-	case Main, Done, Current, End, Keys, Finish:
+	case Main, Done, Current, End, Keys, Finish, Prepare:
 		if rest != "" {
 			return Message{}, fmt.Errorf("handover channel: %q: %s takes no argument", clip(line), verb)
 		}

@@ -297,4 +297,3 @@ func TestHeldListener(t *testing.T) {
 		t.Fatalf("Accept after Close: %v", err)
 	}
 }
-

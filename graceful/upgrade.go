@@ -173,6 +173,9 @@ func (m *machine) endLate(e attemptEnded) {
 func (m *machine) attemptFailed(e attemptEnded) {
 	a, err := e.a, e.err
 	m.att = nil
+	if err.Cause == causeAborted {
+		err.Stderr = "" // asked for: what it logged is no reason
+	}
 	if m.st == upgrading || m.st == prepared {
 		m.st = serving
 	}

@@ -146,8 +146,8 @@ type child struct {
 	canPrepare bool
 	commit     *os.File
 	prepared   time.Time
-	held   []storeOp  // its changes of the fd store while it starts, applied when it takes over
-	pidfd  *os.File   // the pidfd it was started with (nil in the state machine's tests)
+	held       []storeOp // its changes of the fd store while it starts, applied when it takes over
+	pidfd      *os.File  // the pidfd it was started with (nil in the state machine's tests)
 }
 
 // event is what the state goroutine consumes.

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -15,13 +16,18 @@ import (
 	"github.com/seed-a7250cfa/handover/internal/proc"
 )
 
-// ask sends one request and reads the answer.
-func ask(path, req string, timeout time.Duration) (control.Response, error) {
+// ask sends one request at the moment at (at once for a zero at) and reads the
+// answer, within timeout of sending it.
+func ask(path, req string, at time.Time, timeout time.Duration) (control.Response, error) {
+	if !at.IsZero() {
+		waitUntil(at.Add(-dialAhead))
+	}
 	c, err := net.DialTimeout("unix", path, 5*time.Second)
 	if err != nil {
 		return control.Response{}, explainDial(path, err)
 	}
 	defer c.Close()
+	waitUntil(at)
 	c.SetDeadline(time.Now().Add(timeout))
 	if _, err := io.WriteString(c, req+"\n"); err != nil {
 		// The service answers a peer it refuses at once and closes without reading
@@ -82,11 +88,15 @@ var done = map[string]string{
 	"abort":   "aborted: PID %d, generation %d\n",
 }
 
-// upgradeStep runs cmd, which asks for req (see steps), and waits for the outcome.
-func upgradeStep(cmd, req, path string, timeout time.Duration, stdout, stderr io.Writer) int {
+// upgradeStep runs cmd, which asks for req (see steps) at the moment at (at once
+// for a zero at), and waits for the outcome.
+func upgradeStep(cmd, req, path string, at time.Time, timeout time.Duration, stdout, stderr io.Writer) int {
 	deadline := time.Now().Add(timeout)
+	if at.After(time.Now()) {
+		deadline = at.Add(timeout)
+	}
 	for attempt := 0; ; attempt++ {
-		resp, err := ask(path, req, time.Until(deadline))
+		resp, err := ask(path, req, at, time.Until(deadline))
 		if errors.Is(err, errTimedOut) {
 			fmt.Fprintf(stderr, "handover %s: no outcome within %s: the %s may still be in progress (see handover status -control %s); raise -timeout above the service's upgrade timeout\n", cmd, timeout.Round(time.Millisecond), what[cmd], path)
 			return 1
@@ -124,4 +134,49 @@ func printableLines(s string) string {
 		lines[i] = proc.Printable(l)
 	}
 	return strings.Join(lines, "\n")
+}
+
+// dialAhead is how long before a -at moment the command connects; the request goes
+// at the moment itself.
+const dialAhead = 200 * time.Millisecond
+
+// waitUntil returns at t, at once for a zero or past t. It sleeps until just before
+// and spins the rest: late by microseconds, not by the millisecond or so the
+// runtime's timers may add.
+func waitUntil(t time.Time) {
+	if t.IsZero() {
+		return
+	}
+	if d := time.Until(t) - time.Millisecond; d > 0 {
+		time.Sleep(d)
+	}
+	for time.Now().Before(t) {
+	}
+}
+
+// maxAt bounds how far ahead -at may be: a prepared generation waits for its commit
+// only so long (5 minutes by default).
+const maxAt = time.Hour
+
+// parseAt parses -at: an RFC 3339 time (2030-01-02T15:04:05.250Z) or, as date(1)
+// takes it, @UNIX_SECONDS with an optional fraction (@1893596645.25). A moment more
+// than an hour after now is refused; one already past is now.
+func parseAt(s string, now time.Time) (time.Time, error) {
+	var at time.Time
+	if secs, ok := strings.CutPrefix(s, "@"); ok {
+		f, err := strconv.ParseFloat(secs, 64)
+		if err != nil || f <= 0 {
+			return at, fmt.Errorf("-at %q: want @UNIX_SECONDS (e.g. @%d) or an RFC 3339 time (e.g. %s)", s, now.Unix()+10, now.Add(10*time.Second).UTC().Format(time.RFC3339))
+		}
+		at = time.Unix(0, int64(f*1e9))
+	} else {
+		var err error
+		if at, err = time.Parse(time.RFC3339Nano, s); err != nil {
+			return at, fmt.Errorf("-at %q: want an RFC 3339 time (e.g. %s) or @UNIX_SECONDS", s, now.Add(10*time.Second).UTC().Format(time.RFC3339))
+		}
+	}
+	if at.Sub(now) > maxAt {
+		return at, fmt.Errorf("-at %s is %s from now: more than %s (a prepared generation waits for its commit only so long)", s, at.Sub(now).Round(time.Second), maxAt)
+	}
+	return at, nil
 }

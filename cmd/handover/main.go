@@ -27,11 +27,14 @@
 //	    runs its start-up up to Ready, then waits without accepting; the old one
 //	    serves alone. Exits 0 and prints the new PID once it is ready and waiting;
 //	    exits 1 with the reason if it failed (the old generation serves on).
-//	handover commit [-control PATH] [-timeout D]
+//	handover commit [-control PATH] [-timeout D] [-at TIME]
 //	    Make the prepared generation serve: it starts accepting, the old one stops
 //	    accepting and drains (under systemd MAINPID=, BARRIER=1 and the watchdog move
 //	    now). Exits 0 once the switch is made. Nothing starts at this moment: the
-//	    switch itself takes well under a millisecond.
+//	    switch itself takes well under a millisecond. With -at (an RFC 3339 time, or
+//	    @UNIX_SECONDS, within the hour) it connects first and sends the commit at
+//	    that moment: the instances of a fleet switch together, whatever the
+//	    orchestrator's own delays (within the hosts' clock sync).
 //	handover abort [-control PATH] [-timeout D]
 //	    End the prepared generation (or the one being prepared) without it having
 //	    served; exits 0 once it is dead. A prepared generation that waits longer than
@@ -63,7 +66,7 @@ const usage = `usage:
   handover reload [-control PATH] [-timeout DURATION]
   handover status [-control PATH] [-json] [-timeout DURATION]
   handover prepare [-control PATH] [-timeout DURATION]   start the new generation; it waits
-  handover commit [-control PATH] [-timeout DURATION]    make the prepared generation serve
+  handover commit [-control PATH] [-timeout DURATION] [-at TIME]   make the prepared generation serve
   handover abort [-control PATH] [-timeout DURATION]     end the prepared generation
 
 The control socket is -control or $HANDOVER_CONTROL. handover run -h lists its flags.
@@ -167,6 +170,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	path := fl.String("control", os.Getenv(controlEnv), "path of the service's control socket")
 	var timeout *time.Duration
 	var asJSON *bool
+	var at *string
+	if cmd == "commit" {
+		at = fl.String("at", "", "commit at this moment: an RFC 3339 time or @UNIX_SECONDS (within the hour); a fleet's instances then switch together")
+	}
 	if isStep {
 		timeout = fl.Duration("timeout", 2*time.Minute, "how long to wait for the outcome")
 	} else {
@@ -188,7 +195,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if isStep {
-		return upgradeStep(cmd, req, *path, *timeout, stdout, stderr)
+		var when time.Time
+		if at != nil && *at != "" {
+			var err error
+			if when, err = parseAt(*at, time.Now()); err != nil {
+				fmt.Fprintf(stderr, "handover %s: %v\n", cmd, err)
+				return 2
+			}
+		}
+		return upgradeStep(cmd, req, *path, when, *timeout, stdout, stderr)
 	}
 	return status(*path, *timeout, *asJSON, stdout, stderr)
 }

@@ -5,6 +5,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -31,6 +32,7 @@ type fakeService struct {
 	outcomes []control.Outcome // one per upgrade request; the last repeats
 	asked    int
 	reqs     []string      // the requests of an upgrade's, in order
+	when     []time.Time   // when each came
 	block    chan struct{} // if not nil, an upgrade waits for it to close
 }
 
@@ -43,6 +45,7 @@ func (f *fakeService) Status() (wire.Status, error) {
 func (f *fakeService) Upgrade(req string) control.Outcome {
 	f.mu.Lock()
 	f.reqs = append(f.reqs, req)
+	f.when = append(f.when, time.Now())
 	block := f.block
 	o := f.outcomes[min(f.asked, len(f.outcomes)-1)]
 	f.asked++
@@ -333,5 +336,32 @@ func TestUpgradeSteps(t *testing.T) {
 	_, stderr, code := handover(t, "commit", "-control", serve(t, refused))
 	if code != 1 || stderr != "handover commit: commit failed: upgrade refused: no prepared child: run handover prepare first\n" {
 		t.Errorf("a refused commit: exit %d, %q", code, stderr)
+	}
+}
+
+// TestCommitAt: commit -at sends the commit at that moment (it connects first), not
+// before; a moment past is now; a bad or far moment is a usage error.
+func TestCommitAt(t *testing.T) {
+	f := &fakeService{outcomes: []control.Outcome{{PID: 77, Generation: 3}}}
+	path := serve(t, f)
+	at := time.Now().Add(300 * time.Millisecond)
+	stamp := fmt.Sprintf("@%d.%09d", at.Unix(), at.Nanosecond())
+	if out, stderr, code := handover(t, "commit", "-control", path, "-at", stamp); code != 0 || !strings.HasPrefix(out, "committed: PID 77") {
+		t.Fatalf("commit -at: exit %d, %q %q", code, out, stderr)
+	}
+	if got := f.when[0]; got.Before(at) {
+		t.Errorf("the commit came %v before -at", at.Sub(got))
+	}
+	past := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano)
+	if _, stderr, code := handover(t, "commit", "-control", path, "-at", past); code != 0 || len(f.reqs) != 2 {
+		t.Errorf("commit -at in the past: exit %d, %q", code, stderr)
+	}
+	for _, bad := range []string{"soon", "@x", "@-5", time.Now().Add(2 * time.Hour).Format(time.RFC3339)} {
+		if _, stderr, code := handover(t, "commit", "-control", path, "-at", bad); code != 2 || !strings.Contains(stderr, "-at") {
+			t.Errorf("commit -at %q: exit %d, %q", bad, code, stderr)
+		}
+	}
+	if _, stderr, code := handover(t, "prepare", "-control", path, "-at", stamp); code != 2 || !strings.Contains(stderr, "not defined: -at") {
+		t.Errorf("prepare -at: exit %d, %q", code, stderr)
 	}
 }

@@ -13,7 +13,7 @@ import (
 )
 
 func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.Writer) int {
-	resp, err := ask(path, control.Status, timeout)
+	resp, err := ask(path, control.Status, time.Time{}, timeout)
 	if errors.Is(err, errTimedOut) {
 		err = fmt.Errorf("no answer from %s within %s", path, timeout.Round(time.Millisecond))
 	}

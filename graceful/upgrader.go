@@ -26,10 +26,10 @@ import (
 
 // Upgrader runs one process's part in a line of generations: it hands out listeners
 // (inherited or bound), tells its parent or the service manager when the process is
-// ready, upgrades on SIGUSR2, Upgrade or `handover reload`, drains every Server and
-// Drainer of the process when a new generation has taken over or the process is
-// asked to stop (SIGTERM, SIGINT, Stop), and says through Wait when the process may
-// exit.
+// ready, upgrades on SIGUSR2, Upgrade or `handover reload` (or in two phases:
+// Prepare, then Commit), drains every Server and Drainer of the process when a new
+// generation has taken over or the process is asked to stop (SIGTERM, SIGINT, Stop),
+// and says through Wait when the process may exit.
 //
 // A process has one Upgrader: New makes it, and a Server or ListenAndServe uses it
 // (or makes one with the zero Config if New was not called).
@@ -338,9 +338,11 @@ type readiness struct {
 // descriptors nobody claimed are closed. A first generation writes the PID file and
 // tells the service manager READY=1. A later generation tells its parent, which
 // tells the service manager that this process is now the main one and stops
-// accepting; then it writes the PID file. Ready returns an error if the parent
-// abandoned the upgrade (it is about to kill this process). Later calls return what
-// the first returned.
+// accepting; then it writes the PID file. In a prepared generation (see Prepare)
+// Ready returns only once it is committed, and the listeners of its Servers and
+// Drainers accept from then on. Ready returns an error if the parent abandoned the
+// upgrade, or aborted the prepared generation (it is about to kill this process).
+// Later calls return what the first returned.
 func (u *Upgrader) Ready() error {
 	u.ready.mu.Lock()
 	defer u.ready.mu.Unlock()

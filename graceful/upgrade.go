@@ -238,7 +238,11 @@ func (m *machine) handedOver(e attemptEnded) {
 	m.main = false
 	m.set.KeepFiles()
 	m.stopWatchdog()
-	m.log.Info("handed over", "event", "handed_over", "to", a.ready, "took", m.clock.Now().Sub(a.started).Round(time.Microsecond).String(), "replacement", a.replacement)
+	took := m.clock.Now().Sub(a.started)
+	if !a.committed.IsZero() {
+		took = m.clock.Now().Sub(a.committed) // a two-phase upgrade's: the commit's
+	}
+	m.log.Info("handed over", "event", "handed_over", "to", a.ready, "took", took.Round(time.Microsecond).String(), "replacement", a.replacement)
 	m.reply(a, upgradeResult{pid: a.ready})
 	m.keepRelaying(e.g)
 	m.watchSuccessor(e.g, a.ready)

@@ -21,14 +21,7 @@ func runFleet(t *testing.T, ctls []string) (string, int) {
 	t.Helper()
 	cmd := exec.Command("/bin/sh", append([]string{fleetScript}, ctls...)...)
 	cmd.Env = cleanEnv("HANDOVER=" + proc.Binary(t, handoverPkg))
-	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return string(out), ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(out), 0
+	return combined(t, cmd)
 }
 
 // TestFleet: three independent instances (three ports, three control sockets)

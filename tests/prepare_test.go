@@ -30,15 +30,21 @@ func localCLI(t testing.TB) cli {
 		t.Helper()
 		cmd := exec.Command(bin, args...)
 		cmd.Env = cleanEnv()
-		out, err := cmd.CombinedOutput()
-		if ee, ok := err.(*exec.ExitError); ok {
-			return string(out), ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), 0
+		return combined(t, cmd)
 	}
+}
+
+// combined runs cmd and returns its combined output and exit code.
+func combined(t testing.TB, cmd *exec.Cmd) (string, int) {
+	t.Helper()
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
 }
 
 // step runs `handover VERB -control ctl`, which must exit 0 and print "<done>: PID

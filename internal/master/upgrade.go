@@ -136,7 +136,11 @@ func (m *machine) takeOver(c *child, via string) {
 		if old != nil {
 			from = old.pid
 		}
-		m.log.Info("handed over", "event", "handed_over", "from", from, "to", c.pid, "gen", c.gen, "took", time.Since(up.started).Round(time.Microsecond).String())
+		took := time.Since(up.started)
+		if !up.committed.IsZero() {
+			took = time.Since(up.committed) // a two-phase upgrade's: the commit's
+		}
+		m.log.Info("handed over", "event", "handed_over", "from", from, "to", c.pid, "gen", c.gen, "took", took.Round(time.Microsecond).String())
 	}
 	// systemd first, then whoever asked: when `handover reload` (ExecReload=) returns,
 	// systemd has the new status (it reads notifications before SIGCHLD).

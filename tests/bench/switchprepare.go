@@ -27,6 +27,9 @@ func init() {
 		prepareApproach("handover-prep", "handover: prepare, then handover commit (timed)",
 			"handover commit -control PATH (a CGO_ENABLED=0 build; its own start is timed); handover prepare ran before, untimed",
 			func(s *ctlServer) error { return s.commitCommand(staticHandover) }),
+		prepareApproach("handover-prep-cgo", "handover: prepare, then handover commit, default build (timed)",
+			"handover commit -control PATH (the build the bench makes: cgo, dynamically linked; its own start is timed); handover prepare ran before, untimed",
+			func(s *ctlServer) error { return s.commitCommand(builtHandover) }),
 		prepareApproach("handover-prep-sock", "handover: prepare, then commit on the socket (timed)",
 			"the commit request, written by the bench on the control socket (no process starts); handover prepare ran before, untimed",
 			func(s *ctlServer) error { return s.commitOnSocket() }),
@@ -67,6 +70,9 @@ func staticHandover(e *env) (string, error) {
 	})
 	return staticBin, staticErr
 }
+
+// builtHandover is the handover command the bench built with the servers.
+func builtHandover(e *env) (string, error) { return filepath.Join(e.bin, "handover"), nil }
 
 var (
 	staticOnce sync.Once

@@ -88,6 +88,8 @@ func (m *machine) commit(trigger string, reply func(upgradeResult)) {
 	if m.st != prepared {
 		reason, moved, err := "not_prepared", 0, errNoPrepared
 		switch {
+		case m.st == upgrading && a != nil && a.prepare && !a.committed.IsZero():
+			reason, err = "in_progress", ErrUpgradeInProgress // committed already
 		case m.st == upgrading && a != nil && a.prepare && !a.abandoned:
 			err = errPreparing
 		case m.nextPID != 0 && (m.st == draining || m.st == exited):
@@ -114,6 +116,10 @@ func (m *machine) abort(trigger string, reply func(upgradeResult)) {
 	a := m.att
 	if a == nil || !a.prepare || a.abandoned || (m.st != prepared && m.st != upgrading) {
 		m.refuse(trigger, "not_prepared", 0, errNoPrepared, reply)
+		return
+	}
+	if !a.committed.IsZero() {
+		m.refuse(trigger, "in_progress", 0, errors.New("graceful: the prepared generation is being committed: too late to abort it"), reply)
 		return
 	}
 	if reply != nil {

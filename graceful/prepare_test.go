@@ -102,6 +102,13 @@ func TestPrepareCommit(t *testing.T) {
 	if !w.logged("commit", fmt.Sprintf("child=%d", g.pid())) {
 		t.Fatal("no commit logged")
 	}
+	// Committing: too late to abort, and one commit is enough.
+	if r := w.ask(stepAbort); r.r.err == nil || !w.logged("upgrade_refused", "reason=in_progress") {
+		t.Fatalf("Abort while committing: %+v", r)
+	}
+	if r := w.ask(stepCommit); !errors.Is(r.r.err, ErrUpgradeInProgress) {
+		t.Fatalf("a second Commit: %+v", r)
+	}
 	h, err := decodeHistory(g.ch.expect(t, handoff.History).Text)
 	if err != nil || len(h.Records) != 1 || h.Records[0].Prepared.IsZero() {
 		t.Fatalf("history handed over: %+v, %v", h, err)

@@ -95,6 +95,9 @@ func (m *machine) onPrepared(c *child, waits bool) {
 		m.cannotPrepare(c)
 		return
 	}
+	if !c.prepared.IsZero() {
+		return // said READY=1 again
+	}
 	c.stopTimers()
 	c.prepared = time.Now()
 	m.state = statePrepared

@@ -98,6 +98,11 @@ func TestMachinePrepareCommit(t *testing.T) {
 	if f.pending(timerReadyTimeout, cand) != nil || f.pending(timerPrepare, cand) == nil {
 		t.Fatal("while prepared: the ready timeout runs on, or no prepare timeout")
 	}
+	timers := len(f.timers)
+	f.notify(cand, Field{"READY", "1"}, Field{handoff.NotifyField, handoff.Prepared}) // said again
+	if len(f.timers) != timers || f.m.state != statePrepared {
+		t.Fatal("a second READY=1 of the prepared child changed something")
+	}
 	if r := <-f.upgrade(); !strings.Contains(errText(r.Err), "prepared child") {
 		t.Fatalf("upgrade while prepared: %+v", r)
 	}

@@ -38,6 +38,8 @@ const (
 	// probation, so that a build that dies moments after taking over is caught
 	// the same way whichever way the process runs.
 	defaultProbation = 10 * time.Second
+	// defaultPrepareTimeout is Config.PrepareTimeout's default.
+	defaultPrepareTimeout = 5 * time.Minute
 )
 
 // Config configures the process's Upgrader. The zero Config is usable.
@@ -53,6 +55,11 @@ type Config struct {
 	// UpgradeTimeout bounds how long a new generation may take to become ready.
 	// Zero means 30 seconds.
 	UpgradeTimeout time.Duration
+	// PrepareTimeout bounds how long a prepared new generation (Upgrader.Prepare,
+	// `handover prepare`) waits for its commit: past it, it is aborted (killed
+	// without having served; logged: event=upgrade_aborted, cause=prepare_timeout)
+	// and this process serves on. Zero means 5 minutes.
+	PrepareTimeout time.Duration
 	// DrainTimeout is the drain deadline, after which connections still open are
 	// force-closed (a Server may set its own). Zero means 30 seconds.
 	DrainTimeout time.Duration
@@ -202,6 +209,9 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = defaultDrainTimeout
+	}
+	if cfg.PrepareTimeout <= 0 {
+		cfg.PrepareTimeout = defaultPrepareTimeout
 	}
 	if cfg.MaxDraining <= 0 {
 		cfg.MaxDraining = defaultMaxDraining

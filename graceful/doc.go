@@ -27,6 +27,15 @@
 // s by default, without a service manager): the old process, drained or not, stands
 // by until then and serves again.
 //
+// An upgrade may also run in two phases (prepare.go): Upgrader.Prepare (or `handover
+// prepare`) starts the new generation, which inherits the sockets, loads the state
+// and the TLS keys and runs its start-up up to Ready, then waits without accepting
+// while this process serves alone; Commit (`handover commit`) makes it serve, as an
+// upgrade does once its new generation is ready, in well under a millisecond since
+// nothing starts then; Abort (`handover abort`), or Config.PrepareTimeout, ends it
+// without it having served. Under a `handover run` master, the master prepares and
+// commits its library children the same way.
+//
 // Beside the sockets, each generation hands the next what would otherwise start cold:
 // its TLS session-ticket keys, so that clients resume their sessions with the new
 // generation instead of a full handshake (a Server's ServeTLS uses them; for a

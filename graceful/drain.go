@@ -159,14 +159,17 @@ func (d *Drainer) Listener(l net.Listener) net.Listener {
 	}
 	adopt := !d.server && !d.adopted
 	d.mu.Unlock()
+	u := processUpgrader()
+	if u == nil || !u.set.Holds(l) {
+		return tl
+	}
+	tl.held = u.held
 	if adopt {
-		if u := processUpgrader(); u != nil && u.set.Holds(l) {
-			d.mu.Lock()
-			adopt, d.adopted = !d.adopted, true
-			d.mu.Unlock()
-			if adopt {
-				u.adopt(&target{d: d})
-			}
+		d.mu.Lock()
+		adopt, d.adopted = !d.adopted, true
+		d.mu.Unlock()
+		if adopt {
+			u.adopt(&target{d: d})
 		}
 	}
 	return tl
@@ -497,6 +500,7 @@ type listener struct {
 	wake    chan struct{} // closed and replaced by restart; guarded by d.mu
 	closed  atomic.Bool   // closed for good (by the application or a drain)
 	byDrain atomic.Bool   // closed by a drain; set before closed
+	held    chan struct{} // a prepared generation's: no Accept before it is closed
 }
 
 // stop interrupts an Accept in progress without closing the socket; false if the
@@ -540,6 +544,13 @@ func (l *listener) Accept() (net.Conn, error) {
 				return nil, net.ErrClosed
 			}
 			continue
+		}
+		if l.held != nil {
+			select {
+			case <-l.held: // committed
+			case <-wake:
+				continue // closed, or a drain ended
+			}
 		}
 		l.d.accepting.Add(1)
 		c, err := l.Listener.Accept()

@@ -22,6 +22,8 @@ var events = []string{
 	"reserve_failed", "resumed", "signal_ignored", "start", "stop", "stop_ignored",
 	"successor_died", "successor_retired", "too_many_draining", "upgrade_deferred",
 	"upgrade_failed", "upgrade_refused", "upgrade_start",
+	// Two-phase upgrades (prepare.go).
+	"prepared", "commit", "upgrade_aborted",
 	// The control socket's server (internal/control), with the Upgrader's logger.
 	"control_abandoned", "control_accept_failed", "control_bad_request", "control_busy",
 	// TLS session-ticket keys and application state (keycarrier.go, appstate.go).

@@ -48,7 +48,11 @@ import (
 //
 //	¹ SIGUSR2, Upgrade, or `handover reload` on the control socket. Refused (logged,
 //	  returned) unless serving; refused as PID 1 of a PID namespace without a service
-//	  manager, under a `handover run` master, and on systems other than Linux.
+//	  manager, under a `handover run` master, and on systems other than Linux. A
+//	  two-phase upgrade (Prepare, `handover prepare`; prepare.go) waits in prepared
+//	  between "ready" and the go-ahead: the new generation does not accept, this
+//	  process serves alone; Commit goes on as an upgrade does (upgrading, then
+//	  draining), Abort and PrepareTimeout end it as a failed attempt (serving).
 //	² The new generation exited, reported an error, closed the channel, sent
 //	  something unexpected, was not ready within UpgradeTimeout, could not be
 //	  started, or the handover could not be confirmed: it is killed (and reaped when
@@ -79,6 +83,7 @@ const (
 	starting state = iota
 	serving
 	upgrading
+	prepared // a two-phase upgrade's new generation is ready and waits for its commit
 	draining
 	stopping
 	exited
@@ -86,7 +91,7 @@ const (
 
 // String returns the state's name as Status shows it.
 func (s state) String() string {
-	return [...]string{"starting", "serving", "upgrading", "draining", "stopping", "exited"}[s]
+	return [...]string{"starting", "serving", "upgrading", "prepared", "draining", "stopping", "exited"}[s]
 }
 
 // ErrUpgradeInProgress is returned by Upgrade when an upgrade is already under way.
@@ -193,6 +198,7 @@ type (
 	}
 	upgradeRequest struct {
 		trigger string
+		step    step // an upgrade, or a step of a two-phase one (prepare.go)
 		reply   func(upgradeResult)
 	}
 	stopRequest struct {
@@ -208,7 +214,7 @@ type (
 
 func (e signalEvent) handle(m *machine)    { m.onSignal(e.sig) }
 func (e readyEvent) handle(m *machine)     { m.onReady(e) }
-func (e upgradeRequest) handle(m *machine) { m.beginUpgrade(e.trigger, e.reply) }
+func (e upgradeRequest) handle(m *machine) { m.onUpgradeRequest(e) }
 func (e stopRequest) handle(m *machine)    { m.stop(e.why); close(e.done) }
 func (e statusRequest) handle(m *machine)  { e.reply <- m.status() }
 func (e metricsRequest) handle(m *machine) { e.reply <- m.metrics() }
@@ -255,7 +261,7 @@ func (m *machine) onReady(ev readyEvent) {
 	}
 	m.writePIDFile()
 	if !ev.child {
-		m.notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+		m.notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()) + m.canPrepare())
 	}
 	m.startWatchdog()
 	m.storeFDs()
@@ -308,6 +314,8 @@ func (m *machine) refusal() (reason string, moved int, err error) {
 		return "not_ready", 0, errNotReady
 	case m.st == upgrading:
 		return "in_progress", 0, ErrUpgradeInProgress
+	case m.st == prepared:
+		return "prepared", 0, fmt.Errorf("graceful: a prepared generation (PID %d) waits for its commit: commit it (Commit, handover commit) or abort it (Abort, handover abort) first", m.att.ready)
 	case m.nextPID != 0 && (m.st == draining || m.st == exited):
 		return "handed_over", m.nextPID, fmt.Errorf("graceful: this process has handed over to PID %d; ask that one", m.nextPID)
 	case m.st == draining || m.st == stopping || m.st == exited:
@@ -342,7 +350,7 @@ func (m *machine) stop(why string) {
 		m.makeFinal()
 		m.endProbation("stop")
 		return
-	case upgrading:
+	case upgrading, prepared:
 		m.abandonAttempt()
 	}
 	m.st = stopping
@@ -448,7 +456,9 @@ func (m *machine) status() Status {
 		s.LastError = m.lastErr.Error()
 	}
 	s.Connections = m.connections()
-	if a := m.att; a != nil && !a.abandoned {
+	if a := m.att; a != nil && !a.abandoned && m.st == prepared {
+		s.Prepared = a.ready
+	} else if a != nil && !a.abandoned {
 		s.Upgrading = a.pid
 	}
 	s.OlderDraining = m.line.above

@@ -78,6 +78,8 @@ func (u *Upgrader) readInit(p *handoff.Channel) error {
 			u.m.historyIn = &m.Text
 		case handoff.Above:
 			u.m.line.above = m.N
+		case handoff.Prepare:
+			u.hold() // a two-phase upgrade's: no accepting before "main"
 		default:
 			if !takeCarried(u.ext.carriers, m, carry.Initial) {
 				closeFiles(m.Files)

@@ -12,7 +12,8 @@ import "github.com/seed-a7250cfa/handover/internal/wire"
 //   - Generation (generation): 1 for the first process of a line, n+1 for one
 //     started by n.
 //   - State (state): "starting", "serving", "upgrading" (a new generation is
-//     starting), "draining" (a new generation took over; this one finishes its
+//     starting), "prepared" (a prepared new generation waits for its commit; this
+//     one serves), "draining" (a new generation took over; this one finishes its
 //     connections, then stands by for the new one's probation), "stopping"
 //     (draining after SIGTERM) or "exited" (drained; Wait has returned).
 //   - Executable (executable): the program the next upgrade starts.
@@ -22,6 +23,8 @@ import "github.com/seed-a7250cfa/handover/internal/wire"
 //   - Connections (connections): the open connections of every Server and Drainer,
 //     by state (ConnCounts).
 //   - Upgrading (upgrading): the PID of the new generation being started, or 0.
+//   - Prepared (prepared): the PID of the prepared new generation (Prepare), ready
+//     and not accepting until Commit, or 0.
 //   - LastError (last_error): why the last upgrade failed, if it did (cleared by a
 //     successful one).
 //   - OlderDraining (older_draining): the older generations still draining (one
@@ -72,14 +75,19 @@ type ConnCounts = wire.ConnCounts
 //   - From, To (from, to): the old and the new generation's PIDs (To is 0 if none
 //     started); Generation (generation): the new one's number.
 //   - Outcome (outcome): "ok" (it took over), "failed" (it never did; the old one
-//     serves on), "abandoned" (a stop came first) or "died" (it took over, then died
+//     serves on), "abandoned" (a stop came first), "died" (it took over, then died
 //     while the old one drained or stood by for its probation: the old one served
-//     again, or started its own build in its place).
+//     again, or started its own build in its place) or "aborted" (a prepared
+//     generation ended by Abort or the prepare timeout).
 //   - Reason (reason): why it failed or died: "exited", "timeout", "start"... (the
 //     cause of the upgrade_failed log line); Error (error): the whole message;
 //     Stderr (stderr): the new process's last lines on its standard error.
 //   - HandoverSeconds (handover_seconds): from the request to the new generation
-//     being ready and confirmed (MAINPID= under systemd).
+//     being ready and confirmed (MAINPID= under systemd); for a two-phase upgrade,
+//     from the commit to the new generation taking over.
+//   - A two-phase upgrade's (Prepare, then Commit): Prepared (prepared), when the new
+//     generation was ready and waiting, PrepareSeconds (prepare_seconds), from Start
+//     to then, and Committed (committed), when the commit came (zero if none did).
 //   - The old generation's drain, once it is over (Drained, drained): how long it
 //     took (DrainSeconds, drain_seconds), how many connections closed by
 //     themselves (ConnsClosed, conns_closed) and how many were force-closed

@@ -26,10 +26,10 @@ import (
 
 // Upgrader runs one process's part in a line of generations: it hands out listeners
 // (inherited or bound), tells its parent or the service manager when the process is
-// ready, upgrades on SIGUSR2, Upgrade or `handover reload`, drains every Server and
-// Drainer of the process when a new generation has taken over or the process is
-// asked to stop (SIGTERM, SIGINT, Stop), and says through Wait when the process may
-// exit.
+// ready, upgrades on SIGUSR2, Upgrade or `handover reload` (or in two phases:
+// Prepare, then Commit), drains every Server and Drainer of the process when a new
+// generation has taken over or the process is asked to stop (SIGTERM, SIGINT, Stop),
+// and says through Wait when the process may exit.
 //
 // A new generation that dies after it took over, while this process drains or, once
 // drained, stands by for the new generation's probation (Config.Probation; without a
@@ -64,6 +64,10 @@ type Upgrader struct {
 	parent  parentLink     // until Ready
 	pipeSig chan os.Signal // SIGPIPE, while fd 2 is the parent's pipe
 	ctl     net.Listener   // the control socket, served once ready
+	// A prepared generation's (prepare.go): held is closed once it is committed
+	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
+	held       chan struct{}
+	commitPipe *os.File
 }
 
 var (
@@ -144,6 +148,7 @@ func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
 	u.exit, u.done = u.m.exit, u.m.done
 	u.ext = u.newCarried()
 	u.holdStderr()
+	u.openPrepare()
 	if p := u.parent.get(); p != nil {
 		if err := u.readInit(p); err != nil {
 			return u, err
@@ -346,9 +351,11 @@ type readiness struct {
 // descriptors nobody claimed are closed. A first generation writes the PID file and
 // tells the service manager READY=1. A later generation tells its parent, which
 // tells the service manager that this process is now the main one and stops
-// accepting; then it writes the PID file. Ready returns an error if the parent
-// abandoned the upgrade (it is about to kill this process). Later calls return what
-// the first returned.
+// accepting; then it writes the PID file. In a prepared generation (see Prepare)
+// Ready returns only once it is committed, and the listeners of its Servers and
+// Drainers accept from then on. Ready returns an error if the parent abandoned the
+// upgrade, or aborted the prepared generation (it is about to kill this process).
+// Later calls return what the first returned.
 func (u *Upgrader) Ready() error {
 	u.ready.mu.Lock()
 	defer u.ready.mu.Unlock()
@@ -372,7 +379,13 @@ func (u *Upgrader) Ready() error {
 		if upstream != nil {
 			ev.upstream = upstream
 		}
+	} else if u.commitPipe != nil {
+		if err := u.awaitCommit(); err != nil {
+			u.ready.err = err
+			return err
+		}
 	}
+	u.release() // a prepared generation was committed: it accepts
 	done := make(chan struct{})
 	ev.done = done
 	u.post(ev)
@@ -468,19 +481,7 @@ func (u *Upgrader) Wait() error {
 // Upgrades are not supported on systems other than Linux: the error wraps
 // errors.ErrUnsupported.
 func (u *Upgrader) Upgrade(ctx context.Context) (int, error) {
-	select {
-	case r := <-u.upgrade("API"):
-		return r.pid, r.err
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-}
-
-// upgrade asks the machine for an upgrade; the outcome comes on the channel.
-func (u *Upgrader) upgrade(trigger string) <-chan upgradeResult {
-	res := make(chan upgradeResult, 1)
-	u.post(upgradeRequest{trigger: trigger, reply: func(r upgradeResult) { res <- r }})
-	return res
+	return u.wait(ctx, u.ask(stepUpgrade, "API"))
 }
 
 // Stop makes the process stop as on SIGTERM: it stops accepting and drains, and

@@ -10,6 +10,8 @@
 //	-pidfile PATH           write the current generation's PID here
 //	-drain-timeout D        force-close connections still open D after draining starts
 //	-upgrade-timeout D      give up on a new generation not ready within D
+//	-prepare-timeout D      abort a prepared generation (handover prepare) not committed
+//	                        within D (default 5m)
 //	-message TEXT           included in every answer, to show which build answers
 //	-control PATH           serve `handover reload`/`handover status` on this unix socket
 //	                        (unless a socket named handover-control is passed)
@@ -90,6 +92,7 @@ func main() {
 	pidfile := flag.String("pidfile", "", "write the current generation's PID to this file")
 	drain := flag.Duration("drain-timeout", 30*time.Second, "force-close connections still open this long after draining starts")
 	upgrade := flag.Duration("upgrade-timeout", 30*time.Second, "give up on a new generation that is not ready within this time")
+	prepare := flag.Duration("prepare-timeout", 5*time.Minute, "abort a prepared generation (handover prepare) that is not committed within this time")
 	grace := flag.Duration("keepalive-grace", time.Second, "how long idle keep-alive connections may send one more request while draining")
 	message := flag.String("message", "hello", "text included in every answer, to show which build answers")
 	controlPath := flag.String("control", "", "path of the control socket for `handover reload` and `handover status`")
@@ -114,6 +117,7 @@ func main() {
 		Logger:         log,
 		PIDFile:        *pidfile,
 		UpgradeTimeout: *upgrade,
+		PrepareTimeout: *prepare,
 		DrainTimeout:   *drain,
 		ControlSocket:  *controlPath,
 		FDStore:        *fdstore,

@@ -13,7 +13,7 @@ import (
 )
 
 func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.Writer) int {
-	resp, err := ask(path, control.Status, timeout)
+	resp, err := ask(path, control.Status, time.Time{}, timeout)
 	if errors.Is(err, errTimedOut) {
 		err = fmt.Errorf("no answer from %s within %s", path, timeout.Round(time.Millisecond))
 	}
@@ -56,6 +56,9 @@ func printStatus(w io.Writer, s *wire.Status) {
 	if s.Upgrading != 0 {
 		fmt.Fprintf(w, "Upgrading:   new generation PID %d starting\n", s.Upgrading)
 	}
+	if s.Prepared != 0 {
+		fmt.Fprintf(w, "Prepared:    new generation PID %d, ready and not accepting: handover commit makes it serve, handover abort ends it\n", s.Prepared)
+	}
 	fmt.Fprintf(w, "Executable:  %s\n", s.Executable)
 	fmt.Fprintf(w, "Systemd:     %v\n", s.Systemd)
 	for i, l := range s.Listeners {
@@ -91,9 +94,11 @@ func printStatus(w io.Writer, s *wire.Status) {
 
 // printUpgrades lists the last upgrades of a status (the library's or a handover
 // run master's), one line each: when it was asked for, its trigger, its outcome, the
-// PIDs from and to, the handover and the old generation's drain in milliseconds, and
-// the reason when it failed or died (or why the drain was cut short: a master
-// killed the old child, a library process force-closed its connections).
+// PIDs from and to, the handover (a two-phase upgrade's: its commit's) and the old
+// generation's drain in milliseconds, the reason when it failed or died (or why the
+// drain was cut short: a master killed the old child, a library process force-closed
+// its connections), and for a two-phase upgrade its prepare's time and the wait for
+// its commit.
 func printUpgrades(w io.Writer, ups []wire.Upgrade, master bool) {
 	if len(ups) > 10 {
 		ups = ups[len(ups)-10:]
@@ -132,7 +137,19 @@ func printUpgrades(w io.Writer, ups []wire.Upgrade, master bool) {
 		if u.ConnsForced > 0 {
 			reason = append(reason, fmt.Sprintf("%d connections force-closed", u.ConnsForced))
 		}
+		if !u.Prepared.IsZero() {
+			reason = append(reason, twoPhase(u))
+		}
 		fmt.Fprintf(w, "  %-12s  %-14s  %-9s  %-15s  %11s  %9s  %s\n", u.Start.Local().Format("15:04:05.000"), u.Trigger, u.Outcome,
 			fmt.Sprintf("%d→%s", u.From, to), handover, drain, strings.Join(reason, ": "))
 	}
+}
+
+// twoPhase describes a two-phase upgrade's prepare and the wait for its commit.
+func twoPhase(u wire.Upgrade) string {
+	s := fmt.Sprintf("prepared in %.1fms", u.PrepareSeconds*1000)
+	if !u.Committed.IsZero() {
+		s += fmt.Sprintf(", committed %s later", u.Committed.Sub(u.Prepared).Round(time.Millisecond))
+	}
+	return s
 }

@@ -5,8 +5,9 @@ package fds
 import (
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
-	sdactivation "github.com/coreos/go-systemd/v22/activation"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
 )
@@ -19,10 +20,31 @@ func inheritProcess() (*Set, error) {
 	return inherit(osEnv{}, systemdFiles)
 }
 
-// systemdFiles takes the descriptors systemd passed, through go-systemd: the source
-// of systemd's protocol (it checks LISTEN_PID, marks them close-on-exec, names them
-// from LISTEN_FDNAMES and clears the variables).
-func systemdFiles() []*os.File { return sdactivation.Files(true) }
+// systemdFiles takes the descriptors of systemd's protocol (sd_listen_fds(3)), once
+// inherit has checked LISTEN_PID and LISTEN_FDS (and clears the variables): fds 3
+// and up, made close-on-exec, each named as LISTEN_FDNAMES names it, or
+// LISTEN_FD_<fd> when it names none, as go-systemd's activation.Files names them.
+// Done here rather than through go-systemd: its activation package brings crypto/tls
+// and a hundred packages' initialisation into every binary that links this one,
+// among them the start of `handover commit`, which is on the path of a switch.
+func systemdFiles() []*os.File {
+	n, err := strconv.Atoi(os.Getenv(handoff.ListenFDsEnv))
+	if err != nil || n <= 0 {
+		return nil
+	}
+	names := strings.Split(os.Getenv(handoff.ListenFDNamesEnv), ":")
+	files := make([]*os.File, 0, n)
+	for i := range n {
+		fd := handoff.ListenFDsStart + i
+		unix.CloseOnExec(fd)
+		name := "LISTEN_FD_" + strconv.Itoa(fd)
+		if i < len(names) && names[i] != "" {
+			name = names[i]
+		}
+		files = append(files, os.NewFile(uintptr(fd), name))
+	}
+	return files
+}
 
 // inheritedVars are the variables inherit reads, and clears.
 var inheritedVars = []string{handoff.ListenPIDEnv, handoff.ListenFDsEnv, handoff.ListenFDNamesEnv, handoff.MarkerEnv, handoff.MasterEnv, handoff.GenerationEnv, handoff.DirectEnv}
@@ -71,14 +93,13 @@ func inherit(e env, take func() []*os.File) (*Set, error) {
 		s.wrapFiles()
 		return s, nil
 	}
-	// systemd's protocol (from systemd itself or from a master's shim): go-systemd
-	// takes the descriptors.
+	// systemd's protocol (from systemd itself or from a master's shim).
 	taken := take()
 	if len(taken) != n {
 		for _, f := range taken {
 			f.Close()
 		}
-		return s, fmt.Errorf("internal error: go-systemd returned %d descriptors for %s=%d", len(taken), handoff.ListenFDsEnv, n)
+		return s, fmt.Errorf("internal error: took %d descriptors for %s=%d", len(taken), handoff.ListenFDsEnv, n)
 	}
 	for i, f := range taken {
 		s.files[i].file = f

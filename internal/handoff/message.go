@@ -20,6 +20,8 @@ import (
 //	                                      (SaveState(false), sealed memfd)
 //	                   "quic-line" + memfd, inboxes   the QUIC line's keys, and the
 //	                                      inboxes of its live generations (module quic)
+//	                   "prepare"          a two-phase upgrade's: do not accept
+//	                                      before "main" (the parent's commit)
 //	                 "end"
 //	child → parent   "ready <pid>"    serving on the inherited sockets
 //	child → parent   "error <text>"   cannot start; about to exit
@@ -71,6 +73,7 @@ const (
 	// handoverquic, in the quic module): a sealed memfd of the line's keys and
 	// the generations of the inboxes that follow it.
 	QUICLine = "quic-line"
+	Prepare  = "prepare"
 )
 
 // Message is one message of the handover channel.
@@ -114,7 +117,7 @@ func ParseMessage(line string) (Message, error) {
 		return Message{Verb: verb, N: n}, nil
 	case Error, Abort, History, State, Drained:
 		return Message{Verb: verb, Text: rest}, nil
-	case Main, Done, Current, End, Keys, Finish, QUICLine:
+	case Main, Done, Current, End, Keys, Finish, QUICLine, Prepare:
 		if rest != "" {
 			return Message{}, fmt.Errorf("handover channel: %q: %s takes no argument", clip(line), verb)
 		}

@@ -57,6 +57,22 @@ const MaxListenFDs = 4096
 // is the master's own, never passed to the child.
 const ControlName = "handover-control"
 
+// Names of a two-phase upgrade (prepare, then commit) under handover run. The master
+// passes a child it prepares the read end of a pipe among the passed descriptors,
+// named PrepareName, and on it writes CommitLine when the operator commits. A child
+// built with handover's library says with NotifyField in its sd_notify READY=1
+// that it can be prepared (CanPrepare: it does not accept before it is told to) or,
+// when it was passed the pipe, that it is ready and waits (Prepared). A program
+// that says neither (one in another language) accepts as soon as it starts: the
+// master does not prepare it.
+const (
+	PrepareName = "handover-prepare"
+	CommitLine  = "commit\n"
+	NotifyField = "X_HANDOVER"
+	CanPrepare  = "can-prepare"
+	Prepared    = "prepared"
+)
+
 // ErrUnsupported is returned where passing sockets to another process is not
 // implemented: on every system but Linux.
 var ErrUnsupported = fmt.Errorf("handing sockets to a new process is not supported on %s: %w", runtime.GOOS, errors.ErrUnsupported)

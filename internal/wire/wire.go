@@ -19,9 +19,11 @@ type Status struct {
 	// Under a master, it is the serving child's.
 	Generation int `json:"generation"`
 	// State is one of "starting", "serving", "upgrading" (a new generation is
-	// starting), "draining" (a new generation took over; this one finishes its
-	// connections), "stopping" (draining after SIGTERM) and "exited" (drained;
-	// Wait has returned). A master is starting, serving, upgrading or stopping.
+	// starting), "prepared" (a new generation is ready and waits for `handover
+	// commit`; this one serves), "draining" (a new generation took over; this one
+	// finishes its connections), "stopping" (draining after SIGTERM) and "exited"
+	// (drained; Wait has returned). A master is starting, serving, upgrading,
+	// prepared or stopping.
 	State string `json:"state"`
 	// Executable is the program the next upgrade starts.
 	Executable string `json:"executable"`
@@ -36,6 +38,9 @@ type Status struct {
 	Connections ConnCounts `json:"connections"`
 	// Upgrading is the PID of the new generation being started, or 0.
 	Upgrading int `json:"upgrading,omitempty"`
+	// Prepared is the PID of a prepared new generation (`handover prepare`): ready,
+	// not accepting, waiting for `handover commit` or `handover abort`; or 0.
+	Prepared int `json:"prepared,omitempty"`
 	// LastError is why the last upgrade failed, if it did (cleared by a successful
 	// one). A master also reports there why its last restart failed, or why its
 	// serving child exited.
@@ -117,6 +122,10 @@ const (
 	// while the old one drained: the old one served again, or started the last
 	// good build in its place (a master always does the latter).
 	Died = "died"
+	// Aborted: a prepared new generation (`handover prepare`) was ended without
+	// having served: `handover abort`, or it waited longer than the prepare
+	// timeout (Reason "aborted" or "prepare_timeout").
+	Aborted = "aborted"
 )
 
 // Upgrade is the record of one upgrade, as Status lists them. A library process
@@ -136,7 +145,7 @@ type Upgrade struct {
 	From       int `json:"from"`
 	To         int `json:"to,omitempty"`
 	Generation int `json:"generation"`
-	// Outcome is OK, Failed, Abandoned or Died.
+	// Outcome is OK, Failed, Abandoned, Died or Aborted.
 	Outcome string `json:"outcome"`
 	// Reason says why it failed or died: "exited", "timeout", "start", ... (the
 	// cause of the upgrade_failed log line), with Error the whole message and
@@ -145,8 +154,16 @@ type Upgrade struct {
 	Error  string `json:"error,omitempty"`
 	Stderr string `json:"stderr,omitempty"`
 	// HandoverSeconds is the time from the request to the new generation being
-	// ready and confirmed (MAINPID= under systemd).
+	// ready and confirmed (MAINPID= under systemd). For a two-phase upgrade it is
+	// the commit's: from the commit's request to the new generation taking over.
 	HandoverSeconds float64 `json:"handover_seconds"`
+	// A two-phase upgrade's (`handover prepare`, then `handover commit`): Prepared
+	// is when the new generation was ready and waiting, PrepareSeconds the time
+	// from Start to then, and Committed when the commit was asked for (zero if it
+	// never was). Start is when the prepare was asked for.
+	Prepared       time.Time `json:"prepared,omitzero"`
+	PrepareSeconds float64   `json:"prepare_seconds,omitempty"`
+	Committed      time.Time `json:"committed,omitzero"`
 	// The old generation's drain, once it is over: how long it took, how many
 	// connections closed by themselves and how many were force-closed, and how
 	// many HTTP requests its Servers answered after the handover (requests whose

@@ -13,7 +13,7 @@ import (
 
 // What travels beside the sockets goes through the carriers (internal/carry): the
 // TLS session-ticket keys (keycarrier.go), the application's state (appstate.go),
-// then those registered with carry.Register. The machine calls them at four moments
+// idle connections (conncarrier.go), then those registered with carry.Register. The machine calls them at four moments
 // and knows nothing of what they carry:
 //
 //   - a new generation's initial batch: Batch, beside the machine, after the
@@ -35,6 +35,7 @@ import (
 type carried struct {
 	keys     *ticketRing     // the TLS session-ticket keys (KeepTLSSessions, Server.ServeTLS)
 	state    *stateCarrier   // the application's state
+	conns    *connCarrier    // idle connections (conncarrier.go)
 	carriers []carry.Carrier // in the order their messages travel
 }
 

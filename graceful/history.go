@@ -87,6 +87,7 @@ type drainStats struct {
 	Seconds       float64
 	Closed        int
 	Forced        int
+	HandedOver    int
 	RequestsAfter uint64
 }
 
@@ -98,6 +99,7 @@ func (h *history) drained(d drainStats) {
 	}
 	r.Drained = true
 	r.DrainSeconds, r.ConnsClosed, r.ConnsForced, r.RequestsAfter = d.Seconds, d.Closed, d.Forced, d.RequestsAfter
+	r.ConnsHandedOver = d.HandedOver
 	h.DrainTimes = keepLast(append(h.DrainTimes, d.Seconds), quantileKeeps)
 	h.DrainSum += d.Seconds
 	h.DrainCount++

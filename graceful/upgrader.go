@@ -194,7 +194,9 @@ func (u *Upgrader) newCarried() carried {
 	keys := newKeyCarrier(u.cfg, u.log)
 	state := &stateCarrier{save: u.cfg.SaveState, load: u.cfg.LoadState, version: u.cfg.StateVersion,
 		timeout: u.cfg.UpgradeTimeout, clock: u.m.clock, log: u.log}
-	c := carried{keys: keys.ring, state: state, carriers: append([]carry.Carrier{keys, state}, carry.Registered()...)}
+	conns := newConnCarrier(u.log, u.set)
+	c := carried{keys: keys.ring, state: state, conns: conns,
+		carriers: append([]carry.Carrier{keys, state, conns}, carry.Registered()...)}
 	u.m.carriers = c.carriers
 	return c
 }
@@ -258,6 +260,9 @@ func (u *Upgrader) startCarriers() error {
 		h.store = managerStore{n}
 	}
 	u.ext.state.keep = n != nil && u.cfg.FDStore && !master
+	if n != nil && u.cfg.FDStore && !master {
+		u.ext.conns.useStore(n, u.cfg.FDStoreConns)
+	}
 	if u.set.Source() == fds.Systemd {
 		u.ext.state.stored = managerStore{n}
 	}

@@ -85,6 +85,12 @@ type ConnCounts struct {
 	Hijacked int `json:"hijacked"`
 	// Accepted counts every connection ever accepted.
 	Accepted uint64 `json:"accepted"`
+	// Received counts the idle connections the previous generation (or, after a
+	// restart, systemd's fd store) handed to this process; HandedOver the idle
+	// connections this process handed to the next generation (or to the fd store
+	// as it stopped). Neither is counted in Accepted.
+	Received   uint64 `json:"received,omitempty"`
+	HandedOver uint64 `json:"handed_over,omitempty"`
 }
 
 // Total returns the number of open connections.
@@ -97,6 +103,8 @@ func (c *ConnCounts) Add(o ConnCounts) {
 	c.Idle += o.Idle
 	c.Hijacked += o.Hijacked
 	c.Accepted += o.Accepted
+	c.Received += o.Received
+	c.HandedOver += o.HandedOver
 }
 
 // Outcomes of an upgrade (Upgrade.Outcome).
@@ -143,14 +151,16 @@ type Upgrade struct {
 	HandoverSeconds float64 `json:"handover_seconds"`
 	// The old generation's drain, once it is over: how long it took, how many
 	// connections closed by themselves and how many were force-closed at the
-	// deadline, and how many HTTP requests it answered after the handover. A
-	// master cannot see connections: in its records the counts stay 0 (a library
-	// child reports them in its own status).
-	Drained       bool    `json:"drained"`
-	DrainSeconds  float64 `json:"drain_seconds,omitempty"`
-	ConnsClosed   int     `json:"conns_closed,omitempty"`
-	ConnsForced   int     `json:"conns_forced,omitempty"`
-	RequestsAfter uint64  `json:"requests_after,omitempty"`
+	// deadline, how many idle connections it handed to the new generation
+	// instead of closing them, and how many HTTP requests it answered after the
+	// handover. A master cannot see connections: in its records the counts stay 0
+	// (a library child reports them in its own status).
+	Drained         bool    `json:"drained"`
+	DrainSeconds    float64 `json:"drain_seconds,omitempty"`
+	ConnsClosed     int     `json:"conns_closed,omitempty"`
+	ConnsForced     int     `json:"conns_forced,omitempty"`
+	ConnsHandedOver int     `json:"conns_handed_over,omitempty"`
+	RequestsAfter   uint64  `json:"requests_after,omitempty"`
 	// DrainKilled, a master's only, says why it killed the old child before it
 	// exited by itself: "deadline" (SIGKILL at the drain timeout), "max_draining"
 	// (more old children drained than -max-draining: the oldest is killed at once)

@@ -69,11 +69,11 @@ func (s managerStore) Put(name string, f *os.File) error {
 	if s.n == nil {
 		return nil
 	}
-	s.n.Send("FDSTOREREMOVE=1\nFDNAME=" + name)
-	if err := s.n.Send("FDSTORE=1\nFDPOLL=0\nFDNAME="+name, int(f.Fd())); err != nil {
+	notifyRetry(s.n, "FDSTOREREMOVE=1\nFDNAME="+name)
+	if err := notifyRetry(s.n, "FDSTORE=1\nFDPOLL=0\nFDNAME="+name, int(f.Fd())); err != nil {
 		return err
 	}
-	s.n.Barrier(barrierTimeout)
+	barrierRetry(s.n)
 	return nil
 }
 
@@ -82,7 +82,7 @@ func (s managerStore) Remove(name string) error {
 	if s.n == nil {
 		return nil
 	}
-	return s.n.Send("FDSTOREREMOVE=1\nFDNAME=" + name)
+	return notifyRetry(s.n, "FDSTOREREMOVE=1\nFDNAME="+name)
 }
 
 // takeCarried offers m to the carriers; false if none took it.

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/carry"
@@ -339,8 +340,9 @@ func (c *connCarrier) expects() bool {
 }
 
 // send hands conns of ln (taken, with the copies files of their descriptors) to the
-// successor or to the fd store; nil once the other side has them.
-func (c *connCarrier) send(ln *listener, conns []*conn, files []*os.File) error {
+// successor or to the fd store, and returns how many of them (the first ones) the
+// other side has; an error if not all.
+func (c *connCarrier) send(ln *listener, conns []*conn, files []*os.File) (int, error) {
 	peer := c.settle()
 	c.mu.Lock()
 	role, main := c.role, c.main
@@ -362,22 +364,25 @@ func (c *connCarrier) send(ln *listener, conns []*conn, files []*os.File) error 
 			}
 			c.mu.Unlock()
 			c.log.Warn("could not hand connections to the new generation; they are drained here", "event", "conns_failed", "to", "successor", "err", err)
+			return 0, err
 		}
-		return err
+		return len(conns), nil
 	case role == carry.Stopping && main && c.store != nil:
-		err := c.toStore(o, conns, files)
+		n, err := c.toStore(o, conns, files)
 		if err != nil {
 			c.log.Warn("could not hand connections to the fd store; they are drained here", "event", "conns_failed", "to", "fdstore", "err", err)
 		}
-		return err
+		return n, err
 	}
-	return errNoDest
+	return 0, errNoDest
 }
 
 // toStore puts connections in systemd's fd store as the process stops, each under a
 // name of its own (those kept there already stay), and returns once systemd has
-// them.
-func (c *connCarrier) toStore(o connOrigin, conns []*conn, files []*os.File) error {
+// processed them (BARRIER=1): how many it has, and why not all. A batch is at most
+// connBatch connections, so that its notifications and the barrier fit in the queue
+// of the notification socket (net.unix.max_dgram_qlen, 10 without systemd-sysctl).
+func (c *connCarrier) toStore(o connOrigin, conns []*conn, files []*os.File) (int, error) {
 	o.Keys = nil
 	for i, tc := range conns {
 		if tc.kept.key() != "" {
@@ -385,13 +390,42 @@ func (c *connCarrier) toStore(o connOrigin, conns []*conn, files []*os.File) err
 		}
 		name, err := storeName(randomKey(), o)
 		if err == nil {
-			err = c.store.Send("FDSTORE=1\nFDNAME="+name, int(files[i].Fd()))
+			err = notifyRetry(c.store, "FDSTORE=1\nFDNAME="+name, int(files[i].Fd()))
 		}
 		if err != nil {
-			return err
+			if i > 0 {
+				barrierRetry(c.store)
+			}
+			return i, err
 		}
 	}
-	return c.store.Barrier(barrierTimeout)
+	return len(conns), barrierRetry(c.store)
+}
+
+// notifyRetry sends a notification, again while the service manager's queue is full
+// (EAGAIN), for at most sendTimeout.
+func notifyRetry(n notifier, state string, fds ...int) error {
+	return retryFull(func() error { return n.Send(state, fds...) })
+}
+
+// barrierRetry is BARRIER=1 (n.Barrier), again while the queue is full.
+func barrierRetry(n notifier) error {
+	return retryFull(func() error { return n.Barrier(barrierTimeout) })
+}
+
+// retryFull runs f again while it fails because the service manager's queue is full
+// (EAGAIN), for at most sendTimeout.
+func retryFull(f func() error) error {
+	deadline := time.Now().Add(sendTimeout)
+	wait := 100 * time.Microsecond
+	for {
+		err := f()
+		if !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 20*time.Millisecond)
+	}
 }
 
 // storeName is the fd store name of a connection of the socket o: connPrefix, its

@@ -55,6 +55,7 @@ const (
 type keptConns struct {
 	c *connCarrier
 	n notifier
+	q notifyQueue // FDSTORE and FDSTOREREMOVE of connections, in order
 
 	mu      sync.Mutex
 	table   *connTable
@@ -77,7 +78,7 @@ type keptConn struct {
 }
 
 func newKeptConns(c *connCarrier, n notifier) *keptConns {
-	k := &keptConns{c: c, n: n}
+	k := &keptConns{c: c, n: n, q: notifyQueue{n: n}}
 	k.tags.Store(randomTag())
 	return k
 }
@@ -221,15 +222,14 @@ func (k *keptConns) track(tc *conn, key string) {
 	}
 }
 
-// store sends the connection to the fd store.
+// store sends the connection to the fd store (beside the caller: the queue).
 func (kc *keptConn) store() {
-	var err error
-	ok := withFD(kc.nc, func(fd int) {
-		err = kc.k.n.Send("FDSTORE=1\nFDNAME="+kc.name, fd)
-	})
-	if ok && err == nil {
-		kc.stored.Store(true)
+	f, err := dupConn(kc.nc)
+	if err != nil {
+		return
 	}
+	kc.stored.Store(true)
+	kc.k.q.push("FDSTORE=1\nFDNAME="+kc.name, f)
 }
 
 // idleRead reads b at a safe point (see conn.readAt): the table says idle until the
@@ -260,7 +260,7 @@ func (kc *keptConn) release(*conn) {
 		kc.k.table.free(kc.slot, kc.tag)
 		shutdownConn(kc.nc)
 		if kc.stored.Load() && kc.k.isMain() {
-			kc.k.n.Send("FDSTOREREMOVE=1\nFDNAME=" + kc.name)
+			kc.k.q.push("FDSTOREREMOVE=1\nFDNAME="+kc.name, nil)
 		}
 	})
 }
@@ -273,7 +273,7 @@ func (k *keptConns) dropKey(nc net.Conn, key string) {
 	}
 	shutdownConn(nc)
 	if k.isMain() {
-		k.n.Send("FDSTOREREMOVE=1\nFDNAME=" + key)
+		k.q.push("FDSTOREREMOVE=1\nFDNAME="+key, nil)
 	}
 }
 
@@ -315,3 +315,49 @@ const connTableSize = 64 + 8*connTableSlots
 
 // errTable: a memfd that is not a table of connections.
 var errTable = fmt.Errorf("not a table of connections (%s)", connTableMagic)
+
+// notifyQueue sends notifications to the service manager in order, beside the
+// caller (an Accept, a Close), each again while the manager's queue is full.
+type notifyQueue struct {
+	n       notifier
+	mu      sync.Mutex
+	items   []queued
+	running bool
+}
+
+type queued struct {
+	state string
+	f     *os.File // sent with it, then closed; may be nil
+}
+
+// push queues state (with f, which the queue owns).
+func (q *notifyQueue) push(state string, f *os.File) {
+	q.mu.Lock()
+	q.items = append(q.items, queued{state, f})
+	start := !q.running
+	q.running = true
+	q.mu.Unlock()
+	if start {
+		go q.run()
+	}
+}
+
+func (q *notifyQueue) run() {
+	for {
+		q.mu.Lock()
+		if len(q.items) == 0 {
+			q.running = false
+			q.mu.Unlock()
+			return
+		}
+		it := q.items[0]
+		q.items = q.items[1:]
+		q.mu.Unlock()
+		if it.f != nil {
+			notifyRetry(q.n, it.state, int(it.f.Fd()))
+			it.f.Close()
+		} else {
+			notifyRetry(q.n, it.state)
+		}
+	}
+}

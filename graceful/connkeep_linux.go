@@ -116,11 +116,7 @@ func (t *connTable) free(slot int, tag uint64) {
 // waitReadable waits, without reading, until nc has a byte to read (or its end, or
 // an error), or its read deadline passes.
 func waitReadable(nc net.Conn) error {
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return errNotPassable
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := rawConn(nc)
 	if err != nil {
 		return err
 	}
@@ -139,13 +135,15 @@ func shutdownConn(nc net.Conn) {
 
 // withFD runs f with nc's descriptor; false if nc has none.
 func withFD(nc net.Conn, f func(fd int)) bool {
+	rc, err := rawConn(nc)
+	return err == nil && rc.Control(func(fd uintptr) { f(int(fd)) }) == nil
+}
+
+// rawConn returns nc's raw connection.
+func rawConn(nc net.Conn) (syscall.RawConn, error) {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
-		return false
+		return nil, errNotPassable
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	return rc.Control(func(fd uintptr) { f(int(fd)) }) == nil
+	return sc.SyscallConn()
 }

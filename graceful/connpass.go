@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -96,16 +98,15 @@ func (d *Drainer) handOver(conns []*conn) {
 			if len(taken) == 0 {
 				continue
 			}
-			err := d.pass.Load().send(ln, taken, files)
+			n, err := d.pass.Load().send(ln, taken, files)
 			closeFiles(files)
-			for _, c := range taken {
-				c.finish(err == nil)
+			for i, c := range taken {
+				c.finish(i < n)
 			}
+			d.handedOver.Add(uint64(n))
 			if err != nil {
 				d.passing.Store(false)
-				continue
 			}
-			d.handedOver.Add(uint64(len(taken)))
 		}
 	}
 }
@@ -192,4 +193,10 @@ type connOrigin struct {
 	Network string   `json:"network"`
 	Addr    string   `json:"addr"`
 	Keys    []string `json:"keys,omitempty"` // fd store names (conns message only)
+}
+
+// writeConnMetrics writes the counters of the connections handed over (Metrics).
+func writeConnMetrics(b *strings.Builder, c ConnCounts) {
+	fmt.Fprintf(b, "# HELP handover_connections_received_total Idle connections this process took over from the previous generation or the fd store.\n# TYPE handover_connections_received_total counter\nhandover_connections_received_total %d\n", c.Received)
+	fmt.Fprintf(b, "# HELP handover_connections_handed_over_total Idle connections this process handed to the next generation or the fd store.\n# TYPE handover_connections_handed_over_total counter\nhandover_connections_handed_over_total %d\n", c.HandedOver)
 }

@@ -178,6 +178,7 @@ func writeMetrics(w io.Writer, h history, st Status, above int) {
 		fmt.Fprintf(&b, "handover_connections{state=%q} %d\n", kv.k, kv.v)
 	}
 	fmt.Fprintf(&b, "# HELP handover_connections_accepted_total Connections accepted by this process.\n# TYPE handover_connections_accepted_total counter\nhandover_connections_accepted_total %d\n", c.Accepted)
+	writeConnMetrics(&b, c)
 	fmt.Fprintf(&b, "# HELP handover_draining_generations Older generations still draining.\n# TYPE handover_draining_generations gauge\nhandover_draining_generations %d\n", above)
 	io.WriteString(w, b.String())
 }

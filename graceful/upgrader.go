@@ -492,6 +492,10 @@ func (u *Upgrader) Status() Status {
 //	handover_handover_seconds               summary: request to takeover, of ok upgrades
 //	handover_drain_seconds                  summary: how long old generations drained
 //	handover_connections{state}             open connections by state
+//	handover_connections_accepted_total     connections accepted
+//	handover_connections_received_total     idle connections taken over from the
+//	                                        previous generation (or the fd store)
+//	handover_connections_handed_over_total  idle connections handed to the next one
 //	handover_draining_generations           older generations still draining
 //
 // The counters are the line's: each generation hands them to the next. It does not

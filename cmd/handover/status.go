@@ -73,8 +73,8 @@ func printStatus(w io.Writer, s *wire.Status) {
 	if !master {
 		// A handover run master does not see its child's connections.
 		c := s.Connections
-		fmt.Fprintf(w, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
-			c.Total(), c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
+		fmt.Fprintf(w, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted, %d received, %d handed over\n",
+			c.Total(), c.Active, c.Idle, c.New, c.Hijacked, c.Accepted, c.Received, c.HandedOver)
 	}
 	switch {
 	case s.LastError != "" && master:
@@ -123,6 +123,9 @@ func printUpgrades(w io.Writer, ups []wire.Upgrade) {
 		}
 		if u.ConnsForced > 0 {
 			reason = append(reason, fmt.Sprintf("%d connections force-closed", u.ConnsForced))
+		}
+		if u.ConnsHandedOver > 0 {
+			reason = append(reason, fmt.Sprintf("%d connections handed over", u.ConnsHandedOver))
 		}
 		fmt.Fprintf(w, "  %-12s  %-14s  %-9s  %-15s  %11s  %9s  %s\n", u.Start.Local().Format("15:04:05.000"), u.Trigger, u.Outcome,
 			fmt.Sprintf("%d→%s", u.From, to), handover, drain, strings.Join(reason, ": "))

@@ -192,6 +192,27 @@ func (c *Conn) addErr(start time.Time, s string) {
 	}
 }
 
+// Wait waits until cond holds for every connection (what each saw so far), at most
+// timeout.
+func (p *Pool) Wait(cond func(c Conn) bool, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		p.mu.Lock()
+		all := true
+		for _, c := range p.conns {
+			all = all && cond(*c)
+		}
+		p.mu.Unlock()
+		if all {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pool: a condition did not hold for every connection within %v", timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // Stop stops the requests, waits for those in flight, and returns what each
 // connection saw.
 func (p *Pool) Stop() Result {

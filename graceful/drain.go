@@ -47,7 +47,12 @@ var errResumed = errors.New("graceful: drain abandoned: serving again")
 //     been so for the keep-alive grace period (one second), counted from the start of
 //     the drain at the earliest; one with bytes waiting in its receive queue is never
 //     taken for idle. A client that sends its next request within the grace period
-//     gets a full answer.
+//     gets a full answer. But a drain the Upgrader runs after a handover (or, with
+//     Config.FDStore, as the main process stops under systemd) first hands over to
+//     the new generation (or the fd store) every connection that waits at a safe
+//     point, at once, and each one as it gets there: a Server's plain HTTP/1
+//     connections (see Server), and those of a Drainer with HandOverIdle. Stage 2
+//     then leaves their responses without "Connection: close".
 //  4. Active connections (a request being read or handled; a raw-protocol connection
 //     not reported idle) and hijacked ones (websockets) run until they close by
 //     themselves; their handlers learn of the drain through Draining.

@@ -16,7 +16,7 @@ import (
 
 // What travels beside the sockets goes through the carriers (internal/carry): the
 // TLS session-ticket keys (keycarrier.go), the application's state (appstate.go),
-// then those registered with carry.Register. The machine calls them at four moments
+// idle connections (conncarrier.go), then those registered with carry.Register. The machine calls them at four moments
 // and knows nothing of what they carry:
 //
 //   - a new generation's initial batch: Batch, beside the machine, after the
@@ -38,6 +38,7 @@ import (
 type carried struct {
 	keys     *ticketRing     // the TLS session-ticket keys (KeepTLSSessions, Server.ServeTLS)
 	state    *stateCarrier   // the application's state
+	conns    *connCarrier    // idle connections (conncarrier.go)
 	carriers []carry.Carrier // in the order their messages travel
 }
 
@@ -102,11 +103,11 @@ func (s managerStore) Put(name string, files ...*os.File) error {
 		}
 		fds[i] = fd
 	}
-	s.n.Send("FDSTOREREMOVE=1\nFDNAME=" + name)
-	if err := s.n.Send("FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds...); err != nil {
+	notifyRetry(s.n, "FDSTOREREMOVE=1\nFDNAME="+name)
+	if err := notifyRetry(s.n, "FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds...); err != nil {
 		return err
 	}
-	s.n.Barrier(barrierTimeout)
+	barrierRetry(s.n)
 	return nil
 }
 
@@ -115,7 +116,7 @@ func (s managerStore) Remove(name string) error {
 	if s.n == nil {
 		return nil
 	}
-	return s.n.Send("FDSTOREREMOVE=1\nFDNAME=" + name)
+	return notifyRetry(s.n, "FDSTOREREMOVE=1\nFDNAME="+name)
 }
 
 // takeCarried offers m to the carriers; false if none took it.

@@ -86,8 +86,21 @@ type Config struct {
 	// keys go there too (FDNAME=handover-tls-keys, see KeepTLSSessions), and, on a
 	// clean stop, the application's state (FDNAME=handover-state, see SaveState),
 	// which the next start takes out. (Under a `handover run` master the keys
-	// always go to the master's fd store, whatever FDStore says.)
+	// always go to the master's fd store, whatever FDStore says.) As the main
+	// process stops (`systemctl restart`), its idle keep-alive connections go there
+	// too, and the next start serves them (see Server): FileDescriptorStoreMax= needs
+	// room for them as well.
 	FDStore bool
+	// FDStoreConns, with FDStore, keeps every connection a Server may hand over in
+	// systemd's fd store for as long as it is open, so that a crash of the process
+	// (kill -9, a panic, the OOM killer) leaves the idle ones to the restarted
+	// process, which serves them; a connection whose process died while it read or
+	// answered a request is closed (its request is lost with the process). It costs
+	// two notifications to systemd per connection (FDSTORE=1 when it is accepted,
+	// FDSTOREREMOVE=1 when it closes), none per request, and FileDescriptorStoreMax=
+	// must have room for every open connection (systemd refuses, and logs, what does
+	// not fit; a connection refused is not kept). Linux only.
+	FDStoreConns bool
 	// MaxDraining bounds how many generations may drain at once: when an upgrade
 	// would make one more than that, the oldest draining generation stops waiting
 	// for its connections and force-closes them (as at its deadline). A deploy is

@@ -7,7 +7,8 @@
 //     hijacked), and Drain stops accepting, turns HTTP keep-alive off, closes idle
 //     connections after a grace period, waits for the rest and force-closes them at
 //     a deadline. It works under any protocol; attached to an http.Server it knows
-//     HTTP connection states.
+//     HTTP connection states. After a handover it moves idle connections to the new
+//     generation instead of closing them (conncarrier.go, connpass.go, conn.go).
 //   - Server, an http.Server that takes its listener from the Upgrader and drains
 //     through a Drainer (never http.Server.Shutdown, which drops a request read just
 //     as it starts: golang/go#75591), with HTTP/2 connections told to go away. The
@@ -37,7 +38,7 @@
 // commits its library children the same way.
 //
 // Beside the sockets, each generation hands the next what would otherwise start cold:
-// its TLS session-ticket keys, so that clients resume their sessions with the new
+// its idle keep-alive connections (see Server), its TLS session-ticket keys, so that clients resume their sessions with the new
 // generation instead of a full handshake (a Server's ServeTLS uses them; for a
 // tls.Config of your own, see Upgrader.KeepTLSSessions; Config.TicketKeyFile for keys
 // shared by a fleet), and, with Config.SaveState and LoadState, the application's

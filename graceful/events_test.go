@@ -29,6 +29,8 @@ var events = []string{
 	// TLS session-ticket keys and application state (keycarrier.go, appstate.go).
 	"state_failed", "state_loaded", "state_lost", "state_refused", "state_saved", "tls_keys",
 	"tls_keys_failed", "tls_keys_lost", "tls_keys_rotated",
+	// Idle connections handed over (conncarrier.go).
+	"conn_dropped", "conns_failed", "conns_lost", "conns_restored",
 }
 
 func TestEventNamesPinned(t *testing.T) {

@@ -18,12 +18,30 @@ import (
 //
 //   - it stops accepting; connections still in the socket's queue are the new
 //     generation's;
-//   - an HTTP/1 request that starts from then on is answered with
-//     "Connection: close"; a request already read is always answered (unlike
-//     http.Server.Shutdown, which may drop one read just as it starts:
-//     golang/go#75591);
-//   - an idle keep-alive connection may send one more request for KeepAliveGrace,
-//     then it is closed;
+//   - a plain HTTP/1 keep-alive connection (TCP or unix socket, no TLS) moves to
+//     the new generation, and the client notices nothing (no close, no new
+//     connection): one that is idle (between two requests, no byte of the next
+//     one read here) is handed over at once, one in the middle of a request
+//     finishes it here (its response keeps the connection alive) and is handed
+//     over as it becomes idle, one that sent pipelined requests is handed over
+//     once all are answered. A request already read is always answered here
+//     (unlike http.Server.Shutdown, which may drop one read just as it starts:
+//     golang/go#75591); bytes the client sent but that were not read yet (the next
+//     request) move with the socket, and the new generation answers them. This
+//     holds after SIGUSR2, `handover reload` and `systemctl reload`, and, with
+//     Config.FDStore, as the main process stops under systemd (`systemctl
+//     restart`): the connections wait in systemd's fd store, and the next start
+//     serves them (after a crash too, with Config.FDStoreConns). In the new
+//     generation they go to the Server on the same socket (by its name, else its
+//     address): one it cannot serve (no such Server, or one that is stopping, or
+//     one with DisableConnHandover, or serving TLS) is closed. Linux only;
+//     DisableConnHandover turns it off, and the connections are drained as below;
+//   - otherwise (a drain with nowhere to hand connections to: SIGTERM without the
+//     fd store, Shutdown; TLS connections, whose live session keys crypto/tls
+//     cannot hand to another process; HTTP/2, whose streams and compression state
+//     live in the process): an HTTP/1 request that starts from then on is answered
+//     with "Connection: close", and an idle keep-alive connection may send one more
+//     request for KeepAliveGrace, then it is closed;
 //   - every HTTP/2 connection, over TLS or unencrypted (h2c), is told to go away in
 //     the two steps of RFC 9113 §6.8: a GOAWAY with stream 2^31-1 and a PING, then,
 //     once the client has answered the PING, net/http's GOAWAY with the last stream
@@ -54,9 +72,14 @@ type Server struct {
 	// DrainTimeout is the drain deadline after which remaining connections are
 	// force-closed; zero means the Upgrader's (Config.DrainTimeout).
 	DrainTimeout time.Duration
-	// KeepAliveGrace is how long an idle keep-alive connection may live once draining
-	// has started; zero means one second.
+	// KeepAliveGrace is how long an idle keep-alive connection that is not handed
+	// over may live once draining has started; zero means one second.
 	KeepAliveGrace time.Duration
+	// DisableConnHandover keeps idle keep-alive connections from moving to the new
+	// generation: a drain closes them, after KeepAliveGrace, as Shutdown does. It
+	// also keeps this Server from taking in those the previous generation hands
+	// over: they are closed.
+	DisableConnHandover bool
 
 	once    sync.Once
 	drainer Drainer
@@ -240,6 +263,8 @@ func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) err
 	tl := dl
 	if wrap != nil {
 		tl = wrap(dl)
+	} else if !s.DisableConnHandover {
+		u.ext.conns.serve(&s.drainer, dl.(*listener), l, passHTTP)
 	}
 	u.adopt(&target{d: &s.drainer, s: s, timeout: s.DrainTimeout})
 	errc := make(chan error, 1)

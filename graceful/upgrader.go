@@ -213,7 +213,9 @@ func (u *Upgrader) newCarried() carried {
 	keys := newKeyCarrier(u.cfg, u.log)
 	state := &stateCarrier{save: u.cfg.SaveState, load: u.cfg.LoadState, version: u.cfg.StateVersion,
 		timeout: u.cfg.UpgradeTimeout, clock: u.m.clock, log: u.log}
-	c := carried{keys: keys.ring, state: state, carriers: append([]carry.Carrier{keys, state}, carry.Registered()...)}
+	conns := newConnCarrier(u.log, u.set)
+	c := carried{keys: keys.ring, state: state, conns: conns,
+		carriers: append([]carry.Carrier{keys, state, conns}, carry.Registered()...)}
 	u.m.carriers = c.carriers
 	return c
 }
@@ -277,6 +279,9 @@ func (u *Upgrader) startCarriers() error {
 		h.store = managerStore{n}
 	}
 	u.ext.state.keep = n != nil && u.cfg.FDStore && !master
+	if n != nil && u.cfg.FDStore && !master {
+		u.ext.conns.useStore(n, u.cfg.FDStoreConns)
+	}
 	if u.set.Source() == fds.Systemd {
 		u.ext.state.stored = managerStore{n}
 	}
@@ -509,6 +514,10 @@ func (u *Upgrader) Status() Status {
 //	handover_handover_seconds               summary: request to takeover, of ok upgrades
 //	handover_drain_seconds                  summary: how long old generations drained
 //	handover_connections{state}             open connections by state
+//	handover_connections_accepted_total     connections accepted
+//	handover_connections_received_total     idle connections taken over from the
+//	                                        previous generation (or the fd store)
+//	handover_connections_handed_over_total  idle connections handed to the next one
 //	handover_draining_generations           older generations still draining
 //
 // The counters are the line's: each generation hands them to the next. It does not

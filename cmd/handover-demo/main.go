@@ -15,7 +15,12 @@
 //	-message TEXT           included in every answer, to show which build answers
 //	-control PATH           serve `handover reload`/`handover status` on this unix socket
 //	                        (unless a socket named handover-control is passed)
-//	-fdstore                under systemd, keep the sockets in systemd's fd store
+//	-fdstore                under systemd, keep the sockets in systemd's fd store (and the
+//	                        idle connections, as the service restarts)
+//	-fdstore-conns          with -fdstore, keep every connection there while it is open, so
+//	                        that idle ones survive a crash (Config.FDStoreConns)
+//	-no-conn-handover       close idle keep-alive connections at a drain instead of handing
+//	                        them to the new generation (Server.DisableConnHandover)
 //	-tls-cert F -tls-key F  serve HTTPS (HTTP/1.1 and HTTP/2) with this certificate
 //	-h2c                    also accept HTTP/2 without TLS (prior knowledge)
 //	-max-draining N         at most N generations drain at once (default 3)
@@ -97,6 +102,8 @@ func main() {
 	message := flag.String("message", "hello", "text included in every answer, to show which build answers")
 	controlPath := flag.String("control", "", "path of the control socket for `handover reload` and `handover status`")
 	fdstore := flag.Bool("fdstore", false, "under systemd, hand the sockets to systemd's fd store (needs FileDescriptorStoreMax=)")
+	fdstoreConns := flag.Bool("fdstore-conns", false, "with -fdstore, keep every connection in the fd store while it is open (idle ones survive a crash)")
+	noHandover := flag.Bool("no-conn-handover", false, "close idle keep-alive connections at a drain instead of handing them to the new generation")
 	certFile := flag.String("tls-cert", "", "serve HTTPS with this certificate (PEM; with -tls-key)")
 	keyFile := flag.String("tls-key", "", "the private key of -tls-cert (PEM)")
 	h2c := flag.Bool("h2c", false, "also accept HTTP/2 without TLS (prior knowledge)")
@@ -121,6 +128,7 @@ func main() {
 		DrainTimeout:   *drain,
 		ControlSocket:  *controlPath,
 		FDStore:        *fdstore,
+		FDStoreConns:   *fdstoreConns,
 		MaxDraining:    *maxDraining,
 		Probation:      *probation,
 
@@ -137,7 +145,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "handover-demo: %v\n", err)
 		os.Exit(2)
 	}
-	o := options{listen: *listen, grace: *grace, message: *message, cert: *certFile, key: *keyFile, protocols: protocols, statePad: *statePad}
+	o := options{listen: *listen, grace: *grace, message: *message, cert: *certFile, key: *keyFile, protocols: protocols, statePad: *statePad, noHandover: *noHandover}
 	if err := run(cfg, o); err != nil {
 		fmt.Fprintf(os.Stderr, "handover-demo: %v\n", err)
 		os.Exit(1)
@@ -150,6 +158,7 @@ type options struct {
 	grace                      time.Duration
 	protocols                  *http.Protocols // nil: net/http's default
 	statePad                   int
+	noHandover                 bool
 }
 
 // parseProtocols turns -protocols and -h2c into http.Server.Protocols; nil (net/http's
@@ -212,8 +221,9 @@ func run(cfg graceful.Config, o options) error {
 			ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
-		Name:           "http",
-		KeepAliveGrace: o.grace,
+		Name:                "http",
+		KeepAliveGrace:      o.grace,
+		DisableConnHandover: o.noHandover,
 	}
 	srv.Protocols = o.protocols
 	// Serve calls u.Ready once it serves, and returns once the server has drained

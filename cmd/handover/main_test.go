@@ -280,7 +280,7 @@ func TestStatusText(t *testing.T) {
 	lib := fullStatus
 	lib.Child, lib.ChildExecutable, lib.Restarts = 0, "", 0
 	out, _, code := handover(t, "status", "-control", serve(t, &fakeService{status: lib}))
-	for _, want := range []string{"PID:         10\n", "Listeners:   http tcp:127.0.0.1:8080 (from systemd)\n", "Connections: 10 open (2 active, 3 idle, 1 new, 4 hijacked), 50 accepted\n",
+	for _, want := range []string{"PID:         10\n", "Listeners:   http tcp:127.0.0.1:8080 (from systemd)\n", "Connections: 10 open (2 active, 3 idle, 1 new, 4 hijacked), 50 accepted, 0 received, 0 handed over\n",
 		"Last upgrade failed: new child exited\n", "Upgrading:   new generation PID 12 starting\n", "Upgrades:    1 (oldest first)\n", "drain cut short (deadline): 1 connections force-closed",
 		"Probation:   until " + lib.ProbationUntil.Local().Format("15:04:05.000") + ": the old generation"} {
 		if code != 0 || !strings.Contains(out, want) {

@@ -76,8 +76,8 @@ func printStatus(w io.Writer, s *wire.Status) {
 	if !master {
 		// A handover run master does not see its child's connections.
 		c := s.Connections
-		fmt.Fprintf(w, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
-			c.Total(), c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
+		fmt.Fprintf(w, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted, %d received, %d handed over\n",
+			c.Total(), c.Active, c.Idle, c.New, c.Hijacked, c.Accepted, c.Received, c.HandedOver)
 	}
 	if !s.ProbationUntil.IsZero() {
 		fmt.Fprintf(w, "Probation:   until %s: the old generation, drained, stands by to serve again if the new one dies\n",
@@ -136,6 +136,9 @@ func printUpgrades(w io.Writer, ups []wire.Upgrade, master bool) {
 		}
 		if u.ConnsForced > 0 {
 			reason = append(reason, fmt.Sprintf("%d connections force-closed", u.ConnsForced))
+		}
+		if u.ConnsHandedOver > 0 {
+			reason = append(reason, fmt.Sprintf("%d connections handed over", u.ConnsHandedOver))
 		}
 		if !u.Prepared.IsZero() {
 			reason = append(reason, twoPhase(u))

@@ -51,6 +51,12 @@ import (
 //	child → parent   "finish"         too many generations drain: the oldest (the
 //	                                  one with no upstream) force-closes now; the
 //	                                  others pass it on
+//	parent → child   "conntable" + memfd   in the initial batch: the table of the
+//	                                  connections kept in the fd store (see Conns)
+//	parent → child   "conns <json>" + sockets   idle connections of one listener,
+//	                                  handed over at the handover and as they become
+//	                                  idle during the drain: the child serves their
+//	                                  next request
 const maxMessage = 64 << 10
 
 // Verbs of the handover channel.
@@ -76,12 +82,22 @@ const (
 	Prepare  = "prepare"
 )
 
+// Verbs of the connections handed over (graceful's connection carrier).
+const (
+	// Conns carries idle connections of one listener; its text is a JSON object:
+	// the listener ("name", "network", "addr") and, for connections kept in the fd
+	// store, their names there ("keys", one per descriptor, "" for one not kept).
+	Conns = "conns"
+	// ConnTable carries the table of the connections kept in the fd store.
+	ConnTable = "conntable"
+)
+
 // Message is one message of the handover channel.
 type Message struct {
 	Verb string
 	PID  int    // Ready
 	N    int    // Above, Upstream
-	Text string // Error, Abort, History, State, Drained
+	Text string // Error, Abort, History, State, Drained, Conns
 	// Files travel with the message (SCM_RIGHTS). The receiver owns them.
 	Files []*os.File
 }
@@ -93,7 +109,7 @@ func (m Message) String() string {
 		return Ready + " " + strconv.Itoa(m.PID)
 	case Above, Upstream:
 		return m.Verb + " " + strconv.Itoa(m.N)
-	case Error, Abort, History, State, Drained:
+	case Error, Abort, History, State, Drained, Conns:
 		return m.Verb + " " + OneLine(m.Text)
 	}
 	return m.Verb
@@ -115,9 +131,9 @@ func ParseMessage(line string) (Message, error) {
 			return Message{Verb: verb, PID: n}, nil
 		}
 		return Message{Verb: verb, N: n}, nil
-	case Error, Abort, History, State, Drained:
+	case Error, Abort, History, State, Drained, Conns:
 		return Message{Verb: verb, Text: rest}, nil
-	case Main, Done, Current, End, Keys, Finish, QUICLine, Prepare:
+	case Main, Done, Current, End, Keys, Finish, QUICLine, Prepare, ConnTable:
 		if rest != "" {
 			return Message{}, fmt.Errorf("handover channel: %q: %s takes no argument", clip(line), verb)
 		}

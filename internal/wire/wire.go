@@ -96,6 +96,12 @@ type ConnCounts struct {
 	Hijacked int `json:"hijacked"`
 	// Accepted counts every connection ever accepted.
 	Accepted uint64 `json:"accepted"`
+	// Received counts the idle connections the previous generation (or, after a
+	// restart, systemd's fd store) handed to this process; HandedOver the idle
+	// connections this process handed to the next generation (or to the fd store
+	// as it stopped). Neither is counted in Accepted.
+	Received   uint64 `json:"received,omitempty"`
+	HandedOver uint64 `json:"handed_over,omitempty"`
 }
 
 // Total returns the number of open connections.
@@ -108,6 +114,8 @@ func (c *ConnCounts) Add(o ConnCounts) {
 	c.Idle += o.Idle
 	c.Hijacked += o.Hijacked
 	c.Accepted += o.Accepted
+	c.Received += o.Received
+	c.HandedOver += o.HandedOver
 }
 
 // Outcomes of an upgrade (Upgrade.Outcome).
@@ -165,18 +173,20 @@ type Upgrade struct {
 	PrepareSeconds float64   `json:"prepare_seconds,omitempty"`
 	Committed      time.Time `json:"committed,omitzero"`
 	// The old generation's drain, once it is over: how long it took, how many
-	// connections closed by themselves and how many were force-closed, and how
-	// many HTTP requests its Servers answered after the handover (requests whose
-	// handler returned; not those whose handler hijacked the connection). A
-	// library process completes the record of every upgrade of its line, however
-	// many followed (each generation passes older drains on). A master cannot see
-	// connections: in its records the counts stay 0 (a library child reports them
-	// in its own status).
-	Drained       bool    `json:"drained"`
-	DrainSeconds  float64 `json:"drain_seconds,omitempty"`
-	ConnsClosed   int     `json:"conns_closed,omitempty"`
-	ConnsForced   int     `json:"conns_forced,omitempty"`
-	RequestsAfter uint64  `json:"requests_after,omitempty"`
+	// connections closed by themselves and how many were force-closed, how many
+	// idle connections it handed to the new generation instead of closing them,
+	// and how many HTTP requests its Servers answered after the handover
+	// (requests whose handler returned; not those whose handler hijacked the
+	// connection). A library process completes the record of every upgrade of its
+	// line, however many followed (each generation passes older drains on). A
+	// master cannot see connections: in its records the counts stay 0 (a library
+	// child reports them in its own status).
+	Drained         bool    `json:"drained"`
+	DrainSeconds    float64 `json:"drain_seconds,omitempty"`
+	ConnsClosed     int     `json:"conns_closed,omitempty"`
+	ConnsForced     int     `json:"conns_forced,omitempty"`
+	ConnsHandedOver int     `json:"conns_handed_over,omitempty"`
+	RequestsAfter   uint64  `json:"requests_after,omitempty"`
 	// DrainKilled says why the old generation's drain was cut short. A master's:
 	// why it killed the old child before it exited by itself: "deadline" (SIGKILL
 	// at the drain timeout), "max_draining" (more old children drained than

@@ -10,6 +10,7 @@
 //	cd tests/bench && go run . -report results/bench.json   # tables and picture again from the JSON
 //	cd tests/bench && go run . -tls -out /tmp/tls     # TLS resumption after upgrades (tlsbench.go), about 2 minutes
 //	cd tests/bench && go run . -switch              # switch time on idle servers (switch.go), into results/switch
+//	cd tests/bench && go run . -pool                # a keep-alive pool across upgrades (poolbench.go), into results/pool
 //
 // For each approach it starts the server, puts it under the load of
 // tests/internal/load (16 clients, half keep-alive, half a new connection per
@@ -193,6 +194,10 @@ func main() {
 	}
 	if o.switchMode {
 		runSwitchMain(o)
+		return
+	}
+	if poolOpts.on {
+		runPoolMain(o) // poolbench.go
 		return
 	}
 	if o.tls {

@@ -94,6 +94,11 @@ var Events = map[string]Spec{
 	"state_failed":     {Enums: map[string][]string{"reason": {"save", "timeout", "too_large", "memfd"}}},
 	"state_lost":       {Enums: map[string][]string{"from": {"parent", "store"}, "reason": {"unreadable", "corrupt"}}},
 	"state_saved":      {},
+	// Idle connections handed over (issue 20).
+	"conn_dropped":   {Enums: map[string][]string{"reason": {"no_server", "stopping", "descriptor", "successor"}}},
+	"conns_failed":   {Enums: map[string][]string{"to": {"successor", "fdstore"}}},
+	"conns_lost":     {Enums: map[string][]string{"reason": {"corrupt", "descriptor", "table"}}},
+	"conns_restored": {},
 	// handover run's master (internal/master), beside the ones it shares above.
 	"child_errno":       {},
 	"child_exited":      {},

@@ -23,10 +23,10 @@ import (
 // process with the connections kept in the fd store all along. These run under the
 // installed systemd only (the paths do not depend on its version).
 
-// TestConnsSystemdReload: the pool across ten `systemctl reload`; the status of the
+// TestSystemdConnsReload: the pool across ten `systemctl reload`; the status of the
 // last generation counts the connections it received, and its history those each
 // upgrade handed over.
-func TestConnsSystemdReload(t *testing.T) {
+func TestSystemdConnsReload(t *testing.T) {
 	d := startSystemd(t, sdns.RequireInstalled(t), "", "")
 	gens := []int{d.answer()}
 	p := startPool(t, d.addr, poolConns)
@@ -57,10 +57,10 @@ func TestConnsSystemdReload(t *testing.T) {
 	d.checkConsole()
 }
 
-// TestConnsSystemdRestart: the pool across ten `systemctl restart` of the fd-store
+// TestSystemdConnsRestart: the pool across ten `systemctl restart` of the fd-store
 // unit: each restarted process serves the connections its predecessor left in the
 // store.
-func TestConnsSystemdRestart(t *testing.T) {
+func TestSystemdConnsRestart(t *testing.T) {
 	d := startSystemd(t, sdns.RequireInstalled(t), "fdstore", "")
 	if _, err := d.sd.CtlOK("start", unit); err != nil {
 		t.Fatal(err)
@@ -92,11 +92,11 @@ func TestConnsSystemdRestart(t *testing.T) {
 	d.checkConsole()
 }
 
-// TestConnsSystemdKillMain: with -fdstore-conns, kill -9 of the main process: the
+// TestSystemdConnsKillMain: with -fdstore-conns, kill -9 of the main process: the
 // idle keep-alive connections wait in the fd store, and the restarted process answers
 // their next requests; the one whose request was in flight in the killed process is
 // closed (its request is lost with the process), not left hanging.
-func TestConnsSystemdKillMain(t *testing.T) {
+func TestSystemdConnsKillMain(t *testing.T) {
 	const n = 16
 	d := startSystemd(t, sdns.RequireInstalled(t), "fdstore", "-fdstore-conns")
 	if _, err := d.sd.CtlOK("start", unit); err != nil {

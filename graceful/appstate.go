@@ -31,9 +31,14 @@ import (
 //     handover) is loaded here if this process's own final state is still to be
 //     saved (SaveState(true) waits for that LoadState to return, so that it holds
 //     it), else passed on to the successor as it came.
-//   - Under systemd with Config.FDStore, on a clean stop, once drained: the state
-//     goes to the fd store (FDNAME=handover-state); the next start takes it out
-//     (and removes it) when no previous generation passed one.
+//   - Under systemd with Config.FDStore, and under a `handover run` master, on a
+//     stop without a successor, once drained: the state goes to the fd store
+//     (FDNAME=handover-state); the next start takes it out (and removes it) when
+//     no previous generation passed one (and removes it too when one did).
+//   - Under a `handover run` master the old child's state reaches the new one over
+//     a channel of their own (masterlink.go): SaveState(false) before the new
+//     child is ready, SaveState(true) once the old child, stopped by the master,
+//     has drained.
 //
 // The blob travels as stateParts lays it out: only a header and a checksum are
 // added, the application's bytes are written to the memfd as they are (no copy);
@@ -45,7 +50,7 @@ import (
 const MaxStateSize = 64 << 20
 
 // stateName names the state's memfd and its fd store entry.
-const stateName = "handover-state"
+const stateName = handoff.StateName
 
 // The formats of an encoded state blob (see stateParts): each starts with its magic
 // line. Version 2, written since, ends with a CRC-32C (Castagnoli), which the CPU
@@ -134,12 +139,11 @@ type stateCarrier struct {
 	clock   clock
 	log     *slog.Logger
 	h       carry.Host
-	// keep: on a clean stop the state goes to the fd store (Config.FDStore under
-	// systemd, not under a master).
+	// keep: on a stop without a successor the state goes to the fd store
+	// (Config.FDStore under systemd; always under a `handover run` master).
 	keep bool
-	// stored is where a state kept by systemd's fd store came from (LISTEN_FDS
-	// from systemd), to be removed once taken out; nil when the descriptors came
-	// from elsewhere (only systemd's fd store keeps the state).
+	// stored is the fd store a kept state came from (systemd's, or a master's), to
+	// be removed once taken out; nil when the descriptors came from elsewhere.
 	stored carry.Store
 
 	// From the initial batch (Take) until Start: the blob, mapped (mapMemfd).
@@ -183,6 +187,10 @@ func (c *stateCarrier) Start(h carry.Host) error {
 		c.fromStore(files)
 		return nil
 	}
+	if len(files) > 0 && c.stored != nil {
+		// The previous generation's state is newer than what the store kept.
+		c.stored.Remove(stateName)
+	}
 	closeFiles(files)
 	start := time.Now()
 	version, data, err := "", []byte(nil), inErr
@@ -198,14 +206,14 @@ func (c *stateCarrier) Start(h carry.Host) error {
 	return nil
 }
 
-// fromStore takes the state out of systemd's fd store, if it kept one: consumed (out
+// fromStore takes the state out of the fd store (systemd's, or a master's), if it kept one: consumed (out
 // of the store), then wiped.
 func (c *stateCarrier) fromStore(files []*os.File) {
 	if len(files) == 0 {
 		return
 	}
 	if c.stored == nil {
-		closeFiles(files) // only systemd's fd store keeps the state
+		closeFiles(files) // only systemd's or a master's fd store keeps the state
 		return
 	}
 	if err := c.stored.Remove(stateName); err != nil {

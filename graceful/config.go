@@ -170,7 +170,12 @@ type Config struct {
 	//
 	// With FDStore under systemd, a clean stop calls SaveState(true) once the stop's
 	// drain has ended (the blob waits in systemd's fd store for the next start); a
-	// process killed before then stores nothing. What the application changes
+	// process killed before then stores nothing. Under a `handover run` master the
+	// old child's two blobs reach the new child as they do a generation this
+	// process starts itself (the master starts it; the children talk over a link
+	// kept in the master's fd store), and a child the master stops with no new
+	// child to hand over to leaves SaveState(true) in the master's fd store for the
+	// next child that starts without a state. What the application changes
 	// without a request (a background job) after that call is not in any blob: stop
 	// such work when Exit is closed. A server of its own kind that the application
 	// stops on Exit (not a Server or a Drainer of the Upgrader) is not waited for:

@@ -42,6 +42,8 @@ import (
 //     store, and serves them as a successor does.
 //   - With Config.FDStoreConns, the connections are kept in the fd store all along,
 //     so that a crash leaves the idle ones to the restarted process (connkeep.go).
+//   - Under a `handover run` master, a child the master stops hands them to the new
+//     child that reached it on its link (masterlink.go), as to a successor.
 //
 // A connection is handed over at once, not after a probation of the successor:
 // held back, it would be served by this generation meanwhile. If the successor dies,

@@ -44,5 +44,8 @@
 // shared by a fleet), and, with Config.SaveState and LoadState, the application's
 // state. Both travel as sealed memfds over the handover channel, never on disk, in the
 // environment or on the command line; under systemd with Config.FDStore (or under a
-// `handover run` master) they also wait in the fd store for a restart.
+// `handover run` master) they also wait in the fd store for a restart. Under a master
+// the children hand these on to each other as generations do (the master starts
+// each; a library child keeps a link to itself in the master's fd store, on which
+// the next child reaches it: masterlink.go).
 package graceful

@@ -158,7 +158,8 @@ type machine struct {
 	drains   drains
 	svc      service
 	carriers []carry.Carrier
-	taken    takenBack // the datagram sockets carriers take back (carry.Host.TakesBack)
+	taken    takenBack   // the datagram sockets carriers take back (carry.Host.TakesBack)
+	link     *masterNext // under a master, the new child a stop hands over to (masterlink.go)
 }
 
 func newMachine(cfg Config, set *fds.Set, log *slog.Logger) *machine {
@@ -355,8 +356,14 @@ func (m *machine) stop(why string) {
 	}
 	m.st = stopping
 	m.retire()
-	m.log.Info("stopping", "event", "stop", "why", why)
-	m.turn(carry.Stopping)
+	if l := m.link; l != nil {
+		// Under a master, which stops this process because l took over.
+		m.log.Info("stopping: handing over to the master's new child", "event", "stop", "why", why, "to", l.pid)
+		m.turn(carry.HandedOver)
+	} else {
+		m.log.Info("stopping", "event", "stop", "why", why)
+		m.turn(carry.Stopping)
+	}
 	if m.main {
 		m.notify("STOPPING=1\nSTATUS=stopping: draining connections")
 	}
@@ -424,6 +431,8 @@ func (m *machine) turn(role carry.Role) {
 	t := carry.Turn{Role: role, Main: m.main}
 	if (role == carry.HandedOver || role == carry.Drained) && m.nextPID != 0 && m.next.cur != nil {
 		t.Successor = m.next.cur.out
+	} else if role == carry.HandedOver || role == carry.Drained && m.st == stopping {
+		t.Successor = m.linkSuccessor()
 	}
 	if role == carry.HandedOver || role == carry.Stopping {
 		t.Deadline = m.clock.Now().Add(m.cfg.DrainTimeout)

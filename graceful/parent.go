@@ -101,6 +101,11 @@ func (u *Upgrader) reportStartError(err error) {
 // and what else the parent said meanwhile (the history with this upgrade in it),
 // for the machine.
 func (u *Upgrader) confirmWithParent(p *handoff.Channel) (*handoff.Channel, []handoff.Message, error) {
+	if u.viaLink {
+		// A serving child under a master answers at once, or not at all.
+		p.SetDeadline(time.Now().Add(linkTimeout))
+		defer p.SetDeadline(time.Time{})
+	}
 	if err := p.Send(handoff.Message{Verb: handoff.Ready, PID: os.Getpid()}, sendTimeout); err != nil {
 		p.Close()
 		u.log.Warn("could not tell the parent generation we are ready; carrying on as the current generation", "event", "parent_lost", "err", err)

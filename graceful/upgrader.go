@@ -68,6 +68,7 @@ type Upgrader struct {
 	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
 	held       chan struct{}
 	commitPipe *os.File
+	viaLink    bool // the parent channel is a serving child's, under a master (masterlink.go)
 }
 
 var (
@@ -149,9 +150,16 @@ func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
 	u.ext = u.newCarried()
 	u.holdStderr()
 	u.openPrepare()
+	u.openLink()
 	if p := u.parent.get(); p != nil {
-		if err := u.readInit(p); err != nil {
+		err := u.readInit(p)
+		if err != nil && !u.viaLink {
 			return u, err
+		}
+		if err != nil {
+			u.parent.take().Close()
+			u.viaLink = false
+			u.log.Warn("the serving child's first messages cannot be read: starting without them", "event", "link_lost", "reason", "protocol", "err", err)
 		}
 	}
 	if inheritErr != nil {
@@ -278,11 +286,11 @@ func (u *Upgrader) startCarriers() error {
 	if n != nil && (master || u.cfg.FDStore) {
 		h.store = managerStore{n}
 	}
-	u.ext.state.keep = n != nil && u.cfg.FDStore && !master
+	u.ext.state.keep = n != nil && (u.cfg.FDStore || master)
 	if n != nil && u.cfg.FDStore && !master {
 		u.ext.conns.useStore(n, u.cfg.FDStoreConns)
 	}
-	if u.set.Source() == fds.Systemd {
+	if u.set.Source() == fds.Systemd || master && n != nil {
 		u.ext.state.stored = managerStore{n}
 	}
 	for _, c := range u.ext.carriers {
@@ -290,6 +298,7 @@ func (u *Upgrader) startCarriers() error {
 			return err
 		}
 	}
+	u.serveLinks(h.store)
 	return nil
 }
 
@@ -380,11 +389,12 @@ func (u *Upgrader) Ready() error {
 			u.ready.err = err
 			return err
 		}
-		ev.said, ev.child = said, true
+		ev.said, ev.child = said, !u.viaLink
 		if upstream != nil {
 			ev.upstream = upstream
 		}
-	} else if u.commitPipe != nil {
+	}
+	if u.commitPipe != nil {
 		if err := u.awaitCommit(); err != nil {
 			u.ready.err = err
 			return err

@@ -684,8 +684,13 @@ func TestRunStartsLibraryDirectly(t *testing.T) {
 	for gen := 1; gen <= 2; gen++ {
 		st := m.status()
 		env := environ(t, st.Child)
+		// Generation 2 also gets generation 1's link in the fd store (handover-link).
+		fds, names := "1", "http"
+		if gen == 2 {
+			fds, names = "2", "http:handover-link"
+		}
 		for k, v := range map[string]string{"HANDOVER_DIRECT": "1", "HANDOVER_MASTER": strconv.Itoa(m.host),
-			"HANDOVER_GENERATION": strconv.Itoa(gen), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "http"} {
+			"HANDOVER_GENERATION": strconv.Itoa(gen), "LISTEN_FDS": fds, "LISTEN_FDNAMES": names} {
 			if env[k] != v {
 				t.Errorf("generation %d: %s=%q, want %q", gen, k, env[k], v)
 			}

@@ -61,8 +61,9 @@ const (
 	// successor listens on Turn.Successor.
 	HandedOver
 	// Stopping: the process stops for good (SIGTERM, Stop); only a restart follows.
-	// Under a `handover run` master it is also how a process hears that a newer
-	// generation is ready: the master stops the old one (Host.UnderMaster).
+	// Under a `handover run` master a process the master stops hears HandedOver
+	// instead when a newer child built with the library said on its link that it
+	// is ready (it is the Successor); Stopping when none did.
 	Stopping
 	// Finishing: the drain must end now, as at its deadline: more generations
 	// drain than Config.MaxDraining, and this is the oldest.
@@ -124,9 +125,10 @@ type Host interface {
 	// Generation is the process's number in its line: 1 for the first, one more
 	// than its parent's (or, under a master, the master's count).
 	Generation() int
-	// UnderMaster reports whether a `handover run` master runs the process: no
-	// handover channel joins it to the other generations, and it never hears
-	// HandedOver (the master stops it once a newer generation is ready).
+	// UnderMaster reports whether a `handover run` master runs the process: the
+	// master starts the generations and stops the old one once a newer one is
+	// ready; a channel joins them only when the newer one reached the old one's
+	// link in the master's fd store (then the old one hears HandedOver).
 	UnderMaster() bool
 	// TakesBack says that the Carrier serves pc, a datagram socket of the
 	// process's (Upgrader.ListenPacket), and takes it back itself when the process

@@ -57,6 +57,17 @@ import (
 //	                                  handed over at the handover and as they become
 //	                                  idle during the drain: the child serves their
 //	                                  next request
+//
+// Under a `handover run` master no child starts another, so a library child makes
+// its own channel to the next one: the serving child keeps one end of a socket pair
+// in the master's fd store (LinkName), every later child inherits it, and a new
+// child sends on it:
+//
+//	new → serving   "next" + channel   a handover channel of its own; on it the
+//	                                  serving child writes the initial batch, the
+//	                                  new child says "ready", the serving child
+//	                                  answers "main", and what follows the handover
+//	                                  (the final state, "conns") goes as above
 const maxMessage = 64 << 10
 
 // Verbs of the handover channel.
@@ -90,6 +101,9 @@ const (
 	Conns = "conns"
 	// ConnTable carries the table of the connections kept in the fd store.
 	ConnTable = "conntable"
+	// Next, on the link a serving child of a `handover run` master keeps in the
+	// master's fd store (LinkName), carries a new child's handover channel.
+	Next = "next"
 )
 
 // Message is one message of the handover channel.
@@ -133,7 +147,7 @@ func ParseMessage(line string) (Message, error) {
 		return Message{Verb: verb, N: n}, nil
 	case Error, Abort, History, State, Drained, Conns:
 		return Message{Verb: verb, Text: rest}, nil
-	case Main, Done, Current, End, Keys, Finish, QUICLine, Prepare, ConnTable:
+	case Main, Done, Current, End, Keys, Finish, QUICLine, Prepare, ConnTable, Next:
 		if rest != "" {
 			return Message{}, fmt.Errorf("handover channel: %q: %s takes no argument", clip(line), verb)
 		}

@@ -73,6 +73,18 @@ const (
 	Prepared    = "prepared"
 )
 
+// StateName names the application's state (graceful.Config.SaveState) in an fd
+// store: systemd's, or a `handover run` master's, which takes it from a child that
+// drains too (see package master).
+const StateName = "handover-state"
+
+// LinkName names, in a `handover run` master's fd store, the link a serving child
+// built with handover's library keeps there: one end of a SOCK_SEQPACKET socket
+// pair, on which a new child sends a handover channel of its own ("next"), so that
+// the application's state and the idle connections reach it as they reach a
+// child the old generation started itself.
+const LinkName = "handover-link"
+
 // ErrUnsupported is returned where passing sockets to another process is not
 // implemented: on every system but Linux.
 var ErrUnsupported = fmt.Errorf("handing sockets to a new process is not supported on %s: %w", runtime.GOOS, errors.ErrUnsupported)

@@ -9,7 +9,12 @@
 // master hears READY=1, STATUS=, RELOADING=1, STOPPING=1 and WATCHDOG=1. It also keeps
 // an fd store as systemd does (FDSTORE=1, FDNAME=, FDSTOREREMOVE=1; fdstore.go): what
 // the serving child stores is passed to every later child after the sockets, which is
-// how a child built with handover's library keeps its TLS session-ticket keys.
+// how a child built with handover's library keeps its TLS session-ticket keys, leaves
+// its last state when it is stopped with nobody to hand it to, and reaches the next
+// child: it keeps there one end of a socket pair (handoff.LinkName), on which the
+// next child sends a channel of its own, and the two hand over the application's
+// state and the idle connections as generations of the library do. The master only
+// passes the link on; it never reads it.
 //
 // # Builds
 //

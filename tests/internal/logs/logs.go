@@ -99,6 +99,9 @@ var Events = map[string]Spec{
 	"conns_failed":   {Enums: map[string][]string{"to": {"successor", "fdstore"}}},
 	"conns_lost":     {Enums: map[string][]string{"reason": {"corrupt", "descriptor", "table"}}},
 	"conns_restored": {},
+	// A library child's link to the next child under handover run.
+	"link_ready": {},
+	"link_lost":  {Enums: map[string][]string{"reason": {"channel", "none", "store", "gone", "protocol"}}},
 	// handover run's master (internal/master), beside the ones it shares above.
 	"child_errno":       {},
 	"child_exited":      {},

@@ -70,7 +70,11 @@ func printStatus(w io.Writer, s *wire.Status) {
 		if name == "" {
 			name = "(unnamed)"
 		}
-		fmt.Fprintf(w, "%s %s %s:%s (from %s)\n", label, name, l.Network, l.Addr, l.Source)
+		from := "from " + l.Source
+		if l.Source == "bound" {
+			from = "bound" // by the process itself
+		}
+		fmt.Fprintf(w, "%s %s %s:%s (%s)\n", label, name, l.Network, l.Addr, from)
 	}
 	master := s.Child != 0 || s.Restarts != 0
 	if !master {

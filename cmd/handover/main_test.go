@@ -191,7 +191,7 @@ func TestNoService(t *testing.T) {
 // fullStatus has every field set: a master's, with a library child's fields too.
 var fullStatus = wire.Status{
 	PID: 10, Generation: 3, State: "serving", Executable: "/srv/app", Systemd: true,
-	Listeners:   []wire.Socket{{Name: "http", Network: "tcp", Addr: "127.0.0.1:8080", Source: "systemd"}},
+	Listeners:   []wire.Socket{{Name: "http", Network: "tcp", Addr: "127.0.0.1:8080", Source: "systemd"}, {Name: "admin", Network: "unix", Addr: "/run/a.sock", Source: "bound"}},
 	Connections: wire.ConnCounts{New: 1, Active: 2, Idle: 3, Hijacked: 4, Accepted: 50},
 	Upgrading:   12, LastError: "new child exited", Child: 11, ChildExecutable: "/srv/app (the last good build)", Restarts: 2, OlderDraining: 1,
 	ProbationUntil: time.Date(2026, 1, 2, 3, 4, 16, 0, time.UTC),
@@ -280,7 +280,7 @@ func TestStatusText(t *testing.T) {
 	lib := fullStatus
 	lib.Child, lib.ChildExecutable, lib.Restarts = 0, "", 0
 	out, _, code := handover(t, "status", "-control", serve(t, &fakeService{status: lib}))
-	for _, want := range []string{"PID:         10\n", "Listeners:   http tcp:127.0.0.1:8080 (from systemd)\n", "Connections: 10 open (2 active, 3 idle, 1 new, 4 hijacked), 50 accepted, 0 received, 0 handed over\n",
+	for _, want := range []string{"PID:         10\n", "Listeners:   http tcp:127.0.0.1:8080 (from systemd)\n", "            admin unix:/run/a.sock (bound)\n", "Connections: 10 open (2 active, 3 idle, 1 new, 4 hijacked), 50 accepted, 0 received, 0 handed over\n",
 		"Last upgrade failed: new child exited\n", "Upgrading:   new generation PID 12 starting\n", "Upgrades:    1 (oldest first)\n", "drain cut short (deadline): 1 connections force-closed",
 		"Probation:   until " + lib.ProbationUntil.Local().Format("15:04:05.000") + ": the old generation"} {
 		if code != 0 || !strings.Contains(out, want) {

@@ -216,6 +216,12 @@ const wantJSON = `{
       "network": "tcp",
       "addr": "127.0.0.1:8080",
       "source": "systemd"
+    },
+    {
+      "name": "admin",
+      "network": "unix",
+      "addr": "/run/a.sock",
+      "source": "bound"
     }
   ],
   "connections": {

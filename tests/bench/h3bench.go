@@ -7,7 +7,7 @@ package main
 // UDP socket passed by tableflip (servers/tableflip-h3, kill -HUP), through
 // -http3-upgrades upgrades each, in one run.
 //
-//	cd tests/bench && go run . -http3 -out /tmp/h3   # about 3 minutes
+//	cd tests/bench && go run . -http3 -out /tmp/h3   # 1 to 3 minutes
 
 import (
 	"context"
@@ -85,12 +85,15 @@ type H3Result struct {
 	OtherCloses  int `json:"other_closes"`
 	// Generations is how many PIDs the line had (1 + upgrades); Reached, how
 	// many of them answered a connection dialed after they took over.
-	Generations int      `json:"generations"`
-	Reached     int      `json:"reached"`
-	LoadS       float64  `json:"load_s"` // how long the load ran
-	ServerCPU   float64  `json:"server_cpu_s"`
-	Errors      []string `json:"errors,omitempty"`
-	Error       string   `json:"error,omitempty"`
+	Generations int     `json:"generations"`
+	Reached     int     `json:"reached"`
+	LoadS       float64 `json:"load_s"` // how long the load ran
+	// OldExitS is, per upgrade, the time from the signal to the old process's
+	// exit.
+	OldExitS  []float64 `json:"old_exit_s"`
+	ServerCPU float64   `json:"server_cpu_s"`
+	Errors    []string  `json:"errors,omitempty"`
+	Error     string    `json:"error,omitempty"`
 }
 
 // runH3 runs the HTTP/3 comparison and writes http3.json and http3.md into o.out.
@@ -103,7 +106,11 @@ func runH3(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
+	if o.keep {
+		logf("keeping the work directory %s (servers' logs: NAME.log)", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
 	bin := filepath.Join(work, "bin")
 	for _, b := range []struct{ dir, pkg string }{{filepath.Join(repo, "quic"), "./cmd/handover-h3demo"}, {filepath.Join(repo, "tests", "bench"), "./servers/tableflip-h3"}} {
 		cmd := exec.Command("go", "build", "-o", bin+string(filepath.Separator), b.pkg)
@@ -268,6 +275,7 @@ func h3Upgrades(ctx context.Context, o options, a h3Approach, line *h3Line, addr
 	}
 	for i := 1; i <= o.h3Upgrades && lctx.Err() == nil; i++ {
 		cur := line.newest()
+		signaled := time.Now()
 		if err := syscall.Kill(cur, a.sig); err != nil {
 			res.Error = fmt.Sprintf("upgrade %d: kill -%d %d: %v", i, a.sig, cur, err)
 			return
@@ -283,6 +291,7 @@ func h3Upgrades(ctx context.Context, o options, a h3Approach, line *h3Line, addr
 			res.Error = fmt.Sprintf("upgrade %d: PID %d: %v", i, cur, err)
 			return
 		}
+		res.OldExitS = append(res.OldExitS, time.Since(signaled).Seconds())
 		sleepCtx(lctx, o.h3Gap)
 	}
 	sleepCtx(lctx, 2*time.Second)
@@ -293,11 +302,11 @@ func h3Markdown(rep *H3Report) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "HTTP/3 over upgrades: %d long-lived quic-go clients (half send one request every %.0f ms, half 4 at once), never retried, %d upgrades per server, each %.1f s after the old process exited. A request is failed when its headers left the client and no 200 came back (H3_REQUEST_REJECTED included: the load never retries).\n\n",
 		rep.Clients, rep.IntervalMS, rep.Upgrades, rep.GapS)
-	b.WriteString("| server | upgrades | requests | failed | rejected | timed out | stateless resets | idle timeouts | dial failures | PIDs reached by new connections | load | server CPU |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| server | upgrades | requests | failed | rejected | timed out | stateless resets | idle timeouts | dial failures | PIDs reached by new connections | old process exits after (median, max) | load | server CPU |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rep.Approaches {
-		fmt.Fprintf(&b, "| %s | %d | %d | **%d** | %d | %d | %d | %d | %d | %d of %d | %.0f s | %.2f s |\n", r.Label, r.Upgrades, r.Sent, r.Failed, r.Rejected, r.TimedOut,
-			r.Resets, r.IdleTimeouts, r.DialFails, r.Reached, r.Generations, r.LoadS, r.ServerCPU)
+		fmt.Fprintf(&b, "| %s | %d | %d | **%d** | %d | %d | %d | %d | %d | %d of %d | %.1f s, %.1f s | %.0f s | %.2f s |\n", r.Label, r.Upgrades, r.Sent, r.Failed, r.Rejected, r.TimedOut,
+			r.Resets, r.IdleTimeouts, r.DialFails, r.Reached, r.Generations, medianF(r.OldExitS), slices.Max(append([]float64{0}, r.OldExitS...)), r.LoadS, r.ServerCPU)
 	}
 	for _, r := range rep.Approaches {
 		if r.Error != "" {

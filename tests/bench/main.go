@@ -9,7 +9,7 @@
 //	cd tests/bench && go run . -quick -out /tmp/quick # 10 restarts per approach, about 4 minutes
 //	cd tests/bench && go run . -report results/bench.json   # tables and picture again from the JSON
 //	cd tests/bench && go run . -tls -out /tmp/tls     # TLS resumption after upgrades (tlsbench.go), about 2 minutes
-//	cd tests/bench && go run . -http3 -out /tmp/h3    # HTTP/3 over upgrades, handover against tableflip (h3bench.go), about 3 minutes
+//	cd tests/bench && go run . -http3 -out /tmp/h3    # HTTP/3 over upgrades, handover against tableflip (h3bench.go), 1 to 3 minutes
 //	cd tests/bench && go run . -switch              # switch time on idle servers (switch.go), into results/switch
 //
 // For each approach it starts the server, puts it under the load of

@@ -139,12 +139,19 @@ type Config struct {
 	// TicketKeyFile names a file of TLS session-ticket keys shared by a fleet (see
 	// KeepTLSSessions): one key per line, 64 hex digits (32 bytes, e.g. `openssl rand
 	// -hex 32`), the first line's key making new tickets, every key accepted; blank
-	// lines and lines starting with # are skipped. It must be a regular file that
-	// others cannot access (mode 0600 or 0640): New fails otherwise, as it does when
-	// the file is missing or malformed. Every generation reads it as it starts, so an
-	// upgrade installs a rotated file; the keys are not rotated otherwise. Empty
-	// means keys of the line's own: made by the first generation, rotated, and handed
-	// from generation to generation.
+	// lines and lines starting with # are skipped. New fails, saying what to change,
+	// when the file is missing or malformed, or when it is not such a file: it must be
+	// a regular file (a FIFO, a directory, a device or a socket is refused), with no
+	// access for others and no write access for its group (mode 0600, 0640 or 0400;
+	// 0644, 0660 or 0604 are refused), owned by the process's effective user or by
+	// root. The file is opened without blocking (O_NONBLOCK), so a FIFO at the path is
+	// refused at once instead of holding up the start; a symlink is followed, and the
+	// checks apply to the file it leads to, on the descriptor that is read (no race
+	// between the check and the read). The owner is checked on Unix systems only (not
+	// on Windows). Every generation reads it as it starts, so an upgrade installs a
+	// rotated file; the keys are not rotated otherwise. Empty means keys of the
+	// line's own: made by the first generation, rotated, and handed from generation
+	// to generation.
 	TicketKeyFile string
 	// TicketKeyRotation is how long a session-ticket key of the line's own makes new
 	// tickets before a new one replaces it. Zero means 24 hours (crypto/tls's own).

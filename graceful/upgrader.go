@@ -346,6 +346,14 @@ func (u *Upgrader) Listen(name, network, address string) (net.Listener, error) {
 // ListenPacket is Listen for datagram sockets ("udp", "udp4", "udp6", "unixgram").
 // A process that holds one cannot take back a drain (see Upgrader): it must stop
 // reading from it itself when Exit is closed.
+//
+// Serve calls Ready; a process whose only sockets are packet sockets (no Server, no
+// Serve, no listener of Listen) must call Ready itself, once it has taken every
+// socket it uses (its ListenPacket calls: Ready closes inherited descriptors nobody
+// claimed) and reads from them. Until then it is not ready: an upgrade into it fails
+// at Config.UpgradeTimeout (the new process is killed, the old one serves on), a
+// `handover run` master does not count it ready (unless -ready-after), and systemd
+// (Type=notify) times its start out.
 func (u *Upgrader) ListenPacket(name, network, address string) (net.PacketConn, error) {
 	pc, err := u.set.ListenPacket(name, network, address)
 	if err != nil {

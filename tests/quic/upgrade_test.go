@@ -13,6 +13,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
+	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/quic/h3load"
 )
 
@@ -117,7 +118,9 @@ func TestHTTP3ConnectionsSurviveUpgrades(t *testing.T) {
 		if err := syscallKill(pid); err != nil {
 			return err
 		}
-		_, err := reap(pid)
+		// The generation before it may still stand by for its probation: then it
+		// is the parent, and reaps it.
+		_, _, err := proc.End(pid, 30*time.Second)
 		return err
 	})
 }

@@ -184,6 +184,37 @@ func Reap(pid int, timeout time.Duration) (syscall.WaitStatus, error) {
 	}
 }
 
+// End waits up to timeout for pid to exit and be reaped, by whichever process is
+// its parent: the test process reaps it if it is its child (directly, or
+// reparented through SetSubreaper); otherwise its own parent does, such as an old
+// generation still standing by for its successor's probation, which reaps the
+// successor when it exits. It reports whether the test process reaped it (then ws
+// is its status). It never waits for any other PID.
+func End(pid int, timeout time.Duration) (ws syscall.WaitStatus, reaped bool, err error) {
+	if pid <= 0 {
+		return 0, false, fmt.Errorf("proc: refusing to wait for pid %d", pid)
+	}
+	deadline := time.Now().Add(timeout)
+	for pause := time.Millisecond; ; pause = min(2*pause, 20*time.Millisecond) {
+		var uws unix.WaitStatus
+		got, err := unix.Wait4(pid, &uws, unix.WNOHANG, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case got == pid:
+			return syscall.WaitStatus(uws), true, nil
+		case errors.Is(err, unix.ECHILD) && State(pid) == "":
+			return 0, false, nil // reaped by its own parent
+		case err != nil && !errors.Is(err, unix.ECHILD):
+			return 0, false, fmt.Errorf("proc: wait4(%d): %w", pid, err)
+		}
+		if time.Now().After(deadline) {
+			return 0, false, fmt.Errorf("proc: pid %d (state %q, parent %d, %s) did not end within %v", pid, State(pid), PPid(pid), Cmdline(pid), timeout)
+		}
+		time.Sleep(pause)
+	}
+}
+
 // KillAndReap sends SIGKILL to pid and reaps it within timeout. It refuses
 // pid <= 1 and the test process itself.
 func KillAndReap(pid int, timeout time.Duration) (syscall.WaitStatus, error) {

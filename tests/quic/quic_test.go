@@ -161,6 +161,23 @@ func (s *server) upgrade(pid int) int {
 	return s.waitPID(pid)
 }
 
+// waitServing waits until generation pid reads the shared socket (event=quic_serve):
+// its PID file comes first, and until then new connections still reach the
+// generation before it.
+func (s *server) waitServing(pid int) {
+	s.t.Helper()
+	if err := proc.WaitFor(func() bool {
+		for _, l := range s.events("quic_serve") {
+			if l.Get("pid") == strconv.Itoa(pid) {
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, fmt.Sprintf("generation %d to read the shared socket", pid)); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
 func (s *server) logText() string {
 	b, _ := os.ReadFile(s.logPath)
 	return string(b)

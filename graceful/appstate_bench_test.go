@@ -13,7 +13,7 @@ import (
 // BenchmarkStateHandoff measures what handing the application's state on costs the
 // library, per blob size, apart from the application's own SaveState and LoadState:
 //
-//	save  the old generation: the header and checksum (SHA-256) around the blob,
+//	save  the old generation: the header and checksum (CRC-32C) around the blob,
 //	      and the blob written into a new sealed memfd (stateParts, SealedFile)
 //	load  the new generation: the memfd mapped, the blob checked and decoded, then
 //	      (after LoadState) the memfd wiped and unmapped (mapMemfd, decodeState)

@@ -569,6 +569,11 @@ func TestDrainResumable(t *testing.T) {
 	if !h.d.resumable() {
 		t.Fatal("a Drainer of TCP listeners is not resumable")
 	}
+	// An Accept already past its deadline check when stopAccepting set the deadline
+	// still takes one connection (documented: "a connection accepted just as a drain
+	// starts is still tracked and served"). Dial once every Accept in progress has
+	// returned: from then on none can take a connection.
+	eventually(t, "the Accept in progress to return", func() bool { return h.d.accepting.Load() == 0 })
 	waiting := dialClient(t, h.addr) // the listener is open: the dial connects
 	eventually(t, "the connection to wait in the accept queue", func() bool { return acceptQueue(t, h.addr) == 1 })
 

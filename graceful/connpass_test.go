@@ -432,6 +432,28 @@ func TestHandOverRace(t *testing.T) {
 	}
 }
 
+// TestHandOverThroughDrained: connections an older generation hands over to one
+// whose own drain has ended (it stands by for its successor's probation) go on to
+// that successor: each client's next request, on the same connection, is answered
+// there, none is closed.
+func TestHandOverThroughDrained(t *testing.T) {
+	a := newPair(t, nil)
+	b := &pair{old: a.new, new: newGen(t, "newer", listenLoopback(t), nil)}
+	b.peer = &testPeer{to: b.new.c}
+	waitDrain(t, b.handOver(t)) // no connection: its drain ends at once
+	b.old.c.Turn(carry.Turn{Role: carry.Drained, Successor: b.peer})
+	cs := a.idle(t, 4)
+	waitDrain(t, a.handOver(t))
+	for i, c := range cs {
+		path := "/next" + strconv.Itoa(i)
+		c.send(t, path)
+		expect(t, c, "newer", path)
+	}
+	if got := b.new.counts(); got.Received != 4 {
+		t.Errorf("newest counts %+v; want 4 received", got)
+	}
+}
+
 // TestHandOverFailed: when the successor cannot take the connections, they stay:
 // the client's next request is answered by the old generation, which then drains as
 // without a successor ("Connection: close").

@@ -192,6 +192,17 @@ func (p *pair) idle(t *testing.T, n int) []*client {
 	return cs
 }
 
+// nextAnsweredBy sends a request on each of cs and checks that generation who
+// answers it, on the same connection.
+func nextAnsweredBy(t *testing.T, cs []*client, who string) {
+	t.Helper()
+	for i, c := range cs {
+		path := "/next" + strconv.Itoa(i)
+		c.send(t, path)
+		expect(t, c, who, path)
+	}
+}
+
 func waitDrain(t *testing.T, done <-chan error) {
 	t.Helper()
 	select {
@@ -211,11 +222,7 @@ func TestHandOverIdle(t *testing.T) {
 	p := newPair(t, nil)
 	cs := p.idle(t, 16)
 	waitDrain(t, p.handOver(t))
-	for i, c := range cs {
-		path := "/next" + strconv.Itoa(i)
-		c.send(t, path)
-		expect(t, c, "new", path)
-	}
+	nextAnsweredBy(t, cs, "new")
 	if got := p.old.counts(); got.HandedOver != 16 || got.Total() != 0 {
 		t.Errorf("old counts %+v; want 16 handed over, none open", got)
 	}
@@ -444,11 +451,7 @@ func TestHandOverThroughDrained(t *testing.T) {
 	b.old.c.Turn(carry.Turn{Role: carry.Drained, Successor: b.peer})
 	cs := a.idle(t, 4)
 	waitDrain(t, a.handOver(t))
-	for i, c := range cs {
-		path := "/next" + strconv.Itoa(i)
-		c.send(t, path)
-		expect(t, c, "newer", path)
-	}
+	nextAnsweredBy(t, cs, "newer")
 	if got := b.new.counts(); got.Received != 4 {
 		t.Errorf("newest counts %+v; want 4 received", got)
 	}

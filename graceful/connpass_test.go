@@ -46,18 +46,17 @@ type gen struct {
 // testHost is the process as a carrier sees it, in a test.
 type testHost struct{ wg sync.WaitGroup }
 
-func (h *testHost) Logger() *slog.Logger            { return slog.Default() }
-func (h *testHost) Inherited(string) []*os.File     { return nil }
-func (h *testHost) Store() carry.Store              { return nil }
-func (h *testHost) Go(f func())                     { h.wg.Add(1); go func() { defer h.wg.Done(); f() }() }
-func (h *testHost) wait()                           { h.wg.Wait() }
-func (h *testHost) Generation() int                 { return 1 }
-func (h *testHost) UnderMaster() bool               { return false }
-func (h *testHost) TakesBack(net.PacketConn)        {}
-func (p *testPeer) count() int                      { p.mu.Lock(); defer p.mu.Unlock(); return p.conns }
-func (p *testPeer) setErr(err error)                { p.mu.Lock(); p.err = err; p.mu.Unlock() }
-func (g *gen) counts() ConnCounts                   { return g.d.Counts() }
-func (g *gen) waitingConn(cli net.Conn, n int) bool { return g.log.find(cli, http.StateIdle, n) != nil }
+func (h *testHost) Logger() *slog.Logger        { return slog.Default() }
+func (h *testHost) Inherited(string) []*os.File { return nil }
+func (h *testHost) Store() carry.Store          { return nil }
+func (h *testHost) Go(f func())                 { h.wg.Add(1); go func() { defer h.wg.Done(); f() }() }
+func (h *testHost) wait()                       { h.wg.Wait() }
+func (h *testHost) Generation() int             { return 1 }
+func (h *testHost) UnderMaster() bool           { return false }
+func (h *testHost) TakesBack(net.PacketConn)    {}
+func (p *testPeer) count() int                  { p.mu.Lock(); defer p.mu.Unlock(); return p.conns }
+func (p *testPeer) setErr(err error)            { p.mu.Lock(); p.err = err; p.mu.Unlock() }
+func (g *gen) counts() ConnCounts               { return g.d.Counts() }
 
 // testPeer is the successor as the old generation's carrier sees it: it hands each
 // message to the new generation's carrier, with copies of its descriptors.

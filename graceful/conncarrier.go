@@ -280,7 +280,9 @@ func (c *connCarrier) forward(ln *listener, as []arrival) {
 
 // settle waits until the process's role is not Upgrading (a drain starts just before
 // the carriers hear of the handover), at most sendTimeout, and returns the successor
-// if this process handed over.
+// if this process handed over: while it drains, and after its own drain ended
+// (Finishing, Drained), when an older generation still draining may hand it
+// connections that go on to the successor.
 func (c *connCarrier) settle() carry.Peer {
 	c.mu.Lock()
 	settled := c.settled
@@ -294,10 +296,11 @@ func (c *connCarrier) settle() carry.Peer {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.role != carry.HandedOver {
-		return nil
+	switch c.role {
+	case carry.HandedOver, carry.Finishing, carry.Drained:
+		return c.peer // nil after a stop: Turn clears it on Stopping
 	}
-	return c.peer
+	return nil
 }
 
 func (c *connCarrier) forwardBatch(peer carry.Peer, o connOrigin, as []arrival) {

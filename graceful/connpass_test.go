@@ -46,18 +46,17 @@ type gen struct {
 // testHost is the process as a carrier sees it, in a test.
 type testHost struct{ wg sync.WaitGroup }
 
-func (h *testHost) Logger() *slog.Logger            { return slog.Default() }
-func (h *testHost) Inherited(string) []*os.File     { return nil }
-func (h *testHost) Store() carry.Store              { return nil }
-func (h *testHost) Go(f func())                     { h.wg.Add(1); go func() { defer h.wg.Done(); f() }() }
-func (h *testHost) wait()                           { h.wg.Wait() }
-func (h *testHost) Generation() int                 { return 1 }
-func (h *testHost) UnderMaster() bool               { return false }
-func (h *testHost) TakesBack(net.PacketConn)        {}
-func (p *testPeer) count() int                      { p.mu.Lock(); defer p.mu.Unlock(); return p.conns }
-func (p *testPeer) setErr(err error)                { p.mu.Lock(); p.err = err; p.mu.Unlock() }
-func (g *gen) counts() ConnCounts                   { return g.d.Counts() }
-func (g *gen) waitingConn(cli net.Conn, n int) bool { return g.log.find(cli, http.StateIdle, n) != nil }
+func (h *testHost) Logger() *slog.Logger        { return slog.Default() }
+func (h *testHost) Inherited(string) []*os.File { return nil }
+func (h *testHost) Store() carry.Store          { return nil }
+func (h *testHost) Go(f func())                 { h.wg.Add(1); go func() { defer h.wg.Done(); f() }() }
+func (h *testHost) wait()                       { h.wg.Wait() }
+func (h *testHost) Generation() int             { return 1 }
+func (h *testHost) UnderMaster() bool           { return false }
+func (h *testHost) TakesBack(net.PacketConn)    {}
+func (p *testPeer) count() int                  { p.mu.Lock(); defer p.mu.Unlock(); return p.conns }
+func (p *testPeer) setErr(err error)            { p.mu.Lock(); p.err = err; p.mu.Unlock() }
+func (g *gen) counts() ConnCounts               { return g.d.Counts() }
 
 // testPeer is the successor as the old generation's carrier sees it: it hands each
 // message to the new generation's carrier, with copies of its descriptors.
@@ -192,6 +191,17 @@ func (p *pair) idle(t *testing.T, n int) []*client {
 	return cs
 }
 
+// nextAnsweredBy sends a request on each of cs and checks that generation who
+// answers it, on the same connection.
+func nextAnsweredBy(t *testing.T, cs []*client, who string) {
+	t.Helper()
+	for i, c := range cs {
+		path := "/next" + strconv.Itoa(i)
+		c.send(t, path)
+		expect(t, c, who, path)
+	}
+}
+
 func waitDrain(t *testing.T, done <-chan error) {
 	t.Helper()
 	select {
@@ -211,11 +221,7 @@ func TestHandOverIdle(t *testing.T) {
 	p := newPair(t, nil)
 	cs := p.idle(t, 16)
 	waitDrain(t, p.handOver(t))
-	for i, c := range cs {
-		path := "/next" + strconv.Itoa(i)
-		c.send(t, path)
-		expect(t, c, "new", path)
-	}
+	nextAnsweredBy(t, cs, "new")
 	if got := p.old.counts(); got.HandedOver != 16 || got.Total() != 0 {
 		t.Errorf("old counts %+v; want 16 handed over, none open", got)
 	}
@@ -429,6 +435,24 @@ func TestHandOverRace(t *testing.T) {
 			c.send(t, path)
 			expect(t, c, "new", path)
 		}
+	}
+}
+
+// TestHandOverThroughDrained: connections an older generation hands over to one
+// whose own drain has ended (it stands by for its successor's probation) go on to
+// that successor: each client's next request, on the same connection, is answered
+// there, none is closed.
+func TestHandOverThroughDrained(t *testing.T) {
+	a := newPair(t, nil)
+	b := &pair{old: a.new, new: newGen(t, "newer", listenLoopback(t), nil)}
+	b.peer = &testPeer{to: b.new.c}
+	waitDrain(t, b.handOver(t)) // no connection: its drain ends at once
+	b.old.c.Turn(carry.Turn{Role: carry.Drained, Successor: b.peer})
+	cs := a.idle(t, 4)
+	waitDrain(t, a.handOver(t))
+	nextAnsweredBy(t, cs, "newer")
+	if got := b.new.counts(); got.Received != 4 {
+		t.Errorf("newest counts %+v; want 4 received", got)
 	}
 }
 

@@ -37,6 +37,9 @@ type lineage struct {
 	above    int     // older generations still draining, as the upstream said
 	drained  bool    // this process's drain ended: "drained" is on its way to the successor
 	farewell bool    // the upstream channel is on its way to the successor
+	// passed is the upstream channel passed on at the farewell until its reader
+	// has posted its end: what it read before is handled first.
+	passed channel
 	// relay holds the drains of older generations heard of after the history was
 	// handed to the new generation of the attempt in progress: they follow it once
 	// it took over.
@@ -60,12 +63,19 @@ func (e upstreamMessage) handle(m *machine) {
 		// Read from a channel this process has just passed on (its farewell): the
 		// news still goes down the line.
 		m.onUpstreamDrained(e.m)
+	case e.m.Verb == handoff.Conns && e.ch == m.line.passed:
+		// Connections the older generation handed over, read from the channel
+		// just passed on: they go to the successor, which reads that channel now.
+		m.tellSuccessor(e.m)
 	default:
 		closeFiles(e.m.Files)
 	}
 }
 
 func (e upstreamEnded) handle(m *machine) {
+	if e.ch == m.line.passed {
+		m.line.passed = nil // all it read was handled: the process may finish
+	}
 	if e.ch == m.line.up {
 		m.line.up.Close()
 		m.line.up, m.line.upOut = nil, nil
@@ -242,6 +252,7 @@ func (m *machine) sayFarewell() {
 		return // stopped, not handed over; or no older generation drains
 	}
 	m.line.up, m.line.upOut = nil, nil // from now on the successor reads it, not us
+	m.line.passed = up
 	f, err := up.File()
 	up.Close()
 	if err != nil {

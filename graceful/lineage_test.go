@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
 	"testing"
 	"time"
 
@@ -82,6 +83,40 @@ func TestLineageFarewell(t *testing.T) {
 	if r := w.m.status().Upgrades[0]; !r.Drained {
 		t.Fatalf("record %+v", r)
 	}
+}
+
+// TestLineageFarewellConns: connections the older generation hands over, read from
+// the upstream channel as this process passes it on, go on to the successor (which
+// reads that channel from then on); the process finishes only once its reader of
+// that channel has ended, so that nothing it read is left unhandled.
+func TestLineageFarewellConns(t *testing.T) {
+	w := newWorld(t, nil)
+	up := newFakeChannel()
+	w.readyWith(up)
+	up.say(handoff.Message{Verb: handoff.Above, N: 1})
+	stepTo[upstreamMessage](w)
+	g := w.upgradeTo()
+	up.expect(t, handoff.Done)
+	g.ch.expect(t, handoff.Above)
+	w.stepUntil("the end of the drain", func() bool { return w.m.line.drained })
+	g.ch.expect(t, handoff.Drained)
+	g.ch.expect(t, handoff.Above)
+	w.passProbation(10 * time.Second)
+	g.ch.expect(t, handoff.Upstream)
+	if w.m.st == exited {
+		t.Fatal("finished before the reader of the channel it passed on ended")
+	}
+	r, wr, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wr.Close()
+	// What the reader had read as the channel closed.
+	w.m.handle(upstreamMessage{ch: up, m: handoff.Message{Verb: handoff.Conns, Text: `{"name":"http"}`, Files: []*os.File{r}}})
+	if m := g.ch.expect(t, handoff.Conns); m.Text != `{"name":"http"}` || len(m.Files) != 1 {
+		t.Fatalf("the successor got %q with %d files; want the connections", m.Text, len(m.Files))
+	}
+	w.stepUntil("the process is done", func() bool { return w.m.st == exited })
 }
 
 // TestLineageMaxDraining: a handover that makes more generations drain than

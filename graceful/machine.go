@@ -393,7 +393,7 @@ func (m *machine) settle() {
 	if !m.line.farewell {
 		m.sayFarewell()
 	}
-	if m.holds.Load() == 0 {
+	if m.holds.Load() == 0 && m.line.passed == nil {
 		m.finish()
 	}
 }

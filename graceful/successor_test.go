@@ -168,11 +168,16 @@ func TestSuccessorReplacement(t *testing.T) {
 			t.Fatalf("Status while replacing: %+v", st)
 		}
 		w.takeOver(r)
-		w.stepUntil("the messages are sent", func() bool { return w.m.holds.Load() == 0 })
+		// The last sender's release posts the wake that finishes the process just
+		// after holds reaches 0: after the last replacement, wait for that too.
+		last := i == maxReplacements
+		w.stepUntil("the messages are sent (and, after the last replacement, the process is done)", func() bool {
+			return w.m.holds.Load() == 0 && (!last || w.m.st == exited)
+		})
 		if w.m.next.cur == nil || w.m.next.cur.pid != r.pid() {
 			t.Fatalf("after replacement %d took over: watching %v", i, w.m.next.cur)
 		}
-		if last := i == maxReplacements; last != (w.m.st == exited) {
+		if last != (w.m.st == exited) {
 			t.Fatalf("after replacement %d took over: %s (standing by while a replacement is left, done once none is)", i, w.m.st)
 		}
 		g = r

@@ -188,6 +188,9 @@ func checkDrainedAsBefore(t *testing.T, d *demo, c *rawConn) {
 		t.Fatalf("answered by %d, want %d", pid, old)
 	}
 	d.upgrade()
+	// The new generation is ready a moment before the old one starts its drain
+	// (and stops keep-alive): the request goes once it has.
+	d.waitEvent(0, 20*time.Second, "drain_start", logs.KV("pid", old))
 	if _, err := io.WriteString(c.Conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}

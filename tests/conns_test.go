@@ -153,6 +153,9 @@ func TestConnsPartialRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, cur := d.upgrade()
+	// Once the old generation drains, the connection goes on with the new one after
+	// its request (see checkDrainedAsBefore).
+	d.waitEvent(0, 10*time.Second, "drain_start", logs.KV("pid", old))
 	if pid := exchange(t, c, "st: x\r\n\r\n"); pid != old {
 		t.Errorf("the partial request was answered by %d; want the old generation %d", pid, old)
 	}
@@ -188,6 +191,9 @@ func checkDrainedAsBefore(t *testing.T, d *demo, c *rawConn) {
 		t.Fatalf("answered by %d, want %d", pid, old)
 	}
 	d.upgrade()
+	// The new generation logs ready a moment before the old one stops accepting
+	// and drains: a request sent before is answered as any other, kept alive.
+	d.waitEvent(0, 10*time.Second, "drain_start", logs.KV("pid", old))
 	if _, err := io.WriteString(c.Conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}

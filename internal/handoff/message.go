@@ -57,6 +57,11 @@ import (
 //	                                  handed over at the handover and as they become
 //	                                  idle during the drain: the child serves their
 //	                                  next request
+//	child → parent   "conns-taken <n>"   the n sockets of a "conns" message are in
+//	                                  the child's hands (sent as it receives them,
+//	                                  before it serves any): the parent lets its own
+//	                                  copies go. Until then it keeps them, unread, and
+//	                                  serves them again if the child dies
 const maxMessage = 64 << 10
 
 // Verbs of the handover channel.
@@ -90,13 +95,15 @@ const (
 	Conns = "conns"
 	// ConnTable carries the table of the connections kept in the fd store.
 	ConnTable = "conntable"
+	// ConnsTaken answers Conns: its N descriptors are in the receiver's hands.
+	ConnsTaken = "conns-taken"
 )
 
 // Message is one message of the handover channel.
 type Message struct {
 	Verb string
 	PID  int    // Ready
-	N    int    // Above, Upstream
+	N    int    // Above, Upstream, ConnsTaken
 	Text string // Error, Abort, History, State, Drained, Conns
 	// Files travel with the message (SCM_RIGHTS). The receiver owns them.
 	Files []*os.File
@@ -107,7 +114,7 @@ func (m Message) String() string {
 	switch m.Verb {
 	case Ready:
 		return Ready + " " + strconv.Itoa(m.PID)
-	case Above, Upstream:
+	case Above, Upstream, ConnsTaken:
 		return m.Verb + " " + strconv.Itoa(m.N)
 	case Error, Abort, History, State, Drained, Conns:
 		return m.Verb + " " + OneLine(m.Text)
@@ -119,7 +126,7 @@ func (m Message) String() string {
 func ParseMessage(line string) (Message, error) {
 	verb, rest, _ := strings.Cut(line, " ")
 	switch verb {
-	case Ready, Above, Upstream:
+	case Ready, Above, Upstream, ConnsTaken:
 		n, err := strconv.Atoi(rest)
 		if err != nil || n < 0 || verb == Ready && n == 0 || strings.HasPrefix(rest, "+") {
 			if verb == Ready {

@@ -46,10 +46,18 @@ import (
 //     child that reached it on its link (masterlink.go), as to a successor.
 //
 // A connection is handed over at once, not after a probation of the successor:
-// held back, it would be served by this generation meanwhile. If the successor dies,
-// the connections it took die with it: the kernel closes them, as for any crashed
-// server (an idle one sees the connection close, as when a keep-alive connection
-// times out; one with a request in flight gets no answer).
+// held back, it would be served by this generation meanwhile. But this process lets
+// its own copy go only once the successor says it has the socket ("conns-taken",
+// sent as it receives a "conns" message, before it serves any): until then the
+// socket may be in the channel's queue, where a successor's death would close it
+// with the request its client sent meanwhile. So a connection sent stays here,
+// unread (stopped at its safe point, see conn.take), until then; if the successor
+// dies or its channel ends first, this process serves it again, the client's next
+// request included (held, peerTook, peerGone). Once the successor has taken a
+// connection, it dies with it: the kernel closes it, as for any crashed server (an
+// idle one sees the connection close, as when a keep-alive connection times out;
+// one with a request in flight, or sent before the client saw the close, gets a
+// reset or no answer).
 
 // connPrefix starts the fd store names of connections.
 const connPrefix = "handover-conn/"
@@ -79,6 +87,19 @@ type connCarrier struct {
 	store    notifier   // systemd's fd store (Config.FDStore, not under a master)
 	keep     *keptConns // the connections kept in the fd store (Config.FDStoreConns)
 	tableIn  *os.File   // their table, from the initial batch, until Start
+	held     []heldBatch
+
+	// sendMu orders the "conns" messages as held does: the successor's answers
+	// come in that order.
+	sendMu sync.Mutex
+}
+
+// heldBatch is a "conns" message sent to a successor that has not said yet that it
+// has the sockets: this process keeps its own copies meanwhile.
+type heldBatch struct {
+	peer     carry.Peer
+	conns    []*conn   // a drain's, stopped at their safe point (conn.take)
+	arrivals []arrival // received from the previous generation, passed on
 }
 
 // arrival is a connection handed over, on its way to an Accept.
@@ -316,13 +337,83 @@ func (c *connCarrier) forwardBatch(peer carry.Peer, o connOrigin, as []arrival) 
 		files, sent = append(files, f), append(sent, a)
 	}
 	text, _ := json.Marshal(o)
-	err := peer.Send(handoff.Message{Verb: handoff.Conns, Text: string(text), Files: files})
+	err := c.sendHeld(peer, heldBatch{peer: peer, arrivals: sent}, handoff.Message{Verb: handoff.Conns, Text: string(text), Files: files})
 	closeFiles(files)
-	for _, a := range sent {
-		if err != nil {
+	if err != nil {
+		for _, a := range sent {
 			c.drop(a, "successor")
-		} else {
+		}
+	}
+}
+
+// sendHeld sends m, the "conns" message of b, to peer, and holds b until peer says
+// it has the sockets (peerTook) or is gone (peerGone); not if the send fails.
+func (c *connCarrier) sendHeld(peer carry.Peer, b heldBatch, m handoff.Message) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	c.mu.Lock()
+	c.held = append(c.held, b)
+	c.mu.Unlock()
+	err := peer.Send(m)
+	if err != nil {
+		c.mu.Lock()
+		c.held = c.held[:len(c.held)-1] // nothing is sent after it meanwhile (sendMu)
+		c.mu.Unlock()
+	}
+	return err
+}
+
+// peerTook: peer has the sockets of the oldest "conns" message it was sent and did
+// not answer yet; this process lets its copies go.
+func (c *connCarrier) peerTook(peer carry.Peer, n int) {
+	c.mu.Lock()
+	i := slices.IndexFunc(c.held, func(b heldBatch) bool { return b.peer == peer })
+	if i < 0 {
+		c.mu.Unlock()
+		return
+	}
+	b := c.held[i]
+	c.held = slices.Delete(c.held, i, i+1)
+	c.mu.Unlock()
+	c.release(b, true)
+}
+
+// peerGone: peer exited, or its channel ended; what it did not say it has is this
+// process's again.
+func (c *connCarrier) peerGone(peer carry.Peer) {
+	c.mu.Lock()
+	var gone []heldBatch
+	c.held = slices.DeleteFunc(c.held, func(b heldBatch) bool {
+		if b.peer == peer {
+			gone = append(gone, b)
+			return true
+		}
+		return false
+	})
+	c.mu.Unlock()
+	for _, b := range gone {
+		c.release(b, false)
+	}
+	if len(gone) > 0 {
+		c.log.Warn("the new generation is gone before it took connections handed to it; served here again", "event", "conns_kept", "batches", len(gone))
+	}
+}
+
+// release ends the hold of b: taken by the successor (its copies here are closed),
+// or not (the drain's connections are served here again; those passed on are
+// closed).
+func (c *connCarrier) release(b heldBatch, taken bool) {
+	for _, tc := range b.conns {
+		tc.finish(taken)
+		if taken {
+			tc.d.handedOver.Add(1)
+		}
+	}
+	for _, a := range b.arrivals {
+		if taken {
 			a.nc.Close()
+		} else {
+			c.drop(a, "successor")
 		}
 	}
 }
@@ -346,8 +437,9 @@ func (c *connCarrier) expects() bool {
 
 // send hands conns of ln (taken, with the copies files of their descriptors) to the
 // successor or to the fd store, and returns how many of them (the first ones) the
-// other side has; an error if not all.
-func (c *connCarrier) send(ln *listener, conns []*conn, files []*os.File) (int, error) {
+// other side has; an error if not all. held: sent to the successor, they are held
+// until it says it has them (sendHeld), and the carrier ends their hand-off then.
+func (c *connCarrier) send(ln *listener, conns []*conn, files []*os.File) (n int, held bool, err error) {
 	peer := c.settle()
 	c.mu.Lock()
 	role, main := c.role, c.main
@@ -361,7 +453,7 @@ func (c *connCarrier) send(ln *listener, conns []*conn, files []*os.File) (int, 
 	switch {
 	case peer != nil:
 		text, _ := json.Marshal(o)
-		err := peer.Send(handoff.Message{Verb: handoff.Conns, Text: string(text), Files: files})
+		err := c.sendHeld(peer, heldBatch{peer: peer, conns: conns}, handoff.Message{Verb: handoff.Conns, Text: string(text), Files: files})
 		if err != nil {
 			c.mu.Lock()
 			if c.peer == peer {
@@ -369,17 +461,17 @@ func (c *connCarrier) send(ln *listener, conns []*conn, files []*os.File) (int, 
 			}
 			c.mu.Unlock()
 			c.log.Warn("could not hand connections to the new generation; they are drained here", "event", "conns_failed", "to", "successor", "err", err)
-			return 0, err
+			return 0, false, err
 		}
-		return len(conns), nil
+		return 0, true, nil
 	case role == carry.Stopping && main && c.store != nil:
 		n, err := c.toStore(o, conns, files)
 		if err != nil {
 			c.log.Warn("could not hand connections to the fd store; they are drained here", "event", "conns_failed", "to", "fdstore", "err", err)
 		}
-		return n, err
+		return n, false, err
 	}
-	return 0, errNoDest
+	return 0, false, errNoDest
 }
 
 // toStore puts connections in systemd's fd store as the process stops, each under a

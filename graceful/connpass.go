@@ -94,12 +94,14 @@ func (d *Drainer) handOver(conns []*conn) {
 			if len(taken) == 0 {
 				continue
 			}
-			n, err := d.pass.Load().send(ln, taken, files)
+			n, held, err := d.pass.Load().send(ln, taken, files)
 			closeFiles(files)
-			for i, c := range taken {
-				c.finish(i < n)
+			if !held {
+				for i, c := range taken {
+					c.finish(i < n)
+				}
+				d.handedOver.Add(uint64(n))
 			}
-			d.handedOver.Add(uint64(n))
 			if err != nil {
 				d.passing.Store(false)
 			}

@@ -59,12 +59,18 @@ func (p *testPeer) setErr(err error)            { p.mu.Lock(); p.err = err; p.mu
 func (g *gen) counts() ConnCounts               { return g.d.Counts() }
 
 // testPeer is the successor as the old generation's carrier sees it: it hands each
-// message to the new generation's carrier, with copies of its descriptors.
+// message to the new generation's carrier, with copies of its descriptors, and says
+// it has them ("conns-taken") to the old one's carrier first, as a successor does
+// as it receives them. A stalled one (a successor stopped, or dead, with the message
+// in its channel's queue) keeps the message and says nothing.
 type testPeer struct {
-	mu    sync.Mutex
-	to    *connCarrier
-	err   error
-	conns int
+	mu      sync.Mutex
+	to      *connCarrier
+	from    *connCarrier
+	err     error
+	conns   int
+	stalled []handoff.Message
+	stall   bool
 }
 
 func (p *testPeer) Send(m handoff.Message) error {
@@ -87,12 +93,31 @@ func (p *testPeer) Send(m handoff.Message) error {
 		}
 		files = append(files, g)
 	}
+	m.Files = files
 	p.mu.Lock()
+	if p.stall {
+		p.stalled = append(p.stalled, m)
+		p.mu.Unlock()
+		return nil
+	}
 	p.conns += len(files)
 	p.mu.Unlock()
-	m.Files = files
+	p.from.peerTook(p, len(files))
 	p.to.Take(m, carry.Final)
 	return nil
+}
+
+// die ends a stalled peer: the messages in its queue are lost with it, nothing can
+// be sent to it any more, and the old generation hears it is gone.
+func (p *testPeer) die() {
+	p.mu.Lock()
+	lost := p.stalled
+	p.stalled, p.err = nil, errors.New("the successor is dead")
+	p.mu.Unlock()
+	for _, m := range lost {
+		closeFiles(m.Files)
+	}
+	p.from.peerGone(p)
 }
 
 // newGen starts a generation serving on ln; its handler answers "<name> <path>"
@@ -137,7 +162,7 @@ func newPair(t *testing.T, oldHandler func(w http.ResponseWriter, r *http.Reques
 	t.Helper()
 	// Two sockets, one name: connections go by name.
 	p := &pair{old: newGen(t, "old", listenLoopback(t), oldHandler), new: newGen(t, "new", listenLoopback(t), nil)}
-	p.peer = &testPeer{to: p.new.c}
+	p.peer = &testPeer{to: p.new.c, from: p.old.c}
 	return p
 }
 
@@ -227,6 +252,42 @@ func TestHandOverIdle(t *testing.T) {
 	}
 	if got := p.new.counts(); got.Received != 16 || got.Accepted != 0 {
 		t.Errorf("new counts %+v; want 16 received, none accepted", got)
+	}
+}
+
+// TestHandOverSuccessorGone: the old generation lets its copy of a connection go
+// only once the successor says it has it. Until then the connection waits, unread,
+// and a request the client sends meanwhile stays in the socket; if the successor is
+// gone first (the connections still in its channel's queue are lost with it), the
+// old generation, resuming, serves the connection again, that request included.
+func TestHandOverSuccessorGone(t *testing.T) {
+	p := newPair(t, nil)
+	p.peer.stall = true
+	cs := p.idle(t, 3)
+	p.handOver(t)
+	eventually(t, "the connections sent", func() bool {
+		p.peer.mu.Lock()
+		defer p.peer.mu.Unlock()
+		return len(p.peer.stalled) == 1
+	})
+	if got := p.old.counts(); got.HandedOver != 0 || got.Total() != 3 {
+		t.Fatalf("old counts %+v while the successor is silent; want 3 open, none handed over", got)
+	}
+	for i, c := range cs {
+		c.send(t, "/meanwhile"+strconv.Itoa(i))
+	}
+	// The successor dies; the old generation resumes, then takes back what the
+	// dead one did not take, as its machine does (onSuccessorExit).
+	p.old.c.Turn(carry.Turn{Role: carry.Serving, Main: true})
+	p.old.d.resume()
+	p.peer.die()
+	for i, c := range cs {
+		expect(t, c, "old", "/meanwhile"+strconv.Itoa(i))
+		c.send(t, "/again")
+		expect(t, c, "old", "/again")
+	}
+	if got := p.old.counts(); got.HandedOver != 0 || got.Total() != 3 {
+		t.Errorf("old counts %+v; want 3 open, none handed over", got)
 	}
 }
 

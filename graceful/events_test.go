@@ -30,7 +30,7 @@ var events = []string{
 	"state_failed", "state_loaded", "state_lost", "state_refused", "state_saved", "tls_keys",
 	"tls_keys_failed", "tls_keys_lost", "tls_keys_rotated",
 	// Idle connections handed over (conncarrier.go).
-	"conn_dropped", "conns_failed", "conns_lost", "conns_restored", "link_ready", "link_lost",
+	"conn_dropped", "conns_failed", "conns_kept", "conns_lost", "conns_restored", "link_ready", "link_lost",
 }
 
 func TestEventNamesPinned(t *testing.T) {

@@ -89,7 +89,8 @@ func (m *machine) listenUpstream(ch channel) {
 		m.line.up.Close()
 	}
 	m.line.up = ch
-	m.line.upOut = &outbox{ch: ch, track: m.hold}
+	out := &outbox{ch: ch, track: m.hold}
+	m.line.upOut = out
 	post := m.post
 	go func() {
 		for {
@@ -97,6 +98,11 @@ func (m *machine) listenUpstream(ch channel) {
 			if err != nil {
 				post(upstreamEnded{ch})
 				return
+			}
+			if msg.Verb == handoff.Conns {
+				// The sockets are in this process's hands: the sender lets its
+				// copies go (connCarrier.send), before any is served here.
+				out.tell(handoff.Message{Verb: handoff.ConnsTaken, N: len(msg.Files)})
 			}
 			post(upstreamMessage{ch, msg})
 		}

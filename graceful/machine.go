@@ -364,7 +364,7 @@ func (m *machine) stop(why string) {
 		m.log.Info("stopping", "event", "stop", "why", why)
 		m.turn(carry.Stopping)
 	}
-	if m.main {
+	if m.main && !m.svc.handing {
 		m.notify("STOPPING=1\nSTATUS=stopping: draining connections")
 	}
 	m.stopWatchdog()

@@ -851,6 +851,72 @@ func TestMachineWaitsForBarrier(t *testing.T) {
 	}
 }
 
+// TestMachineQuietAfterMainPID: under systemd, once the new generation's MAINPID= is
+// on its way, the old process says nothing more to systemd (NotifyAccess=main would
+// refuse it and log "reception only permitted for main PID"): the STATUS= refresh
+// and the watchdog pings that come while the handover waits for systemd's barrier
+// are not sent. An upgrade that fails before MAINPID= reached systemd speaks again.
+func TestMachineQuietAfterMainPID(t *testing.T) {
+	w := newWorld(t, nil).withSystemd()
+	w.m.svc.watchdog = &sdnotify.Watchdog{Interval: 2 * time.Second}
+	w.sd.barrier = make(chan struct{})
+	w.m.begin()
+	w.ready()
+	eventually(t, "the first ping", func() bool { return w.sd.count("WATCHDOG=1") == 1 })
+	w.upgrade()
+	g := w.child()
+	g.ch.say(handoff.Message{Verb: handoff.Ready, PID: g.pid()})
+	stepTo[attemptReady](w)
+	select {
+	case <-w.sd.barriers:
+	case <-time.After(waitBound):
+		t.Fatal("no barrier")
+	}
+	w.sd.mu.Lock()
+	before := len(w.sd.sent)
+	w.sd.mu.Unlock()
+	// The status refresh comes, and the watchdog's next ping is due, while systemd
+	// has not confirmed MAINPID= yet.
+	var tick *pendingAfter
+	for _, p := range w.afters {
+		if !p.stopped && p.d == statusEvery {
+			tick = p
+		}
+	}
+	if tick == nil {
+		t.Fatal("no status timer")
+	}
+	tick.stopped = true
+	w.m.handle(tick.ev)
+	w.clock.Advance(time.Second)
+	close(w.sd.barrier)
+	g.ch.expect(t, handoff.History)
+	g.ch.expect(t, handoff.Main)
+	g.stderr.Close()
+	stepTo[attemptEnded](w)
+	w.sd.mu.Lock()
+	after := slices.Clone(w.sd.sent[before:])
+	w.sd.mu.Unlock()
+	if len(after) != 0 {
+		t.Fatalf("the old process notified systemd after its successor's MAINPID=: %q", after)
+	}
+
+	// MAINPID= refused: the process is still the main one, and says so.
+	f := newWorld(t, nil).withSystemd()
+	f.ready()
+	f.upgrade()
+	g = f.child()
+	f.sd.mu.Lock()
+	f.sd.fail = fmt.Sprintf("MAINPID=%d\nREADY=1", g.pid())
+	f.sd.mu.Unlock()
+	g.ch.say(handoff.Message{Verb: handoff.Ready, PID: g.pid()})
+	stepTo[attemptReady](f)
+	stepTo[attemptEnded](f)
+	if f.m.svc.handing || f.sd.count("READY=1\nSTATUS=serving") != 1 {
+		t.Fatalf("after a failed MAINPID=: handing %v, sent %q", f.m.svc.handing, f.sd.sent)
+	}
+}
+
 // recordingCarrier is a carrier that records what the machine asks of it.
 type recordingCarrier struct {
 	mu    sync.Mutex

@@ -149,6 +149,9 @@ func (u *Upgrader) serveNext(ch *handoff.Channel) {
 			return
 		}
 		closeFiles(m.Files) // "done", "finish": the master runs the line
+		if m.Verb == handoff.ConnsTaken {
+			u.post(linkTook{ch, m.N})
+		}
 	}
 }
 
@@ -171,10 +174,25 @@ type (
 	}
 	// linkGone: a new child's channel ended.
 	linkGone struct{ ch *handoff.Channel }
+	// linkTook: the new child has the n sockets of a "conns" message sent to it.
+	linkTook struct {
+		ch *handoff.Channel
+		n  int
+	}
 )
 
 func (e linkReady) handle(m *machine) { e.noted <- m.onLinkReady(e) }
 func (e linkGone) handle(m *machine)  { m.onLinkGone(e.ch) }
+
+func (e linkTook) handle(m *machine) {
+	if l := m.link; l != nil && l.ch == e.ch {
+		for _, c := range m.carriers {
+			if w, ok := c.(peerWatcher); ok {
+				w.peerTook(l.out, e.n)
+			}
+		}
+	}
+}
 
 // onLinkReady notes the new child of e as the successor, while this process serves.
 func (m *machine) onLinkReady(e linkReady) bool {
@@ -189,9 +207,21 @@ func (m *machine) onLinkReady(e linkReady) bool {
 // onLinkGone forgets a successor whose channel ended before the master stopped this
 // process.
 func (m *machine) onLinkGone(ch *handoff.Channel) {
-	if l := m.link; l != nil && l.ch == ch && m.st == serving {
+	l := m.link
+	if l == nil || l.ch != ch {
+		return
+	}
+	if m.st == serving {
 		m.link = nil
 		m.log.Info("the new child of the master went away before taking over", "event", "link_lost", "reason", "gone", "child", l.pid)
+		return
+	}
+	// It took over, then went away: connections it had not yet said it has are
+	// this process's again (see connCarrier).
+	for _, c := range m.carriers {
+		if w, ok := c.(peerWatcher); ok {
+			w.peerGone(l.out)
+		}
 	}
 }
 

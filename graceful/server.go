@@ -60,6 +60,19 @@ import (
 // the new generation's probation (Config.Probation; without a service manager), the
 // drain is taken back: the Server accepts again and keep-alive is on again.
 //
+// A connection handed over is the new generation's once that one says it has the
+// socket (it says so as it receives it, before it serves it). Until then this
+// Server keeps its own copy, without reading from it: if the new generation dies
+// first (the socket was still in the handover channel), the connection is served
+// here again, the request its client sent meanwhile included, and the client
+// notices nothing. Once the new generation has it, the connection ends with it if
+// it dies, as a connection of any crashed server does: an idle one is closed (the
+// client sees the close, as when a keep-alive connection times out); the one
+// request in flight on it, or sent before the client saw the close, fails with a
+// reset or an EOF. The client loses at most that one request; it was not answered,
+// so a client may retry it on a new connection, which the old generation, serving
+// again, accepts.
+//
 // Configure the embedded http.Server as usual, but do not call its Shutdown: the
 // Server's own Shutdown replaces it. Its Close closes at once, as net/http's does.
 type Server struct {

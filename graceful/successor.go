@@ -67,7 +67,11 @@ type (
 	}
 	successorGone    struct{ s *successor } // its channel ended, after its exit was judged
 	successorRetired struct{ s *successor } // it said "done"
-	probationOver    struct{ s *successor }
+	successorTook    struct {               // it has the sockets of a "conns" message
+		s *successor
+		n int
+	}
+	probationOver struct{ s *successor }
 )
 
 func (e successorFinish) handle(m *machine) {
@@ -86,7 +90,32 @@ func (e probationOver) handle(m *machine) {
 		m.endProbation("passed")
 	}
 }
+func (e successorTook) handle(m *machine) {
+	for _, c := range m.carriers {
+		if w, ok := c.(peerWatcher); ok {
+			w.peerTook(e.s.out, e.n)
+		}
+	}
+}
+
+// peerWatcher is a carrier that hears what a successor it sent to says back, and
+// when that one is gone (connCarrier).
+type peerWatcher interface {
+	peerTook(p carry.Peer, n int) // the successor has the n sockets of a "conns"
+	peerGone(p carry.Peer)        // it exited, or its channel ended
+}
+
+// successorEnded tells the carriers that s is gone.
+func (m *machine) successorEnded(s *successor) {
+	for _, c := range m.carriers {
+		if w, ok := c.(peerWatcher); ok {
+			w.peerGone(s.out)
+		}
+	}
+}
+
 func (e successorGone) handle(m *machine) {
+	m.successorEnded(e.s)
 	if e.s == m.next.cur {
 		e.s.g.ch.Close() // nobody holds the other end any more
 		m.next.cur = nil
@@ -172,6 +201,8 @@ func (w *successorWatch) onMessage(m handoff.Message, ok bool) {
 		w.retired = false
 	case handoff.Finish:
 		w.post(successorFinish{w.s})
+	case handoff.ConnsTaken:
+		w.post(successorTook{w.s, m.N})
 	}
 }
 
@@ -186,6 +217,9 @@ func (w *successorWatch) judge() {
 // onSuccessorExit handles the exit of the successor s, while this process drains or
 // after (see finish).
 func (m *machine) onSuccessorExit(s *successor, retired bool) {
+	// After a resumption: the connections s did not take are served again by
+	// drains taken back.
+	defer m.successorEnded(s)
 	if s != m.next.cur {
 		return
 	}

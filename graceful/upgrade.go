@@ -144,6 +144,11 @@ func (m *machine) onAttemptReady(a *attempt, pid int) {
 // upgrade in it.
 func (m *machine) goAhead(a *attempt) {
 	a.probation = m.probationWindow()
+	if m.notifier != nil {
+		// MAINPID= follows (startHandover): see service.handing.
+		m.svc.handing = true
+		m.stopWatchdog()
+	}
 	h := m.history.clone()
 	h.add(m.record(a, "ok", nil))
 	a.goAhead <- h.encode()
@@ -221,7 +226,11 @@ func (m *machine) attemptFailed(e attemptEnded) {
 		m.lastErr = err
 		m.log.Error("upgrade failed; still serving", attrs...)
 	}
+	m.svc.handing = false
 	if m.st == serving && !a.replacement && err.Cause != causeAbandoned {
+		if m.main {
+			m.startWatchdog()
+		}
 		m.notify("READY=1\nSTATUS=" + m.statusLine())
 		m.turn(carry.Serving)
 	}
@@ -247,7 +256,7 @@ func (m *machine) handedOver(e attemptEnded) {
 			m.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
 		}
 	}
-	m.main = false
+	m.main, m.svc.handing = false, false
 	m.set.KeepFiles()
 	m.stopWatchdog()
 	took := m.clock.Now().Sub(a.started)

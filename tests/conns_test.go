@@ -153,6 +153,9 @@ func TestConnsPartialRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, cur := d.upgrade()
+	// Once the old generation drains, the connection goes on with the new one after
+	// its request (see checkDrainedAsBefore).
+	d.waitEvent(0, 10*time.Second, "drain_start", logs.KV("pid", old))
 	if pid := exchange(t, c, "st: x\r\n\r\n"); pid != old {
 		t.Errorf("the partial request was answered by %d; want the old generation %d", pid, old)
 	}

@@ -133,21 +133,59 @@ func (p *program) waitOld() {
 }
 
 // stop sends SIGTERM to the current generation and checks that it exits 0.
+//
+// Its parent, the previous generation, stands by for its probation (see waitOld):
+// the SIGTERM ends that early (the current one retires), and the parent exits. If it
+// has exited first, the current generation is the test's child (the test is a
+// subreaper) and is reaped here; if not, the parent reaps it, and logs how it ended
+// (successor_retired child=<pid> status=...). Either way its exit status is checked.
 func (p *program) stop() {
 	p.t.Helper()
 	last := p.current()
 	if err := syscall.Kill(last, syscall.SIGTERM); err != nil {
 		p.t.Fatal(err)
 	}
-	// Its parent, the previous generation, stands by until it stops: it is the
-	// test's child once that one has exited.
-	st, err := reapStatus(last, 30*time.Second)
+	var status string
+	reapedByParent := func() bool {
+		l, ok := logs.Parse(p.log()).Last("successor_retired", logs.KV("child", last))
+		status = l.Get("status")
+		return ok
+	}
+	err := proc.WaitFor(func() bool {
+		return proc.PPid(last) == os.Getpid() || reapedByParent() || proc.State(last) == "" && p.oldGone()
+	}, 30*time.Second, fmt.Sprintf("generation %d to exit", last))
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	if !st.Exited() || st.ExitStatus() != 0 {
-		p.t.Errorf("generation %d after SIGTERM: %v, want exit status 0", last, st)
+	switch {
+	case status != "":
+	case proc.PPid(last) == os.Getpid():
+		st, err := proc.Reap(last, 30*time.Second)
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		status = describeWait(st)
+	default:
+		// Reaped by its parent, which exited before it logged the status.
+		p.t.Logf("generation %d was reaped by its parent, which exited before it logged how", last)
+		if logs.Parse(p.log()).Count("done", logs.KV("pid", last)) != 1 {
+			p.t.Errorf("generation %d exited without its drain's end (event=done)", last)
+		}
+		return
 	}
+	if status != "exit status 0" {
+		p.t.Errorf("generation %d after SIGTERM: %s, want exit status 0", last, status)
+	}
+}
+
+// oldGone reports whether every generation but the current one has exited.
+func (p *program) oldGone() bool {
+	for _, pid := range p.pids[:len(p.pids)-1] {
+		if proc.Alive(pid) {
+			return false
+		}
+	}
+	return true
 }
 
 // answeredBy returns the PID that answers GET path on addr, or 0.

@@ -57,6 +57,11 @@ import (
 //	                                  handed over at the handover and as they become
 //	                                  idle during the drain: the child serves their
 //	                                  next request
+//	child → parent   "conns-taken <n>"   the n sockets of a "conns" message are in
+//	                                  the child's hands (sent as it receives them,
+//	                                  before it serves any): the parent lets its own
+//	                                  copies go. Until then it keeps them, unread, and
+//	                                  serves them again if the child dies
 //
 // Under a `handover run` master no child starts another, so a library child makes
 // its own channel to the next one: the serving child keeps one end of a socket pair
@@ -104,13 +109,15 @@ const (
 	// Next, on the link a serving child of a `handover run` master keeps in the
 	// master's fd store (LinkName), carries a new child's handover channel.
 	Next = "next"
+	// ConnsTaken answers Conns: its N descriptors are in the receiver's hands.
+	ConnsTaken = "conns-taken"
 )
 
 // Message is one message of the handover channel.
 type Message struct {
 	Verb string
 	PID  int    // Ready
-	N    int    // Above, Upstream
+	N    int    // Above, Upstream, ConnsTaken
 	Text string // Error, Abort, History, State, Drained, Conns
 	// Files travel with the message (SCM_RIGHTS). The receiver owns them.
 	Files []*os.File
@@ -121,7 +128,7 @@ func (m Message) String() string {
 	switch m.Verb {
 	case Ready:
 		return Ready + " " + strconv.Itoa(m.PID)
-	case Above, Upstream:
+	case Above, Upstream, ConnsTaken:
 		return m.Verb + " " + strconv.Itoa(m.N)
 	case Error, Abort, History, State, Drained, Conns:
 		return m.Verb + " " + OneLine(m.Text)
@@ -133,7 +140,7 @@ func (m Message) String() string {
 func ParseMessage(line string) (Message, error) {
 	verb, rest, _ := strings.Cut(line, " ")
 	switch verb {
-	case Ready, Above, Upstream:
+	case Ready, Above, Upstream, ConnsTaken:
 		n, err := strconv.Atoi(rest)
 		if err != nil || n < 0 || verb == Ready && n == 0 || strings.HasPrefix(rest, "+") {
 			if verb == Ready {

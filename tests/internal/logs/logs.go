@@ -97,6 +97,7 @@ var Events = map[string]Spec{
 	// Idle connections handed over (issue 20).
 	"conn_dropped":   {Enums: map[string][]string{"reason": {"no_server", "stopping", "descriptor", "successor"}}},
 	"conns_failed":   {Enums: map[string][]string{"to": {"successor", "fdstore"}}},
+	"conns_kept":     {},
 	"conns_lost":     {Enums: map[string][]string{"reason": {"corrupt", "descriptor", "table"}}},
 	"conns_restored": {},
 	// A library child's link to the next child under handover run.

@@ -506,7 +506,7 @@ func TestHandOverRace(t *testing.T) {
 func TestHandOverThroughDrained(t *testing.T) {
 	a := newPair(t, nil)
 	b := &pair{old: a.new, new: newGen(t, "newer", listenLoopback(t), nil)}
-	b.peer = &testPeer{to: b.new.c}
+	b.peer = &testPeer{to: b.new.c, from: b.old.c}
 	waitDrain(t, b.handOver(t)) // no connection: its drain ends at once
 	b.old.c.Turn(carry.Turn{Role: carry.Drained, Successor: b.peer})
 	cs := a.idle(t, 4)

@@ -159,6 +159,10 @@ func TestConnsPartialRequest(t *testing.T) {
 	if pid := exchange(t, c, "st: x\r\n\r\n"); pid != old {
 		t.Errorf("the partial request was answered by %d; want the old generation %d", pid, old)
 	}
+	// Answered, the connection is idle and moves: the old generation's drain ends
+	// with it handed over. (A request sent in the instant before, and read by the
+	// old generation, would be answered there, with "Connection: close".)
+	d.waitEvent(0, 10*time.Second, "drained", logs.KV("pid", old), logs.KV("handed_over", "1"))
 	if pid := exchange(t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); pid != cur {
 		t.Errorf("the next request was answered by %d; want the new generation %d", pid, cur)
 	}

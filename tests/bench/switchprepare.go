@@ -42,7 +42,7 @@ func prepareApproach(name, label, trigger string, commit func(*ctlServer) error)
 	return switchApproach{
 		Name:    name,
 		Label:   label,
-		Server:  "cmd/handover-demo -control PATH -drain-timeout 30s",
+		Server:  "cmd/handover-demo -control PATH -drain-timeout 30s -probation 200ms",
 		Trigger: trigger,
 		new: func(e *env) (server, error) {
 			// Built before any switch: the build is not timed.

@@ -111,7 +111,14 @@ func listenPort(t testing.TB, network string) io.Closer {
 	lo, hi := portRange(t)
 	var err error
 	for i := 0; i < 200; i++ {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+rand.IntN(hi-lo+1)))
+		port := lo + rand.IntN(hi-lo+1)
+		// Reserved for the whole test, against the other test processes: freePort's
+		// caller binds the port later.
+		release, ok := proc.ReservePort(network, port)
+		if !ok {
+			continue
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		var c io.Closer
 		if network == "udp" {
 			c, err = net.ListenPacket("udp", addr)
@@ -119,8 +126,10 @@ func listenPort(t testing.TB, network string) io.Closer {
 			c, err = net.Listen(network, addr)
 		}
 		if err == nil {
+			t.Cleanup(release)
 			return c
 		}
+		release()
 	}
 	t.Fatalf("no free %s port in [%d, %d] after 200 tries: %v", network, lo, hi, err)
 	return nil

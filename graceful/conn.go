@@ -262,11 +262,9 @@ func (c *conn) take() (*os.File, bool) {
 	p := &c.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !c.waiting.Load() || p.taking || p.never || c.taken.Load() {
+	if !c.beginTakeLocked() {
 		return nil, false
 	}
-	p.taking = true
-	c.Conn.SetReadDeadline(aLongTimeAgo)
 	for p.inRead && p.taking {
 		p.cond.Wait()
 	}
@@ -280,6 +278,18 @@ func (c *conn) take() (*os.File, bool) {
 		return nil, false
 	}
 	return f, true
+}
+
+// beginTakeLocked begins a hand-off of c, if it waits at a safe point and none is in
+// progress: the Read is stopped with a deadline in the past. c.p.mu is held.
+func (c *conn) beginTakeLocked() bool {
+	p := &c.p
+	if !c.waiting.Load() || p.taking || p.never || c.taken.Load() {
+		return false
+	}
+	p.taking = true
+	c.Conn.SetReadDeadline(aLongTimeAgo)
+	return true
 }
 
 // finish ends a hand-off that take began: handed says whether the other side has

@@ -69,6 +69,9 @@ type passState struct {
 	never  bool      // hijacked, or a hand-off failed: never handed over
 	inRead bool
 	taking bool // a hand-off stopped the Read, and decides
+	// takes numbers the hand-offs begun: a drain whose hand-off bytes ended may
+	// run again only once another drain began one (take).
+	takes uint64
 	// deadline is the read deadline the application last set; while a hand-off
 	// holds the connection's own in the past, it is kept here.
 	deadline time.Time
@@ -265,10 +268,16 @@ func (c *conn) take() (*os.File, bool) {
 	if !c.beginTakeLocked() {
 		return nil, false
 	}
-	for p.inRead && p.taking {
+	// Several drains of one Drainer may hand over at once (a Server's Serve waits
+	// on its drain beside the Upgrader's). If bytes end this hand-off, the
+	// connection may answer them, wait at a safe point again, and another drain
+	// begin a hand-off of it, all before this one runs again: that one is not
+	// this one's to finish, or the connection would be handed over twice.
+	mine := p.takes
+	for p.inRead && p.taking && p.takes == mine {
 		p.cond.Wait()
 	}
-	if !p.taking {
+	if !p.taking || p.takes != mine {
 		return nil, false
 	}
 	f, err := dupConn(c.Conn)
@@ -288,6 +297,7 @@ func (c *conn) beginTakeLocked() bool {
 		return false
 	}
 	p.taking = true
+	p.takes++
 	c.Conn.SetReadDeadline(aLongTimeAgo)
 	return true
 }

@@ -68,10 +68,8 @@ type passState struct {
 	idle   bool      // reported idle since the last bytes were read
 	never  bool      // hijacked, or a hand-off failed: never handed over
 	inRead bool
-	taking bool // a hand-off stopped the Read, and decides
-	// takes numbers the hand-offs begun: a drain whose hand-off bytes ended may
-	// run again only once another drain began one (take).
-	takes uint64
+	taking bool   // a hand-off stopped the Read, and decides
+	takes  uint64 // hand-offs begun: a take goes on only with its own
 	// deadline is the read deadline the application last set; while a hand-off
 	// holds the connection's own in the past, it is kept here.
 	deadline time.Time

@@ -68,7 +68,8 @@ type passState struct {
 	idle   bool      // reported idle since the last bytes were read
 	never  bool      // hijacked, or a hand-off failed: never handed over
 	inRead bool
-	taking bool // a hand-off stopped the Read, and decides
+	taking bool   // a hand-off stopped the Read, and decides
+	takes  uint64 // hand-offs begun: a take goes on only with its own
 	// deadline is the read deadline the application last set; while a hand-off
 	// holds the connection's own in the past, it is kept here.
 	deadline time.Time
@@ -262,15 +263,19 @@ func (c *conn) take() (*os.File, bool) {
 	p := &c.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !c.waiting.Load() || p.taking || p.never || c.taken.Load() {
+	if !c.beginTakeLocked() {
 		return nil, false
 	}
-	p.taking = true
-	c.Conn.SetReadDeadline(aLongTimeAgo)
-	for p.inRead && p.taking {
+	// Several drains of one Drainer may hand over at once (a Server's Serve waits
+	// on its drain beside the Upgrader's). If bytes end this hand-off, the
+	// connection may answer them, wait at a safe point again, and another drain
+	// begin a hand-off of it, all before this one runs again: that one is not
+	// this one's to finish, or the connection would be handed over twice.
+	mine := p.takes
+	for p.inRead && p.taking && p.takes == mine {
 		p.cond.Wait()
 	}
-	if !p.taking {
+	if !p.taking || p.takes != mine {
 		return nil, false
 	}
 	f, err := dupConn(c.Conn)
@@ -280,6 +285,19 @@ func (c *conn) take() (*os.File, bool) {
 		return nil, false
 	}
 	return f, true
+}
+
+// beginTakeLocked begins a hand-off of c, if it waits at a safe point and none is in
+// progress: the Read is stopped with a deadline in the past. c.p.mu is held.
+func (c *conn) beginTakeLocked() bool {
+	p := &c.p
+	if !c.waiting.Load() || p.taking || p.never || c.taken.Load() {
+		return false
+	}
+	p.taking = true
+	p.takes++
+	c.Conn.SetReadDeadline(aLongTimeAgo)
+	return true
 }
 
 // finish ends a hand-off that take began: handed says whether the other side has

@@ -74,8 +74,12 @@ func (d *Drainer) wake() {
 
 // handOver hands conns over, those of each listener in batches. If the destination
 // fails, the drain hands nothing over any more: the connections stay, and are
-// drained as without a destination.
+// drained as without a destination. Waits that run at once (a Server's Serve waits
+// on its drain beside the Upgrader's) hand over in turn: the one that comes second
+// finds taken what the first took, and does not spin on a hand-off in progress.
 func (d *Drainer) handOver(conns []*conn) {
+	d.handing.Lock()
+	defer d.handing.Unlock()
 	byListener := map[*listener][]*conn{}
 	for _, c := range conns {
 		byListener[c.ln] = append(byListener[c.ln], c)

@@ -454,7 +454,8 @@ func TestHandOverHalfClose(t *testing.T) {
 
 // TestHandOverRace: requests sent at the instant the connections move are each
 // answered exactly once, by one generation or the other, and the connections go on
-// with the new one.
+// with the new one, each handed over once, also with a second wait on the drain
+// beside it (as a Server's Serve waits on the Upgrader's drain).
 func TestHandOverRace(t *testing.T) {
 	for round := 0; round < 4; round++ {
 		p := newPair(t, nil)
@@ -485,12 +486,18 @@ func TestHandOverRace(t *testing.T) {
 		}
 		close(start)
 		done := p.handOver(t)
+		second := make(chan error, 1)
+		go func() { second <- p.old.d.wait(context.Background()) }()
 		wg.Wait()
 		close(errs)
 		for err := range errs {
 			t.Error(err)
 		}
 		waitDrain(t, done)
+		waitDrain(t, second)
+		if got := p.old.counts().HandedOver; got != uint64(len(cs)) {
+			t.Errorf("round %d: %d connections handed over; want each of %d once", round, got, len(cs))
+		}
 		for i, c := range cs {
 			path := "/then" + strconv.Itoa(i)
 			c.send(t, path)
@@ -515,6 +522,67 @@ func TestHandOverThroughDrained(t *testing.T) {
 	if got := b.new.counts(); got.Received != 4 {
 		t.Errorf("newest counts %+v; want 4 received", got)
 	}
+}
+
+// TestTakeEndedByBytes: a hand-off that bytes ended (the Read returned them first)
+// is over for the drain that began it, even when, before that drain runs again, the
+// connection has answered them, waits at a safe point again, and another drain (a
+// Server's Serve waits on its drain beside the Upgrader's) began a hand-off of its
+// own: the first must not go on with the second's, or the connection would be handed
+// over twice and served by two readers of one socket (a request split between them:
+// "G" + "ET / HTTP/1.1", a 405). The test plays the Read by hand, as conn.Read does.
+func TestTakeEndedByBytes(t *testing.T) {
+	ln := listenLoopback(t)
+	cli, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := newConn(nc, &Drainer{}, nil, passRaw)
+	defer sc.Close()
+	p := &sc.p
+	locked := func(f func()) { p.mu.Lock(); defer p.mu.Unlock(); f() }
+	readAtSafePoint := func() { p.inRead = true; sc.waiting.Store(true) }
+	readReturned := func() { p.inRead = false; sc.waiting.Store(false) }
+
+	locked(readAtSafePoint)
+	first := make(chan bool, 1)
+	go func() {
+		f, ok := sc.take()
+		if f != nil {
+			f.Close()
+		}
+		first <- ok
+	}()
+	eventually(t, "the first hand-off waits for the Read", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.taking
+	})
+	locked(func() {
+		readReturned()
+		sc.endTakeLocked(false) // bytes came first: the first hand-off ends
+		readAtSafePoint()       // answered; the next Read waits at a safe point
+		if !sc.beginTakeLocked() {
+			t.Error("a second hand-off could not begin")
+		}
+	})
+	// The second hand-off stops the Read with nothing read (conn.Read), and the
+	// first drain runs again.
+	locked(func() { readReturned(); p.cond.Broadcast() })
+	select {
+	case ok := <-first:
+		if ok {
+			t.Error("the first drain took the connection during a hand-off that is not its own: it would be handed over twice")
+		}
+	case <-time.After(waitBound):
+		t.Fatal("the first hand-off did not return")
+	}
+	locked(func() { sc.endTakeLocked(false) })
 }
 
 // TestHandOverFailed: when the successor cannot take the connections, they stay:

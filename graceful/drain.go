@@ -106,6 +106,7 @@ type Drainer struct {
 	// Connections handed to the next generation (connpass.go).
 	pass       atomic.Pointer[connCarrier] // where; nil: connections are drained as always
 	passing    atomic.Bool                 // this drain hands connections over
+	handing    sync.Mutex                  // one handOver at a time (several waits may run)
 	received   atomic.Uint64
 	handedOver atomic.Uint64
 }

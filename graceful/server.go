@@ -35,7 +35,11 @@ import (
 //     generation they go to the Server on the same socket (by its name, else its
 //     address): one it cannot serve (no such Server, or one that is stopping, or
 //     one with DisableConnHandover, or serving TLS) is closed. Linux only;
-//     DisableConnHandover turns it off, and the connections are drained as below;
+//     DisableConnHandover turns it off, and the connections are drained as below.
+//     A Server that also accepts unencrypted HTTP/2 (Protocols with
+//     UnencryptedHTTP2) drains as below its HTTP/1 connections that have carried a
+//     request: net/http then reads the first bytes of every connection on its own
+//     to tell the two apart, and its wait between two requests is not recognized;
 //   - otherwise (a drain with nowhere to hand connections to: SIGTERM without the
 //     fd store, Shutdown; TLS connections, whose live session keys crypto/tls
 //     cannot hand to another process; HTTP/2, whose streams and compression state

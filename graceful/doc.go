@@ -8,7 +8,7 @@
 //     connections after a grace period, waits for the rest and force-closes them at
 //     a deadline. It works under any protocol; attached to an http.Server it knows
 //     HTTP connection states. After a handover it moves idle connections to the new
-//     generation instead of closing them (conncarrier.go, connpass.go, conn.go).
+//     generation instead of closing them (see Server).
 //   - Server, an http.Server that takes its listener from the Upgrader and drains
 //     through a Drainer (never http.Server.Shutdown, which drops a request read just
 //     as it starts: golang/go#75591), with HTTP/2 connections told to go away. The
@@ -28,12 +28,12 @@
 // s by default, without a service manager): the old process, drained or not, stands
 // by until then and serves again.
 //
-// An upgrade may also run in two phases (prepare.go): Upgrader.Prepare (or `handover
+// An upgrade may also run in two phases: Upgrader.Prepare (or `handover
 // prepare`) starts the new generation, which inherits the sockets, loads the state
 // and the TLS keys and runs its start-up up to Ready, then waits without accepting
 // while this process serves alone; Commit (`handover commit`) makes it serve, as an
-// upgrade does once its new generation is ready, in well under a millisecond since
-// nothing starts then; Abort (`handover abort`), or Config.PrepareTimeout, ends it
+// upgrade does once its new generation is ready; nothing starts then, and the new
+// generation answers within a few milliseconds (see BENCHMARKS.md); Abort (`handover abort`), or Config.PrepareTimeout, ends it
 // without it having served. Under a `handover run` master, the master prepares and
 // commits its library children the same way.
 //

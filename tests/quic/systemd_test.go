@@ -17,8 +17,9 @@ import (
 // The HTTP/3 demo under a real systemd (PID 1 of its own namespaces, see
 // tests/internal/sdns), with the units of deploy/http3: a socket unit with
 // ListenStream= and ListenDatagram=, a service whose ExecReload= is `handover
-// reload`, with the fd store. Run these under `flock /work/locks/systemd` when
-// other systemd tests may run.
+// reload`, with the fd store. Two systemd instances at once share the host's
+// cgroups: do not run these beside another systemd test (the tests package runs
+// its own one at a time).
 
 const h3Unit = "handover-h3demo.service"
 

@@ -2,7 +2,7 @@
 // source that has them:
 //
 //  1. systemd socket activation (LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES, as in
-//     sd_listen_fds(3), read with go-systemd): a socket unit's FileDescriptorName=
+//     sd_listen_fds(3)): a socket unit's FileDescriptorName=
 //     is the name, and a unit without one passes its single socket unnamed;
 //  2. a `handover run` master, or the previous generation of this server during an
 //     upgrade (package graceful);

@@ -6,8 +6,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 	"unicode"
 
@@ -21,12 +23,26 @@ import (
 //
 //   - The initial batch: "state <version>" with a sealed memfd of SaveState(false).
 //     The new generation reads it in New; Start runs LoadState(version, data, false).
-//   - Once this process has handed over and stopped accepting: "state final
-//     <version>" with SaveState(true). The successor runs LoadState(version, data,
-//     true) in a goroutine of its own, concurrently with requests.
-//   - Under systemd with Config.FDStore, on a clean stop: the state goes to the fd
-//     store (FDNAME=handover-state); the next start takes it out (and removes it)
-//     when no previous generation passed one.
+//   - Once this process has handed over and its drain has ended (its last request
+//     is answered; carry.Drained): "state final <version>" with SaveState(true).
+//     The successor reads it and runs LoadState(version, data, true) in a
+//     goroutine of its own, concurrently with requests.
+//   - A final state from an older generation (its drain outlasted this one's
+//     handover) is loaded here if this process's own final state is still to be
+//     saved (SaveState(true) waits for that LoadState to return, so that it holds
+//     it), else passed on to the successor as it came.
+//   - Under systemd with Config.FDStore, and under a `handover run` master, on a
+//     stop without a successor, once drained: the state goes to the fd store
+//     (FDNAME=handover-state); the next start takes it out (and removes it) when
+//     no previous generation passed one (and removes it too when one did).
+//   - Under a `handover run` master the old child's state reaches the new one over
+//     a channel of their own (masterlink.go): SaveState(false) before the new
+//     child is ready, SaveState(true) once the old child, stopped by the master,
+//     has drained.
+//
+// The blob travels as stateParts lays it out: only a header and a checksum are
+// added, the application's bytes are written to the memfd as they are (no copy);
+// the reader reads it whole, checks it, and wipes the memfd.
 
 // MaxStateSize is the largest state blob SaveState may return: 64 MiB. A larger one
 // is not handed on (event=state_failed reason=too_large on the old generation) and
@@ -34,13 +50,23 @@ import (
 const MaxStateSize = 64 << 20
 
 // stateName names the state's memfd and its fd store entry.
-const stateName = "handover-state"
+const stateName = handoff.StateName
 
-// stateMagic starts an encoded state blob (see encodeState).
-const stateMagic = "handover-state/1\n"
+// The formats of an encoded state blob (see stateParts): each starts with its magic
+// line. Version 2, written since, ends with a CRC-32C (Castagnoli), which the CPU
+// computes much faster than version 1's SHA-256, most of what a hand-off cost
+// (BENCHMARKS.md); a previous build may still send version 1, or have left it in
+// the fd store. Both are checksums against damage, not authentication: whoever
+// can write the sealed memfd can write a valid blob.
+const (
+	stateMagic   = "handover-state/2\n"
+	stateMagicV1 = "handover-state/1\n"
+)
 
-// stateOverhead bounds what encodeState adds to the blob.
+// stateOverhead bounds what stateParts adds to the blob (or a version 1 encoder).
 const stateOverhead = len(stateMagic) + 2 + 255 + 8 + sha256.Size
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // checkStateVersion validates Config.StateVersion.
 func checkStateVersion(v string) error {
@@ -55,30 +81,43 @@ func checkStateVersion(v string) error {
 	return nil
 }
 
-// encodeState encodes a blob and its version for a memfd: stateMagic, the version's
-// length (big-endian uint16) and bytes, the data's length (big-endian uint64) and
-// bytes, then the SHA-256 of all that.
-func encodeState(version string, data []byte) []byte {
-	b := make([]byte, 0, len(stateMagic)+2+len(version)+8+len(data)+sha256.Size)
-	b = append(b, stateMagic...)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(version)))
-	b = append(b, version...)
-	b = binary.BigEndian.AppendUint64(b, uint64(len(data)))
-	b = append(b, data...)
-	sum := sha256.Sum256(b)
-	return append(b, sum[:]...)
+// stateParts encodes a blob and its version for a memfd, in three parts: the header
+// (stateMagic, the version's length (big-endian uint16) and bytes, the data's
+// length (big-endian uint64)), data itself (not copied), then the CRC-32C of the two
+// (big-endian uint32).
+func stateParts(version string, data []byte) [][]byte {
+	h := make([]byte, 0, len(stateMagic)+2+len(version)+8)
+	h = append(h, stateMagic...)
+	h = binary.BigEndian.AppendUint16(h, uint16(len(version)))
+	h = append(h, version...)
+	h = binary.BigEndian.AppendUint64(h, uint64(len(data)))
+	sum := crc32.Update(crc32.Checksum(h, castagnoli), castagnoli, data)
+	return [][]byte{h, data, binary.BigEndian.AppendUint32(nil, sum)}
 }
 
-// decodeState decodes what encodeState made; any damage is an error. data shares
-// b's memory.
+// encodeState is stateParts in one piece.
+func encodeState(version string, data []byte) []byte {
+	return bytes.Join(stateParts(version, data), nil)
+}
+
+// decodeState decodes what stateParts made, or a version 1 blob; any damage is an
+// error. data shares b's memory.
 func decodeState(b []byte) (version string, data []byte, err error) {
-	if len(b) < len(stateMagic)+2+8+sha256.Size || !bytes.HasPrefix(b, []byte(stateMagic)) {
+	var p []byte
+	switch {
+	case bytes.HasPrefix(b, []byte(stateMagic)) && len(b) >= len(stateMagic)+2+8+4:
+		p = b[len(stateMagic) : len(b)-4]
+		if crc32.Checksum(b[:len(b)-4], castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
+			return "", nil, errors.New("checksum mismatch (the state is corrupt)")
+		}
+	case bytes.HasPrefix(b, []byte(stateMagicV1)) && len(b) >= len(stateMagicV1)+2+8+sha256.Size:
+		p = b[len(stateMagicV1) : len(b)-sha256.Size]
+		if sum := sha256.Sum256(b[:len(b)-sha256.Size]); !bytes.Equal(sum[:], b[len(b)-sha256.Size:]) {
+			return "", nil, errors.New("checksum mismatch (the state is corrupt)")
+		}
+	default:
 		return "", nil, errors.New("not a state blob (bad header)")
 	}
-	if sum := sha256.Sum256(b[:len(b)-sha256.Size]); !bytes.Equal(sum[:], b[len(b)-sha256.Size:]) {
-		return "", nil, errors.New("checksum mismatch (the state is corrupt)")
-	}
-	p := b[len(stateMagic) : len(b)-sha256.Size]
 	n := int(binary.BigEndian.Uint16(p))
 	if len(p) < 2+n+8 {
 		return "", nil, errors.New("truncated state blob")
@@ -100,17 +139,22 @@ type stateCarrier struct {
 	clock   clock
 	log     *slog.Logger
 	h       carry.Host
-	// keep: on a clean stop the state goes to the fd store (Config.FDStore under
-	// systemd, not under a master).
+	// keep: on a stop without a successor the state goes to the fd store
+	// (Config.FDStore under systemd; always under a `handover run` master).
 	keep bool
-	// stored is where a state kept by systemd's fd store came from (LISTEN_FDS
-	// from systemd), to be removed once taken out; nil when the descriptors came
-	// from elsewhere (only systemd's fd store keeps the state).
+	// stored is the fd store a kept state came from (systemd's, or a master's), to
+	// be removed once taken out; nil when the descriptors came from elsewhere.
 	stored carry.Store
 
-	// From the initial batch (Take) until Start.
-	in    []byte
-	inErr error
+	// From the initial batch (Take) until Start: the blob, mapped (mapMemfd).
+	in        []byte
+	inRelease func()
+	inErr     error
+	inRead    time.Duration // how long mapping it took
+
+	// Owned by the machine's goroutine (Take, Turn).
+	sealed carry.Peer     // this process's own final state is being saved: older ones go on to this successor
+	loads  sync.WaitGroup // final states being loaded
 }
 
 func (c *stateCarrier) Take(m handoff.Message, at carry.Phase) bool {
@@ -118,8 +162,12 @@ func (c *stateCarrier) Take(m handoff.Message, at carry.Phase) bool {
 		return false
 	}
 	if at == carry.Initial {
-		clear(c.in)
-		c.in, c.inErr = readMemfd(m.Files, MaxStateSize+int64(stateOverhead))
+		start := time.Now()
+		if c.inRelease != nil {
+			c.inRelease()
+		}
+		c.in, c.inRelease, c.inErr = mapMemfd(m.Files, MaxStateSize+int64(stateOverhead))
+		c.inRead = time.Since(start)
 		return true
 	}
 	c.takeFinal(m)
@@ -130,14 +178,21 @@ func (c *stateCarrier) Take(m handoff.Message, at carry.Phase) bool {
 func (c *stateCarrier) Start(h carry.Host) error {
 	c.h = h
 	files := h.Inherited(stateName)
-	in, inErr := c.in, c.inErr
-	c.in, c.inErr = nil, nil
-	defer clear(in)
+	in, release, inErr := c.in, c.inRelease, c.inErr
+	c.in, c.inRelease, c.inErr = nil, nil, nil
+	if release != nil {
+		defer h.Go(release) // the wipe, beside the start
+	}
 	if in == nil && inErr == nil {
 		c.fromStore(files)
 		return nil
 	}
+	if len(files) > 0 && c.stored != nil {
+		// The previous generation's state is newer than what the store kept.
+		c.stored.Remove(stateName)
+	}
 	closeFiles(files)
+	start := time.Now()
 	version, data, err := "", []byte(nil), inErr
 	if err == nil {
 		version, data, err = decodeState(in)
@@ -146,19 +201,19 @@ func (c *stateCarrier) Start(h carry.Host) error {
 	case err != nil:
 		c.log.Warn("the previous generation's state cannot be read; starting without it", "event", "state_lost", "from", "parent", "reason", lostReason(err), "err", err)
 	case c.load != nil:
-		c.loadState(version, data, false, "parent")
+		c.loadState(version, data, false, "parent", c.inRead+time.Since(start))
 	}
 	return nil
 }
 
-// fromStore takes the state out of systemd's fd store, if it kept one: consumed (out
+// fromStore takes the state out of the fd store (systemd's, or a master's), if it kept one: consumed (out
 // of the store), then wiped.
 func (c *stateCarrier) fromStore(files []*os.File) {
 	if len(files) == 0 {
 		return
 	}
 	if c.stored == nil {
-		closeFiles(files) // only systemd's fd store keeps the state
+		closeFiles(files) // only systemd's or a master's fd store keeps the state
 		return
 	}
 	if err := c.stored.Remove(stateName); err != nil {
@@ -167,6 +222,7 @@ func (c *stateCarrier) fromStore(files []*os.File) {
 	var version string
 	var data, blob []byte
 	defer func() { clear(blob) }()
+	start := time.Now()
 	for _, f := range files {
 		b, err := handoff.ReadSealed(f, MaxStateSize+int64(stateOverhead))
 		if err != nil {
@@ -187,7 +243,7 @@ func (c *stateCarrier) fromStore(files []*os.File) {
 		f.Close()
 	}
 	if blob != nil && c.load != nil {
-		c.loadState(version, data, true, "store")
+		c.loadState(version, data, true, "store", time.Since(start))
 	}
 }
 
@@ -204,16 +260,25 @@ func (c *stateCarrier) Batch() []handoff.Message {
 
 func (c *stateCarrier) Turn(t carry.Turn) {
 	switch {
-	case c.save == nil:
-	case t.Role == carry.HandedOver:
-		c.h.Go(func() { c.handedOver(t.Successor) })
-	case t.Role == carry.Stopping && c.keep && t.Main:
-		c.h.Go(c.storeFinal)
+	case t.Role == carry.Serving:
+		c.sealed = nil // it serves again (it resumed): it loads what comes
+	case c.save == nil || t.Role != carry.Drained:
+	case t.Successor != nil:
+		c.sealed = t.Successor
+		c.h.Go(func() {
+			c.loads.Wait()
+			c.sendFinal(t.Successor)
+		})
+	case c.keep && t.Main:
+		c.h.Go(func() {
+			c.loads.Wait()
+			c.storeFinal()
+		})
 	}
 }
 
-// handedOver sends SaveState(true), the final state, to the successor.
-func (c *stateCarrier) handedOver(to carry.Peer) {
+// sendFinal sends SaveState(true), the final state, to the successor.
+func (c *stateCarrier) sendFinal(to carry.Peer) {
 	m, ok := c.message(true)
 	if !ok {
 		return
@@ -227,36 +292,43 @@ func (c *stateCarrier) handedOver(to carry.Peer) {
 // message runs SaveState(final) and makes a "state" message of its blob; false
 // when there is none (logged).
 func (c *stateCarrier) message(final bool) (handoff.Message, bool) {
-	blob, size, reason, err := c.saveState(final)
-	if err == nil {
-		var f *os.File
-		f, err = handoff.SealedFile(stateName, blob)
-		clear(blob)
-		if err == nil {
-			text := c.version
-			if final {
-				text = "final " + text
-			}
-			return handoff.Message{Verb: handoff.State, Text: text, Files: []*os.File{f}}, true
-		}
-		reason = "memfd"
+	f, _, err := c.sealedState(final)
+	if err != nil {
+		return handoff.Message{}, false
 	}
-	c.log.Error("the application's state is not handed on; the upgrade goes on without it", "event", "state_failed", "reason", reason, "final", final, "bytes", size, "max", MaxStateSize, "err", err)
-	return handoff.Message{}, false
+	text := c.version
+	if final {
+		text = "final " + text
+	}
+	return handoff.Message{Verb: handoff.State, Text: text, Files: []*os.File{f}}, true
+}
+
+// sealedState runs SaveState(final) and puts its blob in a sealed memfd; an error
+// is logged (state_failed), a success too (state_saved: how long SaveState took,
+// and the whole).
+func (c *stateCarrier) sealedState(final bool) (f *os.File, size int, err error) {
+	start := time.Now()
+	parts, size, reason, err := c.saveState(final)
+	saved := time.Since(start)
+	if err == nil {
+		if f, err = handoff.SealedFile(stateName, parts...); err != nil {
+			reason = "memfd"
+		}
+	}
+	if err != nil {
+		c.log.Error("the application's state is not handed on", "event", "state_failed", "reason", reason, "final", final, "bytes", size, "max", MaxStateSize, "err", err)
+		return nil, size, err
+	}
+	c.log.Info("saved the application's state", "event", "state_saved", "final", final, "bytes", size,
+		"save", saved.Round(time.Microsecond).String(), "took", time.Since(start).Round(time.Microsecond).String())
+	return f, size, nil
 }
 
 // storeFinal puts SaveState(true) in systemd's fd store, so that `systemctl
 // restart` starts warm.
 func (c *stateCarrier) storeFinal() {
-	blob, size, reason, err := c.saveState(true)
-	var f *os.File
-	if err == nil {
-		f, err = handoff.SealedFile(stateName, blob)
-		reason = "memfd"
-	}
-	clear(blob)
+	f, size, err := c.sealedState(true)
 	if err != nil {
-		c.log.Error("the application's state is not stored", "event", "state_failed", "reason", reason, "final", true, "bytes", size, "max", MaxStateSize, "err", err)
 		return
 	}
 	defer f.Close() // not wiped: the store keeps it
@@ -268,38 +340,56 @@ func (c *stateCarrier) storeFinal() {
 	c.log.Info("stored the application's state in the fd store", "event", "fdstore", "name", stateName, "bytes", size)
 }
 
-// takeFinal loads the state the previous generation sent after the handover, in a
-// goroutine of its own.
+// takeFinal takes a final state an older generation sent after the handover: it is
+// loaded beside the machine (read, checked, then LoadState, concurrently with
+// requests), or passed on to the successor once this process's own final state is
+// being saved.
 func (c *stateCarrier) takeFinal(m handoff.Message) {
-	b, err := readMemfd(m.Files, MaxStateSize+int64(stateOverhead))
+	if to := c.sealed; to != nil {
+		c.h.Go(func() {
+			if err := to.Send(m); err != nil && len(m.Files) > 0 {
+				handoff.Wipe(m.Files[0])
+			}
+			closeFiles(m.Files)
+		})
+		return
+	}
+	c.loads.Add(1)
+	c.h.Go(func() {
+		defer c.loads.Done()
+		c.loadFinal(m)
+	})
+}
+
+// loadFinal reads a final state and hands it to LoadState.
+func (c *stateCarrier) loadFinal(m handoff.Message) {
+	start := time.Now()
+	b, release, err := mapMemfd(m.Files, MaxStateSize+int64(stateOverhead))
+	if err == nil {
+		defer release()
+	}
 	var version string
 	var data []byte
 	if err == nil {
 		version, data, err = decodeState(b)
 	}
 	if err != nil {
-		clear(b)
 		c.log.Warn("the previous generation's last state cannot be read; ignored", "event", "state_lost", "from", "parent", "final", true, "reason", lostReason(err), "err", err)
 		return
 	}
-	if c.load == nil {
-		clear(b)
-		return
+	if c.load != nil {
+		c.loadState(version, data, true, "parent", time.Since(start))
 	}
-	go func() {
-		defer clear(b)
-		c.loadState(version, data, true, "parent")
-	}()
 }
 
 // errStateTimeout: SaveState did not return in time.
 var errStateTimeout = errors.New("SaveState did not return in time")
 
 // saveState runs the application's SaveState(final), bounded by c.timeout (a
-// SaveState that never returns is left running), and returns the encoded blob, or
-// why there is none: reason is "save" (an error or a panic), "timeout" or
-// "too_large".
-func (c *stateCarrier) saveState(final bool) (blob []byte, size int, reason string, err error) {
+// SaveState that never returns is left running), and returns the encoded blob (in
+// parts: stateParts), or why there is none: reason is "save" (an error or a
+// panic), "timeout" or "too_large".
+func (c *stateCarrier) saveState(final bool) (blob [][]byte, size int, reason string, err error) {
 	type result struct {
 		data []byte
 		err  error
@@ -328,11 +418,12 @@ func (c *stateCarrier) saveState(final bool) (blob []byte, size int, reason stri
 	case len(r.data) > MaxStateSize:
 		return nil, len(r.data), "too_large", fmt.Errorf("the state is %d bytes, more than MaxStateSize (%d): not handed on", len(r.data), MaxStateSize)
 	}
-	return encodeState(c.version, r.data), len(r.data), "", nil
+	return stateParts(c.version, r.data), len(r.data), "", nil
 }
 
-// loadState hands a state blob to the application's LoadState and logs the outcome.
-func (c *stateCarrier) loadState(version string, data []byte, final bool, from string) {
+// loadState hands a state blob to the application's LoadState and logs the outcome;
+// read is how long reading and checking the blob took.
+func (c *stateCarrier) loadState(version string, data []byte, final bool, from string, read time.Duration) {
 	start := time.Now()
 	err := func() (err error) {
 		defer func() {
@@ -346,5 +437,6 @@ func (c *stateCarrier) loadState(version string, data []byte, final bool, from s
 		c.log.Warn("the application refused the previous generation's state; starting without it", "event", "state_refused", "version", version, "bytes", len(data), "final", final, "from", from, "err", err)
 		return
 	}
-	c.log.Info("loaded the previous generation's state", "event", "state_loaded", "version", version, "bytes", len(data), "final", final, "from", from, "took", time.Since(start).Round(time.Microsecond).String())
+	c.log.Info("loaded the previous generation's state", "event", "state_loaded", "version", version, "bytes", len(data), "final", final, "from", from,
+		"read", read.Round(time.Microsecond).String(), "took", time.Since(start).Round(time.Microsecond).String())
 }

@@ -2,6 +2,8 @@ package graceful
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"strings"
@@ -33,6 +35,24 @@ func TestStateEncoding(t *testing.T) {
 	for _, bad := range [][]byte{nil, b[:10], b[:len(b)-1], append(b, 0)} {
 		if _, _, err := decodeState(bad); err == nil {
 			t.Errorf("decodeState accepted %d bytes", len(bad))
+		}
+	}
+	// A version 1 blob (SHA-256), as a previous build sends it, still decodes.
+	v1 := []byte(stateMagicV1)
+	v1 = binary.BigEndian.AppendUint16(v1, 2)
+	v1 = append(v1, "v1"...)
+	v1 = binary.BigEndian.AppendUint64(v1, 4)
+	v1 = append(v1, "data"...)
+	sum := sha256.Sum256(v1)
+	v1 = append(v1, sum[:]...)
+	if v, d, err := decodeState(v1); err != nil || v != "v1" || string(d) != "data" {
+		t.Errorf("a version 1 blob decodes to %q, %q, %v", v, d, err)
+	}
+	for i := range v1 {
+		bad := append([]byte(nil), v1...)
+		bad[i] ^= 0x01
+		if _, _, err := decodeState(bad); err == nil {
+			t.Fatalf("a flipped byte at %d of a version 1 blob went unnoticed", i)
 		}
 	}
 	if err := checkStateVersion("ok version/2"); err != nil {
@@ -74,8 +94,8 @@ func TestSaveState(t *testing.T) {
 		}
 		res := make(chan saved, 1)
 		go func() {
-			blob, size, reason, err := sc.saveState(true)
-			res <- saved{blob, size, reason, err}
+			parts, size, reason, err := sc.saveState(true)
+			res <- saved{bytes.Join(parts, nil), size, reason, err}
 		}()
 		if c.reason == "timeout" {
 			clock.waitTimer(t, epoch.Add(bound), 1)
@@ -117,9 +137,9 @@ func TestLoadState(t *testing.T) {
 		}
 		return nil
 	}}
-	sc.loadState("v1", []byte("x"), false, "parent")
-	sc.loadState("old", []byte("x"), true, "parent")
-	sc.loadState("boom", []byte("x"), true, "store")
+	sc.loadState("v1", []byte("x"), false, "parent", 0)
+	sc.loadState("old", []byte("x"), true, "parent", 0)
+	sc.loadState("boom", []byte("x"), true, "store", 0)
 	if strings.Join(got, ",") != "v1,old,boom" {
 		t.Errorf("LoadState saw %q", got)
 	}

@@ -32,19 +32,24 @@ import (
 // unreaped. The machine hears of an attempt three times: attemptStarted (its PID,
 // for Status), attemptReady (it answers with the go-ahead: the history to hand
 // over), and attemptEnded, once. Between "ready" and the go-ahead the new process
-// waits, ready and not accepting yet, while this one serves alone: the place where
-// a two-phase upgrade (prepare, then commit) holds it.
+// waits, ready, while this one serves. A two-phase upgrade (prepare.go) holds it
+// there until it is committed: it was told "prepare" in its initial batch, so it
+// does not accept before "main"; its UpgradeTimeout ends at "ready" (the prepare
+// timeout, the machine's, bounds the wait), and an abort cancels the attempt as a
+// stop does, with its own cause.
 
 // Why an attempt failed, as upgrade_failed's cause= and the record's Reason say.
 const (
-	causeStart         = "start"          // the process could not be started
-	causeExited        = "exited"         // it exited before it was ready
-	causeChannelClosed = "channel_closed" // it closed the handover channel before it was ready
-	causeTimeout       = "timeout"        // it was not ready within UpgradeTimeout
-	causeProtocol      = "protocol"       // it said something unexpected
-	causeNotify        = "notify"         // systemd could not be told MAINPID=
-	causeConfirm       = "confirm"        // it went away as it was told "main"
-	causeAbandoned     = "abandoned"      // the process is stopping
+	causeStart         = "start"           // the process could not be started
+	causeExited        = "exited"          // it exited before it was ready
+	causeChannelClosed = "channel_closed"  // it closed the handover channel before it was ready
+	causeTimeout       = "timeout"         // it was not ready within UpgradeTimeout
+	causeProtocol      = "protocol"        // it said something unexpected
+	causeNotify        = "notify"          // systemd could not be told MAINPID=
+	causeConfirm       = "confirm"         // it went away as it was told "main"
+	causeAbandoned     = "abandoned"       // the process is stopping
+	causeAborted       = "aborted"         // a prepared generation was aborted (Abort)
+	causePrepareTime   = "prepare_timeout" // a prepared generation waited past PrepareTimeout
 )
 
 // upgradeError is why an attempt failed, with what the new process left behind.
@@ -87,15 +92,20 @@ type attempt struct {
 	trigger     string
 	started     time.Time
 	replacement bool        // the last good build, started for a successor that died
+	prepare     bool        // a two-phase upgrade's: no go-ahead before the commit
 	goAhead     chan string // the machine's go-ahead after "ready": the history to hand over
 	ctx         context.Context
-	cancel      context.CancelFunc
+	cancel      context.CancelCauseFunc // the cause: an *upgradeError, or nil (errAbandoned)
 
 	// Owned by the machine.
 	waiters   []func(upgradeResult)
-	pid       int  // the new process, once started
-	ready     int  // the PID it said it is ready as
-	abandoned bool // cancelled by a stop
+	pid       int       // the new process, once started
+	ready     int       // the PID it said it is ready as
+	probation time.Time // set at the go-ahead: when its probation ends (zero: none)
+	abandoned bool      // cancelled by a stop or an abort
+	prepared  time.Time
+	committed time.Time
+	stopTimer func() bool // the prepare timeout's, once prepared
 }
 
 // attemptEnv is what an attempt's goroutine uses, fixed when it starts.
@@ -230,7 +240,7 @@ type phases struct {
 }
 
 func (p *phases) wait() attemptEnded {
-	defer p.timeout.Stop()
+	defer p.stopTimeout()
 	for {
 		var fail *upgradeError
 		select {
@@ -243,14 +253,14 @@ func (p *phases) wait() attemptEnded {
 			fail = p.lastWordsRead()
 		case <-timerC(p.lastWords):
 			fail = p.onLastWordsWait()
-		case <-p.timeout.C():
+		case <-timerC(p.timeout):
 			fail = p.failure(causeTimeout, fmt.Errorf("the new generation (PID %d) was not ready within %s", p.g.proc.Pid(), p.env.timeout))
 		case <-p.a.ctx.Done():
-			fail = &upgradeError{Cause: causeAbandoned, Err: errAbandoned}
+			fail = p.cancelled()
 		case history := <-p.goAhead:
 			p.goAhead = nil
 			if p.a.ctx.Err() != nil {
-				fail = &upgradeError{Cause: causeAbandoned, Err: errAbandoned}
+				fail = p.cancelled()
 				break
 			}
 			p.handed = p.startHandover(history)
@@ -287,6 +297,9 @@ func (p *phases) onMessage(msg handoff.Message, ok bool) *upgradeError {
 	case msg.Verb == handoff.Ready && p.ready == 0:
 		p.ready = msg.PID
 		p.goAhead = p.a.goAhead
+		if p.a.prepare {
+			p.stopTimeout() // ready: the prepare timeout bounds the wait for the commit
+		}
 		p.env.post(attemptReady{p.a, msg.PID})
 		return nil
 	}
@@ -328,6 +341,22 @@ func (p *phases) exitedEarly() *upgradeError {
 
 func (p *phases) failure(cause string, err error) *upgradeError {
 	return &upgradeError{Cause: cause, Err: err}
+}
+
+// cancelled is the failure of an attempt the machine cancelled: an abort's cause,
+// or a stop's.
+func (p *phases) cancelled() *upgradeError {
+	if e, ok := context.Cause(p.a.ctx).(*upgradeError); ok {
+		return &upgradeError{Cause: e.Cause, Err: e.Err}
+	}
+	return &upgradeError{Cause: causeAbandoned, Err: errAbandoned}
+}
+
+func (p *phases) stopTimeout() {
+	if p.timeout != nil {
+		p.timeout.Stop()
+		p.timeout = nil
+	}
 }
 
 // armLastWords starts the wait for a dying process's last words, once: from the

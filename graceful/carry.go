@@ -16,7 +16,7 @@ import (
 
 // What travels beside the sockets goes through the carriers (internal/carry): the
 // TLS session-ticket keys (keycarrier.go), the application's state (appstate.go),
-// then those registered with carry.Register. The machine calls them at four moments
+// idle connections (conncarrier.go), then those registered with carry.Register. The machine calls them at four moments
 // and knows nothing of what they carry:
 //
 //   - a new generation's initial batch: Batch, beside the machine, after the
@@ -38,6 +38,7 @@ import (
 type carried struct {
 	keys     *ticketRing     // the TLS session-ticket keys (KeepTLSSessions, Server.ServeTLS)
 	state    *stateCarrier   // the application's state
+	conns    *connCarrier    // idle connections (conncarrier.go)
 	carriers []carry.Carrier // in the order their messages travel
 }
 
@@ -102,11 +103,11 @@ func (s managerStore) Put(name string, files ...*os.File) error {
 		}
 		fds[i] = fd
 	}
-	s.n.Send("FDSTOREREMOVE=1\nFDNAME=" + name)
-	if err := s.n.Send("FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds...); err != nil {
+	notifyRetry(s.n, "FDSTOREREMOVE=1\nFDNAME="+name)
+	if err := notifyRetry(s.n, "FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds...); err != nil {
 		return err
 	}
-	s.n.Barrier(barrierTimeout)
+	barrierRetry(s.n)
 	return nil
 }
 
@@ -115,7 +116,7 @@ func (s managerStore) Remove(name string) error {
 	if s.n == nil {
 		return nil
 	}
-	return s.n.Send("FDSTOREREMOVE=1\nFDNAME=" + name)
+	return notifyRetry(s.n, "FDSTOREREMOVE=1\nFDNAME="+name)
 }
 
 // takeCarried offers m to the carriers; false if none took it.
@@ -148,6 +149,25 @@ func lostReason(err error) string {
 		return "unreadable"
 	}
 	return "corrupt"
+}
+
+// mapMemfd maps the sealed memfd a message carries (its first file; see
+// handoff.MapSealed): release wipes it, drops the mapping and closes every file of
+// the message. On an error they are wiped and closed already.
+func mapMemfd(files []*os.File, max int64) (b []byte, release func(), err error) {
+	if len(files) == 0 {
+		return nil, nil, fmt.Errorf("%w: no descriptor came with the message", errUnreadable)
+	}
+	b, rel, err := handoff.MapSealed(files[0], max)
+	if err != nil {
+		handoff.Wipe(files[0])
+		closeFiles(files)
+		return nil, nil, fmt.Errorf("%w: %v", errUnreadable, err)
+	}
+	return b, func() {
+		rel()
+		closeFiles(files)
+	}, nil
 }
 
 // readMemfd reads the sealed memfd a message carries (its first file), wipes it and

@@ -8,48 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/seed-a7250cfa/handover/internal/carry"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
-
-// batchStarter is fakeStarter keeping each child's initial batch.
-type batchStarter struct {
-	*fakeStarter
-	batches chan []handoff.Message
-}
-
-func (s *batchStarter) start(spec childSpec) (child, error) {
-	fd, err := unix.FcntlInt(spec.files[len(spec.files)-2].Fd(), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	ch, err := handoff.NewChannel(os.NewFile(uintptr(fd), "fake-child-channel"))
-	if err != nil {
-		return nil, err
-	}
-	ch.SetDeadline(time.Now().Add(waitBound))
-	var batch []handoff.Message
-	for {
-		m, err := ch.Receive()
-		if err != nil {
-			return nil, err
-		}
-		if m.Verb == handoff.End {
-			break
-		}
-		batch = append(batch, m)
-	}
-	s.batches <- batch
-	s.mu.Lock()
-	s.nextPID++
-	c := &fakeChild{pid: s.nextPID, spec: spec, ch: ch, exited: make(chan struct{})}
-	s.mu.Unlock()
-	s.t.Cleanup(func() { c.exit(); c.ch.Close() })
-	s.started <- c
-	return c, nil
-}
 
 // readSealedMessage reads what the memfd of m holds, and closes its files.
 func readSealedMessage(t *testing.T, m handoff.Message) []byte {
@@ -70,7 +31,7 @@ func readSealedMessage(t *testing.T, m handoff.Message) []byte {
 // over, the keys again and SaveState(true), the final state. A new generation's
 // final hand-off is merged into its ring and loaded with LoadState(final true).
 func TestHandoffCarriesKeysAndState(t *testing.T) {
-	bs := &batchStarter{fakeStarter: newFakeStarter(t), batches: make(chan []handoff.Message, 4)}
+	fs := newFakeStarter(t)
 	var mu sync.Mutex
 	var saves []bool
 	var loads []string
@@ -91,8 +52,7 @@ func TestHandoffCarriesKeysAndState(t *testing.T) {
 			return nil
 		},
 	}
-	u := newTestUpgrader(t, cfg, bs.fakeStarter)
-	u.start = bs.start
+	u := newTestUpgrader(t, cfg, fs)
 	if err := u.KeepTLSSessions(&tls.Config{}); err != nil {
 		t.Fatal(err)
 	}
@@ -101,15 +61,9 @@ func TestHandoffCarriesKeysAndState(t *testing.T) {
 	}
 	keys, _ := u.ext.keys.snapshot()
 	res := upgradeAsync(u)
-	var batch []handoff.Message
-	select {
-	case batch = <-bs.batches:
-	case <-time.After(waitBound):
-		t.Fatal("no child started")
-	}
-	c := bs.next(t)
+	c := fs.next(t)
 	var verbs []string
-	for _, m := range batch {
+	for _, m := range c.batch {
 		verbs = append(verbs, m.Verb)
 		switch m.Verb {
 		case handoff.Keys:

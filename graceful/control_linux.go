@@ -54,12 +54,13 @@ type controlServer struct{ u *Upgrader }
 
 func (s controlServer) Status() (Status, error) { return s.u.Status(), nil }
 
-// Upgrade runs an upgrade for `handover reload` and waits for its outcome.
-func (s controlServer) Upgrade() control.Outcome {
+// Upgrade runs req for `handover reload` (control.Upgrade), `handover prepare`,
+// `handover commit` or `handover abort`, and waits for its outcome.
+func (s controlServer) Upgrade(req string) control.Outcome {
 	u := s.u
 	var r upgradeResult
 	select {
-	case r = <-u.upgrade("control socket"):
+	case r = <-u.ask(controlSteps[req], "control socket"):
 	case <-u.done.ch:
 		r.err = errStopping
 	case <-time.After(u.cfg.UpgradeTimeout + controlUpgradeSlack):
@@ -68,6 +69,9 @@ func (s controlServer) Upgrade() control.Outcome {
 	stopping := errors.Is(r.err, errStopping) || errors.Is(r.err, errAbandoned)
 	return control.Outcome{PID: r.pid, Generation: u.gen + 1, Err: r.err, Moved: r.moved, Stopping: stopping}
 }
+
+// controlSteps are the steps the control socket's requests ask for.
+var controlSteps = map[string]step{control.Upgrade: stepUpgrade, control.Prepare: stepPrepare, control.Commit: stepCommit, control.Abort: stepAbort}
 
 // storeFDs hands the process's sockets to systemd's fd store (FDSTORE=1), so that
 // they survive `systemctl restart` and crashes. systemd ignores a socket it already

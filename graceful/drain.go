@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
+
 	"net"
 	"net/http"
 	"sync"
@@ -47,7 +47,12 @@ var errResumed = errors.New("graceful: drain abandoned: serving again")
 //     been so for the keep-alive grace period (one second), counted from the start of
 //     the drain at the earliest; one with bytes waiting in its receive queue is never
 //     taken for idle. A client that sends its next request within the grace period
-//     gets a full answer.
+//     gets a full answer. But a drain the Upgrader runs after a handover (or, with
+//     Config.FDStore, as the main process stops under systemd) first hands over to
+//     the new generation (or the fd store) every connection that waits at a safe
+//     point, at once, and each one as it gets there: a Server's plain HTTP/1
+//     connections (see Server), and those of a Drainer with HandOverIdle. Stage 2
+//     then leaves their responses without "Connection: close".
 //  4. Active connections (a request being read or handled; a raw-protocol connection
 //     not reported idle) and hijacked ones (websockets) run until they close by
 //     themselves; their handlers learn of the drain through Draining.
@@ -56,14 +61,26 @@ var errResumed = errors.New("graceful: drain abandoned: serving again")
 // A Drainer whose listener came from the process's Upgrader (Upgrader.Listen) belongs
 // to the Upgrader: it drains when a new generation has taken over or the process is
 // asked to stop, and if the new generation dies while this process is still
-// draining, its listeners accept again and Draining returns a new channel: the
-// process serves on. Upgrader.Wait waits for its drain. Any other Drainer is drained
+// draining, or stands by for the new generation's probation once drained (see
+// Config.Probation), its listeners accept again and Draining returns a new channel:
+// the process serves on. Upgrader.Wait waits for its drain. Any other Drainer is drained
 // by calling Drain.
 //
 // The zero Drainer is ready to use.
 type Drainer struct {
 	// KeepAliveGrace is the grace period of stage 3; zero means one second.
 	KeepAliveGrace time.Duration
+	// HandOverIdle makes a drain after a handover hand each connection of the
+	// application's own protocol to the new generation once it is at a safe point,
+	// instead of closing it (stage 3): the application reported it idle, with
+	// ConnState(c, http.StateIdle), at a point where its reader holds no byte of the
+	// connection (a buffered reader is empty), and it is then blocked in a Read of
+	// c. Whatever the client sends next is still in the socket and moves with it.
+	// The new generation's Drainer on the same socket (by name, else address) must
+	// set HandOverIdle too: its Accept returns the connection as a new one, to be
+	// served from that safe point on (no greeting, no handshake). Linux only; the
+	// listener must come from the Upgrader; not for TLS.
+	HandOverIdle bool
 
 	clock     clock // nil means the system clock; tests inject a fake one
 	mu        sync.Mutex
@@ -76,7 +93,7 @@ type Drainer struct {
 	http      bool
 	changed   chan struct{} // closed and replaced on every change while draining
 	accepted  atomic.Uint64
-	requests  atomic.Uint64 // HTTP requests answered (Server)
+	requests  atomic.Uint64 // HTTP requests answered (Server), not those whose handler hijacked the connection
 	forced    atomic.Uint64 // connections force-closed at a deadline
 	// accepting counts the Accept calls between the start of the underlying Accept
 	// and the tracking of the connection it returned, so that a drain does not report
@@ -85,6 +102,13 @@ type Drainer struct {
 	accepting atomic.Int64
 	server    bool // a Server's own: the Server is the Upgrader's target
 	adopted   bool // a target of the Upgrader
+
+	// Connections handed to the next generation (connpass.go).
+	pass       atomic.Pointer[connCarrier] // where; nil: connections are drained as always
+	passing    atomic.Bool                 // this drain hands connections over
+	handing    sync.Mutex                  // one handOver at a time (several waits may run)
+	received   atomic.Uint64
+	handedOver atomic.Uint64
 }
 
 func (d *Drainer) init() {
@@ -122,7 +146,7 @@ func (d *Drainer) Draining() <-chan struct{} {
 func (d *Drainer) Counts() ConnCounts {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	c := ConnCounts{Accepted: d.accepted.Load()}
+	c := ConnCounts{Accepted: d.accepted.Load(), Received: d.received.Load(), HandedOver: d.handedOver.Load()}
 	for cn := range d.conns {
 		switch cn.state {
 		case http.StateNew:
@@ -158,14 +182,20 @@ func (d *Drainer) Listener(l net.Listener) net.Listener {
 	}
 	adopt := !d.server && !d.adopted
 	d.mu.Unlock()
+	u := processUpgrader()
+	if u == nil || !u.set.Holds(l) {
+		return tl
+	}
+	tl.held = u.held
 	if adopt {
-		if u := processUpgrader(); u != nil && u.set.Holds(l) {
-			d.mu.Lock()
-			adopt, d.adopted = !d.adopted, true
-			d.mu.Unlock()
-			if adopt {
-				u.adopt(&target{d: d})
-			}
+		d.mu.Lock()
+		adopt, d.adopted = !d.adopted, true
+		d.mu.Unlock()
+		if adopt {
+			u.adopt(&target{d: d})
+		}
+		if d.HandOverIdle {
+			u.ext.conns.serve(d, tl, l, passRaw)
 		}
 	}
 	return tl
@@ -193,12 +223,24 @@ func (d *Drainer) attach(srv *http.Server) {
 		h = http.DefaultServeMux
 	}
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if d.draining.Load() && r.ProtoMajor == 1 {
+		if d.draining.Load() && r.ProtoMajor == 1 && !d.keepsAlive(r) {
 			w.Header().Set("Connection", "close")
 		}
 		h.ServeHTTP(w, r)
-		d.requests.Add(1)
+		if c, ok := r.Context().Value(connKey{}).(*conn); !ok || !c.hijacked.Load() {
+			d.requests.Add(1) // answered: not a connection a handler took over
+		}
 	})
+	prevConn := srv.ConnContext
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if prevConn != nil {
+			ctx = prevConn(ctx, c)
+		}
+		if tc := d.tracked(c); tc != nil {
+			ctx = context.WithValue(ctx, connKey{}, tc)
+		}
+		return ctx
+	}
 	prevBase := srv.BaseContext
 	srv.BaseContext = func(l net.Listener) context.Context {
 		ctx := context.Background()
@@ -210,6 +252,23 @@ func (d *Drainer) attach(srv *http.Server) {
 }
 
 type drainerKey struct{}
+
+// connKey is the context key of a request's tracked connection.
+type connKey struct{}
+
+// tracked returns the tracked connection of d that c is (or wraps), or nil.
+func (d *Drainer) tracked(c net.Conn) *conn {
+	switch cc := c.(type) {
+	case *tls.Conn:
+		c = cc.NetConn()
+	case tlsConn:
+		c = cc.conn
+	}
+	if tc, ok := c.(*conn); ok && tc.d == d {
+		return tc
+	}
+	return nil
+}
 
 // Draining returns a channel that is closed when the Server that received the request
 // whose context is ctx starts draining, or nil (a channel that never closes) when ctx
@@ -230,19 +289,19 @@ func Draining(ctx context.Context) <-chan struct{} {
 // never reports stays active until it closes or the deadline. Other connections are
 // ignored.
 func (d *Drainer) ConnState(c net.Conn, st http.ConnState) {
-	switch cc := c.(type) {
-	case *tls.Conn:
-		c = cc.NetConn()
-	case tlsConn:
-		c = cc.conn
-	}
-	tc, ok := c.(*conn)
-	if !ok || tc.d != d || st == http.StateClosed {
+	tc := d.tracked(c)
+	if tc == nil || st == http.StateClosed {
 		return
+	}
+	if tc.kind != passNever {
+		tc.noteState(st)
 	}
 	d.mu.Lock()
 	if _, open := d.conns[tc]; open {
 		tc.state = st
+		if st == http.StateHijacked {
+			tc.hijacked.Store(true)
+		}
 		if st == http.StateIdle {
 			tc.idleSince = d.now()
 			tc.reading.Store(false)
@@ -260,9 +319,14 @@ func (d *Drainer) changedLocked() {
 	}
 }
 
-// add tracks c, which an Accept counted in d.accepting returned.
-func (d *Drainer) add(c *conn) {
-	d.accepted.Add(1)
+// add tracks c, which an Accept counted in d.accepting returned, or which the
+// previous generation handed over (received).
+func (d *Drainer) add(c *conn, received bool) {
+	if received {
+		d.received.Add(1)
+	} else {
+		d.accepted.Add(1)
+	}
 	d.mu.Lock()
 	if d.http {
 		c.state = http.StateNew
@@ -271,7 +335,9 @@ func (d *Drainer) add(c *conn) {
 		c.state = http.StateActive
 	}
 	d.conns[c] = struct{}{}
-	d.accepting.Add(-1)
+	if !received {
+		d.accepting.Add(-1)
+	}
 	d.changedLocked()
 	d.mu.Unlock()
 }
@@ -312,8 +378,10 @@ func (d *Drainer) stopAccepting(hard bool) {
 	}
 	d.final = d.final || hard
 	lns := append([]*listener(nil), d.listeners...)
-	for _, l := range lns {
+	inboxes := make([][]arrival, len(lns))
+	for i, l := range lns {
 		l.paused = true
+		inboxes[i] = l.takeInbox()
 	}
 	d.mu.Unlock()
 	for _, l := range lns {
@@ -321,6 +389,7 @@ func (d *Drainer) stopAccepting(hard bool) {
 			l.closeForDrain()
 		}
 	}
+	d.flushInboxes(lns, inboxes)
 }
 
 // resumable reports whether every listener can stop accepting without closing
@@ -348,6 +417,7 @@ func (d *Drainer) resume() {
 		return
 	}
 	d.draining.Store(false)
+	d.passing.Store(false)
 	d.drainCh = make(chan struct{})
 	close(d.changed) // wakes wait, which sees ctx canceled
 	d.changed = make(chan struct{})
@@ -381,14 +451,19 @@ func (d *Drainer) wait(ctx context.Context) error {
 	grace := d.grace()
 	for {
 		now := d.now()
-		var closeNow []*conn
+		var closeNow, hand []*conn
 		var next time.Time
+		passing := d.passing.Load()
 		d.mu.Lock()
 		// Closed when anything changes after this pass; every concurrent wait
 		// waits on it.
 		wake := d.changed
 		open := len(d.conns) + int(d.accepting.Load())
 		for c := range d.conns {
+			if passing && c.waiting.Load() {
+				hand = append(hand, c)
+				continue
+			}
 			if !c.unused() {
 				continue
 			}
@@ -413,7 +488,10 @@ func (d *Drainer) wait(ctx context.Context) error {
 		for _, c := range closeNow {
 			c.Close()
 		}
-		if len(closeNow) > 0 {
+		if len(hand) > 0 {
+			d.handOver(hand)
+		}
+		if len(closeNow) > 0 || len(hand) > 0 {
 			continue
 		}
 		var timerC <-chan time.Time
@@ -470,6 +548,8 @@ type listener struct {
 	wake    chan struct{} // closed and replaced by restart; guarded by d.mu
 	closed  atomic.Bool   // closed for good (by the application or a drain)
 	byDrain atomic.Bool   // closed by a drain; set before closed
+	held    chan struct{} // a prepared generation's: no Accept before it is closed
+	in      inbox         // connections handed over, for Accept (connpass.go)
 }
 
 // stop interrupts an Accept in progress without closing the socket; false if the
@@ -490,6 +570,7 @@ func (l *listener) restart() {
 	if dl, ok := l.Listener.(deadliner); ok {
 		dl.SetDeadline(time.Time{})
 	}
+	l.in.kicked = false
 	l.paused = false
 	close(l.wake)
 	l.wake = make(chan struct{})
@@ -503,7 +584,15 @@ func (l *listener) Accept() (net.Conn, error) {
 	for {
 		l.d.mu.Lock()
 		paused, wake := l.paused, l.wake
+		var rc arrival
+		var got bool
+		if !l.closed.Load() {
+			rc, got = l.received()
+		}
 		l.d.mu.Unlock()
+		if got {
+			return l.track(rc.nc, true, rc.key), nil
+		}
 		if l.closed.Load() {
 			return nil, net.ErrClosed
 		}
@@ -513,6 +602,13 @@ func (l *listener) Accept() (net.Conn, error) {
 				return nil, net.ErrClosed
 			}
 			continue
+		}
+		if l.held != nil {
+			select {
+			case <-l.held: // committed
+			case <-wake:
+				continue // closed, or a drain ended
+			}
 		}
 		l.d.accepting.Add(1)
 		c, err := l.Listener.Accept()
@@ -529,12 +625,7 @@ func (l *listener) Accept() (net.Conn, error) {
 			}
 			return nil, err
 		}
-		tc := &conn{Conn: c, d: l.d}
-		l.d.add(tc)
-		if _, ok := c.(*tls.Conn); ok {
-			return tlsConn{tc}, nil
-		}
-		return tc, nil
+		return l.track(c, false, ""), nil
 	}
 }
 
@@ -545,7 +636,9 @@ func (l *listener) Close() error {
 	if l.closed.CompareAndSwap(false, true) {
 		close(l.wake) // for good: restart never runs on a closed listener
 	}
+	ncs := l.takeInbox()
 	l.d.mu.Unlock()
+	l.d.flushInboxes([]*listener{l}, [][]arrival{ncs})
 	return l.Listener.Close()
 }
 
@@ -553,86 +646,4 @@ func (l *listener) Close() error {
 func (l *listener) closeForDrain() {
 	l.byDrain.Store(true)
 	l.Close()
-}
-
-// conn is a connection tracked by a Drainer: the one record the drain layer keeps per
-// accepted connection. It forwards everything to the connection it wraps.
-type conn struct {
-	net.Conn
-	d *Drainer
-	// guarded by d.mu
-	state     http.ConnState
-	idleSince time.Time
-	// reading is set once a byte of a request has been read, and cleared when the
-	// connection goes idle, so that a request still being read (net/http calls the
-	// connection new or idle until the whole header is in) is not mistaken for an
-	// unused connection.
-	reading atomic.Bool
-	closed  atomic.Bool
-}
-
-// unused reports whether c carries no request: it is new or idle, no byte of a
-// request has been read since, and none is waiting in the socket's receive queue.
-// Called with d.mu held.
-func (c *conn) unused() bool {
-	if c.state != http.StateIdle && c.state != http.StateNew {
-		return false
-	}
-	nc := c.Conn
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn() // a TLS listener of the application's
-	}
-	return !c.reading.Load() && pending(nc) == 0
-}
-
-// Read reads from the connection and notes that the client has started a request.
-func (c *conn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	if n > 0 && !c.reading.Load() {
-		c.reading.Store(true)
-	}
-	return n, err
-}
-
-// Close closes the connection and stops tracking it.
-func (c *conn) Close() error {
-	err := c.Conn.Close()
-	if c.closed.CompareAndSwap(false, true) {
-		c.d.remove(c)
-	}
-	return err
-}
-
-// ReadFrom lets io.Copy into the connection use the wrapped connection's fast path
-// (sendfile, splice).
-func (c *conn) ReadFrom(r io.Reader) (int64, error) {
-	if rf, ok := c.Conn.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
-	}
-	return io.Copy(struct{ io.Writer }{c.Conn}, r)
-}
-
-// CloseWrite shuts down the writing side, when the wrapped connection can.
-func (c *conn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return errors.New("graceful: connection does not support CloseWrite")
-}
-
-// NetConn returns the wrapped connection.
-func (c *conn) NetConn() net.Conn { return c.Conn }
-
-// tlsConn is a tracked connection that a TLS listener of the application's
-// accepted (a *tls.Conn). net/http takes the TLS state of a connection that is not
-// a *tls.Conn from its ConnectionState method, for r.TLS.
-type tlsConn struct{ *conn }
-
-// ConnectionState returns the state of the TLS connection, after its handshake:
-// net/http asks before it reads the first request. A failed handshake leaves the
-// state empty; the first read returns its error.
-func (c tlsConn) ConnectionState() tls.ConnectionState {
-	tc := c.Conn.(*tls.Conn)
-	tc.Handshake()
-	return tc.ConnectionState()
 }

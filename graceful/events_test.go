@@ -18,15 +18,19 @@ var events = []string{
 	"control_refused", "control_unsupported", "done", "drain_deadline",
 	"drain_finish_now", "drain_start", "drained", "exit_now", "fd_unclaimed",
 	"fdstore", "fdstore_failed", "handed_over", "history_lost", "inherit_ignored",
-	"notify_failed", "parent_lost", "pidfile_failed", "protocol", "ready",
+	"notify_failed", "parent_lost", "pidfile_failed", "probation_over", "protocol", "ready",
 	"reserve_failed", "resumed", "signal_ignored", "start", "stop", "stop_ignored",
 	"successor_died", "successor_retired", "too_many_draining", "upgrade_deferred",
 	"upgrade_failed", "upgrade_refused", "upgrade_start",
+	// Two-phase upgrades (prepare.go).
+	"prepared", "commit", "upgrade_aborted",
 	// The control socket's server (internal/control), with the Upgrader's logger.
 	"control_abandoned", "control_accept_failed", "control_bad_request", "control_busy",
 	// TLS session-ticket keys and application state (keycarrier.go, appstate.go).
-	"state_failed", "state_loaded", "state_lost", "state_refused", "tls_keys",
+	"state_failed", "state_loaded", "state_lost", "state_refused", "state_saved", "tls_keys",
 	"tls_keys_failed", "tls_keys_lost", "tls_keys_rotated",
+	// Idle connections handed over (conncarrier.go).
+	"conn_dropped", "conns_failed", "conns_kept", "conns_lost", "conns_restored", "link_ready", "link_lost",
 }
 
 func TestEventNamesPinned(t *testing.T) {

@@ -87,7 +87,9 @@ type drainStats struct {
 	Seconds       float64
 	Closed        int
 	Forced        int
+	HandedOver    int
 	RequestsAfter uint64
+	Killed        string // why the drain was cut short: "deadline", "max_draining"; "" if not
 }
 
 // drained records the drain of the generation that handed over from, to to.
@@ -98,6 +100,8 @@ func (h *history) drained(d drainStats) {
 	}
 	r.Drained = true
 	r.DrainSeconds, r.ConnsClosed, r.ConnsForced, r.RequestsAfter = d.Seconds, d.Closed, d.Forced, d.RequestsAfter
+	r.DrainKilled = d.Killed
+	r.ConnsHandedOver = d.HandedOver
 	h.DrainTimes = keepLast(append(h.DrainTimes, d.Seconds), quantileKeeps)
 	h.DrainSum += d.Seconds
 	h.DrainCount++
@@ -176,6 +180,7 @@ func writeMetrics(w io.Writer, h history, st Status, above int) {
 		fmt.Fprintf(&b, "handover_connections{state=%q} %d\n", kv.k, kv.v)
 	}
 	fmt.Fprintf(&b, "# HELP handover_connections_accepted_total Connections accepted by this process.\n# TYPE handover_connections_accepted_total counter\nhandover_connections_accepted_total %d\n", c.Accepted)
+	writeConnMetrics(&b, c)
 	fmt.Fprintf(&b, "# HELP handover_draining_generations Older generations still draining.\n# TYPE handover_draining_generations gauge\nhandover_draining_generations %d\n", above)
 	io.WriteString(w, b.String())
 }

@@ -20,16 +20,30 @@ import (
 //   - When a handover makes more than MaxDraining generations drain, the new
 //     drainer sends "finish" up; each passes it on, and the oldest (the one with no
 //     upstream) force-closes its connections at once (as at its deadline).
-//   - A generation that has drained says farewell: its successor gets how its drain
-//     went ("drained", for the upgrade's record) and its own upstream channel
-//     ("upstream"), so that the line stays connected past its exit.
+//   - A generation whose drain has ended tells its successor how it went
+//     ("drained", for the upgrade's record) and that it no longer drains ("above",
+//     without itself). A generation that has handed over passes the "drained" of
+//     older generations on down the line, so that the current generation's
+//     records of every upgrade are completed, however many upgrades followed.
+//   - A generation that finishes (after its successor's probation: successor.go)
+//     says farewell: its successor gets its own upstream channel ("upstream"), so
+//     that the line stays connected past its exit. Until then it passes on what
+//     the older generations say.
 
 // lineage is this process's place in its line of generations.
 type lineage struct {
 	up       channel // to the generation that handed over to this one, while it drains
 	upOut    *outbox // what this process tells it
 	above    int     // older generations still draining, as the upstream said
-	farewell bool    // the drained/upstream messages to the successor are on their way
+	drained  bool    // this process's drain ended: "drained" is on its way to the successor
+	farewell bool    // the upstream channel is on its way to the successor
+	// passed is the upstream channel passed on at the farewell until its reader
+	// has posted its end: what it read before is handled first.
+	passed channel
+	// relay holds the drains of older generations heard of after the history was
+	// handed to the new generation of the attempt in progress: they follow it once
+	// it took over.
+	relay []drainStats
 }
 
 // Events of the upstream channel.
@@ -42,14 +56,26 @@ type (
 )
 
 func (e upstreamMessage) handle(m *machine) {
-	if e.ch == m.line.up {
+	switch {
+	case e.ch == m.line.up:
 		m.onUpstreamMessage(e.m)
-	} else {
+	case e.m.Verb == handoff.Drained:
+		// Read from a channel this process has just passed on (its farewell): the
+		// news still goes down the line.
+		m.onUpstreamDrained(e.m)
+	case e.m.Verb == handoff.Conns && e.ch == m.line.passed:
+		// Connections the older generation handed over, read from the channel
+		// just passed on: they go to the successor, which reads that channel now.
+		m.tellSuccessor(e.m)
+	default:
 		closeFiles(e.m.Files)
 	}
 }
 
 func (e upstreamEnded) handle(m *machine) {
+	if e.ch == m.line.passed {
+		m.line.passed = nil // all it read was handled: the process may finish
+	}
 	if e.ch == m.line.up {
 		m.line.up.Close()
 		m.line.up, m.line.upOut = nil, nil
@@ -63,7 +89,8 @@ func (m *machine) listenUpstream(ch channel) {
 		m.line.up.Close()
 	}
 	m.line.up = ch
-	m.line.upOut = &outbox{ch: ch, track: m.hold}
+	out := &outbox{ch: ch, track: m.hold}
+	m.line.upOut = out
 	post := m.post
 	go func() {
 		for {
@@ -71,6 +98,11 @@ func (m *machine) listenUpstream(ch channel) {
 			if err != nil {
 				post(upstreamEnded{ch})
 				return
+			}
+			if msg.Verb == handoff.Conns {
+				// The sockets are in this process's hands: the sender lets its
+				// copies go (connCarrier.send), before any is served here.
+				out.tell(handoff.Message{Verb: handoff.ConnsTaken, N: len(msg.Files)})
 			}
 			post(upstreamMessage{ch, msg})
 		}
@@ -97,10 +129,7 @@ func (m *machine) onUpstreamMessage(msg handoff.Message) {
 		m.listenUpstream(ch)
 		m.setAbove(msg.N)
 	case handoff.Drained:
-		var d drainStats
-		if json.Unmarshal([]byte(msg.Text), &d) == nil {
-			m.history.drained(d)
-		}
+		m.onUpstreamDrained(msg)
 	case handoff.History:
 		if h, err := decodeHistory(msg.Text); err == nil {
 			m.history = h
@@ -112,13 +141,47 @@ func (m *machine) onUpstreamMessage(msg handoff.Message) {
 	}
 }
 
+// onUpstreamDrained records how an older generation's drain went, and passes it on
+// to the generations that have this upgrade in their history already: the
+// successor, or the new generation of the attempt in progress once it took over.
+func (m *machine) onUpstreamDrained(msg handoff.Message) {
+	closeFiles(msg.Files)
+	var d drainStats
+	if json.Unmarshal([]byte(msg.Text), &d) != nil {
+		return
+	}
+	m.history.drained(d)
+	switch {
+	case m.nextPID != 0:
+		m.tellDrained(d)
+	case m.att != nil && m.att.ready != 0:
+		m.line.relay = append(m.line.relay, d)
+	}
+}
+
+// tellDrained tells the successor how a drain went.
+func (m *machine) tellDrained(d drainStats) {
+	if b, err := json.Marshal(d); err == nil {
+		m.tellSuccessor(handoff.Message{Verb: handoff.Drained, Text: string(b)})
+	}
+}
+
 // setAbove records how many older generations drain, and tells the successor (to
-// which this one, draining, is one more).
+// which this one is one more while it drains).
 func (m *machine) setAbove(n int) {
 	m.line.above = n
 	if m.st == draining {
-		m.tellSuccessor(handoff.Message{Verb: handoff.Above, N: n + 1})
+		m.tellSuccessor(handoff.Message{Verb: handoff.Above, N: n + m.drainingNow()})
 	}
+}
+
+// drainingNow is 1 while this process drains after a handover, 0 once its drain
+// ended (it may still stand by: successor.go).
+func (m *machine) drainingNow() int {
+	if m.line.drained {
+		return 0
+	}
+	return 1
 }
 
 // tellUpstream sends verb to the previous generation, if it still listens, beside
@@ -163,14 +226,18 @@ func (m *machine) finishNow() {
 		return
 	}
 	m.log.Warn("finishing the drain now: too many generations drain, and this is the oldest", "event", "drain_finish_now")
+	m.drains.cut = "max_draining"
 	m.cutDrains(errFinishNow)
 	m.turn(carry.Finishing)
 }
 
-// sayFarewell, once this generation has drained, tells its successor how the drain
-// went and passes on its channel to an older generation still draining.
-func (m *machine) sayFarewell() {
-	m.line.farewell = true
+// sayDrained, once every drain of this generation has ended, tells the carriers
+// (the application's last state goes now: no request is answered any more) and,
+// after a handover, tells the successor how the drain went and that this
+// generation no longer drains.
+func (m *machine) sayDrained() {
+	m.line.drained = true
+	m.turn(carry.Drained)
 	if m.nextPID == 0 {
 		return // stopped, not handed over
 	}
@@ -178,15 +245,20 @@ func (m *machine) sayFarewell() {
 	d.From, d.To = os.Getpid(), m.nextPID
 	d.Seconds = m.clock.Now().Sub(m.drains.at).Seconds()
 	m.history.drained(d)
-	if b, err := json.Marshal(d); err == nil {
-		m.tellSuccessor(handoff.Message{Verb: handoff.Drained, Text: string(b)})
-	}
+	m.tellDrained(d)
+	m.tellSuccessor(handoff.Message{Verb: handoff.Above, N: m.line.above})
+}
+
+// sayFarewell, as this generation finishes, passes on its channel to an older
+// generation still draining, so that the line stays connected past its exit.
+func (m *machine) sayFarewell() {
+	m.line.farewell = true
 	up := m.line.up
-	m.line.up, m.line.upOut = nil, nil // from now on the successor reads it, not us
-	if up == nil {
-		m.tellSuccessor(handoff.Message{Verb: handoff.Above, N: 0})
-		return
+	if m.nextPID == 0 || up == nil {
+		return // stopped, not handed over; or no older generation drains
 	}
+	m.line.up, m.line.upOut = nil, nil // from now on the successor reads it, not us
+	m.line.passed = up
 	f, err := up.File()
 	up.Close()
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
 	"testing"
 	"time"
 
@@ -29,7 +30,7 @@ func TestLineageAbove(t *testing.T) {
 		t.Fatalf("OlderDraining %d; want 2", st.OlderDraining)
 	}
 	g := w.upgradeTo()
-	if b := g.spec.batch; b[1].Verb != handoff.Above || b[1].N != 3 {
+	if b := g.batch; b[1].Verb != handoff.Above || b[1].N != 3 {
 		t.Fatalf("initial batch %v; want above 3", b)
 	}
 	up.expect(t, handoff.Done)
@@ -49,7 +50,8 @@ func TestLineageAbove(t *testing.T) {
 }
 
 // TestLineageFarewell: a generation that has drained tells its successor how the
-// drain went, and passes on its channel to the older generation still draining.
+// drain went, and that it no longer drains; as it finishes (after the successor's
+// probation), it passes on its channel to the older generation still draining.
 func TestLineageFarewell(t *testing.T) {
 	w := newWorld(t, nil)
 	up := newFakeChannel()
@@ -59,11 +61,18 @@ func TestLineageFarewell(t *testing.T) {
 	g := w.upgradeTo()
 	up.expect(t, handoff.Done)
 	g.ch.expect(t, handoff.Above)
-	w.stepUntil("the farewell", func() bool { return w.m.line.farewell })
+	w.stepUntil("the end of the drain", func() bool { return w.m.line.drained })
 	var d drainStats
 	if err := json.Unmarshal([]byte(g.ch.expect(t, handoff.Drained).Text), &d); err != nil || d.To != g.pid() || d.From == 0 {
 		t.Fatalf("drained %+v, %v", d, err)
 	}
+	if a := g.ch.expect(t, handoff.Above); a.N != 1 {
+		t.Fatalf("above %d once drained; want 1 (only the older generation drains)", a.N)
+	}
+	if w.m.line.farewell || up.isClosed() {
+		t.Fatal("the channel to the older generation was passed on during the probation")
+	}
+	w.passProbation(10 * time.Second)
 	if m := g.ch.expect(t, handoff.Upstream); m.N != 1 || len(m.Files) != 1 {
 		t.Fatalf("upstream %d with %d files; want 1 and the channel", m.N, len(m.Files))
 	}
@@ -74,6 +83,40 @@ func TestLineageFarewell(t *testing.T) {
 	if r := w.m.status().Upgrades[0]; !r.Drained {
 		t.Fatalf("record %+v", r)
 	}
+}
+
+// TestLineageFarewellConns: connections the older generation hands over, read from
+// the upstream channel as this process passes it on, go on to the successor (which
+// reads that channel from then on); the process finishes only once its reader of
+// that channel has ended, so that nothing it read is left unhandled.
+func TestLineageFarewellConns(t *testing.T) {
+	w := newWorld(t, nil)
+	up := newFakeChannel()
+	w.readyWith(up)
+	up.say(handoff.Message{Verb: handoff.Above, N: 1})
+	stepTo[upstreamMessage](w)
+	g := w.upgradeTo()
+	up.expect(t, handoff.Done)
+	g.ch.expect(t, handoff.Above)
+	w.stepUntil("the end of the drain", func() bool { return w.m.line.drained })
+	g.ch.expect(t, handoff.Drained)
+	g.ch.expect(t, handoff.Above)
+	w.passProbation(10 * time.Second)
+	g.ch.expect(t, handoff.Upstream)
+	if w.m.st == exited {
+		t.Fatal("finished before the reader of the channel it passed on ended")
+	}
+	r, wr, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wr.Close()
+	// What the reader had read as the channel closed.
+	w.m.handle(upstreamMessage{ch: up, m: handoff.Message{Verb: handoff.Conns, Text: `{"name":"http"}`, Files: []*os.File{r}}})
+	if m := g.ch.expect(t, handoff.Conns); m.Text != `{"name":"http"}` || len(m.Files) != 1 {
+		t.Fatalf("the successor got %q with %d files; want the connections", m.Text, len(m.Files))
+	}
+	w.stepUntil("the process is done", func() bool { return w.m.st == exited })
 }
 
 // TestLineageMaxDraining: a handover that makes more generations drain than
@@ -108,6 +151,11 @@ func TestLineageMaxDraining(t *testing.T) {
 	if !oldest.logged("drain_finish_now") {
 		t.Fatal("the oldest generation did not finish")
 	}
+	oldest.stepUntil("the end of the drain", func() bool { return oldest.m.line.drained })
+	if r := oldest.m.status().Upgrades[0]; !r.Drained || r.DrainKilled != "max_draining" || r.ConnsForced != 1 {
+		t.Fatalf("the record of the cut drain: %+v", r)
+	}
+	oldest.passProbation(10 * time.Second)
 	oldest.stepUntil("the process is done", func() bool { return oldest.m.st == exited })
 	if err := oldest.waitDone(); !errors.Is(err, ErrDrainDeadline) {
 		t.Fatalf("Wait: %v; want ErrDrainDeadline", err)

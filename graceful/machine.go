@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -40,12 +41,18 @@ import (
 //	     │      resumable⁴ ──────┘ └──────────────────────► stopping   │      │ successor died, not
 //	     │                                                     │       │      │ resumable⁴: start the
 //	     └─────────── stop³ ────────────────────────────────►  │       │      │ last good build (a
-//	                                                           ▼       ▼      │ replacement, at most 3)
-//	                                                         exited ◄── every drain ended
+//	                                                           │       │      │ replacement, at most 3)
+//	                                                           ▼       ▼
+//	                                                         exited ◄── every drain ended, and the
+//	                                                                    successor's probation⁵ is over
 //
 //	¹ SIGUSR2, Upgrade, or `handover reload` on the control socket. Refused (logged,
 //	  returned) unless serving; refused as PID 1 of a PID namespace without a service
-//	  manager, under a `handover run` master, and on systems other than Linux.
+//	  manager, under a `handover run` master, and on systems other than Linux. A
+//	  two-phase upgrade (Prepare, `handover prepare`; prepare.go) waits in prepared
+//	  between "ready" and the go-ahead: the new generation does not accept, this
+//	  process serves alone; Commit goes on as an upgrade does (upgrading, then
+//	  draining), Abort and PrepareTimeout end it as a failed attempt (serving).
 //	² The new generation exited, reported an error, closed the channel, sent
 //	  something unexpected, was not ready within UpgradeTimeout, could not be
 //	  started, or the handover could not be confirmed: it is killed (and reaped when
@@ -59,9 +66,15 @@ import (
 //	  held, and the application never took Exit; then the drains are taken back and
 //	  this process is the current generation again. Otherwise the last good build
 //	  (this process's own executable) is started on the sockets kept open.
+//	⁵ Config.Probation from the handover (successor.go): until then a process that
+//	  drained stands by in draining, its listeners stopped but open, so that a death
+//	  is met as one during the drain. It ends early when the successor hands over in
+//	  turn or stops ("done"), or on a stop; there is none under a service manager, or
+//	  when the process can neither resume nor start a replacement.
 //
 // Without a service manager the drain stops accepting but keeps the sockets, and the
-// successor is watched for as long as this process lives.
+// successor is watched until the end of its probation; one that dies later (the
+// process lived on after Wait) is not met.
 
 // state is where a process is in its life; see the diagram above.
 type state int
@@ -70,6 +83,7 @@ const (
 	starting state = iota
 	serving
 	upgrading
+	prepared // a two-phase upgrade's new generation is ready and waits for its commit
 	draining
 	stopping
 	exited
@@ -77,7 +91,7 @@ const (
 
 // String returns the state's name as Status shows it.
 func (s state) String() string {
-	return [...]string{"starting", "serving", "upgrading", "draining", "stopping", "exited"}[s]
+	return [...]string{"starting", "serving", "upgrading", "prepared", "draining", "stopping", "exited"}[s]
 }
 
 // ErrUpgradeInProgress is returned by Upgrade when an upgrade is already under way.
@@ -132,6 +146,7 @@ type machine struct {
 	nextPID   int   // the generation this one handed over to
 	final     bool  // the drain is final: listeners closed, no resuming
 	history   history
+	historyIn *string // the initial batch's history, until needed (takeHistoryIn)
 
 	exit  *exitSignal  // closed when draining starts (Exit)
 	done  *doneSignal  // closed when the process may exit (Wait)
@@ -143,7 +158,8 @@ type machine struct {
 	drains   drains
 	svc      service
 	carriers []carry.Carrier
-	taken    takenBack // the datagram sockets carriers take back (carry.Host.TakesBack)
+	taken    takenBack   // the datagram sockets carriers take back (carry.Host.TakesBack)
+	link     *masterNext // under a master, the new child a stop hands over to (masterlink.go)
 }
 
 func newMachine(cfg Config, set *fds.Set, log *slog.Logger) *machine {
@@ -183,6 +199,7 @@ type (
 	}
 	upgradeRequest struct {
 		trigger string
+		step    step // an upgrade, or a step of a two-phase one (prepare.go)
 		reply   func(upgradeResult)
 	}
 	stopRequest struct {
@@ -198,7 +215,7 @@ type (
 
 func (e signalEvent) handle(m *machine)    { m.onSignal(e.sig) }
 func (e readyEvent) handle(m *machine)     { m.onReady(e) }
-func (e upgradeRequest) handle(m *machine) { m.beginUpgrade(e.trigger, e.reply) }
+func (e upgradeRequest) handle(m *machine) { m.onUpgradeRequest(e) }
 func (e stopRequest) handle(m *machine)    { m.stop(e.why); close(e.done) }
 func (e statusRequest) handle(m *machine)  { e.reply <- m.status() }
 func (e metricsRequest) handle(m *machine) { e.reply <- m.metrics() }
@@ -236,12 +253,16 @@ func (m *machine) onReady(ev readyEvent) {
 	if ev.upstream != nil {
 		m.listenUpstream(ev.upstream)
 	}
+	if slices.ContainsFunc(ev.said, func(msg handoff.Message) bool { return msg.Verb == handoff.History }) {
+		m.historyIn = nil // replaced by the history with this upgrade in it
+	}
+	m.takeHistoryIn()
 	for _, msg := range ev.said {
 		m.onUpstreamMessage(msg)
 	}
 	m.writePIDFile()
 	if !ev.child {
-		m.notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+		m.notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()) + m.canPrepare())
 	}
 	m.startWatchdog()
 	m.storeFDs()
@@ -294,6 +315,8 @@ func (m *machine) refusal() (reason string, moved int, err error) {
 		return "not_ready", 0, errNotReady
 	case m.st == upgrading:
 		return "in_progress", 0, ErrUpgradeInProgress
+	case m.st == prepared:
+		return "prepared", 0, fmt.Errorf("graceful: a prepared generation (PID %d) waits for its commit: commit it (Commit, handover commit) or abort it (Abort, handover abort) first", m.att.ready)
 	case m.nextPID != 0 && (m.st == draining || m.st == exited):
 		return "handed_over", m.nextPID, fmt.Errorf("graceful: this process has handed over to PID %d; ask that one", m.nextPID)
 	case m.st == draining || m.st == stopping || m.st == exited:
@@ -326,15 +349,22 @@ func (m *machine) stop(why string) {
 		// This process drains already; the stop only makes the drain final.
 		m.log.Info("stop requested while draining after a handover: the drain goes on, and is final", "event", "stop_ignored", "why", why)
 		m.makeFinal()
+		m.endProbation("stop")
 		return
-	case upgrading:
+	case upgrading, prepared:
 		m.abandonAttempt()
 	}
 	m.st = stopping
 	m.retire()
-	m.log.Info("stopping", "event", "stop", "why", why)
-	m.turn(carry.Stopping)
-	if m.main {
+	if l := m.link; l != nil {
+		// Under a master, which stops this process because l took over.
+		m.log.Info("stopping: handing over to the master's new child", "event", "stop", "why", why, "to", l.pid)
+		m.turn(carry.HandedOver)
+	} else {
+		m.log.Info("stopping", "event", "stop", "why", why)
+		m.turn(carry.Stopping)
+	}
+	if m.main && !m.svc.handing {
 		m.notify("STOPPING=1\nSTATUS=stopping: draining connections")
 	}
 	m.stopWatchdog()
@@ -346,16 +376,24 @@ func (m *machine) stop(why string) {
 }
 
 // settle finishes the process once it is done: it drains (after a handover or a
-// stop), every drain has ended, no upgrade attempt runs, and nothing it waits for
-// is on its way. Its farewell to the successor goes first.
+// stop), every drain has ended, no upgrade attempt runs, nothing it waits for is
+// on its way, and it does not stand by for its successor's probation. As the
+// drains end, the successor hears how they went (and the carriers send the
+// application's last state); as the process finishes, its farewell goes first.
 func (m *machine) settle() {
 	if m.st == exited || !m.drained() {
+		return
+	}
+	if !m.line.drained {
+		m.sayDrained()
+	}
+	if m.holds.Load() > 0 || m.standingBy() {
 		return
 	}
 	if !m.line.farewell {
 		m.sayFarewell()
 	}
-	if m.holds.Load() == 0 {
+	if m.holds.Load() == 0 && m.line.passed == nil {
 		m.finish()
 	}
 }
@@ -370,13 +408,19 @@ func (m *machine) drained() bool {
 	return m.drainsEnded()
 }
 
-// finish ends the drains: every listener is closed for good, and Wait returns. The
-// machine goes on (signals, the successor) for as long as the process lives: one
-// that drains servers of its own after Exit may outlive Wait, and keeps the sockets
-// it reserved for a successor that dies meanwhile.
+// finish ends the drains: every listener is closed for good, the copies of the
+// sockets kept for a replacement too, and Wait returns. The machine goes on
+// (signals, the successor's messages) for as long as the process lives (one that
+// drains servers of its own after Exit may outlive Wait), but a successor that dies
+// from now on is past its probation: nothing is done.
 func (m *machine) finish() {
 	m.st = exited
+	m.endProbation("")
 	m.closeListeners()
+	if m.next.reserve != nil {
+		m.next.reserve.Close()
+		m.next.reserve = nil
+	}
 	m.stopWatchdog()
 	m.log.Info("drained; the process may exit", "event", "done")
 	m.done.close(m.drains.err)
@@ -385,8 +429,10 @@ func (m *machine) finish() {
 // turn tells the carriers that the process's role changed.
 func (m *machine) turn(role carry.Role) {
 	t := carry.Turn{Role: role, Main: m.main}
-	if role == carry.HandedOver && m.next.cur != nil {
+	if (role == carry.HandedOver || role == carry.Drained) && m.nextPID != 0 && m.next.cur != nil {
 		t.Successor = m.next.cur.out
+	} else if role == carry.HandedOver || role == carry.Drained && m.st == stopping {
+		t.Successor = m.linkSuccessor()
 	}
 	if role == carry.HandedOver || role == carry.Stopping {
 		t.Deadline = m.clock.Now().Add(m.cfg.DrainTimeout)
@@ -396,18 +442,37 @@ func (m *machine) turn(role carry.Role) {
 	}
 }
 
+// takeHistoryIn decodes the history of the initial batch, if it was not yet.
+func (m *machine) takeHistoryIn() {
+	text := m.historyIn
+	if text == nil {
+		return
+	}
+	m.historyIn = nil
+	h, err := decodeHistory(*text)
+	if err != nil {
+		m.log.Warn("the history of upgrades is lost", "event", "history_lost", "err", err)
+		return
+	}
+	m.history = h
+}
+
 func (m *machine) status() Status {
+	m.takeHistoryIn()
 	s := Status{PID: os.Getpid(), Generation: m.gen, State: m.st.String(),
 		Executable: m.exe, Systemd: m.notifier != nil, Listeners: m.set.Sockets()}
 	if m.lastErr != nil {
 		s.LastError = m.lastErr.Error()
 	}
 	s.Connections = m.connections()
-	if a := m.att; a != nil && !a.abandoned {
+	if a := m.att; a != nil && !a.abandoned && m.st == prepared {
+		s.Prepared = a.ready
+	} else if a != nil && !a.abandoned {
 		s.Upgrading = a.pid
 	}
 	s.OlderDraining = m.line.above
 	s.Upgrades = m.history.shown()
+	s.ProbationUntil = m.probationUntil()
 	return s
 }
 
@@ -419,6 +484,7 @@ type metricsSnapshot struct {
 }
 
 func (m *machine) metrics() metricsSnapshot {
+	m.takeHistoryIn()
 	return metricsSnapshot{history: m.history.clone(), status: m.status(), above: m.line.above}
 }
 

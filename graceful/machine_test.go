@@ -198,7 +198,8 @@ type fakeGen struct {
 	proc   *fakeProc
 	ch     *fakeChannel // the parent's end
 	spec   spawnSpec
-	stderr *os.File // the write end of its stderr pipe
+	batch  []handoff.Message // its initial batch, as spec.batch made it
+	stderr *os.File          // the write end of its stderr pipe
 }
 
 func (g *fakeGen) pid() int { return g.proc.pid }
@@ -346,10 +347,11 @@ func (w *fakeWorld) spawn(s spawnSpec) (*generation, error) {
 		return nil, err
 	}
 	g := &fakeGen{proc: &fakeProc{pid: pid, exited: make(chan struct{}), slow: slow}, ch: newFakeChannel(), spec: s, stderr: wr}
+	g.batch = s.batch()
 	w.t.Cleanup(func() {
 		g.stderr.Close()
 		g.proc.exit("")
-		closeMessages(s.batch)
+		closeMessages(g.batch)
 	})
 	w.spawned <- g
 	return newGeneration(g.proc, g.ch, proc.Relay(r, io.Discard)), nil
@@ -522,6 +524,28 @@ func (w *fakeWorld) logged(ev string, attrs ...string) bool {
 	return false
 }
 
+// probationTimer returns the pending timer of the successor's probation, or nil.
+func (w *fakeWorld) probationTimer() *pendingAfter {
+	for _, p := range w.afters {
+		if _, ok := p.ev.(probationOver); ok && !p.stopped {
+			return p
+		}
+	}
+	return nil
+}
+
+// passProbation fires the timer that ends the successor's probation, which must be
+// pending, for d.
+func (w *fakeWorld) passProbation(d time.Duration) {
+	w.t.Helper()
+	p := w.probationTimer()
+	if p == nil || p.d != d {
+		w.t.Fatalf("the probation timer: %+v; want one pending for %s", p, d)
+	}
+	p.stopped = true
+	w.m.handle(p.ev)
+}
+
 func (w *fakeWorld) exitClosed() bool {
 	select {
 	case <-w.m.exit.ch:
@@ -557,7 +581,7 @@ func TestMachineUpgrade(t *testing.T) {
 	if g.spec.child.path != w.m.exe || g.spec.child.gen != 2 || g.spec.child.sibling {
 		t.Fatalf("started %+v", g.spec.child)
 	}
-	if b := g.spec.batch; len(b) != 2 || b[0].Verb != handoff.History || b[1].Verb != handoff.Above || b[1].N != 1 {
+	if b := g.batch; len(b) != 2 || b[0].Verb != handoff.History || b[1].Verb != handoff.Above || b[1].N != 1 {
 		t.Fatalf("initial batch %v", b)
 	}
 	if st := w.m.status(); st.State != "upgrading" || st.Upgrading != g.pid() {
@@ -584,24 +608,33 @@ func TestMachineUpgrade(t *testing.T) {
 		t.Fatalf("after the handover: exit closed %v, killed %v", w.exitClosed(), g.proc.wasKilled())
 	}
 	// Nothing to drain: once "above" is sent, and the new generation has put its
-	// own stderr back (this process relays what it logs until then), the farewell
-	// goes out, then the process is done.
+	// own stderr back (this process relays what it logs until then), "drained"
+	// goes out, then the process stands by until the probation is over, then it is
+	// done.
 	if a := g.ch.expect(t, handoff.Above); a.N != 1 {
 		t.Fatalf("above %d; want 1 (this process drains)", a.N)
 	}
 	stepTo[wakeEvent](w)
-	if w.m.line.farewell || w.m.st != draining {
+	if w.m.line.drained || w.m.st != draining {
 		t.Fatal("finished before the new generation put its stderr back")
 	}
 	g.stderr.Close()
-	w.stepUntil("the farewell", func() bool { return w.m.line.farewell })
+	w.stepUntil("the end of the drain", func() bool { return w.m.line.drained })
 	if d := g.ch.expect(t, handoff.Drained); !strings.Contains(d.Text, fmt.Sprintf(`"To":%d`, g.pid())) {
 		t.Fatalf("drained %q", d.Text)
 	}
 	if a := g.ch.expect(t, handoff.Above); a.N != 0 {
-		t.Fatalf("farewell: above %d; want 0 (no older generation drains)", a.N)
+		t.Fatalf("drained: above %d; want 0 (no older generation drains, this one no more)", a.N)
 	}
+	w.stepUntil("the messages are sent", func() bool { return w.m.holds.Load() == 0 })
+	if w.m.st != draining || !w.m.standingBy() {
+		t.Fatalf("state %s; want it standing by", w.m.st)
+	}
+	w.passProbation(10 * time.Second)
 	w.stepUntil("the process is done", func() bool { return w.m.st == exited })
+	if !w.logged("probation_over", "reason=passed") {
+		t.Fatalf("after the probation: %s", w.m.st)
+	}
 	if err := w.waitDone(); err != nil {
 		t.Fatalf("Wait: %v, state %s", err, w.m.st)
 	}
@@ -638,6 +671,59 @@ func TestMachineDefersSIGUSR2(t *testing.T) {
 	first.m.handle(signalEvent{syscall.SIGUSR2})
 	if !first.logged("upgrade_refused", "reason=not_ready", "trigger=SIGUSR2") {
 		t.Fatal("a first generation's SIGUSR2 before Ready was not refused")
+	}
+}
+
+// TestMachineInitialHistory: the history of a new generation's initial batch is
+// decoded only when needed, not on the way to its first answer: by a status
+// request before Ready; at Ready it gives way to the history with this upgrade in
+// it, which the parent sent before "main", or, if none came, is decoded then (a bad
+// one is logged as lost).
+func TestMachineInitialHistory(t *testing.T) {
+	var inherited history
+	inherited.add(Upgrade{Trigger: "SIGUSR2", From: 10, To: 11, Generation: 2, Outcome: "ok"})
+	text := inherited.encode()
+	var withThis history
+	withThis.add(Upgrade{Trigger: "SIGUSR2", From: 10, To: 11, Generation: 2, Outcome: "ok"})
+	withThis.add(Upgrade{Trigger: "SIGUSR2", From: 11, To: 12, Generation: 3, Outcome: "ok"})
+	ready := func(w *fakeWorld, said ...handoff.Message) {
+		done := make(chan struct{})
+		w.m.handle(readyEvent{done: done, child: true, upstream: newFakeChannel(), said: said})
+	}
+	for _, c := range []struct {
+		name    string
+		in      string
+		said    []handoff.Message
+		records int
+		lost    bool
+	}{
+		{"replaced", text, []handoff.Message{{Verb: handoff.History, Text: withThis.encode()}}, 2, false},
+		{"kept", text, nil, 1, false},
+		{"bad", "{not json", nil, 0, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := newWorld(t, nil)
+			w.m.hasParent = true
+			in := c.in
+			w.m.historyIn = &in
+			w.m.handle(adoptEvent{&target{d: new(Drainer)}})
+			if len(w.m.history.Records) != 0 || w.m.historyIn == nil {
+				t.Fatal("the initial history was decoded before it was needed")
+			}
+			ready(w, c.said...)
+			if w.m.historyIn != nil || len(w.m.history.Records) != c.records || w.logged("history_lost") != c.lost {
+				t.Fatalf("after Ready: %d records, pending %v, history_lost %v; want %d, nil, %v", len(w.m.history.Records), w.m.historyIn, w.logged("history_lost"), c.records, c.lost)
+			}
+		})
+	}
+	// Status before Ready shows the inherited history.
+	w := newWorld(t, nil)
+	w.m.hasParent = true
+	w.m.historyIn = &text
+	reply := make(chan Status, 1)
+	w.m.handle(statusRequest{reply})
+	if st := <-reply; len(st.Upgrades) != 1 || st.Upgrades[0].To != 11 || w.m.historyIn != nil {
+		t.Fatalf("Status before Ready: upgrades %+v", st.Upgrades)
 	}
 }
 
@@ -765,6 +851,72 @@ func TestMachineWaitsForBarrier(t *testing.T) {
 	}
 }
 
+// TestMachineQuietAfterMainPID: under systemd, once the new generation's MAINPID= is
+// on its way, the old process says nothing more to systemd (NotifyAccess=main would
+// refuse it and log "reception only permitted for main PID"): the STATUS= refresh
+// and the watchdog pings that come while the handover waits for systemd's barrier
+// are not sent. An upgrade that fails before MAINPID= reached systemd speaks again.
+func TestMachineQuietAfterMainPID(t *testing.T) {
+	w := newWorld(t, nil).withSystemd()
+	w.m.svc.watchdog = &sdnotify.Watchdog{Interval: 2 * time.Second}
+	w.sd.barrier = make(chan struct{})
+	w.m.begin()
+	w.ready()
+	eventually(t, "the first ping", func() bool { return w.sd.count("WATCHDOG=1") == 1 })
+	w.upgrade()
+	g := w.child()
+	g.ch.say(handoff.Message{Verb: handoff.Ready, PID: g.pid()})
+	stepTo[attemptReady](w)
+	select {
+	case <-w.sd.barriers:
+	case <-time.After(waitBound):
+		t.Fatal("no barrier")
+	}
+	w.sd.mu.Lock()
+	before := len(w.sd.sent)
+	w.sd.mu.Unlock()
+	// The status refresh comes, and the watchdog's next ping is due, while systemd
+	// has not confirmed MAINPID= yet.
+	var tick *pendingAfter
+	for _, p := range w.afters {
+		if !p.stopped && p.d == statusEvery {
+			tick = p
+		}
+	}
+	if tick == nil {
+		t.Fatal("no status timer")
+	}
+	tick.stopped = true
+	w.m.handle(tick.ev)
+	w.clock.Advance(time.Second)
+	close(w.sd.barrier)
+	g.ch.expect(t, handoff.History)
+	g.ch.expect(t, handoff.Main)
+	g.stderr.Close()
+	stepTo[attemptEnded](w)
+	w.sd.mu.Lock()
+	after := slices.Clone(w.sd.sent[before:])
+	w.sd.mu.Unlock()
+	if len(after) != 0 {
+		t.Fatalf("the old process notified systemd after its successor's MAINPID=: %q", after)
+	}
+
+	// MAINPID= refused: the process is still the main one, and says so.
+	f := newWorld(t, nil).withSystemd()
+	f.ready()
+	f.upgrade()
+	g = f.child()
+	f.sd.mu.Lock()
+	f.sd.fail = fmt.Sprintf("MAINPID=%d\nREADY=1", g.pid())
+	f.sd.mu.Unlock()
+	g.ch.say(handoff.Message{Verb: handoff.Ready, PID: g.pid()})
+	stepTo[attemptReady](f)
+	stepTo[attemptEnded](f)
+	if f.m.svc.handing || f.sd.count("READY=1\nSTATUS=serving") != 1 {
+		t.Fatalf("after a failed MAINPID=: handing %v, sent %q", f.m.svc.handing, f.sd.sent)
+	}
+}
+
 // recordingCarrier is a carrier that records what the machine asks of it.
 type recordingCarrier struct {
 	mu    sync.Mutex
@@ -816,7 +968,7 @@ func TestMachineCarriers(t *testing.T) {
 	w.ready()
 	rep := w.upgrade()
 	g := w.child()
-	if b := g.spec.batch; len(b) != 3 || b[2].Verb != handoff.Keys {
+	if b := g.batch; len(b) != 3 || b[2].Verb != handoff.Keys {
 		t.Fatalf("initial batch %v", b)
 	}
 	w.takeOver(g)
@@ -830,14 +982,15 @@ func TestMachineCarriers(t *testing.T) {
 	}
 	close(c.work)
 	g.ch.expect(t, handoff.Keys)
-	w.stepUntil("the farewell", func() bool { return w.m.line.farewell })
+	w.stepUntil("the end of the drain", func() bool { return w.m.line.drained })
 	g.ch.expect(t, handoff.Drained)
 	g.ch.expect(t, handoff.Above)
+	w.passProbation(10 * time.Second)
 	w.stepUntil("the process is done", func() bool { return w.m.st == exited })
 	w.m.onUpstreamMessage(handoff.Message{Verb: handoff.Keys})
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if want := []carry.Role{carry.Serving, carry.Upgrading, carry.HandedOver}; !slices.Equal(c.turns, want) || c.sent != nil {
+	if want := []carry.Role{carry.Serving, carry.Upgrading, carry.HandedOver, carry.Drained}; !slices.Equal(c.turns, want) || c.sent != nil {
 		t.Fatalf("turns %v (want %v), send %v", c.turns, want, c.sent)
 	}
 	if len(c.took) != 1 {

@@ -17,6 +17,11 @@ import (
 // service is the machine's part of the service manager's protocol.
 type service struct {
 	lastStat string // the last STATUS= sent
+	// handing: the MAINPID= of a new generation is on its way to the service
+	// manager, or there already. Until the attempt ends, this process may no
+	// longer be the main one: systemd would refuse (and log) what it says, so it
+	// says nothing (no STATUS=, no watchdog ping) unless the upgrade fails.
+	handing  bool
 	watchdog *sdnotify.Watchdog
 	wdStop   chan struct{} // closed to stop the pings
 	wdDone   chan struct{} // closed once the pings stopped
@@ -35,7 +40,7 @@ func (m *machine) notify(state string) {
 func (m *machine) notifyStatus() {
 	// After a handover this process is no longer the main one: systemd would
 	// reject (and log) its notifications.
-	if m.notifier == nil || !m.main {
+	if m.notifier == nil || !m.main || m.svc.handing {
 		return
 	}
 	if line := m.statusLine(); line != m.svc.lastStat {

@@ -1,7 +1,9 @@
 package graceful
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -46,26 +48,38 @@ func (u *Upgrader) openParent() {
 	}
 }
 
-// readInit reads the parent's initial batch, up to "end" (see handoff.Message).
+// readInit reads the parent's initial batch, up to "end" (see handoff.Message). The
+// parent makes it once this process has started (its SaveState may take up to its
+// UpgradeTimeout): it is waited for as long as this process's own UpgradeTimeout,
+// and at least initTimeout. A parent that went away meanwhile (the channel ends)
+// leaves this process to carry on without the rest, as one that goes away before
+// it confirms the handover does (see confirmWithParent); one that abandons the
+// upgrade ("abort") makes it fail.
 func (u *Upgrader) readInit(p *handoff.Channel) error {
-	p.SetDeadline(time.Now().Add(initTimeout))
+	p.SetDeadline(time.Now().Add(max(initTimeout, u.cfg.UpgradeTimeout)))
 	defer p.SetDeadline(time.Time{})
 	for {
 		m, err := p.Receive()
+		if errors.Is(err, io.EOF) {
+			u.log.Warn("the parent generation went away before its first messages were all sent; carrying on without the rest", "event", "parent_lost")
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("the parent generation's first messages: %w", err)
 		}
 		switch m.Verb {
 		case handoff.End:
 			return nil
+		case handoff.Abort:
+			return fmt.Errorf("graceful: the parent generation abandoned the upgrade: %s", m.Text)
 		case handoff.History:
-			if h, err := decodeHistory(m.Text); err != nil {
-				u.log.Warn("the history of upgrades is lost", "event", "history_lost", "err", err)
-			} else {
-				u.m.history = h
-			}
+			// Decoded when first needed, not on the way to the first answer: the
+			// parent sends the history again with this upgrade in it.
+			u.m.historyIn = &m.Text
 		case handoff.Above:
 			u.m.line.above = m.N
+		case handoff.Prepare:
+			u.hold() // a two-phase upgrade's: no accepting before "main"
 		default:
 			if !takeCarried(u.ext.carriers, m, carry.Initial) {
 				closeFiles(m.Files)
@@ -87,6 +101,11 @@ func (u *Upgrader) reportStartError(err error) {
 // and what else the parent said meanwhile (the history with this upgrade in it),
 // for the machine.
 func (u *Upgrader) confirmWithParent(p *handoff.Channel) (*handoff.Channel, []handoff.Message, error) {
+	if u.viaLink {
+		// A serving child under a master answers at once, or not at all.
+		p.SetDeadline(time.Now().Add(linkTimeout))
+		defer p.SetDeadline(time.Time{})
+	}
 	if err := p.Send(handoff.Message{Verb: handoff.Ready, PID: os.Getpid()}, sendTimeout); err != nil {
 		p.Close()
 		u.log.Warn("could not tell the parent generation we are ready; carrying on as the current generation", "event", "parent_lost", "err", err)

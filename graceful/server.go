@@ -18,12 +18,34 @@ import (
 //
 //   - it stops accepting; connections still in the socket's queue are the new
 //     generation's;
-//   - an HTTP/1 request that starts from then on is answered with
-//     "Connection: close"; a request already read is always answered (unlike
-//     http.Server.Shutdown, which may drop one read just as it starts:
-//     golang/go#75591);
-//   - an idle keep-alive connection may send one more request for KeepAliveGrace,
-//     then it is closed;
+//   - a plain HTTP/1 keep-alive connection (TCP or unix socket, no TLS) moves to
+//     the new generation, and the client notices nothing (no close, no new
+//     connection): one that is idle (between two requests, no byte of the next
+//     one read here) is handed over at once, one in the middle of a request
+//     finishes it here (its response keeps the connection alive) and is handed
+//     over as it becomes idle, one that sent pipelined requests is handed over
+//     once all are answered. A request already read is always answered here
+//     (unlike http.Server.Shutdown, which may drop one read just as it starts:
+//     golang/go#75591); bytes the client sent but that were not read yet (the next
+//     request) move with the socket, and the new generation answers them. This
+//     holds after SIGUSR2, `handover reload` and `systemctl reload`, and, with
+//     Config.FDStore, as the main process stops under systemd (`systemctl
+//     restart`): the connections wait in systemd's fd store, and the next start
+//     serves them (after a crash too, with Config.FDStoreConns). In the new
+//     generation they go to the Server on the same socket (by its name, else its
+//     address): one it cannot serve (no such Server, or one that is stopping, or
+//     one with DisableConnHandover, or serving TLS) is closed. Linux only;
+//     DisableConnHandover turns it off, and the connections are drained as below.
+//     A Server that also accepts unencrypted HTTP/2 (Protocols with
+//     UnencryptedHTTP2) drains as below its HTTP/1 connections that have carried a
+//     request: net/http then reads the first bytes of every connection on its own
+//     to tell the two apart, and its wait between two requests is not recognized;
+//   - otherwise (a drain with nowhere to hand connections to: SIGTERM without the
+//     fd store, Shutdown; TLS connections, whose live session keys crypto/tls
+//     cannot hand to another process; HTTP/2, whose streams and compression state
+//     live in the process): an HTTP/1 request that starts from then on is answered
+//     with "Connection: close", and an idle keep-alive connection may send one more
+//     request for KeepAliveGrace, then it is closed;
 //   - every HTTP/2 connection, over TLS or unencrypted (h2c), is told to go away in
 //     the two steps of RFC 9113 §6.8: a GOAWAY with stream 2^31-1 and a PING, then,
 //     once the client has answered the PING, net/http's GOAWAY with the last stream
@@ -38,8 +60,22 @@ import (
 //   - at the drain deadline (DrainTimeout) every connection still open is
 //     force-closed.
 //
-// If the new generation dies while this one drains (without a service manager), the
+// If the new generation dies while this one drains, or stands by once drained for
+// the new generation's probation (Config.Probation; without a service manager), the
 // drain is taken back: the Server accepts again and keep-alive is on again.
+//
+// A connection handed over is the new generation's once that one says it has the
+// socket (it says so as it receives it, before it serves it). Until then this
+// Server keeps its own copy, without reading from it: if the new generation dies
+// first (the socket was still in the handover channel), the connection is served
+// here again, the request its client sent meanwhile included, and the client
+// notices nothing. Once the new generation has it, the connection ends with it if
+// it dies, as a connection of any crashed server does: an idle one is closed (the
+// client sees the close, as when a keep-alive connection times out); the one
+// request in flight on it, or sent before the client saw the close, fails with a
+// reset or an EOF. The client loses at most that one request; it was not answered,
+// so a client may retry it on a new connection, which the old generation, serving
+// again, accepts.
 //
 // Configure the embedded http.Server as usual, but do not call its Shutdown: the
 // Server's own Shutdown replaces it. Its Close closes at once, as net/http's does.
@@ -53,9 +89,14 @@ type Server struct {
 	// DrainTimeout is the drain deadline after which remaining connections are
 	// force-closed; zero means the Upgrader's (Config.DrainTimeout).
 	DrainTimeout time.Duration
-	// KeepAliveGrace is how long an idle keep-alive connection may live once draining
-	// has started; zero means one second.
+	// KeepAliveGrace is how long an idle keep-alive connection that is not handed
+	// over may live once draining has started; zero means one second.
 	KeepAliveGrace time.Duration
+	// DisableConnHandover keeps idle keep-alive connections from moving to the new
+	// generation: a drain closes them, after KeepAliveGrace, as Shutdown does. It
+	// also keeps this Server from taking in those the previous generation hands
+	// over: they are closed.
+	DisableConnHandover bool
 
 	once    sync.Once
 	drainer Drainer
@@ -207,11 +248,16 @@ func (s *Server) ServeTLS(l net.Listener, certFile, keyFile string) error {
 //
 // l is a listener of the Upgrader, or a listener of the application's around one
 // (tls.NewListener, a struct that embeds it, any net.Listener whose Accept calls
-// its Accept): Serve returns http.ErrServerClosed once drained either way. A drain
-// after a handover stops the Upgrader's own listener without closing it, so that
-// it can be taken back if the new generation dies; a listener around it cannot be
-// stopped that way, so the drain closes it, and that drain cannot be taken back
-// (see Upgrader).
+// its Accept): Serve returns http.ErrServerClosed either way, but not at the same
+// moment. A drain after a handover stops the Upgrader's own listener without
+// closing it, so that it can be taken back if the new generation dies: on it, Serve
+// returns when the Upgrader is done (Upgrader.Wait would return: the drain is over,
+// and so is the new generation's probation), and goes on serving if the drain is
+// taken back. A listener around it cannot be stopped that way, so the drain closes
+// it, and that drain cannot be taken back: Serve returns once the Server's
+// connections have drained, and the process should then call Upgrader.Wait, which
+// returns after the probation (during which a new generation that dies is replaced
+// by this process's own build, on the sockets it kept; see Upgrader).
 //
 // To serve TLS with a tls.Config of one's own, set TLSConfig and call ServeTLS
 // with the Upgrader's listener and empty file names: the Server then offers HTTP/2,
@@ -234,6 +280,8 @@ func (s *Server) serve(l net.Listener, wrap func(net.Listener) net.Listener) err
 	tl := dl
 	if wrap != nil {
 		tl = wrap(dl)
+	} else if !s.DisableConnHandover {
+		u.ext.conns.serve(&s.drainer, dl.(*listener), l, passHTTP)
 	}
 	u.adopt(&target{d: &s.drainer, s: s, timeout: s.DrainTimeout})
 	errc := make(chan error, 1)

@@ -42,9 +42,11 @@ func (m *machine) childSpec(path string) childSpec {
 // pipe as its standard error until the handover (see handoff.Marker.Stderr), whose
 // last lines it returns in out. It runs beside the state loop.
 //
-// batch is the initial batch of messages (see handoff.Message): it is written into
-// the channel before the child starts, then "end".
-func spawnChild(set *fds.Set, reserve *fds.Child, spec childSpec, start startFunc, batch []handoff.Message) (c child, ch *handoff.Channel, out *proc.Tail, err error) {
+// batch makes the initial batch of messages (see handoff.Message): it is called
+// once the child has started, and what it returns is written into the channel, then
+// "end". The child reads it in New, after its runtime's start; meanwhile this
+// process makes the batch (the history, the TLS keys, SaveState) beside it.
+func spawnChild(set *fds.Set, reserve *fds.Child, spec childSpec, start startFunc, batch func() []handoff.Message) (c child, ch *handoff.Channel, out *proc.Tail, err error) {
 	if err := proc.Check("new binary", spec.path); err != nil {
 		return nil, nil, nil, err
 	}
@@ -62,14 +64,6 @@ func spawnChild(set *fds.Set, reserve *fds.Child, spec childSpec, start startFun
 		return nil, nil, nil, err
 	}
 	defer childEnd.Close()
-	for _, m := range append(batch, handoff.Message{Verb: handoff.End}) {
-		err := parentEnd.Send(m, sendTimeout)
-		closeFiles(m.Files)
-		if err != nil {
-			parentEnd.Close()
-			return nil, nil, nil, fmt.Errorf("the new generation's first messages: %w", err)
-		}
-	}
 	// The child's fd 2 until the handover: a pipe we read. Our own stderr goes with
 	// it, for the child to put back.
 	var r, w, ours *os.File
@@ -103,7 +97,22 @@ func spawnChild(set *fds.Set, reserve *fds.Child, spec childSpec, start startFun
 		parentEnd.Close()
 		return nil, nil, nil, err
 	}
-	return c, parentEnd, proc.Relay(r, os.Stderr), nil
+	out = proc.Relay(r, os.Stderr)
+	sendBatch(parentEnd, batch())
+	return c, parentEnd, out, nil
+}
+
+// sendBatch writes the initial batch into the channel, then "end", and closes the
+// messages' files. A child that went away meanwhile is not written to any more: the
+// attempt sees its exit, and reports it with its last words.
+func sendBatch(ch *handoff.Channel, batch []handoff.Message) {
+	var err error
+	for _, m := range append(batch, handoff.Message{Verb: handoff.End}) {
+		if err == nil {
+			err = ch.Send(m, sendTimeout)
+		}
+		closeFiles(m.Files)
+	}
 }
 
 // childSpec is a process the upgrader starts: the new generation.

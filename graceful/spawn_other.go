@@ -27,7 +27,7 @@ func startProcess(childSpec) (child, error) { return nil, handoff.ErrUnsupported
 
 func (m *machine) childSpec(path string) childSpec { return childSpec{} }
 
-func spawnChild(*fds.Set, *fds.Child, childSpec, startFunc, []handoff.Message) (child, *handoff.Channel, *proc.Tail, error) {
+func spawnChild(*fds.Set, *fds.Child, childSpec, startFunc, func() []handoff.Message) (child, *handoff.Channel, *proc.Tail, error) {
 	return nil, nil, nil, handoff.ErrUnsupported
 }
 

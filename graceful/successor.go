@@ -2,6 +2,7 @@ package graceful
 
 import (
 	"os"
+	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/carry"
 	"github.com/seed-a7250cfa/handover/internal/fds"
@@ -27,13 +28,18 @@ import (
 // end of the channel on to its own successor, which then talks to this process: the
 // channel is kept until nobody holds the other end (successorGone).
 //
+// The successor is on probation for Config.Probation from the handover: until then
+// this process, once drained, stands by (settle does not finish it), its listeners
+// stopped but open and the copies of its sockets kept, so that a death within the
+// probation is met as one during the drain (resume, or a replacement). The
+// probation ends early when the successor retires ("done": the current generation
+// is another one, or none), or this process is asked to stop. It is armed only
+// where a death can be seen and met: without a service manager, by a process that
+// can resume or start a replacement. A successor that dies after its probation
+// (this process lived on, draining servers of its own) is not met.
+//
 // Under a service manager, systemd supervises the new main process: its exit is not
 // ours to see, only what it says.
-//
-// A probation window (keeping this process, its listeners held but not accepting,
-// after its drain until the successor has served a while) fits here: a timer armed
-// in watchSuccessor, one more condition in machine.drained (the process does not
-// finish while its successor is on probation), and resume for a death within it.
 
 // successor is the generation this process handed over to.
 type successor struct {
@@ -48,6 +54,8 @@ type successors struct {
 	cur      *successor // the one watched, if any
 	reserve  *fds.Child // the sockets kept open while draining, for a replacement
 	replaced int        // replacements started
+	until    time.Time  // the end of cur's probation; zero: not on probation
+	stop     func() bool
 }
 
 // Events of the successor watch.
@@ -57,7 +65,13 @@ type (
 		s       *successor
 		retired bool // it had said "done" (and not "current" since)
 	}
-	successorGone struct{ s *successor } // its channel ended, after its exit was judged
+	successorGone    struct{ s *successor } // its channel ended, after its exit was judged
+	successorRetired struct{ s *successor } // it said "done"
+	successorTook    struct {               // it has the sockets of a "conns" message
+		s *successor
+		n int
+	}
+	probationOver struct{ s *successor }
 )
 
 func (e successorFinish) handle(m *machine) {
@@ -66,7 +80,42 @@ func (e successorFinish) handle(m *machine) {
 	}
 }
 func (e successorExited) handle(m *machine) { m.onSuccessorExit(e.s, e.retired) }
+func (e successorRetired) handle(m *machine) {
+	if e.s == m.next.cur {
+		m.endProbation("retired")
+	}
+}
+func (e probationOver) handle(m *machine) {
+	if e.s == m.next.cur {
+		m.endProbation("passed")
+	}
+}
+func (e successorTook) handle(m *machine) {
+	for _, c := range m.carriers {
+		if w, ok := c.(peerWatcher); ok {
+			w.peerTook(e.s.out, e.n)
+		}
+	}
+}
+
+// peerWatcher is a carrier that hears what a successor it sent to says back, and
+// when that one is gone (connCarrier).
+type peerWatcher interface {
+	peerTook(p carry.Peer, n int) // the successor has the n sockets of a "conns"
+	peerGone(p carry.Peer)        // it exited, or its channel ended
+}
+
+// successorEnded tells the carriers that s is gone.
+func (m *machine) successorEnded(s *successor) {
+	for _, c := range m.carriers {
+		if w, ok := c.(peerWatcher); ok {
+			w.peerGone(s.out)
+		}
+	}
+}
+
 func (e successorGone) handle(m *machine) {
+	m.successorEnded(e.s)
 	if e.s == m.next.cur {
 		e.s.g.ch.Close() // nobody holds the other end any more
 		m.next.cur = nil
@@ -147,10 +196,13 @@ func (w *successorWatch) onMessage(m handoff.Message, ok bool) {
 	switch m.Verb {
 	case handoff.Done:
 		w.retired = true
+		w.post(successorRetired{w.s})
 	case handoff.Current:
 		w.retired = false
 	case handoff.Finish:
 		w.post(successorFinish{w.s})
+	case handoff.ConnsTaken:
+		w.post(successorTook{w.s, m.N})
 	}
 }
 
@@ -165,6 +217,9 @@ func (w *successorWatch) judge() {
 // onSuccessorExit handles the exit of the successor s, while this process drains or
 // after (see finish).
 func (m *machine) onSuccessorExit(s *successor, retired bool) {
+	// After a resumption: the connections s did not take are served again by
+	// drains taken back.
+	defer m.successorEnded(s)
 	if s != m.next.cur {
 		return
 	}
@@ -175,13 +230,18 @@ func (m *machine) onSuccessorExit(s *successor, retired bool) {
 	}
 	s.g.ch.Close()
 	m.next.cur = nil
+	m.endProbation("")
 	attrs := []any{"event", "successor_died", "child", s.g.proc.Pid(), "status", status}
 	switch {
+	case m.st == exited:
+		m.log.Warn("the new generation died after its probation; nothing is done", append(attrs, "action", "none")...)
+		return
 	case m.final:
 		m.log.Error("the new generation died while this process was draining; it is stopping, so nothing is done", append(attrs, "action", "none")...)
 	case m.st == draining && m.resumable():
-		m.log.Error("the new generation died while this process was draining; serving again", append(attrs, "action", "resume")...)
+		m.log.Error("the new generation died after taking over, while this process drained or stood by; serving again", append(attrs, "action", "resume")...)
 		m.resume(s, status)
+		return
 	case m.next.reserve == nil || m.next.replaced >= maxReplacements:
 		m.log.Error("the new generation died after taking over; this process cannot resume, and no replacement is left", append(attrs, "action", "none", "replacements", m.next.replaced)...)
 	default:
@@ -189,6 +249,68 @@ func (m *machine) onSuccessorExit(s *successor, retired bool) {
 		m.log.Error("the new generation died after taking over; starting this process's own build on the sockets kept open", append(attrs, "action", "replace", "attempt", m.next.replaced)...)
 		m.startAttempt(&attempt{trigger: "replacement", started: m.clock.Now(), replacement: true}, selfExecutable, nil)
 	}
+	m.history.died(os.Getpid(), s.pid, status)
+}
+
+// startProbation puts the successor that took over in attempt a on probation,
+// until a.probation (see above).
+func (m *machine) startProbation(a *attempt) {
+	m.endProbation("")
+	if a.probation.IsZero() || m.next.cur == nil || m.next.cur.released {
+		return
+	}
+	m.next.until = a.probation
+	m.next.stop = m.after(a.probation.Sub(m.clock.Now()), probationOver{m.next.cur})
+}
+
+// endProbation ends the successor's probation, if it is on one; why, if not empty,
+// is logged (passed, retired, stop).
+func (m *machine) endProbation(why string) {
+	if m.next.until.IsZero() {
+		return
+	}
+	m.next.stop()
+	m.next.until, m.next.stop = time.Time{}, nil
+	if why != "" {
+		m.log.Info("the new generation's probation is over", "event", "probation_over", "reason", why, "child", m.nextPID)
+	}
+}
+
+// standingBy reports whether this process, drained, stands by for its successor's
+// probation: it could meet a death (resume, or start a replacement).
+func (m *machine) standingBy() bool {
+	if m.next.until.IsZero() || m.final || m.next.cur == nil {
+		return false
+	}
+	return m.resumable() || m.next.reserve != nil && m.next.replaced < maxReplacements
+}
+
+// probationWindow is when the probation of a successor that takes over now would
+// end, or zero if it would have none (see above).
+func (m *machine) probationWindow() time.Time {
+	if m.notifier != nil || m.cfg.Probation <= 0 || !m.resumable() && m.next.replaced >= maxReplacements {
+		return time.Time{}
+	}
+	return m.clock.Now().Add(m.cfg.Probation)
+}
+
+// probationUntil is, for Status, the end of the probation of the last handover this
+// process took part in, while it lasts: its successor's, or, in the new generation,
+// its own (as its predecessor promised it).
+func (m *machine) probationUntil() time.Time {
+	if !m.next.until.IsZero() {
+		return m.next.until
+	}
+	pid, now := os.Getpid(), m.clock.Now()
+	for i := len(m.history.Records) - 1; i >= 0; i-- {
+		if r := m.history.Records[i]; r.To == pid {
+			if r.Outcome == "ok" && r.ProbationUntil.After(now) {
+				return r.ProbationUntil
+			}
+			break
+		}
+	}
+	return time.Time{}
 }
 
 // resume takes the drains back after the successor s died: this process is the
@@ -197,6 +319,7 @@ func (m *machine) resume(s *successor, status string) {
 	m.history.died(os.Getpid(), s.pid, status)
 	m.st = serving
 	m.nextPID = 0
+	m.line.drained = false
 	m.takeBackDrains()
 	m.exit.reopen()
 	m.main = true

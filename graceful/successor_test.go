@@ -4,6 +4,7 @@ package graceful
 
 import (
 	"net"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -140,53 +141,68 @@ func TestSuccessorRetires(t *testing.T) {
 }
 
 // TestSuccessorReplacement: a successor that dies when this process cannot take
-// its drain back (the application took Exit; here the drain is over, too) is
-// replaced by this process's own build (the last good build) on the sockets kept
-// open, at most three times.
+// its drain back (the application took Exit) is replaced by this process's own
+// build (the last good build) on the sockets kept open, at most three times. The
+// process drained long ago: it stands by for each new generation's probation
+// while it can still start a replacement, and finishes once it cannot.
 func TestSuccessorReplacement(t *testing.T) {
 	w := newWorld(t, nil)
 	w.ready()
 	w.m.exit.take()
 	g := w.upgradeTo()
-	w.stepUntil("the process is done", func() bool { return w.m.st == exited })
-	if w.m.next.reserve == nil {
-		t.Fatal("no sockets kept for a replacement")
+	w.stepUntil("the end of the drain", func() bool { return w.m.line.drained && w.m.holds.Load() == 0 })
+	if w.m.next.reserve == nil || !w.m.standingBy() {
+		t.Fatal("no sockets kept for a replacement, or not standing by")
 	}
+	reserve := w.m.next.reserve
 	for i := 1; i <= maxReplacements; i++ {
 		g.die("signal: segmentation fault")
 		r := w.child()
 		if !w.logged("successor_died", "action=replace", "attempt="+strconv.Itoa(i)) {
 			t.Fatalf("death %d: no replacement logged", i)
 		}
-		if r.spec.child.path != selfExecutable || r.spec.reserve != w.m.next.reserve {
+		if r.spec.child.path != selfExecutable || r.spec.reserve != reserve {
 			t.Fatalf("replacement %d started from %q (reserve %v)", i, r.spec.child.path, r.spec.reserve != nil)
 		}
 		if st := w.m.status(); st.Upgrading != r.pid() {
 			t.Fatalf("Status while replacing: %+v", st)
 		}
 		w.takeOver(r)
-		if w.m.st != exited || w.m.next.cur == nil || w.m.next.cur.pid != r.pid() {
-			t.Fatalf("after replacement %d took over: %s", i, w.m.st)
+		// The last sender's release posts the wake that finishes the process just
+		// after holds reaches 0: after the last replacement, wait for that too.
+		last := i == maxReplacements
+		w.stepUntil("the messages are sent (and, after the last replacement, the process is done)", func() bool {
+			return w.m.holds.Load() == 0 && (!last || w.m.st == exited)
+		})
+		if w.m.next.cur == nil || w.m.next.cur.pid != r.pid() {
+			t.Fatalf("after replacement %d took over: watching %v", i, w.m.next.cur)
+		}
+		if last != (w.m.st == exited) {
+			t.Fatalf("after replacement %d took over: %s (standing by while a replacement is left, done once none is)", i, w.m.st)
 		}
 		g = r
 	}
+	if w.m.next.reserve != nil {
+		t.Fatal("the sockets kept for a replacement are still open once the process is done")
+	}
 	g.die("signal: segmentation fault")
 	w.stepUntil("the last death is judged", func() bool { return w.m.next.cur == nil })
-	if !w.logged("successor_died", "action=none", "replacements=3") {
-		t.Fatal("a fourth replacement, or no word of the last death")
+	if !w.logged("successor_died", "action=none") {
+		t.Fatal("no word of the last death")
 	}
 	select {
 	case <-w.spawned:
 		t.Fatal("a fourth replacement was started")
 	default:
 	}
-	var replaced int
+	var outcomes []string
 	for _, r := range w.m.status().Upgrades {
-		if r.Trigger == "replacement" && r.Outcome == "ok" {
-			replaced++
+		if r.Trigger == "replacement" {
+			outcomes = append(outcomes, r.Outcome)
 		}
 	}
-	if replaced != maxReplacements {
-		t.Fatalf("%d replacements recorded", replaced)
+	// The third replacement died after its probation: its upgrade stays "ok".
+	if want := []string{"died", "died", "ok"}; !slices.Equal(outcomes, want) {
+		t.Fatalf("replacements recorded as %v; want %v", outcomes, want)
 	}
 }

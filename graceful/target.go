@@ -1,6 +1,7 @@
 package graceful
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net"
@@ -29,7 +30,10 @@ type target struct {
 // stopAccepting starts t's drain, on the machine (so that a resume that follows
 // finds it stopped). final closes its listeners at once; otherwise they only stop
 // accepting.
-func (t *target) stopAccepting(final bool) { t.d.stopAccepting(final) }
+func (t *target) stopAccepting(final bool) {
+	t.d.handsOver()
+	t.d.stopAccepting(final)
+}
 
 // drain drains t, once it stopped accepting, until every connection has closed or
 // ctx is done (see Drainer.wait).
@@ -71,6 +75,7 @@ type drains struct {
 	err     error      // ErrDrainDeadline once a drain had to force-close
 	stats   drainStats // of this process's drain after the handover (for the record)
 	at      time.Time  // when it started
+	cut     string     // why the drains are being cut short ("max_draining"), if they are
 }
 
 // drainEnded: the drain of t (its epoch-th) ended.
@@ -103,6 +108,7 @@ func (m *machine) startDrains(final bool) {
 	m.final = m.final || final
 	m.drains.stats = drainStats{}
 	m.drains.at = m.clock.Now()
+	m.drains.cut = ""
 	for _, t := range m.drains.targets {
 		m.startDrain(t)
 	}
@@ -126,6 +132,7 @@ func (m *machine) startDrain(t *target) {
 		log.Info("draining", "event", "drain_start", "connections", t.counts().Total(), "deadline", d.String())
 	}
 	c0, f0, r0 := t.counts(), t.d.forced.Load(), t.d.requests.Load()
+	h0 := t.d.handedOver.Load()
 	t.stopAccepting(m.final)
 	post := m.post
 	go func() {
@@ -133,10 +140,11 @@ func (m *machine) startDrain(t *target) {
 		start := time.Now()
 		err := t.drain(ctx)
 		c1 := t.counts()
-		forced := int(t.d.forced.Load() - f0)
+		forced, handed := int(t.d.forced.Load()-f0), int(t.d.handedOver.Load()-h0)
 		stats := drainStats{
 			Forced:        forced,
-			Closed:        c0.Total() + int(c1.Accepted-c0.Accepted) - forced - c1.Total(),
+			HandedOver:    handed,
+			Closed:        c0.Total() + int(c1.Accepted+c1.Received-c0.Accepted-c0.Received) - forced - handed - c1.Total(),
 			RequestsAfter: t.d.requests.Load() - r0,
 		}
 		took := time.Since(start).Round(time.Millisecond).String()
@@ -145,7 +153,7 @@ func (m *machine) startDrain(t *target) {
 		case errors.Is(err, ErrDrainDeadline):
 			log.Warn("drain deadline reached; force-closed the remaining connections", "event", "drain_deadline", "took", took)
 		case err == nil:
-			log.Info("drained", "event", "drained", "took", took)
+			log.Info("drained", "event", "drained", "took", took, "handed_over", handed)
 		}
 		post(drainEnded{t: t, epoch: epoch, err: err, stats: stats})
 	}()
@@ -159,10 +167,14 @@ func (m *machine) onDrainEnded(t *target, err error, d drainStats) {
 	t.ended = true
 	if errors.Is(err, ErrDrainDeadline) {
 		m.drains.err = err
+		if !t.internal && m.drains.stats.Killed == "" {
+			m.drains.stats.Killed = cmp.Or(m.drains.cut, "deadline")
+		}
 	}
 	if !t.internal {
 		m.drains.stats.Closed += d.Closed
 		m.drains.stats.Forced += d.Forced
+		m.drains.stats.HandedOver += d.HandedOver
 		m.drains.stats.RequestsAfter += d.RequestsAfter
 	}
 }

@@ -19,62 +19,93 @@ import (
 // spawnSpec is what a new generation is started with.
 type spawnSpec struct {
 	child   childSpec
-	reserve *fds.Child        // the sockets kept for a replacement; nil: the process's own
-	batch   []handoff.Message // the initial batch (see handoff.Message)
+	reserve *fds.Child // the sockets kept for a replacement; nil: the process's own
+	// batch makes the initial batch (see handoff.Message). It is called once the
+	// new process has been started, while it starts: nothing in the batch is
+	// needed before the new process reads it in New, after its runtime's start.
+	batch func() []handoff.Message
 }
 
 // beginUpgrade starts an upgrade, or says why it cannot. reply, if not nil, is
 // called on the machine with the outcome.
 func (m *machine) beginUpgrade(trigger string, reply func(upgradeResult)) {
+	m.startUpgrade(&attempt{trigger: trigger}, reply)
+}
+
+// startUpgrade starts a, an upgrade or a two-phase upgrade's prepare (a.prepare),
+// or says why it cannot.
+func (m *machine) startUpgrade(a *attempt, reply func(upgradeResult)) {
 	if reason, moved, err := m.refusal(); err != nil {
-		attrs := []any{"event", "upgrade_refused", "reason", reason, "trigger", trigger}
-		if a := m.att; a != nil && !a.abandoned && a.pid != 0 {
-			attrs = append(attrs, "child", a.pid)
-		}
-		if moved != 0 {
-			attrs = append(attrs, "current", moved)
-		}
-		m.log.Warn("upgrade refused: "+err.Error(), attrs...)
-		if reply != nil {
-			reply(upgradeResult{err: err, moved: moved})
-		}
+		m.refuse(a.trigger, reason, moved, err, reply)
 		return
 	}
-	m.log.Info("upgrade starting", "event", "upgrade_start", "trigger", trigger, "executable", m.exe)
-	m.notify("RELOADING=1\n" + sdnotify.MonotonicUsec() + "\nSTATUS=upgrading: starting a new generation")
+	m.log.Info("upgrade starting", "event", "upgrade_start", "trigger", a.trigger, "executable", m.exe, "prepare", a.prepare)
+	if a.prepare {
+		// Not RELOADING=1: the service manager hears of the upgrade at the commit.
+		m.notify("STATUS=upgrading: preparing a new generation")
+	} else {
+		m.notify("RELOADING=1\n" + sdnotify.MonotonicUsec() + "\nSTATUS=upgrading: starting a new generation")
+	}
 	m.st = upgrading
 	m.turn(carry.Upgrading)
-	m.startAttempt(&attempt{trigger: trigger, started: m.clock.Now()}, m.exe, reply)
+	a.started = m.clock.Now()
+	m.startAttempt(a, m.exe, reply)
+}
+
+// refuse logs why a request of an upgrade's (reason names it) cannot run and
+// answers it.
+func (m *machine) refuse(trigger, reason string, moved int, err error, reply func(upgradeResult)) {
+	attrs := []any{"event", "upgrade_refused", "reason", reason, "trigger", trigger}
+	if a := m.att; a != nil && !a.abandoned && a.pid != 0 {
+		attrs = append(attrs, "child", a.pid)
+	}
+	if moved != 0 {
+		attrs = append(attrs, "current", moved)
+	}
+	m.log.Warn("upgrade refused: "+err.Error(), attrs...)
+	if reply != nil {
+		reply(upgradeResult{err: err, moved: moved})
+	}
 }
 
 // startAttempt starts a: its new generation runs path, with the process's sockets
 // or with those kept for a replacement.
 func (m *machine) startAttempt(a *attempt, path string, reply func(upgradeResult)) {
-	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.ctx, a.cancel = context.WithCancelCause(context.Background())
 	a.goAhead = make(chan string, 1)
 	if reply != nil {
 		a.waiters = append(a.waiters, reply)
 	}
 	m.att = a
-	spec := spawnSpec{child: m.childSpec(path), reserve: m.next.reserve, batch: m.initBatch()}
-	spawn, carriers := m.spawn, m.carriers
+	machinePart, carriers, prepare := m.initBatch(), m.carriers, a.prepare
+	spec := spawnSpec{child: m.childSpec(path), reserve: m.next.reserve, batch: func() []handoff.Message {
+		// Beside the machine, once the new process started: a carrier may take its
+		// time (SaveState).
+		batch := append(machinePart(), carrierBatch(carriers)...)
+		if prepare {
+			batch = append(batch, handoff.Message{Verb: handoff.Prepare})
+		}
+		return batch
+	}}
+	spawn := m.spawn
 	go a.run(attemptEnv{
-		spawn: func() (*generation, error) {
-			// Beside the machine: a carrier may take its time (SaveState).
-			spec.batch = append(spec.batch, carrierBatch(carriers)...)
-			return spawn(spec)
-		},
-		post: m.post, log: m.log, clock: m.clock, notifier: m.notifier,
+		spawn: func() (*generation, error) { return spawn(spec) },
+		post:  m.post, log: m.log, clock: m.clock, notifier: m.notifier,
 		timeout: m.cfg.UpgradeTimeout, killWait: m.killWait,
 	})
 }
 
-// initBatch is the machine's part of a new generation's initial batch: the history,
-// and how many generations drain above it. The carriers' parts follow.
-func (m *machine) initBatch() []handoff.Message {
-	return []handoff.Message{
-		{Verb: handoff.History, Text: m.history.encode()},
-		{Verb: handoff.Above, N: m.line.above + 1},
+// initBatch returns what makes the machine's part of a new generation's initial
+// batch: the history, and how many generations drain above it. The carriers' parts
+// follow. The history is copied now and encoded when the batch is made, beside the
+// machine.
+func (m *machine) initBatch() func() []handoff.Message {
+	h, above := m.history.clone(), m.line.above+1
+	return func() []handoff.Message {
+		return []handoff.Message{
+			{Verb: handoff.History, Text: h.encode()},
+			{Verb: handoff.Above, N: above},
+		}
 	}
 }
 
@@ -83,7 +114,7 @@ func (m *machine) initBatch() []handoff.Message {
 func (m *machine) abandonAttempt() {
 	if a := m.att; a != nil && !a.abandoned {
 		a.abandoned = true
-		a.cancel()
+		a.cancel(nil)
 	}
 }
 
@@ -93,7 +124,7 @@ func (m *machine) onAttemptStarted(a *attempt, pid int) {
 }
 
 // onAttemptReady gives the go-ahead to the new generation, which says it is ready
-// as pid: the history it keeps, with this upgrade in it.
+// as pid, unless it is a prepared one: that waits for its commit.
 func (m *machine) onAttemptReady(a *attempt, pid int) {
 	if a.abandoned {
 		return
@@ -102,20 +133,39 @@ func (m *machine) onAttemptReady(a *attempt, pid int) {
 		m.log.Warn("the new generation reports a different PID than the one started (a wrapper?)", "event", "child_pid_differs", "started", a.pid, "ready", pid)
 	}
 	a.ready = pid
+	if a.prepare {
+		m.onPrepared(a)
+		return
+	}
+	m.goAhead(a)
+}
+
+// goAhead lets a's new generation take over: the history it keeps, with this
+// upgrade in it.
+func (m *machine) goAhead(a *attempt) {
+	a.probation = m.probationWindow()
+	if m.notifier != nil {
+		// MAINPID= follows (startHandover): see service.handing.
+		m.svc.handing = true
+		m.stopWatchdog()
+	}
 	h := m.history.clone()
 	h.add(m.record(a, "ok", nil))
 	a.goAhead <- h.encode()
 }
 
 func (m *machine) onAttemptEnded(e attemptEnded) {
+	if e.a.stopTimer != nil {
+		e.a.stopTimer()
+	}
 	switch {
 	case e.err != nil:
-		e.a.cancel()
+		e.a.cancel(nil)
 		m.attemptFailed(e)
 	case e.a.abandoned:
 		m.endLate(e)
 	default:
-		e.a.cancel()
+		e.a.cancel(nil)
 		m.handedOver(e)
 	}
 }
@@ -139,7 +189,11 @@ func (m *machine) endLate(e attemptEnded) {
 func (m *machine) attemptFailed(e attemptEnded) {
 	a, err := e.a, e.err
 	m.att = nil
-	if m.st == upgrading {
+	m.line.relay = nil // in this process's history already; no new generation needs them
+	if err.Cause == causeAborted {
+		err.Stderr = "" // asked for: what it logged is no reason
+	}
+	if m.st == upgrading || m.st == prepared {
 		m.st = serving
 	}
 	attrs := []any{"event", "upgrade_failed", "cause", err.Cause, "err", err}
@@ -150,8 +204,11 @@ func (m *machine) attemptFailed(e attemptEnded) {
 		}
 	}
 	outcome := "failed"
-	if err.Cause == causeAbandoned {
+	switch err.Cause {
+	case causeAbandoned:
 		outcome = "abandoned"
+	case causeAborted, causePrepareTime:
+		outcome = "aborted"
 	}
 	m.history.add(m.record(a, outcome, err))
 	switch {
@@ -160,13 +217,22 @@ func (m *machine) attemptFailed(e attemptEnded) {
 	case err.Cause == causeAbandoned:
 		m.lastErr = err
 		m.log.Warn("upgrade abandoned: the process is stopping", attrs...)
+	case err.Cause == causeAborted:
+		m.log.Info("prepared generation aborted; still serving", append([]any{"event", "upgrade_aborted"}, attrs[2:]...)...)
+	case err.Cause == causePrepareTime:
+		m.lastErr = err
+		m.log.Warn("the prepared generation waited too long for its commit: aborted; still serving", append([]any{"event", "upgrade_aborted"}, attrs[2:]...)...)
 	default:
 		m.lastErr = err
 		m.log.Error("upgrade failed; still serving", attrs...)
-		if m.st == serving {
-			m.notify("READY=1\nSTATUS=" + m.statusLine())
-			m.turn(carry.Serving)
+	}
+	m.svc.handing = false
+	if m.st == serving && !a.replacement && err.Cause != causeAbandoned {
+		if m.main {
+			m.startWatchdog()
 		}
+		m.notify("READY=1\nSTATUS=" + m.statusLine())
+		m.turn(carry.Serving)
 	}
 	m.reply(a, upgradeResult{err: err})
 }
@@ -190,13 +256,22 @@ func (m *machine) handedOver(e attemptEnded) {
 			m.log.Error("writing the PID file", "event", "pidfile_failed", "err", err)
 		}
 	}
-	m.main = false
+	m.main, m.svc.handing = false, false
 	m.set.KeepFiles()
 	m.stopWatchdog()
-	m.log.Info("handed over", "event", "handed_over", "to", a.ready, "took", m.clock.Now().Sub(a.started).Round(time.Microsecond).String(), "replacement", a.replacement)
+	took := m.clock.Now().Sub(a.started)
+	if !a.committed.IsZero() {
+		took = m.clock.Now().Sub(a.committed) // a two-phase upgrade's: the commit's
+	}
+	m.log.Info("handed over", "event", "handed_over", "to", a.ready, "took", took.Round(time.Microsecond).String(), "replacement", a.replacement)
 	m.reply(a, upgradeResult{pid: a.ready})
 	m.keepRelaying(e.g)
 	m.watchSuccessor(e.g, a.ready)
+	m.startProbation(a)
+	for _, d := range m.line.relay {
+		m.tellDrained(d) // older drains that ended after its history was handed over
+	}
+	m.line.relay = nil
 	if a.replacement {
 		return // this process was draining already, and goes on
 	}
@@ -248,6 +323,14 @@ func (m *machine) record(a *attempt, outcome string, e *upgradeError) Upgrade {
 	}
 	if outcome == "ok" {
 		r.HandoverSeconds = r.End.Sub(r.Start).Seconds()
+		r.ProbationUntil = a.probation
+	}
+	if !a.prepared.IsZero() {
+		// A two-phase upgrade: its handover is the commit's.
+		r.Prepared, r.PrepareSeconds, r.Committed = a.prepared, a.prepared.Sub(a.started).Seconds(), a.committed
+		if outcome == "ok" {
+			r.HandoverSeconds = r.End.Sub(a.committed).Seconds()
+		}
 	}
 	if e != nil {
 		r.Reason, r.Error, r.Stderr = e.Cause, e.Error(), e.Stderr

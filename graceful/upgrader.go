@@ -26,10 +26,24 @@ import (
 
 // Upgrader runs one process's part in a line of generations: it hands out listeners
 // (inherited or bound), tells its parent or the service manager when the process is
-// ready, upgrades on SIGUSR2, Upgrade or `handover reload`, drains every Server and
-// Drainer of the process when a new generation has taken over or the process is
-// asked to stop (SIGTERM, SIGINT, Stop), and says through Wait when the process may
-// exit.
+// ready, upgrades on SIGUSR2, Upgrade or `handover reload` (or in two phases:
+// Prepare, then Commit), drains every Server and Drainer of the process when a new
+// generation has taken over or the process is asked to stop (SIGTERM, SIGINT, Stop),
+// and says through Wait when the process may exit.
+//
+// A new generation that dies after it took over, while this process drains or, once
+// drained, stands by for the new generation's probation (Config.Probation; without a
+// service manager: under systemd the new process is the unit's main process, which
+// systemd watches and restarts), is met by this process. If it can take its drains
+// back (every listener it holds is served by a Server or a Drainer of the Upgrader on
+// the Upgrader's own listener, not one the application wrapped, which the drain
+// closes; no datagram socket; the application never took Exit), it serves again:
+// its listeners accept (connections that waited in their queues meanwhile first),
+// keep-alive is on again, Exit and Draining return new channels, the PID file names
+// it, and the upgrade's record says "died". Otherwise it starts its own build (the
+// last good build: the executable this process runs, whatever is on disk now) on the
+// copies of the sockets it kept, as a new generation, at most three times. After the
+// probation a death is not this process's business (it may have exited).
 //
 // A process has one Upgrader: New makes it, and a Server or ListenAndServe uses it
 // (or makes one with the zero Config if New was not called).
@@ -50,6 +64,11 @@ type Upgrader struct {
 	parent  parentLink     // until Ready
 	pipeSig chan os.Signal // SIGPIPE, while fd 2 is the parent's pipe
 	ctl     net.Listener   // the control socket, served once ready
+	// A prepared generation's (prepare.go): held is closed once it is committed
+	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
+	held       chan struct{}
+	commitPipe *os.File
+	viaLink    bool // the parent channel is a serving child's, under a master (masterlink.go)
 }
 
 var (
@@ -130,9 +149,17 @@ func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
 	u.exit, u.done = u.m.exit, u.m.done
 	u.ext = u.newCarried()
 	u.holdStderr()
+	u.openPrepare()
+	u.openLink()
 	if p := u.parent.get(); p != nil {
-		if err := u.readInit(p); err != nil {
+		err := u.readInit(p)
+		if err != nil && !u.viaLink {
 			return u, err
+		}
+		if err != nil {
+			u.parent.take().Close()
+			u.viaLink = false
+			u.log.Warn("the serving child's first messages cannot be read: starting without them", "event", "link_lost", "reason", "protocol", "err", err)
 		}
 	}
 	if inheritErr != nil {
@@ -194,7 +221,9 @@ func (u *Upgrader) newCarried() carried {
 	keys := newKeyCarrier(u.cfg, u.log)
 	state := &stateCarrier{save: u.cfg.SaveState, load: u.cfg.LoadState, version: u.cfg.StateVersion,
 		timeout: u.cfg.UpgradeTimeout, clock: u.m.clock, log: u.log}
-	c := carried{keys: keys.ring, state: state, carriers: append([]carry.Carrier{keys, state}, carry.Registered()...)}
+	conns := newConnCarrier(u.log, u.set)
+	c := carried{keys: keys.ring, state: state, conns: conns,
+		carriers: append([]carry.Carrier{keys, state, conns}, carry.Registered()...)}
 	u.m.carriers = c.carriers
 	return c
 }
@@ -257,8 +286,11 @@ func (u *Upgrader) startCarriers() error {
 	if n != nil && (master || u.cfg.FDStore) {
 		h.store = managerStore{n}
 	}
-	u.ext.state.keep = n != nil && u.cfg.FDStore && !master
-	if u.set.Source() == fds.Systemd {
+	u.ext.state.keep = n != nil && (u.cfg.FDStore || master)
+	if n != nil && u.cfg.FDStore && !master {
+		u.ext.conns.useStore(n, u.cfg.FDStoreConns)
+	}
+	if u.set.Source() == fds.Systemd || master && n != nil {
 		u.ext.state.stored = managerStore{n}
 	}
 	for _, c := range u.ext.carriers {
@@ -266,6 +298,7 @@ func (u *Upgrader) startCarriers() error {
 			return err
 		}
 	}
+	u.serveLinks(h.store)
 	return nil
 }
 
@@ -273,7 +306,6 @@ func (u *Upgrader) startCarriers() error {
 func (u *Upgrader) spawnGeneration(s spawnSpec) (*generation, error) {
 	c, ch, out, err := spawnChild(u.set, s.reserve, s.child, u.start, s.batch)
 	if err != nil {
-		closeMessages(s.batch)
 		return nil, err
 	}
 	return newGeneration(c, ch, out), nil
@@ -314,6 +346,14 @@ func (u *Upgrader) Listen(name, network, address string) (net.Listener, error) {
 // ListenPacket is Listen for datagram sockets ("udp", "udp4", "udp6", "unixgram").
 // A process that holds one cannot take back a drain (see Upgrader): it must stop
 // reading from it itself when Exit is closed.
+//
+// Serve calls Ready; a process whose only sockets are packet sockets (no Server, no
+// Serve, no listener of Listen) must call Ready itself, once it has taken every
+// socket it uses (its ListenPacket calls: Ready closes inherited descriptors nobody
+// claimed) and reads from them. Until then it is not ready: an upgrade into it fails
+// at Config.UpgradeTimeout (the new process is killed, the old one serves on), a
+// `handover run` master does not count it ready (unless -ready-after), and systemd
+// (Type=notify) times its start out.
 func (u *Upgrader) ListenPacket(name, network, address string) (net.PacketConn, error) {
 	pc, err := u.set.ListenPacket(name, network, address)
 	if err != nil {
@@ -333,9 +373,11 @@ type readiness struct {
 // descriptors nobody claimed are closed. A first generation writes the PID file and
 // tells the service manager READY=1. A later generation tells its parent, which
 // tells the service manager that this process is now the main one and stops
-// accepting; then it writes the PID file. Ready returns an error if the parent
-// abandoned the upgrade (it is about to kill this process). Later calls return what
-// the first returned.
+// accepting; then it writes the PID file. In a prepared generation (see Prepare)
+// Ready returns only once it is committed, and the listeners of its Servers and
+// Drainers accept from then on. Ready returns an error if the parent abandoned the
+// upgrade, or aborted the prepared generation (it is about to kill this process).
+// Later calls return what the first returned.
 func (u *Upgrader) Ready() error {
 	u.ready.mu.Lock()
 	defer u.ready.mu.Unlock()
@@ -355,11 +397,18 @@ func (u *Upgrader) Ready() error {
 			u.ready.err = err
 			return err
 		}
-		ev.said, ev.child = said, true
+		ev.said, ev.child = said, !u.viaLink
 		if upstream != nil {
 			ev.upstream = upstream
 		}
 	}
+	if u.commitPipe != nil {
+		if err := u.awaitCommit(); err != nil {
+			u.ready.err = err
+			return err
+		}
+	}
+	u.release() // a prepared generation was committed: it accepts
 	done := make(chan struct{})
 	ev.done = done
 	u.post(ev)
@@ -412,7 +461,8 @@ func (e *exitSignal) reopen() {
 // does not need it (they drain by themselves; Wait says when they are done). A
 // process that takes Exit, to stop a server of its own kind (a grpc.Server, a
 // datagram loop), cannot take back a drain: if the new generation dies while this
-// one drains, this process starts its own build again instead (see Upgrader).
+// one drains or stands by for its probation (see Wait), this process starts its own
+// build again instead (see Upgrader).
 func (u *Upgrader) Exit() <-chan struct{} {
 	return u.exit.take()
 }
@@ -431,10 +481,17 @@ func (d *doneSignal) close(err error) {
 }
 
 // Wait blocks until the process may exit: it has handed over to a new generation or
-// was asked to stop, and every Server and Drainer of the process has drained (each
-// within its deadline). It returns ErrDrainDeadline if some connections had to be
+// was asked to stop, every Server and Drainer of the process has drained (each
+// within its deadline), and, after a handover without a service manager, the new
+// generation's probation is over (Config.Probation, 10 s from the handover by
+// default; it ends early if the new generation hands over in turn or stops, or this
+// process is asked to stop). Until then the process stands by: if the new generation
+// dies, it serves again (Wait goes on waiting), or starts its own build in its place
+// when it cannot (see Upgrader). A process that can do neither does not wait for the
+// probation. Wait returns ErrDrainDeadline if some connections had to be
 // force-closed. main returns after Wait, so that no connection is cut by the
-// process's end.
+// process's end, and no new build that dies moments after taking over leaves
+// nothing serving.
 func (u *Upgrader) Wait() error {
 	<-u.done.ch
 	return u.done.err
@@ -447,19 +504,7 @@ func (u *Upgrader) Wait() error {
 // Upgrades are not supported on systems other than Linux: the error wraps
 // errors.ErrUnsupported.
 func (u *Upgrader) Upgrade(ctx context.Context) (int, error) {
-	select {
-	case r := <-u.upgrade("API"):
-		return r.pid, r.err
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-}
-
-// upgrade asks the machine for an upgrade; the outcome comes on the channel.
-func (u *Upgrader) upgrade(trigger string) <-chan upgradeResult {
-	res := make(chan upgradeResult, 1)
-	u.post(upgradeRequest{trigger: trigger, reply: func(r upgradeResult) { res <- r }})
-	return res
+	return u.wait(ctx, u.ask(stepUpgrade, "API"))
 }
 
 // Stop makes the process stop as on SIGTERM: it stops accepting and drains, and
@@ -487,6 +532,10 @@ func (u *Upgrader) Status() Status {
 //	handover_handover_seconds               summary: request to takeover, of ok upgrades
 //	handover_drain_seconds                  summary: how long old generations drained
 //	handover_connections{state}             open connections by state
+//	handover_connections_accepted_total     connections accepted
+//	handover_connections_received_total     idle connections taken over from the
+//	                                        previous generation (or the fd store)
+//	handover_connections_handed_over_total  idle connections handed to the next one
 //	handover_draining_generations           older generations still draining
 //
 // The counters are the line's: each generation hands them to the next. It does not

@@ -5,7 +5,6 @@ package graceful
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -38,6 +37,8 @@ type fakeChild struct {
 	pid  int
 	spec childSpec
 	ch   *handoff.Channel // the child's end
+	// batch is the initial batch the parent sent (up to "end").
+	batch []handoff.Message
 	// history is the last "history" the parent sent.
 	history string
 
@@ -103,25 +104,33 @@ func (s *fakeStarter) start(spec childSpec) (child, error) {
 		return nil, err
 	}
 	ch.SetDeadline(time.Now().Add(waitBound))
-	// The initial batch is queued before the start, as for a real child.
-	for {
-		m, err := ch.Receive()
-		if err != nil {
-			return nil, fmt.Errorf("fake start: reading the initial batch: %w", err)
-		}
-		if m.Verb == handoff.End {
-			break
-		}
-	}
 	s.mu.Lock()
 	s.nextPID++
 	c := &fakeChild{pid: s.nextPID, spec: spec, ch: ch, exited: make(chan struct{})}
 	s.mu.Unlock()
+	read := make(chan struct{})
 	s.t.Cleanup(func() {
 		c.exit()
 		c.ch.Close()
+		<-read
+		closeMessages(c.batch)
 	})
-	s.started <- c
+	// The initial batch comes once the child has started, as for a real child: the
+	// test gets the child once it is read (next fails if it never comes).
+	go func() {
+		defer close(read)
+		for {
+			m, err := ch.Receive()
+			if err != nil {
+				return
+			}
+			if m.Verb == handoff.End {
+				break
+			}
+			c.batch = append(c.batch, m)
+		}
+		s.started <- c
+	}()
 	return c, nil
 }
 
@@ -506,4 +515,56 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestReadInit: a new generation reads its parent's initial batch up to "end"; if the
+// parent goes away before it has sent it all (it makes the batch once the child has
+// started), the child carries on without the rest, as after a parent lost before the
+// handover; a parent that abandons the upgrade meanwhile makes it fail.
+func TestReadInit(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		send   []handoff.Message
+		hangUp bool
+		err    string
+		lost   bool
+	}{
+		{"whole", []handoff.Message{{Verb: handoff.Above, N: 2}, {Verb: handoff.End}}, false, "", false},
+		{"parent gone", []handoff.Message{{Verb: handoff.Above, N: 2}}, true, "", true},
+		{"abandoned", []handoff.Message{{Verb: handoff.Above, N: 2}, {Verb: handoff.Abort, Text: "the process is stopping"}}, false, "abandoned the upgrade: the process is stopping", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			u := newTestUpgrader(t, Config{}, newFakeStarter(t))
+			logs := &syncBuffer{}
+			u.log = slog.New(slog.NewTextHandler(logs, nil))
+			parent, childEnd, err := handoff.SocketPair()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer parent.Close()
+			child, err := handoff.NewChannel(childEnd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer child.Close()
+			for _, m := range c.send {
+				if err := parent.Send(m, time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.hangUp {
+				parent.Close()
+			}
+			err = u.readInit(child)
+			if (err == nil) != (c.err == "") || err != nil && !strings.Contains(err.Error(), c.err) {
+				t.Fatalf("readInit: %v; want %q", err, c.err)
+			}
+			if u.m.line.above != 2 {
+				t.Errorf("above %d; want 2", u.m.line.above)
+			}
+			if lost := strings.Contains(logs.String(), "event=parent_lost"); lost != c.lost {
+				t.Errorf("parent_lost logged: %v; want %v", lost, c.lost)
+			}
+		})
+	}
 }

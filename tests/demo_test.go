@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -9,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,23 +18,61 @@ import (
 	"github.com/seed-a7250cfa/handover/tests/internal/logs"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 	"github.com/seed-a7250cfa/handover/tests/internal/rawhttp"
+	"github.com/seed-a7250cfa/handover/tests/internal/sdns"
+	"github.com/seed-a7250cfa/handover/tests/internal/shard"
 	"golang.org/x/sys/unix"
 )
 
 // demoPkg is the demo server every end-to-end test drives.
 const demoPkg = "github.com/seed-a7250cfa/handover/cmd/handover-demo"
 
+// systemdTests starts the name of every test that boots a systemd (package sdns):
+// those share the host's cgroups, so they run one at a time; every other test runs
+// beside others, each in a process of its own (see package shard). sdns.New fails a
+// test that boots a systemd without this prefix.
+const systemdTests = "TestSystemd"
+
+// TestMain runs the tests at the same time, each in a process of its own (package
+// shard): `go test ./tests/` takes about as long as its longest lane, the systemd
+// tests one after another. For a new test to keep the package fast and safe:
+//
+//   - One that boots a systemd (package sdns) is named TestSystemd...: those run one
+//     at a time (sdns fails any other that tries). Every other test runs beside
+//     others; a test needs no list to be run, and no list decides where.
+//   - A test has its process to itself (children, reaping, subreaper, descriptors,
+//     environment, working directory), but not the machine: ports from freePort
+//     and listenPort, files under t.TempDir(), no fixed names elsewhere, and every
+//     process it starts reaped (a process left running when the test's process
+//     ends fails the run, naming the test).
+//   - Wait for events (a log line by event=, the PID file, a status, answers of the
+//     load: waitEvent, waitAnswers, window.close), not for fixed times: the test
+//     shares two cores with others. Configure short deadlines (drain, upgrade
+//     timeout) where the test only waits them out; a long soak takes a short
+//     default and its full length under CI=true.
+//   - Binaries come from proc.Binary and buildVariant: built once per run.
 func TestMain(m *testing.M) {
+	sdns.TestPrefix = systemdTests
+	os.Exit(shard.Main(shard.Config{
+		Serial: func(name string) bool { return strings.HasPrefix(name, systemdTests) },
+		// The binaries most tests run, built before the first test starts.
+		Setup: func() ([]string, func(), error) { return proc.ShareBuilds(demoPkg, handoverPkg) },
+		Run:   func() int { return runTests(m) },
+	}))
+}
+
+// runTests runs the tests in this process: a child subreaper (a generation whose
+// parent exits is reparented to the test, which reaps it).
+func runTests(m *testing.M) int {
 	if err := proc.SetSubreaper(); err != nil {
 		fmt.Fprintln(os.Stderr, "tests: cannot become a child subreaper:", err)
-		os.Exit(1)
+		return 1
 	}
 	// Descriptors this test binary inherited (from a shell, a CI runner) must not
 	// reach the servers it starts, or fd counts would compare unlike processes.
 	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 	code := m.Run()
 	proc.CleanupBuilds()
-	os.Exit(code)
+	return code
 }
 
 // Test ports. A port picked with ":0" comes from the kernel's ephemeral range
@@ -73,7 +111,14 @@ func listenPort(t testing.TB, network string) io.Closer {
 	lo, hi := portRange(t)
 	var err error
 	for i := 0; i < 200; i++ {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+rand.IntN(hi-lo+1)))
+		port := lo + rand.IntN(hi-lo+1)
+		// Reserved for the whole test, against the other test processes: freePort's
+		// caller binds the port later.
+		release, ok := proc.ReservePort(network, port)
+		if !ok {
+			continue
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		var c io.Closer
 		if network == "udp" {
 			c, err = net.ListenPacket("udp", addr)
@@ -81,8 +126,10 @@ func listenPort(t testing.TB, network string) io.Closer {
 			c, err = net.Listen(network, addr)
 		}
 		if err == nil {
+			t.Cleanup(release)
 			return c
 		}
+		release()
 	}
 	t.Fatalf("no free %s port in [%d, %d] after 200 tries: %v", network, lo, hi, err)
 	return nil
@@ -197,6 +244,7 @@ func startDemo(t testing.TB, o demoOpts) *demo {
 	}
 	defer logf.Close()
 	args := append([]string{"-listen", d.addr, "-pidfile", d.pidfile, "-drain-timeout", o.drain.String()}, o.args...)
+	args = append(args, testProbation(o.args)...)
 	cmd := exec.Command(d.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -208,6 +256,18 @@ func startDemo(t testing.TB, o demoOpts) *demo {
 	t.Cleanup(d.cleanup)
 	d.waitPID(pid)
 	return d
+}
+
+// testProbation is the -probation the tests give the servers they start (the demo
+// and the test programs), unless args has one: half a second, not the library's 10 s
+// (graceful.Config.Probation), so that a test that waits for an old generation to
+// exit does not wait out the default. The tests of the probation itself
+// (probation_test.go) give their own.
+func testProbation(args []string) []string {
+	if slices.Contains(args, "-probation") {
+		return nil
+	}
+	return []string{"-probation", "500ms"}
 }
 
 // log returns everything the generations logged so far.
@@ -481,17 +541,11 @@ func streamOn(t testing.TB, addr, path string) <-chan inflight {
 	return done
 }
 
-// buildVariant builds a test program from tests/testdata with -ldflags -X main.mode=mode.
+// buildVariant builds a test program from tests/testdata with -ldflags -X main.mode=mode,
+// once per run (see proc.Variant): copy it, do not change it.
 func buildVariant(t testing.TB, pkgDir, mode string) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), filepath.Base(pkgDir)+"-"+mode)
-	cmd := exec.Command("go", "build", "-o", out, "-ldflags", "-X main.mode="+mode, "./"+pkgDir)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("building %s (%s): %v\n%s", pkgDir, mode, err, stderr.String())
-	}
-	return out
+	return proc.Variant(t, "./"+pkgDir, filepath.Base(pkgDir)+"-"+mode, "-ldflags", "-X main.mode="+mode)
 }
 
 // TestPortsBelowEphemeralRange: every port the tests pick for a server is below the

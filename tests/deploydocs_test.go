@@ -29,3 +29,24 @@ func TestDeployREADMENodeDrain(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployREADMEFleet: the Ansible play deploy/README.md shows is
+// deploy/fleet/upgrade.yml, character for character, and the fleet script it shows
+// is the one TestFleet runs.
+func TestDeployREADMEFleet(t *testing.T) {
+	readme, err := os.ReadFile("../deploy/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	play, err := os.ReadFile("../deploy/fleet/upgrade.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
+	if len(blocks) != 1 || blocks[0][1] != string(play) {
+		t.Errorf("deploy/README.md does not show deploy/fleet/upgrade.yml as it is (%d yaml blocks)", len(blocks))
+	}
+	if !strings.Contains(string(readme), "deploy/fleet/upgrade.sh") || !strings.Contains(fleetScript, "deploy/fleet/upgrade.sh") {
+		t.Error("deploy/README.md does not name the fleet script TestFleet runs")
+	}
+}

@@ -119,20 +119,73 @@ func (p *program) log() string {
 
 func (p *program) current() int { return p.pids[len(p.pids)-1] }
 
+// waitOld checks that every old generation has exited. Each one stands by for its
+// successor's probation once drained (graceful.Config.Probation: the examples keep
+// the default, 10 s) until that one hands over in turn or stops: after stop, every
+// one has exited or is about to.
+func (p *program) waitOld() {
+	p.t.Helper()
+	for _, pid := range p.pids[:len(p.pids)-1] {
+		if err := waitGone(pid, 10*time.Second); err != nil {
+			p.t.Error(err)
+		}
+	}
+}
+
 // stop sends SIGTERM to the current generation and checks that it exits 0.
+//
+// Its parent, the previous generation, stands by for its probation (see waitOld):
+// the SIGTERM ends that early (the current one retires), and the parent exits. If it
+// has exited first, the current generation is the test's child (the test is a
+// subreaper) and is reaped here; if not, the parent reaps it, and logs how it ended
+// (successor_retired child=<pid> status=...). Either way its exit status is checked.
 func (p *program) stop() {
 	p.t.Helper()
 	last := p.current()
 	if err := syscall.Kill(last, syscall.SIGTERM); err != nil {
 		p.t.Fatal(err)
 	}
-	st, err := proc.Reap(last, 30*time.Second)
+	var status string
+	reapedByParent := func() bool {
+		l, ok := logs.Parse(p.log()).Last("successor_retired", logs.KV("child", last))
+		status = l.Get("status")
+		return ok
+	}
+	err := proc.WaitFor(func() bool {
+		return proc.PPid(last) == os.Getpid() || reapedByParent() || proc.State(last) == "" && p.oldGone()
+	}, 30*time.Second, fmt.Sprintf("generation %d to exit", last))
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	if !st.Exited() || st.ExitStatus() != 0 {
-		p.t.Errorf("generation %d after SIGTERM: %v, want exit status 0", last, st)
+	switch {
+	case status != "":
+	case proc.PPid(last) == os.Getpid():
+		st, err := proc.Reap(last, 30*time.Second)
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		status = describeWait(st)
+	default:
+		// Reaped by its parent, which exited before it logged the status.
+		p.t.Logf("generation %d was reaped by its parent, which exited before it logged how", last)
+		if logs.Parse(p.log()).Count("done", logs.KV("pid", last)) != 1 {
+			p.t.Errorf("generation %d exited without its drain's end (event=done)", last)
+		}
+		return
 	}
+	if status != "exit status 0" {
+		p.t.Errorf("generation %d after SIGTERM: %s, want exit status 0", last, status)
+	}
+}
+
+// oldGone reports whether every generation but the current one has exited.
+func (p *program) oldGone() bool {
+	for _, pid := range p.pids[:len(p.pids)-1] {
+		if proc.Alive(pid) {
+			return false
+		}
+	}
+	return true
 }
 
 // answeredBy returns the PID that answers GET path on addr, or 0.
@@ -184,9 +237,6 @@ func TestExampleOneWord(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.pids = append(p.pids, next)
-		if err := waitGone(cur, 30*time.Second); err != nil {
-			t.Error(err)
-		}
 		pace(time.Second)
 	}
 	res := r.Stop()
@@ -195,6 +245,7 @@ func TestExampleOneWord(t *testing.T) {
 		t.Errorf("generations %v never answered the load (all: %v)", missing, p.pids)
 	}
 	p.stop()
+	p.waitOld()
 }
 
 // TestExampleServers: examples/servers, two servers (TCP and unix socket) with a PID
@@ -242,9 +293,10 @@ func TestExampleServers(t *testing.T) {
 		if s.err != nil || s.resp.Status != 200 || s.resp.PID() != old {
 			t.Errorf("the slow request in flight on %d: %v, status %d from %d", old, s.err, statusOf(s.resp), respPID(s.resp))
 		}
-		// Its main returned after Wait: only after the slow request was answered.
-		if err := waitGone(old, 30*time.Second); err != nil {
-			t.Error(err)
+		// Its main returns after Wait: after the slow request was answered, and the
+		// new generation's probation (p.waitOld below).
+		if !proc.Alive(old) {
+			t.Errorf("generation %d exited before its successor's probation was over", old)
 		}
 	}
 	res := r.Stop()
@@ -253,6 +305,7 @@ func TestExampleServers(t *testing.T) {
 		t.Errorf("generations %v never answered the load (all: %v)", missing, p.pids)
 	}
 	p.stop()
+	p.waitOld()
 	if _, err := os.Stat(pidfile); !os.IsNotExist(err) {
 		t.Errorf("PID file after the stop: %v; want it removed", err)
 	}
@@ -359,9 +412,6 @@ func TestExampleLines(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.pids = append(p.pids, next)
-		if err := waitGone(old, 30*time.Second); err != nil {
-			t.Error(err)
-		}
 	}
 	pace(500 * time.Millisecond)
 	close(stop)
@@ -379,6 +429,7 @@ func TestExampleLines(t *testing.T) {
 		t.Error("no answer said bye: the drain never asked a client to reconnect")
 	}
 	p.stop()
+	p.waitOld()
 	// The Upgrader logs the drain of a bare Drainer as it does a Server's.
 	ev := logs.Parse(p.log())
 	for _, pid := range p.pids {

@@ -112,7 +112,7 @@ func launchDemo(t testing.TB, s demoSpec) *demo {
 	if s.control != "" {
 		args = append(args, "-control", s.control)
 	}
-	args = append(args, s.args...)
+	args = append(append(args, s.args...), testProbation(s.args)...)
 	argv := append(append(slices.Clone(s.wrap), d.bin), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = cleanEnv(s.env...)
@@ -573,7 +573,8 @@ func checkSettled(t *testing.T, d *demo, ctl string, gen int) {
 	}
 }
 
-// TestSignalStorm: twenty SIGUSR2 within a second, all to the first generation or
+// TestSignalStorm: twenty SIGUSR2 45ms apart (each once the previous one was
+// handled: the kernel keeps one pending SIGUSR2), all to the first generation or
 // each to whichever process the PID file names (kill -USR2 $(cat pidfile)), under
 // load. Every signal is accounted for by exactly one log line of the process it
 // reached: an upgrade started (each one handed over to exactly one new generation) or
@@ -585,7 +586,10 @@ func TestSignalStorm(t *testing.T) {
 	}{{"one process", false}, {"the PID file", true}} {
 		t.Run(c.name, func(t *testing.T) {
 			ctl := filepath.Join(t.TempDir(), "control.sock")
-			d := startDemoSpec(t, demoSpec{control: ctl})
+			// Upgrades 45ms apart each leave a generation draining the load's slow
+			// requests (300ms): more than MaxDraining's default (3) may drain at
+			// once, and the oldest would cut its requests (TestMaxDraining's subject).
+			d := startDemoSpec(t, demoSpec{control: ctl, args: []string{"-max-draining", "20"}})
 			first := d.current()
 			var slow <-chan inflight
 			if !c.pidfile {
@@ -606,6 +610,7 @@ func TestSignalStorm(t *testing.T) {
 				if target <= 0 { // kill(0) would signal the test's own process group
 					t.Fatalf("the PID file names %d", target)
 				}
+				before := handledSignals(d, target)
 				if err := syscall.Kill(target, syscall.SIGUSR2); err != nil {
 					t.Errorf("signal %d to %d: %v", i+1, target, err)
 				} else {
@@ -614,6 +619,10 @@ func TestSignalStorm(t *testing.T) {
 				if !slices.Contains(d.pids, target) {
 					d.pids = append(d.pids, target)
 				}
+				// The next signal goes once this one was handled (two pending
+				// SIGUSR2 are one: a loaded machine would lose signals, not the
+				// process), and no sooner than 45ms after the previous one.
+				waitHandled(t, d, target, before)
 				time.Sleep(time.Until(start.Add(time.Duration(i+1) * 45 * time.Millisecond))) // pacing
 			}
 			t.Logf("20 SIGUSR2 sent in %v", time.Since(start).Round(time.Millisecond))
@@ -694,6 +703,23 @@ func TestSignalStorm(t *testing.T) {
 				t.Error(err)
 			}
 		})
+	}
+}
+
+// handledSignals counts the SIGUSR2 pid handled: each one logs an upgrade started or
+// refused.
+func handledSignals(d *demo, pid int) int {
+	ev, kv := d.events(), logs.KV("pid", pid)
+	return ev.Count("upgrade_start", kv) + ev.Count("upgrade_refused", kv)
+}
+
+// waitHandled waits until pid has handled more SIGUSR2 than before, or has exited
+// (a process on its way out may not handle it).
+func waitHandled(t *testing.T, d *demo, pid, before int) {
+	t.Helper()
+	if err := proc.WaitFor(func() bool { return handledSignals(d, pid) > before || !proc.Alive(pid) },
+		10*time.Second, fmt.Sprintf("pid %d to handle its SIGUSR2", pid)); err != nil {
+		t.Fatalf("%v\nlog:\n%s", err, tail(d.log(), 30))
 	}
 }
 

@@ -14,12 +14,12 @@ import (
 )
 
 // TestUpgradeHistory: each generation hands the line's history to the next. After
-// a failed upgrade and five good ones (each with a slow request in flight on the old
-// generation), `handover status -json` of the sixth generation lists the six
-// upgrades in order: the failed one with its reason and the broken build's stderr,
-// then five whose from/to PIDs are the generations seen, with sane times, and each
-// old generation's drain (the slow request answered after the handover), carried
-// across the generations.
+// a failed upgrade and five good ones (each with a request in flight on the old
+// generation: an event stream, which ends at its drain), `handover status -json`
+// of the sixth generation lists the six upgrades in order: the failed one with its
+// reason and the broken build's stderr, then five whose from/to PIDs are the
+// generations seen, with sane times, and each old generation's drain (the stream
+// answered after the handover), carried across the generations.
 func TestUpgradeHistory(t *testing.T) {
 	ctl := filepath.Join(t.TempDir(), "control.sock")
 	d := startDemoSpec(t, demoSpec{control: ctl})
@@ -33,7 +33,9 @@ func TestUpgradeHistory(t *testing.T) {
 	copyFile(t, d.good, d.bin, 0o755)
 	for i := 0; i < 5; i++ {
 		old := d.current()
-		slow := slowOn(t, d.addr, old, "/slow?ms=300", 10*time.Second)
+		// An event stream: in flight until the old generation drains, however
+		// long the reload takes.
+		slow := slowOn(t, d.addr, old, "/events?n=600&interval=100", 70*time.Second)
 		out, err := exec.Command(handover, "reload", "-control", ctl).CombinedOutput()
 		if err != nil {
 			t.Fatalf("reload %d: %v\n%s", i+1, err, out)

@@ -310,9 +310,10 @@ func (m *master) cleanup() {
 }
 
 // reloadsUnderLoad runs n `handover reload` under the standard load, one every
-// interval: each exits 0 and names a new child; the master's PID never changes; no
-// request fails; every child answers; the old ones drain and are reaped.
-func reloadsUnderLoad(t *testing.T, m *master, n int, interval time.Duration) {
+// interval and once the new child has answered the load (and each load of also):
+// each exits 0 and names a new child; the master's PID never changes; no request
+// fails; every child answers; the old ones drain and are reaped.
+func reloadsUnderLoad(t *testing.T, m *master, n int, interval time.Duration, also ...*load.Runner) {
 	first := m.status()
 	// (The control connection of that status request may still be open a moment.)
 	fds := proc.FDCount(m.host)
@@ -336,6 +337,9 @@ func reloadsUnderLoad(t *testing.T, m *master, n int, interval time.Duration) {
 		}
 		children = append(children, st.Child)
 		pace(interval)
+		for _, l := range append([]*load.Runner{r}, also...) {
+			waitAnswers(t, l, st.Child, 0, 1)
+		}
 	}
 	res := r.Stop()
 	checkLoad(t, res)
@@ -423,7 +427,7 @@ func TestRunNodePID1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reloadsUnderLoad(t, m, 10, 500*time.Millisecond)
+	reloadsUnderLoad(t, m, 10, 500*time.Millisecond, posts)
 	res := posts.Stop()
 	checkLoad(t, res)
 	if n := res.PIDs(); len(n) != 11 {
@@ -651,6 +655,82 @@ func TestRunOrphanReaped(t *testing.T) {
 	checkStoppedClean(t, m)
 }
 
+// environ returns the environment pid was started with (from /proc).
+func environ(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, kv := range strings.Split(string(b), "\x00") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// TestRunStartsLibraryDirectly: a program built with the library (the demo) is
+// started without the re-exec shim, as the master's own child: no LISTEN_PID, but
+// HANDOVER_DIRECT (the version of the direct start), HANDOVER_MASTER, LISTEN_FDS and
+// LISTEN_FDNAMES; its command line and name are its own. It serves on the master's
+// socket and upgrades as before. A program in another language (Python, which checks
+// LISTEN_PID itself) goes through the shim: LISTEN_PID is its own PID, and it gets no
+// HANDOVER_DIRECT.
+func TestRunStartsLibraryDirectly(t *testing.T) {
+	demoBin := proc.Binary(t, demoPkg)
+	m := startMaster(t, masterSpec{prog: []string{demoBin, "-message", "direct"}})
+	for gen := 1; gen <= 2; gen++ {
+		st := m.status()
+		env := environ(t, st.Child)
+		// Generation 2 also gets generation 1's link in the fd store (handover-link).
+		fds, names := "1", "http"
+		if gen == 2 {
+			fds, names = "2", "http:handover-link"
+		}
+		for k, v := range map[string]string{"HANDOVER_DIRECT": "1", "HANDOVER_MASTER": strconv.Itoa(m.host),
+			"HANDOVER_GENERATION": strconv.Itoa(gen), "LISTEN_FDS": fds, "LISTEN_FDNAMES": names} {
+			if env[k] != v {
+				t.Errorf("generation %d: %s=%q, want %q", gen, k, env[k], v)
+			}
+		}
+		for _, k := range []string{"LISTEN_PID", "HANDOVER_RUN_EXEC", "WATCHDOG_PID"} {
+			if v, ok := env[k]; ok {
+				t.Errorf("generation %d: %s=%q reached the child", gen, k, v)
+			}
+		}
+		if pp := proc.PPid(st.Child); pp != m.host {
+			t.Errorf("generation %d: the child's parent is %d, want the master %d", gen, pp, m.host)
+		}
+		if cmd := proc.Cmdline(st.Child); cmd != demoBin+" -message direct" {
+			t.Errorf("generation %d: command line %q", gen, cmd)
+		}
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", st.Child)); strings.TrimSpace(string(comm)) != "handover-demo" {
+			t.Errorf("generation %d: name %q", gen, comm)
+		}
+		resp, err := rawhttp.Get(m.addr, "/", 10*time.Second)
+		if err != nil || resp.PID() != st.Child || !strings.Contains(string(resp.Body), fmt.Sprintf("gen=%d ", gen)) {
+			t.Fatalf("generation %d: answer %+v, %v; want one from %d", gen, resp, err, st.Child)
+		}
+		if gen == 1 {
+			if out, code := m.reload(); code != 0 {
+				t.Fatalf("handover reload: %d: %s", code, out)
+			}
+		}
+	}
+	checkStoppedClean(t, m)
+
+	python := needTool(t, "python3", "/usr/bin/python3")
+	p := startMaster(t, masterSpec{prog: []string{python, abs(t, pythonServer)}})
+	child := p.status().Child
+	env := environ(t, child)
+	if env["LISTEN_PID"] != strconv.Itoa(child) || env["HANDOVER_DIRECT"] != "" {
+		t.Errorf("python: LISTEN_PID=%q HANDOVER_DIRECT=%q; want its own PID %d, and none", env["LISTEN_PID"], env["HANDOVER_DIRECT"], child)
+	}
+	checkStoppedClean(t, p)
+}
+
 // TestRunChildEnvironment: what a child gets (read from /proc): fds 0-3 only (0 is
 // /dev/null, 2 a pipe to the master, 3 the socket), its own PID in LISTEN_PID,
 // LISTEN_FDS=1, LISTEN_FDNAMES=http, the master's NOTIFY_SOCKET and HANDOVER_MASTER;
@@ -666,16 +746,7 @@ func TestRunChildEnvironment(t *testing.T) {
 	if st.Executable != needTool(t, "sh") {
 		t.Errorf("executable %q, want sh from $PATH", st.Executable)
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", st.Child))
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := map[string]string{}
-	for _, kv := range strings.Split(string(b), "\x00") {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			env[k] = v
-		}
-	}
+	env := environ(t, st.Child)
 	want := map[string]string{
 		"LISTEN_PID": strconv.Itoa(st.Child), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "http",
 		"HANDOVER_MASTER": strconv.Itoa(m.host),

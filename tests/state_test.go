@@ -78,7 +78,7 @@ func TestStateRefusedByNewBuild(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		servedNow(t, d.addr)
 	}
-	copyFile(t, buildDemoLinked(t, "-X main.stateVersion=2"), d.bin, 0o755)
+	copyFile(t, buildDemoLinked(t, "-X main.stateVersion=3"), d.bin, 0o755)
 	old, cur := d.upgrade()
 	if err := waitGone(old, d.drain); err != nil {
 		t.Error(err)
@@ -89,8 +89,8 @@ func TestStateRefusedByNewBuild(t *testing.T) {
 		t.Errorf("served=%d from %d; want 1 (a cold start) from %d", served, pid, cur)
 	}
 	for _, final := range []string{"final=false", "final=true"} {
-		if n := d.events().Count("state_refused", logs.KV("pid", cur), "version=1", final); n != 1 {
-			t.Errorf("the new build refused version 1 (%s) %d times, want once", final, n)
+		if n := d.events().Count("state_refused", logs.KV("pid", cur), "version=2", final); n != 1 {
+			t.Errorf("the new build refused version 2 (%s) %d times, want once", final, n)
 		}
 	}
 	if n := d.events().Count("state_loaded"); n != 0 {

@@ -412,11 +412,12 @@ func TestSystemdKillNewDuringDrain(t *testing.T) {
 	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) {
 		d := startSystemd(t, v, "", "-drain-timeout 10s")
 		old := d.answer()
-		const nSlow = 4
-		slow := d.slowRequests(old, nSlow, 2000)
 		// The load runs from before the reload to after the next one: a drain that
 		// loses requests fails the test too.
 		r := startLoad(t, d.addr, 0.5)
+		const nSlow = 4
+		// Still in flight when systemd, having seen the kill, stops the unit.
+		slow := d.slowRequests(old, nSlow, 3000)
 		if out, code := d.reload(); code != 0 {
 			t.Fatalf("reload: exit %d\n%s", code, out)
 		}
@@ -507,8 +508,7 @@ func TestSystemdKillOldDuringDrain(t *testing.T) {
 		}
 		d.waitReaped(oldHost, 10*time.Second)
 		w := openWindow(r, "the new main after the kill", cur)
-		pace(time.Second) // the load runs on
-		w.close(t, r)
+		w.close(t, r) // the load runs on
 		res := r.Stop()
 		checkLoad(t, res)
 		checkWindows(t, res, []*window{w})
@@ -565,7 +565,10 @@ func (d *sdDemo) stormSettle() (started, refused int) {
 // and no request fails.
 func TestSystemdSignalStorm(t *testing.T) {
 	forEachSystemd(t, 252, func(t *testing.T, v sdns.Version) {
-		d := startSystemd(t, v, "kill-reload", "-drain-timeout 5s")
+		// Upgrades 50ms apart each leave a generation draining the load's slow
+		// requests (300ms): more than MaxDraining's default (3) may drain at once,
+		// and the oldest would cut its requests (TestMaxDraining's subject).
+		d := startSystemd(t, v, "kill-reload", "-drain-timeout 5s -max-draining 20")
 		first := d.answer()
 		r := startLoad(t, d.addr, 0.5)
 		begin := time.Now()

@@ -244,6 +244,16 @@ func (d *sdDemo) reload() (string, int) {
 	return out, code
 }
 
+// resetStartLimit makes systemd forget the unit's earlier starts (`systemctl
+// reset-failed` resets the start rate limit counter), so that a test can restart it
+// more often than StartLimitBurst= allows within StartLimitIntervalSec= (5 in 10s).
+func (d *sdDemo) resetStartLimit() {
+	d.t.Helper()
+	if out, err := d.sd.CtlOK("reset-failed", unit); err != nil {
+		d.t.Fatalf("systemctl reset-failed: %v\n%s", err, out)
+	}
+}
+
 // waitSingle waits until exactly one demo process is left (the old ones drained).
 func (d *sdDemo) waitSingle(timeout time.Duration) {
 	d.t.Helper()
@@ -261,6 +271,11 @@ func TestSystemdSocketActivation(t *testing.T) {
 			t.Fatalf("service is %s before any connection, want inactive", st)
 		}
 		pid := d.answer()
+		// The service answers as it tells systemd it is ready (READY=1): the unit
+		// is active once systemd has read that.
+		if err := d.sd.WaitActive(unit, 10*time.Second); err != nil {
+			t.Error(err)
+		}
 		d.checkState(pid)
 		d.checkConsole()
 		if st := d.checkListenerFrom("systemd"); st.PID != pid || st.State != "serving" || !st.Systemd {
@@ -292,7 +307,9 @@ func TestSystemdReloadUnderLoad(t *testing.T) {
 			if got := d.answer(); got != pid {
 				t.Errorf("reload %d: answered by %d, MainPID %d", i+1, got, pid)
 			}
-			pace(2 * time.Second)
+			// The load runs on the new generation until the old one has drained.
+			waitAnswers(t, r, pid, 0, int64(r.Config().Concurrency)+1)
+			d.waitSingle(35 * time.Second)
 		}
 		res := r.Stop()
 		checkLoad(t, res)
@@ -470,7 +487,6 @@ func TestSystemdRestart(t *testing.T) {
 		first := d.answer()
 		r := startLoad(t, d.addr, 0.5)
 		windows := []*window{openWindow(r, "the first process", first)}
-		pace(time.Second)
 		for i := 0; i < 3; i++ {
 			before := d.mainPID()
 			windows[len(windows)-1].close(t, r)
@@ -482,7 +498,6 @@ func TestSystemdRestart(t *testing.T) {
 				t.Errorf("restart %d: MainPID %d → %d", i+1, before, after)
 			}
 			windows = append(windows, openWindow(r, fmt.Sprintf("restart %d", i+1), after))
-			pace(time.Second)
 		}
 		windows[len(windows)-1].close(t, r)
 		res := r.Stop()
@@ -492,8 +507,8 @@ func TestSystemdRestart(t *testing.T) {
 	})
 }
 
-// fiveReloads runs five `systemctl reload` of the variant's unit, a second apart,
-// under load: each hands over to a new main process, which serves the load, and no
+// fiveReloads runs five `systemctl reload` of the variant's unit, each once the
+// previous old generation has drained, under load: each hands over to a new main process, which serves the load, and no
 // request fails. When waits is true, systemctl reload returns only once the new main
 // has taken over; otherwise (ExecReload=kill) it returns at once and the test waits
 // for the handover.
@@ -503,7 +518,7 @@ func fiveReloads(t *testing.T, v sdns.Version, variant string, waits bool) {
 	r := startLoad(t, d.addr, 0.5)
 	windows := []*window{openWindow(r, "generation 1", prev)}
 	for i := 0; i < 5; i++ {
-		pace(time.Second)
+		d.waitSingle(30 * time.Second) // the previous generation has drained
 		windows[len(windows)-1].close(t, r)
 		if out, code := d.reload(); code != 0 {
 			t.Fatalf("reload %d: exit %d\n%s", i+1, code, out)
@@ -556,8 +571,7 @@ func TestSystemdFDStore(t *testing.T) {
 		prev := first
 		windows := []*window{openWindow(r, "the first process", first)}
 		for i := 0; i < 5; i++ {
-			// systemd refuses more than 5 starts in 10s (StartLimitBurst=): pace them.
-			pace(2500 * time.Millisecond)
+			d.resetStartLimit()
 			windows[len(windows)-1].close(t, r)
 			if out, code, err := d.sd.Ctl("restart", unit); err != nil || code != 0 {
 				t.Fatalf("restart %d: %v %d\n%s", i+1, err, code, out)

@@ -137,36 +137,30 @@ func checkAnswered(t testing.TB, res *load.Result, what string, pids ...int) {
 	}
 }
 
-// upgradesUnderLoad runs ten SIGUSR2 upgrades two seconds apart under load and checks
-// that nothing failed, every generation answered, every old one drained by itself
-// before the drain deadline the test set, and nothing leaked.
+// upgradesUnderLoad runs ten SIGUSR2 upgrades under load, each once the previous old
+// generation has exited, and checks that nothing failed, every generation answered,
+// every old one drained by itself before the drain deadline the test set, and
+// nothing leaked.
 func upgradesUnderLoad(t *testing.T, keepAlive float64) {
 	d := startDemo(t, demoOpts{drain: 10 * time.Second})
 	fds := proc.FDCount(d.current())
 	fdList := fdTargets(d.current())
 	r := startLoad(t, d.addr, keepAlive)
-	exited := make(chan error, 10)
 	var windows []*window
 	for i := 0; i < 10; i++ {
 		old, cur := d.upgrade()
 		w := openWindow(r, fmt.Sprintf("generation %d", i+2), cur)
-		go func() {
-			// The drain deadline (d.drain, from the handover) is the test's own
-			// bound: the old generation must be gone before it.
-			exited <- waitGone(old, d.drain)
-		}()
-		// Let the load run on the new generation before the next upgrade.
-		pace(2 * time.Second)
+		// The load runs on the new generation while the old one drains. The drain
+		// deadline (d.drain, from the handover) is the test's own bound: the old
+		// generation must be gone before it.
+		if err := waitGone(old, d.drain); err != nil {
+			t.Error(err)
+		}
 		w.close(t, r)
 		windows = append(windows, w)
 	}
 	res := r.Stop()
 	checkLoad(t, res)
-	for i := 0; i < 10; i++ {
-		if err := <-exited; err != nil {
-			t.Error(err)
-		}
-	}
 	checkWindows(t, res, windows)
 	checkAnswered(t, res, "generation", d.pids...)
 	if seen := res.PIDs(); len(seen) != 11 {

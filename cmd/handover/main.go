@@ -6,7 +6,8 @@
 //	    upgraded (SIGHUP, SIGUSR2, handover reload), restarted after a crash, or
 //	    stopped (SIGTERM: the child drains, the master exits with its status). PROG,
 //	    in any language, gets the sockets as systemd passes them: fds 3 and up,
-//	    LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID (its own PID), and a NOTIFY_SOCKET for
+//	    LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID (its own PID; a program built with
+//	    handover's library is started without it, directly), and a NOTIFY_SOCKET for
 //	    READY=1. For containers (as PID 1 it reaps every zombie and forwards SIGINT
 //	    and SIGQUIT), PID-tracking supervisors and systemd (Type=notify, a stable
 //	    MAINPID). See handover run -h for the flags.
@@ -19,7 +20,28 @@
 //	handover status [-control PATH] [-json]
 //	    Print the serving process's PID, generation, state, listeners and connections
 //	    (under handover run: the master's PID, the serving child and the build it
-//	    runs, restarts), and the last 10 upgrades, one line each.
+//	    runs, restarts), a prepared generation, and the last 10 upgrades, one line
+//	    each.
+//	handover prepare [-control PATH] [-timeout D]
+//	    The first step of a two-phase upgrade: start the new generation (the binary
+//	    now on disk), which inherits the sockets, loads the state and the TLS keys and
+//	    runs its start-up up to Ready, then waits without accepting; the old one
+//	    serves alone. Exits 0 and prints the new PID once it is ready and waiting;
+//	    exits 1 with the reason if it failed (the old generation serves on).
+//	handover commit [-control PATH] [-timeout D] [-at TIME]
+//	    Make the prepared generation serve: it starts accepting, the old one stops
+//	    accepting and drains (under systemd MAINPID=, BARRIER=1 and the watchdog move
+//	    now). Exits 0 once the switch is made. Nothing starts at this moment: the
+//	    switch itself takes well under a millisecond. With -at (an RFC 3339 time, or
+//	    @UNIX_SECONDS, within the hour) it connects first and sends the commit at
+//	    that moment: the instances of a fleet switch together, whatever the
+//	    orchestrator's own delays (within the hosts' clock sync).
+//	handover abort [-control PATH] [-timeout D]
+//	    End the prepared generation (or the one being prepared) without it having
+//	    served; exits 0 once it is dead. A prepared generation that waits longer than
+//	    the service's prepare timeout (5 minutes by default) is aborted by itself.
+//	    Under handover run only a child built with handover's library can be
+//	    prepared: for a program in another language prepare is refused.
 //
 // The control socket's path comes from -control or $HANDOVER_CONTROL. Only the
 // service's own user and root may use it. A client sends one request line, ended by
@@ -44,6 +66,9 @@ const usage = `usage:
   handover run [flags] -- PROG [ARGS...]     run PROG under a master that keeps one PID
   handover reload [-control PATH] [-timeout DURATION]
   handover status [-control PATH] [-json] [-timeout DURATION]
+  handover prepare [-control PATH] [-timeout DURATION]   start the new generation; it waits
+  handover commit [-control PATH] [-timeout DURATION] [-at TIME]   make the prepared generation serve
+  handover abort [-control PATH] [-timeout DURATION]     end the prepared generation
 
 The control socket is -control or $HANDOVER_CONTROL. handover run -h lists its flags.
 `
@@ -53,8 +78,14 @@ const runUsage = `usage: handover run [flags] -- PROG [ARGS...]
 Holds the sockets and runs PROG as its child, keeping its own PID while children are
 upgraded, restarted after a crash, or stopped. PROG gets the sockets at fd 3 and up with
 LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (its own PID), NOTIFY_SOCKET (the master's),
-and HANDOVER_MASTER (the master's PID).
+and HANDOVER_MASTER (the master's PID). A program built with handover's library is
+started directly, with HANDOVER_DIRECT instead of LISTEN_PID (any other goes through
+a re-exec of this binary that sets LISTEN_PID).
 
+  two-phase: handover prepare -control PATH starts the new child, which waits without
+            accepting (a program built with handover's library; for any other, prepare
+            is refused); handover commit makes it serve and stops the old one, at once;
+            handover abort ends it; past -prepare-timeout it is aborted.
   upgrade:  SIGHUP, SIGUSR2, or handover reload -control PATH (which waits and exits 1,
             with the child's last stderr lines, when the new child fails). PROG is
             looked up on disk again, started, and must send READY=1 to NOTIFY_SOCKET
@@ -132,7 +163,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if cmd == "run" {
 		return runMaster(args[1:], stderr)
 	}
-	if cmd != "reload" && cmd != "status" {
+	req, isStep := steps[cmd]
+	if !isStep && cmd != "status" {
 		fmt.Fprintf(stderr, "handover: unknown command %q\n%s", cmd, usage)
 		return 2
 	}
@@ -141,7 +173,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	path := fl.String("control", os.Getenv(controlEnv), "path of the service's control socket")
 	var timeout *time.Duration
 	var asJSON *bool
-	if cmd == "reload" {
+	var at *string
+	if cmd == "commit" {
+		at = fl.String("at", "", "commit at this moment: an RFC 3339 time or @UNIX_SECONDS (within the hour); a fleet's instances then switch together")
+	}
+	if isStep {
 		timeout = fl.Duration("timeout", 2*time.Minute, "how long to wait for the outcome")
 	} else {
 		timeout = fl.Duration("timeout", 30*time.Second, "how long to wait for the answer")
@@ -161,8 +197,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "handover %s: no control socket: pass -control PATH or set %s (the path the service was given, e.g. /run/handover-demo/control.sock)\n", cmd, controlEnv)
 		return 2
 	}
-	if cmd == "reload" {
-		return reload(*path, *timeout, stdout, stderr)
+	if isStep {
+		var when time.Time
+		if at != nil && *at != "" {
+			var err error
+			if when, err = parseAt(*at, time.Now()); err != nil {
+				fmt.Fprintf(stderr, "handover %s: %v\n", cmd, err)
+				return 2
+			}
+		}
+		return upgradeStep(cmd, req, *path, when, *timeout, stdout, stderr)
 	}
 	return status(*path, *timeout, *asJSON, stdout, stderr)
 }

@@ -5,6 +5,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -30,6 +31,8 @@ type fakeService struct {
 	statErr  error
 	outcomes []control.Outcome // one per upgrade request; the last repeats
 	asked    int
+	reqs     []string      // the requests of an upgrade's, in order
+	when     []time.Time   // when each came
 	block    chan struct{} // if not nil, an upgrade waits for it to close
 }
 
@@ -39,8 +42,10 @@ func (f *fakeService) Status() (wire.Status, error) {
 	return f.status, f.statErr
 }
 
-func (f *fakeService) Upgrade() control.Outcome {
+func (f *fakeService) Upgrade(req string) control.Outcome {
 	f.mu.Lock()
+	f.reqs = append(f.reqs, req)
+	f.when = append(f.when, time.Now())
 	block := f.block
 	o := f.outcomes[min(f.asked, len(f.outcomes)-1)]
 	f.asked++
@@ -186,12 +191,14 @@ func TestNoService(t *testing.T) {
 // fullStatus has every field set: a master's, with a library child's fields too.
 var fullStatus = wire.Status{
 	PID: 10, Generation: 3, State: "serving", Executable: "/srv/app", Systemd: true,
-	Listeners:   []wire.Socket{{Name: "http", Network: "tcp", Addr: "127.0.0.1:8080", Source: "systemd"}},
+	Listeners:   []wire.Socket{{Name: "http", Network: "tcp", Addr: "127.0.0.1:8080", Source: "systemd"}, {Name: "admin", Network: "unix", Addr: "/run/a.sock", Source: "bound"}},
 	Connections: wire.ConnCounts{New: 1, Active: 2, Idle: 3, Hijacked: 4, Accepted: 50},
 	Upgrading:   12, LastError: "new child exited", Child: 11, ChildExecutable: "/srv/app (the last good build)", Restarts: 2, OlderDraining: 1,
+	ProbationUntil: time.Date(2026, 1, 2, 3, 4, 16, 0, time.UTC),
 	Upgrades: []wire.Upgrade{{
 		Trigger: "control socket", Start: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), End: time.Date(2026, 1, 2, 3, 4, 6, 0, time.UTC),
 		From: 9, To: 11, Generation: 3, Outcome: "ok", HandoverSeconds: 1, Drained: true, DrainSeconds: 2, ConnsClosed: 5, ConnsForced: 1, RequestsAfter: 7, DrainKilled: "deadline",
+		ProbationUntil: time.Date(2026, 1, 2, 3, 4, 16, 0, time.UTC),
 	}},
 }
 
@@ -209,6 +216,12 @@ const wantJSON = `{
       "network": "tcp",
       "addr": "127.0.0.1:8080",
       "source": "systemd"
+    },
+    {
+      "name": "admin",
+      "network": "unix",
+      "addr": "/run/a.sock",
+      "source": "bound"
     }
   ],
   "connections": {
@@ -224,6 +237,7 @@ const wantJSON = `{
   "child_executable": "/srv/app (the last good build)",
   "restarts": 2,
   "older_draining": 1,
+  "probation_until": "2026-01-02T03:04:16Z",
   "upgrades": [
     {
       "trigger": "control socket",
@@ -239,7 +253,8 @@ const wantJSON = `{
       "conns_closed": 5,
       "conns_forced": 1,
       "requests_after": 7,
-      "drain_killed": "deadline"
+      "drain_killed": "deadline",
+      "probation_until": "2026-01-02T03:04:16Z"
     }
   ]
 }
@@ -271,20 +286,33 @@ func TestStatusText(t *testing.T) {
 	lib := fullStatus
 	lib.Child, lib.ChildExecutable, lib.Restarts = 0, "", 0
 	out, _, code := handover(t, "status", "-control", serve(t, &fakeService{status: lib}))
-	for _, want := range []string{"PID:         10\n", "Listeners:   http tcp:127.0.0.1:8080 (from systemd)\n", "Connections: 10 open (2 active, 3 idle, 1 new, 4 hijacked), 50 accepted\n",
-		"Last upgrade failed: new child exited\n", "Upgrading:   new generation PID 12 starting\n", "Upgrades:    1 (oldest first)\n", "old child killed (deadline): 1 connections force-closed"} {
+	for _, want := range []string{"PID:         10\n", "Listeners:   http tcp:127.0.0.1:8080 (from systemd)\n", "            admin unix:/run/a.sock (bound)\n", "Connections: 10 open (2 active, 3 idle, 1 new, 4 hijacked), 50 accepted, 0 received, 0 handed over\n",
+		"Last upgrade failed: new child exited\n", "Upgrading:   new generation PID 12 starting\n", "Upgrades:    1 (oldest first)\n", "drain cut short (deadline): 1 connections force-closed",
+		"Probation:   until " + lib.ProbationUntil.Local().Format("15:04:05.000") + ": the old generation"} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("library status: exit %d, no %q in:\n%s", code, want, out)
 		}
 	}
 	out, _, code = handover(t, "status", "-control", serve(t, &fakeService{status: fullStatus}))
-	for _, want := range []string{"Child:       PID 11 (handover run; restarts: 2)\n", "Child runs:  /srv/app (the last good build)\n", "Last error:  new child exited\n"} {
+	for _, want := range []string{"Child:       PID 11 (handover run; restarts: 2)\n", "Child runs:  /srv/app (the last good build)\n", "Last error:  new child exited\n", "old child killed (deadline)"} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("master status: exit %d, no %q in:\n%s", code, want, out)
 		}
 	}
 	if strings.Contains(out, "Connections:") {
 		t.Errorf("a master's status shows connections it cannot see:\n%s", out)
+	}
+	// A prepared generation, and the record of a two-phase upgrade.
+	prep := lib
+	prep.State, prep.Upgrading, prep.Prepared = "prepared", 0, 13
+	at := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	prep.Upgrades = []wire.Upgrade{{Trigger: "control socket", Start: at, Prepared: at.Add(40 * time.Millisecond), PrepareSeconds: 0.04,
+		Committed: at.Add(3 * time.Second), End: at.Add(3*time.Second + time.Millisecond), Outcome: "ok", From: 10, To: 13, HandoverSeconds: 0.0005}}
+	out, _, _ = handover(t, "status", "-control", serve(t, &fakeService{status: prep}))
+	for _, want := range []string{"Prepared:    new generation PID 13, ready and not accepting", "0.5ms", "prepared in 40.0ms, committed 2.96s later"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("prepared status: no %q in:\n%s", want, out)
+		}
 	}
 }
 
@@ -294,5 +322,57 @@ func TestStatusError(t *testing.T) {
 	f := &fakeService{statErr: errors.New("handover run is exiting")}
 	if out, stderr, code := handover(t, "status", "-control", serve(t, f)); code != 1 || out != "" || stderr != "handover status: handover run is exiting\n" {
 		t.Errorf("exit %d, %q, %q", code, out, stderr)
+	}
+}
+
+// TestUpgradeSteps: prepare, commit and abort send their requests and print the PID
+// the service answers with; a refusal is exit 1 with the reason.
+func TestUpgradeSteps(t *testing.T) {
+	f := &fakeService{outcomes: []control.Outcome{{PID: 77, Generation: 3}}}
+	path := serve(t, f)
+	for cmd, want := range map[string]string{
+		"prepare": "prepared: PID 77, generation 3 (ready, not accepting",
+		"commit":  "committed: PID 77, generation 3\n",
+		"abort":   "aborted: PID 77, generation 3\n",
+	} {
+		out, stderr, code := handover(t, cmd, "-control", path)
+		if code != 0 || !strings.HasPrefix(out, want) || stderr != "" {
+			t.Errorf("handover %s: exit %d, %q %q", cmd, code, out, stderr)
+		}
+		if last := f.reqs[len(f.reqs)-1]; last != cmd {
+			t.Errorf("handover %s sent %q", cmd, last)
+		}
+	}
+	refused := &fakeService{outcomes: []control.Outcome{{Err: errors.New("upgrade refused: no prepared child: run handover prepare first")}}}
+	_, stderr, code := handover(t, "commit", "-control", serve(t, refused))
+	if code != 1 || stderr != "handover commit: commit failed: upgrade refused: no prepared child: run handover prepare first\n" {
+		t.Errorf("a refused commit: exit %d, %q", code, stderr)
+	}
+}
+
+// TestCommitAt: commit -at sends the commit at that moment (it connects first), not
+// before; a moment past is now; a bad or far moment is a usage error.
+func TestCommitAt(t *testing.T) {
+	f := &fakeService{outcomes: []control.Outcome{{PID: 77, Generation: 3}}}
+	path := serve(t, f)
+	at := time.Now().Add(300 * time.Millisecond)
+	stamp := fmt.Sprintf("@%d.%09d", at.Unix(), at.Nanosecond())
+	if out, stderr, code := handover(t, "commit", "-control", path, "-at", stamp); code != 0 || !strings.HasPrefix(out, "committed: PID 77") {
+		t.Fatalf("commit -at: exit %d, %q %q", code, out, stderr)
+	}
+	if got := f.when[0]; got.Before(at) {
+		t.Errorf("the commit came %v before -at", at.Sub(got))
+	}
+	past := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano)
+	if _, stderr, code := handover(t, "commit", "-control", path, "-at", past); code != 0 || len(f.reqs) != 2 {
+		t.Errorf("commit -at in the past: exit %d, %q", code, stderr)
+	}
+	for _, bad := range []string{"soon", "@x", "@-5", time.Now().Add(2 * time.Hour).Format(time.RFC3339)} {
+		if _, stderr, code := handover(t, "commit", "-control", path, "-at", bad); code != 2 || !strings.Contains(stderr, "-at") {
+			t.Errorf("commit -at %q: exit %d, %q", bad, code, stderr)
+		}
+	}
+	if _, stderr, code := handover(t, "prepare", "-control", path, "-at", stamp); code != 2 || !strings.Contains(stderr, "not defined: -at") {
+		t.Errorf("prepare -at: exit %d, %q", code, stderr)
 	}
 }

@@ -68,6 +68,7 @@ type runFlags struct {
 	listens                          listenFlags
 	control, pidfile, stopSignal     string
 	drain, upgrade, readyAfter       time.Duration
+	prepare                          time.Duration
 	restartDelay, restartMax, settle time.Duration
 	maxDraining                      int
 	sig                              syscall.Signal // stopSignal, parsed by check
@@ -85,6 +86,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*runFlags, int) {
 	fl.StringVar(&f.pidfile, "pidfile", "", "write the master's PID to this `file` (atomically)")
 	fl.DurationVar(&f.drain, "drain-timeout", master.DefaultDrainTimeout, "how long a child has after the stop signal before SIGKILL")
 	fl.DurationVar(&f.upgrade, "upgrade-timeout", master.DefaultUpgradeTimeout, "how long a new child (start, restart, upgrade) may take to be ready")
+	fl.DurationVar(&f.prepare, "prepare-timeout", master.DefaultPrepareTimeout, "how long a prepared child (handover prepare) waits for handover commit before it is aborted")
 	fl.StringVar(&f.stopSignal, "stop-signal", "SIGTERM", "the `signal` that stops a child (the old one after an upgrade; every one when the master stops)")
 	fl.DurationVar(&f.readyAfter, "ready-after", 0, "treat a child that has not sent READY=1 as ready after this long (0: READY=1 is required)")
 	fl.DurationVar(&f.restartDelay, "restart-delay", master.DefaultRestartDelay, "wait before restarting a child that exited while serving; doubled after each failed restart")
@@ -115,7 +117,7 @@ func (f *runFlags) check() error {
 		name string
 		v    time.Duration
 		zero bool
-	}{{"-drain-timeout", f.drain, false}, {"-upgrade-timeout", f.upgrade, false}, {"-ready-after", f.readyAfter, true}, {"-restart-delay", f.restartDelay, false}, {"-restart-delay-max", f.restartMax, false}} {
+	}{{"-drain-timeout", f.drain, false}, {"-upgrade-timeout", f.upgrade, false}, {"-prepare-timeout", f.prepare, false}, {"-ready-after", f.readyAfter, true}, {"-restart-delay", f.restartDelay, false}, {"-restart-delay-max", f.restartMax, false}} {
 		if d.v < 0 || d.v == 0 && !d.zero {
 			return fmt.Errorf("%s %s: must be positive", d.name, d.v)
 		}
@@ -145,6 +147,7 @@ func (f *runFlags) config() master.Config {
 		PIDFile:         f.pidfile,
 		DrainTimeout:    f.drain,
 		UpgradeTimeout:  f.upgrade,
+		PrepareTimeout:  f.prepare,
 		StopSignal:      f.sig,
 		ReadyAfter:      f.readyAfter,
 		RestartDelay:    f.restartDelay,

@@ -23,6 +23,7 @@ func TestRunFlagErrors(t *testing.T) {
 		{append(ok, "-drain-timeout", "0s", "--", "app"), 2, "-drain-timeout 0s: must be positive"},
 		{append(ok, "-upgrade-timeout", "-1s", "--", "app"), 2, "-upgrade-timeout -1s: must be positive"},
 		{append(ok, "-settle", "-1s", "--", "app"), 2, "-settle -1s: must not be negative"},
+		{append(ok, "-prepare-timeout", "0s", "--", "app"), 2, "-prepare-timeout 0s: must be positive"},
 		{append(ok, "-max-draining", "0", "--", "app"), 2, "-max-draining 0: must be at least 1"},
 		{append(ok, "-restart-delay", "2s", "-restart-delay-max", "1s", "--", "app"), 2, "-restart-delay-max 1s is below -restart-delay 2s"},
 		{append(ok, "-ready-after", "5s", "-upgrade-timeout", "5s", "--", "app"), 2, "-ready-after 5s is not below -upgrade-timeout 5s"},
@@ -43,7 +44,7 @@ func TestRunFlagErrors(t *testing.T) {
 func TestRunConfig(t *testing.T) {
 	f, code := parseRunFlags([]string{"-listen", "http=127.0.0.1:8080", "-listen", "dns=udp:127.0.0.1:5353", "-control", "/run/c.sock", "-pidfile", "/run/p",
 		"-drain-timeout", "7s", "-upgrade-timeout", "9s", "-stop-signal", "quit", "-ready-after", "1s", "-restart-delay", "1s", "-restart-delay-max", "4s",
-		"-max-draining", "5", "-settle", "3s", "--", "/srv/app", "-v", "x"}, &strings.Builder{})
+		"-max-draining", "5", "-settle", "3s", "-prepare-timeout", "2m", "--", "/srv/app", "-v", "x"}, &strings.Builder{})
 	if f == nil || code != 0 {
 		t.Fatalf("parse: exit %d", code)
 	}
@@ -52,8 +53,8 @@ func TestRunConfig(t *testing.T) {
 	}
 	c := f.config()
 	got := []any{c.Prog, strings.Join(c.Args, " "), len(c.Listen), c.Listen[1].Network, c.Control, c.PIDFile, c.DrainTimeout.String(), c.UpgradeTimeout.String(),
-		int(c.StopSignal), c.ReadyAfter.String(), c.RestartDelay.String(), c.RestartDelayMax.String(), c.MaxDraining, c.Settle.String()}
-	want := []any{"/srv/app", "-v x", 2, "udp", "/run/c.sock", "/run/p", "7s", "9s", 3, "1s", "1s", "4s", 5, "3s"}
+		int(c.StopSignal), c.ReadyAfter.String(), c.RestartDelay.String(), c.RestartDelayMax.String(), c.MaxDraining, c.Settle.String(), c.PrepareTimeout.String()}
+	want := []any{"/srv/app", "-v x", 2, "udp", "/run/c.sock", "/run/p", "7s", "9s", 3, "1s", "1s", "4s", 5, "3s", "2m0s"}
 	for i := range want {
 		if got[i] != want[i] {
 			t.Errorf("config field %d: %v, want %v (%+v)", i, got[i], want[i], c)

@@ -13,7 +13,7 @@ import (
 )
 
 func status(path string, timeout time.Duration, asJSON bool, stdout, stderr io.Writer) int {
-	resp, err := ask(path, control.Status, timeout)
+	resp, err := ask(path, control.Status, time.Time{}, timeout)
 	if errors.Is(err, errTimedOut) {
 		err = fmt.Errorf("no answer from %s within %s", path, timeout.Round(time.Millisecond))
 	}
@@ -56,6 +56,9 @@ func printStatus(w io.Writer, s *wire.Status) {
 	if s.Upgrading != 0 {
 		fmt.Fprintf(w, "Upgrading:   new generation PID %d starting\n", s.Upgrading)
 	}
+	if s.Prepared != 0 {
+		fmt.Fprintf(w, "Prepared:    new generation PID %d, ready and not accepting: handover commit makes it serve, handover abort ends it\n", s.Prepared)
+	}
 	fmt.Fprintf(w, "Executable:  %s\n", s.Executable)
 	fmt.Fprintf(w, "Systemd:     %v\n", s.Systemd)
 	for i, l := range s.Listeners {
@@ -67,14 +70,22 @@ func printStatus(w io.Writer, s *wire.Status) {
 		if name == "" {
 			name = "(unnamed)"
 		}
-		fmt.Fprintf(w, "%s %s %s:%s (from %s)\n", label, name, l.Network, l.Addr, l.Source)
+		from := "from " + l.Source
+		if l.Source == "bound" {
+			from = "bound" // by the process itself
+		}
+		fmt.Fprintf(w, "%s %s %s:%s (%s)\n", label, name, l.Network, l.Addr, from)
 	}
 	master := s.Child != 0 || s.Restarts != 0
 	if !master {
 		// A handover run master does not see its child's connections.
 		c := s.Connections
-		fmt.Fprintf(w, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted\n",
-			c.Total(), c.Active, c.Idle, c.New, c.Hijacked, c.Accepted)
+		fmt.Fprintf(w, "Connections: %d open (%d active, %d idle, %d new, %d hijacked), %d accepted, %d received, %d handed over\n",
+			c.Total(), c.Active, c.Idle, c.New, c.Hijacked, c.Accepted, c.Received, c.HandedOver)
+	}
+	if !s.ProbationUntil.IsZero() {
+		fmt.Fprintf(w, "Probation:   until %s: the old generation, drained, stands by to serve again if the new one dies\n",
+			s.ProbationUntil.Local().Format("15:04:05.000"))
 	}
 	switch {
 	case s.LastError != "" && master:
@@ -82,14 +93,17 @@ func printStatus(w io.Writer, s *wire.Status) {
 	case s.LastError != "":
 		fmt.Fprintf(w, "Last upgrade failed: %s\n", strings.TrimSpace(s.LastError))
 	}
-	printUpgrades(w, s.Upgrades)
+	printUpgrades(w, s.Upgrades, master)
 }
 
 // printUpgrades lists the last upgrades of a status (the library's or a handover
 // run master's), one line each: when it was asked for, its trigger, its outcome, the
-// PIDs from and to, the handover and the old generation's drain in milliseconds, and
-// the reason when it failed or died (or why the drain was cut short).
-func printUpgrades(w io.Writer, ups []wire.Upgrade) {
+// PIDs from and to, the handover (a two-phase upgrade's: its commit's) and the old
+// generation's drain in milliseconds, the reason when it failed or died (or why the
+// drain was cut short: a master killed the old child, a library process force-closed
+// its connections), and for a two-phase upgrade its prepare's time and the wait for
+// its commit.
+func printUpgrades(w io.Writer, ups []wire.Upgrade, master bool) {
 	if len(ups) > 10 {
 		ups = ups[len(ups)-10:]
 	}
@@ -118,13 +132,31 @@ func printUpgrades(w io.Writer, ups []wire.Upgrade) {
 		if line, _, _ := strings.Cut(u.Error, "\n"); line != "" {
 			reason = append(reason, line)
 		}
-		if u.DrainKilled != "" {
+		switch {
+		case u.DrainKilled != "" && master:
 			reason = append(reason, "old child killed ("+u.DrainKilled+")")
+		case u.DrainKilled != "":
+			reason = append(reason, "drain cut short ("+u.DrainKilled+")")
 		}
 		if u.ConnsForced > 0 {
 			reason = append(reason, fmt.Sprintf("%d connections force-closed", u.ConnsForced))
 		}
+		if u.ConnsHandedOver > 0 {
+			reason = append(reason, fmt.Sprintf("%d connections handed over", u.ConnsHandedOver))
+		}
+		if !u.Prepared.IsZero() {
+			reason = append(reason, twoPhase(u))
+		}
 		fmt.Fprintf(w, "  %-12s  %-14s  %-9s  %-15s  %11s  %9s  %s\n", u.Start.Local().Format("15:04:05.000"), u.Trigger, u.Outcome,
 			fmt.Sprintf("%d→%s", u.From, to), handover, drain, strings.Join(reason, ": "))
 	}
+}
+
+// twoPhase describes a two-phase upgrade's prepare and the wait for its commit.
+func twoPhase(u wire.Upgrade) string {
+	s := fmt.Sprintf("prepared in %.1fms", u.PrepareSeconds*1000)
+	if !u.Committed.IsZero() {
+		s += fmt.Sprintf(", committed %s later", u.Committed.Sub(u.Prepared).Round(time.Millisecond))
+	}
+	return s
 }

@@ -44,8 +44,11 @@
 // grpc.Server by itself), cannot take its drain back: if the new generation dies
 // while this one drains, the Upgrader starts this process's own build again (its last
 // good build, on the sockets it kept open) rather than serving on. It watches the
-// new generation only while something of the process still drains: here the
-// Drainer's connections. Without a Drainer its part ends at the handover.
+// new generation while something of the process still drains (here the Drainer's
+// connections), then until the new generation's probation is over
+// (graceful.Config.Probation, 10 s from the handover by default): u.Wait returns
+// only then, so that a new build that dies moments after taking over is replaced
+// even when the RPCs here ended at once.
 //
 // The alternative, gRPC over h2c through graceful.Server: a grpc.Server is also an
 // http.Handler (ServeHTTP), so a graceful.Server whose Protocols allow unencrypted
@@ -123,8 +126,8 @@ func run(cfg graceful.Config, addr string, tick time.Duration) error {
 	// Optional, and worth its line: a Drainer counts the connections (`handover
 	// status` shows them) and belongs to the Upgrader, so u.Wait waits until gRPC
 	// has closed them, and the Upgrader goes on watching the new generation
-	// meanwhile. At the drain deadline it force-closes what is left. Without it, the
-	// Upgrader's part ends as soon as it hands over.
+	// meanwhile. At the drain deadline it force-closes what is left. Without it,
+	// u.Wait waits only for the new generation's probation.
 	ln = (&graceful.Drainer{}).Listener(ln)
 	// gRPC serves on a gate, so that no connection accepted at the handover is
 	// dropped by GracefulStop (see gate.go).

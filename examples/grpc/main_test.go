@@ -218,8 +218,13 @@ func testUpgradesUnderLoad(t *testing.T, via string) {
 		}
 	}
 
-	// Every old generation exits once its RPCs are done (the witness streams bound
-	// that: 3 s), well within the drain timeout.
+	// The last one drains and exits 0 on SIGTERM. Every old generation exits once
+	// its RPCs are done (the witness streams bound that: 3 s), well within the drain
+	// timeout, and its successor's probation is over: the one before the last stands
+	// by until the last stops (graceful.Config.Probation, 10 s by default).
+	if err := unix.Kill(last, unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	exitStatus := map[int]string{}
 	for g, pid := range pids[:len(pids)-1] {
 		st, err := reap(pid, drainTimeout+10*time.Second)
@@ -229,10 +234,6 @@ func testUpgradesUnderLoad(t *testing.T, via string) {
 		}
 		reaped[pid] = true
 		exitStatus[pid] = st
-	}
-	// The last one drains and exits 0 on SIGTERM.
-	if err := unix.Kill(last, unix.SIGTERM); err != nil {
-		t.Fatal(err)
 	}
 	if st, err := reap(last, drainTimeout+10*time.Second); err != nil {
 		t.Errorf("generation %d: %v", lastGen, err)

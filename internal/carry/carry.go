@@ -10,7 +10,8 @@
 //     into the handover channel before the new process starts.
 //   - The changes of the process's role (Turn): it serves as the current
 //     generation, an upgrade starts, it has handed over (its successor listens:
-//     Turn.Successor), or it stops for good.
+//     Turn.Successor), it stops for good, or its drain has ended (its last request
+//     is answered).
 //   - What the previous generation sends after the handover (Take with Final).
 //   - The service manager's file descriptor store (Host.Store), which keeps what a
 //     restart or a crash would lose.
@@ -60,12 +61,18 @@ const (
 	// successor listens on Turn.Successor.
 	HandedOver
 	// Stopping: the process stops for good (SIGTERM, Stop); only a restart follows.
-	// Under a `handover run` master it is also how a process hears that a newer
-	// generation is ready: the master stops the old one (Host.UnderMaster).
+	// Under a `handover run` master a process the master stops hears HandedOver
+	// instead when a newer child built with the library said on its link that it
+	// is ready (it is the Successor); Stopping when none did.
 	Stopping
 	// Finishing: the drain must end now, as at its deadline: more generations
 	// drain than Config.MaxDraining, and this is the oldest.
 	Finishing
+	// Drained: every drain of the process has ended, after a handover (the
+	// successor listens on Turn.Successor) or a stop (Successor is nil): no request
+	// is answered any more. A process that handed over may still stand by for its
+	// successor's probation, and serve again if that dies (Serving follows).
+	Drained
 )
 
 // Turn is a change of the process's role, as a Carrier hears of it.
@@ -74,7 +81,8 @@ type Turn struct {
 	// Main is true while the service manager supervises this process: it takes
 	// the process's changes to the fd store.
 	Main bool
-	// Successor is the new generation, for HandedOver.
+	// Successor is the new generation, for HandedOver and Drained after a
+	// handover.
 	Successor Peer
 	// Deadline, for HandedOver and Stopping, is when the process's drain ends at
 	// the latest (Config.DrainTimeout from now). A Carrier that drains something
@@ -117,9 +125,10 @@ type Host interface {
 	// Generation is the process's number in its line: 1 for the first, one more
 	// than its parent's (or, under a master, the master's count).
 	Generation() int
-	// UnderMaster reports whether a `handover run` master runs the process: no
-	// handover channel joins it to the other generations, and it never hears
-	// HandedOver (the master stops it once a newer generation is ready).
+	// UnderMaster reports whether a `handover run` master runs the process: the
+	// master starts the generations and stops the old one once a newer one is
+	// ready; a channel joins them only when the newer one reached the old one's
+	// link in the master's fd store (then the old one hears HandedOver).
 	UnderMaster() bool
 	// TakesBack says that the Carrier serves pc, a datagram socket of the
 	// process's (Upgrader.ListenPacket), and takes it back itself when the process

@@ -16,6 +16,17 @@ func (nop) Turn(Turn)                        {}
 // TestRegister: carriers are kept in the order they register, and the list a
 // caller gets is its own.
 func TestRegister(t *testing.T) {
+	// The registry is the process's: start from an empty one (the test may run
+	// more than once, -count), and give the previous one back.
+	registry.mu.Lock()
+	saved := registry.carriers
+	registry.carriers = nil
+	registry.mu.Unlock()
+	t.Cleanup(func() {
+		registry.mu.Lock()
+		registry.carriers = saved
+		registry.mu.Unlock()
+	})
 	a, b := &nop{"a"}, &nop{"b"}
 	Register(a)
 	Register(b)

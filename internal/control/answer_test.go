@@ -13,10 +13,16 @@ type server struct {
 	st      wire.Status
 	stErr   error
 	outcome Outcome
+	asked   *[]string // the requests Upgrade ran, if set
 }
 
 func (s server) Status() (wire.Status, error) { return s.st, s.stErr }
-func (s server) Upgrade() Outcome             { return s.outcome }
+func (s server) Upgrade(req string) Outcome {
+	if s.asked != nil {
+		*s.asked = append(*s.asked, req)
+	}
+	return s.outcome
+}
 
 // TestAnswer: what a server's typed answers become on the wire, for both requests.
 func TestAnswer(t *testing.T) {
@@ -38,5 +44,16 @@ func TestAnswer(t *testing.T) {
 		if got := Answer(c.req, c.s); !reflect.DeepEqual(got, c.want) {
 			t.Errorf("%s: %+v, want %+v", c.name, got, c.want)
 		}
+	}
+	// The steps of a two-phase upgrade reach the server as they were asked for.
+	var asked []string
+	for _, req := range []string{Prepare, Commit, Abort, Upgrade} {
+		s := server{outcome: Outcome{PID: 9, Generation: 4}, asked: &asked}
+		if got := Answer(req, s); !got.OK || got.PID != 9 {
+			t.Errorf("%s: %+v", req, got)
+		}
+	}
+	if !reflect.DeepEqual(asked, []string{Prepare, Commit, Abort, Upgrade}) {
+		t.Errorf("the server ran %v", asked)
 	}
 }

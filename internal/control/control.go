@@ -3,9 +3,10 @@
 // (Accept, Serve, Answer), for a process built with package graceful and for
 // handover run's master alike: each is a Server.
 //
-// A client connects to the unix socket, writes one request line ("upgrade" or
-// "status", ended by a newline) and reads one response line: a JSON Response. The
-// server answers only peers running as its own user or as root (SO_PEERCRED).
+// A client connects to the unix socket, writes one request line ("upgrade",
+// "prepare", "commit", "abort" or "status", ended by a newline) and reads one
+// response line: a JSON Response. The server answers only peers running as its own
+// user or as root (SO_PEERCRED).
 package control
 
 import (
@@ -25,6 +26,15 @@ const (
 	// Upgrade asks the service to start a new generation and answers when it has
 	// taken over or failed.
 	Upgrade = "upgrade"
+	// Prepare asks the service to start a new generation that does not accept
+	// until Commit, and answers when it is ready and waiting (its PID) or failed.
+	Prepare = "prepare"
+	// Commit makes the prepared generation serve (the old one drains), and answers
+	// once it has taken over.
+	Commit = "commit"
+	// Abort ends the prepared generation, or one being prepared, and answers once
+	// it is dead.
+	Abort = "abort"
 	// Status asks for the service's status.
 	Status = "status"
 )
@@ -59,14 +69,18 @@ type Response struct {
 type Server interface {
 	// Status returns the server's status, or why it cannot (it is exiting).
 	Status() (wire.Status, error)
-	// Upgrade starts an upgrade and returns its outcome, once the new generation
-	// has taken over or the upgrade has failed (or been refused).
-	Upgrade() Outcome
+	// Upgrade runs req, one of Upgrade (an upgrade in one step), Prepare, Commit
+	// and Abort (the steps of a two-phase upgrade), and returns its outcome: once
+	// the new generation has taken over (Upgrade, Commit), is ready and waiting
+	// (Prepare) or is dead (Abort), or the request failed or was refused.
+	Upgrade(req string) Outcome
 }
 
-// Outcome is the outcome of an upgrade asked for on the control socket.
+// Outcome is the outcome of an upgrade (or one of its steps) asked for on the
+// control socket.
 type Outcome struct {
-	// PID and Generation name the process now serving: the new one. They are set
+	// PID and Generation name the new generation: the one now serving (Upgrade,
+	// Commit), the one prepared (Prepare) or the one ended (Abort). They are set
 	// when Err is nil.
 	PID, Generation int
 	// Err says why the upgrade failed, or was refused; nil when it succeeded.
@@ -80,7 +94,7 @@ type Outcome struct {
 	Stopping bool
 }
 
-// Answer answers request req (Upgrade or Status) for s.
+// Answer answers request req (Status, or one of Upgrade's) for s.
 func Answer(req string, s Server) Response {
 	if req == Status {
 		st, err := s.Status()
@@ -89,7 +103,7 @@ func Answer(req string, s Server) Response {
 		}
 		return Response{OK: true, PID: st.PID, Generation: st.Generation, Status: &st}
 	}
-	o := s.Upgrade()
+	o := s.Upgrade(req)
 	switch {
 	case o.Err == nil:
 		return Response{OK: true, PID: o.PID, Generation: o.Generation}
@@ -102,14 +116,17 @@ func Answer(req string, s Server) Response {
 // ParseRequest parses a request line (without its newline).
 func ParseRequest(line string) (string, error) {
 	switch line {
-	case Upgrade, Status:
+	case Upgrade, Prepare, Commit, Abort, Status:
 		return line, nil
 	}
 	if len(line) > 32 {
 		line = line[:32] + "..."
 	}
-	return "", fmt.Errorf("unknown request %q (want %q or %q)", line, Upgrade, Status)
+	return "", fmt.Errorf("unknown request %q (want %s)", line, requests)
 }
+
+// requests lists the requests, for errors.
+var requests = strings.Join([]string{Upgrade, Prepare, Commit, Abort, Status}, ", ")
 
 // ReadRequest reads one request line of at most MaxRequest bytes. The line must end
 // with a newline: bytes the peer sends without one, before it closes its end or

@@ -17,13 +17,14 @@ import (
 // here is untrusted. No input may panic or make a reader hang, and every bad one gets
 // an error saying what was wrong. The seeds are in testdata/fuzz.
 
-// FuzzParseRequest: exactly "upgrade" and "status" are requests; anything else is an
+// FuzzParseRequest: exactly "upgrade", "prepare", "commit", "abort" and "status" are
+// requests; anything else is an
 // error that quotes the line, clipped, so that a huge or hostile line cannot flood
 // the log.
 func FuzzParseRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, line string) {
 		req, err := ParseRequest(line)
-		if line == Upgrade || line == Status {
+		if isRequest(line) {
 			if err != nil || req != line {
 				t.Fatalf("ParseRequest(%q) = %q, %v", line, req, err)
 			}
@@ -33,7 +34,7 @@ func FuzzParseRequest(f *testing.F) {
 			t.Fatalf("ParseRequest(%q) = %q, %v; want an error", line, req, err)
 		}
 		msg := err.Error()
-		if !strings.Contains(msg, "unknown request") || !strings.Contains(msg, `want "upgrade" or "status"`) {
+		if !strings.Contains(msg, "unknown request") || !strings.Contains(msg, "want upgrade, prepare, commit, abort, status") {
 			t.Fatalf("ParseRequest(%q): error %q does not say what is wrong", line, msg)
 		}
 		if len(msg) > 200 {
@@ -78,11 +79,11 @@ func FuzzReadRequest(f *testing.F) {
 			t.Fatalf("ReadRequest(%q) = %q, but the input has no newline", data, req)
 		case err == nil && req != want:
 			t.Fatalf("ReadRequest(%q) = %q, but the first line is %q", data, req, want)
-		case err == nil && req != Upgrade && req != Status:
+		case err == nil && !isRequest(req):
 			t.Fatalf("ReadRequest(%q) = %q, not a request", data, req)
 		case err != nil && err.Error() == "":
 			t.Fatalf("ReadRequest(%q): an empty error", data)
-		case err != nil && newline && len(line) <= MaxRequest && (want == Upgrade || want == Status):
+		case err != nil && newline && len(line) <= MaxRequest && isRequest(want):
 			t.Fatalf("ReadRequest(%q): %v, but the first line is %q", data, err, want)
 		}
 		if bytes.IndexByte(data, '\n') >= 0 {
@@ -165,4 +166,13 @@ func FuzzEncodeResponse(f *testing.F) {
 			t.Fatalf("round trip of %+v gave %+v", resp, got)
 		}
 	})
+}
+
+// isRequest reports whether s is one of the requests.
+func isRequest(s string) bool {
+	switch s {
+	case Upgrade, Prepare, Commit, Abort, Status:
+		return true
+	}
+	return false
 }

@@ -56,7 +56,7 @@ func (s fakeServer) Status() (wire.Status, error) {
 	return wire.Status{PID: s.pid, Generation: 1, State: "serving"}, nil
 }
 
-func (s fakeServer) Upgrade() Outcome {
+func (s fakeServer) Upgrade(string) Outcome {
 	return Outcome{Err: errors.New("no upgrades here")}
 }
 

@@ -87,8 +87,9 @@ func reply(c net.Conn, r Response) {
 // (event control_refused). Otherwise the request line is read: a client that sends
 // none, or none ended by a newline, within ReadTimeout (2 s) or before it closes its
 // end is answered with an error (event control_bad_request), and nothing runs. An
-// upgrade whose client has gone (closed its end; it can no longer read the outcome)
-// by the time its request is read is not started (event control_abandoned): a
+// upgrade (or prepare, commit, abort) whose client has gone (closed its end; it can
+// no longer read the outcome) by the time its request is read is not run (event
+// control_abandoned): a
 // `handover reload` that gave up while the request waited in the socket's queue
 // does not upgrade the service later, unasked. Otherwise s's answer (Answer) is
 // written.
@@ -108,12 +109,12 @@ func Serve(c net.Conn, log *slog.Logger, s Server) {
 			why = fmt.Sprintf("no whole request line within %s", readTimeout)
 		}
 		log.Warn("control socket: bad request", "event", "control_bad_request", "err", why)
-		reply(c, Response{Error: fmt.Sprintf("bad request: %s; a request is one line, %q or %q, ended by a newline", why, Upgrade, Status)})
+		reply(c, Response{Error: fmt.Sprintf("bad request: %s; a request is one line (%s) ended by a newline", why, requests)})
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	if req == Upgrade && peerGone(c) {
-		log.Warn("control socket: the client of an upgrade request has gone; not upgrading", "event", "control_abandoned", "uid", uid)
+	if req != Status && peerGone(c) {
+		log.Warn("control socket: the client of an upgrade request has gone; not upgrading", "event", "control_abandoned", "uid", uid, "request", req)
 		return
 	}
 	reply(c, Answer(req, s))

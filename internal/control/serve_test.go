@@ -28,7 +28,7 @@ func (s *countingServer) Status() (wire.Status, error) {
 	return wire.Status{PID: 1, Generation: 1, State: "serving"}, nil
 }
 
-func (s *countingServer) Upgrade() Outcome {
+func (s *countingServer) Upgrade(string) Outcome {
 	s.upgrades.Add(1)
 	return Outcome{PID: 2, Generation: 2}
 }

@@ -5,8 +5,9 @@ package fds
 import (
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
-	sdactivation "github.com/coreos/go-systemd/v22/activation"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
 )
@@ -19,13 +20,34 @@ func inheritProcess() (*Set, error) {
 	return inherit(osEnv{}, systemdFiles)
 }
 
-// systemdFiles takes the descriptors systemd passed, through go-systemd: the source
-// of systemd's protocol (it checks LISTEN_PID, marks them close-on-exec, names them
-// from LISTEN_FDNAMES and clears the variables).
-func systemdFiles() []*os.File { return sdactivation.Files(true) }
+// systemdFiles takes the descriptors of systemd's protocol (sd_listen_fds(3)), once
+// inherit has checked LISTEN_PID and LISTEN_FDS (and clears the variables): fds 3
+// and up, made close-on-exec, each named as LISTEN_FDNAMES names it, or
+// LISTEN_FD_<fd> when it names none, as go-systemd's activation.Files names them.
+// Done here rather than through go-systemd: its activation package brings crypto/tls
+// and a hundred packages' initialisation into every binary that links this one,
+// among them the start of `handover commit`, which is on the path of a switch.
+func systemdFiles() []*os.File {
+	n, err := strconv.Atoi(os.Getenv(handoff.ListenFDsEnv))
+	if err != nil || n <= 0 {
+		return nil
+	}
+	names := strings.Split(os.Getenv(handoff.ListenFDNamesEnv), ":")
+	files := make([]*os.File, 0, n)
+	for i := range n {
+		fd := handoff.ListenFDsStart + i
+		unix.CloseOnExec(fd)
+		name := "LISTEN_FD_" + strconv.Itoa(fd)
+		if i < len(names) && names[i] != "" {
+			name = names[i]
+		}
+		files = append(files, os.NewFile(uintptr(fd), name))
+	}
+	return files
+}
 
 // inheritedVars are the variables inherit reads, and clears.
-var inheritedVars = []string{handoff.ListenPIDEnv, handoff.ListenFDsEnv, handoff.ListenFDNamesEnv, handoff.MarkerEnv, handoff.MasterEnv, handoff.GenerationEnv}
+var inheritedVars = []string{handoff.ListenPIDEnv, handoff.ListenFDsEnv, handoff.ListenFDNamesEnv, handoff.MarkerEnv, handoff.MasterEnv, handoff.GenerationEnv, handoff.DirectEnv}
 
 // inherit reads what e describes. take returns the descriptors of the systemd
 // protocol once the environment has been validated.
@@ -47,6 +69,9 @@ func inherit(e env, take func() []*os.File) (*Set, error) {
 		if s.source == Parent {
 			by = handoff.MarkerEnv
 		}
+		if s.direct {
+			by = handoff.MasterEnv
+		}
 		return s, fmt.Errorf("%s is set but %s is not", by, handoff.ListenFDsEnv)
 	}
 	names, namesSet := vars[handoff.ListenFDNamesEnv]
@@ -64,14 +89,17 @@ func inherit(e env, take func() []*os.File) (*Set, error) {
 	if s.marker != nil {
 		return s, s.openParentFiles()
 	}
-	// systemd's protocol (from systemd itself or from a master's shim): go-systemd
-	// takes the descriptors.
+	if s.direct {
+		s.wrapFiles()
+		return s, nil
+	}
+	// systemd's protocol (from systemd itself or from a master's shim).
 	taken := take()
 	if len(taken) != n {
 		for _, f := range taken {
 			f.Close()
 		}
-		return s, fmt.Errorf("internal error: go-systemd returned %d descriptors for %s=%d", len(taken), handoff.ListenFDsEnv, n)
+		return s, fmt.Errorf("internal error: took %d descriptors for %s=%d", len(taken), handoff.ListenFDsEnv, n)
 	}
 	for i, f := range taken {
 		s.files[i].file = f
@@ -110,10 +138,37 @@ func (s *Set) adopt(e env, vars map[string]string) (bool, error) {
 		s.marker = &m
 		return true, nil
 	}
+	if version, ok := vars[handoff.DirectEnv]; ok {
+		return s.adoptDirect(e, version, vars)
+	}
 	if _, ok := vars[handoff.ListenFDsEnv]; ok {
 		s.ignored = fmt.Sprintf("%s is set but %s is not; not adopting inherited descriptors", handoff.ListenFDsEnv, handoff.ListenPIDEnv)
 	}
 	return false, nil
+}
+
+// adoptDirect adopts the sockets of a `handover run` master that started this
+// program directly, without LISTEN_PID, for it carries handoff.DirectMark: version
+// (HANDOVER_DIRECT) must be the mark's, and the master (HANDOVER_MASTER) this
+// process's real parent.
+func (s *Set) adoptDirect(e env, version string, vars map[string]string) (bool, error) {
+	if ours := handoff.DirectVersion(); version != ours {
+		s.ignored = fmt.Sprintf("%s=%.64q: this program's direct start is version %q; not adopting inherited descriptors", handoff.DirectEnv, version, ours)
+		return false, nil
+	}
+	master, ok := vars[handoff.MasterEnv]
+	if !ok {
+		return false, fmt.Errorf("%s is set but %s is not", handoff.DirectEnv, handoff.MasterEnv)
+	}
+	if err := s.adoptMaster(e, vars); err != nil {
+		return false, err
+	}
+	if s.source != Master {
+		s.ignored = fmt.Sprintf("%s=%s is not this process's parent (%d); not adopting the descriptors of its direct start", handoff.MasterEnv, master, e.Getppid())
+		return false, nil
+	}
+	s.direct = true
+	return true, nil
 }
 
 // adoptMaster makes the source Master when a `handover run` master, this process's
@@ -204,9 +259,15 @@ func (s *Set) openParentFiles() error {
 		unix.CloseOnExec(e)
 		s.stderr = os.NewFile(uintptr(e), "parent-stderr")
 	}
+	s.wrapFiles()
+	return nil
+}
+
+// wrapFiles makes *os.Files of the passed descriptors, close-on-exec, as go-systemd
+// does for systemd's protocol.
+func (s *Set) wrapFiles() {
 	for _, f := range s.files {
 		unix.CloseOnExec(f.Fd)
 		f.file = os.NewFile(uintptr(f.Fd), f.Name)
 	}
-	return nil
 }

@@ -45,7 +45,7 @@ func runInherit(t *testing.T, vars map[string]string) (*Set, error) {
 	if s == nil {
 		t.Fatalf("inherit(%q) returned a nil Set (err %v)", vars, err)
 	}
-	for _, k := range []string{handoff.ListenPIDEnv, handoff.ListenFDsEnv, handoff.ListenFDNamesEnv, handoff.MarkerEnv, handoff.MasterEnv, handoff.GenerationEnv} {
+	for _, k := range []string{handoff.ListenPIDEnv, handoff.ListenFDsEnv, handoff.ListenFDNamesEnv, handoff.MarkerEnv, handoff.MasterEnv, handoff.GenerationEnv, handoff.DirectEnv} {
 		if _, ok := e.vars[k]; ok || !slices.Contains(e.unset, k) {
 			t.Errorf("inherit(%q): %s was not cleared", vars, k)
 		}
@@ -172,6 +172,53 @@ func TestInheritZero(t *testing.T) {
 	s, err := runInherit(t, map[string]string{handoff.ListenPIDEnv: "4242", handoff.ListenFDsEnv: "0", handoff.ListenFDNamesEnv: ""})
 	if err != nil || s.Source() != Systemd || len(s.Files()) != 0 || s.Ignored() != "" || s.Master() != 0 {
 		t.Errorf("LISTEN_FDS=0: source %v, %d files, ignored %q, master %d, err %v; want systemd, none", s.Source(), len(s.Files()), s.Ignored(), s.Master(), err)
+	}
+}
+
+// TestInheritDirect: a `handover run` master that starts a program carrying the
+// direct mark passes no LISTEN_PID but HANDOVER_DIRECT, the mark's version: the
+// sockets are the master's when HANDOVER_MASTER names our real parent, and the
+// version is ours; otherwise they are ignored, and the Set says why.
+func TestInheritDirect(t *testing.T) {
+	v := handoff.DirectVersion()
+	if v == "" || !strings.HasSuffix(string(handoff.DirectMark[:]), " "+v) {
+		t.Fatalf("DirectVersion %q, mark %q", v, handoff.DirectMark)
+	}
+	s, err := runInherit(t, map[string]string{handoff.DirectEnv: v, handoff.ListenFDsEnv: "0", handoff.MasterEnv: "4000", handoff.GenerationEnv: "7"})
+	if err != nil || s.Source() != Master || s.Master() != 4000 || s.Generation() != 7 || s.Ignored() != "" {
+		t.Errorf("direct start by our parent: source %v, master %d, gen %d, ignored %q, err %v; want master 4000, gen 7", s.Source(), s.Master(), s.Generation(), s.Ignored(), err)
+	}
+	for _, c := range []struct {
+		name  string
+		vars  map[string]string
+		parts []string
+	}{
+		{"master not our parent", map[string]string{handoff.DirectEnv: v, handoff.ListenFDsEnv: "1", handoff.MasterEnv: "17"}, []string{"HANDOVER_MASTER=17", "not this process's parent (4000)"}},
+		{"another version", map[string]string{handoff.DirectEnv: v + "9", handoff.ListenFDsEnv: "1", handoff.MasterEnv: "4000"}, []string{"HANDOVER_DIRECT=", "version"}},
+	} {
+		s, err := runInherit(t, c.vars)
+		if err != nil || s.Source() != Bound || len(s.Files()) != 0 {
+			t.Errorf("%s: source %v, %d files, err %v; want nothing adopted", c.name, s.Source(), len(s.Files()), err)
+		}
+		for _, p := range c.parts {
+			if !strings.Contains(s.Ignored(), p) {
+				t.Errorf("%s: ignored %q does not mention %q", c.name, s.Ignored(), p)
+			}
+		}
+	}
+	for _, c := range []struct {
+		name string
+		vars map[string]string
+		part string
+	}{
+		{"without HANDOVER_MASTER", map[string]string{handoff.DirectEnv: v, handoff.ListenFDsEnv: "1"}, "HANDOVER_DIRECT is set but HANDOVER_MASTER is not"},
+		{"without LISTEN_FDS", map[string]string{handoff.DirectEnv: v, handoff.MasterEnv: "4000"}, "HANDOVER_MASTER is set but LISTEN_FDS is not"},
+		{"master malformed", map[string]string{handoff.DirectEnv: v, handoff.ListenFDsEnv: "1", handoff.MasterEnv: "x"}, `HANDOVER_MASTER="x"`},
+		{"generation malformed", map[string]string{handoff.DirectEnv: v, handoff.ListenFDsEnv: "0", handoff.MasterEnv: "4000", handoff.GenerationEnv: "0"}, "HANDOVER_GENERATION=0"},
+	} {
+		if _, err := runInherit(t, c.vars); err == nil || !strings.Contains(err.Error(), c.part) {
+			t.Errorf("%s: error %v; want one saying %q", c.name, err, c.part)
+		}
 	}
 }
 

@@ -5,9 +5,8 @@
 // A process's descriptors come from the first source that has them:
 //
 //  1. systemd socket activation (LISTEN_PID equal to our PID, LISTEN_FDS,
-//     LISTEN_FDNAMES, descriptors from 3, as in sd_listen_fds(3)), read through
-//     go-systemd's activation package; a `handover run` master passes them the same
-//     way and also sets HANDOVER_MASTER;
+//     LISTEN_FDNAMES, descriptors from 3, as in sd_listen_fds(3)); a `handover run`
+//     master passes them the same way and also sets HANDOVER_MASTER;
 //  2. a handover parent, which passes its sockets the same way but, since it cannot
 //     know the child's PID before fork, names itself in HANDOVER_PARENT (a
 //     handoff.Marker) instead of setting LISTEN_PID;
@@ -101,7 +100,8 @@ type Set struct {
 	source  Source
 	marker  *handoff.Marker
 	master  int
-	gen     int // the generation a master gave, or 0
+	gen     int  // the generation a master gave, or 0
+	direct  bool // the master started this process without LISTEN_PID
 	channel *os.File
 	stderr  *os.File
 	files   []*File
@@ -226,7 +226,7 @@ func (s *Set) ClaimFiles(name string) []*os.File {
 // Take claims every inherited descriptor not claimed yet and returns its file, in
 // order, for a process that passes the descriptors on whole rather than serving on
 // them (handover run's master). The files are the caller's; each is named as it
-// was passed (go-systemd names an unnamed one LISTEN_FD_<fd>).
+// was passed (an unnamed one LISTEN_FD_<fd>, as go-systemd names it).
 func (s *Set) Take() []*os.File {
 	return s.take(func(*File) bool { return true })
 }

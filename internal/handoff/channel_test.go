@@ -59,6 +59,8 @@ func TestParseMessage(t *testing.T) {
 		{line: "keys", want: Message{Verb: "keys"}},
 		{line: "above 0", want: Message{Verb: "above", N: 0}},
 		{line: "above 3", want: Message{Verb: "above", N: 3}},
+		{line: "conns-taken 8", want: Message{Verb: "conns-taken", N: 8}},
+		{line: "conns-taken", wantErr: "needs a count"},
 		{line: "upstream 2", want: Message{Verb: "upstream", N: 2}},
 		{line: "history [{\"trigger\":\"SIGUSR2\"}]", want: Message{Verb: "history", Text: "[{\"trigger\":\"SIGUSR2\"}]"}},
 		{line: "state v2", want: Message{Verb: "state", Text: "v2"}},

@@ -126,5 +126,44 @@ func TestReadSealedRefuses(t *testing.T) {
 		if got, err := ReadSealed(c.f, 1024); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %q, %v; want an error saying %q", c.name, got, err, c.want)
 		}
+		if got, _, err := MapSealed(c.f, 1024); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("MapSealed, %s: %q, %v; want an error saying %q", c.name, got, err, c.want)
+		}
+	}
+}
+
+// TestMapSealed: MapSealed shows the content of a sealed file without copying it,
+// within its limit; release wipes the file, and the memory reads as zeros from then
+// on (a slice kept by mistake does not fault).
+func TestMapSealed(t *testing.T) {
+	data := bytes.Repeat([]byte("state "), 2000) // more than a page
+	f, err := SealedFile("handover-test", data[:6], data[6:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, _, err := MapSealed(f, int64(len(data)-1)); err == nil {
+		t.Error("MapSealed mapped more than its limit")
+	}
+	got, release, err := MapSealed(f, int64(len(data)))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("MapSealed = %d bytes, %v; want the %d written", len(got), err, len(data))
+	}
+	release()
+	if !bytes.Equal(got, make([]byte, len(data))) {
+		t.Error("the memory does not read as zeros after release")
+	}
+	if b, err := ReadSealed(f, int64(len(data))); err != nil || !bytes.Equal(b, make([]byte, len(data))) {
+		t.Errorf("the file after release: %v; want it wiped", err)
+	}
+	empty, err := SealedFile("empty")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer empty.Close()
+	if got, release, err := MapSealed(empty, 10); err != nil || len(got) != 0 {
+		t.Errorf("an empty sealed file: %q, %v", got, err)
+	} else {
+		release()
 	}
 }

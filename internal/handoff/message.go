@@ -20,6 +20,8 @@ import (
 //	                                      (SaveState(false), sealed memfd)
 //	                   "quic-line" + memfd, inboxes   the QUIC line's keys, and the
 //	                                      inboxes of its live generations (module quic)
+//	                   "prepare"          a two-phase upgrade's: do not accept
+//	                                      before "main" (the parent's commit)
 //	                 "end"
 //	child → parent   "ready <pid>"    serving on the inherited sockets
 //	child → parent   "error <text>"   cannot start; about to exit
@@ -30,13 +32,17 @@ import (
 //	                                  accepting (they may have rotated meanwhile),
 //	                                  then the copies of the fd store's key memfds
 //	                                  the parent held: the child owns them now
-//	parent → child   "state final <version>" + memfd   the state once this one
-//	                                  stopped accepting (SaveState(true))
+//	parent → child   "state final <version>" + memfd   the state once this one's
+//	                                  drain has ended (SaveState(true)), or an older
+//	                                  generation's, passed on
 //	parent → child   "above <n>"      the count of older draining generations changed
-//	parent → child   "drained <json>" how the parent's drain went
-//	parent → child   "upstream <n>" + channel   the parent is done and exits: here is
-//	                                  its own channel to an older generation still
-//	                                  draining; n older generations drain
+//	                                  (the parent counts itself until its drain ended)
+//	parent → child   "drained <json>" how the parent's drain went, or an older
+//	                                  generation's, passed on down the line
+//	parent → child   "upstream <n>" + channel   the parent is done and exits (its
+//	                                  drain ended, and the child's probation): here
+//	                                  is its own channel to an older generation
+//	                                  still draining; n older generations drain
 //	child → parent   "done"           no longer the current generation (it handed
 //	                                  over in turn, or is stopping): its exit is no
 //	                                  crash
@@ -45,6 +51,28 @@ import (
 //	child → parent   "finish"         too many generations drain: the oldest (the
 //	                                  one with no upstream) force-closes now; the
 //	                                  others pass it on
+//	parent → child   "conntable" + memfd   in the initial batch: the table of the
+//	                                  connections kept in the fd store (see Conns)
+//	parent → child   "conns <json>" + sockets   idle connections of one listener,
+//	                                  handed over at the handover and as they become
+//	                                  idle during the drain: the child serves their
+//	                                  next request
+//	child → parent   "conns-taken <n>"   the n sockets of a "conns" message are in
+//	                                  the child's hands (sent as it receives them,
+//	                                  before it serves any): the parent lets its own
+//	                                  copies go. Until then it keeps them, unread, and
+//	                                  serves them again if the child dies
+//
+// Under a `handover run` master no child starts another, so a library child makes
+// its own channel to the next one: the serving child keeps one end of a socket pair
+// in the master's fd store (LinkName), every later child inherits it, and a new
+// child sends on it:
+//
+//	new → serving   "next" + channel   a handover channel of its own; on it the
+//	                                  serving child writes the initial batch, the
+//	                                  new child says "ready", the serving child
+//	                                  answers "main", and what follows the handover
+//	                                  (the final state, "conns") goes as above
 const maxMessage = 64 << 10
 
 // Verbs of the handover channel.
@@ -67,14 +95,30 @@ const (
 	// handoverquic, in the quic module): a sealed memfd of the line's keys and
 	// the generations of the inboxes that follow it.
 	QUICLine = "quic-line"
+	Prepare  = "prepare"
+)
+
+// Verbs of the connections handed over (graceful's connection carrier).
+const (
+	// Conns carries idle connections of one listener; its text is a JSON object:
+	// the listener ("name", "network", "addr") and, for connections kept in the fd
+	// store, their names there ("keys", one per descriptor, "" for one not kept).
+	Conns = "conns"
+	// ConnTable carries the table of the connections kept in the fd store.
+	ConnTable = "conntable"
+	// Next, on the link a serving child of a `handover run` master keeps in the
+	// master's fd store (LinkName), carries a new child's handover channel.
+	Next = "next"
+	// ConnsTaken answers Conns: its N descriptors are in the receiver's hands.
+	ConnsTaken = "conns-taken"
 )
 
 // Message is one message of the handover channel.
 type Message struct {
 	Verb string
 	PID  int    // Ready
-	N    int    // Above, Upstream
-	Text string // Error, Abort, History, State, Drained
+	N    int    // Above, Upstream, ConnsTaken
+	Text string // Error, Abort, History, State, Drained, Conns
 	// Files travel with the message (SCM_RIGHTS). The receiver owns them.
 	Files []*os.File
 }
@@ -84,9 +128,9 @@ func (m Message) String() string {
 	switch m.Verb {
 	case Ready:
 		return Ready + " " + strconv.Itoa(m.PID)
-	case Above, Upstream:
+	case Above, Upstream, ConnsTaken:
 		return m.Verb + " " + strconv.Itoa(m.N)
-	case Error, Abort, History, State, Drained:
+	case Error, Abort, History, State, Drained, Conns:
 		return m.Verb + " " + OneLine(m.Text)
 	}
 	return m.Verb
@@ -96,7 +140,7 @@ func (m Message) String() string {
 func ParseMessage(line string) (Message, error) {
 	verb, rest, _ := strings.Cut(line, " ")
 	switch verb {
-	case Ready, Above, Upstream:
+	case Ready, Above, Upstream, ConnsTaken:
 		n, err := strconv.Atoi(rest)
 		if err != nil || n < 0 || verb == Ready && n == 0 || strings.HasPrefix(rest, "+") {
 			if verb == Ready {
@@ -108,9 +152,9 @@ func ParseMessage(line string) (Message, error) {
 			return Message{Verb: verb, PID: n}, nil
 		}
 		return Message{Verb: verb, N: n}, nil
-	case Error, Abort, History, State, Drained:
+	case Error, Abort, History, State, Drained, Conns:
 		return Message{Verb: verb, Text: rest}, nil
-	case Main, Done, Current, End, Keys, Finish, QUICLine:
+	case Main, Done, Current, End, Keys, Finish, QUICLine, Prepare, ConnTable, Next:
 		if rest != "" {
 			return Message{}, fmt.Errorf("handover channel: %q: %s takes no argument", clip(line), verb)
 		}

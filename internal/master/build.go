@@ -35,6 +35,9 @@ type build struct {
 	// resolved). Empty for a binary.
 	prefix []string
 	f      *os.File // exe, open (O_RDONLY|O_CLOEXEC, or O_PATH); nil in the state machine's tests
+	// direct: exe is a binary that carries handoff.DirectMark (a program built with
+	// this module), started without the re-exec shim (see spawn).
+	direct bool
 	dev    uint64
 	ino    uint64
 	refs   int // the children and the machine's fields that hold it
@@ -67,6 +70,8 @@ func openBuild(path string) (*build, error) {
 			b.f, b.exe, b.dev, b.ino = f, file, st.Dev, st.Ino
 			if depth > 0 {
 				b.prefix = append([]string{file}, tail...)
+			} else {
+				b.direct = carriesDirectMark(f)
 			}
 			return b, nil
 		}

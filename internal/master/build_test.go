@@ -3,11 +3,14 @@
 package master
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
 func TestOpenBuild(t *testing.T) {
@@ -127,5 +130,67 @@ func TestShebang(t *testing.T) {
 		if interp != c.interp || arg != c.arg || script != c.script {
 			t.Errorf("%q: %q %q %v; want %q %q %v", c.head, interp, arg, script, c.interp, c.arg, c.script)
 		}
+	}
+}
+
+// TestDirectMark: a binary built with this module (this test, which links the
+// sockets' inheritance) carries the direct mark and is started without the shim;
+// another program, a copy of this one with the mark changed, and a script (its
+// interpreter is what runs) are not.
+func TestDirectMark(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := openBuild(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	if !b.direct {
+		t.Errorf("%s (built with this module) does not carry the direct mark", self)
+	}
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(data, handoff.DirectMark[:]); n != 1 {
+		t.Fatalf("the mark is %d times in %s; want once", n, self)
+	}
+	dir := t.TempDir()
+	other := filepath.Join(dir, "other")
+	if err := os.WriteFile(other, bytes.Replace(data, handoff.DirectMark[:], make([]byte, len(handoff.DirectMark)), 1), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(dir, "script")
+	if err := os.WriteFile(script, []byte("#!"+self+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{other, script, "/bin/sh"} {
+		b, err := openBuild(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.direct {
+			t.Errorf("%s carries the direct mark", p)
+		}
+		b.close()
+	}
+}
+
+// TestReaderHolds: the mark is found wherever it is, across the pieces read too.
+func TestReaderHolds(t *testing.T) {
+	mark := []byte("0123456789")
+	for _, at := range []int{-1, 0, 1, 60, 64 - 10, 64 - 5, 64 - 1, 64, 100, 128 - 3, 190} {
+		data := bytes.Repeat([]byte{'x'}, 200)
+		if at >= 0 {
+			copy(data[at:], mark)
+		}
+		if got := readerHolds(bytes.NewReader(data), mark, make([]byte, 64)); got != (at >= 0) {
+			t.Errorf("mark at %d: holds %v", at, got)
+		}
+	}
+	if readerHolds(bytes.NewReader([]byte("01234")), mark, make([]byte, 64)) {
+		t.Error("a short read holds the mark")
 	}
 }

@@ -57,7 +57,7 @@ func (m *machine) clearLeftovers(c *child, event string) {
 func (m *machine) onSignal(sig syscall.Signal) {
 	switch sig {
 	case syscall.SIGHUP, syscall.SIGUSR2:
-		m.beginUpgrade(signalName(sig), nil)
+		m.beginUpgrade(signalName(sig), false, nil)
 	case syscall.SIGTERM:
 		m.terms++
 		if m.terms > 1 || m.stopping {
@@ -127,8 +127,10 @@ func (m *machine) stop(why string) {
 		}
 		c.stopTimers()
 		m.kill(c)
+		closeCommit(c)
 		m.log.Warn("upgrade abandoned: stopping", "event", "upgrade_failed", "cause", "abandoned", "child", c.pid)
 		answer(up.waiters, control.Outcome{Err: fmt.Errorf("upgrade abandoned: %w", errStopping), Stopping: true})
+		answer(up.aborts, control.Outcome{PID: c.pid, Generation: c.gen})
 	}
 	for _, c := range []*child{m.serving, m.cand} {
 		if c != nil {
@@ -175,6 +177,7 @@ func (m *machine) onGone(c *child) {
 		c.pidfd.Close()
 	}
 	m.dropHeld(c)
+	closeCommit(c)
 	if r := c.drainRec; r != nil && c.role == roleOld {
 		r.Drained, r.DrainSeconds, r.DrainKilled = true, c.reapedAt.Sub(c.stoppedAt).Seconds(), c.killWhy
 	}
@@ -215,8 +218,11 @@ func (m *machine) onGone(c *child) {
 			if time.Since(c.readyAt) >= stableAfter {
 				m.backoff = m.cfg.RestartDelay
 			}
-			if m.up == nil {
+			switch {
+			case m.up == nil:
 				m.scheduleRestart()
+			case m.state == statePrepared:
+				m.commitPrepared(m.cand, "the serving child exited")
 			}
 			// During an upgrade, the new child takes over when ready (or a restart
 			// follows its failure).

@@ -19,6 +19,7 @@ const (
 	DefaultRestartDelay    = 100 * time.Millisecond
 	DefaultRestartDelayMax = 10 * time.Second
 	DefaultMaxDraining     = 3
+	DefaultPrepareTimeout  = 5 * time.Minute
 )
 
 // Config configures the master.
@@ -51,6 +52,10 @@ type Config struct {
 	// StopSignal is what stops a child: an old one after an upgrade, every one when
 	// the master stops. Zero means SIGTERM.
 	StopSignal syscall.Signal
+	// PrepareTimeout bounds how long a prepared child (`handover prepare`) waits for
+	// its commit: past it, it is aborted (killed without having served). Zero means
+	// DefaultPrepareTimeout.
+	PrepareTimeout time.Duration
 	// ReadyAfter, if positive, makes a child that has not sent READY=1 ready once it
 	// has run this long. Zero: READY=1 is required.
 	ReadyAfter time.Duration
@@ -87,6 +92,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.UpgradeTimeout <= 0 {
 		c.UpgradeTimeout = DefaultUpgradeTimeout
+	}
+	if c.PrepareTimeout <= 0 {
+		c.PrepareTimeout = DefaultPrepareTimeout
 	}
 	if c.StopSignal == 0 {
 		c.StopSignal = syscall.SIGTERM

@@ -80,10 +80,12 @@ func (s controlServer) Status() (wire.Status, error) {
 	}
 }
 
-func (s controlServer) Upgrade() control.Outcome {
+// Upgrade runs req (control.Upgrade, Prepare, Commit or Abort) through the loop and
+// waits for its outcome.
+func (s controlServer) Upgrade(req string) control.Outcome {
 	gone := control.Outcome{Err: errExiting, Stopping: true}
 	ch := make(chan control.Outcome, 1)
-	if !s.post(upgradeRequest{trigger: "control socket", reply: ch}) {
+	if !s.post(upgradeRequest{trigger: "control socket", req: req, reply: ch}) {
 		return gone
 	}
 	t := time.NewTimer(s.wait)

@@ -3,11 +3,18 @@
 // containers, PID-tracking supervisors and systemd) while children are upgraded,
 // restarted after a crash, or stopped. The program may be written in any language:
 // it gets the sockets as systemd passes them (fds 3 and up, LISTEN_FDS,
-// LISTEN_FDNAMES, LISTEN_PID set to its own PID) and a NOTIFY_SOCKET on which the
+// LISTEN_FDNAMES, LISTEN_PID set to its own PID by a re-exec shim; a program built
+// with this module's library, which carries handoff.DirectMark, is started directly
+// and gets HANDOVER_DIRECT instead: direct.go) and a NOTIFY_SOCKET on which the
 // master hears READY=1, STATUS=, RELOADING=1, STOPPING=1 and WATCHDOG=1. It also keeps
 // an fd store as systemd does (FDSTORE=1, FDNAME=, FDSTOREREMOVE=1; fdstore.go): what
 // the serving child stores is passed to every later child after the sockets, which is
-// how a child built with handover's library keeps its TLS session-ticket keys.
+// how a child built with handover's library keeps its TLS session-ticket keys, leaves
+// its last state when it is stopped with nobody to hand it to, and reaches the next
+// child: it keeps there one end of a socket pair (handoff.LinkName), on which the
+// next child sends a channel of its own, and the two hand over the application's
+// state and the idle connections as generations of the library do. The master only
+// passes the link on; it never reads it.
 //
 // # Builds
 //
@@ -59,6 +66,7 @@
 // driven by hand in master_test.go. Run (run.go) sets up the world around it: the
 // sockets (sockets.go, through internal/fds), the children's notification socket
 // (notify_linux.go), the control socket (control.go, through internal/control), the
-// signals and the reaper (proctree.go), and starts children through the re-exec shim
-// (spawn.go, shim.go) from the builds it keeps open (build.go).
+// signals and the reaper (proctree.go), and starts children, directly or through the
+// re-exec shim (spawn.go, direct.go, shim.go), from the builds it keeps open
+// (build.go).
 package master

@@ -13,7 +13,10 @@ import (
 // LISTEN_FDS with their names in LISTEN_FDNAMES. A child built with handover's
 // library keeps its TLS session-ticket keys there, so that they survive its
 // successors and its crash. A descriptor already stored (the same open file) is
-// not stored twice; at most maxStored are kept.
+// not stored twice; at most maxStored are kept. A child that drains may change
+// nothing but the application's state (handoff.StateName): the state it leaves as
+// it stops, which the next child to start without another one takes out (a
+// restart after a crash, say).
 
 // maxStored bounds the fd store, as FileDescriptorStoreMax= bounds systemd's.
 const maxStored = 16
@@ -64,7 +67,11 @@ func (m *machine) fdStore(c *child, fields []Field, fds []int) {
 	if !store && !remove {
 		return
 	}
-	if c.role != roleServing && c.role != roleCandidate {
+	// A child the master stopped leaves its last state once drained (when no newer
+	// child took it over), as a service stopped by systemd does: it waits in the
+	// store for the next child to start without one.
+	leaves := c.role == roleOld && named && name == handoff.StateName
+	if c.role != roleServing && c.role != roleCandidate && !leaves {
 		m.log.Warn("fd store: refused: only the serving child (or one starting) may change it", "event", "fdstore_refused", "child", c.pid, "reason", "not_current")
 		return
 	}

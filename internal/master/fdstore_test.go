@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
 // memfd returns a new memfd (owned by the caller, as a received descriptor is).
@@ -187,6 +189,59 @@ func TestMachineFDStoreHeldAside(t *testing.T) {
 	f.ready(cand)
 	if !slices.Equal(f.storedNames(), []string{"keys", "mine"}) || isOpen(served) || !isOpen(mine) {
 		t.Errorf("once the new child is ready: store %q (the serving child's removed: %v)", f.storedNames(), !isOpen(served))
+	}
+	for _, s := range f.m.store {
+		unix.Close(s.fd)
+	}
+}
+
+// TestMachineFDStoreStateOfDrainingChild: a child that drains (the master stopped
+// it) may leave the application's state (handoff.StateName), replacing what was
+// stored under it, and nothing else; the next child, the replacement of a serving
+// child that died, gets it; a link a child stores (handoff.LinkName) is passed to the
+// next child only once the child that stored it took over.
+func TestMachineFDStoreStateOfDrainingChild(t *testing.T) {
+	f := newFake(t, nil)
+	c := f.serving()
+	link := memfd(t)
+	f.notifyFDs(c, storeFields(handoff.LinkName), link)
+	f.upgrade()
+	cand := f.m.cand
+	if len(cand.stored) != 1 || cand.stored[0].fd != link {
+		t.Fatalf("the new child was started with %+v, not the serving child's link", cand.stored)
+	}
+	link2 := memfd(t)
+	f.notifyFDs(cand, []Field{{"FDSTOREREMOVE", "1"}, {"FDNAME", handoff.LinkName}})
+	f.notifyFDs(cand, storeFields(handoff.LinkName), link2)
+	if f.m.store[0].fd != link {
+		t.Fatalf("a starting child's link replaced the serving child's")
+	}
+	f.ready(cand)
+	if len(f.m.store) != 1 || f.m.store[0].fd != link2 || isOpen(link) {
+		t.Fatalf("after the takeover: store %+v, the old link open %v", f.m.store, isOpen(link))
+	}
+
+	// The old child drains: its state is taken (replacing an older one), anything
+	// else is refused.
+	state1, state2, other := memfd(t), memfd(t), memfd(t)
+	f.notifyFDs(c, storeFields(handoff.StateName), state1)
+	f.notifyFDs(c, []Field{{"FDSTOREREMOVE", "1"}, {"FDNAME", handoff.StateName}})
+	f.notifyFDs(c, storeFields(handoff.StateName), state2)
+	f.notifyFDs(c, storeFields("other"), other)
+	if !slices.Equal(f.storedNames(), []string{handoff.LinkName, handoff.StateName}) || f.m.store[1].fd != state2 || isOpen(state1) || isOpen(other) {
+		t.Fatalf("the draining child's changes: store %q, the first state open %v, the other open %v", f.storedNames(), isOpen(state1), isOpen(other))
+	}
+	f.exit(c, 0)
+
+	// The serving child dies during its probation: the last good build, started
+	// in its place, gets the state.
+	f.exit(cand, 1)
+	if f.m.cand == nil {
+		t.Fatal("no replacement started")
+	}
+	got := f.m.cand.stored
+	if len(got) != 2 || got[1].name != handoff.StateName || got[1].fd != state2 {
+		t.Fatalf("the restarted child was started with %+v", got)
 	}
 	for _, s := range f.m.store {
 		unix.Close(s.fd)

@@ -51,6 +51,7 @@ const (
 	stateStarting  = "starting"  // no child is serving: the first one, or a restart, is starting
 	stateServing   = "serving"   // a child serves
 	stateUpgrading = "upgrading" // a new child is starting to replace the serving one
+	statePrepared  = "prepared"  // a prepared new child waits for its commit (prepare.go)
 	stateStopping  = "stopping"  // stopping the children, then exiting
 )
 
@@ -139,8 +140,14 @@ type child struct {
 	lastPing  time.Time
 
 	stored []storedFD // the fd store when it was started: passed after the sockets
-	held   []storeOp  // its changes of the fd store while it starts, applied when it takes over
-	pidfd  *os.File   // the pidfd it was started with (nil in the state machine's tests)
+	// A two-phase upgrade's (prepare.go): canPrepare is set once the child said it
+	// can be prepared; commit is the pipe to a child started to be prepared, and
+	// prepared when it said it is ready and waits.
+	canPrepare bool
+	commit     *os.File
+	prepared   time.Time
+	held       []storeOp // its changes of the fd store while it starts, applied when it takes over
+	pidfd      *os.File  // the pidfd it was started with (nil in the state machine's tests)
 }
 
 // event is what the state goroutine consumes.
@@ -163,9 +170,11 @@ type (
 		fields []Field
 		fds    []int // passed with it: stored, or closed once handled
 	}
-	// upgradeRequest: the control socket asks for an upgrade; the outcome goes to reply.
+	// upgradeRequest: the control socket asks for an upgrade (req: control.Upgrade,
+	// or a two-phase upgrade's Prepare, Commit, Abort); the outcome goes to reply.
 	upgradeRequest struct {
 		trigger string
+		req     string
 		reply   chan<- control.Outcome
 	}
 	// statusRequest: the control socket asks for the status.
@@ -201,6 +210,7 @@ const (
 	timerFinish                        // leftovers were killed: exit even if some are not reaped
 	timerSettle                        // a new child served Config.Settle: its upgrade is done
 	timerProbation                     // a new child served its probation: its build is good
+	timerPrepare                       // a prepared child waited Config.PrepareTimeout: abort it
 )
 
 // upgrade is the upgrade in progress.
@@ -209,6 +219,11 @@ type upgrade struct {
 	started time.Time
 	waiters []chan<- control.Outcome
 	rec     *wire.Upgrade // its record, listed once it has an outcome
+	// A two-phase upgrade's (prepare.go): prepare is set for one; aborts wait for
+	// the end of the prepared child; committed is when it was committed.
+	prepare   bool
+	aborts    []chan<- control.Outcome
+	committed time.Time
 }
 
 // machine is the master's state. Only the run goroutine touches it.
@@ -224,6 +239,7 @@ type machine struct {
 	settle  func(c *child)                                       // post goneEvent once c's output settled
 	resolve func(prog string) (string, error)                    // find PROG on disk now (resolveProg)
 	open    func(path string) (*build, error)                    // open the build at path (openBuild)
+	pipe    func() (r int, w *os.File, err error)                // a commit pipe, close-on-exec (commitPipe)
 	launch  func(b *build) launch                                // how to start b from disk now (resolveLaunch)
 	ran     func(b *build, pid int) *build                       // what child pid runs, if not b (ranBuild)
 	sd      func(state string)                                   // tell systemd, if it listens
@@ -306,7 +322,7 @@ func (m *machine) handle(ev event) {
 	case notifyEvent:
 		m.onNotify(ev)
 	case upgradeRequest:
-		m.beginUpgrade(ev.trigger, ev.reply)
+		m.onUpgradeRequest(ev)
 	case statusRequest:
 		ev.reply <- m.status()
 	case timerEvent:
@@ -387,6 +403,8 @@ func (m *machine) onTimer(kind timerKind, c *child) {
 		if c == m.serving && !c.reaped {
 			m.settled(c)
 		}
+	case timerPrepare:
+		m.prepareTimedOut(c)
 	case timerProbation:
 		if c != m.serving || c.reaped || !c.onProbation {
 			return

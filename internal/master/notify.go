@@ -53,6 +53,7 @@ func (m *machine) onNotify(ev notifyEvent) {
 		return
 	}
 	m.fdStore(c, ev.fields, ev.fds)
+	waits := canPrepare(c, ev.fields)
 	ready := false
 	for _, f := range ev.fields {
 		switch f.Key {
@@ -92,10 +93,15 @@ func (m *machine) onNotify(ev notifyEvent) {
 		return
 	}
 	switch {
-	case c == m.cand && !c.killed && !c.reaped && !m.stopping:
+	case c == m.cand && c.role == roleCandidate && !c.killed && !c.reaped && !m.stopping:
 		// (A child that said READY=1 and died before this was read is not ready: its
 		// exit is being handled.)
-		m.takeOver(c, "notify")
+		switch {
+		case c.commit != nil:
+			m.onPrepared(c, waits)
+		case c.prepared.IsZero():
+			m.takeOver(c, "notify")
+		}
 	case c == m.serving && c.reloading:
 		c.reloading = false
 		if m.up == nil {

@@ -158,6 +158,7 @@ func (h *host) machine() *machine {
 	m.settle = h.settle
 	m.resolve = resolveProg
 	m.open = openBuild
+	m.pipe = commitPipe
 	m.launch = func(b *build) launch { return resolveLaunch(h.cfg.Args, h.cfg.Dir, b) }
 	m.ran = ranBuild
 	socks := map[uint64]bool{}

@@ -18,11 +18,11 @@ import (
 // master's own values must not reach a child.
 var protocolVars = []string{
 	handoff.ListenPIDEnv, handoff.ListenFDsEnv, handoff.ListenFDNamesEnv, handoff.MarkerEnv, handoff.MasterEnv, handoff.GenerationEnv,
-	sdnotify.Env, sdnotify.WatchdogUSecEnv, sdnotify.WatchdogPIDEnv, ShimEnv, ShimFDEnv,
+	handoff.DirectEnv, sdnotify.Env, sdnotify.WatchdogUSecEnv, sdnotify.WatchdogPIDEnv, ShimEnv, ShimFDEnv,
 }
 
 // childEnv is the environment of every child, but LISTEN_FDS and LISTEN_FDNAMES,
-// which spawn adds (the shim adds LISTEN_PID): the master's own without the
+// which spawn adds (the shim adds LISTEN_PID; a direct start has none): the master's own without the
 // protocol variables, then the master's notification socket, its PID, and the
 // watchdog's interval (the shim adds WATCHDOG_PID).
 func childEnv(environ []string, notifyPath string, wd *sdnotify.Watchdog) []string {
@@ -46,14 +46,17 @@ func childEnv(environ []string, notifyPath string, wd *sdnotify.Watchdog) []stri
 	return env
 }
 
-// spawn starts c through the re-exec shim: this binary, with ShimEnv naming the
-// program, execs it in place once it has set LISTEN_PID to its own PID. The child
-// gets /dev/null as stdin, the master's stdout, a pipe as stderr (relayed to
-// Config.Stderr, its last lines kept: c.out), the sockets at fd 3 and up, then the
-// fd store's descriptors (c.stored), its own process group, and SIGKILL if the
-// master dies; c.pidfd is its pidfd, through which the master signals it. A child started from the kept build (c.kept) also gets that build's
-// descriptor after those, named by ShimFDEnv: the shim runs that file, not the one
-// now at the path, and the program does not inherit it.
+// spawn starts c: a program built with this module (its build carries
+// handoff.DirectMark) directly, with DirectEnv; any other through the re-exec shim,
+// this binary with ShimEnv naming the program, which execs it in place once it has
+// set LISTEN_PID to its own PID. The child gets /dev/null as stdin, the master's
+// stdout, a pipe as stderr (relayed to Config.Stderr, its last lines kept: c.out),
+// the sockets at fd 3 and up, then the fd store's descriptors (c.stored), its own
+// process group, and SIGKILL if the master dies; c.pidfd is its pidfd, through which
+// the master signals it. A child started from the kept build (c.kept) goes through
+// the shim, and also gets that build's descriptor after those, named by ShimFDEnv:
+// the shim runs that file, not the one now at the path, and the program does not
+// inherit it.
 func (h *host) spawn(c *child) error {
 	if h.devnull == nil {
 		f, err := os.Open(os.DevNull)
@@ -80,17 +83,24 @@ func (h *host) spawn(c *child) error {
 	env := append(append([]string(nil), h.env...),
 		handoff.ListenFDsEnv+"="+strconv.Itoa(len(names)),
 		handoff.ListenFDNamesEnv+"="+strings.Join(names, ":"),
-		ShimEnv+"="+c.exe, handoff.GenerationEnv+"="+strconv.Itoa(c.gen))
+		handoff.GenerationEnv+"="+strconv.Itoa(c.gen))
 	argv := append([]string{h.cfg.Prog}, c.launch.args...)
-	if c.kept && c.build.f != nil {
-		env = append(env, ShimFDEnv+"="+strconv.Itoa(len(files)))
+	path := "/proc/self/exe"
+	switch {
+	case c.kept && c.build.f != nil:
+		env = append(env, ShimEnv+"="+c.exe, ShimFDEnv+"="+strconv.Itoa(len(files)))
 		files = append(files, c.build.f.Fd())
 		argv = c.build.argv(h.cfg.Prog, c.launch.args)
+	case !c.kept && c.build.direct:
+		path = c.exe
+		env = append(env, handoff.DirectEnv+"="+handoff.DirectVersion())
+	default:
+		env = append(env, ShimEnv+"="+c.exe)
 	}
-	c.pid, c.pidfd, err = forkExec("/proc/self/exe", argv, &syscall.ProcAttr{Dir: c.launch.dir, Env: env, Files: files})
+	c.pid, c.pidfd, err = forkExec(path, argv, &syscall.ProcAttr{Dir: c.launch.dir, Env: env, Files: files})
 	if err != nil {
 		pr.Close()
-		return fmt.Errorf("starting %s: %w", c.exe, err)
+		return fmt.Errorf("starting %s: %w", c.exe, proc.ExplainExec(c.exe, err))
 	}
 	c.out = proc.Relay(pr, h.cfg.Stderr)
 	return nil

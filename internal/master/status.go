@@ -41,7 +41,10 @@ func (m *machine) status() wire.Status {
 		st.Child = m.serving.pid
 		st.ChildExecutable = m.childExecutable()
 	}
-	if m.up != nil && m.cand != nil {
+	switch {
+	case m.state == statePrepared && m.cand != nil:
+		st.Prepared = m.cand.pid
+	case m.up != nil && m.cand != nil:
 		st.Upgrading = m.cand.pid
 	}
 	for _, c := range m.children {
@@ -90,6 +93,11 @@ func (m *machine) statusLine() string {
 		}
 	case stateServing:
 		fmt.Fprintf(&b, "serving: child PID %d, generation %d", m.serving.pid, m.serving.gen)
+	case statePrepared:
+		fmt.Fprintf(&b, "prepared: child PID %d, generation %d waits for handover commit", m.cand.pid, m.cand.gen)
+		if m.serving != nil {
+			fmt.Fprintf(&b, "; child PID %d, generation %d serving", m.serving.pid, m.serving.gen)
+		}
 	case stateUpgrading:
 		if m.cand != nil {
 			fmt.Fprintf(&b, "upgrading: starting generation %d", m.gen+1)

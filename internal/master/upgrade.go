@@ -10,7 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/seed-a7250cfa/handover/internal/control"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/proc"
 	"github.com/seed-a7250cfa/handover/internal/sdnotify"
 	"github.com/seed-a7250cfa/handover/internal/wire"
@@ -50,8 +53,20 @@ func (m *machine) startCandidate(trigger string, rec *wire.Upgrade) error {
 	} else {
 		c.launch = m.launch(b)
 	}
+	var commitEnd int
+	if c.upgrade && m.up != nil && m.up.prepare {
+		// The child's end of the commit pipe, passed after the fd store.
+		var err error
+		if commitEnd, c.commit, err = m.pipe(); err != nil {
+			m.drop(b)
+			return fmt.Errorf("a commit pipe for the prepared child: %w", err)
+		}
+		c.stored = append(c.stored, storedFD{name: handoff.PrepareName, fd: commitEnd})
+		defer unix.Close(commitEnd)
+	}
 	if err := m.spawn(c); err != nil {
 		m.drop(b)
+		closeCommit(c)
 		return err
 	}
 	m.children[c.pid] = c
@@ -104,6 +119,10 @@ func (m *machine) takeOver(c *child, via string) {
 	if rec := c.rec; rec != nil {
 		rec.To, rec.Generation, rec.End, rec.Outcome = c.pid, c.gen, c.readyAt, wire.OK
 		rec.HandoverSeconds = c.readyAt.Sub(rec.Start).Seconds()
+		if !c.prepared.IsZero() && m.up != nil {
+			// A two-phase upgrade: its handover is the commit's.
+			rec.Committed, rec.HandoverSeconds = m.up.committed, c.readyAt.Sub(m.up.committed).Seconds()
+		}
 		m.record(rec)
 		if old != nil {
 			old.drainRec = rec
@@ -117,7 +136,11 @@ func (m *machine) takeOver(c *child, via string) {
 		if old != nil {
 			from = old.pid
 		}
-		m.log.Info("handed over", "event", "handed_over", "from", from, "to", c.pid, "gen", c.gen, "took", time.Since(up.started).Round(time.Microsecond).String())
+		took := time.Since(up.started)
+		if !up.committed.IsZero() {
+			took = time.Since(up.committed) // a two-phase upgrade's: the commit's
+		}
+		m.log.Info("handed over", "event", "handed_over", "from", from, "to", c.pid, "gen", c.gen, "took", took.Round(time.Microsecond).String())
 	}
 	// systemd first, then whoever asked: when `handover reload` (ExecReload=) returns,
 	// systemd has the new status (it reads notifications before SIGCHLD).
@@ -173,34 +196,25 @@ func (m *machine) limitDraining() {
 	}
 }
 
-// beginUpgrade starts an upgrade, or says why it cannot. reply, if not nil, gets the
-// outcome.
-func (m *machine) beginUpgrade(trigger string, reply chan<- control.Outcome) {
-	refuse := func(reason string, err error) {
-		m.log.Warn("upgrade refused", "event", "upgrade_refused", "reason", reason, "trigger", trigger)
-		if reply != nil {
-			reply <- control.Outcome{Err: fmt.Errorf("upgrade refused: %w", err), Stopping: reason == "stopping"}
-		}
-	}
-	switch {
-	case m.stopping:
-		refuse("stopping", errStopping)
-		return
-	case m.up != nil:
-		refuse("in_progress", fmt.Errorf("one is already in progress (new child PID %d)", m.cand.pid))
-		return
-	case m.serving == nil:
-		refuse("not_ready", errors.New("no child is serving yet (the program is starting or restarting; see handover status)"))
+// beginUpgrade starts an upgrade, or a two-phase upgrade's prepare, or says why it
+// cannot. reply, if not nil, gets the outcome.
+func (m *machine) beginUpgrade(trigger string, prepare bool, reply chan<- control.Outcome) {
+	if reason, err := m.refusal(prepare); err != nil {
+		m.refuse(trigger, reason, err, reply)
 		return
 	}
-	m.log.Info("upgrade starting", "event", "upgrade_start", "trigger", trigger)
+	m.log.Info("upgrade starting", "event", "upgrade_start", "trigger", trigger, "prepare", prepare)
 	now := time.Now()
-	m.up = &upgrade{trigger: trigger, started: now, rec: &wire.Upgrade{Trigger: trigger, Start: now, From: m.serving.pid, Generation: m.gen + 1}}
+	m.up = &upgrade{trigger: trigger, started: now, prepare: prepare, rec: &wire.Upgrade{Trigger: trigger, Start: now, From: m.serving.pid, Generation: m.gen + 1}}
 	if reply != nil {
 		m.up.waiters = append(m.up.waiters, reply)
 	}
 	m.state = stateUpgrading
-	m.sd("RELOADING=1\n" + sdnotify.MonotonicUsec() + "\nSTATUS=" + m.statusLine())
+	if prepare {
+		m.sd("STATUS=" + m.statusLine()) // systemd hears RELOADING=1 at the commit
+	} else {
+		m.sd("RELOADING=1\n" + sdnotify.MonotonicUsec() + "\nSTATUS=" + m.statusLine())
+	}
 	if err := m.startCandidate(trigger, m.up.rec); err != nil {
 		f := &proc.Failure{Cause: "start", Err: err}
 		m.recordFailure(m.up.rec, f)
@@ -213,12 +227,21 @@ func (m *machine) beginUpgrade(trigger string, reply chan<- control.Outcome) {
 func (m *machine) upgradeFailed(f *proc.Failure, c *child) {
 	up := m.up
 	m.up = nil
-	m.lastErr = f
-	args := []any{"event", "upgrade_failed", "cause", f.Cause, "err", firstLine(f.Err.Error())}
+	args := []any{"cause", f.Cause, "err", firstLine(f.Err.Error())}
 	if c != nil {
 		args = append(args, "child", c.pid)
+		answer(up.aborts, control.Outcome{PID: c.pid, Generation: c.gen})
 	}
-	m.log.Warn("upgrade failed; the serving child serves on", args...)
+	switch f.Cause {
+	case causeAborted:
+		m.log.Info("prepared child aborted; the serving child serves on", append([]any{"event", "upgrade_aborted"}, args...)...)
+	case causePrepareTimeout:
+		m.lastErr = f
+		m.log.Warn("the prepared child waited too long for its commit: aborted; the serving child serves on", append([]any{"event", "upgrade_aborted"}, args...)...)
+	default:
+		m.lastErr = f
+		m.log.Warn("upgrade failed; the serving child serves on", append([]any{"event", "upgrade_failed"}, args...)...)
+	}
 	if m.serving != nil {
 		m.state = stateServing
 		m.sd("READY=1\nSTATUS=" + m.statusLine())
@@ -233,8 +256,11 @@ func (m *machine) upgradeFailed(f *proc.Failure, c *child) {
 // as f, and lists it.
 func (m *machine) recordFailure(rec *wire.Upgrade, f *proc.Failure) {
 	rec.End, rec.Outcome, rec.Reason, rec.Error, rec.Stderr = time.Now(), wire.Failed, f.Cause, f.Err.Error(), strings.Join(f.Stderr, "\n")
-	if f.Cause == "abandoned" {
+	switch f.Cause {
+	case "abandoned":
 		rec.Outcome = wire.Abandoned
+	case causeAborted, causePrepareTimeout:
+		rec.Outcome = wire.Aborted
 	}
 	m.record(rec)
 }
@@ -292,7 +318,12 @@ func (m *machine) upgradeDied(c *child) {
 	c.waiters = nil
 	if m.up != nil {
 		// Another upgrade is under way: its new child takes over when ready (or a
-		// restart, from the last good build, follows its failure).
+		// restart, from the last good build, follows its failure); a prepared one
+		// at once.
+		if m.state == statePrepared {
+			m.commitPrepared(m.cand, "the serving child exited")
+			return
+		}
 		m.sd("STATUS=" + m.statusLine())
 		return
 	}

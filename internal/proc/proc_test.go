@@ -67,9 +67,28 @@ func TestCheck(t *testing.T) {
 }
 
 // TestStart: a started child is watched until it exits, and reaped: its exit status
-// says how it ended; Kill kills it. An interpreter that is missing is named as what
-// is missing.
+// says how it ended; Kill kills it, and does nothing once Release was called. An
+// interpreter that is missing is named as what is missing. The same without pidfds
+// (an old kernel), where the child is waited for by PID.
 func TestStart(t *testing.T) {
+	t.Run("pidfd", func(t *testing.T) {
+		if !pidfdWorks() {
+			t.Skip("no pidfd on this system")
+		}
+		testStart(t)
+	})
+	t.Run("pid", func(t *testing.T) {
+		saved := pidfdWorks
+		pidfdWorks = func() bool { return false }
+		defer func() { pidfdWorks = saved }()
+		testStart(t)
+		if _, err := Start(Spec{Path: "/bin/true", Args: []string{"true"}, Sibling: true}); err == nil || !strings.Contains(err.Error(), "needs pidfd support") {
+			t.Errorf("a sibling without pidfds: %v", err)
+		}
+	})
+}
+
+func testStart(t *testing.T) {
 	p, err := Start(Spec{Path: "/bin/sh", Args: []string{"sh", "-c", "exit 3"}})
 	if err != nil {
 		t.Fatal(err)
@@ -96,6 +115,19 @@ func TestStart(t *testing.T) {
 	if got := p.ExitStatus(); got != "signal: killed" {
 		t.Errorf("killed: exit status %q", got)
 	}
+
+	p, err = Start(Spec{Path: "/bin/sh", Args: []string{"sh", "-c", "exec sleep 60"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Release()
+	p.Kill()
+	if syscall.Kill(p.Pid(), 0) != nil {
+		t.Errorf("Kill after Release killed %d", p.Pid())
+	}
+	syscall.Kill(p.Pid(), syscall.SIGKILL)
+	var ws syscall.WaitStatus
+	syscall.Wait4(p.Pid(), &ws, 0, nil)
 
 	script := filepath.Join(t.TempDir(), "script")
 	os.WriteFile(script, []byte("#!/no/such/interpreter\n"), 0o755)

@@ -19,9 +19,11 @@ type Status struct {
 	// Under a master, it is the serving child's.
 	Generation int `json:"generation"`
 	// State is one of "starting", "serving", "upgrading" (a new generation is
-	// starting), "draining" (a new generation took over; this one finishes its
-	// connections), "stopping" (draining after SIGTERM) and "exited" (drained;
-	// Wait has returned). A master is starting, serving, upgrading or stopping.
+	// starting), "prepared" (a new generation is ready and waits for `handover
+	// commit`; this one serves), "draining" (a new generation took over; this one
+	// finishes its connections), "stopping" (draining after SIGTERM) and "exited"
+	// (drained; Wait has returned). A master is starting, serving, upgrading,
+	// prepared or stopping.
 	State string `json:"state"`
 	// Executable is the program the next upgrade starts.
 	Executable string `json:"executable"`
@@ -36,6 +38,9 @@ type Status struct {
 	Connections ConnCounts `json:"connections"`
 	// Upgrading is the PID of the new generation being started, or 0.
 	Upgrading int `json:"upgrading,omitempty"`
+	// Prepared is the PID of a prepared new generation (`handover prepare`): ready,
+	// not accepting, waiting for `handover commit` or `handover abort`; or 0.
+	Prepared int `json:"prepared,omitempty"`
 	// LastError is why the last upgrade failed, if it did (cleared by a successful
 	// one). A master also reports there why its last restart failed, or why its
 	// serving child exited.
@@ -56,6 +61,12 @@ type Status struct {
 	// OlderDraining counts the older generations (a master: the old children)
 	// still draining.
 	OlderDraining int `json:"older_draining,omitempty"`
+	// ProbationUntil, a library process's only, is the end of the probation of
+	// the last handover it took part in, while it lasts: until then the old
+	// generation, drained, stands by to serve again should the new one die (see
+	// graceful.Config.Probation). The new generation reports it as the old one
+	// promised it at the handover; the old one, its own.
+	ProbationUntil time.Time `json:"probation_until,omitzero"`
 	// Upgrades are the last upgrades of the line, oldest first (at most 10).
 	Upgrades []Upgrade `json:"upgrades,omitempty"`
 }
@@ -85,6 +96,12 @@ type ConnCounts struct {
 	Hijacked int `json:"hijacked"`
 	// Accepted counts every connection ever accepted.
 	Accepted uint64 `json:"accepted"`
+	// Received counts the idle connections the previous generation (or, after a
+	// restart, systemd's fd store) handed to this process; HandedOver the idle
+	// connections this process handed to the next generation (or to the fd store
+	// as it stopped). Neither is counted in Accepted.
+	Received   uint64 `json:"received,omitempty"`
+	HandedOver uint64 `json:"handed_over,omitempty"`
 }
 
 // Total returns the number of open connections.
@@ -97,6 +114,8 @@ func (c *ConnCounts) Add(o ConnCounts) {
 	c.Idle += o.Idle
 	c.Hijacked += o.Hijacked
 	c.Accepted += o.Accepted
+	c.Received += o.Received
+	c.HandedOver += o.HandedOver
 }
 
 // Outcomes of an upgrade (Upgrade.Outcome).
@@ -107,10 +126,14 @@ const (
 	Failed = "failed"
 	// Abandoned: a stop came first.
 	Abandoned = "abandoned"
-	// Died: it took over, then died while the old one drained (which served
-	// again), or, under a master, during its probation (the last good build was
-	// started in its place).
+	// Died: it took over, then died during its probation (ProbationUntil) or
+	// while the old one drained: the old one served again, or started the last
+	// good build in its place (a master always does the latter).
 	Died = "died"
+	// Aborted: a prepared new generation (`handover prepare`) was ended without
+	// having served: `handover abort`, or it waited longer than the prepare
+	// timeout (Reason "aborted" or "prepare_timeout").
+	Aborted = "aborted"
 )
 
 // Upgrade is the record of one upgrade, as Status lists them. A library process
@@ -130,7 +153,7 @@ type Upgrade struct {
 	From       int `json:"from"`
 	To         int `json:"to,omitempty"`
 	Generation int `json:"generation"`
-	// Outcome is OK, Failed, Abandoned or Died.
+	// Outcome is OK, Failed, Abandoned, Died or Aborted.
 	Outcome string `json:"outcome"`
 	// Reason says why it failed or died: "exited", "timeout", "start", ... (the
 	// cause of the upgrade_failed log line), with Error the whole message and
@@ -139,21 +162,43 @@ type Upgrade struct {
 	Error  string `json:"error,omitempty"`
 	Stderr string `json:"stderr,omitempty"`
 	// HandoverSeconds is the time from the request to the new generation being
-	// ready and confirmed (MAINPID= under systemd).
+	// ready and confirmed (MAINPID= under systemd). For a two-phase upgrade it is
+	// the commit's: from the commit's request to the new generation taking over.
 	HandoverSeconds float64 `json:"handover_seconds"`
+	// A two-phase upgrade's (`handover prepare`, then `handover commit`): Prepared
+	// is when the new generation was ready and waiting, PrepareSeconds the time
+	// from Start to then, and Committed when the commit was asked for (zero if it
+	// never was). Start is when the prepare was asked for.
+	Prepared       time.Time `json:"prepared,omitzero"`
+	PrepareSeconds float64   `json:"prepare_seconds,omitempty"`
+	Committed      time.Time `json:"committed,omitzero"`
 	// The old generation's drain, once it is over: how long it took, how many
-	// connections closed by themselves and how many were force-closed at the
-	// deadline, and how many HTTP requests it answered after the handover. A
+	// connections closed by themselves and how many were force-closed, how many
+	// idle connections it handed to the new generation instead of closing them,
+	// and how many HTTP requests its Servers answered after the handover
+	// (requests whose handler returned; not those whose handler hijacked the
+	// connection). A library process completes the record of every upgrade of its
+	// line, however many followed (each generation passes older drains on). A
 	// master cannot see connections: in its records the counts stay 0 (a library
 	// child reports them in its own status).
-	Drained       bool    `json:"drained"`
-	DrainSeconds  float64 `json:"drain_seconds,omitempty"`
-	ConnsClosed   int     `json:"conns_closed,omitempty"`
-	ConnsForced   int     `json:"conns_forced,omitempty"`
-	RequestsAfter uint64  `json:"requests_after,omitempty"`
-	// DrainKilled, a master's only, says why it killed the old child before it
-	// exited by itself: "deadline" (SIGKILL at the drain timeout), "max_draining"
-	// (more old children drained than -max-draining: the oldest is killed at once)
-	// or "stop" (a second stop signal).
+	Drained         bool    `json:"drained"`
+	DrainSeconds    float64 `json:"drain_seconds,omitempty"`
+	ConnsClosed     int     `json:"conns_closed,omitempty"`
+	ConnsForced     int     `json:"conns_forced,omitempty"`
+	ConnsHandedOver int     `json:"conns_handed_over,omitempty"`
+	RequestsAfter   uint64  `json:"requests_after,omitempty"`
+	// DrainKilled says why the old generation's drain was cut short. A master's:
+	// why it killed the old child before it exited by itself: "deadline" (SIGKILL
+	// at the drain timeout), "max_draining" (more old children drained than
+	// -max-draining: the oldest is killed at once) or "stop" (a second stop
+	// signal). A library process's: why it force-closed connections (ConnsForced
+	// counts them): "deadline" (Config.DrainTimeout) or "max_draining" (more
+	// generations drained than Config.MaxDraining: the oldest finishes at once).
 	DrainKilled string `json:"drain_killed,omitempty"`
+	// ProbationUntil, a library process's only, is when the new generation's
+	// probation ends (or ended): until then the old generation, once drained,
+	// stands by to serve again should the new one die (graceful.Config.Probation).
+	// Zero when there is none (under systemd, or Probation negative). A new
+	// generation that dies before it makes the upgrade Died.
+	ProbationUntil time.Time `json:"probation_until,omitzero"`
 }

@@ -70,20 +70,28 @@ type server interface {
 	CtlOverhead(n int) []time.Duration
 }
 
+// demoFlags are handover-demo's flags in every approach that starts it itself. The
+// probation is short: an old generation stands by, once drained, for its
+// successor's probation (the library's default is 10 s without a service manager),
+// and the benches wait for the old process to exit between restarts. It stands by
+// idle, holding its copies of the sockets without accepting: nothing of a switch or
+// of the load goes through it.
+var demoFlags = []string{"-drain-timeout", "30s", "-probation", "200ms"}
+
 var approaches = []approach{
 	{
 		Name:    "handover-usr2",
 		Label:   "handover: SIGUSR2 (no systemd)",
-		Server:  "cmd/handover-demo",
+		Server:  "cmd/handover-demo -drain-timeout 30s -probation 200ms",
 		Restart: "kill -USR2 <pid>: the process starts its new generation (fork+exec)",
 		new: func(e *env) (server, error) {
-			return newProcServer(e, "handover-demo", syscall.SIGUSR2, false, "-drain-timeout", "30s")
+			return newProcServer(e, "handover-demo", syscall.SIGUSR2, false, demoFlags...)
 		},
 	},
 	{
 		Name:    "handover-run",
 		Label:   "handover run: SIGHUP (stable PID)",
-		Server:  "cmd/handover run -listen http=… -drain-timeout 30s -- cmd/handover-demo (the master holds the socket; the demo is its child)",
+		Server:  "cmd/handover run -listen http=… -drain-timeout 30s -- cmd/handover-demo -drain-timeout 30s -probation 200ms (the master holds the socket; the demo is its child)",
 		Restart: "kill -HUP <master>: the master starts a new child, waits for its READY=1, then stops the old one",
 		new: func(e *env) (server, error) {
 			return newRunServer(e)
@@ -411,8 +419,8 @@ func (s *runServer) Start() (int, error) {
 		return 0, err
 	}
 	defer f.Close()
-	cmd := exec.Command(filepath.Join(s.e.bin, "handover"), "run", "-listen", "http="+s.addr, "-drain-timeout", "30s",
-		"--", filepath.Join(s.e.bin, "handover-demo"), "-drain-timeout", "30s")
+	args := slices.Concat([]string{"run", "-listen", "http=" + s.addr, "-drain-timeout", "30s", "--", filepath.Join(s.e.bin, "handover-demo")}, demoFlags)
+	cmd := exec.Command(filepath.Join(s.e.bin, "handover"), args...)
 	cmd.Env = append(cleanEnv(), s.e.serverEnv...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = s.e.work

@@ -9,7 +9,9 @@
 //	cd tests/bench && go run . -quick -out /tmp/quick # 10 restarts per approach, about 4 minutes
 //	cd tests/bench && go run . -report results/bench.json   # tables and picture again from the JSON
 //	cd tests/bench && go run . -tls -out /tmp/tls     # TLS resumption after upgrades (tlsbench.go), about 2 minutes
+//	cd tests/bench && go run . -http3 -out /tmp/h3    # HTTP/3 over upgrades, handover against tableflip (h3bench.go), 1 to 3 minutes
 //	cd tests/bench && go run . -switch              # switch time on idle servers (switch.go), into results/switch
+//	cd tests/bench && go run . -pool                # a keep-alive pool across upgrades (poolbench.go), into results/pool
 //
 // For each approach it starts the server, puts it under the load of
 // tests/internal/load (16 clients, half keep-alive, half a new connection per
@@ -102,6 +104,13 @@ type options struct {
 	tlsCalibration time.Duration
 	tlsKey         string
 
+	// The HTTP/3 comparison (h3bench.go).
+	http3      bool
+	h3Clients  int
+	h3Interval time.Duration
+	h3Upgrades int
+	h3Gap      time.Duration
+
 	// The switch benchmark (switch.go).
 	switchMode bool
 	sw         switchOptions
@@ -137,6 +146,11 @@ func parseFlags() options {
 	flag.DurationVar(&o.tlsWindow, "tls-window", 10*time.Second, "with -tls: the window after each upgrade (and the steady window)")
 	flag.DurationVar(&o.tlsCalibration, "tls-calibration", 3*time.Second, "with -tls: the window with clients that present no ticket")
 	flag.StringVar(&o.tlsKey, "tls-key", "ecdsa", "with -tls: the certificate's key, ecdsa (P-256) or rsa (2048)")
+	flag.BoolVar(&o.http3, "http3", false, "run the HTTP/3 comparison instead: handover's HTTP/3 demo and tableflip + quic-go under long-lived HTTP/3 clients over upgrades (http3.json, http3.md in -out)")
+	flag.IntVar(&o.h3Clients, "http3-clients", 16, "with -http3: long-lived HTTP/3 clients")
+	flag.DurationVar(&o.h3Interval, "http3-interval", 20*time.Millisecond, "with -http3: a client's pause between two rounds of requests")
+	flag.IntVar(&o.h3Upgrades, "http3-upgrades", 5, "with -http3: upgrades per server")
+	flag.DurationVar(&o.h3Gap, "http3-gap", time.Second, "with -http3: time between the old process's exit and the next upgrade")
 	flag.BoolVar(&o.switchMode, "switch", false, "run the switch benchmark instead: trigger → first answer from the new PID on idle servers (switch.json, switch.md in -out, default results/switch)")
 	flag.StringVar(&o.sw.approaches, "switch-approaches", strings.Join(switchApproachNames(), ","), "with -switch: the approaches, in this order")
 	flag.IntVar(&o.sw.rounds, "switch-rounds", 3, "with -switch: rounds; each approach starts a fresh server per round, the approaches taking turns")
@@ -195,8 +209,16 @@ func main() {
 		runSwitchMain(o)
 		return
 	}
+	if poolOpts.on {
+		runPoolMain(o) // poolbench.go
+		return
+	}
 	if o.tls {
 		runCommand(func(ctx context.Context) error { return runTLS(ctx, o) })
+		return
+	}
+	if o.http3 {
+		runCommand(func(ctx context.Context) error { return runH3(ctx, o) })
 		return
 	}
 	if o.report != "" {

@@ -48,7 +48,7 @@ var switchApproaches = []switchApproach{
 	{
 		Name:    "handover-ctl",
 		Label:   "handover: handover reload -control",
-		Server:  "cmd/handover-demo -control PATH -drain-timeout 30s",
+		Server:  "cmd/handover-demo -control PATH -drain-timeout 30s -probation 200ms",
 		Trigger: "handover reload -control PATH: the command's own start is timed; it returns once the new generation has taken over",
 		new:     func(e *env) (server, error) { return newCtlServer(e) },
 	},
@@ -72,7 +72,7 @@ func newCtlServer(e *env) (*ctlServer, error) {
 	}
 	_, port, _ := net.SplitHostPort(addr)
 	ctl := filepath.Join(e.work, "ctl-"+port+".sock")
-	p, err := newProcServer(e, "handover-demo", syscall.SIGUSR2, false, "-drain-timeout", "30s", "-control", ctl)
+	p, err := newProcServer(e, "handover-demo", syscall.SIGUSR2, false, slices.Concat(demoFlags, []string{"-control", ctl})...)
 	if err != nil {
 		return nil, err
 	}

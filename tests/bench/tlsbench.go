@@ -64,7 +64,7 @@ type tlsApproach struct {
 }
 
 var tlsApproaches = []tlsApproach{
-	{Name: "handover", Label: "handover: SIGUSR2", bin: "handover-demo", sig: syscall.SIGUSR2, extra: []string{"-drain-timeout", "30s"},
+	{Name: "handover", Label: "handover: SIGUSR2", bin: "handover-demo", sig: syscall.SIGUSR2, extra: demoFlags,
 		Server:  "cmd/handover-demo -tls-cert … -tls-key … (graceful.Server.ServeTLS: the line's session-ticket keys)",
 		Restart: "kill -USR2 <pid>"},
 	{Name: "tableflip", Label: "tableflip v1.2.3", bin: "tableflip", sig: syscall.SIGHUP,

@@ -70,7 +70,8 @@ type server struct {
 	dir     string
 	addr    *net.UDPAddr
 	pidfile string
-	log     *os.File
+	log     *os.File    // the processes' output, when the test starts them
+	logPath string      // where the processes log
 	tls     *tls.Config // the clients'
 	cert    string
 	key     string
@@ -82,16 +83,26 @@ type server struct {
 // newServer prepares a line in a temporary directory, with the test's certificate.
 func newServer(t *testing.T) *server {
 	dir := t.TempDir()
-	cert, key, pool := testcert.Files(t, dir)
-	s := &server{t: t, dir: dir, pidfile: filepath.Join(dir, "pid"), cert: cert, key: key,
-		tls: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", NextProtos: []string{"h3"}}}
-	s.addr = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: freePort(t)}
 	f, err := os.Create(filepath.Join(dir, "log"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	s := newServerIn(t, dir, f.Name())
 	s.log = f
 	t.Cleanup(s.cleanup)
+	return s
+}
+
+// newServerIn prepares a line whose certificate is in dir and whose processes
+// log to logPath. Its caller starts the processes and stops them: newServer's
+// cleanup reaps the test's own; a service manager's line is stopped with the
+// manager (the server's cleanup must not signal the manager, which is one of
+// the test process's descendants).
+func newServerIn(t *testing.T, dir, logPath string) *server {
+	cert, key, pool := testcert.Files(t, dir)
+	s := &server{t: t, dir: dir, pidfile: filepath.Join(dir, "pid"), cert: cert, key: key, logPath: logPath,
+		tls: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", NextProtos: []string{"h3"}}}
+	s.addr = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: freePort(t)}
 	return s
 }
 
@@ -150,8 +161,25 @@ func (s *server) upgrade(pid int) int {
 	return s.waitPID(pid)
 }
 
+// waitServing waits until generation pid reads the shared socket (event=quic_serve):
+// its PID file comes first, and until then new connections still reach the
+// generation before it.
+func (s *server) waitServing(pid int) {
+	s.t.Helper()
+	if err := proc.WaitFor(func() bool {
+		for _, l := range s.events("quic_serve") {
+			if l.Get("pid") == strconv.Itoa(pid) {
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, fmt.Sprintf("generation %d to read the shared socket", pid)); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
 func (s *server) logText() string {
-	b, _ := os.ReadFile(s.log.Name())
+	b, _ := os.ReadFile(s.logPath)
 	return string(b)
 }
 

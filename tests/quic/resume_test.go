@@ -23,6 +23,7 @@ func TestHTTP3SuccessorDiesPredecessorResumes(t *testing.T) {
 	dl := startDownload(ctx, t, s, size, chunks)
 	time.Sleep(200 * time.Millisecond) // the download's connection is on generation 1
 	pid2 := s.upgrade(pid1)
+	s.waitServing(pid2)
 	if gen, _, _ := resumed(ctx, t, s, nil, false); gen != 2 {
 		t.Fatalf("a new connection reached generation %d, want 2", gen)
 	}
@@ -53,6 +54,7 @@ func TestHTTP3SuccessorDiesPredecessorResumes(t *testing.T) {
 	}
 	// It hands over again, to a generation that serves.
 	pid3 := s.upgrade(pid1)
+	s.waitServing(pid3)
 	if gen, _, _ := resumed(ctx, t, s, nil, false); gen != 2 {
 		t.Errorf("after the next upgrade (PID %d), a new connection reached generation %d, want 2", pid3, gen)
 	}

@@ -12,6 +12,9 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+
+	"github.com/seed-a7250cfa/handover/tests/internal/proc"
+	"github.com/seed-a7250cfa/handover/tests/quic/h3load"
 )
 
 // download runs one long GET of size bytes in chunks on its own connection.
@@ -115,7 +118,9 @@ func TestHTTP3ConnectionsSurviveUpgrades(t *testing.T) {
 		if err := syscallKill(pid); err != nil {
 			return err
 		}
-		_, err := reap(pid)
+		// The generation before it may still stand by for its probation: then it
+		// is the parent, and reaps it.
+		_, _, err := proc.End(pid, 30*time.Second)
 		return err
 	})
 }
@@ -138,7 +143,7 @@ func upgrades(t *testing.T, s *server, pid int, upgrade func(pid int) int, stop 
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	l, wait := runLoad(loadCtx, t, s.addr, s.tls, clients, 4, 100000, 20*time.Millisecond)
-	waitFor(t, 10*time.Second, "requests on generation 1", func() bool { return l.okFrom(1) >= 5*clients })
+	waitFor(t, 10*time.Second, "requests on generation 1", func() bool { return l.OKFrom(1) >= 5*clients })
 
 	const count = 10
 	handedAt := map[int]time.Time{}
@@ -149,7 +154,7 @@ func upgrades(t *testing.T, s *server, pid int, upgrade func(pid int) int, stop 
 	for n := 2; n <= count+1; n++ {
 		pid = upgrade(pid)
 		handedAt[n] = time.Now()
-		waitFor(t, 15*time.Second, "requests on generation "+strconv.Itoa(n), func() bool { return l.okFrom(n) >= 5*clients })
+		waitFor(t, 15*time.Second, "requests on generation "+strconv.Itoa(n), func() bool { return l.OKFrom(n) >= 5*clients })
 		if n == 3 {
 			gen3.gen, gen3.resumed, gen3.early = resumed(ctx, t, s, cache, true)
 		}
@@ -159,36 +164,34 @@ func upgrades(t *testing.T, s *server, pid int, upgrade func(pid int) int, stop 
 	}
 	res := <-dl
 	stopLoad()
-	wait()
+	tl := wait()
 
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	t.Logf("requests: %d sent, %d ok (by generation %v), %d failed (%d rejected), %d not sent (connection going away); %d connections, %d dial failures; closes %v",
-		l.sent, l.ok, l.byGen, l.failed, l.rejected, l.notSent, l.dials, l.dialFails, l.closes)
-	for _, e := range l.errs {
+	t.Logf("requests: %d sent, %d ok (by generation %v), %d failed (%d rejected, %d timed out), %d not sent (connection going away); %d connections, %d dial failures; closes %v",
+		tl.Sent, tl.OK, tl.ByGen, tl.Failed, tl.Rejected, tl.TimedOut, tl.NotSent, tl.Dials, tl.DialFails, tl.Closes)
+	for _, e := range tl.Errs {
 		t.Log(e)
 	}
-	if l.failed != 0 || l.dialFails != 0 {
-		t.Errorf("%d requests failed (%d rejected), %d dials failed", l.failed, l.rejected, l.dialFails)
+	if tl.Failed != 0 || tl.DialFails != 0 {
+		t.Errorf("%d requests failed (%d rejected, %d timed out), %d dials failed", tl.Failed, tl.Rejected, tl.TimedOut, tl.DialFails)
 	}
-	if n := l.closes[closedReset]; n != 0 {
+	if n := tl.Closes[h3load.ClosedReset]; n != 0 {
 		t.Errorf("%d connections saw a stateless reset", n)
 	}
-	if n := l.closes[closedIdle]; n != 0 {
+	if n := tl.Closes[h3load.ClosedIdle]; n != 0 {
 		t.Errorf("%d connections timed out", n)
 	}
-	if n := l.closes[closedOther]; n != 0 {
+	if n := tl.Closes[h3load.ClosedOther]; n != 0 {
 		t.Errorf("%d connections ended otherwise", n)
 	}
-	for _, c := range l.newConns {
+	for _, c := range tl.NewConns {
 		want := 1
 		for n := 2; n <= count+1; n++ {
-			if c.at.After(handedAt[n]) {
+			if c.At.After(handedAt[n]) {
 				want = n
 			}
 		}
-		if c.gen < want {
-			t.Errorf("a connection dialed at %v reached generation %d, want %d or newer", c.at.Format(time.StampMicro), c.gen, want)
+		if c.Gen < want {
+			t.Errorf("a connection dialed at %v reached generation %d, want %d or newer", c.At.Format(time.StampMicro), c.Gen, want)
 		}
 	}
 	if res.err != nil || res.size != size || res.gen != 1 {

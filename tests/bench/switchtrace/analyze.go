@@ -128,9 +128,9 @@ func (tr *trace) switchMarks(trig trigger, until float64, oldPID int, switchMS f
 	} else {
 		at("signal delivered", tr.first(target, t0, until, func(e *event) bool { return e.kind == evDeliver && e.sig == trig.sig }))
 	}
-	probes(target, "", "handleControl", "answerControl", "onSignal", "beginUpgrade", "initExtra", "spawnChild", "startProcess",
-		"checkPidfd", "forkExec", "mOnSignal", "mBeginUpgrade", "mStartCandidate", "mOpenBuild", "mSpawn", "doUpgrade",
-		"handOver", "onHandover", "startDrains", "mOnNotify", "mBecomeReady", "mStopChild")
+	probes(target, "", "handleControl", "answerControl", "onSignal", "beginUpgrade", "startAttempt", "spawnChild", "startProcess",
+		"checkPidfd", "forkExec", "mOnSignal", "mBeginUpgrade", "mStartCandidate", "mOpenBuild", "mDirect", "mSpawn", "doUpgrade",
+		"onAttemptReady", "handOver", "handedOver", "startDrains", "mOnNotify", "mTakeOver", "mStopChild")
 	child, fork := tr.childOf(target, t0, until)
 	if fork != nil {
 		at("clone", tr.last(target, t0, fork.t, func(e *event) bool {
@@ -222,7 +222,7 @@ func (tr *trace) childMarks(m markers, child int, from, until, t0 float64) {
 		return
 	}
 	last := execs[len(execs)-1].t
-	for _, n := range []string{"New", "readInit", "executablePath", "sdFromEnv", "newExtra", "openControl", "call", "status", "run",
+	for _, n := range []string{"New", "inherit", "readInit", "setUp", "startCarriers", "openControl", "status",
 		"Listen", "serve", "Ready", "peerReady"} {
 		at(n, tr.first(child, last, until, func(e *event) bool { return e.kind == evProbe && shortOf(e.probe) == n }))
 	}

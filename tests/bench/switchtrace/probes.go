@@ -17,7 +17,8 @@ import (
 
 const (
 	lib    = "github.com/seed-a7250cfa/handover/graceful."
-	handof = "github.com/seed-a7250cfa/handover/internal/handoff."
+	fdsPkg = "github.com/seed-a7250cfa/handover/internal/fds."
+	ctlPkg = "github.com/seed-a7250cfa/handover/internal/control."
 	master = "github.com/seed-a7250cfa/handover/internal/master."
 )
 
@@ -41,31 +42,27 @@ var binaryProbes = map[string][]probeSpec{
 	"handover-demo": {
 		// The new generation, in order.
 		{lib + "New", "New"},
-		{handof + "inheritProcess", "inherit"},
+		{fdsPkg + "inheritProcess", "inherit"},
 		{lib + "(*Upgrader).readInit", "readInit"},
-		{lib + "executablePath", "executablePath"},
-		{"github.com/seed-a7250cfa/handover/internal/sdnotify.FromEnv", "sdFromEnv"},
-		{lib + "(*Upgrader).newExtra", "newExtra"},
+		{lib + "(*Upgrader).setUp", "setUp"},
+		{lib + "(*Upgrader).startCarriers", "startCarriers"},
 		{lib + "(*Upgrader).openControl", "openControl"},
-		{lib + "(*Upgrader).call", "call"},
-		{lib + "(*Upgrader).status", "status"},
-		{lib + "(*Upgrader).run", "run"},
+		{lib + "(*Upgrader).Status", "status"},
 		{lib + "(*Upgrader).Listen", "Listen"},
 		{lib + "(*Server).serve", "serve"},
 		{lib + "(*Upgrader).Ready", "Ready"},
-		{lib + "(*Upgrader).becomeReady", "becomeReady"},
 		// The old generation, in order.
-		{lib + "(*Upgrader).handleControl", "handleControl"},
-		{lib + "(*Upgrader).answerControl", "answerControl"},
-		{lib + "(*Upgrader).onSignal", "onSignal"},
-		{lib + "(*Upgrader).beginUpgrade", "beginUpgrade"},
-		{lib + "(*Upgrader).initExtra", "initExtra"},
+		{ctlPkg + "Serve", "handleControl"},
+		{lib + "controlServer.Upgrade", "answerControl"},
+		{lib + "(*machine).onSignal", "onSignal"},
+		{lib + "(*machine).beginUpgrade", "beginUpgrade"},
+		{lib + "(*machine).startAttempt", "startAttempt"},
 		{lib + "spawnChild", "spawnChild"},
 		{lib + "startProcess", "startProcess"},
-		{lib + "(*Upgrader).onSpawned", "onSpawned"},
-		{lib + "(*Upgrader).handOver", "handOver"},
-		{lib + "(*Upgrader).onHandover", "onHandover"},
-		{lib + "(*Upgrader).startDrains", "startDrains"},
+		{lib + "(*machine).onAttemptReady", "onAttemptReady"},
+		{lib + "handOver", "handOver"},
+		{lib + "(*machine).handedOver", "handedOver"},
+		{lib + "(*machine).startDrains", "startDrains"},
 	},
 	"handover": {
 		{master + "Shim", "Shim"},
@@ -73,9 +70,10 @@ var binaryProbes = map[string][]probeSpec{
 		{master + "(*machine).beginUpgrade", "mBeginUpgrade"},
 		{master + "(*machine).startCandidate", "mStartCandidate"},
 		{master + "openBuild", "mOpenBuild"},
-		{master + "(*runner).spawn", "mSpawn"},
+		{master + "carriesDirectMark", "mDirect"},
+		{master + "(*host).spawn", "mSpawn"},
 		{master + "(*machine).onNotify", "mOnNotify"},
-		{master + "(*machine).becomeReady", "mBecomeReady"},
+		{master + "(*machine).takeOver", "mTakeOver"},
 		{master + "(*machine).stopChild", "mStopChild"},
 	},
 	"tableflip": {

@@ -16,15 +16,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -38,91 +33,6 @@ func SetSubreaper() error {
 		return fmt.Errorf("proc: prctl(PR_SET_CHILD_SUBREAPER): %w", err)
 	}
 	return nil
-}
-
-var builds struct {
-	mu    sync.Mutex
-	dir   string
-	built map[string]string // package -> binary path
-}
-
-// Build compiles the given main packages (import paths such as
-// "github.com/seed-a7250cfa/handover/cmd/handover-demo", or paths relative
-// to the test's package directory) with the go tool on PATH, and returns
-// the directory holding the binaries, each named after the last element of
-// its package path. Each package is built at most once per test binary run,
-// so tests can call Build freely. A build failure fails t.
-func Build(t testing.TB, pkgs ...string) string {
-	t.Helper()
-	dir, err := BuildE(pkgs...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
-// Binary builds one main package like Build and returns its binary's path.
-func Binary(t testing.TB, pkg string) string {
-	t.Helper()
-	return filepath.Join(Build(t, pkg), path.Base(pkg))
-}
-
-// BuildE is Build for callers without a testing.TB (e.g. TestMain).
-func BuildE(pkgs ...string) (string, error) {
-	builds.mu.Lock()
-	defer builds.mu.Unlock()
-	if builds.dir == "" {
-		dir, err := os.MkdirTemp("", "handover-build-")
-		if err != nil {
-			return "", fmt.Errorf("proc: %w", err)
-		}
-		builds.dir, builds.built = dir, map[string]string{}
-	}
-	var missing []string
-	names := map[string]string{}
-	for p, bin := range builds.built {
-		names[filepath.Base(bin)] = p
-	}
-	for _, p := range pkgs {
-		if _, ok := builds.built[p]; ok || slices.Contains(missing, p) {
-			continue
-		}
-		if other, ok := names[path.Base(p)]; ok {
-			return "", fmt.Errorf("proc: packages %q and %q would both build binary %q", other, p, path.Base(p))
-		}
-		names[path.Base(p)] = p
-		missing = append(missing, p)
-	}
-	if len(missing) == 0 {
-		return builds.dir, nil
-	}
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-	}
-	cmd := exec.Command(goTool, append([]string{"build", "-o", builds.dir + string(filepath.Separator)}, missing...)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("proc: %s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
-	}
-	for _, p := range missing {
-		bin := filepath.Join(builds.dir, path.Base(p))
-		if _, err := os.Stat(bin); err != nil {
-			return "", fmt.Errorf("proc: go build produced no binary for %q (not a main package?): %w", p, err)
-		}
-		builds.built[p] = bin
-	}
-	return builds.dir, nil
-}
-
-// CleanupBuilds removes the directory of binaries made by Build. Call it
-// from TestMain after m.Run.
-func CleanupBuilds() {
-	builds.mu.Lock()
-	defer builds.mu.Unlock()
-	if builds.dir != "" {
-		os.RemoveAll(builds.dir)
-		builds.dir, builds.built = "", nil
-	}
 }
 
 // stat returns the state letter and parent PID from /proc/<pid>/stat.
@@ -269,6 +179,37 @@ func Reap(pid int, timeout time.Duration) (syscall.WaitStatus, error) {
 		}
 		if time.Now().After(deadline) {
 			return 0, fmt.Errorf("proc: pid %d (state %q, %s) did not exit within %v", pid, State(pid), Cmdline(pid), timeout)
+		}
+		time.Sleep(pause)
+	}
+}
+
+// End waits up to timeout for pid to exit and be reaped, by whichever process is
+// its parent: the test process reaps it if it is its child (directly, or
+// reparented through SetSubreaper); otherwise its own parent does, such as an old
+// generation still standing by for its successor's probation, which reaps the
+// successor when it exits. It reports whether the test process reaped it (then ws
+// is its status). It never waits for any other PID.
+func End(pid int, timeout time.Duration) (ws syscall.WaitStatus, reaped bool, err error) {
+	if pid <= 0 {
+		return 0, false, fmt.Errorf("proc: refusing to wait for pid %d", pid)
+	}
+	deadline := time.Now().Add(timeout)
+	for pause := time.Millisecond; ; pause = min(2*pause, 20*time.Millisecond) {
+		var uws unix.WaitStatus
+		got, err := unix.Wait4(pid, &uws, unix.WNOHANG, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case got == pid:
+			return syscall.WaitStatus(uws), true, nil
+		case errors.Is(err, unix.ECHILD) && State(pid) == "":
+			return 0, false, nil // reaped by its own parent
+		case err != nil && !errors.Is(err, unix.ECHILD):
+			return 0, false, fmt.Errorf("proc: wait4(%d): %w", pid, err)
+		}
+		if time.Now().After(deadline) {
+			return 0, false, fmt.Errorf("proc: pid %d (state %q, parent %d, %s) did not end within %v", pid, State(pid), PPid(pid), Cmdline(pid), timeout)
 		}
 		time.Sleep(pause)
 	}

@@ -194,3 +194,38 @@ func TestBuildOnce(t *testing.T) {
 		t.Fatal("building a missing package succeeded")
 	}
 }
+
+// TestVariant: a variant is built once per name with its flags; another package or
+// other flags under the same name are refused, in this process and in a shared
+// directory (as ShareBuilds makes for test processes) that records what each binary
+// was built from.
+func TestVariant(t *testing.T) {
+	bin := Variant(t, "./testdata/hello", "hello-bonjour", "-ldflags", "-X main.greeting=bonjour")
+	out, err := exec.Command(bin).Output()
+	must(t, err)
+	if string(out) != "bonjour\n" {
+		t.Fatalf("variant output %q", out)
+	}
+	if again := Variant(t, "./testdata/hello", "hello-bonjour", "-ldflags", "-X main.greeting=bonjour"); again != bin {
+		t.Fatalf("the same variant again: %s, was %s", again, bin)
+	}
+	if _, err := build([]target{{pkg: "./testdata/hello", name: "hello-bonjour", flags: []string{"-ldflags", "-X main.greeting=hi"}}}); err == nil ||
+		!strings.Contains(err.Error(), "would both build") {
+		t.Fatalf("other flags under a built variant's name: %v", err)
+	}
+
+	env, done, err := ShareBuilds("./testdata/hello")
+	must(t, err)
+	dir := strings.TrimPrefix(env[0], BuildsEnv+"=")
+	if !built(dir, plain([]string{"./testdata/hello"})) {
+		t.Fatalf("ShareBuilds did not build hello into %s", dir)
+	}
+	clash := []target{{pkg: "./testdata/hello", name: "hello", flags: []string{"-ldflags", "-X main.greeting=hi"}}}
+	if err := buildInto(dir, clash); err == nil || !strings.Contains(err.Error(), "would both build") {
+		t.Fatalf("a variant named like a shared binary: %v", err)
+	}
+	done()
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("done left %s: %v", dir, err)
+	}
+}

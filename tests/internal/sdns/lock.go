@@ -70,7 +70,10 @@ func lock(name string) (func(), error) {
 			unhold()
 			return nil, fmt.Errorf("sdns: waited %v for %s, held by another process (%s)", LockTimeout, path, strings.TrimSpace(string(who)))
 		}
-		time.Sleep(100 * time.Millisecond)
+		// Poll often: a process that runs its systemd tests one after another
+		// releases the lock and takes it again a test-process start later; a
+		// waiter polling slower than that would starve.
+		time.Sleep(10 * time.Millisecond)
 	}
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d, test %s\n", os.Getpid(), name)), 0)

@@ -285,6 +285,7 @@ func SkipOrFail(t testing.TB, err error) {
 // namespaces here (Available) and v checks out (Version.Check).
 func Require(t testing.TB, v Version) {
 	t.Helper()
+	checkTestName(t)
 	if err := Available(); err != nil {
 		SkipOrFail(t, err)
 	}
@@ -297,6 +298,7 @@ func Require(t testing.TB, v Version) {
 // test when it or the namespaces are unavailable.
 func RequireInstalled(t testing.TB) Version {
 	t.Helper()
+	checkTestName(t)
 	if err := Available(); err != nil {
 		SkipOrFail(t, err)
 	}
@@ -314,6 +316,7 @@ func RequireInstalled(t testing.TB) Version {
 // ./...` as root on a fresh machine runs every test.
 func RequireBackports(t testing.TB) Version {
 	t.Helper()
+	checkTestName(t)
 	if err := Available(); err != nil {
 		SkipOrFail(t, err)
 	}

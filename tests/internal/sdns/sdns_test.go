@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 )
 
 func TestInstalledSystemd(t *testing.T) {
@@ -458,11 +460,17 @@ func freePort(t *testing.T) int {
 	var err error
 	for i := 0; i < 200; i++ {
 		port := 20000 + mrand.IntN(12001)
+		release, ok := proc.ReservePort("tcp", port) // against the other test processes
+		if !ok {
+			continue
+		}
 		var ln net.Listener
 		if ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
 			ln.Close()
+			t.Cleanup(release)
 			return port
 		}
+		release()
 	}
 	t.Fatalf("no free port in 20000-32000: %v", err)
 	return 0
@@ -487,4 +495,26 @@ func get(t *testing.T, port int) int {
 		t.Fatalf("service answered %q", b)
 	}
 	return n
+}
+
+// TestTestPrefix: with TestPrefix set, a test whose top-level name lacks it may not
+// boot a systemd (New, Require* fail it); its subtests are judged by that name.
+func TestTestPrefix(t *testing.T) {
+	defer func(p string) { TestPrefix = p }(TestPrefix)
+	TestPrefix = ""
+	if err := testNameError("TestAnything/252"); err != nil {
+		t.Errorf("no prefix required: %v", err)
+	}
+	TestPrefix = "TestSystemd"
+	for name, ok := range map[string]bool{
+		"TestSystemdReload":      true,
+		"TestSystemdReload/254":  true,
+		"TestReload":             false,
+		"TestReload/TestSystemd": false,
+	} {
+		err := testNameError(name)
+		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "must start with TestSystemd")) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
 }

@@ -32,6 +32,32 @@ var (
 	LockTimeout = 5 * time.Minute
 )
 
+// TestPrefix, when set (by a TestMain that runs its tests at the same time and
+// only those named so one at a time, see package shard), is how the name of every
+// top-level test that boots a systemd must start: New fails any other test, on
+// every machine (before it checks that systemd can run), so that a test added
+// without the prefix cannot overlap another instance.
+var TestPrefix string
+
+// checkTestName fails t unless its top-level test's name starts with TestPrefix.
+func checkTestName(t testing.TB) {
+	t.Helper()
+	if err := testNameError(t.Name()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testNameError says what is wrong with the name of a test that boots a systemd.
+func testNameError(name string) error {
+	top, _, _ := strings.Cut(name, "/")
+	if TestPrefix == "" || strings.HasPrefix(top, TestPrefix) {
+		return nil
+	}
+	return fmt.Errorf("sdns: %s boots a systemd, so its name must start with %s: the tests run at the same time, "+
+		"except those named %s..., which run one at a time (two systemd instances share the host's cgroups)",
+		top, TestPrefix, TestPrefix)
+}
+
 // Suspicious lists console-log fragments that mean systemd is unhappy with a
 // service's processes; SuspiciousLines finds them.
 var Suspicious = []string{
@@ -109,6 +135,7 @@ func Start(t testing.TB, v Version, units map[string]string) (*Systemd, error) {
 // registered with t.Cleanup.
 func New(t testing.TB, v Version) (*Systemd, error) {
 	t.Helper()
+	checkTestName(t)
 	if err := Available(); err != nil {
 		return nil, err
 	}

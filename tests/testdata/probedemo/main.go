@@ -33,9 +33,10 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "address to bind when no socket is passed")
 	pidfile := flag.String("pidfile", "", "PID file")
 	drain := flag.Duration("drain-timeout", 10*time.Second, "drain deadline")
+	probation := flag.Duration("probation", 0, "Config.Probation")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	u, err := graceful.New(graceful.Config{Logger: log, PIDFile: *pidfile, DrainTimeout: *drain})
+	u, err := graceful.New(graceful.Config{Logger: log, PIDFile: *pidfile, DrainTimeout: *drain, Probation: *probation})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "probedemo:", err)
 		os.Exit(1)

@@ -148,7 +148,12 @@ def main():
     server.serve_forever(poll_interval=0.05)
     sock.close()
     deadline = time.monotonic() + DRAIN
-    time.sleep(GRACE)
+    grace = time.monotonic() + GRACE
+    while time.monotonic() < grace:  # no connection left: no grace to give
+        with conns_lock:
+            if not conns:
+                break
+        time.sleep(0.02)
     with conns_lock:
         for c in list(conns):  # idle keep-alive connections: no request came in the grace
             try:

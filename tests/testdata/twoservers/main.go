@@ -6,7 +6,7 @@
 //	-listen ADDR    "a": HTTP/2 without TLS only (h2c, prior knowledge)
 //	-listen2 ADDR   "b": HTTP/1 and HTTP/2 without TLS
 //
-// and -pidfile PATH, -drain-timeout D. Both serve
+// and -pidfile PATH, -drain-timeout D, -probation D (Config.Probation). Both serve
 //
 //	GET /            200, header X-Pid, body "pid=P server=S"
 //	GET /stream?n=N&interval=MS   N such lines, one every MS milliseconds
@@ -31,17 +31,18 @@ func main() {
 	listen2 := flag.String("listen2", "127.0.0.1:8081", "address of server b (HTTP/1 and h2c)")
 	pidfile := flag.String("pidfile", "", "PID file")
 	drain := flag.Duration("drain-timeout", 10*time.Second, "drain deadline")
+	probation := flag.Duration("probation", 0, "Config.Probation")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(log, *listen, *listen2, *pidfile, *drain); err != nil {
+	if err := run(log, *listen, *listen2, graceful.Config{Logger: log, PIDFile: *pidfile, DrainTimeout: *drain, Probation: *probation}); err != nil {
 		fmt.Fprintln(os.Stderr, "twoservers:", err)
 		os.Exit(1)
 	}
 	log.Info("exiting", "event", "exit")
 }
 
-func run(log *slog.Logger, listen, listen2, pidfile string, drain time.Duration) error {
-	u, err := graceful.New(graceful.Config{Logger: log, PIDFile: pidfile, DrainTimeout: drain})
+func run(log *slog.Logger, listen, listen2 string, cfg graceful.Config) error {
+	u, err := graceful.New(cfg)
 	if err != nil {
 		return err
 	}

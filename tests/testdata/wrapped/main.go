@@ -38,8 +38,9 @@ func main() {
 	wrap := flag.String("wrap", "embed", "how the listener is wrapped: tls, embed or custom")
 	certFile := flag.String("tls-cert", "", "certificate (PEM), for -wrap tls")
 	keyFile := flag.String("tls-key", "", "its private key (PEM)")
+	probation := flag.Duration("probation", 0, "Config.Probation")
 	flag.Parse()
-	u, err := graceful.New(graceful.Config{Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)), PIDFile: *pidfile, DrainTimeout: *drain})
+	u, err := graceful.New(graceful.Config{Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)), PIDFile: *pidfile, DrainTimeout: *drain, Probation: *probation})
 	if err != nil {
 		log.Fatal(err)
 	}

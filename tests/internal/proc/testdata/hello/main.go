@@ -1,6 +1,9 @@
-// Command hello prints "hello"; proc's tests build it with Build.
+// Command hello prints "hello" (or what -ldflags "-X main.greeting=..." made of
+// it); proc's tests build it with Build and Variant.
 package main
 
 import "fmt"
 
-func main() { fmt.Println("hello") }
+var greeting = "hello"
+
+func main() { fmt.Println(greeting) }

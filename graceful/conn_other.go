@@ -1,0 +1,13 @@
+//go:build !linux
+
+package graceful
+
+import (
+	"net"
+	"os"
+)
+
+// passable: descriptors are handed to another process on Linux only.
+func passable(net.Conn) bool { return false }
+
+func dupConn(net.Conn) (*os.File, error) { return nil, errNotPassable }

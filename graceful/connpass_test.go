@@ -3,6 +3,7 @@
 package graceful
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -646,4 +647,102 @@ func bytesReceived(t *testing.T, c net.Conn) int64 {
 		n = int64(info.Bytes_received)
 	})
 	return n
+}
+
+// TestHandOverRaw: a Drainer of the application's own protocol (a line echo) whose
+// connections may be handed over as HandOverIdle makes them (passRaw; the carrier is
+// wired by hand here, as Drainer.Listener does for a socket of the Upgrader's) hands
+// over a connection it reported idle, with its reader empty, and blocked in a Read;
+// the new generation's Drainer accepts it as a new connection and answers its next
+// line. One with a line half read is not handed over until it has answered that line
+// and is idle again.
+func TestHandOverRaw(t *testing.T) {
+	serve := func(name string, d *Drainer, ln net.Listener) {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					if r.Buffered() == 0 {
+						d.ConnState(c, http.StateIdle) // a safe point: nothing buffered
+					}
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					d.ConnState(c, http.StateActive)
+					fmt.Fprintf(c, "%s %s", name, line)
+				}
+			}()
+		}
+	}
+	gens := map[string]*Drainer{}
+	lns := map[string]net.Listener{}
+	cs := map[string]*connCarrier{}
+	for _, name := range []string{"old", "new"} {
+		d := &Drainer{KeepAliveGrace: testGrace, clock: newFakeClock(), HandOverIdle: true}
+		ln := listenLoopback(t)
+		tl := d.Listener(ln).(*listener)
+		c := newConnCarrier(slog.Default(), nil)
+		c.h = &testHost{}
+		c.attach(d, tl, connOrigin{Name: "lines", Network: "tcp", Addr: ln.Addr().String()}, passRaw)
+		c.Turn(carry.Turn{Role: carry.Serving, Main: true})
+		go serve(name, d, tl)
+		t.Cleanup(func() { tl.Close(); c.h.(*testHost).wait() })
+		gens[name], lns[name], cs[name] = d, ln, c
+	}
+	old := gens["old"]
+	line := func(c net.Conn, br *bufio.Reader, send, want string) {
+		t.Helper()
+		if _, err := io.WriteString(c, send); err != nil {
+			t.Fatal(err)
+		}
+		got, err := br.ReadString('\n')
+		if err != nil || got != want {
+			t.Fatalf("sent %q: got %q, %v; want %q", send, got, err, want)
+		}
+	}
+	idle := dialClient(t, lns["old"].Addr().String())
+	line(idle, idle.br, "a\n", "old a\n")
+	half := dialClient(t, lns["old"].Addr().String())
+	line(half, half.br, "b\n", "old b\n")
+	io.WriteString(half, "c") // half a line: read by the old generation
+	server := func(cli net.Conn) *conn {
+		old.mu.Lock()
+		defer old.mu.Unlock()
+		for c := range old.conns {
+			if c.RemoteAddr().String() == cli.LocalAddr().String() {
+				return c
+			}
+		}
+		return nil
+	}
+	eventually(t, "the idle one at a safe point, the half line read", func() bool {
+		si, sh := server(idle), server(half)
+		return si.waiting.Load() && bytesReceived(t, sh.Conn) == 3 && pending(sh.Conn) == 0
+	})
+	peer := &testPeer{to: cs["new"], from: cs["old"]}
+	cs["old"].Turn(carry.Turn{Role: carry.Upgrading, Main: true})
+	old.handsOver()
+	done := make(chan error, 1)
+	go func() { done <- old.Drain(context.Background()) }()
+	<-old.Draining()
+	cs["old"].Turn(carry.Turn{Role: carry.HandedOver, Successor: peer})
+	eventually(t, "the idle connection handed over", func() bool { return old.Counts().HandedOver == 1 })
+	line(idle, idle.br, "d\n", "new d\n")
+	line(half, half.br, "\n", "old c\n")
+	eventually(t, "the other one handed over once idle", func() bool { return old.Counts().HandedOver == 2 })
+	line(half, half.br, "e\n", "new e\n")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(waitBound):
+		t.Fatal("the drain did not end")
+	}
 }

@@ -12,7 +12,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -137,15 +136,8 @@ func runH3(ctx context.Context, o options) error {
 		rep.Approaches = append(rep.Approaches, res)
 	}
 	rep.Finished = time.Now().UTC().Format(time.RFC3339)
-	if err := os.MkdirAll(o.out, 0o755); err != nil {
-		return err
-	}
-	b, _ := json.MarshalIndent(rep, "", "  ")
-	if err := os.WriteFile(filepath.Join(o.out, "http3.json"), append(b, '\n'), 0o644); err != nil {
-		return err
-	}
 	md := h3Markdown(rep)
-	if err := os.WriteFile(filepath.Join(o.out, "http3.md"), []byte(md), 0o644); err != nil {
+	if err := writeReport(o.out, "http3", rep, md); err != nil {
 		return err
 	}
 	fmt.Print(md)

@@ -270,6 +270,11 @@ func sleepUntil(ctx context.Context, t time.Time) {
 
 // writePoolOutputs writes pool.json and pool.md into dir.
 func writePoolOutputs(dir string, rep *PoolReport) error {
+	return writeReport(dir, "pool", rep, poolMarkdown(rep))
+}
+
+// writeReport writes rep as NAME.json and md as NAME.md into dir (made if missing).
+func writeReport(dir, name string, rep any, md string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -277,10 +282,10 @@ func writePoolOutputs(dir string, rep *PoolReport) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "pool.json"), append(b, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, name+".json"), append(b, '\n'), 0o644); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, "pool.md"), []byte(poolMarkdown(rep)), 0o644)
+	return os.WriteFile(filepath.Join(dir, name+".md"), []byte(md), 0o644)
 }
 
 // poolMarkdown is the report's table.

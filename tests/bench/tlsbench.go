@@ -31,7 +31,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -427,15 +426,8 @@ func runTLS(ctx context.Context, o options) error {
 		rep.Approaches = append(rep.Approaches, res)
 	}
 	rep.Finished = time.Now().UTC().Format(time.RFC3339)
-	if err := os.MkdirAll(o.out, 0o755); err != nil {
-		return err
-	}
-	b, _ := json.MarshalIndent(rep, "", "  ")
-	if err := os.WriteFile(filepath.Join(o.out, "tls.json"), append(b, '\n'), 0o644); err != nil {
-		return err
-	}
 	md := tlsMarkdown(rep)
-	if err := os.WriteFile(filepath.Join(o.out, "tls.md"), []byte(md), 0o644); err != nil {
+	if err := writeReport(o.out, "tls", rep, md); err != nil {
 		return err
 	}
 	fmt.Print(md)

@@ -366,9 +366,9 @@ func (d *Drainer) Drain(ctx context.Context) error {
 	return d.wait(ctx)
 }
 
-// stopAccepting starts draining. With hard, the listeners are closed; without,
+// stopAccepting starts draining. With final, the listeners are closed; without,
 // they only stop accepting (resume can take it back).
-func (d *Drainer) stopAccepting(hard bool) {
+func (d *Drainer) stopAccepting(final bool) {
 	d.mu.Lock()
 	d.init()
 	if !d.draining.Load() {
@@ -376,7 +376,7 @@ func (d *Drainer) stopAccepting(hard bool) {
 		d.draining.Store(true)
 		close(d.drainCh)
 	}
-	d.final = d.final || hard
+	d.final = d.final || final
 	lns := append([]*listener(nil), d.listeners...)
 	inboxes := make([][]arrival, len(lns))
 	for i, l := range lns {
@@ -385,7 +385,7 @@ func (d *Drainer) stopAccepting(hard bool) {
 	}
 	d.mu.Unlock()
 	for _, l := range lns {
-		if hard || !l.stop() {
+		if final || !l.stop() {
 			l.closeForDrain()
 		}
 	}

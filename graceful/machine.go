@@ -148,6 +148,11 @@ type machine struct {
 	history   history
 	historyIn *string // the initial batch's history, until needed (takeHistoryIn)
 
+	// takingOver is set by Ready (beside the machine) from when the parent may
+	// hand over to this process (upgrader.go).
+	takingOver   atomic.Bool
+	stoppedEarly bool // stopped while starting, before the parent could hand over to it
+
 	exit  *exitSignal  // closed when draining starts (Exit)
 	done  *doneSignal  // closed when the process may exit (Wait)
 	holds atomic.Int64 // work beside the machine the process waits for (see hold)
@@ -242,10 +247,7 @@ func (m *machine) onTick() {
 func (m *machine) onReady(ev readyEvent) {
 	defer close(ev.done)
 	if m.st != starting {
-		if ev.upstream != nil {
-			ev.upstream.Close()
-		}
-		closeMessages(ev.said)
+		m.readyStopped(ev)
 		return
 	}
 	m.st = serving
@@ -277,6 +279,25 @@ func (m *machine) onReady(ev readyEvent) {
 	if m.deferred {
 		m.deferred = false
 		m.beginUpgrade("SIGUSR2", nil)
+	}
+}
+
+// readyStopped handles Ready's event in a process that was stopped before it. The
+// parent of one stopped once it could hand over (after "ready"; in a prepared
+// generation, after "main") has handed over to it: it hears that this process is no
+// longer the current generation ("done"), as after a stop of a ready process, or it
+// would take this exit for a crash and serve again. The parent of one stopped
+// before hears nothing: it takes this exit for a death (a failed upgrade, or a
+// successor that died), and serves on.
+func (m *machine) readyStopped(ev readyEvent) {
+	closeMessages(ev.said)
+	switch {
+	case ev.upstream == nil:
+	case m.stoppedEarly:
+		ev.upstream.Close()
+	default:
+		m.listenUpstream(ev.upstream)
+		m.retire()
 	}
 }
 
@@ -353,6 +374,8 @@ func (m *machine) stop(why string) {
 		return
 	case upgrading, prepared:
 		m.abandonAttempt()
+	case starting:
+		m.stoppedEarly = !m.takingOver.Load()
 	}
 	m.st = stopping
 	m.retire()

@@ -59,7 +59,8 @@ import (
 //	  it is our child), then systemd hears READY=1 again, and whoever asked hears why.
 //	³ SIGTERM, SIGINT or Stop. An upgrade in progress is abandoned. In draining, a
 //	  stop makes the drain final (listeners closed; no resuming). A second stop
-//	  signal exits at once.
+//	  signal exits at once. A new generation stopped while starting but after its
+//	  parent could hand over to it still tells the parent "done" (readyStopped).
 //	⁴ No service manager, and the successor exited without saying "done" (it had
 //	  not handed over in turn or stopped). Resumable: every listener is served by a
 //	  Server or a Drainer of this Upgrader, none was closed, no datagram socket is

@@ -59,7 +59,8 @@ import (
 //	  it is our child), then systemd hears READY=1 again, and whoever asked hears why.
 //	³ SIGTERM, SIGINT or Stop. An upgrade in progress is abandoned. In draining, a
 //	  stop makes the drain final (listeners closed; no resuming). A second stop
-//	  signal exits at once.
+//	  signal exits at once. A new generation stopped while starting but after its
+//	  parent could hand over to it still tells the parent "done" (readyStopped).
 //	⁴ No service manager, and the successor exited without saying "done" (it had
 //	  not handed over in turn or stopped). Resumable: every listener is served by a
 //	  Server or a Drainer of this Upgrader, none was closed, no datagram socket is
@@ -147,6 +148,11 @@ type machine struct {
 	final     bool  // the drain is final: listeners closed, no resuming
 	history   history
 	historyIn *string // the initial batch's history, until needed (takeHistoryIn)
+
+	// takingOver is set by Ready (beside the machine) from when the parent may
+	// hand over to this process (upgrader.go).
+	takingOver   atomic.Bool
+	stoppedEarly bool // stopped while starting, before the parent could hand over to it
 
 	exit  *exitSignal  // closed when draining starts (Exit)
 	done  *doneSignal  // closed when the process may exit (Wait)
@@ -242,10 +248,7 @@ func (m *machine) onTick() {
 func (m *machine) onReady(ev readyEvent) {
 	defer close(ev.done)
 	if m.st != starting {
-		if ev.upstream != nil {
-			ev.upstream.Close()
-		}
-		closeMessages(ev.said)
+		m.readyStopped(ev)
 		return
 	}
 	m.st = serving
@@ -277,6 +280,25 @@ func (m *machine) onReady(ev readyEvent) {
 	if m.deferred {
 		m.deferred = false
 		m.beginUpgrade("SIGUSR2", nil)
+	}
+}
+
+// readyStopped handles Ready's event in a process that was stopped before it. The
+// parent of one stopped once it could hand over (after "ready"; in a prepared
+// generation, after "main") has handed over to it: it hears that this process is no
+// longer the current generation ("done"), as after a stop of a ready process, or it
+// would take this exit for a crash and serve again. The parent of one stopped
+// before hears nothing: it takes this exit for a death (a failed upgrade, or a
+// successor that died), and serves on.
+func (m *machine) readyStopped(ev readyEvent) {
+	closeMessages(ev.said)
+	switch {
+	case ev.upstream == nil:
+	case m.stoppedEarly:
+		ev.upstream.Close()
+	default:
+		m.listenUpstream(ev.upstream)
+		m.retire()
 	}
 }
 
@@ -353,6 +375,8 @@ func (m *machine) stop(why string) {
 		return
 	case upgrading, prepared:
 		m.abandonAttempt()
+	case starting:
+		m.stoppedEarly = !m.takingOver.Load()
 	}
 	m.st = stopping
 	m.retire()

@@ -3,12 +3,17 @@
 package graceful
 
 import (
+	"io"
 	"net"
+	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/handoff"
+	"github.com/seed-a7250cfa/handover/internal/proc"
 )
 
 // The successor's probation driven by hand (see machine_test.go): a process that
@@ -219,4 +224,131 @@ func TestProbationWhere(t *testing.T) {
 	w.ready()
 	w.drainedAndStandingBy()
 	w.passProbation(3 * time.Second)
+}
+
+// TestProbationStoppedSuccessorRetires: a new generation told to stop right after
+// it took over says "done" and exits at once, while this process's last news (how
+// its drain went) is still on its way to it, unread. Over a real handover channel,
+// as between two processes: Linux marks this end reset when the other end closes
+// with messages unread, and a SOCK_SEQPACKET read reports that before what is
+// queued, the "done" among it. This process reads the channel only once the other
+// end is closed (as when the exit comes before its reader runs again): the "done"
+// is read all the same, its exit is no crash, the probation is over (retired), and
+// this process finishes rather than serving again. One that crashes the same way,
+// without a "done", is met as a death: this process serves again.
+func TestProbationStoppedSuccessorRetires(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		said   []handoff.Message
+		status string
+	}{
+		{"stopped", []handoff.Message{{Verb: handoff.Done}}, "exit status 0"},
+		{"crashed", nil, "exit status 2"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := newWorld(t, nil)
+			w.listening()
+			w.ready()
+			g := w.standingByReal()
+			for _, m := range c.said {
+				if err := g.end.Send(m, waitBound); err != nil {
+					t.Fatal(err)
+				}
+			}
+			g.end.Close()
+			g.proc.exit(c.status)
+			g.read()
+			w.stepUntil("the successor's exit is judged", func() bool { return w.logged("successor_retired") || w.logged("successor_died") })
+			w.stepUntil("the process is done, or serves", func() bool { return w.m.st == exited || w.m.st == serving })
+			switch {
+			case c.said == nil && (w.m.st != serving || !w.logged("successor_died", "action=resume")):
+				t.Fatalf("after the new generation crashed: %s; want it serving again", w.m.st)
+			case c.said != nil && (w.m.st != exited || !w.doneClosed() || !w.logged("probation_over", "reason=retired") || w.logged("successor_died") || w.logged("resumed")):
+				t.Fatalf("after the new generation stopped: %s, done %v; want it done, the probation over (retired), no resume", w.m.st, w.doneClosed())
+			}
+		})
+	}
+}
+
+// standingByReal upgrades w to a new generation over a real channel, which takes
+// over, and waits until w's drain has ended: it stands by, and the new generation
+// has not read what w said after "main" (how the drain went).
+func (w *fakeWorld) standingByReal() realGen {
+	w.t.Helper()
+	g := w.spawnReal()
+	rep := w.upgrade()
+	stepTo[attemptStarted](w)
+	if err := g.end.Send(handoff.Message{Verb: handoff.Ready, PID: g.proc.pid}, waitBound); err != nil {
+		w.t.Fatal(err)
+	}
+	stepTo[attemptReady](w)
+	for _, verb := range []string{handoff.History, handoff.Main} {
+		if m, err := g.end.Receive(); err != nil || m.Verb != verb {
+			w.t.Fatalf("the new generation heard %+v, %v; want %s", m, err, verb)
+		}
+	}
+	g.stderr.Close()
+	if e := stepTo[attemptEnded](w); e.err != nil || !rep.got || rep.r.pid != g.proc.pid {
+		w.t.Fatalf("the handover failed: %v", e.err)
+	}
+	w.stepUntil("the end of the drain", func() bool { return w.m.line.drained && w.m.holds.Load() == 0 })
+	if !w.m.standingBy() {
+		w.t.Fatalf("state %s; want it standing by", w.m.st)
+	}
+	return g
+}
+
+// realGen is a new generation that talks over a real handover channel; the test
+// plays it through its end.
+type realGen struct {
+	proc   *fakeProc
+	end    *handoff.Channel // the new generation's end
+	stderr *os.File         // the write end of its stderr pipe
+	read   func()           // this process reads past the first message from now on
+}
+
+// heldChannel is this process's end of a real channel, whose reads after the first
+// wait until read is closed.
+type heldChannel struct {
+	*handoff.Channel
+	read  chan struct{}
+	reads atomic.Int32
+}
+
+func (c *heldChannel) Receive() (handoff.Message, error) {
+	if c.reads.Add(1) > 1 {
+		<-c.read
+	}
+	return c.Channel.Receive()
+}
+
+// spawnReal makes w's next new generation one over a real channel.
+func (w *fakeWorld) spawnReal() realGen {
+	w.t.Helper()
+	ours, theirs, err := handoff.SocketPair()
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	end, err := handoff.NewChannel(theirs)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	r, wr, err := os.Pipe()
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	read := make(chan struct{})
+	g := realGen{proc: &fakeProc{pid: 3000, exited: make(chan struct{})}, end: end, stderr: wr, read: sync.OnceFunc(func() { close(read) })}
+	w.t.Cleanup(func() {
+		g.read()
+		ours.Close()
+		end.Close()
+		wr.Close()
+		g.proc.exit("")
+	})
+	end.SetDeadline(time.Now().Add(waitBound))
+	w.m.spawn = func(spawnSpec) (*generation, error) {
+		return newGeneration(g.proc, &heldChannel{Channel: ours, read: read}, proc.Relay(r, io.Discard)), nil
+	}
+	return g
 }

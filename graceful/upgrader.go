@@ -390,7 +390,24 @@ func (u *Upgrader) Ready() error {
 	}
 	ev := readyEvent{}
 	if p := u.parent.take(); p != nil {
+		// The parent hands over to this process once it hears "ready" (a prepared
+		// generation's once it is committed: it says "main"). A stop from then on
+		// is the current generation's, which the parent hears of before this
+		// process finishes (machine.readyStopped).
+		release := func() {}
+		defer func() { release() }()
+		takingOver := func() {
+			release = u.m.hold()
+			u.m.takingOver.Store(true)
+		}
+		prepared := u.held != nil
+		if !prepared {
+			takingOver()
+		}
 		upstream, said, err := u.confirmWithParent(p)
+		if prepared && upstream != nil {
+			takingOver()
+		}
 		u.restoreStderr()
 		if err != nil {
 			closeMessages(said)

@@ -5,6 +5,7 @@ package graceful
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -564,6 +565,81 @@ func TestReadInit(t *testing.T) {
 			}
 			if lost := strings.Contains(logs.String(), "event=parent_lost"); lost != c.lost {
 				t.Errorf("parent_lost logged: %v; want %v", lost, c.lost)
+			}
+		})
+	}
+}
+
+// TestStopAsItTakesOver: a new generation stopped after it told its parent it is
+// ready, before its machine heard it is (the parent has handed over: the PID file
+// names it, whoever asked for the upgrade has the answer), tells the parent "done"
+// as a ready one stopped does, so that the parent, standing by for its probation,
+// finishes rather than taking its exit for a crash and serving again; it does not
+// finish (Wait) before. One stopped before it told its parent it is ready, or a
+// prepared one stopped before its commit ("main"), tells it nothing and finishes
+// as it would have: the parent takes its exit for a death, and serves on.
+func TestStopAsItTakesOver(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		early    bool // stopped before Ready
+		prepared bool // told "prepare" in its initial batch: "main" is its commit
+	}{{"after ready", false, false}, {"before ready", true, false}, {"prepared", false, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			u := newTestUpgrader(t, Config{}, newFakeStarter(t))
+			parent, end, err := handoff.SocketPair()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer parent.Close()
+			parent.SetDeadline(time.Now().Add(waitBound))
+			if u.parent.ch, err = handoff.NewChannel(end); err != nil {
+				t.Fatal(err)
+			}
+			if c.prepared {
+				u.hold() // as readInit does on "prepare"
+			}
+			if c.early {
+				u.Stop()
+			}
+			ready := make(chan error, 1)
+			go func() { ready <- u.Ready() }()
+			if m, err := parent.Receive(); err != nil || m.Verb != handoff.Ready {
+				t.Fatalf("the parent heard %+v, %v; want ready", m, err)
+			}
+			if !c.early {
+				u.Stop()
+				want := "stopping" // held until the parent has heard "done"
+				if c.prepared {
+					want = "exited"
+				}
+				if st := u.Status(); st.State != want {
+					t.Fatalf("after the stop: %s; want %s", st.State, want)
+				}
+			}
+			if err := parent.Send(handoff.Message{Verb: handoff.Main}, waitBound); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-ready:
+				if err != nil {
+					t.Fatalf("Ready: %v", err)
+				}
+			case <-time.After(waitBound):
+				t.Fatal("Ready did not return")
+			}
+			m, err := parent.Receive()
+			switch done := !c.early && !c.prepared; {
+			case !done && !errors.Is(err, io.EOF):
+				t.Fatalf("the parent heard %+v, %v; want the channel closed, nothing said", m, err)
+			case done && (err != nil || m.Verb != handoff.Done):
+				t.Fatalf("the parent heard %+v, %v; want done", m, err)
+			}
+			waited := make(chan error, 1)
+			go func() { waited <- u.Wait() }()
+			select {
+			case <-waited:
+			case <-time.After(waitBound):
+				t.Fatal("Wait did not return")
 			}
 		})
 	}

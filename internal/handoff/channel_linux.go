@@ -76,12 +76,19 @@ func (c *Channel) Send(m Message, timeout time.Duration) error {
 }
 
 // Receive reads one message. io.EOF means the other end closed (its process
-// exited, or it closed the channel). Descriptors that come with the message are the
-// caller's, close-on-exec.
+// exited, or it closed the channel), and comes only after every message it sent
+// was read. Descriptors that come with the message are the caller's, close-on-exec.
 func (c *Channel) Receive() (Message, error) {
 	buf := make([]byte, maxMessage+1)
 	oob := make([]byte, unix.CmsgSpace(maxFiles*4))
 	n, oobn, flags, _, err := c.conn.ReadMsgUnix(buf, oob)
+	if errors.Is(err, unix.ECONNRESET) {
+		// The other end was closed with messages of ours unread in it (its process
+		// exited while they were on their way). Linux reports that once, and to a
+		// SOCK_SEQPACKET read before the messages queued here: what it said before
+		// it went (a "done") comes next, then the EOF of its close.
+		n, oobn, flags, _, err = c.conn.ReadMsgUnix(buf, oob)
+	}
 	if err != nil {
 		return Message{}, err
 	}

@@ -299,3 +299,34 @@ func TestChannelSendTimeout(t *testing.T) {
 
 // waitBound bounds every wait in these tests: a hang guard, not a timing goal.
 const waitBound = 10 * time.Second
+
+// A peer that exits with messages it never read still delivers what it said before
+// it went: the messages it sent, then EOF (EOF at once if it said nothing). Linux
+// marks the survivor's end ECONNRESET when the closing end had unread data, and a
+// SOCK_SEQPACKET read reports that before the queued messages. A successor told to
+// stop says "done" and exits while its predecessor's last news is still on its way
+// to it: the "done" must be read, or the predecessor takes a clean exit for a crash.
+func TestChannelLastWordsOfAPeerThatDidNotRead(t *testing.T) {
+	for _, said := range [][]Message{{{Verb: Done}, {Verb: Error, Text: "bye"}}, nil} {
+		parent, child := pair(t)
+		for _, m := range []Message{{Verb: Above, N: 0}, {Verb: Drained, Text: "{}"}} {
+			if err := parent.Send(m, time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, m := range said {
+			if err := child.Send(m, time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+		child.Close() // with the parent's two messages unread
+		for _, want := range said {
+			if got, err := parent.Receive(); err != nil || !sameMessage(got, want) {
+				t.Fatalf("receive = %+v, %v; want %+v", got, err, want)
+			}
+		}
+		if got, err := parent.Receive(); !errors.Is(err, io.EOF) {
+			t.Fatalf("receive after the %d messages it said = %+v, %v; want io.EOF", len(said), got, err)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"sync"
 	"time"
 
@@ -131,11 +132,27 @@ func newSingleton(cfg Config) (*Upgrader, error) {
 
 // newUpgrader makes an Upgrader that reaches the world through s (the real one for
 // a zero s). On an error it returns the Upgrader too, for its parent channel.
-func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
+func newUpgrader(cfg Config, s seams) (u *Upgrader, err error) {
 	cfg = cfg.withDefaults()
 	set, inheritErr := fds.Inherit()
-	u := &Upgrader{cfg: cfg, set: set, gen: set.Generation(), start: s.start,
+	u = &Upgrader{cfg: cfg, set: set, gen: set.Generation(), start: s.start,
 		events: make(chan event), sigs: make(chan os.Signal, 32)}
+	// The signals are caught from New's return on, and set up beside the rest of
+	// New: a process's first signal.Notify waits for the runtime to start a thread
+	// of its own (about a millisecond on a busy machine), which is not on the way
+	// to the first accept this way.
+	caught := make(chan struct{})
+	go func() {
+		defer close(caught)
+		u.holdStderr()
+		notifySignals(u.sigs)
+	}()
+	defer func() {
+		<-caught
+		if err != nil {
+			signal.Stop(u.sigs)
+		}
+	}()
 	if u.start == nil {
 		u.start = startProcess
 	}
@@ -148,7 +165,6 @@ func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
 	u.m = u.newMachine(s)
 	u.exit, u.done = u.m.exit, u.m.done
 	u.ext = u.newCarried()
-	u.holdStderr()
 	u.openPrepare()
 	u.openLink()
 	if p := u.parent.get(); p != nil {
@@ -171,7 +187,6 @@ func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
 	if err := u.setUp(); err != nil {
 		return u, err
 	}
-	notifySignals(u.sigs)
 	from := "nothing inherited"
 	if set.Source() != fds.Bound {
 		from = fmt.Sprintf("%d descriptors from %s", len(set.Files()), set.Source())

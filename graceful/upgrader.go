@@ -66,8 +66,10 @@ type Upgrader struct {
 	pipeSig chan os.Signal // SIGPIPE, while fd 2 is the parent's pipe
 	ctl     net.Listener   // the control socket, served once ready
 	// A prepared generation's (prepare.go): held is closed once it is committed
-	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
+	// (nil: not prepared; released once it is, in Ready); commitPipe is the
+	// master's pipe, under handover run.
 	held       chan struct{}
+	released   bool
 	commitPipe *os.File
 	viaLink    bool // the parent channel is a serving child's, under a master (masterlink.go)
 }
@@ -404,8 +406,16 @@ func (u *Upgrader) Ready() error {
 		u.log.Warn("closing an inherited descriptor nothing claimed", "event", "fd_unclaimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())
 	}
 	ev := readyEvent{}
+	if u.held != nil {
+		// A prepared generation: what its first requests run is mapped in while
+		// it waits for its commit, not a page fault at a time after it.
+		proc.MapCode()
+	}
 	if p := u.parent.take(); p != nil {
 		upstream, said, err := u.confirmWithParent(p)
+		if err == nil && u.commitPipe == nil {
+			u.release() // committed: accept at once, before anything else
+		}
 		u.restoreStderr()
 		if err != nil {
 			closeMessages(said)

@@ -158,9 +158,10 @@ func (u *Upgrader) hold() {
 	}
 }
 
-// release lets a prepared generation's listeners accept.
+// release lets a prepared generation's listeners accept. Later calls do nothing.
 func (u *Upgrader) release() {
-	if u.held != nil {
+	if u.held != nil && !u.released {
+		u.released = true
 		close(u.held)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"sync"
 	"time"
 
@@ -65,8 +66,10 @@ type Upgrader struct {
 	pipeSig chan os.Signal // SIGPIPE, while fd 2 is the parent's pipe
 	ctl     net.Listener   // the control socket, served once ready
 	// A prepared generation's (prepare.go): held is closed once it is committed
-	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
+	// (nil: not prepared; released once it is, in Ready); commitPipe is the
+	// master's pipe, under handover run.
 	held       chan struct{}
+	released   bool
 	commitPipe *os.File
 	viaLink    bool // the parent channel is a serving child's, under a master (masterlink.go)
 }
@@ -131,11 +134,27 @@ func newSingleton(cfg Config) (*Upgrader, error) {
 
 // newUpgrader makes an Upgrader that reaches the world through s (the real one for
 // a zero s). On an error it returns the Upgrader too, for its parent channel.
-func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
+func newUpgrader(cfg Config, s seams) (u *Upgrader, err error) {
 	cfg = cfg.withDefaults()
 	set, inheritErr := fds.Inherit()
-	u := &Upgrader{cfg: cfg, set: set, gen: set.Generation(), start: s.start,
+	u = &Upgrader{cfg: cfg, set: set, gen: set.Generation(), start: s.start,
 		events: make(chan event), sigs: make(chan os.Signal, 32)}
+	// The signals are caught from New's return on, and set up beside the rest of
+	// New: a process's first signal.Notify waits for the runtime to start a thread
+	// of its own (about a millisecond on a busy machine), which is not on the way
+	// to the first accept this way.
+	caught := make(chan struct{})
+	go func() {
+		defer close(caught)
+		u.holdStderr()
+		notifySignals(u.sigs)
+	}()
+	defer func() {
+		<-caught
+		if err != nil {
+			signal.Stop(u.sigs)
+		}
+	}()
 	if u.start == nil {
 		u.start = startProcess
 	}
@@ -148,7 +167,6 @@ func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
 	u.m = u.newMachine(s)
 	u.exit, u.done = u.m.exit, u.m.done
 	u.ext = u.newCarried()
-	u.holdStderr()
 	u.openPrepare()
 	u.openLink()
 	if p := u.parent.get(); p != nil {
@@ -171,7 +189,6 @@ func newUpgrader(cfg Config, s seams) (*Upgrader, error) {
 	if err := u.setUp(); err != nil {
 		return u, err
 	}
-	notifySignals(u.sigs)
 	from := "nothing inherited"
 	if set.Source() != fds.Bound {
 		from = fmt.Sprintf("%d descriptors from %s", len(set.Files()), set.Source())
@@ -389,6 +406,11 @@ func (u *Upgrader) Ready() error {
 		u.log.Warn("closing an inherited descriptor nothing claimed", "event", "fd_unclaimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())
 	}
 	ev := readyEvent{}
+	if u.held != nil {
+		// A prepared generation: what its first requests run is mapped in while
+		// it waits for its commit, not a page fault at a time after it.
+		proc.MapCode()
+	}
 	if p := u.parent.take(); p != nil {
 		// The parent hands over to this process once it hears "ready" (a prepared
 		// generation's once it is committed: it says "main"). A stop from then on
@@ -407,6 +429,9 @@ func (u *Upgrader) Ready() error {
 		upstream, said, err := u.confirmWithParent(p)
 		if prepared && upstream != nil {
 			takingOver()
+		}
+		if err == nil && u.commitPipe == nil {
+			u.release() // committed: accept at once, before anything else
 		}
 		u.restoreStderr()
 		if err != nil {

@@ -33,8 +33,58 @@ func init() {
 		prepareApproach("handover-prep-sock", "handover: prepare, then commit on the socket (timed)",
 			"the commit request, written by the bench on the control socket (no process starts); handover prepare ran before, untimed",
 			func(s *ctlServer) error { return s.commitOnSocket() }),
+		prepareApproach("handover-prep-floor", "handover: prepare, then an empty Go program's run and the commit on the socket (timed)",
+			"an empty Go program (main returns at once; a CGO_ENABLED=0 build) is run and waited for, then the bench writes the commit on the control socket: the least any command written in Go could take",
+			func(s *ctlServer) error {
+				if err := s.runEmpty(); err != nil {
+					return err
+				}
+				return s.commitOnSocket()
+			}),
 	)
 }
+
+// runEmpty runs the empty Go program and waits for its exit: what the start of a
+// command written in Go costs at the least (the runtime's own start and exit).
+func (s *ctlServer) runEmpty() error {
+	bin, err := emptyProgram(s.e)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = cleanEnv()
+	return cmd.Run()
+}
+
+// emptyProgram builds, once, a Go program whose main returns at once
+// (CGO_ENABLED=0, as the static handover command).
+func emptyProgram(e *env) (string, error) {
+	emptyOnce.Do(func() {
+		dir := filepath.Join(e.work, "empty")
+		emptyBin = filepath.Join(dir, "empty")
+		if emptyErr = os.MkdirAll(dir, 0o755); emptyErr != nil {
+			return
+		}
+		for name, text := range map[string]string{"go.mod": "module empty\n", "main.go": "package main\n\nfunc main() {}\n"} {
+			if emptyErr = os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); emptyErr != nil {
+				return
+			}
+		}
+		cmd := exec.Command("go", "build", "-o", emptyBin, ".")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			emptyErr = fmt.Errorf("go build of an empty program: %v\n%s", err, out)
+		}
+	})
+	return emptyBin, emptyErr
+}
+
+var (
+	emptyOnce sync.Once
+	emptyBin  string
+	emptyErr  error
+)
 
 // prepareApproach is handover-demo with a control socket, prepared before each
 // switch and committed by commit.
@@ -47,6 +97,9 @@ func prepareApproach(name, label, trigger string, commit func(*ctlServer) error)
 		new: func(e *env) (server, error) {
 			// Built before any switch: the build is not timed.
 			if _, err := staticHandover(e); err != nil {
+				return nil, err
+			}
+			if _, err := emptyProgram(e); err != nil {
 				return nil, err
 			}
 			return newCtlServer(e)

@@ -146,6 +146,7 @@ func (e attemptEnded) handle(m *machine)   { m.onAttemptEnded(e) }
 type channel interface {
 	Send(m handoff.Message, timeout time.Duration) error
 	Receive() (handoff.Message, error)
+	SetReadDeadline(t time.Time) error // a Receive past t fails, taking no message
 	Close()
 	File() (*os.File, error)
 }

@@ -3,6 +3,7 @@ package graceful
 import (
 	"encoding/json"
 	"os"
+	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/carry"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
@@ -28,7 +29,13 @@ import (
 //   - A generation that finishes (after its successor's probation: successor.go)
 //     says farewell: its successor gets its own upstream channel ("upstream"), so
 //     that the line stays connected past its exit. Until then it passes on what
-//     the older generations say.
+//     the older generations say. The successor stops reading this generation's
+//     channel as it takes the one passed on, so nothing about the older generations
+//     may follow "upstream": the farewell first stops this generation's reader of
+//     the channel (without closing it), hands on what that reader read (connections
+//     the older generation handed over included: "conns-taken" goes back up as
+//     ever), and passes the channel on only then (sayFarewell). What the older
+//     generation sends from then on waits in the channel for the successor.
 
 // lineage is this process's place in its line of generations.
 type lineage struct {
@@ -36,10 +43,11 @@ type lineage struct {
 	upOut    *outbox // what this process tells it
 	above    int     // older generations still draining, as the upstream said
 	drained  bool    // this process's drain ended: "drained" is on its way to the successor
-	farewell bool    // the upstream channel is on its way to the successor
-	// passed is the upstream channel passed on at the farewell until its reader
-	// has posted its end: what it read before is handled first.
-	passed channel
+	farewell bool    // the farewell began: the upstream channel goes to the successor
+	// hushed is the upstream channel whose reader the farewell stopped, until that
+	// reader has posted its end: what it read is handled before the channel is
+	// passed on.
+	hushed channel
 	// relay holds the drains of older generations heard of after the history was
 	// handed to the new generation of the attempt in progress: they follow it once
 	// it took over.
@@ -60,21 +68,31 @@ func (e upstreamMessage) handle(m *machine) {
 	case e.ch == m.line.up:
 		m.onUpstreamMessage(e.m)
 	case e.m.Verb == handoff.Drained:
-		// Read from a channel this process has just passed on (its farewell): the
-		// news still goes down the line.
+		// Read from a channel this process no longer listens to (an "upstream"
+		// replaced it): the news still goes down the line.
 		m.onUpstreamDrained(e.m)
-	case e.m.Verb == handoff.Conns && e.ch == m.line.passed:
-		// Connections the older generation handed over, read from the channel
-		// just passed on: they go to the successor, which reads that channel now.
-		m.tellSuccessor(e.m)
+	case e.m.Verb == handoff.Conns:
+		// Connections handed over on such a channel (a generation of an older
+		// build may send them after "upstream"): its reader said it has them, so
+		// they are served here (or handed on, or dropped with a word), never
+		// closed unseen.
+		if !takeCarried(m.carriers, e.m, carry.Final) {
+			closeFiles(e.m.Files)
+		}
 	default:
 		closeFiles(e.m.Files)
 	}
 }
 
 func (e upstreamEnded) handle(m *machine) {
-	if e.ch == m.line.passed {
-		m.line.passed = nil // all it read was handled: the process may finish
+	if e.ch == m.line.hushed {
+		// All its reader read was handled: it goes to the successor (sayFarewell),
+		// or, if the process serves again since, it is read again.
+		m.line.hushed = nil
+		if !m.line.farewell && e.ch == m.line.up {
+			m.listenUpstream(e.ch)
+		}
+		return
 	}
 	if e.ch == m.line.up {
 		m.line.up.Close()
@@ -83,12 +101,19 @@ func (e upstreamEnded) handle(m *machine) {
 	}
 }
 
-// listenUpstream makes ch the channel to the previous generation and reads it.
+// listenUpstream makes ch the channel to the previous generation and reads it; once
+// the farewell began, its reader stops at once (sayFarewell).
 func (m *machine) listenUpstream(ch channel) {
 	if m.line.up != nil && m.line.up != ch {
 		m.line.up.Close()
 	}
 	m.line.up = ch
+	if m.line.farewell {
+		m.line.hushed = ch
+		ch.SetReadDeadline(aLongTimeAgo)
+	} else {
+		ch.SetReadDeadline(time.Time{})
+	}
 	out := &outbox{ch: ch, track: m.hold}
 	m.line.upOut = out
 	post := m.post
@@ -250,20 +275,53 @@ func (m *machine) sayDrained() {
 }
 
 // sayFarewell, as this generation finishes, passes on its channel to an older
-// generation still draining, so that the line stays connected past its exit.
-func (m *machine) sayFarewell() {
-	m.line.farewell = true
+// generation still draining, so that the line stays connected past its exit; it
+// reports whether that is done (the process may finish once nothing is on its way).
+// It takes two steps, each once nothing is on its way (settle). First the reader of
+// the channel is stopped, the channel left open: a "conns" the older generation
+// sent meanwhile may be read already, its "conns-taken" on its way back up (that
+// generation has let its copies go), and nothing but this process can hand those
+// connections on; the reader ends at a message's boundary, and what it read is
+// handled as ever (connections handed on to the successor, ahead of what follows).
+// Then, once the reader has ended, the channel goes to the successor: nothing
+// about the older generation follows "upstream", which makes the successor stop
+// reading this process's channel (listenUpstream).
+func (m *machine) sayFarewell() bool {
 	up := m.line.up
-	if m.nextPID == 0 || up == nil {
-		return // stopped, not handed over; or no older generation drains
+	switch {
+	case m.nextPID == 0 || up == nil:
+		// Stopped, not handed over; or no older generation drains (any more).
+		m.line.farewell = true
+		return true
+	case !m.line.farewell:
+		m.line.farewell = true
+		m.line.hushed = up
+		up.SetReadDeadline(aLongTimeAgo) // its reader posts its end (upstreamEnded)
+		return false
+	case m.line.hushed != nil:
+		return false // its reader has not ended yet
 	}
 	m.line.up, m.line.upOut = nil, nil // from now on the successor reads it, not us
-	m.line.passed = up
 	f, err := up.File()
 	up.Close()
 	if err != nil {
 		m.tellSuccessor(handoff.Message{Verb: handoff.Above, N: 0})
-		return
+		return true
 	}
 	m.tellSuccessor(handoff.Message{Verb: handoff.Upstream, N: m.line.above, Files: []*os.File{f}})
+	return true
+}
+
+// unsayFarewell: the process serves again (resume) before its farewell was done; the
+// upstream channel is read again (at once if its reader had ended, else once its
+// end is posted: upstreamEnded). Only a process that handed over resumes: its
+// farewell stopped the reader (that of one that stopped is never taken back).
+func (m *machine) unsayFarewell() {
+	if !m.line.farewell {
+		return
+	}
+	m.line.farewell = false
+	if up := m.line.up; up != nil && m.line.hushed == nil {
+		m.listenUpstream(up)
+	}
 }

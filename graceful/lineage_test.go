@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/internal/carry"
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
 
@@ -69,10 +71,14 @@ func TestLineageFarewell(t *testing.T) {
 	if a := g.ch.expect(t, handoff.Above); a.N != 1 {
 		t.Fatalf("above %d once drained; want 1 (only the older generation drains)", a.N)
 	}
-	if w.m.line.farewell || up.isClosed() {
+	if w.m.line.farewell || up.isClosed() || up.readStopped() {
 		t.Fatal("the channel to the older generation was passed on during the probation")
 	}
 	w.passProbation(10 * time.Second)
+	if !up.readStopped() || up.isClosed() {
+		t.Fatal("the farewell did not stop the reader of the channel to the older generation first (leaving it open)")
+	}
+	w.stepUntil("the channel is passed on", func() bool { return w.m.line.up == nil })
 	if m := g.ch.expect(t, handoff.Upstream); m.N != 1 || len(m.Files) != 1 {
 		t.Fatalf("upstream %d with %d files; want 1 and the channel", m.N, len(m.Files))
 	}
@@ -85,38 +91,199 @@ func TestLineageFarewell(t *testing.T) {
 	}
 }
 
-// TestLineageFarewellConns: connections the older generation hands over, read from
-// the upstream channel as this process passes it on, go on to the successor (which
-// reads that channel from then on); the process finishes only once its reader of
-// that channel has ended, so that nothing it read is left unhandled.
+// TestLineageFarewellConns: connections the older generation hands over, which
+// this process's reader of the upstream channel read (and said it has: the older
+// generation lets its copies go) just as the farewell began, go on to the successor
+// ahead of the channel itself. The successor stops reading this process's channel
+// once "upstream" comes, so a "conns" after it would be lost: the connection closed
+// unseen, the client's next request reset (TestSystemdSignalStorm/252,
+// TestSystemdConcurrentReloads/252: a generation finishes as soon as it drained).
+// The channel goes on, and the process finishes, only once its reader has ended.
 func TestLineageFarewellConns(t *testing.T) {
 	w := newWorld(t, nil)
+	tl := w.withConnCarrier()
+	up, g := w.drainedBelow()
+	client, f := handedConn(t)
+	up.say(handoff.Message{Verb: handoff.Conns, Text: originText(tl), Files: []*os.File{f}})
+	up.expect(t, handoff.ConnsTaken) // read: posted to the machine, not handled yet
+	w.passProbation(10 * time.Second)
+	w.stepUntil("something is sent to the successor", func() bool { return len(g.ch.sent) > 0 })
+	m := g.ch.expect(t, handoff.Conns)
+	if len(m.Files) != 1 {
+		t.Fatalf("the successor got %d descriptors; want the connection", len(m.Files))
+	}
+	sameConnFile(t, client, m.Files[0])
+	g.ch.say(handoff.Message{Verb: handoff.ConnsTaken, N: 1})
+	w.stepUntil("the channel is passed on", func() bool { return w.m.line.up == nil })
+	if m := g.ch.expect(t, handoff.Upstream); len(m.Files) != 1 || !up.isClosed() {
+		t.Fatalf("upstream with %d files, this end closed %v; want the channel passed on", len(m.Files), up.isClosed())
+	}
+	w.stepUntil("the process is done", func() bool { return w.m.st == exited })
+	g.ch.nothingSent(t, "after the farewell")
+	if w.logged("conn_dropped") {
+		t.Fatal("a connection was dropped")
+	}
+}
+
+// TestLineageConnsAfterUpstream: connections that come on the channel to the
+// previous generation after it passed on its own upstream channel ("upstream": a
+// generation of an older build sent them after it) are served here, not closed.
+func TestLineageConnsAfterUpstream(t *testing.T) {
+	w := newWorld(t, nil)
+	tl := w.withConnCarrier()
+	up := newFakeChannel()
+	w.readyWith(up)
+	older, f, err := handoff.SocketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(older.Close)
+	t.Cleanup(func() {
+		if w.m.line.up != nil {
+			w.m.line.up.Close() // the channel passed on
+		}
+	})
+	client, cf := handedConn(t)
+	up.say(handoff.Message{Verb: handoff.Upstream, N: 1, Files: []*os.File{f}})
+	up.say(handoff.Message{Verb: handoff.Conns, Text: originText(tl), Files: []*os.File{cf}})
+	up.expect(t, handoff.ConnsTaken) // both read before the machine handles either
+	stepTo[upstreamMessage](w)
+	if w.m.line.up == channel(up) || !up.isClosed() {
+		t.Fatal("the channel passed on did not replace the previous one")
+	}
+	stepTo[upstreamMessage](w)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := tl.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	select {
+	case c := <-accepted:
+		defer c.Close()
+		sameConn(t, client, c)
+	case <-time.After(waitBound):
+		t.Fatal("the connection was not served")
+	}
+}
+
+// TestLineageFarewellResumed: a successor that dies as this process says farewell
+// (its reader of the upstream channel stopped, the channel not passed on yet) makes
+// it serve again, as a death during the drain does; the channel is read again, and
+// not passed on.
+func TestLineageFarewellResumed(t *testing.T) {
+	w := newWorld(t, nil)
+	w.listening()
+	up, g := w.drainedBelow()
+	w.passProbation(10 * time.Second)
+	if !up.readStopped() {
+		t.Fatal("the farewell did not begin")
+	}
+	// Its death, judged before the end of the reader is handled.
+	g.proc.exit("exit status 1")
+	w.m.handle(successorExited{s: w.m.next.cur})
+	if w.m.st != serving {
+		t.Fatalf("state %s after the successor died; want serving", w.m.st)
+	}
+	up.expect(t, handoff.Current)
+	stepTo[upstreamEnded](w)
+	if up.readStopped() || up.isClosed() || w.m.line.up != channel(up) {
+		t.Fatal("the channel to the older generation is not read again")
+	}
+	up.say(handoff.Message{Verb: handoff.Above, N: 2})
+	stepTo[upstreamMessage](w)
+	if w.m.line.above != 2 {
+		t.Fatalf("above %d; want what the older generation said", w.m.line.above)
+	}
+}
+
+// drainedBelow makes w a generation below an older one that drains (its upstream
+// channel, returned): w upgrades to a new generation (returned), which takes over,
+// and w drains at once and stands by for the probation.
+func (w *fakeWorld) drainedBelow() (*fakeChannel, *fakeGen) {
+	w.t.Helper()
 	up := newFakeChannel()
 	w.readyWith(up)
 	up.say(handoff.Message{Verb: handoff.Above, N: 1})
 	stepTo[upstreamMessage](w)
 	g := w.upgradeTo()
-	up.expect(t, handoff.Done)
-	g.ch.expect(t, handoff.Above)
+	up.expect(w.t, handoff.Done)
+	g.ch.expect(w.t, handoff.Above)
 	w.stepUntil("the end of the drain", func() bool { return w.m.line.drained })
-	g.ch.expect(t, handoff.Drained)
-	g.ch.expect(t, handoff.Above)
-	w.passProbation(10 * time.Second)
-	g.ch.expect(t, handoff.Upstream)
-	if w.m.st == exited {
-		t.Fatal("finished before the reader of the channel it passed on ended")
+	g.ch.expect(w.t, handoff.Drained)
+	g.ch.expect(w.t, handoff.Above)
+	return up, g
+}
+
+// withConnCarrier gives the process a connection carrier and a target whose
+// listener (of the process's socket "web") takes connections in; it returns the
+// listener.
+func (w *fakeWorld) withConnCarrier() *listener {
+	w.t.Helper()
+	c := newConnCarrier(w.m.log, w.m.set)
+	c.h = &carryHost{log: w.m.log, set: w.m.set, hold: w.m.hold}
+	w.m.carriers = []carry.Carrier{c}
+	tl := w.listening().(*listener)
+	c.serve(tl.d, tl, tl.Listener, passHTTP)
+	if tl.in.kind != passHTTP {
+		w.t.Fatal("the listener takes no connection in")
 	}
-	r, wr, err := os.Pipe()
+	return tl
+}
+
+// originText is the text of a "conns" message for connections of tl's socket.
+func originText(tl *listener) string {
+	b, _ := json.Marshal(tl.in.origin)
+	return string(b)
+}
+
+// handedConn makes a loopback connection and returns its client end and a copy of
+// its server end's descriptor, as a previous generation hands it over (the server
+// end itself is closed).
+func handedConn(t *testing.T) (net.Conn, *os.File) {
+	t.Helper()
+	ln := listenLoopback(t)
+	client, err := net.DialTimeout("tcp", ln.Addr().String(), waitBound)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wr.Close()
-	// What the reader had read as the channel closed.
-	w.m.handle(upstreamMessage{ch: up, m: handoff.Message{Verb: handoff.Conns, Text: `{"name":"http"}`, Files: []*os.File{r}}})
-	if m := g.ch.expect(t, handoff.Conns); m.Text != `{"name":"http"}` || len(m.Files) != 1 {
-		t.Fatalf("the successor got %q with %d files; want the connections", m.Text, len(m.Files))
+	t.Cleanup(func() { client.Close() })
+	server, err := ln.Accept() // queued by the kernel: Dial returned
+	if err != nil {
+		t.Fatal(err)
 	}
-	w.stepUntil("the process is done", func() bool { return w.m.st == exited })
+	f, err := dupConn(server)
+	server.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, f
+}
+
+// sameConn checks that server is the other end of client: what the client sends,
+// it reads.
+func sameConn(t *testing.T, client, server net.Conn) {
+	t.Helper()
+	client.SetDeadline(time.Now().Add(waitBound))
+	server.SetDeadline(time.Now().Add(waitBound))
+	if _, err := client.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(server, b); err != nil || string(b) != "ping" {
+		t.Fatalf("read %q, %v; want what the client sent", b, err)
+	}
+}
+
+// sameConnFile is sameConn for a descriptor of the server end (which stays open).
+func sameConnFile(t *testing.T, client net.Conn, f *os.File) {
+	t.Helper()
+	nc, err := net.FileConn(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	sameConn(t, client, nc)
 }
 
 // TestLineageMaxDraining: a handover that makes more generations drain than

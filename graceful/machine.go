@@ -414,10 +414,10 @@ func (m *machine) settle() {
 	if m.holds.Load() > 0 || m.standingBy() {
 		return
 	}
-	if !m.line.farewell {
-		m.sayFarewell()
+	if !m.sayFarewell() {
+		return // the upstream channel is not passed on yet
 	}
-	if m.holds.Load() == 0 && m.line.passed == nil {
+	if m.holds.Load() == 0 {
 		m.finish()
 	}
 }

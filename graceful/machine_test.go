@@ -105,10 +105,43 @@ type fakeChannel struct {
 	once     sync.Once
 	inOnce   sync.Once
 	failSend atomic.Bool
+
+	dmu     sync.Mutex
+	expired chan struct{} // closed while the read deadline has passed
 }
 
 func newFakeChannel() *fakeChannel {
-	return &fakeChannel{in: make(chan handoff.Message, 16), sent: make(chan handoff.Message, 64), closed: make(chan struct{})}
+	return &fakeChannel{in: make(chan handoff.Message, 16), sent: make(chan handoff.Message, 64), closed: make(chan struct{}), expired: make(chan struct{})}
+}
+
+// SetReadDeadline, as a socket's: once t has passed, Receive takes no message.
+func (c *fakeChannel) SetReadDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	passed := isDone(c.expired)
+	switch {
+	case !t.IsZero() && !t.After(time.Now()) && !passed:
+		close(c.expired)
+	case (t.IsZero() || t.After(time.Now())) && passed:
+		c.expired = make(chan struct{})
+	}
+	return nil
+}
+
+// readStopped reports whether the read deadline has passed.
+func (c *fakeChannel) readStopped() bool {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	return isDone(c.expired)
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 func (c *fakeChannel) Send(m handoff.Message, _ time.Duration) error {
@@ -134,7 +167,15 @@ func (c *fakeChannel) Send(m handoff.Message, _ time.Duration) error {
 }
 
 func (c *fakeChannel) Receive() (handoff.Message, error) {
+	c.dmu.Lock()
+	expired := c.expired
+	c.dmu.Unlock()
+	if isDone(expired) {
+		return handoff.Message{}, os.ErrDeadlineExceeded // what came stays queued
+	}
 	select {
+	case <-expired:
+		return handoff.Message{}, os.ErrDeadlineExceeded
 	case m, ok := <-c.in:
 		if !ok {
 			return handoff.Message{}, io.EOF

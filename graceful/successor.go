@@ -320,6 +320,7 @@ func (m *machine) resume(s *successor, status string) {
 	m.st = serving
 	m.nextPID = 0
 	m.line.drained = false
+	m.unsayFarewell()
 	m.takeBackDrains()
 	m.exit.reopen()
 	m.main = true

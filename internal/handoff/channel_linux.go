@@ -154,6 +154,12 @@ func closeAll(files []*os.File) {
 // SetDeadline bounds every Send and Receive (tests use it against hangs).
 func (c *Channel) SetDeadline(t time.Time) error { return c.conn.SetDeadline(t) }
 
+// SetReadDeadline bounds every Receive: once t has passed, a Receive waiting returns
+// os.ErrDeadlineExceeded, and none takes a message off the socket any more (one that
+// comes stays queued for whoever reads the socket next, through a copy of its
+// descriptor: File). A zero t lets Receive wait again.
+func (c *Channel) SetReadDeadline(t time.Time) error { return c.conn.SetReadDeadline(t) }
+
 // File returns a duplicate of the channel's descriptor, to pass it on (the
 // "upstream" message); the caller owns it.
 func (c *Channel) File() (*os.File, error) { return DupFile(c.conn, "handover-channel") }

@@ -29,5 +29,8 @@ func (c *Channel) Close() {}
 // SetDeadline does nothing.
 func (c *Channel) SetDeadline(t time.Time) error { return nil }
 
+// SetReadDeadline does nothing.
+func (c *Channel) SetReadDeadline(t time.Time) error { return nil }
+
 // File fails.
 func (c *Channel) File() (*os.File, error) { return nil, ErrUnsupported }

@@ -42,7 +42,11 @@ import (
 //	parent → child   "upstream <n>" + channel   the parent is done and exits (its
 //	                                  drain ended, and the child's probation): here
 //	                                  is its own channel to an older generation
-//	                                  still draining; n older generations drain
+//	                                  still draining; n older generations drain.
+//	                                  The last message about that generation: the
+//	                                  parent stopped reading its channel, and sent
+//	                                  what it had read, first; the child stops
+//	                                  reading the parent's channel
 //	child → parent   "done"           no longer the current generation (it handed
 //	                                  over in turn, or is stopping): its exit is no
 //	                                  crash

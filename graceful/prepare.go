@@ -224,6 +224,9 @@ func (u *Upgrader) ask(s step, trigger string) <-chan upgradeResult {
 // generation, only the listeners served by a Server or a Drainer wait for the commit:
 // a program that accepts on a listener of its own (or reads a datagram socket) does
 // so once Ready has returned, which, in a prepared generation, is at the commit.
+// Before it says it is ready, a prepared generation maps its executable's code into
+// its page tables (madvise MADV_POPULATE_READ), so that its first requests after
+// the commit do not fault it in a page at a time.
 // Like Upgrade, Prepare is not supported on systems other than Linux.
 func (u *Upgrader) Prepare(ctx context.Context) (int, error) {
 	return u.wait(ctx, u.ask(stepPrepare, "API"))

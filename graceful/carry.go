@@ -95,6 +95,16 @@ func (s managerStore) Put(name string, files ...*os.File) error {
 	if s.n == nil {
 		return nil
 	}
+	if err := s.send(name, files); err != nil {
+		return err
+	}
+	barrierRetry(s.n)
+	return nil
+}
+
+// send is Put without the wait: the manager reads notifications in order, so what
+// it stores is there before whatever this process notifies next (READY=1).
+func (s managerStore) send(name string, files []*os.File) error {
 	fds := make([]int, len(files))
 	for i, f := range files {
 		fd, err := handoff.RawFD(f)
@@ -104,11 +114,7 @@ func (s managerStore) Put(name string, files ...*os.File) error {
 		fds[i] = fd
 	}
 	notifyRetry(s.n, "FDSTOREREMOVE=1\nFDNAME="+name)
-	if err := notifyRetry(s.n, "FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds...); err != nil {
-		return err
-	}
-	barrierRetry(s.n)
-	return nil
+	return notifyRetry(s.n, "FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds...)
 }
 
 // Remove removes what is stored under name.

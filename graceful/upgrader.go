@@ -298,7 +298,9 @@ func (u *Upgrader) startCarriers() error {
 			return err
 		}
 	}
-	u.serveLinks(h.store)
+	if master && n != nil {
+		u.serveLinks(managerStore{n})
+	}
 	return nil
 }
 

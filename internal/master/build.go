@@ -38,9 +38,12 @@ type build struct {
 	// direct: exe is a binary that carries handoff.DirectMark (a program built with
 	// this module), started without the re-exec shim (see spawn).
 	direct bool
-	dev    uint64
-	ino    uint64
-	refs   int // the children and the machine's fields that hold it
+	// next: exe also takes a handover channel the master opens for it on the
+	// serving child's link (handoff.NextMark; see spawn).
+	next bool
+	dev  uint64
+	ino  uint64
+	refs int // the children and the machine's fields that hold it
 }
 
 // maxInterpreters is how many #! interpreters may be nested, as in the kernel.
@@ -71,7 +74,7 @@ func openBuild(path string) (*build, error) {
 			if depth > 0 {
 				b.prefix = append([]string{file}, tail...)
 			} else {
-				b.direct = carriesDirectMark(f)
+				b.direct, b.next = carriesMarks(f)
 			}
 			return b, nil
 		}

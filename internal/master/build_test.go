@@ -147,15 +147,17 @@ func TestDirectMark(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.close()
-	if !b.direct {
-		t.Errorf("%s (built with this module) does not carry the direct mark", self)
+	if !b.direct || !b.next {
+		t.Errorf("%s (built with this module): direct mark %v, next mark %v; want both", self, b.direct, b.next)
 	}
 	data, err := os.ReadFile(self)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := bytes.Count(data, handoff.DirectMark[:]); n != 1 {
-		t.Fatalf("the mark is %d times in %s; want once", n, self)
+	for _, mark := range [][]byte{handoff.DirectMark[:], handoff.NextMark[:]} {
+		if n := bytes.Count(data, mark); n != 1 {
+			t.Fatalf("the mark %q is %d times in %s; want once", mark[16:], n, self)
+		}
 	}
 	dir := t.TempDir()
 	other := filepath.Join(dir, "other")
@@ -171,26 +173,45 @@ func TestDirectMark(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if b.direct {
-			t.Errorf("%s carries the direct mark", p)
+		if b.direct || b.next {
+			t.Errorf("%s carries the direct mark (%v) or the next mark (%v)", p, b.direct, b.next)
 		}
+		b.close()
+	}
+	// A build of the library from before the master opened channels (an older
+	// version): started directly, and gets the link.
+	older := filepath.Join(dir, "older")
+	if err := os.WriteFile(older, bytes.Replace(data, handoff.NextMark[:], make([]byte, len(handoff.NextMark)), 1), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := openBuild(older); err != nil || !b.direct || b.next {
+		t.Errorf("%s without the next mark: %+v, %v; want direct, not next", older, b, err)
+	} else {
 		b.close()
 	}
 }
 
-// TestReaderHolds: the mark is found wherever it is, across the pieces read too.
+// TestReaderHolds: each mark is found wherever it is, across the pieces read too,
+// whether the other is there or not.
 func TestReaderHolds(t *testing.T) {
-	mark := []byte("0123456789")
+	mark, other := []byte("0123456789"), []byte("abcdef")
 	for _, at := range []int{-1, 0, 1, 60, 64 - 10, 64 - 5, 64 - 1, 64, 100, 128 - 3, 190} {
-		data := bytes.Repeat([]byte{'x'}, 200)
-		if at >= 0 {
-			copy(data[at:], mark)
-		}
-		if got := readerHolds(bytes.NewReader(data), mark, make([]byte, 64)); got != (at >= 0) {
-			t.Errorf("mark at %d: holds %v", at, got)
+		for _, otherAt := range []int{-1, 20, 64 - 3, 150} {
+			data := bytes.Repeat([]byte{'x'}, 200)
+			if otherAt >= 0 {
+				copy(data[otherAt:], other)
+			}
+			if at >= 0 {
+				copy(data[at:], mark)
+			}
+			got := readerHolds(bytes.NewReader(data), [][]byte{mark, other}, make([]byte, 64))
+			wantOther := otherAt >= 0 && (at < 0 || otherAt+len(other) <= at || otherAt >= at+len(mark))
+			if got[0] != (at >= 0) || got[1] != wantOther {
+				t.Errorf("mark at %d, other at %d: holds %v", at, otherAt, got)
+			}
 		}
 	}
-	if readerHolds(bytes.NewReader([]byte("01234")), mark, make([]byte, 64)) {
+	if got := readerHolds(bytes.NewReader([]byte("01234")), [][]byte{mark}, make([]byte, 64)); got[0] {
 		t.Error("a short read holds the mark")
 	}
 }

@@ -157,7 +157,7 @@ func (h *host) machine() *machine {
 	}
 	m.settle = h.settle
 	m.resolve = resolveProg
-	m.open = openBuild
+	m.open = func(path string) (*build, error) { return openBuild(path, m.lastGood) }
 	m.pipe = commitPipe
 	m.launch = func(b *build) launch { return resolveLaunch(h.cfg.Args, h.cfg.Dir, b) }
 	m.ran = ranBuild

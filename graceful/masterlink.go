@@ -102,16 +102,16 @@ func lastChannel(files []*os.File) *handoff.Channel {
 // serveLinks, in a library child of a `handover run` master, puts its link in the
 // master's fd store and serves the new children whose channels come on it (sent by
 // the master as it starts them, or by the children), for as long as the process
-// lives. It does not wait for the master to have stored the link: the master
-// reads this process's notifications in order, and needs the link only once this
-// process is ready and serves (READY=1 comes after).
+// lives. It does not wait for the master to have stored the link (putToMaster): the
+// master needs it only once this process is ready and serves, and READY=1 comes
+// after.
 func (u *Upgrader) serveLinks(store managerStore) {
 	mine, theirs, err := handoff.SocketPair()
 	if err != nil {
 		u.log.Warn("no link for the next child: it will start without what this one hands on", "event", "link_lost", "reason", "store", "err", err)
 		return
 	}
-	err = store.send(handoff.LinkName, []*os.File{theirs})
+	err = store.putToMaster(handoff.LinkName, theirs)
 	theirs.Close()
 	if err != nil {
 		mine.Close()

@@ -102,38 +102,66 @@ func lastChannel(files []*os.File) *handoff.Channel {
 // serveLinks, in a library child of a `handover run` master, puts its link in the
 // master's fd store and serves the new children whose channels come on it (sent by
 // the master as it starts them, or by the children), for as long as the process
-// lives. It does not wait for the master to have stored the link (putToMaster): the
-// master needs it only once this process is ready and serves, and READY=1 comes
-// after.
-func (u *Upgrader) serveLinks(store managerStore) {
-	mine, theirs, err := handoff.SocketPair()
-	if err != nil {
-		u.log.Warn("no link for the next child: it will start without what this one hands on", "event", "link_lost", "reason", "store", "err", err)
-		return
-	}
-	err = store.putToMaster(handoff.LinkName, theirs)
-	theirs.Close()
-	if err != nil {
-		mine.Close()
-		u.log.Warn("no link for the next child: it will start without what this one hands on", "event", "link_lost", "reason", "store", "err", err)
-		return
-	}
+// lives. It does so beside the start (not on the way to the first accept) and
+// returns a channel closed once the link is stored, or given up: the master needs
+// the link only once this process is ready and serves, and Ready waits for it
+// before anything tells the master READY=1 (awaitLink; the master reads a
+// process's notifications in order). The master's processing of it is not waited
+// for either (putToMaster).
+func (u *Upgrader) serveLinks(store managerStore) <-chan struct{} {
+	stored := make(chan struct{})
 	go func() {
-		defer mine.Close()
-		for {
-			m, err := mine.Receive()
-			if err != nil {
-				return
-			}
-			if m.Verb != handoff.Next || len(m.Files) != 1 {
-				closeFiles(m.Files)
-				continue
-			}
-			if ch, err := handoff.NewChannel(m.Files[0]); err == nil {
-				go u.serveNext(ch)
-			}
+		mine := u.storeLink(store)
+		close(stored)
+		if mine != nil {
+			u.readLink(mine)
 		}
 	}()
+	return stored
+}
+
+// awaitLink waits until serveLinks has stored the link, if it runs.
+func (u *Upgrader) awaitLink() {
+	if u.linked != nil {
+		<-u.linked
+	}
+}
+
+// storeLink puts one end of a new socket pair, the link, in the master's fd store,
+// and returns the other; nil if it cannot.
+func (u *Upgrader) storeLink(store managerStore) *handoff.Channel {
+	mine, theirs, err := handoff.SocketPair()
+	if err == nil {
+		err = store.putToMaster(handoff.LinkName, theirs)
+		theirs.Close()
+		if err != nil {
+			mine.Close()
+		}
+	}
+	if err != nil {
+		u.log.Warn("no link for the next child: it will start without what this one hands on", "event", "link_lost", "reason", "store", "err", err)
+		return nil
+	}
+	return mine
+}
+
+// readLink serves the channels that come on the link, for as long as the process
+// lives.
+func (u *Upgrader) readLink(link *handoff.Channel) {
+	defer link.Close()
+	for {
+		m, err := link.Receive()
+		if err != nil {
+			return
+		}
+		if m.Verb != handoff.Next || len(m.Files) != 1 {
+			closeFiles(m.Files)
+			continue
+		}
+		if ch, err := handoff.NewChannel(m.Files[0]); err == nil {
+			go u.serveNext(ch)
+		}
+	}
 }
 
 // serveNext serves a new child's channel: the initial batch, then its "ready"

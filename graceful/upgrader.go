@@ -68,7 +68,8 @@ type Upgrader struct {
 	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
 	held       chan struct{}
 	commitPipe *os.File
-	viaLink    bool // the parent channel is a serving child's, under a master (masterlink.go)
+	viaLink    bool            // the parent channel is a serving child's, under a master (masterlink.go)
+	linked     <-chan struct{} // closed once serveLinks has stored its link (nil: it does not)
 }
 
 var (
@@ -299,7 +300,7 @@ func (u *Upgrader) startCarriers() error {
 		}
 	}
 	if master && n != nil {
-		u.serveLinks(managerStore{n})
+		u.linked = u.serveLinks(managerStore{n})
 	}
 	return nil
 }
@@ -387,6 +388,7 @@ func (u *Upgrader) Ready() error {
 		return u.ready.err
 	}
 	u.ready.done = true
+	u.awaitLink()
 	for _, f := range u.set.CloseUnclaimed() {
 		u.log.Warn("closing an inherited descriptor nothing claimed", "event", "fd_unclaimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())
 	}

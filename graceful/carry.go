@@ -95,13 +95,9 @@ func (s managerStore) Put(name string, files ...*os.File) error {
 	if s.n == nil {
 		return nil
 	}
-	fds := make([]int, len(files))
-	for i, f := range files {
-		fd, err := handoff.RawFD(f)
-		if err != nil {
-			return err
-		}
-		fds[i] = fd
+	fds, err := rawFDs(files)
+	if err != nil {
+		return err
 	}
 	notifyRetry(s.n, "FDSTOREREMOVE=1\nFDNAME="+name)
 	if err := notifyRetry(s.n, "FDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds...); err != nil {
@@ -109,6 +105,32 @@ func (s managerStore) Put(name string, files ...*os.File) error {
 	}
 	barrierRetry(s.n)
 	return nil
+}
+
+// putToMaster is Put for a `handover run` master's fd store, in one datagram (the
+// master removes, then stores), without the wait: the master reads notifications
+// in order, so what it stores is there before whatever this process notifies next
+// (READY=1).
+func (s managerStore) putToMaster(name string, files ...*os.File) error {
+	fds, err := rawFDs(files)
+	if err != nil {
+		return err
+	}
+	return notifyRetry(s.n, "FDSTOREREMOVE=1\nFDSTORE=1\nFDPOLL=0\nFDNAME="+name, fds...)
+}
+
+// rawFDs returns the descriptors of files (handoff.RawFD), for a message sent while
+// they are open.
+func rawFDs(files []*os.File) ([]int, error) {
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fd, err := handoff.RawFD(f)
+		if err != nil {
+			return nil, err
+		}
+		fds[i] = fd
+	}
+	return fds, nil
 }
 
 // Remove removes what is stored under name.

@@ -18,13 +18,18 @@ import (
 //     store (handoff.LinkName), and reads the other (serveLinks). The store passes
 //     it to every later child; a child's changes of the store take effect when it
 //     takes over, so the link in the store is always the serving child's.
-//   - A new child that inherits a link sends on it a handover channel of its own
-//     ("next"; openLink) and uses that channel as a child of the old generation
-//     uses its parent's: the serving child writes the initial batch on it (the
-//     carriers' Batch: SaveState(false)...; read in New), the new child says
-//     "ready" once it is ready and, before it tells the master READY=1, waits for
-//     "main" (the serving child has noted it as its successor; at most
-//     linkTimeout).
+//   - A new child gets a handover channel to the serving child: as it starts the
+//     child, the master sends on the link ("next") one end of a socket pair of its
+//     making, and passes the child the other (handoff.NextName, in place of the
+//     link), so that the serving child writes the initial batch (the carriers'
+//     Batch: SaveState(false)...) while the new child starts, as a parent
+//     generation does; the new child reads it in New without asking first. A
+//     child that inherits the link instead (a master of an older version) sends
+//     on it a channel of its own ("next"; openLink). Either way the new child uses
+//     that channel as a child of the old generation uses its parent's: it reads
+//     the initial batch in New, says "ready" once it is ready and, before it tells
+//     the master READY=1, waits for "main" (the serving child has noted it as its
+//     successor; at most linkTimeout).
 //   - The master stops the old child once the new one is ready. A child stopped
 //     while a new child that said "ready" listens hands over to it as after an
 //     upgrade of its own: its carriers hear HandedOver (then Drained) with that
@@ -34,31 +39,40 @@ import (
 //   - A two-phase upgrade's new child says "ready" before it waits for its commit
 //     (the master stops the old child as soon as it commits it).
 //
-// A new child that finds no link (the first child, a restart after a crash: the
-// link's reader died with its process), or whose link nobody answers, starts with
-// what the fd store kept.
+// A new child that finds no link (the first child), or whose link nobody answers
+// (a restart after a crash: the link's reader died with its process; the master
+// then passes the link as it is), starts with what the fd store kept.
 
 // linkTimeout bounds how long a new child waits for the serving child's "main",
 // and how long sending on a link may take.
 const linkTimeout = 5 * time.Second
 
-// openLink, in a child of a `handover run` master, sends a channel of its own on
-// the link it inherited from the serving child, if any, and makes that channel its
-// parent's: the initial batch comes on it, and "ready" goes on it.
+// openLink, in a child of a `handover run` master, makes its parent's channel the
+// one the master opened for it on the serving child's link (handoff.NextName: the
+// master sent "next" as it started this process), or else sends a channel of its
+// own on the link it inherited, if any: the initial batch comes on it, and "ready"
+// goes on it.
 func (u *Upgrader) openLink() {
 	links := u.set.ClaimFiles(handoff.LinkName)
-	if len(links) == 0 {
-		return
-	}
-	closeFiles(links[:len(links)-1])
-	link, err := handoff.NewChannel(links[len(links)-1])
-	if err != nil || u.set.Master() == 0 || u.parent.get() != nil {
-		if link != nil {
-			link.Close()
+	offered := u.set.ClaimFiles(handoff.NextName())
+	usable := u.set.Master() != 0 && u.parent.get() == nil
+	if len(offered) > 0 {
+		closeFiles(links)
+		if ch := lastChannel(offered); ch != nil && usable {
+			u.parent.ch, u.viaLink = ch, true
+		} else if ch != nil {
+			ch.Close()
 		}
 		return
 	}
+	link := lastChannel(links)
+	if link == nil {
+		return
+	}
 	defer link.Close()
+	if !usable {
+		return
+	}
 	mine, theirs, err := handoff.SocketPair()
 	if err != nil {
 		u.log.Warn("no channel to the serving child: starting without what it would hand on", "event", "link_lost", "reason", "channel", "err", err)
@@ -74,41 +88,80 @@ func (u *Upgrader) openLink() {
 	u.parent.ch, u.viaLink = mine, true
 }
 
+// lastChannel makes a channel of the last of files, and closes the others; nil if
+// there are none, or the last is not a channel.
+func lastChannel(files []*os.File) *handoff.Channel {
+	if len(files) == 0 {
+		return nil
+	}
+	closeFiles(files[:len(files)-1])
+	ch, _ := handoff.NewChannel(files[len(files)-1])
+	return ch
+}
+
 // serveLinks, in a library child of a `handover run` master, puts its link in the
-// master's fd store and serves the new children that send their channels on it,
-// for as long as the process lives.
-func (u *Upgrader) serveLinks(store carry.Store) {
-	if u.set.Master() == 0 || store == nil {
-		return
-	}
-	mine, theirs, err := handoff.SocketPair()
-	if err != nil {
-		u.log.Warn("no link for the next child: it will start without what this one hands on", "event", "link_lost", "reason", "store", "err", err)
-		return
-	}
-	err = store.Put(handoff.LinkName, theirs)
-	theirs.Close()
-	if err != nil {
-		mine.Close()
-		u.log.Warn("no link for the next child: it will start without what this one hands on", "event", "link_lost", "reason", "store", "err", err)
-		return
-	}
+// master's fd store and serves the new children whose channels come on it (sent by
+// the master as it starts them, or by the children), for as long as the process
+// lives. It does so beside the start (not on the way to the first accept) and
+// returns a channel closed once the link is stored, or given up: the master needs
+// the link only once this process is ready and serves, and Ready waits for it
+// before anything tells the master READY=1 (awaitLink; the master reads a
+// process's notifications in order). The master's processing of it is not waited
+// for either (putToMaster).
+func (u *Upgrader) serveLinks(store managerStore) <-chan struct{} {
+	stored := make(chan struct{})
 	go func() {
-		defer mine.Close()
-		for {
-			m, err := mine.Receive()
-			if err != nil {
-				return
-			}
-			if m.Verb != handoff.Next || len(m.Files) != 1 {
-				closeFiles(m.Files)
-				continue
-			}
-			if ch, err := handoff.NewChannel(m.Files[0]); err == nil {
-				go u.serveNext(ch)
-			}
+		mine := u.storeLink(store)
+		close(stored)
+		if mine != nil {
+			u.readLink(mine)
 		}
 	}()
+	return stored
+}
+
+// awaitLink waits until serveLinks has stored the link, if it runs.
+func (u *Upgrader) awaitLink() {
+	if u.linked != nil {
+		<-u.linked
+	}
+}
+
+// storeLink puts one end of a new socket pair, the link, in the master's fd store,
+// and returns the other; nil if it cannot.
+func (u *Upgrader) storeLink(store managerStore) *handoff.Channel {
+	mine, theirs, err := handoff.SocketPair()
+	if err == nil {
+		err = store.putToMaster(handoff.LinkName, theirs)
+		theirs.Close()
+		if err != nil {
+			mine.Close()
+		}
+	}
+	if err != nil {
+		u.log.Warn("no link for the next child: it will start without what this one hands on", "event", "link_lost", "reason", "store", "err", err)
+		return nil
+	}
+	return mine
+}
+
+// readLink serves the channels that come on the link, for as long as the process
+// lives.
+func (u *Upgrader) readLink(link *handoff.Channel) {
+	defer link.Close()
+	for {
+		m, err := link.Receive()
+		if err != nil {
+			return
+		}
+		if m.Verb != handoff.Next || len(m.Files) != 1 {
+			closeFiles(m.Files)
+			continue
+		}
+		if ch, err := handoff.NewChannel(m.Files[0]); err == nil {
+			go u.serveNext(ch)
+		}
+	}
 }
 
 // serveNext serves a new child's channel: the initial batch, then its "ready"

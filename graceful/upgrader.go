@@ -71,7 +71,8 @@ type Upgrader struct {
 	held       chan struct{}
 	released   bool
 	commitPipe *os.File
-	viaLink    bool // the parent channel is a serving child's, under a master (masterlink.go)
+	viaLink    bool            // the parent channel is a serving child's, under a master (masterlink.go)
+	linked     <-chan struct{} // closed once serveLinks has stored its link (nil: it does not)
 }
 
 var (
@@ -315,7 +316,9 @@ func (u *Upgrader) startCarriers() error {
 			return err
 		}
 	}
-	u.serveLinks(h.store)
+	if master && n != nil {
+		u.linked = u.serveLinks(managerStore{n})
+	}
 	return nil
 }
 
@@ -402,6 +405,7 @@ func (u *Upgrader) Ready() error {
 		return u.ready.err
 	}
 	u.ready.done = true
+	u.awaitLink()
 	for _, f := range u.set.CloseUnclaimed() {
 		u.log.Warn("closing an inherited descriptor nothing claimed", "event", "fd_unclaimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())
 	}

@@ -5,10 +5,15 @@ package tests
 // generation does to the one it started itself.
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/tests/internal/logs"
+	"github.com/seed-a7250cfa/handover/tests/internal/pool"
 	"github.com/seed-a7250cfa/handover/tests/internal/proc"
 )
 
@@ -35,11 +40,7 @@ func TestConnsRunReload(t *testing.T) {
 		children = append(children, reloadChild(t, m, i))
 		pace(250 * time.Millisecond)
 	}
-	res := p.Stop()
-	checkPool(t, res, children)
-	m.waitSettled(15 * time.Second)
-	log := logs.Parse(m.log())
-	checkHandedOver(t, log, children[:len(children)-1], poolConns)
+	log := checkPoolRun(t, m, p, children)
 	for _, pid := range children[:len(children)-1] {
 		if n := log.Count("link_ready", logs.KV("pid", pid)); n != 1 {
 			t.Errorf("child %d noted %d new children on its link; want 1", pid, n)
@@ -87,12 +88,70 @@ func TestStateCounterRun(t *testing.T) {
 	t.Logf("served=%d, %d requests answered", final, answered)
 	m.waitSettled(15 * time.Second)
 	log := logs.Parse(m.log())
-	for _, final := range []string{"final=false", "final=true"} {
-		if n := log.Count("state_loaded", "from=parent", final); n != 10 {
-			t.Errorf("%d children loaded their predecessor's state (%s), want 10", n, final)
-		}
-	}
+	checkStateHandOffs(t, log, 10)
 	if code := m.stop(20 * time.Second); code != 0 {
 		t.Errorf("the master exited %d", code)
+	}
+}
+
+// TestRunLinkOlderBuild: a library build without handoff.NextMark (built before the
+// master opened each new child's channel to the serving child) is still started
+// directly, and gets the serving child's link (handover-link) instead of a channel
+// (handover-next): it sends a channel of its own on it. Across three `handover
+// reload`s every connection of the pool is answered by each child in turn (each old
+// child handed every one over), no request fails, and each child loaded both
+// hand-offs of its predecessor's state, as with the master's channel.
+func TestRunLinkOlderBuild(t *testing.T) {
+	data, err := os.ReadFile(proc.Binary(t, demoPkg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(data, handoff.NextMark[:]); n != 1 {
+		t.Fatalf("the demo holds the next mark %d times; want once", n)
+	}
+	older := filepath.Join(t.TempDir(), "handover-demo")
+	if err := os.WriteFile(older, bytes.Replace(data, handoff.NextMark[:], make([]byte, len(handoff.NextMark)), 1), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := startMaster(t, masterSpec{prog: []string{older}})
+	children := []int{m.status().Child}
+	p := startPool(t, m.addr, poolConns)
+	pace(200 * time.Millisecond)
+	for i := 0; i < 3; i++ {
+		cur := reloadChild(t, m, i)
+		env := environ(t, cur)
+		if env["LISTEN_FDNAMES"] != "http:handover-link" || env["HANDOVER_DIRECT"] == "" {
+			t.Errorf("child %d: LISTEN_FDNAMES=%q HANDOVER_DIRECT=%q; want the link, and a direct start", cur, env["LISTEN_FDNAMES"], env["HANDOVER_DIRECT"])
+		}
+		children = append(children, cur)
+		pace(250 * time.Millisecond)
+	}
+	log := checkPoolRun(t, m, p, children)
+	checkStateHandOffs(t, log, 3)
+	if code := m.stop(20 * time.Second); code != 0 {
+		t.Errorf("the master exited %d", code)
+	}
+}
+
+// checkPoolRun stops the pool p and checks it (each connection answered by each of
+// children in turn, no failure), then, once the master settled, that each old child
+// handed every connection over; it returns the master's log.
+func checkPoolRun(t *testing.T, m *master, p *pool.Pool, children []int) logs.Log {
+	t.Helper()
+	checkPool(t, p.Stop(), children)
+	m.waitSettled(15 * time.Second)
+	log := logs.Parse(m.log())
+	checkHandedOver(t, log, children[:len(children)-1], poolConns)
+	return log
+}
+
+// checkStateHandOffs fails t unless n children loaded both hand-offs of their
+// predecessor's state (at the upgrade, and once it drained).
+func checkStateHandOffs(t *testing.T, log logs.Log, n int) {
+	t.Helper()
+	for _, final := range []string{"final=false", "final=true"} {
+		if got := log.Count("state_loaded", "from=parent", final); got != n {
+			t.Errorf("%d children loaded their predecessor's state (%s), want %d", got, final, n)
+		}
 	}
 }

@@ -684,10 +684,12 @@ func TestRunStartsLibraryDirectly(t *testing.T) {
 	for gen := 1; gen <= 2; gen++ {
 		st := m.status()
 		env := environ(t, st.Child)
-		// Generation 2 also gets generation 1's link in the fd store (handover-link).
+		// Generation 2 also gets its channel to generation 1, which the master
+		// opened on generation 1's link in the fd store: handover-next, in place of
+		// the link (handover-link).
 		fds, names := "1", "http"
 		if gen == 2 {
-			fds, names = "2", "http:handover-link"
+			fds, names = "2", "http:handover-next"
 		}
 		for k, v := range map[string]string{"HANDOVER_DIRECT": "1", "HANDOVER_MASTER": strconv.Itoa(m.host),
 			"HANDOVER_GENERATION": strconv.Itoa(gen), "LISTEN_FDS": fds, "LISTEN_FDNAMES": names} {

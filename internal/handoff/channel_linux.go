@@ -52,6 +52,25 @@ func SocketPair() (*Channel, *os.File, error) {
 	return parent, os.NewFile(uintptr(fds[1]), "handover-channel"), nil
 }
 
+// OfferNext opens a handover channel to the serving child for a new one, on link
+// (the master's copy of the serving child's link, LinkName): it sends "next" with
+// one end of a new socket pair, without waiting (a serving child that is gone, or
+// does not read, refuses it), and returns the other end, for the new child
+// (close-on-exec until passed deliberately).
+func OfferNext(link int) (int, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("handover channel: %w", err)
+	}
+	err = unix.Sendmsg(link, []byte(Message{Verb: Next}.String()), unix.UnixRights(fds[0]), nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	unix.Close(fds[0])
+	if err != nil {
+		unix.Close(fds[1])
+		return -1, fmt.Errorf("handover link: %w", err)
+	}
+	return fds[1], nil
+}
+
 // Send sends m, waiting at most timeout for room in the socket's buffer. The
 // caller keeps (and closes) m.Files.
 func (c *Channel) Send(m Message, timeout time.Duration) error {

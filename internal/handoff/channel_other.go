@@ -17,6 +17,9 @@ func NewChannel(f *os.File) (*Channel, error) { f.Close(); return nil, ErrUnsupp
 // SocketPair fails: there is no handover channel on this system.
 func SocketPair() (*Channel, *os.File, error) { return nil, nil, ErrUnsupported }
 
+// OfferNext fails: there is no handover channel on this system.
+func OfferNext(link int) (int, error) { return -1, ErrUnsupported }
+
 // Send fails.
 func (c *Channel) Send(m Message, timeout time.Duration) error { return ErrUnsupported }
 

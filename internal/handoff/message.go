@@ -67,12 +67,15 @@ import (
 //	                                  copies go. Until then it keeps them, unread, and
 //	                                  serves them again if the child dies
 //
-// Under a `handover run` master no child starts another, so a library child makes
-// its own channel to the next one: the serving child keeps one end of a socket pair
-// in the master's fd store (LinkName), every later child inherits it, and a new
-// child sends on it:
+// Under a `handover run` master no child starts another, so a library child gets
+// a channel of its own to the next one: the serving child keeps one end of a socket
+// pair in the master's fd store (LinkName), and as the master starts a new child
+// (one whose build carries NextMark) it sends on it, passing the new child the
+// other end of the channel (NextName); to a child without the mark it passes the
+// link, and that child sends on it itself:
 //
-//	new → serving   "next" + channel   a handover channel of its own; on it the
+//	master → serving  "next" + channel   the new child's handover channel (or
+//	new → serving                        sent by the new child); on it the
 //	                                  serving child writes the initial batch, the
 //	                                  new child says "ready", the serving child
 //	                                  answers "main", and what follows the handover

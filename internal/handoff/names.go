@@ -80,10 +80,30 @@ const StateName = "handover-state"
 
 // LinkName names, in a `handover run` master's fd store, the link a serving child
 // built with handover's library keeps there: one end of a SOCK_SEQPACKET socket
-// pair, on which a new child sends a handover channel of its own ("next"), so that
-// the application's state and the idle connections reach it as they reach a
-// child the old generation started itself.
+// pair, on which a new child's handover channel comes ("next": sent by the master
+// as it starts the child, see NextMark, or by the child), so that the application's
+// state and the idle connections reach it as they reach a child the old generation
+// started itself.
 const LinkName = "handover-link"
+
+// NextMark is in every program built with this module whose library takes a
+// handover channel a `handover run` master opened for it: when it starts a new
+// child whose file holds these bytes (its .noptrdata section, as DirectMark), the
+// master sends "next" on the serving child's link (LinkName) itself, with one end
+// of a new socket pair (OfferNext), and passes the child the other end, named
+// NextName, in place of the link. The serving child writes its initial batch while
+// the new child starts, as a parent generation does. A program without the mark (an
+// older build, which sends "next" itself) gets the link. The first bytes are
+// random, as DirectMark's; the rest is the name.
+var NextMark = [...]byte{
+	0x93, 0x0e, 0xb1, 0x6a, 0xd5, 0x2c, 0x7f, 0x48, 0xe0, 0x19, 0xc6, 0x8b, 0x34, 0xfa, 0x57, 0xa1,
+	'h', 'a', 'n', 'd', 'o', 'v', 'e', 'r', '-', 'n', 'e', 'x', 't',
+}
+
+// NextName names, among a child's passed descriptors, the handover channel the
+// master opened for it (see NextMark). Reading it from the mark keeps the mark in
+// every program that reads it.
+func NextName() string { return string(NextMark[16:]) }
 
 // ErrUnsupported is returned where passing sockets to another process is not
 // implemented: on every system but Linux.

@@ -38,9 +38,15 @@ type build struct {
 	// direct: exe is a binary that carries handoff.DirectMark (a program built with
 	// this module), started without the re-exec shim (see spawn).
 	direct bool
-	dev    uint64
-	ino    uint64
-	refs   int // the children and the machine's fields that hold it
+	// next: exe also takes a handover channel the master opens for it on the
+	// serving child's link (handoff.NextMark; see spawn).
+	next bool
+	dev  uint64
+	ino  uint64
+	// changed is the file's status change time (ns) and size: with dev and ino,
+	// what tells that the file is the same, unwritten since (see openBuild).
+	changed, size int64
+	refs          int // the children and the machine's fields that hold it
 }
 
 // maxInterpreters is how many #! interpreters may be nested, as in the kernel.
@@ -48,7 +54,10 @@ const maxInterpreters = 4
 
 // openBuild opens the file at path (absolute, as resolveProg returns it) and, for a
 // #! script, its interpreter, so that the master holds what the next child runs.
-func openBuild(path string) (*build, error) {
+// A binary that is known's file, unchanged (its device, inode, status change time
+// and size: a reload of the build that runs), is not searched for the marks again:
+// it has known's.
+func openBuild(path string, known *build) (*build, error) {
 	b := &build{path: path}
 	var tail []string // the interpreters' arguments and scripts, innermost last
 	file := path
@@ -67,11 +76,14 @@ func openBuild(path string) (*build, error) {
 				f.Close()
 				return nil, fmt.Errorf("program %s: %w", file, err)
 			}
-			b.f, b.exe, b.dev, b.ino = f, file, st.Dev, st.Ino
-			if depth > 0 {
+			b.f, b.exe, b.dev, b.ino, b.changed, b.size = f, file, st.Dev, st.Ino, st.Ctim.Nano(), st.Size
+			switch {
+			case depth > 0:
 				b.prefix = append([]string{file}, tail...)
-			} else {
-				b.direct = carriesDirectMark(f)
+			case known.sameStatus(b):
+				b.direct, b.next = known.direct, known.next
+			default:
+				b.direct, b.next = carriesMarks(f)
 			}
 			return b, nil
 		}
@@ -134,6 +146,12 @@ func shebang(f *os.File) (interp, arg string, script bool) {
 		interp = s
 	}
 	return interp, arg, interp != ""
+}
+
+// sameStatus reports whether b, a binary (not a #! program), and o are the same
+// file with the same status change time and size: the same content.
+func (b *build) sameStatus(o *build) bool {
+	return b != nil && len(b.prefix) == 0 && b.ino != 0 && b.dev == o.dev && b.ino == o.ino && b.changed == o.changed && b.size == o.size
 }
 
 // argv is the command line to run b with PROG's arguments.

@@ -27,7 +27,7 @@ func TestOpenBuild(t *testing.T) {
 		return p
 	}
 	// A binary: the descriptor is the file itself; argv is PROG's.
-	b, err := openBuild(self)
+	b, err := openBuild(self, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestOpenBuild(t *testing.T) {
 	// argument after the interpreter (blanks included), nested interpreters unfolded.
 	inner := write("inner", "#!"+self+"   -a b \t\necho\n")
 	outer := write("outer", "#! "+inner+"\n")
-	b2, err := openBuild(outer)
+	b2, err := openBuild(outer, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestOpenBuild(t *testing.T) {
 	if err := os.Symlink(outer, link); err != nil {
 		t.Fatal(err)
 	}
-	b4, err := openBuild(link)
+	b4, err := openBuild(link, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,12 +68,12 @@ func TestOpenBuild(t *testing.T) {
 		t.Errorf("script through a symlink: argv %q, path %s", got, b4.path)
 	}
 	// A missing interpreter, and too many levels.
-	if _, err := openBuild(write("nointerp", "#!/no/such/interpreter\n")); err == nil || !strings.Contains(err.Error(), "its interpreter /no/such/interpreter") {
+	if _, err := openBuild(write("nointerp", "#!/no/such/interpreter\n"), nil); err == nil || !strings.Contains(err.Error(), "its interpreter /no/such/interpreter") {
 		t.Errorf("missing interpreter: %v", err)
 	}
 	loop := filepath.Join(dir, "loop")
 	write("loop", "#!"+loop+"\n")
-	if _, err := openBuild(loop); err == nil || !strings.Contains(err.Error(), "nested") {
+	if _, err := openBuild(loop, nil); err == nil || !strings.Contains(err.Error(), "nested") {
 		t.Errorf("a script that is its own interpreter: %v", err)
 	}
 	// Replaced on disk (rename, as a deploy does): the descriptor still holds the
@@ -92,7 +92,7 @@ func TestOpenBuild(t *testing.T) {
 		}
 	}
 	copyTo(self, app)
-	b3, err := openBuild(app)
+	b3, err := openBuild(app, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,20 +142,22 @@ func TestDirectMark(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := openBuild(self)
+	b, err := openBuild(self, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.close()
-	if !b.direct {
-		t.Errorf("%s (built with this module) does not carry the direct mark", self)
+	if !b.direct || !b.next {
+		t.Errorf("%s (built with this module): direct mark %v, next mark %v; want both", self, b.direct, b.next)
 	}
 	data, err := os.ReadFile(self)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := bytes.Count(data, handoff.DirectMark[:]); n != 1 {
-		t.Fatalf("the mark is %d times in %s; want once", n, self)
+	for _, mark := range [][]byte{handoff.DirectMark[:], handoff.NextMark[:]} {
+		if n := bytes.Count(data, mark); n != 1 {
+			t.Fatalf("the mark %q is %d times in %s; want once", mark[16:], n, self)
+		}
 	}
 	dir := t.TempDir()
 	other := filepath.Join(dir, "other")
@@ -167,30 +169,104 @@ func TestDirectMark(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range []string{other, script, "/bin/sh"} {
-		b, err := openBuild(p)
+		b, err := openBuild(p, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if b.direct {
-			t.Errorf("%s carries the direct mark", p)
+		if b.direct || b.next {
+			t.Errorf("%s carries the direct mark (%v) or the next mark (%v)", p, b.direct, b.next)
 		}
+		b.close()
+	}
+	// A build of the library from before the master opened channels (an older
+	// version): started directly, and gets the link.
+	older := filepath.Join(dir, "older")
+	if err := os.WriteFile(older, bytes.Replace(data, handoff.NextMark[:], make([]byte, len(handoff.NextMark)), 1), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := openBuild(older, nil); err != nil || !b.direct || b.next {
+		t.Errorf("%s without the next mark: %+v, %v; want direct, not next", older, b, err)
+	} else {
 		b.close()
 	}
 }
 
-// TestReaderHolds: the mark is found wherever it is, across the pieces read too.
+// TestReaderHolds: each mark is found wherever it is, across the pieces read too,
+// whether the other is there or not.
 func TestReaderHolds(t *testing.T) {
-	mark := []byte("0123456789")
+	mark, other := []byte("0123456789"), []byte("abcdef")
 	for _, at := range []int{-1, 0, 1, 60, 64 - 10, 64 - 5, 64 - 1, 64, 100, 128 - 3, 190} {
-		data := bytes.Repeat([]byte{'x'}, 200)
-		if at >= 0 {
-			copy(data[at:], mark)
-		}
-		if got := readerHolds(bytes.NewReader(data), mark, make([]byte, 64)); got != (at >= 0) {
-			t.Errorf("mark at %d: holds %v", at, got)
+		for _, otherAt := range []int{-1, 20, 64 - 3, 150} {
+			data := bytes.Repeat([]byte{'x'}, 200)
+			if otherAt >= 0 {
+				copy(data[otherAt:], other)
+			}
+			if at >= 0 {
+				copy(data[at:], mark)
+			}
+			got := readerHolds(bytes.NewReader(data), [][]byte{mark, other}, make([]byte, 64))
+			wantOther := otherAt >= 0 && (at < 0 || otherAt+len(other) <= at || otherAt >= at+len(mark))
+			if got[0] != (at >= 0) || got[1] != wantOther {
+				t.Errorf("mark at %d, other at %d: holds %v", at, otherAt, got)
+			}
 		}
 	}
-	if readerHolds(bytes.NewReader([]byte("01234")), mark, make([]byte, 64)) {
+	if got := readerHolds(bytes.NewReader([]byte("01234")), [][]byte{mark}, make([]byte, 64)); got[0] {
 		t.Error("a short read holds the mark")
+	}
+}
+
+// TestOpenBuildKnown: a binary that is the known build's file, unchanged, takes
+// the known build's marks without a search; written again in place (the same
+// inode), it is searched again.
+func TestOpenBuildKnown(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := filepath.Join(t.TempDir(), "app")
+	if err := os.WriteFile(app, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	known, err := openBuild(app, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer known.close()
+	if !known.direct || !known.next {
+		t.Fatalf("%s: direct %v, next %v; want both", app, known.direct, known.next)
+	}
+	// A known build said to carry neither mark: taken as it is, so not searched.
+	unmarked := *known
+	unmarked.direct, unmarked.next = false, false
+	b, err := openBuild(app, &unmarked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.direct || b.next {
+		t.Errorf("the known build's file, unchanged: direct %v, next %v; want the known build's (none)", b.direct, b.next)
+	}
+	b.close()
+	// The same file written again in place, without the marks.
+	plain := bytes.Replace(bytes.Replace(data, handoff.NextMark[:], nil, 1), handoff.DirectMark[:], nil, 1)
+	f, err := os.OpenFile(app, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(plain); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	b, err = openBuild(app, known)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	if b.ino != known.ino || b.direct || b.next {
+		t.Errorf("the file written in place (inode %d, was %d): direct %v, next %v; want it searched again (neither)", b.ino, known.ino, b.direct, b.next)
 	}
 }

@@ -22,35 +22,46 @@ import (
 // LISTEN_PID, and would bind sockets of its own. Any other program (another language,
 // an older build, a file the master cannot read) goes through the shim, as before.
 
-// carriesDirectMark reports whether f, an executable, is an ELF file whose
-// .noptrdata section (where Go puts initialized data without pointers) holds
-// handoff.DirectMark. The section is read in small pieces (it is 100 to 300 KiB in
-// a Go server; the linker puts small symbols such as the mark near its start), so
-// that the search costs no fresh memory on the way to the new child's start.
-func carriesDirectMark(f *os.File) bool {
+// carriesMarks reports whether f, an executable, is an ELF file whose .noptrdata
+// section (where Go puts initialized data without pointers) holds
+// handoff.DirectMark, and whether it holds handoff.NextMark (the build takes a
+// handover channel the master opens for it: spawn.go). The section is read in small
+// pieces (it is 100 to 300 KiB in a Go server; the linker puts small symbols such as
+// the marks near its start), so that the search costs no fresh memory on the way to
+// the new child's start.
+func carriesMarks(f *os.File) (direct, next bool) {
 	ef, err := elf.NewFile(f)
 	if err != nil {
-		return false
+		return false, false
 	}
 	s := ef.Section(".noptrdata")
 	if s == nil || s.Type != elf.SHT_PROGBITS {
-		return false
+		return false, false
 	}
-	return readerHolds(s.Open(), handoff.DirectMark[:], make([]byte, 16<<10))
+	found := readerHolds(s.Open(), [][]byte{handoff.DirectMark[:], handoff.NextMark[:]}, make([]byte, 16<<10))
+	return found[0], found[0] && found[1]
 }
 
-// readerHolds reports whether what r reads holds mark, reading it into buf (longer than
-// mark) piece by piece.
-func readerHolds(r io.Reader, mark, buf []byte) bool {
+// readerHolds reports which of marks what r reads holds, reading it into buf (longer
+// than the longest mark) piece by piece, until it has found them all.
+func readerHolds(r io.Reader, marks [][]byte, buf []byte) []bool {
+	found, left, longest := make([]bool, len(marks)), len(marks), 0
+	for _, m := range marks {
+		longest = max(longest, len(m))
+	}
 	kept := 0 // bytes at the start of buf carried over from the previous piece
 	for {
 		n, err := io.ReadFull(r, buf[kept:])
-		if bytes.Contains(buf[:kept+n], mark) {
-			return true
+		for i, m := range marks {
+			if !found[i] && bytes.Contains(buf[:kept+n], m) {
+				found[i] = true
+				left--
+			}
 		}
-		if err != nil {
-			return false
+		if left == 0 || err != nil {
+			return found
 		}
-		kept = copy(buf, buf[kept+n-(len(mark)-1):kept+n])
+		keep := min(longest-1, kept+n)
+		kept = copy(buf, buf[kept+n-keep:kept+n])
 	}
 }

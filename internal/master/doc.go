@@ -11,10 +11,13 @@
 // the serving child stores is passed to every later child after the sockets, which is
 // how a child built with handover's library keeps its TLS session-ticket keys, leaves
 // its last state when it is stopped with nobody to hand it to, and reaches the next
-// child: it keeps there one end of a socket pair (handoff.LinkName), on which the
-// next child sends a channel of its own, and the two hand over the application's
-// state and the idle connections as generations of the library do. The master only
-// passes the link on; it never reads it.
+// child: it keeps there one end of a socket pair (handoff.LinkName), and the two
+// hand over the application's state and the idle connections on a channel sent on
+// it, as generations of the library do. As it starts a library child (whose build
+// carries handoff.NextMark: direct.go), the master sends that channel on the link
+// itself and passes the child the other end in place of the link (spawn.go), so that
+// the serving child writes what it hands on while the new child starts; a child
+// without the mark gets the link and sends its own. The master never reads the link.
 //
 // # Builds
 //

@@ -57,8 +57,12 @@ func resolveLaunch(args []string, dir string, b *build) launch {
 		if !filepath.IsAbs(p) {
 			p = filepath.Join(dir, p)
 		}
+		if a == "" || (!filepath.IsAbs(a) && dir == "") || !exists(p) {
+			l.args = append(l.args, a)
+			continue
+		}
 		real, err := filepath.EvalSymlinks(p)
-		if a == "" || err != nil || (!filepath.IsAbs(a) && dir == "") {
+		if err != nil {
 			l.args = append(l.args, a)
 			continue
 		}
@@ -79,6 +83,14 @@ func resolveLaunch(args []string, dir string, b *build) launch {
 		l.loose = append(l.loose, b.path) // a #! script reached without a symlink
 	}
 	return l
+}
+
+// exists reports whether path names a file (following symlinks): one system call,
+// where resolving the symlinks of a path costs one per component (most arguments,
+// flags and values, name nothing).
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // describe is the launch for status: its arguments, and the working directory when

@@ -164,7 +164,8 @@ type (
 	// goneEvent: a reaped child's output has settled; its exit can be handled.
 	goneEvent struct{ c *child }
 	// notifyEvent: an sd_notify datagram from pids[0] (pids[1:] are its ancestors
-	// below the master).
+	// below the master; the machine looks them up (ancestors) when there is none and
+	// pids[0] is not a child: a child's helper notifies).
 	notifyEvent struct {
 		pids   []int
 		fields []Field
@@ -250,6 +251,9 @@ type machine struct {
 	// not managed children.
 	leftovers func(c *child) []int
 	orphans   func() []int
+	// ancestors returns pid and its ancestors below the master, nearest first
+	// (lineage): asked only of a notifying process that is not a child.
+	ancestors func(pid int) []int
 
 	systemd  bool // NOTIFY_SOCKET was set for the master
 	watchdog bool // systemd's watchdog is on for the master: forward the child's pings

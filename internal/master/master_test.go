@@ -227,8 +227,19 @@ func TestMachineUpgrade(t *testing.T) {
 	if r := <-second; !strings.Contains(errText(r.Err), "in progress") {
 		t.Errorf("second upgrade: %+v", r)
 	}
-	// A notification from a process the candidate started counts as the candidate's.
-	f.m.handle(notifyEvent{pids: []int{999, cand.pid}, fields: []Field{{"READY", "1"}}})
+	// A notification from a process the candidate started counts as the candidate's:
+	// its ancestors are looked up, as they are not for a child's own (the
+	// candidate's STATUS).
+	var asked []int
+	f.m.ancestors = func(pid int) []int {
+		asked = append(asked, pid)
+		return []int{pid, cand.pid}
+	}
+	f.m.handle(notifyEvent{pids: []int{cand.pid}, fields: []Field{{"STATUS", "starting"}}})
+	f.m.handle(notifyEvent{pids: []int{999}, fields: []Field{{"READY", "1"}}})
+	if !slices.Equal(asked, []int{999}) {
+		t.Errorf("the ancestors of %v were looked up; want those of the helper 999 only", asked)
+	}
 	r := <-reply
 	if r.Err != nil || r.PID != cand.pid || r.Generation != 2 {
 		t.Errorf("upgrade result %+v", r)

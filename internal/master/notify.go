@@ -43,7 +43,11 @@ func ParseNotify(b []byte) []Field {
 func (m *machine) onNotify(ev notifyEvent) {
 	defer func() { closeFDs(ev.fds) }()
 	var c *child
-	for _, pid := range ev.pids {
+	pids := ev.pids
+	if len(pids) == 1 && m.children[pids[0]] == nil && m.ancestors != nil {
+		pids = m.ancestors(pids[0])
+	}
+	for _, pid := range pids {
 		if c = m.children[pid]; c != nil {
 			break
 		}

@@ -47,7 +47,7 @@ func TestNotifySocket(t *testing.T) {
 		t.Errorf("notification directory %s: mode %v, %v; want 0700", ns.dir, st.Mode().Perm(), err)
 	}
 	type got struct {
-		pids   []int
+		pid    int
 		fields []Field
 		fds    int
 	}
@@ -55,9 +55,9 @@ func TestNotifySocket(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		ns.serve(func(pids []int, fields []Field, fds []int) {
+		ns.serve(func(pid int, fields []Field, fds []int) {
 			closeFDs(fds) // as the machine does with what it does not store
-			ch <- got{pids, fields, len(fds)}
+			ch <- got{pid, fields, len(fds)}
 		})
 	}()
 	send := func(state string, fds ...int) {
@@ -84,12 +84,12 @@ func TestNotifySocket(t *testing.T) {
 	send("FDSTORE=1", p[1])
 	unix.Close(p[1])
 	for i, want := range []got{
-		{[]int{os.Getpid()}, []Field{{"READY", "1"}, {"STATUS", "hi"}}, 0},
-		{[]int{os.Getpid()}, []Field{{"FDSTORE", "1"}}, 1},
+		{os.Getpid(), []Field{{"READY", "1"}, {"STATUS", "hi"}}, 0},
+		{os.Getpid(), []Field{{"FDSTORE", "1"}}, 1},
 	} {
 		select {
 		case g := <-ch:
-			if g.pids[0] != want.pids[0] || !reflect.DeepEqual(g.fields, want.fields) || g.fds != want.fds {
+			if g.pid != want.pid || !reflect.DeepEqual(g.fields, want.fields) || g.fds != want.fds {
 				t.Errorf("datagram %d: got %+v, want %+v", i, g, want)
 			}
 		case <-time.After(5 * time.Second):

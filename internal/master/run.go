@@ -157,7 +157,7 @@ func (h *host) machine() *machine {
 	}
 	m.settle = h.settle
 	m.resolve = resolveProg
-	m.open = openBuild
+	m.open = func(path string) (*build, error) { return openBuild(path, m.lastGood) }
 	m.pipe = commitPipe
 	m.launch = func(b *build) launch { return resolveLaunch(h.cfg.Args, h.cfg.Dir, b) }
 	m.ran = ranBuild
@@ -170,6 +170,7 @@ func (h *host) machine() *machine {
 	}
 	m.leftovers = func(c *child) []int { return killLeftovers(c, m.children, socks) }
 	m.orphans = func() []int { return orphans(m.children) }
+	m.ancestors = func(pid int) []int { return lineage(pid, os.Getpid()) }
 	m.sd = func(state string) {
 		if err := h.notifier.Send(state); err != nil {
 			h.log.Warn("sd_notify failed", "event", "notify_failed", "err", err)
@@ -205,8 +206,8 @@ func (h *host) serve(sigs, sigchld <-chan os.Signal) {
 		}
 	}()
 	go reap(sigchld, h.post, h.done)
-	go h.notify.serve(func(pids []int, fields []Field, fds []int) {
-		if !h.post(notifyEvent{pids: pids, fields: fields, fds: fds}) {
+	go h.notify.serve(func(pid int, fields []Field, fds []int) {
+		if !h.post(notifyEvent{pids: []int{pid}, fields: fields, fds: fds}) {
 			closeFDs(fds)
 		}
 	})

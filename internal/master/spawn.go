@@ -5,9 +5,12 @@ package master
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"github.com/seed-a7250cfa/handover/internal/proc"
@@ -76,7 +79,9 @@ func (h *host) spawn(c *child) error {
 		files = append(files, uintptr(k.fd))
 		names = append(names, k.name)
 	}
-	for _, s := range c.stored {
+	stored, closeOffer := offerNext(c.stored, c.build.next)
+	defer closeOffer()
+	for _, s := range stored {
 		files = append(files, uintptr(s.fd))
 		names = append(names, s.name)
 	}
@@ -104,6 +109,34 @@ func (h *host) spawn(c *child) error {
 	}
 	c.out = proc.Relay(pr, h.cfg.Stderr)
 	return nil
+}
+
+// offerNext returns the fd store to pass a new child. For a child that takes a
+// handover channel of the master's making (its build carries handoff.NextMark), it
+// opens that channel now on the serving child's link, if the store holds one
+// (handoff.OfferNext), and passes it, named handoff.NextName(), in place of the
+// link: the serving child makes and writes its initial batch (its state, its TLS
+// keys...) while the new child starts, and the new child reads it at once, without
+// asking first. Without a link, or when the serving child does not take the channel
+// (it died: a restart after a crash; it does not read), the store goes as it is.
+// closeOffer closes the master's copy of the channel, once the child has it.
+func offerNext(stored []storedFD, takes bool) (pass []storedFD, closeOffer func()) {
+	at := -1
+	for i, s := range stored {
+		if s.name == handoff.LinkName {
+			at = i
+		}
+	}
+	if !takes || at < 0 {
+		return stored, func() {}
+	}
+	fd, err := handoff.OfferNext(stored[at].fd)
+	if err != nil {
+		return stored, func() {}
+	}
+	pass = slices.Clone(stored)
+	pass[at] = storedFD{name: handoff.NextName(), fd: fd}
+	return pass, func() { unix.Close(fd) }
 }
 
 // forkExec starts path as a child of the master (syscall.ForkExec), in a process

@@ -70,7 +70,7 @@ var binaryProbes = map[string][]probeSpec{
 		{master + "(*machine).beginUpgrade", "mBeginUpgrade"},
 		{master + "(*machine).startCandidate", "mStartCandidate"},
 		{master + "openBuild", "mOpenBuild"},
-		{master + "carriesDirectMark", "mDirect"},
+		{master + "carriesMarks", "mDirect"},
 		{master + "(*host).spawn", "mSpawn"},
 		{master + "(*machine).onNotify", "mOnNotify"},
 		{master + "(*machine).takeOver", "mTakeOver"},

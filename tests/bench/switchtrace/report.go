@@ -145,7 +145,7 @@ var what = map[string]string{
 	"mBeginUpgrade>mStartCandidate": "master: RELOADING=1, record",
 	"mStartCandidate>mOpenBuild":    "master: resolve the program",
 	"mOpenBuild>mDirect":            "master: open the build, its #! line, fstat",
-	"mDirect>mSpawn":                "master: look for the direct mark in the build, keep the build",
+	"mDirect>mSpawn":                "master: look for the marks in the build (not for a reload of the same build), keep the build",
 	"mOpenBuild>mSpawn":             "master: open and keep the build",
 	"mSpawn>forkExec":               "master: pipe, environment, argv",
 	"main>execve#2":                 "shim: main.main → Shim: LISTEN_PID, execve of the program",

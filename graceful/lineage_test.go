@@ -332,3 +332,63 @@ func TestLineageMaxDraining(t *testing.T) {
 		t.Fatalf("the open connection: %v; want it force-closed", err)
 	}
 }
+
+// TestLineageSuccessorPassedOnHolds: connections this process handed to its
+// successor wait, held here, until the other end of the channel says it has them.
+// A successor that handed over in turn and said farewell passed that channel down
+// the line (its "upstream"): its exit does not end the channel, and the generation
+// that reads it now may still say "conns-taken". The exit of such a successor
+// (retired) gives nothing back: had this process taken its copies back (a drain's
+// connection is served here again, and handed over anew), one socket would have
+// two readers in two generations, requests split between them (the 405s of
+// TestSignalStorm). The copies go once the channel answers; only its end gives
+// them back.
+func TestLineageSuccessorPassedOnHolds(t *testing.T) {
+	w := newWorld(t, nil)
+	tl := w.withConnCarrier()
+	w.ready()
+	g := w.drainedAndStandingBy()
+	c := w.m.carriers[0].(*connCarrier)
+	client, f := handedConn(t)
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.forward(tl, []arrival{{origin: tl.in.origin, nc: nc}})
+	m := g.ch.next(t)
+	for m.Verb != handoff.Conns { // what the drain said before
+		m = g.ch.next(t)
+	}
+	defer closeFiles(m.Files)
+	// The successor hands over in turn ("done"), passes this channel on at its
+	// farewell, and exits; the channel stays open: a newer generation reads it.
+	g.ch.say(handoff.Message{Verb: handoff.Done})
+	stepTo[successorRetired](w)
+	g.proc.exit("exit status 0")
+	w.clock.waitTimer(t, w.clock.Now().Add(lastWordsWait), 1)
+	w.clock.Advance(lastWordsWait)
+	w.stepUntil("the successor's exit is judged", func() bool { return w.logged("successor_retired") })
+	w.stepUntil("the forward is sent", func() bool { return w.m.holds.Load() == 0 })
+	if w.logged("conn_dropped") || w.logged("conns_kept") || !heldCount(c, 1) {
+		t.Fatal("the exit of a successor whose channel lives on gave the connection back")
+	}
+	g.ch.say(handoff.Message{Verb: handoff.ConnsTaken, N: 1})
+	stepTo[successorTook](w)
+	if w.logged("conn_dropped") || !heldCount(c, 0) {
+		t.Fatal("the connection is still held after the channel said it was taken")
+	}
+	sameConnFile(t, client, m.Files[0])
+	g.ch.hangUp()
+	stepTo[successorGone](w)
+	if w.logged("conn_dropped") {
+		t.Fatal("a connection was dropped as the channel ended")
+	}
+}
+
+// heldCount reports whether c holds n batches for a successor to take.
+func heldCount(c *connCarrier, n int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.held) == n
+}

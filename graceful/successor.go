@@ -217,9 +217,16 @@ func (w *successorWatch) judge() {
 // onSuccessorExit handles the exit of the successor s, while this process drains or
 // after (see finish).
 func (m *machine) onSuccessorExit(s *successor, retired bool) {
-	// After a resumption: the connections s did not take are served again by
-	// drains taken back.
-	defer m.successorEnded(s)
+	if !retired {
+		// The connections s did not take are this process's again (served by
+		// drains taken back, after a resumption). Not those of one that retired:
+		// its farewell may have passed its channel to this process down the line,
+		// which the generation reading it now answers on (conns-taken) for as long
+		// as it lives; they are given back only at the channel's end
+		// (successorGone). Given back now, a connection that newer generation
+		// serves would be served here too: two readers of one socket.
+		defer m.successorEnded(s)
+	}
 	if s != m.next.cur {
 		return
 	}

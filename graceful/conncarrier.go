@@ -88,6 +88,7 @@ type connCarrier struct {
 	keep     *keptConns // the connections kept in the fd store (Config.FDStoreConns)
 	tableIn  *os.File   // their table, from the initial batch, until Start
 	held     []heldBatch
+	batches  uint64 // the batches held so far: each one's id
 
 	// sendMu orders the "conns" messages as held does: the successor's answers
 	// come in that order.
@@ -97,6 +98,7 @@ type connCarrier struct {
 // heldBatch is a "conns" message sent to a successor that has not said yet that it
 // has the sockets: this process keeps its own copies meanwhile.
 type heldBatch struct {
+	id       uint64
 	peer     carry.Peer
 	conns    []*conn   // a drain's, stopped at their safe point (conn.take)
 	arrivals []arrival // received from the previous generation, passed on
@@ -339,7 +341,7 @@ func (c *connCarrier) forwardBatch(peer carry.Peer, o connOrigin, as []arrival) 
 	text, _ := json.Marshal(o)
 	err := c.sendHeld(peer, heldBatch{peer: peer, arrivals: sent}, handoff.Message{Verb: handoff.Conns, Text: string(text), Files: files})
 	closeFiles(files)
-	if err != nil {
+	if err != nil && !errors.Is(err, errReleased) {
 		for _, a := range sent {
 			c.drop(a, "successor")
 		}
@@ -347,21 +349,35 @@ func (c *connCarrier) forwardBatch(peer carry.Peer, o connOrigin, as []arrival) 
 }
 
 // sendHeld sends m, the "conns" message of b, to peer, and holds b until peer says
-// it has the sockets (peerTook) or is gone (peerGone); not if the send fails.
+// it has the sockets (peerTook) or is gone (peerGone); not if the send fails: then
+// the caller has b back, unless peerGone released it while the send failed (the
+// peer went away meanwhile), which the error says (errReleased).
 func (c *connCarrier) sendHeld(peer carry.Peer, b heldBatch, m handoff.Message) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	c.mu.Lock()
+	c.batches++
+	b.id = c.batches
 	c.held = append(c.held, b)
 	c.mu.Unlock()
 	err := peer.Send(m)
-	if err != nil {
-		c.mu.Lock()
-		c.held = c.held[:len(c.held)-1] // nothing is sent after it meanwhile (sendMu)
-		c.mu.Unlock()
+	if err == nil {
+		return nil
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i := slices.IndexFunc(c.held, func(h heldBatch) bool { return h.id == b.id })
+	if i < 0 {
+		return fmt.Errorf("%w: %w", errReleased, err)
+	}
+	c.held = slices.Delete(c.held, i, i+1)
 	return err
 }
+
+// errReleased is why a "conns" message was not sent whose batch peerGone has
+// released already (served here again, or dropped with a word): the caller must
+// not release it again.
+var errReleased = errors.New("the new generation went away as its connections were sent")
 
 // peerTook: peer has the sockets of the oldest "conns" message it was sent and did
 // not answer yet; this process lets its copies go.
@@ -461,7 +477,8 @@ func (c *connCarrier) send(ln *listener, conns []*conn, files []*os.File) (n int
 			}
 			c.mu.Unlock()
 			c.log.Warn("could not hand connections to the new generation; they are drained here", "event", "conns_failed", "to", "successor", "err", err)
-			return 0, false, err
+			// Released by peerGone already: held, as far as the caller goes.
+			return 0, errors.Is(err, errReleased), err
 		}
 		return 0, true, nil
 	case role == carry.Stopping && main && c.store != nil:

@@ -72,12 +72,19 @@ type testPeer struct {
 	conns   int
 	stalled []handoff.Message
 	stall   bool
+	// goneMidSend: the successor goes away while a message is being sent to it
+	// (its exit is judged, peerGone), and the send fails.
+	goneMidSend bool
 }
 
 func (p *testPeer) Send(m handoff.Message) error {
 	p.mu.Lock()
-	err := p.err
+	err, gone := p.err, p.goneMidSend
 	p.mu.Unlock()
+	if gone {
+		p.from.peerGone(p)
+		return errors.New("the successor is dead")
+	}
 	if err != nil {
 		return err
 	}
@@ -602,6 +609,32 @@ func TestHandOverFailed(t *testing.T) {
 	}
 	c.expectClosed(t)
 	waitDrain(t, done)
+}
+
+// TestHandOverGoneMidSend: the successor is gone (peerGone) while the "conns"
+// message is being sent, and the send fails: the batch, released by peerGone
+// already (served here again), is not released a second time, and the drain stops
+// handing over. The connection is the old generation's, and answered once.
+func TestHandOverGoneMidSend(t *testing.T) {
+	p := newPair(t, nil)
+	c := p.idle(t, 1)[0]
+	p.peer.goneMidSend = true
+	done := p.handOver(t)
+	eventually(t, "the drain gives up handing over", func() bool { return !p.old.d.passing.Load() })
+	c.send(t, "/next")
+	if _, body := c.response(t); body != "old /next" {
+		t.Fatalf("after the successor went away mid-send: %q; want the old generation's answer", body)
+	}
+	waitDrain(t, done)
+	if got := p.old.counts(); got.HandedOver != 0 {
+		t.Errorf("old counts %+v; want none handed over", got)
+	}
+	p.old.c.mu.Lock()
+	held := len(p.old.c.held)
+	p.old.c.mu.Unlock()
+	if held != 0 {
+		t.Errorf("%d batches still held after the successor went away", held)
+	}
 }
 
 // TestHandOverHijacked: a hijacked connection is never handed over.

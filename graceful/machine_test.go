@@ -1038,3 +1038,21 @@ func TestMachineCarriers(t *testing.T) {
 		t.Fatalf("the carrier took %v", c.took)
 	}
 }
+
+// TestReplyOnceNotAccepting: whoever asked for an upgrade hears its outcome once this
+// process accepts no more (its drains have stopped its listeners): a connection made
+// after the answer (handover reload, then a request) reaches the new generation.
+func TestReplyOnceNotAccepting(t *testing.T) {
+	w := newWorld(t, nil)
+	d := new(Drainer)
+	w.m.handle(adoptEvent{&target{d: d}})
+	w.ready()
+	var got, stopped bool
+	w.m.handle(upgradeRequest{trigger: "API", reply: func(r upgradeResult) {
+		got, stopped = r.err == nil, d.draining.Load()
+	}})
+	w.takeOver(w.child())
+	if !got || !stopped {
+		t.Fatalf("answered %v, the drain had stopped accepting %v; want the answer after it had", got, stopped)
+	}
+}

@@ -264,7 +264,6 @@ func (m *machine) handedOver(e attemptEnded) {
 		took = m.clock.Now().Sub(a.committed) // a two-phase upgrade's: the commit's
 	}
 	m.log.Info("handed over", "event", "handed_over", "to", a.ready, "took", took.Round(time.Microsecond).String(), "replacement", a.replacement)
-	m.reply(a, upgradeResult{pid: a.ready})
 	m.keepRelaying(e.g)
 	m.watchSuccessor(e.g, a.ready)
 	m.startProbation(a)
@@ -273,12 +272,16 @@ func (m *machine) handedOver(e attemptEnded) {
 	}
 	m.line.relay = nil
 	if a.replacement {
+		m.reply(a, upgradeResult{pid: a.ready})
 		return // this process was draining already, and goes on
 	}
 	m.st = draining
 	m.retire()
 	m.exit.close()
 	m.startDrains(m.notifier != nil)
+	// Whoever asked hears the outcome once this process accepts no more: a
+	// connection made after the answer reaches the new generation.
+	m.reply(a, upgradeResult{pid: a.ready})
 	m.tellSuccessor(handoff.Message{Verb: handoff.Above, N: m.line.above + 1})
 	m.turn(carry.HandedOver)
 	m.checkDraining()

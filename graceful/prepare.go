@@ -160,8 +160,12 @@ func (u *Upgrader) hold() {
 
 // release lets a prepared generation's listeners accept. Later calls do nothing.
 func (u *Upgrader) release() {
-	if u.held != nil && !u.released {
-		u.released = true
+	if u.held == nil {
+		return
+	}
+	select {
+	case <-u.held: // released already
+	default:
 		close(u.held)
 	}
 }

@@ -66,10 +66,8 @@ type Upgrader struct {
 	pipeSig chan os.Signal // SIGPIPE, while fd 2 is the parent's pipe
 	ctl     net.Listener   // the control socket, served once ready
 	// A prepared generation's (prepare.go): held is closed once it is committed
-	// (nil: not prepared; released once it is, in Ready); commitPipe is the
-	// master's pipe, under handover run.
+	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
 	held       chan struct{}
-	released   bool
 	commitPipe *os.File
 	viaLink    bool            // the parent channel is a serving child's, under a master (masterlink.go)
 	linked     <-chan struct{} // closed once serveLinks has stored its link (nil: it does not)

@@ -51,6 +51,7 @@ import (
 type Upgrader struct {
 	cfg   Config // with its defaults
 	log   *slog.Logger
+	logs  startLog // holds a new generation's start-up lines back until Ready
 	set   *fds.Set
 	gen   int
 	start startFunc
@@ -121,6 +122,7 @@ func defaultUpgrader() (*Upgrader, error) {
 func newSingleton(cfg Config) (*Upgrader, error) {
 	u, err := newUpgrader(cfg, seams{})
 	if err != nil {
+		u.logs.flush()
 		if p := u.parent.take(); p != nil {
 			p.Send(handoff.Message{Verb: handoff.Error, Text: err.Error()}, time.Second)
 			p.Close()
@@ -168,6 +170,7 @@ func newUpgrader(cfg Config, s seams) (u *Upgrader, err error) {
 	u.ext = u.newCarried()
 	u.openPrepare()
 	u.openLink()
+	u.logs.holdIf(u.parent.get() != nil)
 	if p := u.parent.get(); p != nil {
 		err := u.readInit(p)
 		if err != nil && !u.viaLink {
@@ -192,7 +195,10 @@ func newUpgrader(cfg Config, s seams) (u *Upgrader, err error) {
 	if set.Source() != fds.Bound {
 		from = fmt.Sprintf("%d descriptors from %s", len(set.Files()), set.Source())
 	}
-	u.log.Info("starting", "event", "start", "executable", u.m.exe, "inherited", from, "notify", u.m.notifier != nil, "master", set.Master())
+	exe, notify := u.m.exe, u.m.notifier != nil
+	u.logs.line(func() {
+		u.log.Info("starting", "event", "start", "executable", exe, "inherited", from, "notify", notify, "master", set.Master())
+	})
 	go u.run()
 	u.m.begin()
 	return u, nil
@@ -211,6 +217,7 @@ func (u *Upgrader) newMachine(s seams) *machine {
 		m.killWait = s.killWait
 	}
 	m.post = u.post
+	m.startLines = u.logs.flush
 	m.spawn = u.spawnGeneration
 	clk := m.clock
 	m.after = func(d time.Duration, ev event) func() bool {
@@ -235,8 +242,9 @@ func (u *Upgrader) newMachine(s seams) *machine {
 // state, then those registered in internal/carry.
 func (u *Upgrader) newCarried() carried {
 	keys := newKeyCarrier(u.cfg, u.log)
+	keys.logs = &u.logs
 	state := &stateCarrier{save: u.cfg.SaveState, load: u.cfg.LoadState, version: u.cfg.StateVersion,
-		timeout: u.cfg.UpgradeTimeout, clock: u.m.clock, log: u.log}
+		timeout: u.cfg.UpgradeTimeout, clock: u.m.clock, log: u.log, logs: &u.logs}
 	conns := newConnCarrier(u.log, u.set)
 	c := carried{keys: keys.ring, state: state, conns: conns,
 		carriers: append([]carry.Carrier{keys, state, conns}, carry.Registered()...)}
@@ -437,6 +445,7 @@ func (u *Upgrader) Ready() error {
 		}
 		u.restoreStderr()
 		if err != nil {
+			u.logs.flush()
 			closeMessages(said)
 			u.ready.err = err
 			return err

@@ -65,6 +65,7 @@ type Upgrader struct {
 	ready   readiness
 	parent  parentLink     // until Ready
 	pipeSig chan os.Signal // SIGPIPE, while fd 2 is the parent's pipe
+	caught  chan struct{}  // closed once the signals are caught (and pipeSig set)
 	ctl     net.Listener   // the control socket, served once ready
 	// A prepared generation's (prepare.go): held is closed once it is committed
 	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
@@ -83,7 +84,9 @@ var (
 // LISTEN_FDS, a `handover run` master's, or the previous generation's sockets) and
 // installing handlers for SIGUSR2 (upgrade), SIGTERM and SIGINT (stop; a second one
 // exits at once) and SIGHUP (logged and ignored, so that a stray HUP does not kill
-// the server). Servers, ListenAndServe and Drainers of the process use it. It fails
+// the server). A new generation, started by an upgrade, installs them beside its
+// start, so that its first accept does not wait for them: they are in place once
+// its Ready starts (before it tells its parent it is ready), if not before. Servers, ListenAndServe and Drainers of the process use it. It fails
 // if the inherited environment is invalid, if the PID file cannot be written, or if
 // the process already has an Upgrader.
 //
@@ -140,18 +143,22 @@ func newUpgrader(cfg Config, s seams) (u *Upgrader, err error) {
 	set, inheritErr := fds.Inherit()
 	u = &Upgrader{cfg: cfg, set: set, gen: set.Generation(), start: s.start,
 		events: make(chan event), sigs: make(chan os.Signal, 32)}
-	// The signals are caught from New's return on, and set up beside the rest of
-	// New: a process's first signal.Notify waits for the runtime to start a thread
-	// of its own (about a millisecond on a busy machine), which is not on the way
-	// to the first accept this way.
-	caught := make(chan struct{})
+	// The signals are set up beside the rest of New: a process's first
+	// signal.Notify starts threads of the runtime's own (about a millisecond on a
+	// busy machine), which is not on the way to the first accept this way. They
+	// are caught from New's return on in a first generation, and from Ready's
+	// start on at the latest in a new one (it says it is ready only then): its
+	// first accept does not wait for those threads either.
+	u.caught = make(chan struct{})
 	go func() {
-		defer close(caught)
+		defer close(u.caught)
 		u.holdStderr()
 		notifySignals(u.sigs)
 	}()
 	defer func() {
-		<-caught
+		if err != nil || u.parent.get() == nil {
+			<-u.caught
+		}
 		if err != nil {
 			signal.Stop(u.sigs)
 		}
@@ -411,6 +418,7 @@ func (u *Upgrader) Ready() error {
 		return u.ready.err
 	}
 	u.ready.done = true
+	<-u.caught
 	u.awaitLink()
 	for _, f := range u.set.CloseUnclaimed() {
 		u.log.Warn("closing an inherited descriptor nothing claimed", "event", "fd_unclaimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())

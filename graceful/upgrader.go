@@ -71,8 +71,8 @@ type Upgrader struct {
 	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
 	held       chan struct{}
 	commitPipe *os.File
-	viaLink    bool            // the parent channel is a serving child's, under a master (masterlink.go)
-	linked     <-chan struct{} // closed once serveLinks has stored its link (nil: it does not)
+	viaLink    bool          // the parent channel is a serving child's, under a master (masterlink.go)
+	linkTo     *managerStore // a library child of a master: where Ready stores its link (serveLinks)
 }
 
 var (
@@ -330,7 +330,7 @@ func (u *Upgrader) startCarriers() error {
 		}
 	}
 	if master && n != nil {
-		u.linked = u.serveLinks(managerStore{n})
+		u.linkTo = &managerStore{n}
 	}
 	return nil
 }
@@ -419,7 +419,9 @@ func (u *Upgrader) Ready() error {
 	}
 	u.ready.done = true
 	<-u.caught
-	u.awaitLink()
+	if u.linkTo != nil {
+		<-u.serveLinks(*u.linkTo)
+	}
 	for _, f := range u.set.CloseUnclaimed() {
 		u.log.Warn("closing an inherited descriptor nothing claimed", "event", "fd_unclaimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())
 	}

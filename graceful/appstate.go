@@ -138,6 +138,7 @@ type stateCarrier struct {
 	timeout time.Duration // bounds SaveState (Config.UpgradeTimeout)
 	clock   clock
 	log     *slog.Logger
+	logs    *startLog // holds the start-up line back (nil: written at once)
 	h       carry.Host
 	// keep: on a stop without a successor the state goes to the fd store
 	// (Config.FDStore under systemd; always under a `handover run` master).
@@ -437,6 +438,14 @@ func (c *stateCarrier) loadState(version string, data []byte, final bool, from s
 		c.log.Warn("the application refused the previous generation's state; starting without it", "event", "state_refused", "version", version, "bytes", len(data), "final", final, "from", from, "err", err)
 		return
 	}
-	c.log.Info("loaded the previous generation's state", "event", "state_loaded", "version", version, "bytes", len(data), "final", final, "from", from,
-		"read", read.Round(time.Microsecond).String(), "took", time.Since(start).Round(time.Microsecond).String())
+	n, took := len(data), time.Since(start)
+	line := func() {
+		c.log.Info("loaded the previous generation's state", "event", "state_loaded", "version", version, "bytes", n, "final", final, "from", from,
+			"read", read.Round(time.Microsecond).String(), "took", took.Round(time.Microsecond).String())
+	}
+	if final {
+		line()
+		return
+	}
+	c.logs.line(line)
 }

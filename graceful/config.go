@@ -46,7 +46,10 @@ const (
 type Config struct {
 	// Logger receives the Upgrader's logs; every line carries "gen", "pid" and
 	// "event" (a stable name: start, ready, upgrade_start, handed_over, drain_start,
-	// drained, ...). nil means slog.Default().
+	// drained, ...). nil means slog.Default(). A new generation's start-up lines
+	// (tls_keys, state_loaded, start) are written as it starts serving, just
+	// before its "ready" (at once if it fails to start), so that its first answer
+	// does not wait for them; their values are those of the moment they describe.
 	Logger *slog.Logger
 	// PIDFile, if set, is written (atomically, mode 0644, never through a symlink)
 	// with the PID of the current generation once it is ready, and removed when the

@@ -39,6 +39,7 @@ type keyCarrier struct {
 	ring    *ticketRing
 	file    string // Config.TicketKeyFile
 	log     *slog.Logger
+	logs    *startLog // holds the start-up line back (nil: written at once)
 	h       carry.Host
 	store   carry.Store // where the keys are kept, or nil
 	current atomic.Bool // this process is the current generation: it stores the keys
@@ -92,7 +93,8 @@ func (k *keyCarrier) Start(h carry.Host) error {
 		}
 		k.ring.set(keys, true)
 		wipeKeys(keys)
-		k.log.Info("session-ticket keys", "event", "tls_keys", "source", "file", "keys", len(keys))
+		n := len(keys)
+		k.logs.line(func() { k.log.Info("session-ticket keys", "event", "tls_keys", "source", "file", "keys", n) })
 		return nil
 	}
 	keys, source := k.parentKeys(in, inErr)
@@ -102,8 +104,9 @@ func (k *keyCarrier) Start(h carry.Host) error {
 	wipeKeys(unique)
 	wipeKeys(keys)
 	keys, _ = k.ring.snapshot()
-	defer wipeKeys(keys)
-	k.log.Info("session-ticket keys", "event", "tls_keys", "source", source, "keys", len(keys))
+	n := len(keys)
+	wipeKeys(keys)
+	k.logs.line(func() { k.log.Info("session-ticket keys", "event", "tls_keys", "source", source, "keys", n) })
 	return nil
 }
 

@@ -148,6 +148,9 @@ type machine struct {
 	final     bool  // the drain is final: listeners closed, no resuming
 	history   history
 	historyIn *string // the initial batch's history, until needed (takeHistoryIn)
+	// startLines writes the start-up lines held back until the process serves
+	// (startLog.flush; nil: none are).
+	startLines func()
 
 	// takingOver is set by Ready (beside the machine) from when the parent may
 	// hand over to this process (upgrader.go).
@@ -247,6 +250,9 @@ func (m *machine) onTick() {
 // onReady: the process serves on its listeners.
 func (m *machine) onReady(ev readyEvent) {
 	defer close(ev.done)
+	if m.startLines != nil {
+		m.startLines() // before "ready": the process accepts already
+	}
 	if m.st != starting {
 		m.readyStopped(ev)
 		return
@@ -482,7 +488,13 @@ func (m *machine) takeHistoryIn() {
 }
 
 func (m *machine) status() Status {
-	m.takeHistoryIn()
+	if m.st != starting {
+		// While it starts, the history of the initial batch is left as it came:
+		// decoding it takes about half a millisecond, on the way to the first
+		// accept of an application that asks for its Status (its Generation)
+		// after New; the parent hands the history on again as it takes over.
+		m.takeHistoryIn()
+	}
 	s := Status{PID: os.Getpid(), Generation: m.gen, State: m.st.String(),
 		Executable: m.exe, Systemd: m.notifier != nil, Listeners: m.set.Sockets()}
 	if m.lastErr != nil {

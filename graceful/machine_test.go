@@ -757,14 +757,23 @@ func TestMachineInitialHistory(t *testing.T) {
 			}
 		})
 	}
-	// Status before Ready shows the inherited history.
+	// Status before Ready (an application asking for its Generation after New)
+	// leaves the inherited history undecoded, and shows none; after Ready, with no
+	// history from the parent, the inherited one.
 	w := newWorld(t, nil)
 	w.m.hasParent = true
 	w.m.historyIn = &text
-	reply := make(chan Status, 1)
-	w.m.handle(statusRequest{reply})
-	if st := <-reply; len(st.Upgrades) != 1 || st.Upgrades[0].To != 11 || w.m.historyIn != nil {
-		t.Fatalf("Status before Ready: upgrades %+v", st.Upgrades)
+	status := func() Status {
+		reply := make(chan Status, 1)
+		w.m.handle(statusRequest{reply})
+		return <-reply
+	}
+	if st := status(); len(st.Upgrades) != 0 || st.State != "starting" || w.m.historyIn == nil {
+		t.Fatalf("Status before Ready: state %s, upgrades %+v, history decoded %v; want starting, none, not decoded", st.State, st.Upgrades, w.m.historyIn == nil)
+	}
+	ready(w)
+	if st := status(); len(st.Upgrades) != 1 || st.Upgrades[0].To != 11 {
+		t.Fatalf("Status after Ready: upgrades %+v; want the inherited one", st.Upgrades)
 	}
 }
 

@@ -91,6 +91,7 @@ func (u *Upgrader) readInit(p *handoff.Channel) error {
 
 // reportStartError tells the parent generation, if any, why this one cannot start.
 func (u *Upgrader) reportStartError(err error) {
+	u.logs.flush()
 	if p := u.parent.get(); p != nil {
 		p.Send(handoff.Message{Verb: handoff.Error, Text: err.Error()}, time.Second)
 	}

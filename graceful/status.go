@@ -35,7 +35,8 @@ import "github.com/seed-a7250cfa/handover/internal/wire"
 //     generation reports it as the old one promised at the handover; the old one,
 //     its own. Left out when there is none.
 //   - Upgrades (upgrades): the last 10 upgrades of the line, oldest first, each an
-//     Upgrade.
+//     Upgrade. Empty while the process is "starting": a new generation has the
+//     line's history from the takeover on (with its own upgrade in it).
 //
 // A `handover run` master answers `handover status` with the same type: its PID is
 // the master's, and it alone fills Child (the serving child's PID),

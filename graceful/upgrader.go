@@ -51,6 +51,7 @@ import (
 type Upgrader struct {
 	cfg   Config // with its defaults
 	log   *slog.Logger
+	logs  startLog // holds a new generation's start-up lines back until Ready
 	set   *fds.Set
 	gen   int
 	start startFunc
@@ -64,13 +65,14 @@ type Upgrader struct {
 	ready   readiness
 	parent  parentLink     // until Ready
 	pipeSig chan os.Signal // SIGPIPE, while fd 2 is the parent's pipe
+	caught  chan struct{}  // closed once the signals are caught (and pipeSig set)
 	ctl     net.Listener   // the control socket, served once ready
 	// A prepared generation's (prepare.go): held is closed once it is committed
 	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
 	held       chan struct{}
 	commitPipe *os.File
-	viaLink    bool            // the parent channel is a serving child's, under a master (masterlink.go)
-	linked     <-chan struct{} // closed once serveLinks has stored its link (nil: it does not)
+	viaLink    bool          // the parent channel is a serving child's, under a master (masterlink.go)
+	linkTo     *managerStore // a library child of a master: where Ready stores its link (serveLinks)
 }
 
 var (
@@ -82,7 +84,9 @@ var (
 // LISTEN_FDS, a `handover run` master's, or the previous generation's sockets) and
 // installing handlers for SIGUSR2 (upgrade), SIGTERM and SIGINT (stop; a second one
 // exits at once) and SIGHUP (logged and ignored, so that a stray HUP does not kill
-// the server). Servers, ListenAndServe and Drainers of the process use it. It fails
+// the server). A new generation, started by an upgrade, installs them beside its
+// start, so that its first accept does not wait for them: they are in place once
+// its Ready starts (before it tells its parent it is ready), if not before. Servers, ListenAndServe and Drainers of the process use it. It fails
 // if the inherited environment is invalid, if the PID file cannot be written, or if
 // the process already has an Upgrader.
 //
@@ -121,6 +125,7 @@ func defaultUpgrader() (*Upgrader, error) {
 func newSingleton(cfg Config) (*Upgrader, error) {
 	u, err := newUpgrader(cfg, seams{})
 	if err != nil {
+		u.logs.flush()
 		if p := u.parent.take(); p != nil {
 			p.Send(handoff.Message{Verb: handoff.Error, Text: err.Error()}, time.Second)
 			p.Close()
@@ -138,18 +143,22 @@ func newUpgrader(cfg Config, s seams) (u *Upgrader, err error) {
 	set, inheritErr := fds.Inherit()
 	u = &Upgrader{cfg: cfg, set: set, gen: set.Generation(), start: s.start,
 		events: make(chan event), sigs: make(chan os.Signal, 32)}
-	// The signals are caught from New's return on, and set up beside the rest of
-	// New: a process's first signal.Notify waits for the runtime to start a thread
-	// of its own (about a millisecond on a busy machine), which is not on the way
-	// to the first accept this way.
-	caught := make(chan struct{})
+	// The signals are set up beside the rest of New: a process's first
+	// signal.Notify starts threads of the runtime's own (about a millisecond on a
+	// busy machine), which is not on the way to the first accept this way. They
+	// are caught from New's return on in a first generation, and from Ready's
+	// start on at the latest in a new one (it says it is ready only then): its
+	// first accept does not wait for those threads either.
+	u.caught = make(chan struct{})
 	go func() {
-		defer close(caught)
+		defer close(u.caught)
 		u.holdStderr()
 		notifySignals(u.sigs)
 	}()
 	defer func() {
-		<-caught
+		if err != nil || u.parent.get() == nil {
+			<-u.caught
+		}
 		if err != nil {
 			signal.Stop(u.sigs)
 		}
@@ -168,6 +177,7 @@ func newUpgrader(cfg Config, s seams) (u *Upgrader, err error) {
 	u.ext = u.newCarried()
 	u.openPrepare()
 	u.openLink()
+	u.logs.holdIf(u.parent.get() != nil)
 	if p := u.parent.get(); p != nil {
 		err := u.readInit(p)
 		if err != nil && !u.viaLink {
@@ -192,7 +202,10 @@ func newUpgrader(cfg Config, s seams) (u *Upgrader, err error) {
 	if set.Source() != fds.Bound {
 		from = fmt.Sprintf("%d descriptors from %s", len(set.Files()), set.Source())
 	}
-	u.log.Info("starting", "event", "start", "executable", u.m.exe, "inherited", from, "notify", u.m.notifier != nil, "master", set.Master())
+	exe, notify := u.m.exe, u.m.notifier != nil
+	u.logs.line(func() {
+		u.log.Info("starting", "event", "start", "executable", exe, "inherited", from, "notify", notify, "master", set.Master())
+	})
 	go u.run()
 	u.m.begin()
 	return u, nil
@@ -211,6 +224,7 @@ func (u *Upgrader) newMachine(s seams) *machine {
 		m.killWait = s.killWait
 	}
 	m.post = u.post
+	m.startLines = u.logs.flush
 	m.spawn = u.spawnGeneration
 	clk := m.clock
 	m.after = func(d time.Duration, ev event) func() bool {
@@ -235,8 +249,9 @@ func (u *Upgrader) newMachine(s seams) *machine {
 // state, then those registered in internal/carry.
 func (u *Upgrader) newCarried() carried {
 	keys := newKeyCarrier(u.cfg, u.log)
+	keys.logs = &u.logs
 	state := &stateCarrier{save: u.cfg.SaveState, load: u.cfg.LoadState, version: u.cfg.StateVersion,
-		timeout: u.cfg.UpgradeTimeout, clock: u.m.clock, log: u.log}
+		timeout: u.cfg.UpgradeTimeout, clock: u.m.clock, log: u.log, logs: &u.logs}
 	conns := newConnCarrier(u.log, u.set)
 	c := carried{keys: keys.ring, state: state, conns: conns,
 		carriers: append([]carry.Carrier{keys, state, conns}, carry.Registered()...)}
@@ -315,7 +330,7 @@ func (u *Upgrader) startCarriers() error {
 		}
 	}
 	if master && n != nil {
-		u.linked = u.serveLinks(managerStore{n})
+		u.linkTo = &managerStore{n}
 	}
 	return nil
 }
@@ -403,7 +418,10 @@ func (u *Upgrader) Ready() error {
 		return u.ready.err
 	}
 	u.ready.done = true
-	u.awaitLink()
+	<-u.caught
+	if u.linkTo != nil {
+		<-u.serveLinks(*u.linkTo)
+	}
 	for _, f := range u.set.CloseUnclaimed() {
 		u.log.Warn("closing an inherited descriptor nothing claimed", "event", "fd_unclaimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())
 	}
@@ -437,6 +455,7 @@ func (u *Upgrader) Ready() error {
 		}
 		u.restoreStderr()
 		if err != nil {
+			u.logs.flush()
 			closeMessages(said)
 			u.ready.err = err
 			return err

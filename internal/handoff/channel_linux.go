@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -98,7 +99,9 @@ func (c *Channel) Send(m Message, timeout time.Duration) error {
 // exited, or it closed the channel), and comes only after every message it sent
 // was read. Descriptors that come with the message are the caller's, close-on-exec.
 func (c *Channel) Receive() (Message, error) {
-	buf := make([]byte, maxMessage+1)
+	bp := receiveBufs.Get().(*[]byte)
+	defer receiveBufs.Put(bp)
+	buf := *bp
 	oob := make([]byte, unix.CmsgSpace(maxFiles*4))
 	n, oobn, flags, _, err := c.conn.ReadMsgUnix(buf, oob)
 	if errors.Is(err, unix.ECONNRESET) {
@@ -133,6 +136,15 @@ func (c *Channel) Receive() (Message, error) {
 	m.Files = files
 	return m, nil
 }
+
+// receiveBufs are Receive's buffers, each room for the longest message and one byte
+// more (to tell a longer one): 64 KiB, allocated once and not at every message
+// (a fresh one is zeroed and faulted in, page by page: a new generation reads
+// several messages before its first accept).
+var receiveBufs = sync.Pool{New: func() any {
+	b := make([]byte, maxMessage+1)
+	return &b
+}}
 
 // Close closes the channel; a Receive in progress returns.
 func (c *Channel) Close() { c.conn.Close() }

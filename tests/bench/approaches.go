@@ -89,6 +89,15 @@ var approaches = []approach{
 		},
 	},
 	{
+		Name:    "handover-lean",
+		Label:   "handover: SIGUSR2, the peers' server",
+		Server:  "servers/handover-lean: the library as in its README (graceful.ListenAndServe), the peers' endpoints, no state: the peers' server with handover as its restarter",
+		Restart: "kill -USR2 <pid>: the process starts its new generation (fork+exec)",
+		new: func(e *env) (server, error) {
+			return newProcServer(e, "handover-lean", syscall.SIGUSR2, false)
+		},
+	},
+	{
 		Name:    "handover-run",
 		Label:   "handover run: SIGHUP (stable PID)",
 		Server:  "cmd/handover run -listen http=… -drain-timeout 30s -- cmd/handover-demo -drain-timeout 30s -probation 200ms (the master holds the socket; the demo is its child)",

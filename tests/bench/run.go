@@ -139,7 +139,7 @@ func build(repo, dir string) error {
 		pkgs []string
 	}{
 		{repo, []string{"./cmd/handover-demo", "./cmd/handover"}},
-		{filepath.Join(repo, "tests", "bench"), []string{"./servers/tableflip", "./servers/gracehttp", "./servers/endless", "./servers/plain", "./servers/naive"}},
+		{filepath.Join(repo, "tests", "bench"), []string{"./servers/handover-lean", "./servers/tableflip", "./servers/gracehttp", "./servers/endless", "./servers/plain", "./servers/naive"}},
 	} {
 		cmd := exec.Command("go", append([]string{"build", "-o", dir + string(filepath.Separator)}, b.pkgs...)...)
 		cmd.Dir = b.dir

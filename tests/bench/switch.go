@@ -43,6 +43,7 @@ type switchApproach struct {
 // the control socket's path.
 var switchApproaches = []switchApproach{
 	fromLoadApproach("handover-usr2"),
+	fromLoadApproach("handover-lean"),
 	fromLoadApproach("handover-run"),
 	fromLoadApproach("handover-reload"),
 	{

@@ -132,7 +132,7 @@ func buildAll(bench string, work string, static bool) error {
 	}{
 		{bench, work + "/", []string{"."}, os.Environ()},
 		{repo, bin + "/", []string{"./cmd/handover-demo", "./cmd/handover"}, env},
-		{bench, bin + "/", []string{"./servers/tableflip", "./servers/gracehttp", "./servers/endless"}, env},
+		{bench, bin + "/", []string{"./servers/handover-lean", "./servers/tableflip", "./servers/gracehttp", "./servers/endless"}, env},
 	} {
 		cmd := exec.Command("go", append([]string{"build", "-o", b.out}, b.pkgs...)...)
 		cmd.Dir, cmd.Env = b.dir, b.env

@@ -84,6 +84,12 @@ var binaryProbes = map[string][]probeSpec{
 	"endless":   {},
 }
 
+func init() {
+	// The peers' server with handover as its restarter: the library's new
+	// generation, as in the demo.
+	binaryProbes["handover-lean"] = binaryProbes["handover-demo"]
+}
+
 // eventName is the probe event's name for the binary and marker: [a-z0-9_] only.
 func eventName(bin, short string) string {
 	return sanitize(bin) + "__" + short

@@ -102,23 +102,17 @@ func lastChannel(files []*os.File) *handoff.Channel {
 // serveLinks, in a library child of a `handover run` master, puts its link in the
 // master's fd store and serves the new children whose channels come on it (sent by
 // the master as it starts them, or by the children), for as long as the process
-// lives. It returns a channel closed once the link is stored, or given up: the
-// master needs the link only once this process is ready and serves, so Ready
-// starts it and waits for it before anything tells the master READY=1 (the master
-// reads a process's notifications in order), while Serve's goroutine accepts
-// already: not on the way to the first accept, where it cost the new child about a
-// millisecond (a socket pair, a datagram, a goroutine that held up the machine's).
-// The master's processing of it is not waited for either (putToMaster).
-func (u *Upgrader) serveLinks(store managerStore) <-chan struct{} {
-	stored := make(chan struct{})
-	go func() {
-		mine := u.storeLink(store)
-		close(stored)
-		if mine != nil {
-			u.readLink(mine)
-		}
-	}()
-	return stored
+// lives. It returns once the link is stored, or given up: the master needs the
+// link only once this process is ready and serves, so Ready calls it before
+// anything tells the master READY=1 (the master reads a process's notifications in
+// order), while Serve's goroutine accepts already: not on the way to the first
+// accept, where it cost the new child about a millisecond (a socket pair, a
+// datagram, a goroutine that held up the machine's). The master's processing of it
+// is not waited for (putToMaster).
+func (u *Upgrader) serveLinks(store managerStore) {
+	if mine := u.storeLink(store); mine != nil {
+		go u.readLink(mine)
+	}
 }
 
 // storeLink puts one end of a new socket pair, the link, in the master's fd store,

@@ -420,7 +420,7 @@ func (u *Upgrader) Ready() error {
 	u.ready.done = true
 	<-u.caught
 	if u.linkTo != nil {
-		<-u.serveLinks(*u.linkTo)
+		u.serveLinks(*u.linkTo)
 	}
 	for _, f := range u.set.CloseUnclaimed() {
 		u.log.Warn("closing an inherited descriptor nothing claimed", "event", "fd_unclaimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())

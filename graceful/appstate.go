@@ -443,9 +443,5 @@ func (c *stateCarrier) loadState(version string, data []byte, final bool, from s
 		c.log.Info("loaded the previous generation's state", "event", "state_loaded", "version", version, "bytes", n, "final", final, "from", from,
 			"read", read.Round(time.Microsecond).String(), "took", took.Round(time.Microsecond).String())
 	}
-	if final {
-		line()
-		return
-	}
-	c.logs.line(line)
+	c.logs.line(line) // written at once but while a new generation starts
 }

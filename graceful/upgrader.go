@@ -86,9 +86,10 @@ var (
 // exits at once) and SIGHUP (logged and ignored, so that a stray HUP does not kill
 // the server). A new generation, started by an upgrade, installs them beside its
 // start, so that its first accept does not wait for them: they are in place once
-// its Ready starts (before it tells its parent it is ready), if not before. Servers, ListenAndServe and Drainers of the process use it. It fails
-// if the inherited environment is invalid, if the PID file cannot be written, or if
-// the process already has an Upgrader.
+// its Ready starts (before it tells its parent it is ready), if not before.
+// Servers, ListenAndServe and Drainers of the process use it. It fails if the
+// inherited environment is invalid, if the PID file cannot be written, or if the
+// process already has an Upgrader.
 //
 // A program calls New before anything else of this package when it wants a
 // Config: a PID file, a control socket, other timeouts. Then it takes its

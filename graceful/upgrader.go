@@ -71,8 +71,7 @@ type Upgrader struct {
 	// (nil: not prepared); commitPipe is the master's pipe, under handover run.
 	held       chan struct{}
 	commitPipe *os.File
-	viaLink    bool          // the parent channel is a serving child's, under a master (masterlink.go)
-	linkTo     *managerStore // a library child of a master: where Ready stores its link (serveLinks)
+	viaLink    bool // the parent channel is a serving child's, under a master (masterlink.go)
 }
 
 var (
@@ -330,9 +329,6 @@ func (u *Upgrader) startCarriers() error {
 			return err
 		}
 	}
-	if master && n != nil {
-		u.linkTo = &managerStore{n}
-	}
 	return nil
 }
 
@@ -420,8 +416,8 @@ func (u *Upgrader) Ready() error {
 	}
 	u.ready.done = true
 	<-u.caught
-	if u.linkTo != nil {
-		u.serveLinks(*u.linkTo)
+	if n := u.m.notifier; n != nil && u.set.Master() != 0 {
+		u.serveLinks(managerStore{n}) // a library child of a master
 	}
 	for _, f := range u.set.CloseUnclaimed() {
 		u.log.Warn("closing an inherited descriptor nothing claimed", "event", "fd_unclaimed", "fd", f.Fd, "name", f.Name, "from", f.Source.String(), "kind", f.Kind.String())

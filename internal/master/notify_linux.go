@@ -72,9 +72,9 @@ func (n *notifySocket) close() {
 
 // serve reads datagrams until the socket is closed and hands each to deliver with the
 // sender's PID (its ancestors are looked up only when it is not a child: see
-// machine.ancestors), and the descriptors it carries (FDSTORE=1, BARRIER=1), which deliver owns: it keeps those
-// it stores and closes the rest once the datagram is handled (closing a BARRIER=1
-// pipe is the answer).
+// machine.ancestors), and the descriptors it carries (FDSTORE=1, BARRIER=1), which
+// deliver owns: it keeps those it stores and closes the rest once the datagram is
+// handled (closing a BARRIER=1 pipe is the answer).
 func (n *notifySocket) serve(deliver func(pid int, fields []Field, fds []int)) {
 	buf := make([]byte, maxNotify+1)
 	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(4*253))

@@ -6,26 +6,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A descriptor this process only holds or passes on (a listening socket kept for
-// the next generation, a copy for a child, a socket a master holds) must not be
-// watched by the Go runtime's poller. os.NewFile registers a non-blocking
-// descriptor with it, and O_NONBLOCK belongs to the open socket, which every
-// process that serves on it shares: a socket passed on by a Go program is
-// non-blocking. Registered, a listening socket that nothing here accepts on
-// wakes a sleeping thread of this process for every connection that arrives, so
-// an idle process burns CPU in proportion to the load, and takes it from the one
-// that serves (a `handover run` master, a generation that drains or waits in
-// probation, a new generation as it starts). The registration lasts until the
-// file is closed, and nothing else takes it back.
+// QuietFile makes an *os.File of fd, a descriptor this process owns, that the Go
+// runtime's poller does not watch; the file keeps fd's number. It is for
+// descriptors a process only holds or passes on: a listening socket kept for the
+// next generation, a copy for a child, the sockets a master holds. Reads and
+// writes through the file block their thread (and get EAGAIN from a non-blocking
+// descriptor): make a listener or a connection of it to serve on it.
 //
-// quietFile and newQuietFile make such files: os.NewFile is given the descriptor
-// number while it refers to /dev/null, which blocks, and the socket is put back
-// under that number once the file is made.
-
-// QuietFile makes an *os.File of fd, a descriptor this process owns, that the
-// runtime's poller does not watch (see above); the file keeps fd's number. For
-// holding and passing descriptors on: reads and writes through the file block
-// their thread, and a file of a non-blocking descriptor returns EAGAIN.
+// os.NewFile registers a non-blocking descriptor with the poller, until the file
+// is closed. O_NONBLOCK belongs to the open socket, shared by every process that
+// has a copy of it, and a Go program that serves on a socket makes it
+// non-blocking. A listening socket registered by a process that does not accept
+// on it wakes one of its sleeping threads for every connection that arrives: a
+// holder (a `handover run` master; a generation with its reserve copies, or one
+// that starts and has not listened yet) takes CPU in proportion to the load, from
+// the process that serves. So os.NewFile
+// is given fd's number while it refers to /dev/null, which blocks, and the socket
+// is put back under that number once the file is made.
 func QuietFile(fd int, name string) (*os.File, error) {
 	saved, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {

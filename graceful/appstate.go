@@ -66,7 +66,11 @@ const (
 // stateOverhead bounds what stateParts adds to the blob (or a version 1 encoder).
 const stateOverhead = len(stateMagic) + 2 + 255 + 8 + sha256.Size
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+// castagnoli returns the CRC-32C table. hash/crc32 builds it on first use and
+// keeps it: made at package initialisation, it would cost every process that
+// links this package its start-up time, a new generation's included, whether it
+// carries state or not.
+func castagnoli() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) }
 
 // checkStateVersion validates Config.StateVersion.
 func checkStateVersion(v string) error {
@@ -91,7 +95,7 @@ func stateParts(version string, data []byte) [][]byte {
 	h = binary.BigEndian.AppendUint16(h, uint16(len(version)))
 	h = append(h, version...)
 	h = binary.BigEndian.AppendUint64(h, uint64(len(data)))
-	sum := crc32.Update(crc32.Checksum(h, castagnoli), castagnoli, data)
+	sum := crc32.Update(crc32.Checksum(h, castagnoli()), castagnoli(), data)
 	return [][]byte{h, data, binary.BigEndian.AppendUint32(nil, sum)}
 }
 
@@ -107,7 +111,7 @@ func decodeState(b []byte) (version string, data []byte, err error) {
 	switch {
 	case bytes.HasPrefix(b, []byte(stateMagic)) && len(b) >= len(stateMagic)+2+8+4:
 		p = b[len(stateMagic) : len(b)-4]
-		if crc32.Checksum(b[:len(b)-4], castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
+		if crc32.Checksum(b[:len(b)-4], castagnoli()) != binary.BigEndian.Uint32(b[len(b)-4:]) {
 			return "", nil, errors.New("checksum mismatch (the state is corrupt)")
 		}
 	case bytes.HasPrefix(b, []byte(stateMagicV1)) && len(b) >= len(stateMagicV1)+2+8+sha256.Size:

@@ -156,9 +156,9 @@ func (m *machine) onUpstreamMessage(msg handoff.Message) {
 	case handoff.Drained:
 		m.onUpstreamDrained(msg)
 	case handoff.History:
-		if h, err := decodeHistory(msg.Text); err == nil {
-			m.history = h
-		}
+		// Decoded when first needed (hist): not as the process starts to serve.
+		text := msg.Text
+		m.historyIn = &text
 	default:
 		if !takeCarried(m.carriers, msg, carry.Final) {
 			closeFiles(msg.Files)
@@ -175,7 +175,7 @@ func (m *machine) onUpstreamDrained(msg handoff.Message) {
 	if json.Unmarshal([]byte(msg.Text), &d) != nil {
 		return
 	}
-	m.history.drained(d)
+	m.hist().drained(d)
 	switch {
 	case m.nextPID != 0:
 		m.tellDrained(d)
@@ -269,7 +269,7 @@ func (m *machine) sayDrained() {
 	d := m.drains.stats
 	d.From, d.To = os.Getpid(), m.nextPID
 	d.Seconds = m.clock.Now().Sub(m.drains.at).Seconds()
-	m.history.drained(d)
+	m.hist().drained(d)
 	m.tellDrained(d)
 	m.tellSuccessor(handoff.Message{Verb: handoff.Above, N: m.line.above})
 }

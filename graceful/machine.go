@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -147,7 +146,7 @@ type machine struct {
 	nextPID   int   // the generation this one handed over to
 	final     bool  // the drain is final: listeners closed, no resuming
 	history   history
-	historyIn *string // the initial batch's history, until needed (takeHistoryIn)
+	historyIn *string // the history as the parent sent it, until needed (hist)
 	// startLines writes the start-up lines held back until the process serves
 	// (startLog.flush; nil: none are).
 	startLines func()
@@ -262,10 +261,6 @@ func (m *machine) onReady(ev readyEvent) {
 	if ev.upstream != nil {
 		m.listenUpstream(ev.upstream)
 	}
-	if slices.ContainsFunc(ev.said, func(msg handoff.Message) bool { return msg.Verb == handoff.History }) {
-		m.historyIn = nil // replaced by the history with this upgrade in it
-	}
-	m.takeHistoryIn()
 	for _, msg := range ev.said {
 		m.onUpstreamMessage(msg)
 	}
@@ -472,7 +467,14 @@ func (m *machine) turn(role carry.Role) {
 	}
 }
 
-// takeHistoryIn decodes the history of the initial batch, if it was not yet.
+// hist returns the history of upgrades, decoded first if it came as text and was
+// not yet (see historyIn).
+func (m *machine) hist() *history {
+	m.takeHistoryIn()
+	return &m.history
+}
+
+// takeHistoryIn decodes the history that came from the parent, if it was not yet.
 func (m *machine) takeHistoryIn() {
 	text := m.historyIn
 	if text == nil {
@@ -520,8 +522,7 @@ type metricsSnapshot struct {
 }
 
 func (m *machine) metrics() metricsSnapshot {
-	m.takeHistoryIn()
-	return metricsSnapshot{history: m.history.clone(), status: m.status(), above: m.line.above}
+	return metricsSnapshot{history: m.hist().clone(), status: m.status(), above: m.line.above}
 }
 
 // readWatchdog reads systemd's watchdog settings (ours are the PIDs that may ping

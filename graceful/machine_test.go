@@ -715,11 +715,11 @@ func TestMachineDefersSIGUSR2(t *testing.T) {
 	}
 }
 
-// TestMachineInitialHistory: the history of a new generation's initial batch is
-// decoded only when needed, not on the way to its first answer: by a status
-// request before Ready; at Ready it gives way to the history with this upgrade in
-// it, which the parent sent before "main", or, if none came, is decoded then (a bad
-// one is logged as lost).
+// TestMachineInitialHistory: the history a new generation gets from its parent is
+// decoded only when needed, not on the way to its first answers: not by a status
+// request before Ready, nor at Ready, where the initial batch's gives way to the
+// history with this upgrade in it if the parent sent it before "main"; the first
+// status request after Ready decodes it (a bad one is logged as lost).
 func TestMachineInitialHistory(t *testing.T) {
 	var inherited history
 	inherited.add(Upgrade{Trigger: "SIGUSR2", From: 10, To: 11, Generation: 2, Outcome: "ok"})
@@ -752,8 +752,14 @@ func TestMachineInitialHistory(t *testing.T) {
 				t.Fatal("the initial history was decoded before it was needed")
 			}
 			ready(w, c.said...)
+			if w.m.historyIn == nil || len(w.m.history.Records) != 0 {
+				t.Fatal("the history was decoded as the process took over, before it was needed")
+			}
+			reply := make(chan Status, 1)
+			w.m.handle(statusRequest{reply})
+			<-reply
 			if w.m.historyIn != nil || len(w.m.history.Records) != c.records || w.logged("history_lost") != c.lost {
-				t.Fatalf("after Ready: %d records, pending %v, history_lost %v; want %d, nil, %v", len(w.m.history.Records), w.m.historyIn, w.logged("history_lost"), c.records, c.lost)
+				t.Fatalf("after Ready and Status: %d records, pending %v, history_lost %v; want %d, nil, %v", len(w.m.history.Records), w.m.historyIn, w.logged("history_lost"), c.records, c.lost)
 			}
 		})
 	}

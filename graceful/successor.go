@@ -256,7 +256,7 @@ func (m *machine) onSuccessorExit(s *successor, retired bool) {
 		m.log.Error("the new generation died after taking over; starting this process's own build on the sockets kept open", append(attrs, "action", "replace", "attempt", m.next.replaced)...)
 		m.startAttempt(&attempt{trigger: "replacement", started: m.clock.Now(), replacement: true}, selfExecutable, nil)
 	}
-	m.history.died(os.Getpid(), s.pid, status)
+	m.hist().died(os.Getpid(), s.pid, status)
 }
 
 // startProbation puts the successor that took over in attempt a on probation,
@@ -309,8 +309,9 @@ func (m *machine) probationUntil() time.Time {
 		return m.next.until
 	}
 	pid, now := os.Getpid(), m.clock.Now()
-	for i := len(m.history.Records) - 1; i >= 0; i-- {
-		if r := m.history.Records[i]; r.To == pid {
+	recs := m.history.Records // decoded by status, once the process no longer starts
+	for i := len(recs) - 1; i >= 0; i-- {
+		if r := recs[i]; r.To == pid {
 			if r.Outcome == "ok" && r.ProbationUntil.After(now) {
 				return r.ProbationUntil
 			}
@@ -323,7 +324,7 @@ func (m *machine) probationUntil() time.Time {
 // resume takes the drains back after the successor s died: this process is the
 // current generation again.
 func (m *machine) resume(s *successor, status string) {
-	m.history.died(os.Getpid(), s.pid, status)
+	m.hist().died(os.Getpid(), s.pid, status)
 	m.st = serving
 	m.nextPID = 0
 	m.line.drained = false

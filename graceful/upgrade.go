@@ -100,7 +100,7 @@ func (m *machine) startAttempt(a *attempt, path string, reply func(upgradeResult
 // follow. The history is copied now and encoded when the batch is made, beside the
 // machine.
 func (m *machine) initBatch() func() []handoff.Message {
-	h, above := m.history.clone(), m.line.above+1
+	h, above := m.hist().clone(), m.line.above+1
 	return func() []handoff.Message {
 		return []handoff.Message{
 			{Verb: handoff.History, Text: h.encode()},
@@ -149,7 +149,7 @@ func (m *machine) goAhead(a *attempt) {
 		m.svc.handing = true
 		m.stopWatchdog()
 	}
-	h := m.history.clone()
+	h := m.hist().clone()
 	h.add(m.record(a, "ok", nil))
 	a.goAhead <- h.encode()
 }
@@ -210,7 +210,7 @@ func (m *machine) attemptFailed(e attemptEnded) {
 	case causeAborted, causePrepareTime:
 		outcome = "aborted"
 	}
-	m.history.add(m.record(a, outcome, err))
+	m.hist().add(m.record(a, outcome, err))
 	switch {
 	case a.replacement:
 		m.log.Error("replacement failed", attrs...)
@@ -247,7 +247,7 @@ func (m *machine) handedOver(e attemptEnded) {
 	m.att = nil
 	m.nextPID = a.ready
 	m.lastErr = nil
-	m.history.add(m.record(a, "ok", nil))
+	m.hist().add(m.record(a, "ok", nil))
 	if m.cfg.PIDFile != "" {
 		// The new generation writes it too, once it hears "main"; written here as
 		// well, the file names it by the time whoever asked for the upgrade hears

@@ -588,6 +588,46 @@ func TestRunSIGTERMDrains(t *testing.T) {
 	t.Logf("SIGTERM to exit: %v with a 1.5s request in flight", took.Round(time.Millisecond))
 }
 
+// TestRunMasterDoesNotWatchSockets: the master holds the sockets for its children
+// and never accepts on them, so its runtime's poller does not watch them: a
+// connection that arrives wakes the child that serves it, not the master as well
+// (thousands of times a second under load). The serving child does watch the
+// socket, which shows the check sees a watched socket. Checked with the first
+// child, and after an upgrade: the children make the socket non-blocking, a flag
+// every copy of it shares, and a non-blocking descriptor is what the runtime
+// watches.
+func TestRunMasterDoesNotWatchSockets(t *testing.T) {
+	m := startMaster(t, masterSpec{prog: []string{proc.Binary(t, demoPkg)}})
+	ino, err := proc.ListeningInode(m.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		child := m.status().Child
+		mw, err := proc.Watched(m.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cw, err := proc.Watched(child)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !cw[ino] {
+			t.Errorf("%s: the serving child (PID %d) does not watch the listening socket (inode %d): the check cannot tell", when, child, ino)
+		}
+		if mw[ino] {
+			t.Errorf("%s: the master's poller watches the listening socket (inode %d)", when, ino)
+		}
+	}
+	check("first child")
+	if out, code := m.reload(); code != 0 {
+		t.Fatalf("handover reload exited %d: %s", code, out)
+	}
+	m.waitSettled(30 * time.Second)
+	check("after an upgrade")
+}
+
 // TestRunSIGINTForwarded: SIGINT (Ctrl-C) to the master goes to the child (a library
 // child drains on it and exits 0); the master then exits with the child's status.
 func TestRunSIGINTForwarded(t *testing.T) {

@@ -41,9 +41,19 @@ func systemdFiles() []*os.File {
 		if i < len(names) && names[i] != "" {
 			name = names[i]
 		}
-		files = append(files, os.NewFile(uintptr(fd), name))
+		files = append(files, quietFile(fd, name))
 	}
 	return files
+}
+
+// quietFile makes an *os.File of fd, an inherited socket, that the Go runtime's
+// poller does not watch until a listener is made of it: see handoff.QuietFile. If
+// that fails (no /dev/null), a plain one.
+func quietFile(fd int, name string) *os.File {
+	if f, err := handoff.QuietFile(fd, name); err == nil {
+		return f
+	}
+	return os.NewFile(uintptr(fd), name)
 }
 
 // inheritedVars are the variables inherit reads, and clears.
@@ -264,10 +274,10 @@ func (s *Set) openParentFiles() error {
 }
 
 // wrapFiles makes *os.Files of the passed descriptors, close-on-exec, as go-systemd
-// does for systemd's protocol.
+// does for systemd's protocol (but not watched by the runtime's poller).
 func (s *Set) wrapFiles() {
 	for _, f := range s.files {
 		unix.CloseOnExec(f.Fd)
-		f.file = os.NewFile(uintptr(f.Fd), f.Name)
+		f.file = quietFile(f.Fd, f.Name)
 	}
 }

@@ -196,22 +196,25 @@ func (c *Channel) SetReadDeadline(t time.Time) error { return c.conn.SetReadDead
 func (c *Channel) File() (*os.File, error) { return DupFile(c.conn, "handover-channel") }
 
 // DupFile duplicates the descriptor of sc (a listener, a connection) as a new
-// close-on-exec file, without changing its blocking mode.
+// close-on-exec file, to hold or pass on, that the runtime's poller does not
+// watch (see QuietFile), without changing its blocking mode.
 func DupFile(sc syscall.Conn, name string) (*os.File, error) {
 	rc, err := sc.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	var dup int
-	var derr error
-	err = rc.Control(func(fd uintptr) {
-		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
-	})
+	f, err := newQuietFile(-1, name)
 	if err != nil {
 		return nil, err
 	}
-	if derr != nil {
-		return nil, derr
+	var derr error
+	err = rc.Control(func(fd uintptr) { derr = dupTo(int(fd), int(f.Fd())) })
+	if err == nil {
+		err = derr
 	}
-	return os.NewFile(uintptr(dup), name), nil
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

@@ -70,6 +70,14 @@ type server interface {
 	CtlOverhead(n int) []time.Duration
 }
 
+// holder is a server with a process that holds the sockets for the serving one
+// without serving itself (handover run's master): the switch bench reports the CPU
+// it takes while the probe runs.
+type holder interface {
+	// Holder returns that process's PID (0 until it runs).
+	Holder() int
+}
+
 // demoFlags are handover-demo's flags in every approach that starts it itself. The
 // probation is short: an old generation stands by, once drained, for its
 // successor's probation (the library's default is 10 s without a service manager),
@@ -421,6 +429,7 @@ func (s *runServer) Reaps() bool                     { return false }
 func (s *runServer) Host(pid int) (int, error)       { return pid, nil }
 func (s *runServer) Notes() []string                 { return nil }
 func (s *runServer) CtlOverhead(int) []time.Duration { return nil }
+func (s *runServer) Holder() int                     { return s.master }
 
 func (s *runServer) Start() (int, error) {
 	f, err := os.OpenFile(s.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)

@@ -334,6 +334,13 @@ func switchOnce(ctx context.Context, e *env, a switchApproach, srv server, pid i
 	stop := make(chan struct{})
 	probed := make(chan struct{})
 	exited := watchExit(host, o.timeout)
+	var hold int
+	var cpu0 time.Duration
+	if h, ok := srv.(holder); ok {
+		hold = h.Holder()
+		cpu0 = taskCPU(hold)
+	}
+	began := time.Now()
 	go func() {
 		p.run(stop, time.Now().Add(o.lead+o.timeout))
 		close(probed)
@@ -368,6 +375,11 @@ func switchOnce(ctx context.Context, e *env, a switchApproach, srv server, pid i
 	}
 	close(stop)
 	<-probed
+	if hold != 0 {
+		// The holder's CPU while the probe ran, as a share of one CPU.
+		pct := 100 * float64(taskCPU(hold)-cpu0) / float64(time.Since(began))
+		r.HolderCPU = &pct
+	}
 	if terr != nil {
 		r.Err = terr.Error()
 	}
@@ -389,4 +401,26 @@ func switchOnce(ctx context.Context, e *env, a switchApproach, srv server, pid i
 		}
 	}
 	return r
+}
+
+// taskCPU returns the CPU time pid's threads have used (the first field of each
+// /proc/PID/task/TID/schedstat, in nanoseconds): 0 if it cannot be read.
+func taskCPU(pid int) time.Duration {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var total time.Duration
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "schedstat"))
+		if err != nil {
+			continue
+		}
+		var ns int64
+		if _, err := fmt.Sscan(string(b), &ns); err == nil {
+			total += time.Duration(ns)
+		}
+	}
+	return total
 }

@@ -47,6 +47,10 @@ type SwitchResult struct {
 	// OldLastMS: trigger → the last answer from the old PID (to a request sent
 	// after the trigger).
 	OldLastMS Spread `json:"old_last_ms"`
+	// HolderCPU: the CPU the process that holds the sockets without serving
+	// (handover run's master) took while the probe ran, in percent of one CPU; for
+	// approaches that have one.
+	HolderCPU Spread `json:"holder_cpu_pct,omitzero"`
 
 	Requests int            `json:"probe_requests"`
 	Skipped  int            `json:"probe_skipped"`
@@ -65,7 +69,8 @@ type switchRun struct {
 	CommandMS float64        `json:"command_ms"`
 	ExitMS    float64        `json:"exit_ms"` // -1: the old PID did not exit in time
 	OldLastMS float64        `json:"old_last_ms"`
-	OldAfter  int            `json:"old_after"` // answers from the old PID to requests sent after the trigger
+	HolderCPU *float64       `json:"holder_cpu_pct,omitempty"` // see SwitchResult.HolderCPU
+	OldAfter  int            `json:"old_after"`                // answers from the old PID to requests sent after the trigger
 	Requests  int            `json:"requests"`
 	Skipped   int            `json:"skipped,omitempty"`
 	Failures  map[string]int `json:"failures,omitempty"`
@@ -87,6 +92,7 @@ func switchDefinitions(o switchOptions) []string {
 		"command: how long the trigger took to return (a kill returns at once; systemctl reload returns once handover reload has its answer)",
 		"exit: from the trigger to the old PID's exit (pidfd), waited for up to " + o.timeout.String() + "; the next switch starts " + o.gap.String() + " after it (or after that wait: an old process that did not exit no longer accepts, and stopping the server ends it)",
 		"statistics: nearest-rank percentiles over every switch of the approach (all rounds pooled)",
+		"holder CPU (handover run): the CPU time of every thread of the master (/proc/PID/task/*/schedstat) from the probe's start to its end, over that time, in percent of one CPU",
 	}
 }
 
@@ -94,8 +100,11 @@ func switchDefinitions(o switchOptions) []string {
 func switchResultOf(a switchApproach, runs []switchRun, loadavg, errs []string) SwitchResult {
 	res := SwitchResult{Name: a.Name, Label: a.Label, Server: a.Server, Trigger: a.Trigger, Failures: map[string]int{},
 		LoadAvg: loadavg, Switches: runs, Error: strings.Join(errs, "; ")}
-	var sw, cmd, exit, last []float64
+	var sw, cmd, exit, last, hold []float64
 	for _, r := range runs {
+		if r.HolderCPU != nil {
+			hold = append(hold, *r.HolderCPU)
+		}
 		res.Requests += r.Requests
 		res.Skipped += r.Skipped
 		for k, n := range r.Failures {
@@ -110,7 +119,7 @@ func switchResultOf(a switchApproach, runs []switchRun, loadavg, errs []string) 
 			exit = append(exit, r.ExitMS)
 		}
 	}
-	res.SwitchMS, res.CommandMS, res.ExitMS, res.OldLastMS = spread(sw), spread(cmd), spread(exit), spread(last)
+	res.SwitchMS, res.CommandMS, res.ExitMS, res.OldLastMS, res.HolderCPU = spread(sw), spread(cmd), spread(exit), spread(last), spread(hold)
 	return res
 }
 
@@ -158,6 +167,10 @@ func switchMarkdown(r *SwitchReport) string {
 			100*float64(a.Requests)/float64(max(1, a.Requests+a.Skipped)), loadRange(a.LoadAvg))
 	}
 	for _, a := range r.Approaches {
+		if h := a.HolderCPU; h.N > 0 {
+			fmt.Fprintf(&b, "\n%s: the process that holds the sockets without serving took %.1f%% of a CPU while the probe ran (median of %d switches; p10 %.1f%%, p90 %.1f%%).\n",
+				a.Label, h.Median, h.N, h.P10, h.P90)
+		}
 		if a.Error != "" && a.SwitchMS.N > 0 {
 			fmt.Fprintf(&b, "\n⚠ %s: %s\n", a.Label, mdEscape(a.Error))
 		}

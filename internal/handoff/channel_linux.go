@@ -205,7 +205,8 @@ func DupFile(sc syscall.Conn, name string) (*os.File, error) {
 	}
 	f, err := newQuietFile(-1, name)
 	if err != nil {
-		return nil, err
+		// No /dev/null (a bare container): a file the poller watches.
+		return dupWatched(rc, name)
 	}
 	var derr error
 	err = rc.Control(func(fd uintptr) { derr = dupTo(int(fd), int(f.Fd())) })
@@ -217,4 +218,18 @@ func DupFile(sc syscall.Conn, name string) (*os.File, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// dupWatched duplicates the descriptor of rc as a close-on-exec file made by
+// os.NewFile (which the poller watches if the descriptor is non-blocking).
+func dupWatched(rc syscall.RawConn, name string) (*os.File, error) {
+	var dup int
+	var derr error
+	if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	return os.NewFile(uintptr(dup), name), nil
 }

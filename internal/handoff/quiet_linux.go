@@ -11,7 +11,8 @@ import (
 // descriptors a process only holds or passes on: a listening socket kept for the
 // next generation, a copy for a child, the sockets a master holds. Reads and
 // writes through the file block their thread (and get EAGAIN from a non-blocking
-// descriptor): make a listener or a connection of it to serve on it.
+// descriptor): make a listener or a connection of it to serve on it. When it
+// fails, fd is as it was (the caller may fall back on os.NewFile).
 //
 // os.NewFile registers a non-blocking descriptor with the poller, until the file
 // is closed. O_NONBLOCK belongs to the open socket, shared by every process that
@@ -20,9 +21,9 @@ import (
 // on it wakes one of its sleeping threads for every connection that arrives: a
 // holder (a `handover run` master; a generation with its reserve copies, or one
 // that starts and has not listened yet) takes CPU in proportion to the load, from
-// the process that serves. So os.NewFile
-// is given fd's number while it refers to /dev/null, which blocks, and the socket
-// is put back under that number once the file is made.
+// the process that serves. So os.NewFile is given fd's number while it refers to
+// /dev/null, which blocks, and the socket is put back under that number once the
+// file is made.
 func QuietFile(fd int, name string) (*os.File, error) {
 	saved, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -33,6 +34,8 @@ func QuietFile(fd int, name string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A dup3 onto an open descriptor cannot fail (EBUSY is for one being opened),
+	// so the socket is back under fd.
 	return f, dupTo(saved, fd)
 }
 

@@ -17,7 +17,25 @@ import (
 // tests left a hundred thousand in TIME_WAIT.
 func acceptQueue(t testing.TB, ln net.Listener) int {
 	t.Helper()
-	sc, err := ln.(syscall.Conn).SyscallConn()
+	return acceptQueueOf(t, ln.(syscall.Conn), ln.Addr().String())
+}
+
+// socketOf returns a copy of ln's socket, to read its accept queue (acceptQueueOf)
+// once a drain has parked ln: closed it, keeping the socket.
+func socketOf(t testing.TB, ln net.Listener) syscall.Conn {
+	t.Helper()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// acceptQueueOf is acceptQueue of the listening socket sc, named name.
+func acceptQueueOf(t testing.TB, s syscall.Conn, name string) int {
+	t.Helper()
+	sc, err := s.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +47,7 @@ func acceptQueue(t testing.TB, ln net.Listener) int {
 		t.Fatal(err)
 	}
 	if ierr != nil {
-		t.Fatalf("TCP_INFO of %s: %v", ln.Addr(), ierr)
+		t.Fatalf("TCP_INFO of %s: %v", name, ierr)
 	}
 	return int(info.Unacked)
 }

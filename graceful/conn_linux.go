@@ -28,3 +28,6 @@ func dupConn(nc net.Conn) (*os.File, error) {
 	}
 	return nil, errNotPassable
 }
+
+// parkedFile keeps a paused listener's socket (see listener.park).
+func parkedFile(tl *net.TCPListener) (*os.File, error) { return handoff.DupFile(tl, "parked") }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"os"
 
 	"net"
 	"net/http"
@@ -37,7 +38,12 @@ var errResumed = errors.New("graceful: drain abandoned: serving again")
 //     accept queue stay there for whichever process shares the socket. A listener
 //     that cannot stop accepting without closing (one with no SetDeadline method,
 //     such as tls.NewListener's or a struct embedding a net.Listener) is closed,
-//     and the drain cannot be taken back.
+//     and the drain cannot be taken back. A *net.TCPListener that stops accepting
+//     while the drain can still be taken back is closed too, its socket kept open
+//     (Linux): the process then neither accepts nor wakes for the connections that
+//     arrive for the new generation. Taken back, the drain makes a new listener on
+//     the same socket, which the Drainer's listener accepts through (and Upgrader
+//     passes on); the net.Listener given to the Drainer stays closed.
 //  2. HTTP keep-alive stops (Server): every HTTP/1 request whose handler starts from
 //     now on is answered with "Connection: close", and its connection is closed
 //     after the response; HTTP/2 connections are told to go away (two GOAWAY frames:
@@ -82,7 +88,12 @@ type Drainer struct {
 	// listener must come from the Upgrader; not for TLS.
 	HandOverIdle bool
 
-	clock     clock // nil means the system clock; tests inject a fake one
+	clock clock // nil means the system clock; tests inject a fake one
+	// reopened, if set, hears of a listener's socket that got a new listener as
+	// a drain was taken back (see listener.park), or of the error that kept it
+	// from getting one: the Upgrader's Set holds the new one from then on, or the
+	// Upgrader logs the error. Set before the first drain; called with mu held.
+	reopened  func(old, new net.Listener, err error)
 	mu        sync.Mutex
 	conns     map[*conn]struct{}
 	listeners []*listener
@@ -385,7 +396,13 @@ func (d *Drainer) stopAccepting(final bool) {
 	}
 	d.mu.Unlock()
 	for _, l := range lns {
-		if final || !l.stop() {
+		d.mu.Lock()
+		paused := !final && l.stop()
+		if paused {
+			l.park()
+		}
+		d.mu.Unlock()
+		if !paused {
 			l.closeForDrain()
 		}
 	}
@@ -542,8 +559,11 @@ type deadliner interface{ SetDeadline(time.Time) error }
 // that wraps a socket: tls.NewListener, a struct embedding a net.Listener) is
 // closed by the drain instead.
 type listener struct {
+	// Listener is the wrapped listener; once the listener was parked and a drain
+	// taken back, a new one on the same socket (see park): read it with d.mu held.
 	net.Listener
 	d       *Drainer
+	parked  *os.File      // while paused, the socket, its listener closed (park); guarded by d.mu
 	paused  bool          // guarded by d.mu
 	wake    chan struct{} // closed and replaced by restart; guarded by d.mu
 	closed  atomic.Bool   // closed for good (by the application or a drain)
@@ -553,7 +573,7 @@ type listener struct {
 }
 
 // stop interrupts an Accept in progress without closing the socket; false if the
-// listener cannot do that (the caller closes it instead).
+// listener cannot do that (the caller closes it instead). d.mu is held.
 func (l *listener) stop() bool {
 	dl, ok := l.Listener.(deadliner)
 	if !ok {
@@ -567,6 +587,7 @@ func (l *listener) restart() {
 	if l.closed.Load() {
 		return
 	}
+	l.unpark()
 	if dl, ok := l.Listener.(deadliner); ok {
 		dl.SetDeadline(time.Time{})
 	}
@@ -583,7 +604,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 func (l *listener) Accept() (net.Conn, error) {
 	for {
 		l.d.mu.Lock()
-		paused, wake := l.paused, l.wake
+		paused, wake, inner := l.paused, l.wake, l.Listener
 		var rc arrival
 		var got bool
 		if !l.closed.Load() {
@@ -611,7 +632,7 @@ func (l *listener) Accept() (net.Conn, error) {
 			}
 		}
 		l.d.accepting.Add(1)
-		c, err := l.Listener.Accept()
+		c, err := inner.Accept()
 		if err != nil {
 			l.d.acceptEnded()
 			var ne net.Error
@@ -622,6 +643,8 @@ func (l *listener) Accept() (net.Conn, error) {
 				return nil, net.ErrClosed
 			case errors.As(err, &ne) && ne.Timeout():
 				continue // a drain interrupted it; the listener is open
+			case l.swapped(inner):
+				continue // a drain parked it (or took it back since)
 			}
 			return nil, err
 		}
@@ -637,9 +660,69 @@ func (l *listener) Close() error {
 		close(l.wake) // for good: restart never runs on a closed listener
 	}
 	ncs := l.takeInbox()
+	inner, parked := l.Listener, l.parked
+	l.parked = nil
 	l.d.mu.Unlock()
 	l.d.flushInboxes([]*listener{l}, [][]arrival{ncs})
-	return l.Listener.Close()
+	if parked != nil {
+		return parked.Close() // its listener was closed as it was parked
+	}
+	return inner.Close()
+}
+
+// Addr returns the wrapped listener's address.
+func (l *listener) Addr() net.Addr {
+	l.d.mu.Lock()
+	defer l.d.mu.Unlock()
+	return l.Listener.Addr()
+}
+
+// park closes the listener's socket's listener while a drain pauses it, and keeps
+// the socket in a file the Go runtime's poller does not watch (Linux; elsewhere it
+// does nothing). A paused listener that stays open stays watched: every connection
+// that arrives for the new generation would wake a thread of this one, which
+// drains or stands by for its successor's probation (10 s by default), in
+// proportion to the load. A drain taken back (restart) makes a new listener of
+// the file (unpark). Only a *net.TCPListener is parked: the application's own
+// listeners cannot be made again. d.mu is held.
+func (l *listener) park() {
+	tl, ok := l.Listener.(*net.TCPListener)
+	if !ok || !l.paused || l.parked != nil || l.closed.Load() {
+		return
+	}
+	f, err := parkedFile(tl)
+	if err != nil {
+		return // it stays open, and watched
+	}
+	l.parked = f
+	tl.Close() // an Accept in it returns, and waits out the drain (swapped)
+}
+
+// unpark makes a new listener of the parked socket, for the new listener and
+// the Set from then on (Drainer.reopened). d.mu is held.
+func (l *listener) unpark() {
+	f := l.parked
+	if f == nil {
+		return
+	}
+	l.parked = nil
+	ln, err := net.FileListener(f)
+	f.Close()
+	old := l.Listener
+	if err == nil {
+		l.Listener = ln
+	} // else (out of descriptors, say) Accept returns the closed listener's error
+	if l.d.reopened != nil {
+		l.d.reopened(old, ln, err)
+	}
+}
+
+// swapped reports whether inner, a listener Accept took, was parked (or made
+// again) since.
+func (l *listener) swapped(inner net.Listener) bool {
+	l.d.mu.Lock()
+	defer l.d.mu.Unlock()
+	return l.parked != nil || l.Listener != inner
 }
 
 // closeForDrain closes the listener for good at a drain.

@@ -560,6 +560,7 @@ func TestDrainResumable(t *testing.T) {
 	if resp, _ := kept.get(t, "/"); resp.StatusCode != 200 || closesConn(resp) {
 		t.Fatalf("GET /: %d, close %v", resp.StatusCode, closesConn(resp))
 	}
+	sock := socketOf(t, h.ln) // h.ln is closed while the drain parks it
 	draining := h.d.Draining()
 	h.d.stopAccepting(false)
 	select {
@@ -576,7 +577,7 @@ func TestDrainResumable(t *testing.T) {
 	// returned: from then on none can take a connection.
 	eventually(t, "the Accept in progress to return", func() bool { return h.d.accepting.Load() == 0 })
 	waiting := dialClient(t, h.addr) // the listener is open: the dial connects
-	eventually(t, "the connection to wait in the accept queue", func() bool { return acceptQueue(t, h.ln) == 1 })
+	eventually(t, "the connection to wait in the accept queue", func() bool { return acceptQueueOf(t, sock, h.addr) == 1 })
 
 	// A listener added while the drain can be taken back does not accept either.
 	lnB := listenLoopback(t)

@@ -19,7 +19,7 @@ var events = []string{
 	"drain_finish_now", "drain_start", "drained", "exit_now", "fd_unclaimed",
 	"fdstore", "fdstore_failed", "handed_over", "history_lost", "inherit_ignored",
 	"notify_failed", "parent_lost", "pidfile_failed", "probation_over", "protocol", "ready",
-	"reserve_failed", "resumed", "signal_ignored", "start", "stop", "stop_ignored",
+	"listener_lost", "reserve_failed", "resumed", "signal_ignored", "start", "stop", "stop_ignored",
 	"successor_died", "successor_retired", "too_many_draining", "upgrade_deferred",
 	"upgrade_failed", "upgrade_refused", "upgrade_start",
 	// Two-phase upgrades (prepare.go).

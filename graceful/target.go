@@ -66,7 +66,7 @@ func (t *target) addr() string {
 	if len(t.d.listeners) == 0 {
 		return ""
 	}
-	return t.d.listeners[0].Addr().String()
+	return t.d.listeners[0].Listener.Addr().String()
 }
 
 // drains is the machine's part of the drains.
@@ -95,10 +95,24 @@ func (e drainEnded) handle(m *machine) {
 // adopt makes t one of the process's drain targets. A target adopted once the
 // process drains starts draining at once.
 func (m *machine) adopt(t *target) {
+	t.d.mu.Lock()
+	t.d.reopened = m.reopened
+	t.d.mu.Unlock()
 	m.drains.targets = append(m.drains.targets, t)
 	if m.st == draining || m.st == stopping {
 		m.startDrain(t)
 	}
+}
+
+// reopened hears of a listener made again on its socket as a drain was taken back
+// (see listener.park), or of the error that kept it from being made: then the
+// process serves again without that socket, which it says.
+func (m *machine) reopened(old, ln net.Listener, err error) {
+	if err != nil {
+		m.log.Error("a listener cannot be made again on its socket as the process serves again; it no longer accepts there", "event", "listener_lost", "addr", old.Addr().String(), "err", err)
+		return
+	}
+	m.set.Reopened(old, ln)
 }
 
 // startDrains drains every target, each within its deadline. final closes the

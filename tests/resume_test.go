@@ -34,7 +34,24 @@ func TestSuccessorDiesAfterServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := d.pidFromFile()
+	// Draining, the old generation keeps the socket without its runtime watching
+	// it (its listener parked): the connections for the new one do not wake it.
+	// Serving again, it watches it.
+	ino, err := proc.ListeningInode(d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watches := func(pid int) bool {
+		w, err := proc.Watched(pid)
+		return err == nil && w[ino]
+	}
+	if err := proc.WaitFor(func() bool { return !watches(old) }, 5*time.Second, "the draining generation to stop watching the socket"); err != nil {
+		t.Error(err)
+	}
 	d.waitEvent(0, 10*time.Second, "resumed", logs.KV("pid", old))
+	if !watches(old) {
+		t.Errorf("the generation that serves again (PID %d) does not watch the listening socket", old)
+	}
 	if got := d.pidFromFile(); got != old {
 		t.Errorf("PID file names %d after the bad build died, want %d", got, old)
 	}

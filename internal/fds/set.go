@@ -323,6 +323,19 @@ func (s *Set) Holds(ln net.Listener) bool {
 	return false
 }
 
+// Reopened records that ln, a listener handed out, was closed and its socket made
+// a listener again as reopened: Listeners, ForChild and Holds use that one from
+// now on.
+func (s *Set) Reopened(ln, reopened net.Listener) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, h := range s.held {
+		if h.ln == ln {
+			h.ln = reopened
+		}
+	}
+}
+
 // Listeners returns the stream listeners and the datagram sockets handed out.
 func (s *Set) Listeners() (lns []net.Listener, pcs []net.PacketConn) {
 	s.mu.Lock()

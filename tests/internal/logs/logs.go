@@ -63,6 +63,7 @@ var Events = map[string]Spec{
 	"probation_over":        {Enums: map[string][]string{"reason": {"passed", "retired", "stop"}}}, // the new generation's probation (Config.Probation)
 	"replace_failed":        {},
 	"resumed":               {},
+	"listener_lost":         {}, // a parked listener not made again as the process resumed
 	"stop":                  {},
 	"stop_ignored":          {},
 	"notify_failed":         {},

@@ -91,9 +91,9 @@ type upgradeResult struct {
 type attempt struct {
 	trigger     string
 	started     time.Time
-	replacement bool        // the last good build, started for a successor that died
-	prepare     bool        // a two-phase upgrade's: no go-ahead before the commit
-	goAhead     chan string // the machine's go-ahead after "ready": the history to hand over
+	replacement bool            // the last good build, started for a successor that died
+	prepare     bool            // a two-phase upgrade's: no go-ahead before the commit
+	goAhead     chan goAheadMsg // the machine's go-ahead after "ready"
 	ctx         context.Context
 	cancel      context.CancelCauseFunc // the cause: an *upgradeError, or nil (errAbandoned)
 
@@ -106,6 +106,13 @@ type attempt struct {
 	prepared  time.Time
 	committed time.Time
 	stopTimer func() bool // the prepare timeout's, once prepared
+	quiet     *quiescer   // set at the go-ahead: undone if the handover fails
+}
+
+// goAheadMsg is the machine's go-ahead to a new generation that said "ready".
+type goAheadMsg struct {
+	history string    // the history to hand over, with this upgrade in it
+	quiet   *quiescer // pauses this process's listeners just before "main"; nil: none
 }
 
 // attemptEnv is what an attempt's goroutine uses, fixed when it starts.
@@ -230,7 +237,7 @@ type phases struct {
 	msgs      <-chan handoff.Message // until the channel ends
 	exited    <-chan struct{}        // until the process exits
 	stderr    <-chan struct{}        // until its stderr pipe ends
-	goAhead   <-chan string          // once it said "ready"
+	goAhead   <-chan goAheadMsg      // once it said "ready"
 	handed    <-chan handoverOutcome // once the handover started
 	lastWords timer                  // armed once it died or closed its channel
 	timeout   timer                  // UpgradeTimeout
@@ -258,13 +265,13 @@ func (p *phases) wait() attemptEnded {
 			fail = p.failure(causeTimeout, fmt.Errorf("the new generation (PID %d) was not ready within %s", p.g.proc.Pid(), p.env.timeout))
 		case <-p.a.ctx.Done():
 			fail = p.cancelled()
-		case history := <-p.goAhead:
+		case g := <-p.goAhead:
 			p.goAhead = nil
 			if p.a.ctx.Err() != nil {
 				fail = p.cancelled()
 				break
 			}
-			p.handed = p.startHandover(history)
+			p.handed = p.startHandover(g)
 		case o := <-p.handed:
 			if o.err == nil {
 				p.stopLastWords()
@@ -393,17 +400,20 @@ type handoverOutcome struct {
 	barrier error
 }
 
-func (p *phases) startHandover(history string) <-chan handoverOutcome {
+func (p *phases) startHandover(g goAheadMsg) <-chan handoverOutcome {
 	out := make(chan handoverOutcome, 1)
 	n, ch, pid := p.env.notifier, p.g.ch, p.ready
-	go func() { out <- handOver(n, ch, pid, history) }()
+	go func() { out <- handOver(n, ch, pid, g) }()
 	return out
 }
 
 // handOver makes the new generation, ready as pid, the current one. systemd must
 // learn the new main PID (MAINPID=, confirmed by BARRIER=1) before the new process
 // hears "main" and this one stops accepting, or systemd stops the unit with it.
-func handOver(n notifier, ch channel, pid int, history string) handoverOutcome {
+// This process stops accepting (g.quiet) just before "main": from then on the
+// connections that arrive are the new generation's, which accepts at "main" if it
+// was prepared, or accepts already and no longer races this one for them.
+func handOver(n notifier, ch channel, pid int, g goAheadMsg) handoverOutcome {
 	var o handoverOutcome
 	if n != nil {
 		p := strconv.Itoa(pid)
@@ -413,7 +423,8 @@ func handOver(n notifier, ch channel, pid int, history string) handoverOutcome {
 		}
 		o.barrier = n.Barrier(barrierTimeout)
 	}
-	ch.Send(handoff.Message{Verb: handoff.History, Text: history}, sendTimeout)
+	ch.Send(handoff.Message{Verb: handoff.History, Text: g.history}, sendTimeout)
+	g.quiet.pause()
 	if err := ch.Send(handoff.Message{Verb: handoff.Main}, sendTimeout); err != nil && n == nil {
 		o.err = &upgradeError{Cause: causeConfirm, Err: fmt.Errorf("the new generation (PID %d) went away right after it was ready: %v", pid, err)}
 	}

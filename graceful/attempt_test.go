@@ -5,8 +5,10 @@ package graceful
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/handoff"
 )
@@ -275,4 +277,104 @@ func TestAttemptAbandonedAfterHandover(t *testing.T) {
 	if !g.proc.wasKilled() || w.m.nextPID != 0 {
 		t.Fatalf("killed %v, handed over to %d", g.proc.wasKilled(), w.m.nextPID)
 	}
+}
+
+// acceptsWithin reports whether ln, a Drainer's listener, accepts a connection
+// dialled now within waitBound; the connection accepted (if any) is closed.
+func acceptsWithin(t *testing.T, ln net.Listener) bool {
+	t.Helper()
+	got := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		got <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case a := <-got:
+		if a == nil {
+			return false
+		}
+		a.Close()
+		return true
+	case <-time.After(waitBound):
+		ln.Close() // ends the Accept
+		<-got
+		return false
+	}
+}
+
+// TestHandoverQuiescesBeforeMain: the process stops accepting just before it tells
+// the new generation "main", before it hears the handover's outcome and drains: a
+// connection that arrives from then on waits in the accept queue for the new
+// generation instead of racing to the first of the two processes to accept.
+func TestHandoverQuiescesBeforeMain(t *testing.T) {
+	w := newWorld(t, nil)
+	tl := w.listening()
+	sock := socketOf(t, tl.(*listener).Listener)
+	w.ready()
+	w.upgrade()
+	g := w.child()
+	g.ch.say(handoff.Message{Verb: handoff.Ready, PID: g.pid()})
+	stepTo[attemptReady](w)
+	g.ch.expect(t, handoff.History)
+	g.ch.expect(t, handoff.Main)
+	if w.m.st != upgrading {
+		t.Fatalf("state %s once \"main\" was sent; want upgrading (the outcome not heard yet)", w.m.st)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := tl.Accept()
+		accepted <- c
+	}()
+	d := tl.(*listener).d
+	eventually(t, "the Accept to wait out the pause", func() bool { return d.accepting.Load() == 0 })
+	c, err := net.Dial("tcp", tl.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	eventually(t, "the connection to wait in the accept queue", func() bool { return acceptQueueOf(t, sock, tl.Addr().String()) == 1 })
+	select {
+	case a := <-accepted:
+		t.Fatalf("accepted %v after \"main\" was sent", a)
+	default:
+	}
+	select {
+	case <-d.Draining():
+		t.Fatal("draining before the handover's outcome")
+	default:
+	}
+	if e := stepTo[attemptEnded](w); e.err != nil {
+		t.Fatalf("the handover failed: %v", e.err)
+	}
+	if w.m.st != draining {
+		t.Fatalf("state %s after the handover; want draining", w.m.st)
+	}
+	select {
+	case a := <-accepted:
+		t.Fatalf("accepted %v while draining", a)
+	default:
+	}
+}
+
+// TestAttemptConfirmFailsAcceptsAgain: a handover that fails at "main", after the
+// process stopped accepting for it, leaves the process accepting again.
+func TestAttemptConfirmFailsAcceptsAgain(t *testing.T) {
+	w := newWorld(t, nil)
+	tl := w.listening()
+	w.ready()
+	rep := w.upgrade()
+	g := w.child()
+	g.ch.failSend.Store(true)
+	g.ch.say(handoff.Message{Verb: handoff.Ready, PID: g.pid()})
+	stepTo[attemptReady](w)
+	w.failed(rep, causeConfirm)
+	if !acceptsWithin(t, tl) {
+		t.Fatal("the listener does not accept after the failed handover")
+	}
+	checkServesOn(t, w, causeConfirm, "went away right after it was ready")
 }

@@ -28,6 +28,12 @@
 // s by default, without a service manager): the old process, drained or not, stands
 // by until then and serves again.
 //
+// The old process stops accepting at a handover's last step, just before the new
+// generation hears that it is the current one (after MAINPID= and BARRIER=1 under
+// systemd): from then on every connection that arrives waits in the socket's queue
+// for the new generation, instead of going to whichever of the two processes
+// accepts first. Should that last step fail, the old process accepts again.
+//
 // An upgrade may also run in two phases: Upgrader.Prepare (or `handover
 // prepare`) starts the new generation, which inherits the sockets, loads the state
 // and the TLS keys and runs its start-up up to Ready, then waits without accepting

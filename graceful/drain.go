@@ -98,6 +98,7 @@ type Drainer struct {
 	drainCh   chan struct{} // closed when draining starts; replaced when it is taken back
 	draining  atomic.Bool
 	final     bool // the listeners were closed for good
+	quiesced  bool // listeners paused ahead of a handover, not draining (quiesce)
 	drainedAt time.Time
 	http      bool
 	changed   chan struct{} // closed and replaced on every change while draining
@@ -386,10 +387,11 @@ func (d *Drainer) stopAccepting(final bool) {
 		close(d.drainCh)
 	}
 	d.final = d.final || final
+	d.quiesced = false // the drain's from now on
 	lns := append([]*listener(nil), d.listeners...)
 	inboxes := make([][]arrival, len(lns))
 	for i, l := range lns {
-		l.paused = true
+		l.paused, l.quiet = true, false
 		inboxes[i] = l.takeInbox()
 	}
 	d.mu.Unlock()

@@ -630,6 +630,57 @@ func TestDrainResumable(t *testing.T) {
 	}
 }
 
+// TestDrainQuiesce: quiesce (a handover's last step) stops the listeners accepting
+// without draining: Draining() stays open, a connection that arrives waits in the
+// accept queue, a listener that cannot pause without closing accepts on; unquiesce
+// (the handover failed) lets them accept again. A drain takes a quiesce over: an
+// unquiesce after it leaves the listeners to the drain, which resume takes back.
+func TestDrainQuiesce(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(okHandler))
+	sock := socketOf(t, h.ln)
+	wrapped := listenLoopback(t)
+	other := h.d.Listener(struct{ net.Listener }{wrapped}) // cannot pause without closing
+	h.d.quiesce()
+	select {
+	case <-h.d.Draining():
+		t.Fatal("Draining() closed by quiesce")
+	default:
+	}
+	eventually(t, "the Accept in progress to return", func() bool { return h.d.accepting.Load() == 0 })
+	waiting := dialClient(t, h.addr)
+	eventually(t, "the connection to wait in the accept queue", func() bool { return acceptQueueOf(t, sock, h.addr) == 1 })
+	if got := h.d.Counts().Accepted; got != 0 {
+		t.Fatalf("Accepted = %d while quiesced, want 0", got)
+	}
+	go func() {
+		if c, err := other.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	otherConn, err := net.Dial("tcp", wrapped.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer otherConn.Close()
+	eventually(t, "the listener that cannot pause to accept", func() bool { return h.d.Counts().Accepted == 1 })
+
+	h.d.unquiesce()
+	if resp, body := waiting.get(t, "/"); resp.StatusCode != 200 || body != "ok" || closesConn(resp) {
+		t.Fatalf("the connection that waited: %d %q, close %v; want 200 \"ok\", kept alive", resp.StatusCode, body, closesConn(resp))
+	}
+
+	h.d.quiesce()
+	h.d.stopAccepting(false)
+	h.d.unquiesce() // the drain's now: nothing happens
+	eventually(t, "the Accept in progress to return", func() bool { return h.d.accepting.Load() == 0 })
+	late := dialClient(t, h.addr)
+	eventually(t, "the connection to wait in the accept queue while draining", func() bool { return acceptQueueOf(t, sock, h.addr) == 1 })
+	h.d.resume()
+	if resp, body := late.get(t, "/"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("the connection that waited out the drain: %d %q; want 200 \"ok\"", resp.StatusCode, body)
+	}
+}
+
 // TestDrainResumableClosesWhatCannotPause: a listener that cannot stop accepting
 // without closing (an application's that wraps a socket, without SetDeadline) is
 // closed by a drain that could otherwise be taken back: then it cannot be, and the

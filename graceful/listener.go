@@ -27,6 +27,7 @@ type listener struct {
 	closed  atomic.Bool   // closed for good (by the application or a drain)
 	byDrain atomic.Bool   // closed by a drain; set before closed
 	held    chan struct{} // a prepared generation's: no Accept before it is closed
+	quiet   bool          // paused by quiesce; guarded by d.mu
 	in      inbox         // connections handed over, for Accept (connpass.go)
 }
 
@@ -187,4 +188,49 @@ func (l *listener) swapped(inner net.Listener) bool {
 func (l *listener) closeForDrain() {
 	l.byDrain.Store(true)
 	l.Close()
+}
+
+// quiesce stops the listeners accepting at a handover's last step, just before the
+// successor hears it is the current generation, without draining: connections that
+// arrive from then on wait in the socket's queue for the successor, instead of
+// racing to the one of two processes that accepts first. A listener that cannot
+// stop without closing accepts until the drain. The drain takes the pause over
+// (stopAccepting); a handover that fails ends it (unquiesce). Does nothing while
+// draining.
+func (d *Drainer) quiesce() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.init()
+	if d.draining.Load() || d.quiesced {
+		return
+	}
+	d.quiesced = true
+	for _, l := range d.listeners {
+		if l.closed.Load() || l.paused {
+			continue
+		}
+		l.paused = true
+		if !l.stop() {
+			l.paused = false
+			continue
+		}
+		l.quiet = true
+	}
+}
+
+// unquiesce lets the listeners quiesce paused accept again, unless a drain took them
+// over since.
+func (d *Drainer) unquiesce() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.quiesced {
+		return
+	}
+	d.quiesced = false
+	for _, l := range d.listeners {
+		if l.quiet {
+			l.quiet = false
+			l.restart()
+		}
+	}
 }

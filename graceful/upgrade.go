@@ -3,6 +3,7 @@ package graceful
 import (
 	"context"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/seed-a7250cfa/handover/internal/carry"
@@ -72,7 +73,7 @@ func (m *machine) refuse(trigger, reason string, moved int, err error, reply fun
 // or with those kept for a replacement.
 func (m *machine) startAttempt(a *attempt, path string, reply func(upgradeResult)) {
 	a.ctx, a.cancel = context.WithCancelCause(context.Background())
-	a.goAhead = make(chan string, 1)
+	a.goAhead = make(chan goAheadMsg, 1)
 	if reply != nil {
 		a.waiters = append(a.waiters, reply)
 	}
@@ -151,7 +152,48 @@ func (m *machine) goAhead(a *attempt) {
 	}
 	h := m.hist().clone()
 	h.add(m.record(a, "ok", nil))
-	a.goAhead <- h.encode()
+	if !a.replacement && m.st == upgrading {
+		a.quiet = &quiescer{}
+		for _, t := range m.drains.targets {
+			a.quiet.ds = append(a.quiet.ds, t.d)
+		}
+	}
+	a.goAhead <- goAheadMsg{history: h.encode(), quiet: a.quiet}
+}
+
+// quiescer pauses this process's listeners at a handover's last step
+// (Drainer.quiesce), and lets them accept again if the handover fails; the second
+// of the two to come does nothing. pause runs on the attempt's goroutine, undo on
+// the machine's. The methods of a nil quiescer do nothing.
+type quiescer struct {
+	mu     sync.Mutex
+	ds     []*Drainer
+	undone bool
+}
+
+func (q *quiescer) pause() {
+	if q == nil {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.undone {
+		for _, d := range q.ds {
+			d.quiesce()
+		}
+	}
+}
+
+func (q *quiescer) undo() {
+	if q == nil {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.undone = true
+	for _, d := range q.ds {
+		d.unquiesce()
+	}
 }
 
 func (m *machine) onAttemptEnded(e attemptEnded) {
@@ -188,6 +230,7 @@ func (m *machine) endLate(e attemptEnded) {
 // process is dead.
 func (m *machine) attemptFailed(e attemptEnded) {
 	a, err := e.a, e.err
+	a.quiet.undo() // accepting again, if the handover got as far as its last step
 	m.att = nil
 	m.line.relay = nil // in this process's history already; no new generation needs them
 	if err.Cause == causeAborted {

@@ -63,9 +63,10 @@ func (tr *trace) last(pid int, from, to float64, match func(*event) bool) *event
 // a `handover` command it ran (e.g. handover reload -control PATH).
 type trigger struct {
 	t      float64
-	sig    int // a signal: which
-	target int // a signal: the process signalled
-	cli    int // a command: its process
+	sig    int  // a signal: which
+	target int  // a signal: the process signalled
+	cli    int  // a command: its process
+	commit bool // a command: a commit, whose new generation was prepared before it
 }
 
 // triggers returns the bench's (process bench) signals and commands, in time
@@ -97,10 +98,11 @@ type markers map[string]float64
 
 // switchMarks finds the markers of the switch triggered by kill; until bounds the
 // search (the next trigger). oldPID is the generation being replaced (the master's
-// child under handover run); switchMS is the bench's measure (-1 if none). faults
-// are the page faults of the new process ([0]) and of the signalled one ([1]), in ms
-// since the trigger.
-func (tr *trace) switchMarks(trig trigger, until float64, oldPID int, switchMS float64) (m markers, faults [2][]float64) {
+// child under handover run), newPID the one that took over (the prepared one of a
+// commit, which the old process forked before the trigger); switchMS is the
+// bench's measure (-1 if none). faults are the page faults of the new process ([0])
+// and of the signalled one ([1]), in ms since the trigger.
+func (tr *trace) switchMarks(trig trigger, until float64, oldPID, newPID int, switchMS float64) (m markers, faults [2][]float64) {
 	m = markers{"kill": 0}
 	t0 := trig.t
 	at := func(name string, e *event) {
@@ -130,8 +132,17 @@ func (tr *trace) switchMarks(trig trigger, until float64, oldPID int, switchMS f
 	}
 	probes(target, "", "handleControl", "answerControl", "onSignal", "beginUpgrade", "startAttempt", "spawnChild", "startProcess",
 		"checkPidfd", "forkExec", "mOnSignal", "mBeginUpgrade", "mStartCandidate", "mOpenBuild", "mDirect", "mSpawn", "doUpgrade",
-		"onAttemptReady", "handOver", "handedOver", "startDrains", "mOnNotify", "mTakeOver", "mStopChild")
-	child, fork := tr.childOf(target, t0, until)
+		"onAttemptReady", "commit", "goAhead", "handOver", "quiesce", "handedOver", "startDrains", "mOnNotify", "mTakeOver", "mStopChild")
+	var child int
+	var fork *event
+	if trig.commit {
+		// Nothing is forked: the prepared generation serves. (The next switch's
+		// prepare forks the next one before until.)
+		child = newPID
+		tr.servingMarks(m, child, t0, until, t0)
+	} else {
+		child, fork = tr.childOf(target, t0, until)
+	}
 	if fork != nil {
 		at("clone", tr.last(target, t0, fork.t, func(e *event) bool {
 			return e.tid == fork.tid && e.kind == evEnter && (e.nr == sysClone || e.nr == sysClone3)
@@ -221,12 +232,22 @@ func (tr *trace) childMarks(m markers, child int, from, until, t0 float64) {
 	if len(execs) == 0 {
 		return
 	}
-	last := execs[len(execs)-1].t
-	for _, n := range []string{"New", "inherit", "readInit", "setUp", "startCarriers", "openControl", "status",
-		"Listen", "serve", "Ready", "peerReady"} {
-		at(n, tr.first(child, last, until, func(e *event) bool { return e.kind == evProbe && shortOf(e.probe) == n }))
+	tr.servingMarks(m, child, execs[len(execs)-1].t, until, t0)
+}
+
+// servingMarks adds the markers of the new process from its program's start (or,
+// for a prepared one, the commit), from: the library's steps and its first answer.
+func (tr *trace) servingMarks(m markers, child int, from, until, t0 float64) {
+	at := func(name string, e *event) {
+		if e != nil {
+			m[name] = round3((e.t - t0) * 1000)
+		}
 	}
-	loop := tr.first(child, last, until, func(e *event) bool {
+	for _, n := range []string{"New", "inherit", "readInit", "setUp", "startCarriers", "openControl", "status",
+		"Listen", "serve", "Ready", "release", "peerReady"} {
+		at(n, tr.first(child, from, until, func(e *event) bool { return e.kind == evProbe && shortOf(e.probe) == n }))
+	}
+	loop := tr.first(child, from, until, func(e *event) bool {
 		return e.kind == evEnter && (e.nr == sysAccept4 || e.nr == sysAccept)
 	})
 	at("accept loop", loop)

@@ -7,6 +7,10 @@
 // dynamic loader, the Go runtime's start, package inits, the library's start-up,
 // the first accept and the answer. It prints, per approach, the median, p10 and p90
 // of every phase over all switches, and writes them with every switch's markers.
+// A commit (-approaches handover-prep) is split from the `handover commit` command's
+// start, through the old process's commit and handover, to the prepared process's
+// first answer (the commit written on the socket, handover-prep-sock, leaves no
+// trigger in the trace: the command's rows are what it takes off).
 //
 //	cd tests/bench && go run ./switchtrace -out results/switch/trace            # as root
 //	cd tests/bench && go run ./switchtrace -static -out /tmp/static            # servers built with CGO_ENABLED=0
@@ -54,7 +58,7 @@ type options struct {
 
 func main() {
 	var o options
-	flag.StringVar(&o.approaches, "approaches", "handover-usr2,handover-run,handover-ctl,tableflip,gracehttp,endless", "the switch approaches to trace (no systemd ones)")
+	flag.StringVar(&o.approaches, "approaches", "handover-usr2,handover-run,handover-ctl,tableflip,gracehttp,endless", "the switch approaches to trace (no systemd ones; handover-prep for a commit)")
 	flag.IntVar(&o.rounds, "rounds", 2, "rounds (the approaches take turns)")
 	flag.IntVar(&o.upgrades, "upgrades", 10, "switches per approach and round")
 	flag.DurationVar(&o.every, "every", 200*time.Microsecond, "the probe dials a new connection this often")

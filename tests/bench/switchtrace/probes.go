@@ -51,6 +51,7 @@ var binaryProbes = map[string][]probeSpec{
 		{lib + "(*Upgrader).Listen", "Listen"},
 		{lib + "(*Server).serve", "serve"},
 		{lib + "(*Upgrader).Ready", "Ready"},
+		{lib + "(*Upgrader).release", "release"}, // a prepared one, committed
 		// The old generation, in order.
 		{ctlPkg + "Serve", "handleControl"},
 		{lib + "controlServer.Upgrade", "answerControl"},
@@ -60,7 +61,10 @@ var binaryProbes = map[string][]probeSpec{
 		{lib + "spawnChild", "spawnChild"},
 		{lib + "startProcess", "startProcess"},
 		{lib + "(*machine).onAttemptReady", "onAttemptReady"},
+		{lib + "(*machine).commit", "commit"},
+		{lib + "(*machine).goAhead", "goAhead"},
 		{lib + "handOver", "handOver"},
+		{lib + "(*Drainer).quiesce", "quiesce"},
 		{lib + "(*machine).handedOver", "handedOver"},
 		{lib + "(*machine).startDrains", "startDrains"},
 	},

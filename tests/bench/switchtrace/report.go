@@ -43,7 +43,7 @@ func (s *switchJSON) loadAvg() map[string][]string {
 // switchRef is one switch of the bench, in the order the bench triggered them.
 type switchRef struct {
 	approach string
-	old      int
+	old, new int
 	switchMS float64
 }
 
@@ -55,7 +55,7 @@ func (s *switchJSON) chronological() []switchRef {
 		for _, a := range s.Approaches {
 			for _, sw := range a.Switches {
 				if sw.Round == r {
-					out = append(out, switchRef{a.Name, sw.Old, sw.SwitchMS})
+					out = append(out, switchRef{a.Name, sw.Old, sw.New, sw.SwitchMS})
 				}
 			}
 		}
@@ -73,6 +73,8 @@ func kindOf(approach string) string {
 		return "run"
 	case "handover-ctl":
 		return "ctl"
+	case "handover-prep", "handover-prep-cgo":
+		return "commit"
 	}
 	return "peer"
 }
@@ -89,6 +91,8 @@ var paths = map[string][]string{
 	"ctl": append([]string{"kill", "cli exec", "cli ld.so done", "cli rtmain", "cli main", "handleControl", "answerControl", "beginUpgrade",
 		"startAttempt", "spawnChild", "startProcess", "checkPidfd", "forkExec", "clone", "execve", "exec", "ld.so done", "rtmain",
 		"main"}, newGeneration...),
+	"commit": {"kill", "cli exec", "cli ld.so done", "cli rtmain", "cli main", "handleControl", "answerControl", "commit", "goAhead",
+		"handOver", "quiesce", "release", "accept loop", "accepted", "answered", "probe read"},
 	"peer": {"kill", "signal delivered", "doUpgrade", "checkPidfd", "forkExec", "clone", "execve", "exec", "ld.so done", "rtmain", "main",
 		"accept loop", "accepted", "answered", "probe read"},
 }
@@ -100,10 +104,11 @@ var newGeneration = []string{"New", "inherit", "readInit", "setUp", "startCarrie
 
 // offPath are markers off the way to the first answer (timed from the trigger).
 var offPath = map[string][]string{
-	"lib":  {"Ready", "onAttemptReady", "handOver", "handedOver", "startDrains", "old exit"},
-	"run":  {"Ready", "mOnNotify", "mTakeOver", "mStopChild", "old exit"},
-	"ctl":  {"Ready", "onAttemptReady", "handOver", "handedOver", "startDrains", "cli exit", "old exit"},
-	"peer": {"peerReady", "old exit"},
+	"lib":    {"Ready", "onAttemptReady", "handOver", "handedOver", "startDrains", "old exit"},
+	"run":    {"Ready", "mOnNotify", "mTakeOver", "mStopChild", "old exit"},
+	"ctl":    {"Ready", "onAttemptReady", "handOver", "handedOver", "startDrains", "cli exit", "old exit"},
+	"commit": {"handedOver", "startDrains", "cli exit", "old exit"},
+	"peer":   {"peerReady", "old exit"},
 }
 
 // what describes the phase between two markers.
@@ -168,6 +173,12 @@ var what = map[string]string{
 	"cli main>answerControl":        "the command connects and asks; the control server reads the request",
 	"handleControl>answerControl":   "old: peer check, request read",
 	"answerControl>beginUpgrade":    "old: to the Upgrader's loop",
+	"answerControl>commit":          "old: to the Upgrader's loop",
+	"commit>goAhead":                "old: the commit's log line (and RELOADING=1 under systemd)",
+	"goAhead>handOver":              "old: the history with this upgrade in it encoded, the go-ahead to the attempt's goroutine, which starts the handover's",
+	"handOver>quiesce":              "old: the history sent (after MAINPID= and BARRIER=1 under systemd)",
+	"quiesce>release":               "old: stops accepting, sends \"main\"; new: wakes, reads the history and \"main\"",
+	"release>accept loop":           "new: its accepting goroutines run (it yields to them)",
 	"Ready>onAttemptReady":          "the new generation says ready; the old one's loop hears it",
 	"onAttemptReady>handOver":       "old: this upgrade's record, the history encoded, the go-ahead",
 	"handOver>handedOver":           "old: history and main sent (no systemd: no MAINPID/BARRIER)",
@@ -245,6 +256,9 @@ var buckets = []bucket{
 	{"package inits", []string{"rtmain#2", "rtmain"}, []string{"main#2", "main"}},
 	{"main → first accept (graceful.New, Listen, Serve; a peer's set-up)", []string{"main#2", "main"}, []string{"accept loop"}},
 	{"  of which graceful.New → Listen (and the demo's Status call, made before Listen on main)", []string{"New"}, []string{"Listen"}},
+	{"a command's start, up to the control server taking its connection (handover reload, handover commit)", []string{"kill"}, []string{"handleControl"}},
+	{"commit: old process, the commit → it stops accepting (go-ahead, handover)", []string{"commit"}, []string{"quiesce"}},
+	{"commit: \"main\" sent → the prepared process, told, lets its listeners accept", []string{"quiesce"}, []string{"release"}},
 	{"first accept → answer written", []string{"accept loop"}, []string{"answered"}},
 	{"answer → the probe reads it", []string{"answered"}, []string{"probe read"}},
 	{"total: trigger → first answer from the new PID", []string{"kill"}, []string{"probe read"}},
@@ -337,17 +351,23 @@ func breakdown(tr *trace, sw *switchJSON) (*Report, error) {
 	last := math.Inf(-1)
 	for _, r := range refs {
 		pool := &signals
-		if kindOf(r.approach) == "ctl" {
+		kind := kindOf(r.approach)
+		if kind == "ctl" || kind == "commit" {
 			pool = &commands
 		}
 		for len(*pool) > 0 && (*pool)[0].t <= last {
 			*pool = (*pool)[1:]
 		}
+		if kind == "commit" && len(*pool) > 0 {
+			*pool = (*pool)[1:] // the switch's `handover prepare`, untimed: its commit follows
+		}
 		if len(*pool) == 0 {
 			rep.Unmatched = fmt.Sprintf("%d switches in switch.json, %d matched with a trigger in the trace", len(refs), len(trigs))
 			break
 		}
-		trigs = append(trigs, (*pool)[0])
+		trig := (*pool)[0]
+		trig.commit = kind == "commit"
+		trigs = append(trigs, trig)
 		last = (*pool)[0].t
 		*pool = (*pool)[1:]
 	}
@@ -358,7 +378,7 @@ func breakdown(tr *trace, sw *switchJSON) (*Report, error) {
 		if i+1 < len(trigs) {
 			until = trigs[i+1].t
 		}
-		m, f := tr.switchMarks(trig, until, refs[i].old, refs[i].switchMS)
+		m, f := tr.switchMarks(trig, until, refs[i].old, refs[i].new, refs[i].switchMS)
 		byName[refs[i].approach] = append(byName[refs[i].approach], m)
 		faults[refs[i].approach] = append(faults[refs[i].approach], f)
 	}

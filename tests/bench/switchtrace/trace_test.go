@@ -89,7 +89,7 @@ func TestSwitchMarks(t *testing.T) {
 	if len(kills) != 1 || kills[0].target != 100 || len(cmds) != 0 {
 		t.Fatalf("triggers %+v %+v", kills, cmds)
 	}
-	m, faults := tr.switchMarks(kills[0], 3, 100, 10.5)
+	m, faults := tr.switchMarks(kills[0], 3, 100, 0, 10.5)
 	want := markers{"kill": 0, "signal delivered": 0.1, "onSignal": 0.3, "spawnChild": 0.4, "startProcess": 1, "checkPidfd": 1.1,
 		"forkExec": 2, "clone": 2.1, "execve": 2.5, "exec": 3.5, "ld.so done": 4, "rtmain": 5, "main": 7, "New": 7.1,
 		"accept loop": 9, "accepted": 9.3, "answered": 9.4, "Ready": 9.5, "handOver": 10, "probe read": 10.5, "old exit": 30}
@@ -162,9 +162,63 @@ func TestCommandTriggers(t *testing.T) {
 	if len(sigs) != 0 || len(cmds) != 1 || cmds[0].cli != 200 || cmds[0].t != 3 {
 		t.Fatalf("signals %+v, commands %+v", sigs, cmds)
 	}
-	m, _ := tr.switchMarks(cmds[0], 4, 100, -1)
+	m, _ := tr.switchMarks(cmds[0], 4, 100, 0, -1)
 	want := markers{"kill": 0, "cli exec": 1, "cli ld.so done": 2, "cli rtmain": 3, "cli main": 5, "handleControl": 6, "cli exit": 50}
 	if !reflect.DeepEqual(m, want) {
 		t.Errorf("markers %v\nwant %v", m, want)
+	}
+}
+
+// TestCommitMarks: a commit's switch. The bench runs `handover prepare` (200), the
+// old generation (100) forks the prepared one (102) before the trigger; then the
+// bench runs `handover commit` (300): the markers run from the old process's commit
+// to the prepared one's first answer, and the next switch's prepare, which forks
+// 103 before the next trigger, is not taken for this one's new process.
+func TestCommitMarks(t *testing.T) {
+	const rec = `
+ bench 10/10 1.000000: sched:sched_process_exec: filename=/w/bench pid=10 old_pid=10
+ bench 10/12 2.000000: sched:sched_process_fork: comm=bench pid=12 child_comm=bench child_pid=200
+ handover 200/200 2.001000: sched:sched_process_exec: filename=/w/bin/handover pid=200 old_pid=200
+ handover-demo 100/104 2.002000: sched:sched_process_fork: comm=handover-demo pid=104 child_comm=handover-demo child_pid=102
+ handover-demo 102/102 2.003000: sched:sched_process_exec: filename=/w/bin/handover-demo pid=102 old_pid=102
+ handover-demo 102/105 2.100000: raw_syscalls:sys_enter: NR 288 (9, 0, 0, 0, 0, 0)
+ handover 200/200 2.200000: sched:sched_process_exit: comm=handover pid=200 prio=120 group_dead=true
+ bench 10/12 3.000000: sched:sched_process_fork: comm=bench pid=12 child_comm=bench child_pid=300
+ handover 300/300 3.001000: sched:sched_process_exec: filename=/w/static/handover pid=300 old_pid=300
+ handover-demo 100/103 3.004000: hosw1:handover_demo__handleControl: (1)
+ handover-demo 100/103 3.005000: hosw1:handover_demo__answerControl: (1)
+ handover-demo 100/101 3.006000: hosw1:handover_demo__commit: (1)
+ handover-demo 100/101 3.007000: hosw1:handover_demo__goAhead: (1)
+ handover-demo 100/106 3.008000: hosw1:handover_demo__handOver: (1)
+ handover-demo 100/106 3.009000: hosw1:handover_demo__quiesce: (1)
+ handover-demo 102/102 3.010000: hosw1:handover_demo__release: (1)
+ handover-demo 102/105 3.011000: raw_syscalls:sys_enter: NR 288 (4, 0, 0, 0, 0, 0)
+ handover-demo 102/105 3.011200: raw_syscalls:sys_exit: NR 288 = 7
+ handover-demo 102/107 3.012000: raw_syscalls:sys_enter: NR 1 (7, 0, 0, 0, 0, 0)
+ handover-demo 100/106 3.013000: hosw1:handover_demo__handedOver: (1)
+ handover 300/300 3.020000: sched:sched_process_exit: comm=handover pid=300 prio=120 group_dead=true
+ bench 10/12 3.500000: sched:sched_process_fork: comm=bench pid=12 child_comm=bench child_pid=201
+ handover 201/201 3.501000: sched:sched_process_exec: filename=/w/bin/handover pid=201 old_pid=201
+ handover-demo 102/104 3.502000: sched:sched_process_fork: comm=handover-demo pid=104 child_comm=handover-demo child_pid=103
+ handover-demo 103/103 3.503000: sched:sched_process_exec: filename=/w/bin/handover-demo pid=103 old_pid=103
+ handover-demo 103/105 3.600000: raw_syscalls:sys_enter: NR 288 (4, 0, 0, 0, 0, 0)
+`
+	evs, err := readEvents(strings.NewReader(rec), "hosw1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTrace(evs)
+	sigs, cmds := tr.triggers(10)
+	if len(sigs) != 0 || len(cmds) != 3 || cmds[1].cli != 300 {
+		t.Fatalf("signals %+v, commands %+v", sigs, cmds)
+	}
+	trig := cmds[1]
+	trig.commit = true
+	m, _ := tr.switchMarks(trig, 4, 100, 102, 12.5)
+	want := markers{"kill": 0, "cli exec": 1, "handleControl": 4, "answerControl": 5, "commit": 6, "goAhead": 7, "handOver": 8,
+		"quiesce": 9, "release": 10, "accept loop": 11, "accepted": 11.2, "answered": 12, "probe read": 12.5, "handedOver": 13,
+		"cli exit": 20}
+	if !reflect.DeepEqual(m, want) {
+		t.Errorf("markers\n%v\nwant\n%v", m, want)
 	}
 }

@@ -140,6 +140,7 @@ func (tr *trace) switchMarks(trig trigger, until float64, oldPID, newPID int, sw
 		// prepare forks the next one before until.)
 		child = newPID
 		tr.servingMarks(m, child, t0, until, t0)
+		at("release", tr.first(child, t0, until, func(e *event) bool { return e.kind == evProbe && shortOf(e.probe) == "release" }))
 	} else {
 		child, fork = tr.childOf(target, t0, until)
 	}
@@ -244,7 +245,7 @@ func (tr *trace) servingMarks(m markers, child int, from, until, t0 float64) {
 		}
 	}
 	for _, n := range []string{"New", "inherit", "readInit", "setUp", "startCarriers", "openControl", "status",
-		"Listen", "serve", "Ready", "release", "peerReady"} {
+		"Listen", "serve", "Ready", "peerReady"} {
 		at(n, tr.first(child, from, until, func(e *event) bool { return e.kind == evProbe && shortOf(e.probe) == n }))
 	}
 	loop := tr.first(child, from, until, func(e *event) bool {

@@ -188,6 +188,8 @@ func (d *Drainer) Listener(l net.Listener) net.Listener {
 		tl.paused = true
 		if !tl.stop() {
 			defer tl.closeForDrain()
+		} else {
+			tl.park() // as stopAccepting parks the others
 		}
 	}
 	adopt := !d.server && !d.adopted

@@ -581,7 +581,14 @@ func TestDrainResumable(t *testing.T) {
 
 	// A listener added while the drain can be taken back does not accept either.
 	lnB := listenLoopback(t)
+	sockB := socketOf(t, lnB) // lnB is closed as the drain parks it
 	tlB := h.d.Listener(lnB)
+	h.d.mu.Lock()
+	parkedB := tlB.(*listener).parked != nil
+	h.d.mu.Unlock()
+	if !parkedB {
+		t.Error("the TCP listener added while draining is not parked")
+	}
 	acceptedB := make(chan net.Conn, 1)
 	go func() {
 		c, err := tlB.Accept()
@@ -593,7 +600,7 @@ func TestDrainResumable(t *testing.T) {
 		acceptedB <- c
 	}()
 	waitingB := dialClient(t, lnB.Addr().String())
-	eventually(t, "the connection to the added listener to wait in its accept queue", func() bool { return acceptQueue(t, lnB) == 1 })
+	eventually(t, "the connection to the added listener to wait in its accept queue", func() bool { return acceptQueueOf(t, sockB, lnB.Addr().String()) == 1 })
 	select {
 	case c := <-acceptedB:
 		t.Fatalf("the listener added while draining accepted %v", c)

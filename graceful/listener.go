@@ -206,15 +206,9 @@ func (d *Drainer) quiesce() {
 	}
 	d.quiesced = true
 	for _, l := range d.listeners {
-		if l.closed.Load() || l.paused {
-			continue
+		if !l.closed.Load() && !l.paused && l.stop() {
+			l.paused, l.quiet = true, true // Accept, interrupted, waits (d.mu is held)
 		}
-		l.paused = true
-		if !l.stop() {
-			l.paused = false
-			continue
-		}
-		l.quiet = true
 	}
 }
 

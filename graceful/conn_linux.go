@@ -30,4 +30,4 @@ func dupConn(nc net.Conn) (*os.File, error) {
 }
 
 // parkedFile keeps a paused listener's socket (see listener.park).
-func parkedFile(tl *net.TCPListener) (*os.File, error) { return handoff.DupFile(tl, "parked") }
+func parkedFile(l parkable) (*os.File, error) { return handoff.DupFile(l, "parked") }

@@ -13,4 +13,4 @@ func passable(net.Conn) bool { return false }
 func dupConn(net.Conn) (*os.File, error) { return nil, errNotPassable }
 
 // parkedFile: a paused listener stays open here (see listener.park).
-func parkedFile(*net.TCPListener) (*os.File, error) { return nil, errNotPassable }
+func parkedFile(parkable) (*os.File, error) { return nil, errNotPassable }

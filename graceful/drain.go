@@ -36,10 +36,11 @@ var errResumed = errors.New("graceful: drain abandoned: serving again")
 //     accept queue stay there for whichever process shares the socket. A listener
 //     that cannot stop accepting without closing (one with no SetDeadline method,
 //     such as tls.NewListener's or a struct embedding a net.Listener) is closed,
-//     and the drain cannot be taken back. A *net.TCPListener that stops accepting
-//     while the drain can still be taken back is closed too, its socket kept open
-//     (Linux): the process then neither accepts nor wakes for the connections that
-//     arrive for the new generation. Taken back, the drain makes a new listener on
+//     and the drain cannot be taken back. A *net.TCPListener or *net.UnixListener
+//     that stops accepting while the drain can still be taken back is closed too,
+//     its socket kept open and a unix socket's file left in place (Linux): the
+//     process then neither accepts nor wakes for the connections that arrive for
+//     the new generation. Taken back, the drain makes a new listener on
 //     the same socket, which the Drainer's listener accepts through (and Upgrader
 //     passes on); the net.Listener given to the Drainer stays closed.
 //  2. HTTP keep-alive stops (Server): every HTTP/1 request whose handler starts from

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -136,25 +137,44 @@ func (l *listener) Addr() net.Addr {
 	return l.Listener.Addr()
 }
 
+// parkable is a listener park can close and make again: a *net.TCPListener or a
+// *net.UnixListener.
+type parkable interface {
+	net.Listener
+	syscall.Conn
+}
+
 // park closes the listener's socket's listener while a drain pauses it, and keeps
 // the socket in a file the Go runtime's poller does not watch (Linux; elsewhere it
 // does nothing). A paused listener that stays open stays watched: every connection
 // that arrives for the new generation would wake a thread of this one, which
 // drains or stands by for its successor's probation (10 s by default), in
 // proportion to the load. A drain taken back (restart) makes a new listener of
-// the file (unpark). Only a *net.TCPListener is parked: the application's own
-// listeners cannot be made again. d.mu is held.
+// the file (unpark). Only a *net.TCPListener or *net.UnixListener is parked: the
+// application's own listeners cannot be made again; a unix one is told first not
+// to remove its socket file, which the new generation serves. d.mu is held.
 func (l *listener) park() {
-	tl, ok := l.Listener.(*net.TCPListener)
-	if !ok || !l.paused || l.parked != nil || l.closed.Load() {
+	if !l.paused || l.parked != nil || l.closed.Load() {
 		return
 	}
-	f, err := parkedFile(tl)
+	var pl parkable
+	switch ln := l.Listener.(type) {
+	case *net.TCPListener:
+		pl = ln
+	case *net.UnixListener:
+		pl = ln
+	default:
+		return
+	}
+	f, err := parkedFile(pl)
 	if err != nil {
 		return // it stays open, and watched
 	}
+	if ul, ok := pl.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
+	}
 	l.parked = f
-	tl.Close() // an Accept in it returns, and waits out the drain (swapped)
+	pl.Close() // an Accept in it returns, and waits out the drain (swapped)
 }
 
 // unpark makes a new listener of the parked socket, for the new listener and

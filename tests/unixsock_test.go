@@ -99,3 +99,47 @@ func TestUnixListenerAfterKill(t *testing.T) {
 		t.Errorf("the regular file: %q, %v; want it untouched", b, err)
 	}
 }
+
+// TestUnixListenerParked: a generation that has handed over on a unix socket, and
+// stands by for its successor's probation, keeps the socket without its runtime
+// watching it (its listener parked, the socket file left in place), as on TCP: the
+// connections for the new generation do not wake it. The new generation serves on
+// the same file, and watches the socket.
+func TestUnixListenerParked(t *testing.T) {
+	dir, err := os.MkdirTemp("", "ux") // short: sun_path holds 108 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "http.sock")
+	// The old generation stands by for the new one's probation: long enough to look.
+	d := launchDemo(t, demoSpec{args: []string{"-listen", "unix:" + sock, "-probation", "20s"}})
+	d.waitPID(d.current())
+	old, cur := d.upgrade()
+	ino, err := proc.UnixListeningInode(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watches := func(pid int) bool {
+		w, err := proc.Watched(pid)
+		return err == nil && w[ino]
+	}
+	if err := proc.WaitFor(func() bool { return !watches(old) }, 5*time.Second, "the old generation to stop watching the unix socket"); err != nil {
+		t.Error(err)
+	}
+	if !proc.Alive(old) {
+		t.Fatalf("the old generation %d is gone; the test needs it standing by", old)
+	}
+	for i := 0; i < 20; i++ {
+		if pid, err := unixGet(sock); err != nil || pid != cur {
+			t.Fatalf("request %d over the socket: pid %d, %v; want %d", i, pid, err, cur)
+		}
+	}
+	if !watches(cur) {
+		t.Errorf("the new generation %d does not watch the unix socket", cur)
+	}
+	d.stop()
+	if err := proc.LeakCheck(); err != nil {
+		t.Error(err)
+	}
+}

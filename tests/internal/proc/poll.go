@@ -77,3 +77,21 @@ func ListeningInode(addr string) (uint64, error) {
 	}
 	return 0, fmt.Errorf("no TCP socket listens on %s (/proc/net/tcp)", addr)
 }
+
+// UnixListeningInode returns the inode of the unix stream socket that listens at
+// path (from /proc/net/unix).
+func UnixListeningInode(path string) (uint64, error) {
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		// Num RefCount Protocol Flags Type St Inode Path; Flags 00010000: listening
+		if len(f) < 8 || f[7] != path || f[3] != "00010000" {
+			continue
+		}
+		return strconv.ParseUint(f[6], 10, 64)
+	}
+	return 0, fmt.Errorf("no unix socket listens at %s (/proc/net/unix)", path)
+}

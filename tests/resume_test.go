@@ -41,10 +41,7 @@ func TestSuccessorDiesAfterServing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	watches := func(pid int) bool {
-		w, err := proc.Watched(pid)
-		return err == nil && w[ino]
-	}
+	watches := func(pid int) bool { return proc.Watches(pid, ino) }
 	if err := proc.WaitFor(func() bool { return !watches(old) }, 5*time.Second, "the draining generation to stop watching the socket"); err != nil {
 		t.Error(err)
 	}

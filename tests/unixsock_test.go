@@ -40,17 +40,24 @@ func unixGet(path string) (int, error) {
 	return r.PID(), nil
 }
 
+// shortTempDir makes a directory of a short path, removed at the test's end: a
+// unix socket's path (sun_path) holds 108 bytes, which t.TempDir's may not leave.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // TestUnixListenerAfterKill: a server on a unix socket killed with SIGKILL leaves
 // its socket file behind; the next start replaces it (nobody accepts on it) and
 // serves. A second instance started while one serves fails with a clear error and
 // leaves the live socket alone. A regular file at the path is never removed.
 func TestUnixListenerAfterKill(t *testing.T) {
-	dir, err := os.MkdirTemp("", "ux") // short: sun_path holds 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "http.sock")
+	sock := filepath.Join(shortTempDir(t), "http.sock")
 	spec := demoSpec{args: []string{"-listen", "unix:" + sock}}
 
 	d1 := launchDemo(t, spec)
@@ -106,12 +113,7 @@ func TestUnixListenerAfterKill(t *testing.T) {
 // connections for the new generation do not wake it. The new generation serves on
 // the same file, and watches the socket.
 func TestUnixListenerParked(t *testing.T) {
-	dir, err := os.MkdirTemp("", "ux") // short: sun_path holds 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "http.sock")
+	sock := filepath.Join(shortTempDir(t), "http.sock")
 	// The old generation stands by for the new one's probation: long enough to look.
 	d := launchDemo(t, demoSpec{args: []string{"-listen", "unix:" + sock, "-probation", "20s"}})
 	d.waitPID(d.current())
@@ -120,10 +122,7 @@ func TestUnixListenerParked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	watches := func(pid int) bool {
-		w, err := proc.Watched(pid)
-		return err == nil && w[ino]
-	}
+	watches := func(pid int) bool { return proc.Watches(pid, ino) }
 	if err := proc.WaitFor(func() bool { return !watches(old) }, 5*time.Second, "the old generation to stop watching the unix socket"); err != nil {
 		t.Error(err)
 	}

@@ -52,6 +52,13 @@ func Watched(pid int) (map[uint64]bool, error) {
 	return inodes, nil
 }
 
+// Watches reports whether pid's epoll instances watch the socket of inode ino
+// (see Watched); false too if pid cannot be read (gone).
+func Watches(pid int, ino uint64) bool {
+	w, err := Watched(pid)
+	return err == nil && w[ino]
+}
+
 // ListeningInode returns the inode of the IPv4 TCP socket that listens on addr
 // (from /proc/net/tcp).
 func ListeningInode(addr string) (uint64, error) {

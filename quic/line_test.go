@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/seed-a7250cfa/handover/internal/handoff"
 	"golang.org/x/sys/unix"
 )
 
@@ -106,7 +107,12 @@ func (l *testLine) start() *testGen {
 	}
 	l.gens = append(l.gens, g)
 	l.mu.Unlock()
-	f, err := l.sock.File() // a dup: what the process would inherit
+	// A dup, as the process would inherit it. Not l.sock.File(): net.FilePacketConn
+	// calls that file's Fd, which puts the shared socket in blocking mode until it
+	// has made its own descriptor non-blocking again; an older generation's read in
+	// that moment blocks in the kernel, where no deadline reaches it (a test that
+	// hung at a handover).
+	f, err := handoff.DupFile(l.sock, "quic-test")
 	if err != nil {
 		l.t.Fatal(err)
 	}

@@ -70,35 +70,31 @@ func ListeningInode(addr string) (uint64, error) {
 	// /proc/net/tcp writes the address as the 32-bit word in host (little-endian)
 	// order, in hex, then the port.
 	want := strings.ToUpper(hex.EncodeToString([]byte{ip[3], ip[2], ip[1], ip[0]})) + fmt.Sprintf(":%04X", ap.Port())
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n")[1:] {
-		f := strings.Fields(line)
-		// sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-		if len(f) < 10 || f[1] != want || f[3] != "0A" {
-			continue
-		}
-		return strconv.ParseUint(f[9], 10, 64)
-	}
-	return 0, fmt.Errorf("no TCP socket listens on %s (/proc/net/tcp)", addr)
+	// sl local rem st tx:rx tr:when retrnsmt uid timeout inode; st 0A: listening
+	return procNetInode("/proc/net/tcp", 9, func(f []string) bool { return len(f) >= 10 && f[1] == want && f[3] == "0A" },
+		"no TCP socket listens on "+addr)
 }
 
 // UnixListeningInode returns the inode of the unix stream socket that listens at
 // path (from /proc/net/unix).
 func UnixListeningInode(path string) (uint64, error) {
-	b, err := os.ReadFile("/proc/net/unix")
+	// Num RefCount Protocol Flags Type St Inode Path; Flags 00010000: listening
+	return procNetInode("/proc/net/unix", 6, func(f []string) bool { return len(f) >= 8 && f[7] == path && f[3] == "00010000" },
+		"no unix socket listens at "+path)
+}
+
+// procNetInode returns the inode (column col) of the first socket that match
+// takes in file, a table of /proc/net (a header line, then a socket per line,
+// split into fields); none is the error's text if there is none.
+func procNetInode(file string, col int, match func(fields []string) bool, none string) (uint64, error) {
+	b, err := os.ReadFile(file)
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n")[1:] {
-		f := strings.Fields(line)
-		// Num RefCount Protocol Flags Type St Inode Path; Flags 00010000: listening
-		if len(f) < 8 || f[7] != path || f[3] != "00010000" {
-			continue
+		if f := strings.Fields(line); match(f) {
+			return strconv.ParseUint(f[col], 10, 64)
 		}
-		return strconv.ParseUint(f[6], 10, 64)
 	}
-	return 0, fmt.Errorf("no unix socket listens at %s (/proc/net/unix)", path)
+	return 0, fmt.Errorf("%s (%s)", none, file)
 }
